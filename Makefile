@@ -1,0 +1,103 @@
+# LLaVA-OneVision-1.5 in C and CUDA: build, dependencies, tests and pipelines.
+#
+#   make                 build every program into bin/ (CUDA backend too when nvcc is found)
+#   make CUDA=0          CPU only;  make CUDA_ARCH=sm_80  another GPU generation
+#   make deps            install the Debian packages the project needs (root; idempotent)
+#   make test            C unit tests + Bats tests; last line "N passed, N failed"
+#   make asan            the same tests built with AddressSanitizer and UBSan
+#   make reproduce-tiny  the tiny end-to-end pipeline on this CPU (pipelines/reproduce-tiny.mk)
+
+PROGRAMS := mkckpt merge hf2mcore mcore2hf
+
+BUILD ?= build
+BIN   ?= bin
+CC    ?= gcc
+OPT   ?= -O2
+SAN   ?=
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP
+CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) $(EXTRA_CFLAGS)
+LDLIBS  = -ljansson -lm
+LDFLAGS = -fopenmp $(SAN)
+
+# ---- CUDA: built when nvcc is found, the architecture is a variable with a default (pitfalls #3) ----
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifeq ($(NVCC),)
+CUDA ?= 0
+else
+CUDA ?= 1
+endif
+CUDA_ARCH ?= sm_90
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+
+COMMON_SRC := $(wildcard common/*.c)
+COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o)
+CUDA_SRC   := $(wildcard kernels/cuda/*.cu)
+
+ifeq ($(CUDA),1)
+$(info cuda: building the CUDA backend for $(CUDA_ARCH) with $(NVCC))
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+CFLAGS  += -DWITH_CUDA -DCUDA_ARCH_NAME='"$(CUDA_ARCH)"'
+LDLIBS  += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
+NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_$(subst sm_,,$(CUDA_ARCH)),code=[$(CUDA_ARCH),compute_$(subst sm_,,$(CUDA_ARCH))] \
+             -Xcompiler -Wall,-Wextra
+else
+$(info cuda: nvcc not found or CUDA=0: building the CPU backend only)
+CUDA_OBJ :=
+endif
+
+LIB := $(BUILD)/libllava.a
+
+.SECONDARY:
+.PHONY: all clean deps test asan unit-tests reproduce-tiny
+all: $(PROGRAMS:%=$(BIN)/%)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/kernels/cuda/%.o: kernels/cuda/%.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(LIB): $(COMMON_OBJ) $(CUDA_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN)/%: $(BUILD)/cmd/%.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+# ---- tests ----
+UNIT_SRC  := $(wildcard tests/unit/test_*.c)
+UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+unit-tests: $(UNIT_BIN)
+
+test: all unit-tests
+	@BIN=$(abspath $(BIN)) UNIT_DIR=$(abspath $(BUILD)/tests) tests/run.sh
+
+asan:
+	$(MAKE) BUILD=build-asan BIN=bin-asan CUDA=0 OPT="-O1 -g -fno-omit-frame-pointer" \
+	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
+
+# ---- dependencies (Debian 12) ----
+DEB_PACKAGES := build-essential pkg-config libjansson-dev libtar-dev zlib1g-dev libjpeg62-turbo-dev libpng-dev \
+    libwebp-dev libutf8proc-dev libpcre2-dev libopenblas-dev libpmi2-0-dev bats jq \
+    python3 python3-numpy python3-torch python3-pil python3-skimage
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "deps: all $(words $(DEB_PACKAGES)) packages installed"; \
+	else echo "deps: installing$$(echo $$missing | sed 's/^/ /')"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+
+include pipelines/reproduce-tiny.mk
+
+clean:
+	rm -rf build build-asan bin bin-asan
+
+-include $(COMMON_OBJ:.o=.d) $(PROGRAMS:%=$(BUILD)/cmd/%.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)

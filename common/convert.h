@@ -1,0 +1,36 @@
+// convert.h: streaming checkpoint conversion between the HF layout and the mcore layout, one
+// tensor group at a time, so that peak memory stays near the largest group (the embedding).
+#pragma once
+#include "hfdir.h"
+#include "mcore.h"
+
+// A checkpoint to read from: an HF directory or one iteration of an mcore checkpoint.
+typedef struct {
+    int is_mcore;
+    char *label;            // directory named in errors
+    HfDir hf;               // HF source
+    Parallel par;           // mcore source
+    StFile *ranks;          // [pp][tp], index pp·tp_size + tp
+    DType *dtype;           // per group, established by source_validate
+} Source;
+
+// Opens and validates against the model map: every expected tensor present with the shape the
+// config implies and a float dtype shared by its group; nothing unexpected. Errors name the file.
+int source_open_hf(Source *s, const ModelMap *mm, const char *dir, Err *e);
+// iter_name: "release", "iter_0000100", or NULL for the tracker's choice.
+int source_open_mcore(Source *s, const ModelMap *mm, const char *root, const char *iter_name, Err *e);
+void source_close(Source *s);
+
+// Writes an mcore iteration directory (iter_dir must exist) at the asked TP × PP.
+int write_mcore_iter(const ModelMap *mm, Source *src, const char *iter_dir, Parallel par, Err *e);
+// Writes HF safetensors (sharded at max_shard bytes, 0 = one file) into dir.
+int write_hf_weights(const ModelMap *mm, Source *src, const char *dir, uint64_t max_shard, Err *e);
+
+// Reads the model config kept with a checkpoint: DIR/config.json for HF, ROOT/hf/config.json for mcore.
+int read_checkpoint_config(const char *dir, int is_mcore, ModelConfig *m, Err *e);
+int dir_is_mcore(const char *dir);
+
+// The programs: HF or mcore -> mcore release at TP × PP; mcore -> HF. iter: NULL (the tracker's),
+// "release" or an iteration number. Both die with exit 2 on bad input, leaving no output.
+void run_hf2mcore(const char *in, const char *out, Parallel par, const char *iter, int force);
+void run_mcore2hf(const char *in, const char *out, const char *iter, uint64_t max_shard, int force);
