@@ -111,7 +111,7 @@ const StTensor *hfdir_find(const HfDir *h, const char *name) {
 const char *hfdir_path_of(const HfDir *h, const StTensor *t) {
     for (int f = 0; t && f < h->nfiles; f++)
         if (t >= h->files[f].tensors && t < h->files[f].tensors + h->files[f].n) return h->files[f].path;
-    return h->dir;
+    return h->nfiles == 1 ? h->files[0].path : h->dir;
 }
 
 int check_weight(const StTensor *t, const char *file, const char *want_name, int ndim, const int64_t *shape,

@@ -86,6 +86,22 @@ static int parse_entry(StTensor *t, const char *path, const char *name, json_t *
     return 0;
 }
 
+// The last JSON string that ends before `pos` in the header text (jansson reports the position of a
+// duplicate key, not the key), copied into a static buffer for the error message.
+static const char *key_before(const uint8_t *text, int pos) {
+    static char key[256];
+    int end = pos - 1;
+    while (end > 0 && text[end] != '"') end--;
+    int start = end - 1;
+    while (start > 0 && !(text[start] == '"' && text[start - 1] != '\\')) start--;
+    int n = end - start - 1;
+    if (start < 0 || n <= 0) return "?";
+    if (n > (int)sizeof key - 1) n = (int)sizeof key - 1;
+    memcpy(key, text + start + 1, (size_t)n);
+    key[n] = 0;
+    return key;
+}
+
 int st_open(StFile *f, const char *path, Err *e) {
     memset(f, 0, sizeof *f);
     strmap_init(&f->index);
@@ -120,7 +136,10 @@ int st_open(StFile *f, const char *path, Err *e) {
     json_error_t je;
     json_t *root = json_loadb((const char *)map + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
-        err_set(e, "%s: header is not valid JSON (%s at byte %d)", path, je.text, je.position);
+        if (strstr(je.text, "duplicate object key"))
+            err_set(e, "%s: duplicate tensor name '%s' in the header", path, key_before(map + 8, je.position));
+        else
+            err_set(e, "%s: header is not valid JSON (%s at byte %d)", path, je.text, je.position);
         goto fail;
     }
     if (!json_is_object(root)) {
@@ -165,6 +184,12 @@ int st_open(StFile *f, const char *path, Err *e) {
                     (unsigned long long)(t->begin - pos), t->name);
             goto fail;
         }
+        if (t->end > data_size) {
+            err_set(e, "%s: truncated: tensor '%s' needs bytes %llu..%llu of the data buffer but the file holds %llu",
+                    path, t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
+                    (unsigned long long)data_size);
+            goto fail;
+        }
         pos = t->end;
         t->data = map + 8 + hlen + t->begin;
         if (strmap_put(&f->index, t->name, i) != 0) {
@@ -173,11 +198,7 @@ int st_open(StFile *f, const char *path, Err *e) {
         }
     }
     if (pos != data_size) {
-        if (pos > data_size)
-            err_set(e, "%s: truncated: tensor data needs %llu bytes but the file holds %llu after the header", path,
-                    (unsigned long long)pos, (unsigned long long)data_size);
-        else
-            err_set(e, "%s: %llu trailing bytes after the last tensor", path, (unsigned long long)(data_size - pos));
+        err_set(e, "%s: %llu trailing bytes after the last tensor", path, (unsigned long long)(data_size - pos));
         goto fail;
     }
     return 0;
