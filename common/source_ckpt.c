@@ -119,6 +119,15 @@ static int write_random(const char *dir, const GenSpec *g, int n, uint64_t seed,
     return rc;
 }
 
+// Writes j as DIR/FILE and releases it.
+static int write_json_in(const char *dir, const char *file, json_t *j, Err *e) {
+    char *p = path_join(dir, file);
+    int rc = json_write_file(p, j, e);
+    free(p);
+    json_decref(j);
+    return rc;
+}
+
 static const char *dtype_json_name(DType dt) { return dt == DT_F32 ? "float32" : "bfloat16"; }
 
 int write_source_checkpoints(const ModelConfig *m, const char *dir, uint64_t seed, DType dt, int rice_prefix, Err *e) {
@@ -137,13 +146,7 @@ int write_source_checkpoints(const ModelConfig *m, const char *dir, uint64_t see
         g[i] = (GenSpec){names[i], src[i].name, src[i].kind, src[i].ndim, src[i].shape};
     }
     if (!rc) rc = write_random(vit, g, ns, seed, m->vision.initializer_range, m->vision.hidden, dt, e);
-    if (!rc) {
-        json_t *j = cfg_mlcd_json(&m->vision, dtype_json_name(dt));
-        char *p = path_join(vit, "config.json");
-        rc = json_write_file(p, j, e);
-        free(p);
-        json_decref(j);
-    }
+    if (!rc) rc = write_json_in(vit, "config.json", cfg_mlcd_json(&m->vision, dtype_json_name(dt)), e);
 
     // LLM, Qwen3 names (lm_head only when untied).
     ModelConfig text = *m;
@@ -152,21 +155,11 @@ int write_source_checkpoints(const ModelConfig *m, const char *dir, uint64_t see
     int nt = params_hf(&text, &tp);
     for (int i = 0; i < nt; i++) g[i] = (GenSpec){tp[i].name, tp[i].name, tp[i].kind, tp[i].ndim, tp[i].shape};
     if (!rc) rc = write_random(llm, g, nt, seed, m->text.initializer_range, m->text.hidden, dt, e);
-    if (!rc) {
-        json_t *j = cfg_qwen3_json(&m->text, dtype_json_name(dt));
-        char *p = path_join(llm, "config.json");
-        rc = json_write_file(p, j, e);
-        free(p);
-        json_decref(j);
-    }
-    if (!rc && m->text.bos_token_id >= 0 && m->text.eos_token_id >= 0) {
-        json_t *j = json_pack("{s:i, s:i, s:i}", "bos_token_id", m->text.bos_token_id, "eos_token_id",
-                              m->text.eos_token_id, "pad_token_id", m->text.bos_token_id);
-        char *p = path_join(llm, "generation_config.json");
-        rc = json_write_file(p, j, e);
-        free(p);
-        json_decref(j);
-    }
+    if (!rc) rc = write_json_in(llm, "config.json", cfg_qwen3_json(&m->text, dtype_json_name(dt)), e);
+    if (!rc && m->text.bos_token_id >= 0 && m->text.eos_token_id >= 0)
+        rc = write_json_in(llm, "generation_config.json",
+                           json_pack("{s:i, s:i, s:i}", "bos_token_id", m->text.bos_token_id, "eos_token_id",
+                                     m->text.eos_token_id, "pad_token_id", m->text.bos_token_id), e);
     free(tp);
     free(names);
     free(g);
