@@ -1,0 +1,81 @@
+// imgprep: one image through the Qwen2-VL preprocessing of LLaVA-OV-1.5.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "../common/cli.h"
+#include "../common/image.h"
+#include "../common/safetensors.h"
+#include "../common/util.h"
+
+int main(int argc, char **argv) {
+    int64_t min_pixels = 3136, max_pixels = 2560000;
+    char *out = NULL;
+    const Opt opts[] = {
+        {"min-pixels", OPT_INT, &min_pixels, "N", "smart_resize lower bound on the resized area H'xW'."},
+        {"max-pixels", OPT_INT, &max_pixels, "N", "smart_resize upper bound on the resized area (stage-0 processor: 2560000)."},
+        {"out", OPT_STR, &out, "FILE",
+         "Also write pixel_values [N, 588] F32 and grid_thw [1, 3] I32 as a safetensors file."},
+    };
+    const Cli cli = {
+        .name = "imgprep",
+        .summary = "preprocess one image as the LLaVA-OV-1.5 (Qwen2-VL) image processor does",
+        .synopsis = "imgprep IMAGE [--min-pixels N] [--max-pixels N] [--out FILE]",
+        .description =
+            "Decodes IMAGE (JPEG, PNG or WebP) to RGB as PIL does (RGBA composited on white as qwen-vl-utils does; "
+            "EXIF orientation not applied), resizes it with smart_resize (multiples of 28, min/max pixels, Python "
+            "rounding) and PIL's bicubic filter, rescales by 1/255, normalises with the CLIP mean and std, and "
+            "flattens it into rows of 588 values (3 x 14 x 14) in the 2x2-block order the merger expects.\n"
+            "Prints one JSON line: the original and resized sizes, grid_thw, the ViT patch count and the number of "
+            "LLM tokens (<|image_pad|> count).",
+        .opts = opts,
+        .nopts = sizeof opts / sizeof opts[0],
+        .min_pos = 1,
+        .max_pos = 1,
+        .examples = "imgprep photo.jpg\nimgprep photo.jpg --max-pixels 200704 --out photo.safetensors",
+    };
+    char **pos;
+    cli_parse(&cli, argc, argv, &pos);
+    const char *path = pos[0];
+    free(pos);
+    if (min_pixels < 1 || max_pixels < min_pixels) die_input("--min-pixels/--max-pixels: expected 1 <= min <= max");
+    Err e;
+    size_t n;
+    uint8_t *data = (uint8_t *)read_text_file(path, &n, &e);
+    if (!data) die_input("%s", e.msg);
+    int w, h, oh, ow;
+    if (image_probe(data, n, path, &w, &h, &e)) die_input("%s", e.msg);
+    float *px;
+    if (image_preprocess(data, n, path, min_pixels, max_pixels, &px, &oh, &ow, &e)) die_input("%s", e.msg);
+    int gh = oh / IMG_PATCH, gw = ow / IMG_PATCH;
+    if (out) {
+        char *dir = xstrdup(out), *slash = strrchr(dir, '/');
+        const char *base = slash ? slash + 1 : out;
+        if (slash) *slash = 0; else strcpy(dir, ".");
+        size_t bl = strlen(base);
+        if (bl < 13 || strcmp(base + bl - 12, ".safetensors")) die_input("--out: expected a file name ending in .safetensors");
+        char *stem = xasprintf("%.*s", (int)(bl - 12), base);
+        StWriter *wr = stw_new(dir, stem, 0);
+        int64_t ps[2] = {(int64_t)gh * gw, IMG_PATCH_DIM}, gs[2] = {1, 3};
+        int32_t grid[3] = {1, gh, gw};
+        if (stw_declare(wr, "pixel_values", DT_F32, 2, ps, &e) || stw_declare(wr, "grid_thw", DT_I32, 2, gs, &e) ||
+            stw_open(wr, &e) || stw_write(wr, "pixel_values", px, &e) || stw_write(wr, "grid_thw", grid, &e) ||
+            stw_finish(wr, &e))
+            die_input("%s", e.msg);
+        stw_free(wr);
+        free(stem);
+        free(dir);
+    }
+    json_t *res = json_pack("{s:s, s:i, s:i, s:i, s:i, s:[i,i,i], s:i, s:i}", "image", path, "width", w, "height", h,
+                            "resized_width", ow, "resized_height", oh, "grid_thw", 1, gh, gw, "patches", gh * gw,
+                            "llm_tokens", image_llm_tokens(oh, ow));
+    char *js = json_dumps(res, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    printf("%s\n", js);
+    free(js);
+    json_decref(res);
+    free(px);
+    free(data);
+    return 0;
+}
