@@ -13,11 +13,15 @@
 int main(int argc, char **argv) {
     int64_t min_pixels = 3136, max_pixels = 2560000;
     char *out = NULL;
+    int64_t repeat = 1;
     const Opt opts[] = {
         {"min-pixels", OPT_INT, &min_pixels, "N", "smart_resize lower bound on the resized area H'xW'."},
         {"max-pixels", OPT_INT, &max_pixels, "N", "smart_resize upper bound on the resized area (stage-0 processor: 2560000)."},
         {"out", OPT_STR, &out, "FILE",
          "Also write pixel_values [N, 588] F32 and grid_thw [1, 3] I32 as a safetensors file."},
+        {"repeat", OPT_INT, &repeat, "N",
+         "Preprocess the image N times (decode, resize, normalise, patchify from the file's bytes) and report "
+         "images per second on stderr: the benchmark mode."},
     };
     const Cli cli = {
         .name = "imgprep",
@@ -49,6 +53,14 @@ int main(int argc, char **argv) {
     if (image_probe(data, n, path, &w, &h, &e)) die_input("%s", e.msg);
     float *px;
     if (image_preprocess(data, n, path, min_pixels, max_pixels, &px, &oh, &ow, &e)) die_input("%s", e.msg);
+    if (repeat > 1) {
+        double t0 = now_seconds();
+        for (int64_t r = 1; r < repeat; r++) {
+            free(px);
+            if (image_preprocess(data, n, path, min_pixels, max_pixels, &px, &oh, &ow, &e)) die_input("%s", e.msg);
+        }
+        fprintf(stderr, "imgprep: %.1f images/s (%lld runs)\n", (double)(repeat - 1) / (now_seconds() - t0), (long long)repeat - 1);
+    }
     int gh = oh / IMG_PATCH, gw = ow / IMG_PATCH;
     if (out) {
         char *dir = xstrdup(out), *slash = strrchr(dir, '/');
@@ -71,7 +83,7 @@ int main(int argc, char **argv) {
     json_t *res = json_pack("{s:s, s:i, s:i, s:i, s:i, s:[i,i,i], s:i, s:i}", "image", path, "width", w, "height", h,
                             "resized_width", ow, "resized_height", oh, "grid_thw", 1, gh, gw, "patches", gh * gw,
                             "llm_tokens", image_llm_tokens(oh, ow));
-    char *js = json_dumps(res, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *js = json_dumps(res, JSON_PRESERVE_ORDER);  // one line, ", " and ": " separators
     printf("%s\n", js);
     free(js);
     json_decref(res);

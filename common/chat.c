@@ -280,9 +280,9 @@ int tokenize_stream(Tokenizer *t, FILE *in, FILE *out, TokenizeMode mode, int sk
             }
             size_t n;
             char *text = tok_decode(t, ids.v, ids.n, skip_special, &n);
-            json_t *res = json_pack("{s:s%}", "text", text, n);
-            char *s = json_dumps(res, JSON_COMPACT | JSON_ENSURE_ASCII);
-            fprintf(out, "%s\n", s);
+            json_t *res = json_stringn(text, n);
+            char *s = json_dumps(res, JSON_ENCODE_ANY | JSON_ENSURE_ASCII);
+            fprintf(out, "{\"text\": %s}\n", s);
             free(s);
             json_decref(res);
             free(text);
