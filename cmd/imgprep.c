@@ -7,7 +7,6 @@
 
 #include "../common/cli.h"
 #include "../common/image.h"
-#include "../common/safetensors.h"
 #include "../common/util.h"
 
 int main(int argc, char **argv) {
@@ -62,24 +61,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "imgprep: %.1f images/s (%lld runs)\n", (double)(repeat - 1) / (now_seconds() - t0), (long long)repeat - 1);
     }
     int gh = oh / IMG_PATCH, gw = ow / IMG_PATCH;
-    if (out) {
-        char *dir = xstrdup(out), *slash = strrchr(dir, '/');
-        const char *base = slash ? slash + 1 : out;
-        if (slash) *slash = 0; else strcpy(dir, ".");
-        size_t bl = strlen(base);
-        if (bl < 13 || strcmp(base + bl - 12, ".safetensors")) die_input("--out: expected a file name ending in .safetensors");
-        char *stem = xasprintf("%.*s", (int)(bl - 12), base);
-        StWriter *wr = stw_new(dir, stem, 0);
-        int64_t ps[2] = {(int64_t)gh * gw, IMG_PATCH_DIM}, gs[2] = {1, 3};
-        int32_t grid[3] = {1, gh, gw};
-        if (stw_declare(wr, "pixel_values", DT_F32, 2, ps, &e) || stw_declare(wr, "grid_thw", DT_I32, 2, gs, &e) ||
-            stw_open(wr, &e) || stw_write(wr, "pixel_values", px, &e) || stw_write(wr, "grid_thw", grid, &e) ||
-            stw_finish(wr, &e))
-            die_input("%s", e.msg);
-        stw_free(wr);
-        free(stem);
-        free(dir);
-    }
+    if (out && image_write_pixels(out, px, gh, gw, &e)) die_input("%s", e.msg);
     json_t *res = json_pack("{s:s, s:i, s:i, s:i, s:i, s:[i,i,i], s:i, s:i}", "image", path, "width", w, "height", h,
                             "resized_width", ow, "resized_height", oh, "grid_thw", 1, gh, gw, "patches", gh * gw,
                             "llm_tokens", image_llm_tokens(oh, ow));

@@ -47,3 +47,7 @@ void image_to_patches(const Image *img, float *out);
 // frees *pixels.
 int image_preprocess(const uint8_t *data, size_t n, const char *name, int64_t min_pixels, int64_t max_pixels,
                      float **pixels, int *oh, int *ow, Err *e);
+
+// Writes pixel_values [gh·gw, 588] F32 and grid_thw [1, 3] I32 to PATH (a name ending in
+// ".safetensors"; written to a temporary name and renamed into place).
+int image_write_pixels(const char *path, const float *pixels, int gh, int gw, Err *e);
