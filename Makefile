@@ -7,7 +7,7 @@
 #   make asan            the same tests built with AddressSanitizer and UBSan
 #   make reproduce-tiny  the tiny end-to-end pipeline on this CPU (pipelines/reproduce-tiny.mk)
 
-PROGRAMS := mkckpt merge hf2mcore mcore2hf tokenize imgprep
+PROGRAMS := mkckpt merge hf2mcore mcore2hf tokenize imgprep shards
 
 BUILD ?= build
 BIN   ?= bin
@@ -16,7 +16,7 @@ OPT   ?= -O2
 SAN   ?=
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP
 CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) $(EXTRA_CFLAGS)
-LDLIBS  = -ljansson -lpcre2-8 -lutf8proc -lpng -ljpeg -lwebp -lm
+LDLIBS  = -ljansson -ltar -lz -lpcre2-8 -lutf8proc -lpng -ljpeg -lwebp -lm
 LDFLAGS = -fopenmp $(SAN)
 
 # ---- CUDA: built when nvcc is found, the architecture is a variable with a default (pitfalls #3) ----
