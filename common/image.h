@@ -51,3 +51,7 @@ int image_preprocess(const uint8_t *data, size_t n, const char *name, int64_t mi
 // Writes pixel_values [gh·gw, 588] F32 and grid_thw [1, 3] I32 to PATH (a name ending in
 // ".safetensors"; written to a temporary name and renamed into place).
 int image_write_pixels(const char *path, const float *pixels, int gh, int gw, Err *e);
+
+// Encoders for synthetic data (image_encode.c). Caller frees the bytes.
+uint8_t *image_encode_jpeg(const Image *img, int quality, size_t *n);
+uint8_t *image_encode_png(const Image *img, size_t *n);

@@ -104,6 +104,8 @@ static void cache_put(PieceCache *c, const char *k, size_t n, uint64_t h, const 
 // JavaScript defines it. Any other pattern goes through PCRE2.
 #define QWEN2_PATTERN "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
+const char QWEN2_SPLIT_PATTERN[] = QWEN2_PATTERN;
+
 enum { C_L = 1, C_N = 2, C_S = 4, C_NL = 8 };
 
 static int js_space(int32_t c) {
@@ -144,7 +146,7 @@ static size_t letters_from(const char *s, size_t n, size_t i) {  // end of a \p{
 }
 
 // End of the match at pos (pos < n).
-static size_t qwen2_match(const char *s, size_t n, size_t pos) {
+size_t qwen2_match(const char *s, size_t n, size_t pos) {
     size_t l, l2;
     // 1. contractions, ASCII case-insensitive
     if (s[pos] == '\'' && pos + 1 < n) {
@@ -217,7 +219,7 @@ struct Tokenizer {
 };
 
 // GPT-2's byte <-> printable code point table (bytes_to_unicode).
-static void byte_level_table(int byte_to_cp[256], int cp_to_byte[512]) {
+void byte_level_table(int byte_to_cp[256], int cp_to_byte[512]) {
     int n = 0;
     for (int i = 0; i < 512; i++) cp_to_byte[i] = -1;
     for (int b = 0; b < 256; b++) {

@@ -36,3 +36,10 @@ int tok_encode(Tokenizer *t, const char *text, size_t len, IntVec *ids, IntVec *
 // Bytes of the ids as UTF-8 (invalid sequences become U+FFFD); special added tokens are left out
 // when skip_special. Caller frees; *len receives the length.
 char *tok_decode(const Tokenizer *t, const int *ids, size_t n, int skip_special, size_t *len);
+
+// The Qwen2 pre-tokenizer: end of the piece that starts at pos (pos < n) in NFC text s[0..n).
+size_t qwen2_match(const char *s, size_t n, size_t pos);
+// The Qwen2 split pattern as tokenizer.json writes it.
+extern const char QWEN2_SPLIT_PATTERN[];
+// GPT-2's bytes_to_unicode: byte -> printable code point, and back (-1 for other code points < 512).
+void byte_level_table(int byte_to_cp[256], int cp_to_byte[512]);
