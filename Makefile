@@ -48,7 +48,7 @@ endif
 LIB := $(BUILD)/libllava.a
 
 .SECONDARY:
-.PHONY: all clean deps test asan unit-tests reproduce-tiny
+.PHONY: all clean deps test asan unit-tests bench-tools reproduce-tiny
 all: $(PROGRAMS:%=$(BIN)/%)
 
 $(BUILD)/%.o: %.c
@@ -76,6 +76,12 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
 	$(CC) $(LDFLAGS) $< $(LIB) $(LDLIBS) -o $@
 
 unit-tests: $(UNIT_BIN)
+
+$(BUILD)/bench/%: bench/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LIB) $(LDLIBS) $(LDFLAGS) -o $@
+
+bench-tools: $(BUILD)/bench/loader_bench
 
 test: all unit-tests
 	@BIN=$(abspath $(BIN)) UNIT_DIR=$(abspath $(BUILD)/tests) tests/run.sh

@@ -109,18 +109,25 @@ struct WdsReader {
     StrMap seen;  // keys already finished: a repeat later in the shard is an error
 };
 
-WdsReader *wds_open(const char *path, Err *e) {
+WdsReader *wds_open(const char *path, Err *e) { return wds_open_at(path, 0, e); }
+
+WdsReader *wds_open_at(const char *path, uint64_t offset, Err *e) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) { err_set(e, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
     uint8_t magic[2] = {0, 0};
     ssize_t m = pread(fd, magic, 2, 0);
     gzFile gz = NULL;
+    if (offset) {
+        if (m == 2 && magic[0] == 0x1f && magic[1] == 0x8b) { close(fd); err_set(e, "%s: cannot seek in a gzip shard", path); return NULL; }
+        if (lseek(fd, (off_t)offset, SEEK_SET) != (off_t)offset) { close(fd); err_set(e, "%s: cannot seek to byte %llu", path, (unsigned long long)offset); return NULL; }
+    }
     if (m == 2 && magic[0] == 0x1f && magic[1] == 0x8b) {
         gz = gzdopen(fd, "rb");
         if (!gz) { close(fd); err_set(e, "%s: cannot open gzip stream", path); return NULL; }
     }
     int h = stream_new(fd, gz);
     if (h < 0) { if (gz) gzclose(gz); else close(fd); err_set(e, "%s: too many open shards", path); return NULL; }
+    streams[h].pos = offset;
     WdsReader *r = xcalloc(1, sizeof *r);
     r->path = xstrdup(path);
     r->h = h;
@@ -392,4 +399,35 @@ int wds_write_meta(const char *dir, char *const *shards, const int64_t *counts, 
     int rc = write_text_file(p1, ds, e) || write_text_file(p2, split, e) || write_text_file(p3, info, e) ? -1 : 0;
     free(p1); free(p2); free(p3); free(ds); free(split); free(info); free(meta);
     return rc;
+}
+
+int64_t wds_index(const char *path, uint64_t **offsets, Err *e) {
+    char *idx = xasprintf("%s.idx", path);
+    size_t len;
+    Err ignore;
+    char *raw = path_exists(idx) ? read_text_file(idx, &len, &ignore) : NULL;
+    free(idx);
+    if (raw && len >= 8 && len % 8 == 0) {
+        *offsets = xmalloc(len);
+        memcpy(*offsets, raw, len);
+        free(raw);
+        return (int64_t)(len / 8) - 1;
+    }
+    free(raw);
+    WdsReader *r = wds_open(path, e);
+    if (!r) return -1;
+    int64_t n = 0, cap = 64;
+    uint64_t *o = xmalloc((size_t)cap * sizeof(uint64_t));
+    WdsSample s;
+    int rc;
+    while ((rc = wds_next(r, &s, e)) == 1) {
+        if (n + 1 >= cap) o = xrealloc(o, (size_t)(cap *= 2) * sizeof(uint64_t));
+        o[n++] = s.offset;
+        wds_sample_free(&s);
+    }
+    o[n] = streams[r->h].pos;
+    wds_close(r);
+    if (rc < 0) { free(o); return -1; }
+    *offsets = o;
+    return n;
 }

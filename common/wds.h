@@ -35,6 +35,11 @@ WdsReader *wds_open(const char *path, Err *e);
 // 1: *s holds the next sample; 0: end of shard; -1: damage (e names the shard and the byte offset;
 // the samples returned before stay valid).
 int wds_next(WdsReader *r, WdsSample *s, Err *e);
+// Starts reading at a sample's offset (from .tar.idx) in an uncompressed shard.
+WdsReader *wds_open_at(const char *path, uint64_t offset, Err *e);
+// Offsets of every sample and the end offset (count + 1 entries) from PATH.idx, or by scanning the
+// shard when there is no index. Returns the sample count or -1. Caller frees *offsets.
+int64_t wds_index(const char *path, uint64_t **offsets, Err *e);
 void wds_close(WdsReader *r);
 
 typedef struct WdsWriter WdsWriter;
