@@ -191,7 +191,9 @@ static void write_sequence(WdsWriter *w, const char *key, const Item *items, con
             m[mi++] = (WdsMember){name, it->img[i]->data, it->img[i]->size};
         }
     }
-    char *meta = json_dumps(json_pack("{s:o, s:o}", "samples", samples, "images", images), JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_t *mj = json_pack("{s:o, s:o}", "samples", samples, "images", images);
+    char *meta = json_dumps(mj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(mj);
     m[0] = (WdsMember){"ids.i32", (uint8_t *)ids.v, ids.n * 4};
     m[1] = (WdsMember){"labels.i32", (uint8_t *)labels.v, labels.n * 4};
     m[2] = (WdsMember){"cu_seqlens.i32", (uint8_t *)cu.v, cu.n * 4};
