@@ -15,8 +15,8 @@ CC    ?= gcc
 OPT   ?= -O2
 SAN   ?=
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP
-CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) $(EXTRA_CFLAGS)
-LDLIBS  = -ljansson -ltar -lz -lpcre2-8 -lutf8proc -lpng -ljpeg -lwebp -lm
+CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) $(EXTRA_CFLAGS) $(shell pkg-config --cflags openblas 2>/dev/null)
+LDLIBS  = $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas) -ljansson -ltar -lz -lpcre2-8 -lutf8proc -lpng -ljpeg -lwebp -lm
 LDFLAGS = -fopenmp $(SAN)
 
 # ---- CUDA: built when nvcc is found, the architecture is a variable with a default (pitfalls #3) ----
@@ -29,7 +29,7 @@ endif
 CUDA_ARCH ?= sm_90
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 
-COMMON_SRC := $(wildcard common/*.c)
+COMMON_SRC := $(wildcard common/*.c) $(wildcard kernels/cpu/*.c)
 COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o)
 CUDA_SRC   := $(wildcard kernels/cuda/*.cu)
 
