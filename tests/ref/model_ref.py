@@ -1,0 +1,178 @@
+#!/usr/bin/python3
+"""PyTorch reference of the LLaVA-OV-1.5 forward pass, written from spec/model.md (fp32).
+
+usage:
+  model_ref.py inputs MODEL_DIR IN.safetensors SEED     write random test inputs (two packed sub-sequences,
+                                                        two images of different grids) for the model's config
+  model_ref.py check MODEL_DIR IN.safetensors OURS.safetensors
+                                                        recompute and compare with `forward`'s outputs:
+                                                        max |diff| <= 1e-4 * max|ref| + 1e-5, loss <= 1e-5 relative
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+from stlib import read_dir, read_file, write_file  # noqa: E402
+
+
+def f32(dt, a):
+    if dt == "BF16":
+        return torch.from_numpy((a.astype(np.uint32) << 16).view(np.float32).copy())
+    return torch.from_numpy(np.array(a, dtype=np.float32))
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+def attend(q, k, v, allowed):
+    """q [T, Hq, d], k/v [T, Hkv, d], allowed [T, T] bool; GQA by repeating kv heads."""
+    rep = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(rep, dim=1)
+    v = v.repeat_interleave(rep, dim=1)
+    s = torch.einsum("thd,shd->hts", q, k) / q.shape[-1] ** 0.5
+    s = s.masked_fill(~allowed[None], float("-inf"))
+    return torch.einsum("hts,shd->thd", s.softmax(-1), v)
+
+
+def block_mask(lengths, causal):
+    T = sum(lengths)
+    m = torch.zeros(T, T, dtype=torch.bool)
+    o = 0
+    for n in lengths:
+        blk = torch.ones(n, n, dtype=torch.bool)
+        m[o:o + n, o:o + n] = torch.tril(blk) if causal else blk
+        o += n
+    return m
+
+
+def vision(W, vc, px, grid):
+    D, nh = vc["embed_dim"], vc["num_heads"]
+    hd, eps = D // nh, vc.get("layer_norm_eps", 1e-5)
+    theta = vc.get("rope_theta", 10000.0)
+    pe = px @ W["visual.patch_embed.proj.weight"].reshape(D, -1).T
+    inv = 1.0 / (theta ** (torch.arange(0, hd // 2, 2, dtype=torch.float32) / (hd // 2)))
+    xs, rots, lens, o = [], [], [], 0
+    for _, h, w in grid.tolist():
+        # OV-HF rot_pos_emb: h/w ids in 2x2-block order
+        hp = torch.arange(h).unsqueeze(1).expand(-1, w).reshape(h // 2, 2, w // 2, 2).permute(0, 2, 1, 3).flatten()
+        wp = torch.arange(w).unsqueeze(0).expand(h, -1).reshape(h // 2, 2, w // 2, 2).permute(0, 2, 1, 3).flatten()
+        rot = torch.cat([hp[:, None].float() * inv[None], wp[:, None].float() * inv[None]], dim=1)
+        rots.append(torch.cat([W["visual.class_pos_emb"], rot]))
+        xs.append(torch.cat([W["visual.class_embedding"][None], pe[o:o + h * w]]))
+        lens.append(h * w + 1)
+        o += h * w
+    x, rot = torch.cat(xs), torch.cat(rots)
+    emb = torch.cat([rot, rot], dim=-1)
+    cos, sin = emb.cos()[:, None], emb.sin()[:, None]
+    allowed = block_mask(lens, causal=False)
+    x = F.layer_norm(x, (D,), W["visual.pre_layernorm.weight"], W["visual.pre_layernorm.bias"], eps)
+    S = x.shape[0]
+    for i in range(vc["depth"]):
+        b = f"visual.blocks.{i}."
+        h = F.layer_norm(x, (D,), W[b + "norm1.weight"], W[b + "norm1.bias"], eps)
+        q, k, v = (h @ W[b + "attn.qkv.weight"].T + W[b + "attn.qkv.bias"]).reshape(S, 3, nh, hd).unbind(1)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        a = attend(q, k, v, allowed).reshape(S, D)
+        x = x + a @ W[b + "attn.proj.weight"].T + W[b + "attn.proj.bias"]
+        h = F.layer_norm(x, (D,), W[b + "norm2.weight"], W[b + "norm2.bias"], eps)
+        h = F.gelu(h @ W[b + "mlp.fc1.weight"].T + W[b + "mlp.fc1.bias"])  # exact erf GELU
+        x = x + h @ W[b + "mlp.fc2.weight"].T + W[b + "mlp.fc2.bias"]
+    keep = torch.ones(S, dtype=torch.bool)
+    c = 0
+    for n in lens:
+        keep[c] = False
+        c += n
+    hidden = x[keep]
+    m = F.layer_norm(hidden, (D,), W["visual.merger.ln_q.weight"], W["visual.merger.ln_q.bias"], eps).reshape(-1, 4 * D)
+    m = F.gelu(m @ W["visual.merger.mlp.0.weight"].T + W["visual.merger.mlp.0.bias"])
+    return hidden, m @ W["visual.merger.mlp.2.weight"].T + W["visual.merger.mlp.2.bias"]
+
+
+def rms(x, w, eps):
+    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)) * w
+
+
+def text(W, tc, ids, cu, image_embeds, image_id):
+    T, H = ids.shape[0], tc["hidden_size"]
+    nq, nkv, hd, eps = tc["num_attention_heads"], tc["num_key_value_heads"], tc["head_dim"], tc["rms_norm_eps"]
+    theta = tc.get("rope_parameters", {}).get("rope_theta", tc.get("rope_theta"))
+    x = W["model.embed_tokens.weight"][ids]
+    if image_embeds is not None:
+        x[ids == image_id] = image_embeds
+    lens = (cu[1:] - cu[:-1]).tolist()
+    pos = torch.cat([torch.arange(n) for n in lens]).float()  # restart per packed sub-sequence
+    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    ang = pos[:, None] * inv[None]
+    emb = torch.cat([ang, ang], dim=-1)
+    cos, sin = emb.cos()[:, None], emb.sin()[:, None]
+    allowed = block_mask(lens, causal=True)
+    for i in range(tc["num_hidden_layers"]):
+        b = f"model.layers.{i}."
+        h = rms(x, W[b + "input_layernorm.weight"], eps)
+        q = rms((h @ W[b + "self_attn.q_proj.weight"].T).reshape(T, nq, hd), W[b + "self_attn.q_norm.weight"], eps)
+        k = rms((h @ W[b + "self_attn.k_proj.weight"].T).reshape(T, nkv, hd), W[b + "self_attn.k_norm.weight"], eps)
+        v = (h @ W[b + "self_attn.v_proj.weight"].T).reshape(T, nkv, hd)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        x = x + attend(q, k, v, allowed).reshape(T, nq * hd) @ W[b + "self_attn.o_proj.weight"].T
+        h = rms(x, W[b + "post_attention_layernorm.weight"], eps)
+        x = x + (F.silu(h @ W[b + "mlp.gate_proj.weight"].T) * (h @ W[b + "mlp.up_proj.weight"].T)) @ W[b + "mlp.down_proj.weight"].T
+    x = rms(x, W["model.norm.weight"], eps)
+    return x @ W["lm_head.weight"].T
+
+
+def load(model_dir):
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    return cfg, {k: f32(dt, a) for k, (dt, a) in read_dir(model_dir).items()}
+
+
+def make_inputs(model_dir, path, seed):
+    cfg, _ = load(model_dir)
+    g = torch.Generator().manual_seed(seed)
+    grids = [(1, 4, 6), (1, 2, 2)]
+    rows = sum(h * w for _, h, w in grids)
+    img = cfg["image_token_id"]
+    V = cfg["text_config"]["vocab_size"]
+    rnd = lambda n: torch.randint(0, min(V, 1000), (n,), generator=g)
+    seq1 = torch.cat([rnd(5), torch.full((6,), img), rnd(9)])   # image 0: 4x6 patches -> 6 tokens
+    seq2 = torch.cat([rnd(3), torch.full((1,), img), rnd(7)])   # image 1: 2x2 -> 1 token
+    ids = torch.cat([seq1, seq2]).to(torch.int32)
+    labels = ids.clone()
+    labels[torch.rand(ids.shape[0], generator=g) < 0.3] = -100
+    write_file(path, [("input_ids", "I32", ids.numpy()), ("labels", "I32", labels.numpy()),
+                      ("cu_seqlens", "I32", np.array([0, len(seq1), len(seq1) + len(seq2)], np.int32)),
+                      ("pixel_values", "F32", torch.randn(rows, 588, generator=g).numpy()),
+                      ("grid_thw", "I32", np.array(grids, np.int32))])
+
+
+def check(model_dir, in_path, ours_path):
+    cfg, W = load(model_dir)
+    inp = {k: torch.from_numpy(np.array(a)) for k, (dt, a) in read_file(in_path).items()}
+    ours = {k: torch.from_numpy(np.array(a)) for k, (dt, a) in read_file(ours_path).items()}
+    with torch.no_grad():
+        hidden, embeds = vision(W, cfg["vision_config"], inp["pixel_values"], inp["grid_thw"])
+        ids = inp["input_ids"].long()
+        logits = text(W, cfg["text_config"], ids, inp["cu_seqlens"].long(), embeds, cfg["image_token_id"])
+        loss = F.cross_entropy(logits[:-1], inp["labels"].long()[1:], ignore_index=-100)
+    bad = False
+    for name, ref in (("vision_hidden", hidden), ("image_embeds", embeds), ("logits", logits)):
+        d = (ours[name] - ref).abs().max().item()
+        tol = 1e-4 * ref.abs().max().item() + 1e-5
+        print(f"model_ref: {name} {tuple(ref.shape)} max |diff| {d:.3e} (tolerance {tol:.3e})")
+        bad |= not d <= tol
+    rel = abs(ours["loss"].item() - loss.item()) / abs(loss.item())
+    print(f"model_ref: loss {loss.item():.6f}, relative diff {rel:.2e} (tolerance 1e-5)")
+    sys.exit(1 if bad or rel > 1e-5 else 0)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "inputs":
+        make_inputs(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        check(sys.argv[2], sys.argv[3], sys.argv[4])
