@@ -17,12 +17,16 @@ static const StTensor *get(const StFile *f, const char *name, DType dt) {
 
 int main(int argc, char **argv) {
     char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *device = "cpu";
+    int want_grads = 0;
     const Opt opts[] = {
         {"model", OPT_STR, &model_dir, "DIR", "HF checkpoint (merged LLaVA-OV-1.5, or a plain Qwen3)."},
         {"in", OPT_STR, &in_path, "FILE", "Inputs (safetensors): input_ids I32 [T] or [1,T]; optional labels (same shape), "
                                           "cu_seqlens I32, pixel_values F32 [N, 588], grid_thw I32 [n_img, 3]."},
         {"out", OPT_STR, &out_path, "FILE", "Outputs (safetensors ending in .safetensors): logits, loss, vision_hidden, image_embeds."},
         {"device", OPT_STR, &device, "cpu", "Backend (only cpu in this build of the model)."},
+        {"grads", OPT_FLAG, &want_grads, NULL,
+         "Also write grad.<HF name> of the loss for every language-model tensor (embedding, decoder layers, final "
+         "norm, head); needs labels. The merger and vision tower gradients are not computed yet."},
     };
     const Cli cli = {
         .name = "forward",
@@ -74,7 +78,20 @@ int main(int argc, char **argv) {
     }
     if (!!px != !!grid) die_input("%s: pixel_values and grid_thw go together", in_path);
     ModelOutput out;
-    if (model_forward(&m, &in, &out, &e)) die_input("%s: %s", in_path, e.msg);
+    float **grads = NULL, grad_loss = 0.0f;
+    if (want_grads) {
+        if (!labels || !ids) die_input("%s: --grads needs input_ids and labels", in_path);
+        if (shape_numel(labels->ndim, labels->shape) != in.T) die_input("%s: labels: expected %d values", in_path, in.T);
+        grads = xcalloc((size_t)m.np, sizeof(float *));
+        for (int i = 0; i < m.np; i++)
+            if (m.ps[i].part == PART_TEXT) grads[i] = xcalloc((size_t)param_numel(&m.ps[i]), sizeof(float));
+        float *demb = NULL;
+        if (model_loss_grads(&m, &in, (const int32_t *)labels->data, &grad_loss, grads, &out, &demb, &e))
+            die_input("%s: %s", in_path, e.msg);
+        free(demb);
+    } else if (model_forward(&m, &in, &out, &e)) {
+        die_input("%s: %s", in_path, e.msg);
+    }
     size_t n = strlen(out_path);
     if (n < 13 || strcmp(out_path + n - 12, ".safetensors")) die_input("--out: expected a name ending in .safetensors");
     char *dir = xstrdup(out_path), *slash = strrchr(dir, '/');
@@ -103,10 +120,25 @@ int main(int argc, char **argv) {
         stw_declare(w, "vision_hidden", DT_F32, 2, a, &e);
         stw_declare(w, "image_embeds", DT_F32, 2, b, &e);
     }
+    for (int i = 0; grads && i < m.np; i++)
+        if (grads[i]) {
+            char name[160];
+            snprintf(name, sizeof name, "grad.%s", m.ps[i].name);
+            stw_declare(w, name, DT_F32, m.ps[i].ndim, m.ps[i].shape, &e);
+        }
     if (stw_open(w, &e) || (out.logits && stw_write(w, "logits", out.logits, &e)) || (out.logits && labels && stw_write(w, "loss", &loss, &e)) ||
         (out.vision_hidden && (stw_write(w, "vision_hidden", out.vision_hidden, &e) || stw_write(w, "image_embeds", out.image_embeds, &e))) ||
-        stw_finish(w, &e))
+        0)
         die_input("%s", e.msg);
+    for (int i = 0; grads && i < m.np; i++)
+        if (grads[i]) {
+            char name[160];
+            snprintf(name, sizeof name, "grad.%s", m.ps[i].name);
+            if (stw_write(w, name, grads[i], &e)) die_input("%s", e.msg);
+            free(grads[i]);
+        }
+    free(grads);
+    if (stw_finish(w, &e)) die_input("%s", e.msg);
     stw_free(w);
     free(stem); free(dir);
     free(out.logits); free(out.vision_hidden); free(out.image_embeds);

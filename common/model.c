@@ -8,6 +8,7 @@
 
 #include "../kernels/ops.h"
 #include "hfdir.h"
+#include "model_internal.h"
 
 int model_load(Model *m, const char *dir, Err *e) {
     memset(m, 0, sizeof *m);
@@ -44,7 +45,7 @@ const float *model_weight(const Model *m, const char *name) {
     return NULL;
 }
 
-static const float *W(const Model *m, const char *fmt, int layer) {
+const float *model_weight_fmt(const Model *m, const char *fmt, int layer) {
     char name[128];
     snprintf(name, sizeof name, fmt, layer);
     const float *w = model_weight(m, name);
@@ -52,7 +53,8 @@ static const float *W(const Model *m, const char *fmt, int layer) {
     return w;
 }
 
-static float *fzeros(size_t n) { return xcalloc(n ? n : 1, sizeof(float)); }
+float *fzeros(size_t n) { return xcalloc(n ? n : 1, sizeof(float)); }
+#define W model_weight_fmt
 
 // ---- vision tower + merger ------------------------------------------------------------------------
 
@@ -129,55 +131,23 @@ static void vision_forward(const Model *m, const ModelInput *in, float *hidden_o
     free(o); free(f1); free(f1g);
 }
 
-// ---- Qwen3 decoder ----------------------------------------------------------------------------------
-
-static void text_forward(const Model *m, const ModelInput *in, const float *image_embeds, float *logits) {
-    const TextConfig *c = &m->cfg.text;
-    int T = in->T, H = c->hidden, I = c->intermediate, nq = c->heads, nkv = c->kv_heads, hd = c->head_dim;
-    int Q = nq * hd, KV = nkv * hd;
-    float eps = (float)c->rms_eps;
-    int32_t one[2] = {0, T};
-    const int32_t *cu = in->cu_seqlens ? in->cu_seqlens : one;
-    int nseq = in->cu_seqlens ? in->nseq : 1;
-    float *x = fzeros((size_t)T * H);
-    embedding_forward(x, in->ids, W(m, "model.embed_tokens.weight", 0), T, H);
-    for (int t = 0, j = 0; t < T; t++)  // image pads take the merger outputs in order
-        if (m->cfg.vision.present && in->ids[t] == m->cfg.image_token_id) memcpy(x + (size_t)t * H, image_embeds + (size_t)(j++) * H, (size_t)H * sizeof(float));
-    float *ang = fzeros((size_t)T * hd / 2);
-    rope_angles_1d(ang, cu, nseq, hd, c->rope_theta);
-    float *rstd = fzeros((size_t)T * (nq > 1 ? nq : 1)), *h = fzeros((size_t)T * H), *q = fzeros((size_t)T * Q),
-          *k = fzeros((size_t)T * KV), *v = fzeros((size_t)T * KV), *qn = fzeros((size_t)T * Q), *kn = fzeros((size_t)T * KV),
-          *att = fzeros((size_t)T * Q), *lse = fzeros((size_t)T * nq), *o = fzeros((size_t)T * H),
-          *gu = fzeros((size_t)T * 2 * I), *g = fzeros((size_t)T * I), *u = fzeros((size_t)T * I), *act = fzeros((size_t)T * I);
-    for (int l = 0; l < c->layers; l++) {
-        rmsnorm_forward(h, rstd, x, W(m, "model.layers.%d.input_layernorm.weight", l), T, H, eps);
-        matmul_forward(q, h, W(m, "model.layers.%d.self_attn.q_proj.weight", l), NULL, T, H, Q);
-        matmul_forward(k, h, W(m, "model.layers.%d.self_attn.k_proj.weight", l), NULL, T, H, KV);
-        matmul_forward(v, h, W(m, "model.layers.%d.self_attn.v_proj.weight", l), NULL, T, H, KV);
-        // QK-norm per head over head_dim, before RoPE
-        rmsnorm_forward(qn, rstd, q, W(m, "model.layers.%d.self_attn.q_norm.weight", l), T * nq, hd, eps);
-        rmsnorm_forward(kn, rstd, k, W(m, "model.layers.%d.self_attn.k_norm.weight", l), T * nkv, hd, eps);
-        rope_forward(qn, ang, T, nq, hd);
-        rope_forward(kn, ang, T, nkv, hd);
-        attention_forward(att, lse, qn, kn, v, cu, nseq, nq, nkv, hd, 1);
-        matmul_forward(o, att, W(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL, T, Q, H);
-        for (size_t i = 0; i < (size_t)T * H; i++) x[i] += o[i];
-        rmsnorm_forward(h, rstd, x, W(m, "model.layers.%d.post_attention_layernorm.weight", l), T, H, eps);
-        matmul_forward(g, h, W(m, "model.layers.%d.mlp.gate_proj.weight", l), NULL, T, H, I);
-        matmul_forward(u, h, W(m, "model.layers.%d.mlp.up_proj.weight", l), NULL, T, H, I);
-        for (int t = 0; t < T; t++) {  // [gate | up] rows for swiglu
-            memcpy(gu + (size_t)t * 2 * I, g + (size_t)t * I, (size_t)I * sizeof(float));
-            memcpy(gu + (size_t)t * 2 * I + I, u + (size_t)t * I, (size_t)I * sizeof(float));
-        }
-        swiglu_forward(act, gu, T, I);
-        matmul_forward(o, act, W(m, "model.layers.%d.mlp.down_proj.weight", l), NULL, T, I, H);
-        for (size_t i = 0; i < (size_t)T * H; i++) x[i] += o[i];
+// Text-side input rules: ids in the vocabulary, one <|image_pad|> per merged embedding, cu_seqlens
+// spanning the row.
+int model_forward_check_text(const Model *m, const ModelInput *in, Err *e) {
+    int64_t pads = 0;
+    for (int t = 0; t < in->T; t++) {
+        if (in->ids[t] < 0 || in->ids[t] >= m->cfg.text.vocab) { err_set(e, "input_ids[%d] = %d is outside the vocabulary", t, in->ids[t]); return -1; }
+        pads += m->cfg.vision.present && in->ids[t] == m->cfg.image_token_id;
     }
-    rmsnorm_forward(h, rstd, x, W(m, "model.norm.weight", 0), T, H, eps);
-    const float *head = model_weight(m, "lm_head.weight");
-    matmul_forward(logits, h, head ? head : W(m, "model.embed_tokens.weight", 0), NULL, T, H, c->vocab);
-    free(x); free(ang); free(rstd); free(h); free(q); free(k); free(v); free(qn); free(kn); free(att); free(lse); free(o);
-    free(gu); free(g); free(u); free(act);
+    if (pads != in->rows / 4) {
+        err_set(e, "%lld <|image_pad|> tokens but the images give %lld merged embeddings", (long long)pads, (long long)(in->rows / 4));
+        return -1;
+    }
+    if (in->cu_seqlens && (in->cu_seqlens[0] != 0 || in->cu_seqlens[in->nseq] != in->T)) {
+        err_set(e, "cu_seqlens must run from 0 to the sequence length %d", in->T);
+        return -1;
+    }
+    return 0;
 }
 
 int model_forward(const Model *m, const ModelInput *in, ModelOutput *out, Err *e) {
@@ -199,20 +169,38 @@ int model_forward(const Model *m, const ModelInput *in, ModelOutput *out, Err *e
         vision_forward(m, in, out->vision_hidden, out->image_embeds);
     }
     if (!in->ids) return 0;
-    int64_t pads = 0;
-    for (int t = 0; t < in->T; t++) {
-        if (in->ids[t] < 0 || in->ids[t] >= m->cfg.text.vocab) { err_set(e, "input_ids[%d] = %d is outside the vocabulary", t, in->ids[t]); return -1; }
-        pads += m->cfg.vision.present && in->ids[t] == m->cfg.image_token_id;
-    }
-    if (pads != rows / 4) {
-        err_set(e, "%lld <|image_pad|> tokens but the images give %lld merged embeddings", (long long)pads, (long long)(rows / 4));
-        return -1;
-    }
-    if (in->cu_seqlens && (in->cu_seqlens[0] != 0 || in->cu_seqlens[in->nseq] != in->T)) {
-        err_set(e, "cu_seqlens must run from 0 to the sequence length %d", in->T);
-        return -1;
-    }
+    if (model_forward_check_text(m, in, e)) return -1;
     out->logits = fzeros((size_t)in->T * m->cfg.text.vocab);
-    text_forward(m, in, out->image_embeds, out->logits);
+    TextTrace tr;
+    text_forward(m, in, out->image_embeds, out->logits, &tr);
+    text_trace_free(&tr, m->cfg.text.layers);
+    return 0;
+}
+
+int model_loss_grads(const Model *m, const ModelInput *in, const int32_t *labels, float *loss, float **grads,
+                     ModelOutput *out, float **dimage_embeds, Err *e) {
+    if (!in->ids) { err_set(e, "a loss needs input_ids"); return -1; }
+    // The forward of model_forward, keeping the decoder's activations.
+    ModelInput vis = *in;
+    vis.ids = NULL;
+    if (model_forward(m, &vis, out, e)) return -1;
+    ModelInput full = *in;
+    if (model_forward_check_text(m, &full, e)) return -1;
+    int T = in->T, V = m->cfg.text.vocab;
+    out->logits = fzeros((size_t)T * V);
+    TextTrace tr;
+    text_forward(m, in, out->image_embeds, out->logits, &tr);
+    int32_t *shifted = xmalloc((size_t)T * sizeof(int32_t));  // position t predicts labels[t+1]
+    for (int t = 0; t < T; t++) shifted[t] = t + 1 < T ? labels[t + 1] : -100;
+    int64_t count;
+    *loss = (float)cross_entropy_forward(out->logits, shifted, T, V, &count);
+    float *dlogits = fzeros((size_t)T * V);
+    if (count) cross_entropy_backward(dlogits, out->logits, shifted, T, V, 1.0f / (float)count);
+    float *demb = in->nimg ? fzeros((size_t)(in->rows / 4) * m->cfg.text.hidden) : NULL;
+    text_backward(m, &tr, dlogits, grads, demb);
+    if (dimage_embeds) *dimage_embeds = demb; else free(demb);
+    text_trace_free(&tr, m->cfg.text.layers);
+    free(dlogits);
+    free(shifted);
     return 0;
 }

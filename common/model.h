@@ -40,3 +40,11 @@ typedef struct {
 // Allocates and fills the outputs (caller frees each). Errors: image-pad count ≠ merger outputs,
 // grid sizes that do not match the pixel rows, ids outside the vocabulary.
 int model_forward(const Model *m, const ModelInput *in, ModelOutput *out, Err *e);
+
+// Loss and gradients: the mean cross-entropy over labels != −100 of position t against labels[t+1]
+// (Hugging Face's shift), and its gradient accumulated into grads[i] for every decoder tensor i
+// whose grads[i] is not NULL. This version differentiates the language model (embedding, decoder,
+// norm, head) and hands back d loss / d image_embeds in *dimage_embeds (caller frees) when images
+// are given; the merger and vision tower backward build on it.
+int model_loss_grads(const Model *m, const ModelInput *in, const int32_t *labels, float *loss, float **grads,
+                     ModelOutput *out, float **dimage_embeds, Err *e);

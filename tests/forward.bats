@@ -12,13 +12,17 @@ run_case() {  # PRESET_FILE: mkckpt + merge + random inputs, then forward vs tes
     run $PY "$REF/model_ref.py" check "$T/hf" "$T/in.safetensors" "$T/out.safetensors"
     echo "$output"
     [ "$status" -eq 0 ]
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/grads.safetensors" --grads
+    run $PY "$REF/model_ref.py" grads "$T/hf" "$T/in.safetensors" "$T/grads.safetensors"
+    echo "$output"
+    [ "$status" -eq 0 ]
 }
 
 @test "forward --help reads like a man page" {
     expect_help forward
 }
 
-@test "tiny preset: vision tower, merger, logits and loss match PyTorch (two images, two packed sub-sequences)" {
+@test "tiny preset: vision tower, merger, logits, loss and language-model gradients match PyTorch (two images, two packed sub-sequences)" {
     run_case tiny
 }
 

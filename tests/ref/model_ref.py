@@ -171,8 +171,42 @@ def check(model_dir, in_path, ours_path):
     sys.exit(1 if bad or rel > 1e-5 else 0)
 
 
+def check_grads(model_dir, in_path, ours_path):
+    """Every grad.<name> of `forward --grads` against autograd: relative L2 error <= 1e-4."""
+    cfg, W = load(model_dir)
+    inp = {k: torch.from_numpy(np.array(a)) for k, (dt, a) in read_file(in_path).items()}
+    ours = {k: torch.from_numpy(np.array(a)) for k, (dt, a) in read_file(ours_path).items()}
+    names = [k[len("grad."):] for k in ours if k.startswith("grad.")]
+    for n in names:
+        W[n].requires_grad_(True)
+    embeds = None
+    if "pixel_values" in inp:
+        with torch.no_grad():
+            _, embeds = vision(W, cfg["vision_config"], inp["pixel_values"], inp["grid_thw"])
+    logits = text(W, cfg["text_config"], inp["input_ids"].long(), inp["cu_seqlens"].long(), embeds, cfg["image_token_id"])
+    loss = F.cross_entropy(logits[:-1], inp["labels"].long()[1:], ignore_index=-100)
+    loss.backward()
+    worst, bad = 0.0, []
+    for n in names:
+        ref, got = W[n].grad, ours["grad." + n]
+        err = ((got - ref).norm() / (ref.norm() + 1e-30)).item()
+        worst = max(worst, err)
+        if not err <= 1e-4:
+            bad.append((n, err))
+    want = {k for k in W if k.startswith("model.") or k == "lm_head.weight"}
+    if set(names) != want:
+        bad.append(("missing gradients", sorted(want - set(names))[:3]))
+    rel = abs(ours["loss"].item() - loss.item()) / abs(loss.item())
+    print(f"model_ref: {len(names)} gradients, worst relative L2 error {worst:.2e} (tolerance 1e-4); loss diff {rel:.1e}")
+    for b in bad[:5]:
+        print("model_ref: FAIL", b)
+    sys.exit(1 if bad or rel > 1e-5 else 0)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "inputs":
         make_inputs(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "grads":
+        check_grads(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         check(sys.argv[2], sys.argv[3], sys.argv[4])

@@ -1,0 +1,28 @@
+// model_internal.h: what model.c and model_text.c share (not part of the model's interface).
+#pragma once
+#include "model.h"
+
+float *fzeros(size_t n);
+// The fp32 tensor named by fmt with %d = layer; dies when absent (the table is built from the config).
+const float *model_weight_fmt(const Model *m, const char *fmt, int layer);
+int model_param_index(const Model *m, const char *fmt, int layer);
+
+// Activations of one decoder layer kept for the backward (shapes in model_text.c).
+typedef struct {
+    float *x_in, *rstd1, *h1, *q, *k, *v, *qrstd, *krstd, *qr, *kr, *att, *lse, *x_mid, *rstd2, *h2, *gu, *act;
+} LayerActs;
+
+typedef struct {
+    int T, nseq;
+    int32_t *cu, *ids;
+    float *ang;
+    LayerActs *L;
+    float *x_final, *rstdf, *hf;
+} TextTrace;
+
+void text_forward(const Model *m, const ModelInput *in, const float *image_embeds, float *logits, TextTrace *tr);
+// grads[i] accumulates d loss / d m->w[i] (NULL entries are skipped: frozen); dembeds[rows/4, H]
+// receives the gradient of the image embeddings (may be NULL).
+void text_backward(const Model *m, const TextTrace *tr, const float *dlogits, float **grads, float *dembeds);
+void text_trace_free(TextTrace *tr, int layers);
+int model_forward_check_text(const Model *m, const ModelInput *in, Err *e);
