@@ -25,8 +25,7 @@ int main(int argc, char **argv) {
         {"out", OPT_STR, &out_path, "FILE", "Outputs (safetensors ending in .safetensors): logits, loss, vision_hidden, image_embeds."},
         {"device", OPT_STR, &device, "cpu", "Backend (only cpu in this build of the model)."},
         {"grads", OPT_FLAG, &want_grads, NULL,
-         "Also write grad.<HF name> of the loss for every language-model tensor (embedding, decoder layers, final "
-         "norm, head); needs labels. The merger and vision tower gradients are not computed yet."},
+         "Also write grad.<HF name> of the loss for every tensor (vision tower, merger, language model); needs labels."},
     };
     const Cli cli = {
         .name = "forward",
@@ -84,11 +83,9 @@ int main(int argc, char **argv) {
         if (shape_numel(labels->ndim, labels->shape) != in.T) die_input("%s: labels: expected %d values", in_path, in.T);
         grads = xcalloc((size_t)m.np, sizeof(float *));
         for (int i = 0; i < m.np; i++)
-            if (m.ps[i].part == PART_TEXT) grads[i] = xcalloc((size_t)param_numel(&m.ps[i]), sizeof(float));
-        float *demb = NULL;
-        if (model_loss_grads(&m, &in, (const int32_t *)labels->data, &grad_loss, grads, &out, &demb, &e))
+            grads[i] = xcalloc((size_t)param_numel(&m.ps[i]), sizeof(float));
+        if (model_loss_grads(&m, &in, (const int32_t *)labels->data, &grad_loss, grads, &out, &e))
             die_input("%s: %s", in_path, e.msg);
-        free(demb);
     } else if (model_forward(&m, &in, &out, &e)) {
         die_input("%s: %s", in_path, e.msg);
     }

@@ -42,9 +42,8 @@ typedef struct {
 int model_forward(const Model *m, const ModelInput *in, ModelOutput *out, Err *e);
 
 // Loss and gradients: the mean cross-entropy over labels != −100 of position t against labels[t+1]
-// (Hugging Face's shift), and its gradient accumulated into grads[i] for every decoder tensor i
-// whose grads[i] is not NULL. This version differentiates the language model (embedding, decoder,
-// norm, head) and hands back d loss / d image_embeds in *dimage_embeds (caller frees) when images
-// are given; the merger and vision tower backward build on it.
+// (Hugging Face's shift), and its gradient accumulated into grads[i] for every tensor i whose
+// grads[i] is not NULL (NULL: frozen, nothing computed for it): vision tower (CLS embedding and
+// angles included), merger and language model.
 int model_loss_grads(const Model *m, const ModelInput *in, const int32_t *labels, float *loss, float **grads,
-                     ModelOutput *out, float **dimage_embeds, Err *e);
+                     ModelOutput *out, Err *e);

@@ -26,3 +26,24 @@ void text_forward(const Model *m, const ModelInput *in, const float *image_embed
 void text_backward(const Model *m, const TextTrace *tr, const float *dlogits, float **grads, float *dembeds);
 void text_trace_free(TextTrace *tr, int layers);
 int model_forward_check_text(const Model *m, const ModelInput *in, Err *e);
+
+// Activations of one vision block kept for the backward (model_vision.c).
+typedef struct {
+    float *x_in, *mean1, *rstd1, *h1, *q, *k, *v, *qr, *kr, *att, *lse, *x_mid, *mean2, *rstd2, *h2, *f1, *f1g;
+} BlockActs;
+
+typedef struct {
+    int64_t S, rows;
+    int nimg;
+    int32_t *cu;
+    float *ang;               // [S, hd/2]
+    float *x0, *pre_mean, *pre_rstd;  // pre-LayerNorm input and statistics
+    BlockActs *B;
+    float *x_last;            // output of the last block
+    float *hidden, *ln_mean, *ln_rstd, *ln, *m1, *m1g;  // merger
+    const float *pixels;
+} VisionTrace;
+
+void vision_forward(const Model *m, const ModelInput *in, float *hidden_out, float *embeds_out, VisionTrace *tr);
+void vision_backward(const Model *m, const VisionTrace *tr, const float *dembeds, float **grads);
+void vision_trace_free(VisionTrace *tr, int depth);

@@ -22,13 +22,13 @@ run_case() {  # PRESET_FILE: mkckpt + merge + random inputs, then forward vs tes
     expect_help forward
 }
 
-@test "tiny preset: vision tower, merger, logits, loss and language-model gradients match PyTorch (two images, two packed sub-sequences)" {
+@test "tiny preset: vision tower, merger, logits, loss and every gradient match PyTorch (two images, two packed sub-sequences)" {
     run_case tiny
 }
 
 # Weights 15x larger than the initialiser's 0.02 make attention far from uniform, so that a wrong
 # position, mask or head mapping moves the outputs well past the tolerance.
-@test "other head counts and GQA ratio (6 query heads over 2 KV heads, head_dim 24; 2 vision heads) match PyTorch" {
+@test "other head counts and GQA ratio (6 query heads over 2 KV heads, head_dim 24; 2 vision heads): outputs and gradients match PyTorch" {
     jq '.text_config.num_attention_heads = 6 | .text_config.num_key_value_heads = 2 | .text_config.head_dim = 24
         | .vision_config.num_heads = 2 | .text_config.rope_theta = 5000000.0
         | .text_config.initializer_range = 0.3 | .vision_config.initializer_range = 0.3' \
