@@ -89,13 +89,8 @@ int main(int argc, char **argv) {
     } else if (model_forward(&m, &in, &out, &e)) {
         die_input("%s: %s", in_path, e.msg);
     }
-    size_t n = strlen(out_path);
-    if (n < 13 || strcmp(out_path + n - 12, ".safetensors")) die_input("--out: expected a name ending in .safetensors");
-    char *dir = xstrdup(out_path), *slash = strrchr(dir, '/');
-    const char *base = slash ? slash + 1 : out_path;
-    if (slash) *slash = 0; else strcpy(dir, ".");
-    char *stem = xasprintf("%.*s", (int)(strlen(base) - 12), base);
-    StWriter *w = stw_new(dir, stem, 0);
+    StWriter *w = stw_new_file(out_path, &e);
+    if (!w) die_input("--out: %s", e.msg);
     float loss = 0.0f;
     int V = m.cfg.text.vocab;
     if (out.logits) {
@@ -137,7 +132,6 @@ int main(int argc, char **argv) {
     free(grads);
     if (stw_finish(w, &e)) die_input("%s", e.msg);
     stw_free(w);
-    free(stem); free(dir);
     free(out.logits); free(out.vision_hidden); free(out.image_embeds);
     st_close(&f);
     model_free(&m);

@@ -136,15 +136,10 @@ int check_weight(const StTensor *t, const char *file, const char *want_name, int
     return 0;
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && strcmp(s + n - m, suffix) == 0;
-}
-
 int is_aux_file(const char *name) {
     if (name[0] == '.') return 0;
-    if (ends_with(name, ".safetensors") || ends_with(name, ".safetensors.index.json")) return 0;
-    if (ends_with(name, ".tmp") || strstr(name, ".tmp.")) return 0;
+    if (str_ends_with(name, ".safetensors") || str_ends_with(name, ".safetensors.index.json")) return 0;
+    if (str_ends_with(name, ".tmp") || strstr(name, ".tmp.")) return 0;
     return 1;
 }
 

@@ -443,23 +443,13 @@ int image_preprocess(const uint8_t *data, size_t n, const char *name, int64_t mi
 }
 
 int image_write_pixels(const char *path, const float *pixels, int gh, int gw, Err *e) {
-    size_t n = strlen(path);
-    if (n < 13 || strcmp(path + n - 12, ".safetensors")) {
-        err_set(e, "%s: expected a file name ending in .safetensors", path);
-        return -1;
-    }
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? xasprintf("%.*s", (int)(slash - path), path) : xstrdup(".");
-    const char *base = slash ? slash + 1 : path;
-    char *stem = xasprintf("%.*s", (int)(strlen(base) - 12), base);
-    StWriter *w = stw_new(dir, stem, 0);
+    StWriter *w = stw_new_file(path, e);
+    if (!w) return -1;
     int64_t ps[2] = {(int64_t)gh * gw, IMG_PATCH_DIM}, gs[2] = {1, 3};
     int32_t grid[3] = {1, gh, gw};
     int rc = stw_declare(w, "pixel_values", DT_F32, 2, ps, e) || stw_declare(w, "grid_thw", DT_I32, 2, gs, e) ||
              stw_open(w, e) || stw_write(w, "pixel_values", pixels, e) || stw_write(w, "grid_thw", grid, e) ||
              stw_finish(w, e) ? -1 : 0;
     stw_free(w);
-    free(stem);
-    free(dir);
     return rc;
 }

@@ -46,11 +46,6 @@ static void open_or_die(HfDir *h, const char *dir) {
     if (hfdir_open(h, dir, &e)) die_input("%s", e.msg);
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && !strcmp(s + n - m, suffix);
-}
-
 // The merger tensor `rest` ("ln_q.weight", ...) in an adapter checkpoint, under any of the names
 // upstream adapters use (model.mm_projector.* is what --adapter_path loads).
 static const StTensor *find_adapter(const HfDir *a, const char *rest) {
@@ -131,7 +126,7 @@ void merge_run(const MergeOptions *o) {
         }
         for (int i = 0; i < vit.n; i++) {
             const char *nm = vit.t[i]->name;
-            if (strmap_get(&used, nm) < 0 && !ends_with(nm, ".inv_freq"))  // rotary buffers are recomputed
+            if (strmap_get(&used, nm) < 0 && !str_ends_with(nm, ".inv_freq"))  // rotary buffers are recomputed
                 die_input("%s: unexpected tensor '%s' (not part of the MLCD vision model its config.json describes)",
                           hfdir_path_of(&vit, vit.t[i]), nm);
         }

@@ -271,6 +271,22 @@ StWriter *stw_new(const char *dir, const char *base, uint64_t max_shard_bytes) {
 
 int stw_num_shards(const StWriter *w) { return w->nshards; }
 
+StWriter *stw_new_file(const char *path, Err *e) {
+    static const char ext[] = ".safetensors";
+    size_t n = strlen(path), k = sizeof ext - 1;
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    if (!str_ends_with(path, ext) || strlen(base) == k) {
+        err_set(e, "%s: expected a file name ending in .safetensors", path);
+        return NULL;
+    }
+    char *dir = slash ? xasprintf("%.*s", (int)(slash - path), path) : xstrdup(".");
+    char *stem = xasprintf("%.*s", (int)(n - k - (size_t)(base - path)), base);
+    StWriter *w = stw_new(dir, stem, 0);
+    free(dir);
+    free(stem);
+    return w;
+}
+
 int stw_declare(StWriter *w, const char *name, DType dtype, int ndim, const int64_t *shape, Err *e) {
     if (w->opened) { err_set(e, "%s: tensor '%s' declared after the layout was fixed", w->dir, name); return -1; }
     if (ndim > ST_MAX_DIMS || dtype_size(dtype) == 0) { err_set(e, "%s: bad declaration of '%s'", w->dir, name); return -1; }

@@ -59,3 +59,5 @@ int stw_write(StWriter *w, const char *name, const void *data, Err *e);
 int stw_finish(StWriter *w, Err *e);
 void stw_free(StWriter *w);  // also removes temporaries of an unfinished writer
 int stw_num_shards(const StWriter *w);
+// A one-file writer for PATH, which must end in ".safetensors" (NULL and e set otherwise).
+StWriter *stw_new_file(const char *path, Err *e);

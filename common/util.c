@@ -131,6 +131,11 @@ char *xasprintf(const char *fmt, ...) {
     return s;
 }
 
+int str_ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
 // ---- files ------------------------------------------------------------------------------------
 
 int path_exists(const char *path) {

@@ -26,6 +26,8 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+int str_ends_with(const char *s, const char *suffix);
+
 // Paths and files.
 int path_exists(const char *path);
 int is_dir(const char *path);
