@@ -98,11 +98,7 @@ int main(int argc, char **argv) {
         stw_declare(w, "logits", DT_F32, 2, s, &e);
         if (labels) {
             if (shape_numel(labels->ndim, labels->shape) != in.T) die_input("%s: labels: expected %d values", in_path, in.T);
-            int32_t *shifted = xmalloc((size_t)in.T * sizeof(int32_t));  // position t predicts labels[t+1]
-            for (int t = 0; t < in.T; t++) shifted[t] = t + 1 < in.T ? ((const int32_t *)labels->data)[t + 1] : -100;
-            int64_t count;
-            loss = (float)cross_entropy_forward(out.logits, shifted, in.T, V, &count);
-            free(shifted);
+            loss = want_grads ? grad_loss : (float)model_shifted_loss(out.logits, (const int32_t *)labels->data, in.T, V, NULL);
             int64_t one[1] = {1};
             stw_declare(w, "loss", DT_F32, 1, one, &e);
         }

@@ -20,6 +20,8 @@ int model_load(Model *m, const char *dir, Err *e) {
     if (hfdir_open(&h, dir, e)) return -1;
     m->np = params_hf(&m->cfg, &m->ps);
     m->w = xcalloc((size_t)m->np, sizeof(float *));
+    strmap_init(&m->index);
+    for (int i = 0; i < m->np; i++) strmap_put(&m->index, m->ps[i].name, i);
     for (int i = 0; i < m->np && !rc; i++) {
         const ParamSpec *p = &m->ps[i];
         const StTensor *t = hfdir_find(&h, p->name);
@@ -37,20 +39,31 @@ void model_free(Model *m) {
     for (int i = 0; m->w && i < m->np; i++) free(m->w[i]);
     free(m->w);
     free(m->ps);
+    strmap_free(&m->index);
     memset(m, 0, sizeof *m);
 }
 
 const float *model_weight(const Model *m, const char *name) {
-    for (int i = 0; i < m->np; i++) if (!strcmp(m->ps[i].name, name)) return m->w[i];
-    return NULL;
+    int i = strmap_get(&m->index, name);
+    return i < 0 ? NULL : m->w[i];
+}
+
+int model_param_index(const Model *m, const char *fmt, int layer) {
+    char name[128];
+    snprintf(name, sizeof name, fmt, layer);
+    return strmap_get(&m->index, name);
 }
 
 const float *model_weight_fmt(const Model *m, const char *fmt, int layer) {
-    char name[128];
-    snprintf(name, sizeof name, fmt, layer);
-    const float *w = model_weight(m, name);
-    if (!w) die_internal("model: no tensor %s", name);
-    return w;
+    int i = model_param_index(m, fmt, layer);
+    if (i < 0) die_internal("model: no tensor %s (layer %d)", fmt, layer);
+    return m->w[i];
+}
+
+float *model_grad_fmt(const Model *m, float **grads, const char *fmt, int layer) {
+    if (!grads) return NULL;
+    int i = model_param_index(m, fmt, layer);
+    return i < 0 ? NULL : grads[i];
 }
 
 float *fzeros(size_t n) { return xcalloc(n ? n : 1, sizeof(float)); }
@@ -75,8 +88,8 @@ int model_forward_check_text(const Model *m, const ModelInput *in, Err *e) {
     return 0;
 }
 
-int model_forward(const Model *m, const ModelInput *in, ModelOutput *out, Err *e) {
-    memset(out, 0, sizeof *out);
+// Image-side input rules: grids (1, even h, even w) that cover the pixel rows, and a vision tower.
+static int check_images(const Model *m, const ModelInput *in, Err *e) {
     int64_t rows = 0;
     for (int i = 0; i < in->nimg; i++) {
         int gh = in->grid[3 * i + 1], gw = in->grid[3 * i + 2];
@@ -88,49 +101,66 @@ int model_forward(const Model *m, const ModelInput *in, ModelOutput *out, Err *e
     }
     if (rows != in->rows) { err_set(e, "grid_thw covers %lld patch rows but pixel_values has %lld", (long long)rows, (long long)in->rows); return -1; }
     if (in->nimg && !m->cfg.vision.present) { err_set(e, "images given to a model without a vision tower"); return -1; }
-    if (in->nimg) {
-        out->vision_hidden = fzeros((size_t)rows * m->cfg.vision.hidden);
-        out->image_embeds = fzeros((size_t)(rows / 4) * m->cfg.text.hidden);
-        VisionTrace vt;
-        vision_forward(m, in, out->vision_hidden, out->image_embeds, &vt);
-        vision_trace_free(&vt, m->cfg.vision.depth);
-    }
-    if (!in->ids) return 0;
-    if (model_forward_check_text(m, in, e)) return -1;
-    out->logits = fzeros((size_t)in->T * m->cfg.text.vocab);
-    TextTrace tr;
-    text_forward(m, in, out->image_embeds, out->logits, &tr);
-    text_trace_free(&tr, m->cfg.text.layers);
     return 0;
+}
+
+// The forward of both parts, keeping their activations in vt and tr for a backward.
+static int run_forward(const Model *m, const ModelInput *in, ModelOutput *out, VisionTrace *vt, TextTrace *tr, Err *e) {
+    memset(out, 0, sizeof *out);
+    memset(vt, 0, sizeof *vt);
+    memset(tr, 0, sizeof *tr);
+    if (check_images(m, in, e) || (in->ids && model_forward_check_text(m, in, e))) return -1;
+    if (in->nimg) {
+        out->vision_hidden = fzeros((size_t)in->rows * m->cfg.vision.hidden);
+        out->image_embeds = fzeros((size_t)(in->rows / 4) * m->cfg.text.hidden);
+        vision_forward(m, in, out->vision_hidden, out->image_embeds, vt);
+    }
+    if (in->ids) {
+        out->logits = fzeros((size_t)in->T * m->cfg.text.vocab);
+        text_forward(m, in, out->image_embeds, out->logits, tr);
+    }
+    return 0;
+}
+
+int model_forward(const Model *m, const ModelInput *in, ModelOutput *out, Err *e) {
+    VisionTrace vt;
+    TextTrace tr;
+    int rc = run_forward(m, in, out, &vt, &tr, e);
+    vision_trace_free(&vt, m->cfg.vision.depth);
+    text_trace_free(&tr, m->cfg.text.layers);
+    return rc;
+}
+
+double model_shifted_loss(const float *logits, const int32_t *labels, int T, int V, float *dlogits) {
+    int32_t *shifted = xmalloc((size_t)(T ? T : 1) * sizeof(int32_t));  // position t predicts labels[t+1]
+    for (int t = 0; t < T; t++) shifted[t] = t + 1 < T ? labels[t + 1] : -100;
+    int64_t count;
+    double loss = cross_entropy_forward(logits, shifted, T, V, &count);
+    if (dlogits) {
+        if (count) cross_entropy_backward(dlogits, logits, shifted, T, V, 1.0f / (float)count);
+        else memset(dlogits, 0, (size_t)T * V * sizeof(float));
+    }
+    free(shifted);
+    return loss;
 }
 
 int model_loss_grads(const Model *m, const ModelInput *in, const int32_t *labels, float *loss, float **grads,
                      ModelOutput *out, Err *e) {
     if (!in->ids) { err_set(e, "a loss needs input_ids"); return -1; }
-    ModelInput vis = *in;
-    vis.ids = NULL;
-    if (model_forward(m, &vis, out, e)) return -1;  // validates the images (and computes nothing kept)
-    if (model_forward_check_text(m, in, e)) return -1;
     VisionTrace vt;
-    memset(&vt, 0, sizeof vt);
-    if (in->nimg) vision_forward(m, in, out->vision_hidden, out->image_embeds, &vt);  // again, keeping activations
-    int T = in->T, V = m->cfg.text.vocab;
-    out->logits = fzeros((size_t)T * V);
     TextTrace tr;
-    text_forward(m, in, out->image_embeds, out->logits, &tr);
-    int32_t *shifted = xmalloc((size_t)T * sizeof(int32_t));  // position t predicts labels[t+1]
-    for (int t = 0; t < T; t++) shifted[t] = t + 1 < T ? labels[t + 1] : -100;
-    int64_t count;
-    *loss = (float)cross_entropy_forward(out->logits, shifted, T, V, &count);
-    float *dlogits = fzeros((size_t)T * V);
-    if (count) cross_entropy_backward(dlogits, out->logits, shifted, T, V, 1.0f / (float)count);
-    float *demb = in->nimg ? fzeros((size_t)(in->rows / 4) * m->cfg.text.hidden) : NULL;
-    text_backward(m, &tr, dlogits, grads, demb);
-    if (in->nimg) vision_backward(m, &vt, demb, grads);
+    int rc = run_forward(m, in, out, &vt, &tr, e);
+    if (!rc) {
+        int T = in->T, V = m->cfg.text.vocab;
+        float *dlogits = fzeros((size_t)T * V);
+        *loss = (float)model_shifted_loss(out->logits, labels, T, V, dlogits);
+        float *demb = in->nimg ? fzeros((size_t)(in->rows / 4) * m->cfg.text.hidden) : NULL;
+        text_backward(m, &tr, dlogits, grads, demb);
+        if (in->nimg) vision_backward(m, &vt, demb, grads);
+        free(demb);
+        free(dlogits);
+    }
     vision_trace_free(&vt, m->cfg.vision.depth);
     text_trace_free(&tr, m->cfg.text.layers);
-    free(demb);
-    free(dlogits);
-    free(shifted);
-    return 0;
+    return rc;
 }

@@ -7,12 +7,14 @@
 
 #include "config.h"
 #include "params.h"
+#include "strmap.h"
 
 typedef struct {
     ModelConfig cfg;
     ParamSpec *ps;
     int np;
     float **w;          // w[i]: tensor ps[i] in fp32
+    StrMap index;       // HF name -> i
 } Model;
 
 int model_load(Model *m, const char *hf_dir, Err *e);
@@ -45,5 +47,9 @@ int model_forward(const Model *m, const ModelInput *in, ModelOutput *out, Err *e
 // (Hugging Face's shift), and its gradient accumulated into grads[i] for every tensor i whose
 // grads[i] is not NULL (NULL: frozen, nothing computed for it): vision tower (CLS embedding and
 // angles included), merger and language model.
+// Mean cross-entropy of logits[T, V] where position t predicts labels[t+1] (labels aligned with the
+// ids, −100: no loss), as Hugging Face shifts. With dlogits, also writes its gradient there.
+double model_shifted_loss(const float *logits, const int32_t *labels, int T, int V, float *dlogits);
+
 int model_loss_grads(const Model *m, const ModelInput *in, const int32_t *labels, float *loss, float **grads,
                      ModelOutput *out, Err *e);

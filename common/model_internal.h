@@ -6,6 +6,8 @@ float *fzeros(size_t n);
 // The fp32 tensor named by fmt with %d = layer; dies when absent (the table is built from the config).
 const float *model_weight_fmt(const Model *m, const char *fmt, int layer);
 int model_param_index(const Model *m, const char *fmt, int layer);
+// The gradient buffer of that tensor, NULL when grads is NULL or the tensor is frozen.
+float *model_grad_fmt(const Model *m, float **grads, const char *fmt, int layer);
 
 // Activations of one decoder layer kept for the backward (shapes in model_text.c).
 typedef struct {

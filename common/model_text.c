@@ -9,19 +9,7 @@
 #include "model_internal.h"
 
 #define W model_weight_fmt
-
-int model_param_index(const Model *m, const char *fmt, int layer) {
-    char name[128];
-    snprintf(name, sizeof name, fmt, layer);
-    for (int i = 0; i < m->np; i++) if (!strcmp(m->ps[i].name, name)) return i;
-    return -1;
-}
-
-static float *G(const Model *m, float **grads, const char *fmt, int layer) {  // gradient buffer or NULL
-    if (!grads) return NULL;
-    int i = model_param_index(m, fmt, layer);
-    return i < 0 ? NULL : grads[i];
-}
+#define G model_grad_fmt
 
 void text_trace_free(TextTrace *tr, int layers) {
     for (int l = 0; tr->L && l < layers; l++) {

@@ -12,12 +12,7 @@
 #include "model_internal.h"
 
 #define W model_weight_fmt
-
-static float *G(const Model *m, float **grads, const char *fmt, int layer) {
-    if (!grads) return NULL;
-    int i = model_param_index(m, fmt, layer);
-    return i < 0 ? NULL : grads[i];
-}
+#define G model_grad_fmt
 
 void vision_trace_free(VisionTrace *tr, int depth) {
     for (int l = 0; tr->B && l < depth; l++) {
