@@ -42,6 +42,8 @@ void vision_forward(const Model *m, const ModelInput *in, float *hidden_out, flo
     const float *cls = W(m, "visual.class_embedding", 0), *cls_ang = W(m, "visual.class_pos_emb", 0);
     int64_t src = 0, dst = 0;
     int quarter = hd / 4;
+    float *inv = fzeros((size_t)quarter);  // 2-D RoPE frequencies theta^(−2k/(hd/2)), k < hd/4
+    for (int k = 0; k < quarter; k++) inv[k] = (float)(1.0 / pow(v->rope_theta, (double)(2 * k) / (hd / 2)));
     tr->cu[0] = 0;
     for (int i = 0; i < in->nimg; i++) {
         int gh = in->grid[3 * i + 1], gw = in->grid[3 * i + 2];
@@ -54,14 +56,14 @@ void vision_forward(const Model *m, const ModelInput *in, float *hidden_out, flo
             int dx = r % 2, dy = (r / 2) % 2, blk = r / 4, bw = blk % (gw / 2), bh = blk / (gw / 2);
             int py = 2 * bh + dy, px = 2 * bw + dx;
             for (int k = 0; k < quarter; k++) {
-                float inv = (float)(1.0 / pow(v->rope_theta, (double)(2 * k) / (hd / 2)));
-                tr->ang[dst * hd / 2 + k] = (float)py * inv;
-                tr->ang[dst * hd / 2 + quarter + k] = (float)px * inv;
+                tr->ang[dst * hd / 2 + k] = (float)py * inv[k];
+                tr->ang[dst * hd / 2 + quarter + k] = (float)px * inv[k];
             }
         }
         tr->cu[i + 1] = (int32_t)dst;
     }
     free(pe);
+    free(inv);
     float eps = (float)v->layer_norm_eps;
     tr->x0 = x;
     tr->pre_mean = fzeros(S);

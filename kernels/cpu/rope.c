@@ -1,21 +1,28 @@
 // rope.c: rotary position embedding, non-interleaved rotate_half form (see ops.h).
 #include <math.h>
+#include <stdlib.h>
 
 #include "../ops.h"
 
 static void rotate(float *x, const float *angles, int T, int H, int D, float sign) {
     int half = D / 2;
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        const float *a = angles + (size_t)t * half;
-        for (int h = 0; h < H; h++) {
-            float *v = x + ((size_t)t * H + h) * D;
-            for (int j = 0; j < half; j++) {
-                float c = cosf(a[j]), s = sign * sinf(a[j]), x0 = v[j], x1 = v[j + half];
-                v[j] = x0 * c - x1 * s;
-                v[j + half] = x1 * c + x0 * s;
+#pragma omp parallel
+    {
+        float *cs = malloc((size_t)D * sizeof(float));  // cos, sin of one token, shared by its heads
+#pragma omp for schedule(static)
+        for (int t = 0; t < T; t++) {
+            const float *a = angles + (size_t)t * half;
+            for (int j = 0; j < half; j++) { cs[j] = cosf(a[j]); cs[half + j] = sign * sinf(a[j]); }
+            for (int h = 0; h < H; h++) {
+                float *v = x + ((size_t)t * H + h) * D;
+                for (int j = 0; j < half; j++) {
+                    float c = cs[j], s = cs[half + j], x0 = v[j], x1 = v[j + half];
+                    v[j] = x0 * c - x1 * s;
+                    v[j + half] = x1 * c + x0 * s;
+                }
             }
         }
+        free(cs);
     }
 }
 
@@ -25,13 +32,13 @@ void rope_backward(float *dx, const float *angles, int T, int H, int D) { rotate
 
 void rope_angles_1d(float *angles, const int32_t *cu_seqlens, int nseq, int D, double theta) {
     int half = D / 2;
+    // fp32 inv_freq as HF computes it, the product formed in fp32 (never in bf16)
+    float *inv_freq = malloc((size_t)half * sizeof(float));
+    for (int i = 0; i < half; i++) inv_freq[i] = (float)(1.0 / pow(theta, (double)(2 * i) / D));
     for (int s = 0; s < nseq; s++)
         for (int t = cu_seqlens[s]; t < cu_seqlens[s + 1]; t++) {
             int pos = t - cu_seqlens[s];  // positions restart in every packed sub-sequence
-            for (int i = 0; i < half; i++) {
-                // fp32 inv_freq as HF computes it, the product formed in fp32 (never in bf16)
-                float inv_freq = (float)(1.0 / pow(theta, (double)(2 * i) / D));
-                angles[(size_t)t * half + i] = (float)pos * inv_freq;
-            }
+            for (int i = 0; i < half; i++) angles[(size_t)t * half + i] = (float)pos * inv_freq[i];
         }
+    free(inv_freq);
 }
