@@ -200,68 +200,66 @@ static int next_member(WdsReader *r, char **path, uint8_t **data, size_t *size, 
     }
 }
 
+// The next member with its key and part: the one held back by the previous call, or a new one
+// from the tar. 1 ok, 0 end, -1 damage.
+static int next_keyed(WdsReader *r, char **key, WdsMember *m, uint64_t *off, Err *e) {
+    if (r->have_pending) {
+        r->have_pending = 0;
+        *key = r->pend_key;
+        *m = r->pend;
+        *off = r->pend_offset;
+        r->pend_key = NULL;
+        memset(&r->pend, 0, sizeof r->pend);
+        return 1;
+    }
+    for (;;) {
+        char *path;
+        int rc = next_member(r, &path, &m->data, &m->size, off, e);
+        if (rc <= 0) return rc;
+        if (is_dunder(path)) { free(path); free(m->data); continue; }
+        rc = wds_split_name(path, key, &m->name);
+        if (rc) err_set(e, "%s: member '%s' at byte %llu has no extension, so it belongs to no sample", r->path, path,
+                        (unsigned long long)*off);
+        free(path);
+        if (rc) { free(m->data); return -1; }
+        return 1;
+    }
+}
+
 int wds_next(WdsReader *r, WdsSample *s, Err *e) {
     memset(s, 0, sizeof *s);
-    if (r->done) return 0;
-    for (;;) {
-        char *key, *part;
-        if (r->have_pending) {
-            key = r->pend_key;
-            part = r->pend.name;
-            uint8_t *d = r->pend.data;
-            size_t sz = r->pend.size;
-            uint64_t off = r->pend_offset;
-            r->have_pending = 0;
-            r->pend_key = NULL;
-            r->pend.name = NULL;
-            r->pend.data = NULL;
-            if (s->n == 0) { s->key = key; s->offset = off; }
-            else free(key);
-            s->m = xrealloc(s->m, (size_t)(s->n + 1) * sizeof(WdsMember));
-            s->m[s->n++] = (WdsMember){part, d, sz};
-            continue;
-        }
-        char *path;
-        uint8_t *data;
-        size_t size;
+    while (!r->done) {
+        char *key;
+        WdsMember m;
         uint64_t off;
-        int rc = next_member(r, &path, &data, &size, &off, e);
-        if (rc < 0) { wds_sample_free(s); r->done = 1; return -1; }
-        if (rc == 0) {
+        int rc = next_keyed(r, &key, &m, &off, e);
+        if (rc <= 0) {
             r->done = 1;
+            if (rc < 0) { wds_sample_free(s); return -1; }
             break;
         }
-        if (is_dunder(path)) { free(path); free(data); continue; }
-        if (wds_split_name(path, &key, &part)) {
-            err_set(e, "%s: member '%s' at byte %llu has no extension, so it belongs to no sample", r->path, path,
-                    (unsigned long long)off);
-            free(path); free(data); wds_sample_free(s); r->done = 1;
-            return -1;
+        if (s->n && strcmp(key, s->key)) {  // first member of the next sample: hold it for the next call
+            r->have_pending = 1;
+            r->pend_key = key;
+            r->pend = m;
+            r->pend_offset = off;
+            break;
         }
-        free(path);
-        if (s->n == 0 || !strcmp(key, s->key)) {
-            if (s->n == 0) {
-                if (strmap_get(&r->seen, key) >= 0) {
-                    err_set(e, "%s: sample key '%s' at byte %llu repeats an earlier sample (members must be consecutive)",
-                            r->path, key, (unsigned long long)off);
-                    free(key); free(part); free(data); r->done = 1;
-                    return -1;
-                }
-                s->key = key;
-                s->offset = off;
-            } else {
-                free(key);
+        if (s->n == 0) {
+            if (strmap_get(&r->seen, key) >= 0) {
+                err_set(e, "%s: sample key '%s' at byte %llu repeats an earlier sample (members must be consecutive)",
+                        r->path, key, (unsigned long long)off);
+                free(key); free(m.name); free(m.data);
+                r->done = 1;
+                return -1;
             }
-            s->m = xrealloc(s->m, (size_t)(s->n + 1) * sizeof(WdsMember));
-            s->m[s->n++] = (WdsMember){part, data, size};
-            continue;
+            s->key = key;
+            s->offset = off;
+        } else {
+            free(key);
         }
-        // first member of the next sample: keep it for the next call
-        r->have_pending = 1;
-        r->pend_key = key;
-        r->pend = (WdsMember){part, data, size};
-        r->pend_offset = off;
-        break;
+        s->m = xrealloc(s->m, (size_t)(s->n + 1) * sizeof(WdsMember));
+        s->m[s->n++] = m;
     }
     if (s->n == 0) return 0;
     strmap_put(&r->seen, s->key, 1);

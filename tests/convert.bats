@@ -12,7 +12,8 @@ setup() { T=$BATS_TEST_TMPDIR; HF=$BATS_FILE_TMPDIR/hf; }
 
 @test "hf2mcore and mcore2hf --help read like man pages" {
     expect_help hf2mcore
-    [[ "$output" == *"--tp N"* ]] && [[ "$output" == *"release"* ]]
+    [[ "$output" == *"--tp N"* ]]
+    [[ "$output" == *"release"* ]]
     expect_help mcore2hf
     [[ "$output" == *"--iter"* ]]
 }
@@ -136,7 +137,8 @@ setup() { T=$BATS_TEST_TMPDIR; HF=$BATS_FILE_TMPDIR/hf; }
 @test "the output is never partial: an existing OUT is refused, a failed run leaves nothing" {
     mkdir "$T/o"
     run --separate-stderr "$BIN/hf2mcore" "$HF" "$T/o"
-    [ "$status" -eq 2 ] && [[ "$stderr" == *"already exists"* ]]
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"already exists"* ]]
     [ -z "$(ls -A "$T/o")" ]
     "$BIN/hf2mcore" "$HF" "$T/o" --force --tp 2 2>/dev/null
     [ -f "$T/o/release/mp_rank_01/model.safetensors" ]

@@ -20,7 +20,8 @@ setup() { T=$BATS_TEST_TMPDIR; S=$BATS_FILE_TMPDIR/src; S32=$BATS_FILE_TMPDIR/sr
     run $PY "$REF/check_merge.py" "$S/vit" "$S/llm" "$T/m" BF16
     echo "$output"
     [ "$status" -eq 0 ]
-    [ -f "$T/m/preprocessor_config.json" ] && [ -f "$T/m/generation_config.json" ]
+    [ -f "$T/m/preprocessor_config.json" ]
+    [ -f "$T/m/generation_config.json" ]
     [ "$(jq .temporal_patch_size "$T/m/preprocessor_config.json")" = 1 ]
     [ "$(jq .size.longest_edge "$T/m/preprocessor_config.json")" = "$(jq .max_pixels "$T/m/preprocessor_config.json")" ]
 }

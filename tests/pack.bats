@@ -19,7 +19,8 @@ setup() { T=$BATS_TEST_TMPDIR; D=$BATS_FILE_TMPDIR/d; TOK=$BATS_FILE_TMPDIR/d/to
     [ "$(jq .samples_in "$T/p/report.json")" = 3000 ]
     [ "$(jq .samples_packed "$T/p/report.json")" = 3000 ]
     jq -e '.fill_ratio >= 0.95' "$T/p/report.json"
-    [ -f "$T/p/.nv-meta/.info.json" ] && [ -f "$T/p/packed-000000.tar.idx" ]
+    [ -f "$T/p/.nv-meta/.info.json" ]
+    [ -f "$T/p/packed-000000.tar.idx" ]
 }
 
 @test "a packed sub-sample is exactly what tokenize --chat renders for it" {
@@ -113,7 +114,8 @@ PY
     [ "$status" -eq 2 ]
     [[ "$stderr" == *"$T/cut.tar"*"byte "* ]]
     n=$(jq .samples_in "$T/p/report.json")
-    [ "$n" -gt 1000 ] && [ "$n" -lt 2000 ]
+    [ "$n" -gt 1000 ]
+    [ "$n" -lt 2000 ]
     jq -e '.error | contains("cut.tar")' "$T/p/report.json"
     [ "$(jq .samples_packed "$T/p/report.json")" = "$n" ]
 }

@@ -10,7 +10,8 @@ setup() { T=$BATS_TEST_TMPDIR; C=$BATS_FILE_TMPDIR/c; }
 
 @test "tokenize --help reads like a man page" {
     expect_help tokenize
-    [[ "$output" == *"--chat"* ]] && [[ "$output" == *"--decode"* ]]
+    [[ "$output" == *"--chat"* ]]
+    [[ "$output" == *"--decode"* ]]
 }
 
 @test "2,400 varied strings: the same ids as the Qwen3 tokenizer, and decode(encode(s)) == NFC(s)" {
@@ -42,9 +43,11 @@ setup() { T=$BATS_TEST_TMPDIR; C=$BATS_FILE_TMPDIR/c; }
     echo '{"model": {"type": "WordPiece"}}' > "$T/bad/tokenizer.json"
     expect_bad_input "$T/x" "$T/bad/tokenizer.json" "BPE" -- "$BIN/tokenize" --tokenizer "$T/bad"
     run --separate-stderr bash -c "printf 'ok\n\xff\xfe bad\n' | '$BIN/tokenize' --tokenizer '$QWEN3'"
-    [ "$status" -eq 2 ] && [[ "$stderr" == *"stdin:2"*"invalid UTF-8"* ]]
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"stdin:2"*"invalid UTF-8"* ]]
     run --separate-stderr bash -c "echo '{\"ids\": [1, -4]}' | '$BIN/tokenize' --tokenizer '$QWEN3' --decode"
-    [ "$status" -eq 2 ] && [[ "$stderr" == *"stdin:1: ids[1]"* ]]
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"stdin:1: ids[1]"* ]]
 }
 
 @test "chat rendering and labels match the template reference (caption, VQA, multi-turn; one and several images)" {
@@ -82,11 +85,15 @@ print(sum(x != -100 for x in o['labels']), o['labels'][-1] == 151645, o['ids'].c
 
 @test "tokenize --chat: placeholder/image mismatch, unknown roles and empty conversations are input errors" {
     run --separate-stderr bash -c "echo '{\"messages\": [{\"role\": \"user\", \"content\": \"<image><image>\"}, {\"role\": \"assistant\", \"content\": \"x\"}], \"image_sizes\": [[64, 64]]}' | '$BIN/tokenize' --tokenizer '$QWEN3' --chat"
-    [ "$status" -eq 2 ] && [[ "$stderr" == *"stdin:1: 2 <image> placeholders but 1 image"* ]]
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"stdin:1: 2 <image> placeholders but 1 image"* ]]
     run --separate-stderr bash -c "echo '{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}' | '$BIN/tokenize' --tokenizer '$QWEN3' --chat"
-    [ "$status" -eq 2 ] && [[ "$stderr" == *"unknown role \"robot\""* ]]
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"unknown role \"robot\""* ]]
     run --separate-stderr bash -c "echo '{\"messages\": []}' | '$BIN/tokenize' --tokenizer '$QWEN3' --chat"
-    [ "$status" -eq 2 ] && [[ "$stderr" == *"empty conversation"* ]]
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"empty conversation"* ]]
     run --separate-stderr bash -c "echo '{\"messages\": [{\"role\": \"user\", \"content\": \"<image>\"}, {\"role\": \"assistant\", \"content\": \"x\"}], \"image_sizes\": [[10, 3000]]}' | '$BIN/tokenize' --tokenizer '$QWEN3' --chat"
-    [ "$status" -eq 2 ] && [[ "$stderr" == *"image_sizes[0]"* ]]
+    [ "$status" -eq 2 ]
+    [[ "$stderr" == *"image_sizes[0]"* ]]
 }
