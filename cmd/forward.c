@@ -1,13 +1,49 @@
-// forward: one forward pass of a checkpoint on given inputs, for conformance checks.
+// forward: one forward pass (and optionally the backward, a few AdamW steps or greedy generation)
+// of a checkpoint on given inputs, for conformance checks against reference implementations.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../common/cli.h"
 #include "../common/model.h"
+#include "../common/optim.h"
 #include "../common/safetensors.h"
 #include "../common/util.h"
-#include "../kernels/ops.h"
+
+typedef struct {  // the tensors forward writes, in order
+    char name[160];
+    DType dt;
+    int ndim;
+    int64_t shape[4];
+    const void *data;
+} OutTensor;
+
+typedef struct {
+    OutTensor *t;
+    int n, cap;
+} OutList;
+
+static void out_add(OutList *o, const char *name, DType dt, int ndim, const int64_t *shape, const void *data) {
+    if (o->n == o->cap) o->t = xrealloc(o->t, (size_t)(o->cap = o->cap ? 2 * o->cap : 16) * sizeof(OutTensor));
+    OutTensor *t = &o->t[o->n++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->dt = dt;
+    t->ndim = ndim;
+    memcpy(t->shape, shape, (size_t)ndim * sizeof(int64_t));
+    t->data = data;
+}
+
+static void out_write(const OutList *o, const char *path) {
+    Err e;
+    StWriter *w = stw_new_file(path, &e);
+    if (!w) die_input("--out: %s", e.msg);
+    for (int i = 0; i < o->n; i++) stw_declare(w, o->t[i].name, o->t[i].dt, o->t[i].ndim, o->t[i].shape, &e);
+    if (stw_open(w, &e)) die_input("%s", e.msg);
+    for (int i = 0; i < o->n; i++)
+        if (stw_write(w, o->t[i].name, o->t[i].data, &e)) die_input("%s", e.msg);
+    if (stw_finish(w, &e)) die_input("%s", e.msg);
+    stw_free(w);
+}
 
 static const StTensor *get(const StFile *f, const char *name, DType dt) {
     const StTensor *t = st_find(f, name);
@@ -16,30 +52,47 @@ static const StTensor *get(const StFile *f, const char *name, DType dt) {
 }
 
 int main(int argc, char **argv) {
-    char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *device = "cpu";
-    int want_grads = 0;
+    char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *device = "cpu", *trainable_spec = "all";
+    int want_grads = 0, steps = 0, generate = 0, no_cache = 0, eos = -1;
+    double lr = 1e-3, wd = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
     const Opt opts[] = {
         {"model", OPT_STR, &model_dir, "DIR", "HF checkpoint (merged LLaVA-OV-1.5, or a plain Qwen3)."},
-        {"in", OPT_STR, &in_path, "FILE", "Inputs (safetensors): input_ids I32 [T] or [1,T]; optional labels (same shape), "
-                                          "cu_seqlens I32, pixel_values F32 [N, 588], grid_thw I32 [n_img, 3]."},
-        {"out", OPT_STR, &out_path, "FILE", "Outputs (safetensors ending in .safetensors): logits, loss, vision_hidden, image_embeds."},
+        {"in", OPT_STR, &in_path, "FILE", "Inputs (safetensors): input_ids I32 [T] or [B,T]; optional labels (same shape), "
+                                          "cu_seqlens I32 (one row only), pixel_values F32 [N, 588], grid_thw I32 [n_img, 3]."},
+        {"out", OPT_STR, &out_path, "FILE", "Outputs (a safetensors file)."},
         {"device", OPT_STR, &device, "cpu", "Backend (only cpu in this build of the model)."},
         {"grads", OPT_FLAG, &want_grads, NULL,
-         "Also write grad.<HF name> of the loss for every tensor (vision tower, merger, language model); needs labels."},
+         "Also write grad.<HF name> of the loss for every trainable tensor; needs labels."},
+        {"trainable", OPT_STR, &trainable_spec, "SET",
+         "Tensors that get gradients: modules vision, merger, llm, all, or HF name prefixes, comma-separated (default all). "
+         "The others are frozen: nothing is computed for them."},
+        {"steps", OPT_INT, &steps, "N", "Take N AdamW steps on this one batch and write losses F32 [N] (the loss before each step)."},
+        {"lr", OPT_DOUBLE, &lr, "1e-3", "AdamW learning rate for --steps."},
+        {"weight-decay", OPT_DOUBLE, &wd, "0", "AdamW decoupled weight decay (tensors with ndim >= 2 only)."},
+        {"beta1", OPT_DOUBLE, &beta1, "0.9", "AdamW beta1."},
+        {"beta2", OPT_DOUBLE, &beta2, "0.999", "AdamW beta2."},
+        {"eps", OPT_DOUBLE, &eps, "1e-8", "AdamW epsilon (added after the square root)."},
+        {"generate", OPT_INT, &generate, "N", "Greedy-decode up to N tokens after the prompt with the KV cache; writes generated I32 [n]."},
+        {"no-cache", OPT_FLAG, &no_cache, NULL, "With --generate: run the full forward over the whole sequence for every token instead."},
+        {"eos", OPT_INT, &eos, "ID", "With --generate: stop after this token."},
     };
     const Cli cli = {
         .name = "forward",
-        .summary = "run the model forward on given inputs and write its outputs (a conformance probe)",
-        .synopsis = "forward --model HF_DIR --in IN.safetensors --out OUT.safetensors",
+        .summary = "run the model on given inputs and write its outputs (a conformance probe)",
+        .synopsis = "forward --model HF_DIR --in IN.safetensors --out OUT.safetensors [--grads] [--steps N] [--generate N]",
         .description =
             "Loads the checkpoint in fp32 and runs the LLaVA-OV-1.5 graph: patch embedding, per-image CLS, pre-LayerNorm, "
             "the vision blocks with 2-D RoPE and attention block-diagonal per image, CLS removal, the merger, image "
             "embeddings scattered into the <|image_pad|> positions in order, the Qwen3 decoder (RMSNorm, QK-norm, GQA, "
-            "RoPE with positions restarting at every cu_seqlens boundary, SwiGLU), final norm and head.\n"
-            "OUT receives logits F32 [T, vocab]; loss F32 [1] when labels are given (the mean cross-entropy of "
-            "position t against labels[t+1] over labels != -100, as Hugging Face shifts); vision_hidden F32 [N, Dv] "
-            "(last block, CLS rows removed) and image_embeds F32 [N/4, H]. Without input_ids only the vision tower "
-            "and merger run.",
+            "RoPE with positions restarting at every cu_seqlens boundary and at every row, SwiGLU), final norm and head.\n"
+            "OUT receives logits F32 [B*T, vocab]; loss F32 [1] when labels are given (the mean cross-entropy of "
+            "position t against labels[t+1] of the same row over labels != -100, all rows together, as Hugging Face "
+            "shifts); vision_hidden F32 [N, Dv] (last block, CLS rows removed) and image_embeds F32 [N/4, H]. Without "
+            "input_ids only the vision tower and merger run.\n"
+            "With --grads, grad.<name> for each trainable tensor; the backward goes no lower than the lowest trainable "
+            "layer, and a line on stderr says how many decoder layers and vision blocks it went through. With --steps, "
+            "the losses of N AdamW steps on the batch (the final weights are not saved). With --generate, the greedy "
+            "continuation of a one-row prompt.",
         .opts = opts,
         .nopts = sizeof opts / sizeof opts[0],
     };
@@ -50,6 +103,7 @@ int main(int argc, char **argv) {
     cli_require(&cli, "in", in_path);
     cli_require(&cli, "out", out_path);
     if (strcmp(device, "cpu")) die_input("--device: only cpu is available for the model so far");
+    if (steps < 0 || generate < 0) die_input("--steps and --generate take a count >= 0");
     Err e;
     Model m;
     if (model_load(&m, model_dir, &e)) die_input("%s", e.msg);
@@ -59,11 +113,13 @@ int main(int argc, char **argv) {
                    *px = get(&f, "pixel_values", DT_F32), *grid = get(&f, "grid_thw", DT_I32);
     ModelInput in = {0};
     if (ids) {
-        int64_t T = shape_numel(ids->ndim, ids->shape);
-        if (ids->ndim == 2 && ids->shape[0] != 1) die_input("%s: input_ids: only one row ([T] or [1, T]) is supported", in_path);
+        if (ids->ndim != 1 && ids->ndim != 2) die_input("%s: input_ids: expected [T] or [B, T]", in_path);
+        in.B = ids->ndim == 2 ? (int)ids->shape[0] : 1;
+        in.T = (int)ids->shape[ids->ndim - 1];
         in.ids = (const int32_t *)ids->data;
-        in.T = (int)T;
     }
+    if (labels && (!ids || labels->ndim != ids->ndim || shape_numel(labels->ndim, labels->shape) != (int64_t)in.B * in.T))
+        die_input("%s: labels: expected the shape of input_ids", in_path);
     if (cu) { in.cu_seqlens = (const int32_t *)cu->data; in.nseq = (int)shape_numel(cu->ndim, cu->shape) - 1; }
     if (px) {
         if (px->ndim != 2 || px->shape[1] != vision_patch_dim(&m.cfg.vision)) die_input("%s: pixel_values: expected [N, %d]", in_path, vision_patch_dim(&m.cfg.vision));
@@ -76,59 +132,80 @@ int main(int argc, char **argv) {
         in.nimg = (int)grid->shape[0];
     }
     if (!!px != !!grid) die_input("%s: pixel_values and grid_thw go together", in_path);
+    if ((want_grads || steps) && !labels) die_input("%s: --grads and --steps need input_ids and labels", in_path);
+    const int32_t *lab = labels ? (const int32_t *)labels->data : NULL;
+
+    int *trainable = xcalloc((size_t)m.np, sizeof(int));
+    if (model_trainable(&m, trainable_spec, trainable, &e)) die_input("--trainable: %s", e.msg);
+    Adam opt;
+    adam_init(&opt, &m, trainable);
+    ModelWork work;
+    model_work_init(&work);
     ModelOutput out;
-    float **grads = NULL, grad_loss = 0.0f;
-    if (want_grads) {
-        if (!labels || !ids) die_input("%s: --grads needs input_ids and labels", in_path);
-        if (shape_numel(labels->ndim, labels->shape) != in.T) die_input("%s: labels: expected %d values", in_path, in.T);
-        grads = xcalloc((size_t)m.np, sizeof(float *));
-        for (int i = 0; i < m.np; i++)
-            grads[i] = xcalloc((size_t)param_numel(&m.ps[i]), sizeof(float));
-        if (model_loss_grads(&m, &in, (const int32_t *)labels->data, &grad_loss, grads, &out, &e))
-            die_input("%s: %s", in_path, e.msg);
-    } else if (model_forward(&m, &in, &out, &e)) {
-        die_input("%s: %s", in_path, e.msg);
-    }
-    StWriter *w = stw_new_file(out_path, &e);
-    if (!w) die_input("--out: %s", e.msg);
-    float loss = 0.0f;
+    OutList ol = {0};
     int V = m.cfg.text.vocab;
-    if (out.logits) {
-        int64_t s[2] = {in.T, V};
-        stw_declare(w, "logits", DT_F32, 2, s, &e);
-        if (labels) {
-            if (shape_numel(labels->ndim, labels->shape) != in.T) die_input("%s: labels: expected %d values", in_path, in.T);
-            loss = want_grads ? grad_loss : (float)model_shifted_loss(out.logits, (const int32_t *)labels->data, in.T, V, NULL);
-            int64_t one[1] = {1};
-            stw_declare(w, "loss", DT_F32, 1, one, &e);
-        }
+    float loss = 0.0f, *losses = xcalloc((size_t)steps + 1, sizeof(float));
+    int32_t *gen = xcalloc((size_t)generate + 1, sizeof(int32_t));
+    AdamHyper hyper = {(float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd};
+    for (int s = 0; s < steps; s++) {  // the weights move; the outputs below are those after the last step
+        adam_zero_grad(&opt);
+        if (model_loss_grads(&m, &work, &in, lab, 1.0f, opt.grad, &losses[s], &out, &e)) die_input("%s: %s", in_path, e.msg);
+        adam_step(&opt, &m, &hyper);
     }
-    if (out.vision_hidden) {
-        int64_t a[2] = {in.rows, m.cfg.vision.hidden}, b[2] = {in.rows / 4, m.cfg.text.hidden};
-        stw_declare(w, "vision_hidden", DT_F32, 2, a, &e);
-        stw_declare(w, "image_embeds", DT_F32, 2, b, &e);
+    if (steps) out_add(&ol, "losses", DT_F32, 1, (int64_t[]){steps}, losses);
+    int ngen = 0;
+    if (generate) {
+        if (no_cache) {  // reference path: the whole sequence again for every new token
+            int32_t *seq = xmalloc((size_t)(in.T + generate) * sizeof(int32_t));
+            memcpy(seq, in.ids, (size_t)in.T * sizeof(int32_t));
+            ModelInput g = in;
+            g.ids = seq;
+            g.cu_seqlens = NULL;
+            for (; ngen < generate; ngen++) {
+                if (model_forward(&m, &work, &g, &out, &e)) die_input("%s: %s", in_path, e.msg);
+                const float *row = out.logits + (size_t)(g.T - 1) * V;
+                int32_t best = 0;
+                for (int i = 1; i < V; i++) if (row[i] > row[best]) best = i;
+                gen[ngen] = seq[g.T++] = best;
+                if (best == eos) { ngen++; break; }
+            }
+            free(seq);
+        } else if ((ngen = model_generate(&m, &work, &in, generate, eos, gen, &e)) < 0) {
+            die_input("%s: %s", in_path, e.msg);
+        }
+        out_add(&ol, "generated", DT_I32, 1, (int64_t[]){ngen}, gen);
+    } else {
+        if (want_grads) {
+            adam_zero_grad(&opt);
+            if (model_loss_grads(&m, &work, &in, lab, 1.0f, opt.grad, &loss, &out, &e)) die_input("%s: %s", in_path, e.msg);
+            fprintf(stderr, "forward: backward through %d of %d decoder layers and %d of %d vision blocks\n",
+                    work.text_layers_backward, m.cfg.text.layers, work.vision_blocks_backward, m.cfg.vision.depth);
+        } else if (model_forward(&m, &work, &in, &out, &e)) {
+            die_input("%s: %s", in_path, e.msg);
+        }
+        if (out.logits) {
+            out_add(&ol, "logits", DT_F32, 2, (int64_t[]){(int64_t)(in.B ? in.B : 1) * in.T, V}, out.logits);
+            if (lab && !want_grads) loss = (float)model_shifted_loss(out.logits, lab, in.B, in.T, V, NULL, NULL, 1.0f);
+            if (lab) out_add(&ol, "loss", DT_F32, 1, (int64_t[]){1}, &loss);
+        }
+        if (out.vision_hidden) {
+            out_add(&ol, "vision_hidden", DT_F32, 2, (int64_t[]){in.rows, m.cfg.vision.hidden}, out.vision_hidden);
+            out_add(&ol, "image_embeds", DT_F32, 2, (int64_t[]){in.rows / 4, m.cfg.text.hidden}, out.image_embeds);
+        }
+        for (int i = 0; want_grads && i < m.np; i++)
+            if (opt.grad[i]) {
+                char name[160];
+                snprintf(name, sizeof name, "grad.%s", m.ps[i].name);
+                out_add(&ol, name, DT_F32, m.ps[i].ndim, m.ps[i].shape, opt.grad[i]);
+            }
     }
-    for (int i = 0; grads && i < m.np; i++)
-        if (grads[i]) {
-            char name[160];
-            snprintf(name, sizeof name, "grad.%s", m.ps[i].name);
-            stw_declare(w, name, DT_F32, m.ps[i].ndim, m.ps[i].shape, &e);
-        }
-    if (stw_open(w, &e) || (out.logits && stw_write(w, "logits", out.logits, &e)) || (out.logits && labels && stw_write(w, "loss", &loss, &e)) ||
-        (out.vision_hidden && (stw_write(w, "vision_hidden", out.vision_hidden, &e) || stw_write(w, "image_embeds", out.image_embeds, &e))) ||
-        0)
-        die_input("%s", e.msg);
-    for (int i = 0; grads && i < m.np; i++)
-        if (grads[i]) {
-            char name[160];
-            snprintf(name, sizeof name, "grad.%s", m.ps[i].name);
-            if (stw_write(w, name, grads[i], &e)) die_input("%s", e.msg);
-            free(grads[i]);
-        }
-    free(grads);
-    if (stw_finish(w, &e)) die_input("%s", e.msg);
-    stw_free(w);
-    free(out.logits); free(out.vision_hidden); free(out.image_embeds);
+    out_write(&ol, out_path);
+    free(ol.t);
+    free(losses);
+    free(gen);
+    free(trainable);
+    adam_free(&opt);
+    model_work_free(&work);
     st_close(&f);
     model_free(&m);
     return 0;

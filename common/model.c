@@ -1,4 +1,4 @@
-// model.c: see model.h.
+// model.c: loading, input checks, the step (forward, loss, backward) and trainable sets; see model.h.
 #include "model.h"
 
 #include <math.h>
@@ -9,6 +9,8 @@
 #include "../kernels/ops.h"
 #include "hfdir.h"
 #include "model_internal.h"
+
+enum { FLAT_ALIGN = 64 };  // floats: each tensor of the flat buffer starts on a 256-byte boundary
 
 int model_load(Model *m, const char *dir, Err *e) {
     memset(m, 0, sizeof *m);
@@ -21,13 +23,20 @@ int model_load(Model *m, const char *dir, Err *e) {
     m->np = params_hf(&m->cfg, &m->ps);
     m->w = xcalloc((size_t)m->np, sizeof(float *));
     strmap_init(&m->index);
-    for (int i = 0; i < m->np; i++) strmap_put(&m->index, m->ps[i].name, i);
-    for (int i = 0; i < m->np && !rc; i++) {
+    size_t *off = xmalloc((size_t)m->np * sizeof(size_t));
+    for (int i = 0; i < m->np; i++) {
+        strmap_put(&m->index, m->ps[i].name, i);
+        off[i] = m->nflat;
+        m->nflat += ((size_t)param_numel(&m->ps[i]) + FLAT_ALIGN - 1) / FLAT_ALIGN * FLAT_ALIGN;
+    }
+    m->flat = xcalloc(m->nflat ? m->nflat : 1, sizeof(float));
+    for (int i = 0; i < m->np; i++) m->w[i] = m->flat + off[i];
+    free(off);
+    for (int i = 0; i < m->np; i++) {
         const ParamSpec *p = &m->ps[i];
         const StTensor *t = hfdir_find(&h, p->name);
         DType dt = DT_INVALID;
         if (check_weight(t, hfdir_path_of(&h, t), p->name, p->ndim, p->shape, &dt, e)) { rc = -1; break; }
-        m->w[i] = xmalloc((size_t)param_numel(p) * sizeof(float));
         convert_floats(m->w[i], DT_F32, t->data, t->dtype, (size_t)param_numel(p));
     }
     hfdir_close(&h);
@@ -36,12 +45,14 @@ int model_load(Model *m, const char *dir, Err *e) {
 }
 
 void model_free(Model *m) {
-    for (int i = 0; m->w && i < m->np; i++) free(m->w[i]);
+    free(m->flat);
     free(m->w);
     free(m->ps);
     strmap_free(&m->index);
     memset(m, 0, sizeof *m);
 }
+
+int model_param_id(const Model *m, const char *name) { return strmap_get(&m->index, name); }
 
 const float *model_weight(const Model *m, const char *name) {
     int i = strmap_get(&m->index, name);
@@ -66,24 +77,36 @@ float *model_grad_fmt(const Model *m, float **grads, const char *fmt, int layer)
     return i < 0 ? NULL : grads[i];
 }
 
-float *fzeros(size_t n) { return xcalloc(n ? n : 1, sizeof(float)); }
-#define W model_weight_fmt
+void model_work_init(ModelWork *w) { memset(w, 0, sizeof *w); arena_init(&w->arena); }
+void model_work_free(ModelWork *w) { arena_free(&w->arena); }
 
 // Text-side input rules: ids in the vocabulary, one <|image_pad|> per merged embedding, cu_seqlens
-// spanning the row.
+// spanning a single row.
 int model_forward_check_text(const Model *m, const ModelInput *in, Err *e) {
-    int64_t pads = 0;
-    for (int t = 0; t < in->T; t++) {
-        if (in->ids[t] < 0 || in->ids[t] >= m->cfg.text.vocab) { err_set(e, "input_ids[%d] = %d is outside the vocabulary", t, in->ids[t]); return -1; }
+    int B = in->B ? in->B : 1;
+    int64_t pads = 0, n = (int64_t)B * in->T;
+    for (int64_t t = 0; t < n; t++) {
+        if (in->ids[t] < 0 || in->ids[t] >= m->cfg.text.vocab) {
+            err_set(e, "input_ids[%lld] = %d is outside the vocabulary", (long long)t, in->ids[t]);
+            return -1;
+        }
         pads += m->cfg.vision.present && in->ids[t] == m->cfg.image_token_id;
     }
     if (pads != in->rows / 4) {
         err_set(e, "%lld <|image_pad|> tokens but the images give %lld merged embeddings", (long long)pads, (long long)(in->rows / 4));
         return -1;
     }
-    if (in->cu_seqlens && (in->cu_seqlens[0] != 0 || in->cu_seqlens[in->nseq] != in->T)) {
-        err_set(e, "cu_seqlens must run from 0 to the sequence length %d", in->T);
-        return -1;
+    if (in->cu_seqlens) {
+        if (B != 1) { err_set(e, "cu_seqlens packs sub-sequences of one row, but input_ids has %d rows", B); return -1; }
+        if (in->nseq < 1 || in->cu_seqlens[0] != 0 || in->cu_seqlens[in->nseq] != in->T) {
+            err_set(e, "cu_seqlens must run from 0 to the sequence length %d", in->T);
+            return -1;
+        }
+        for (int s = 0; s < in->nseq; s++)
+            if (in->cu_seqlens[s + 1] <= in->cu_seqlens[s]) {
+                err_set(e, "cu_seqlens must increase (entry %d is %d after %d)", s + 1, in->cu_seqlens[s + 1], in->cu_seqlens[s]);
+                return -1;
+            }
     }
     return 0;
 }
@@ -104,63 +127,94 @@ static int check_images(const Model *m, const ModelInput *in, Err *e) {
     return 0;
 }
 
-// The forward of both parts, keeping their activations in vt and tr for a backward.
-static int run_forward(const Model *m, const ModelInput *in, ModelOutput *out, VisionTrace *vt, TextTrace *tr, Err *e) {
+// The forward of both parts into the work's arena, keeping their activations in vt and tr.
+int model_run_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelOutput *out, VisionTrace *vt,
+                       TextTrace *tr, Err *e) {
     memset(out, 0, sizeof *out);
     memset(vt, 0, sizeof *vt);
     memset(tr, 0, sizeof *tr);
+    arena_reset(&w->arena);
     if (check_images(m, in, e) || (in->ids && model_forward_check_text(m, in, e))) return -1;
+    Arena *A = &w->arena;
     if (in->nimg) {
-        out->vision_hidden = fzeros((size_t)in->rows * m->cfg.vision.hidden);
-        out->image_embeds = fzeros((size_t)(in->rows / 4) * m->cfg.text.hidden);
-        vision_forward(m, in, out->vision_hidden, out->image_embeds, vt);
+        out->vision_hidden = arena_floats(A, (size_t)in->rows * m->cfg.vision.hidden);
+        out->image_embeds = arena_floats(A, (size_t)(in->rows / 4) * m->cfg.text.hidden);
+        vision_forward(m, A, in, out->vision_hidden, out->image_embeds, vt);
     }
     if (in->ids) {
-        out->logits = fzeros((size_t)in->T * m->cfg.text.vocab);
-        text_forward(m, in, out->image_embeds, out->logits, tr);
+        out->logits = arena_floats(A, (size_t)(in->B ? in->B : 1) * in->T * m->cfg.text.vocab);
+        text_forward(m, A, in, out->image_embeds, out->logits, tr);
     }
     return 0;
 }
 
-int model_forward(const Model *m, const ModelInput *in, ModelOutput *out, Err *e) {
+int model_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelOutput *out, Err *e) {
     VisionTrace vt;
     TextTrace tr;
-    int rc = run_forward(m, in, out, &vt, &tr, e);
-    vision_trace_free(&vt, m->cfg.vision.depth);
-    text_trace_free(&tr, m->cfg.text.layers);
-    return rc;
+    return model_run_forward(m, w, in, out, &vt, &tr, e);
 }
 
-double model_shifted_loss(const float *logits, const int32_t *labels, int T, int V, float *dlogits) {
-    int32_t *shifted = xmalloc((size_t)(T ? T : 1) * sizeof(int32_t));  // position t predicts labels[t+1]
-    for (int t = 0; t < T; t++) shifted[t] = t + 1 < T ? labels[t + 1] : -100;
-    int64_t count;
-    double loss = cross_entropy_forward(logits, shifted, T, V, &count);
+double model_shifted_loss(const float *logits, const int32_t *labels, int B, int T, int V, int64_t *count,
+                          float *dlogits, float grad_scale) {
+    size_t n = (size_t)B * T;
+    int32_t *shifted = xmalloc((n ? n : 1) * sizeof(int32_t));  // position t predicts labels[t+1] of its row
+    for (size_t i = 0; i < n; i++) shifted[i] = (int)(i % T) + 1 < T ? labels[i + 1] : -100;
+    int64_t c;
+    double loss = cross_entropy_forward(logits, shifted, (int)n, V, &c);
     if (dlogits) {
-        if (count) cross_entropy_backward(dlogits, logits, shifted, T, V, 1.0f / (float)count);
-        else memset(dlogits, 0, (size_t)T * V * sizeof(float));
+        if (c) cross_entropy_backward(dlogits, logits, shifted, (int)n, V, grad_scale / (float)c);
+        else memset(dlogits, 0, n * V * sizeof(float));
     }
+    if (count) *count = c;
     free(shifted);
     return loss;
 }
 
-int model_loss_grads(const Model *m, const ModelInput *in, const int32_t *labels, float *loss, float **grads,
-                     ModelOutput *out, Err *e) {
+int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const int32_t *labels, float grad_scale,
+                     float **grads, float *loss, ModelOutput *out, Err *e) {
     if (!in->ids) { err_set(e, "a loss needs input_ids"); return -1; }
     VisionTrace vt;
     TextTrace tr;
-    int rc = run_forward(m, in, out, &vt, &tr, e);
-    if (!rc) {
-        int T = in->T, V = m->cfg.text.vocab;
-        float *dlogits = fzeros((size_t)T * V);
-        *loss = (float)model_shifted_loss(out->logits, labels, T, V, dlogits);
-        float *demb = in->nimg ? fzeros((size_t)(in->rows / 4) * m->cfg.text.hidden) : NULL;
-        text_backward(m, &tr, dlogits, grads, demb);
-        if (in->nimg) vision_backward(m, &vt, demb, grads);
-        free(demb);
-        free(dlogits);
+    if (model_run_forward(m, w, in, out, &vt, &tr, e)) return -1;
+    Arena *A = &w->arena;
+    int B = in->B ? in->B : 1, V = m->cfg.text.vocab;
+    float *dlogits = arena_floats(A, (size_t)B * in->T * V);
+    *loss = (float)model_shifted_loss(out->logits, labels, B, in->T, V, NULL, dlogits, grad_scale);
+    // what the frozen set leaves to compute: the tower only when one of its tensors trains, the
+    // image embeddings' gradient only when the tower or the merger trains
+    int tower = 0, merger = 0;
+    for (int i = 0; grads && i < m->np; i++)
+        if (grads[i]) {
+            tower |= m->ps[i].part == PART_VISION;
+            merger |= m->ps[i].part == PART_MERGER;
+        }
+    float *demb = in->nimg && (tower || merger) ? arena_floats(A, (size_t)(in->rows / 4) * m->cfg.text.hidden) : NULL;
+    w->text_layers_backward = text_backward(m, A, &tr, dlogits, grads, demb);
+    w->vision_blocks_backward = demb ? vision_backward(m, A, &vt, demb, grads, tower) : 0;
+    return 0;
+}
+
+static int covers(const ParamSpec *p, const char *item) {
+    if (!strcmp(item, "all")) return 1;
+    if (!strcmp(item, "vision")) return p->part == PART_VISION;
+    if (!strcmp(item, "merger") || !strcmp(item, "adapter")) return p->part == PART_MERGER;
+    if (!strcmp(item, "llm") || !strcmp(item, "text")) return p->part == PART_TEXT;
+    return !strncmp(p->name, item, strlen(item));
+}
+
+int model_trainable(const Model *m, const char *spec, int *trainable, Err *e) {
+    memset(trainable, 0, (size_t)m->np * sizeof(int));
+    char *s = xstrdup(spec), *save = NULL;
+    int rc = 0;
+    for (char *item = strtok_r(s, ",", &save); item && !rc; item = strtok_r(NULL, ",", &save)) {
+        int hit = 0;
+        for (int i = 0; i < m->np; i++)
+            if (covers(&m->ps[i], item)) trainable[i] = hit = 1;
+        if (!hit) {
+            err_set(e, "trainable set: '%s' names no tensor of this model (modules: vision, merger, llm, all; or an HF name prefix)", item);
+            rc = -1;
+        }
     }
-    vision_trace_free(&vt, m->cfg.vision.depth);
-    text_trace_free(&tr, m->cfg.text.layers);
+    free(s);
     return rc;
 }

@@ -1,10 +1,11 @@
 // model.h: the LLaVA-OV-1.5 graph (spec/model.md §1-§4) on the kernels of ops.h: RICE-ViT vision
 // tower, 2×2 merger, Qwen3 decoder. Weights are held in fp32, one array per entry of the parameter
-// table (params.h), loaded from an HF checkpoint of any float dtype. This first version is the
-// forward pass; the backward, freezing and the KV cache build on the same activations.
+// table (params.h), loaded from an HF checkpoint of any float dtype. Forward, full backward with
+// any tensor frozen, and a KV-cache forward for generation.
 #pragma once
 #include <stdint.h>
 
+#include "arena.h"
 #include "config.h"
 #include "params.h"
 #include "strmap.h"
@@ -13,7 +14,9 @@ typedef struct {
     ModelConfig cfg;
     ParamSpec *ps;
     int np;
-    float **w;          // w[i]: tensor ps[i] in fp32
+    float **w;          // w[i]: tensor ps[i] in fp32, a view into flat
+    float *flat;        // every weight, table order, each tensor starting at a multiple of 64 floats
+    size_t nflat;
     StrMap index;       // HF name -> i
 } Model;
 
@@ -21,11 +24,12 @@ int model_load(Model *m, const char *hf_dir, Err *e);
 void model_free(Model *m);
 // The fp32 tensor of an HF name, or NULL.
 const float *model_weight(const Model *m, const char *name);
+int model_param_id(const Model *m, const char *name);  // index in the table, or -1
 
 typedef struct {
-    const int32_t *ids;          // [T] (NULL: vision tower and merger only)
-    int T;
-    const int32_t *cu_seqlens;   // [nseq + 1] packed sub-sequences of the row (NULL: one sequence)
+    const int32_t *ids;          // [B, T] row-major (NULL: vision tower and merger only)
+    int B, T;                    // B rows of T tokens; B = 0 is read as 1
+    const int32_t *cu_seqlens;   // [nseq + 1] packed sub-sequences of a single row (NULL: one per row)
     int nseq;
     const float *pixels;         // [rows, C·14·14] in 2×2-block order
     int64_t rows;
@@ -34,22 +38,59 @@ typedef struct {
 } ModelInput;
 
 typedef struct {
-    float *logits;               // [T, vocab]
+    float *logits;               // [B·T, vocab]
     float *vision_hidden;        // [rows, Dv]: last block output without the CLS rows
     float *image_embeds;         // [rows/4, H]: merger output
 } ModelOutput;
 
-// Allocates and fills the outputs (caller frees each). Errors: image-pad count ≠ merger outputs,
-// grid sizes that do not match the pixel rows, ids outside the vocabulary.
-int model_forward(const Model *m, const ModelInput *in, ModelOutput *out, Err *e);
+// What one step needs besides the weights: the activation arena (outputs live there too, valid
+// until the next call with the same work) and counters the tests read.
+typedef struct {
+    Arena arena;
+    int text_layers_backward;    // decoder layers the last backward went through
+    int vision_blocks_backward;  // vision blocks likewise (0 when the whole tower is frozen)
+} ModelWork;
 
-// Loss and gradients: the mean cross-entropy over labels != −100 of position t against labels[t+1]
-// (Hugging Face's shift), and its gradient accumulated into grads[i] for every tensor i whose
-// grads[i] is not NULL (NULL: frozen, nothing computed for it): vision tower (CLS embedding and
-// angles included), merger and language model.
-// Mean cross-entropy of logits[T, V] where position t predicts labels[t+1] (labels aligned with the
-// ids, −100: no loss), as Hugging Face shifts. With dlogits, also writes its gradient there.
-double model_shifted_loss(const float *logits, const int32_t *labels, int T, int V, float *dlogits);
+void model_work_init(ModelWork *w);
+void model_work_free(ModelWork *w);
 
-int model_loss_grads(const Model *m, const ModelInput *in, const int32_t *labels, float *loss, float **grads,
-                     ModelOutput *out, Err *e);
+// Errors: image-pad count ≠ merger outputs, grid sizes that do not match the pixel rows, ids
+// outside the vocabulary, cu_seqlens not spanning the row.
+int model_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelOutput *out, Err *e);
+
+// Mean cross-entropy of logits[B·T, V] where position t of a row predicts labels[t+1] of the same
+// row (labels aligned with the ids, −100: no loss), over all counted positions of the batch, as
+// Hugging Face shifts. *count receives the number of counted positions. With dlogits, also writes
+// the gradient of grad_scale · loss there.
+double model_shifted_loss(const float *logits, const int32_t *labels, int B, int T, int V, int64_t *count,
+                          float *dlogits, float grad_scale);
+
+// Forward, loss (as model_shifted_loss) and the gradient of grad_scale · loss, ACCUMULATED into
+// grads[i] for every tensor i whose grads[i] is not NULL. A NULL entry is a frozen tensor: nothing
+// is computed for it, and the backward stops below the lowest trainable layer (the vision tower is
+// not entered at all when only the merger or the language model train).
+int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const int32_t *labels, float grad_scale,
+                     float **grads, float *loss, ModelOutput *out, Err *e);
+
+// Trainable sets. spec is a comma-separated list of modules (vision, merger, llm; "all") or HF
+// name prefixes ("model.layers.3.", "lm_head."); trainable[i] is set for the tensors it covers.
+// Returns -1 with an error for an item that covers no tensor.
+int model_trainable(const Model *m, const char *spec, int *trainable, Err *e);
+
+// ---- generation (model_generate.c) ----
+// Keys (after QK-norm and RoPE) and values of every decoder layer for one sequence.
+typedef struct {
+    int cap, len;
+    float *k, *v;                // [layers, cap, nkv, hd]
+    float *scratch;              // one token's activations
+} KvCache;
+
+// Prefill: runs the full forward of one row (images included) and fills the cache; writes the
+// logits of the last position to logits_last[V].
+int model_prefill(const Model *m, ModelWork *w, const ModelInput *in, KvCache *kv, int cap, float *logits_last, Err *e);
+// One token at position kv->len: appends its keys/values and writes its logits[V].
+int model_decode(const Model *m, KvCache *kv, int32_t id, float *logits, Err *e);
+void kv_cache_free(KvCache *kv);
+// Greedy decoding of up to n tokens after the prompt (stops after eos when eos >= 0); returns the
+// number written to out.
+int model_generate(const Model *m, ModelWork *w, const ModelInput *prompt, int n, int32_t eos, int32_t *out, Err *e);

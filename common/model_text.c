@@ -10,48 +10,43 @@
 
 #define W model_weight_fmt
 #define G model_grad_fmt
+#define Z(n) arena_floats(A, (size_t)(n))
 
-void text_trace_free(TextTrace *tr, int layers) {
-    for (int l = 0; tr->L && l < layers; l++) {
-        LayerActs *a = &tr->L[l];
-        float *all[] = {a->x_in, a->rstd1, a->h1, a->q, a->k, a->v, a->qrstd, a->krstd, a->qr, a->kr, a->att, a->lse,
-                        a->x_mid, a->rstd2, a->h2, a->gu, a->act};
-        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
-    }
-    free(tr->L); free(tr->cu); free(tr->ids); free(tr->ang); free(tr->x_final); free(tr->rstdf); free(tr->hf);
-    memset(tr, 0, sizeof *tr);
+int32_t *text_blocks(const ModelInput *in, Arena *A, int *nseq) {
+    int B = in->B ? in->B : 1;
+    *nseq = in->cu_seqlens ? in->nseq : B;
+    int32_t *cu = arena_bytes(A, (size_t)(*nseq + 1) * sizeof(int32_t));
+    for (int s = 0; s <= *nseq; s++) cu[s] = in->cu_seqlens ? in->cu_seqlens[s] : s * in->T;
+    return cu;
 }
 
-void text_forward(const Model *m, const ModelInput *in, const float *image_embeds, float *logits, TextTrace *tr) {
+void text_forward(const Model *m, Arena *A, const ModelInput *in, const float *image_embeds, float *logits, TextTrace *tr) {
     const TextConfig *c = &m->cfg.text;
-    int T = in->T, H = c->hidden, I = c->intermediate, nq = c->heads, nkv = c->kv_heads, hd = c->head_dim;
+    int T = (in->B ? in->B : 1) * in->T, H = c->hidden, I = c->intermediate, nq = c->heads, nkv = c->kv_heads, hd = c->head_dim;
     size_t Q = (size_t)nq * hd, KV = (size_t)nkv * hd;
     float eps = (float)c->rms_eps;
     memset(tr, 0, sizeof *tr);
     tr->T = T;
-    tr->nseq = in->cu_seqlens ? in->nseq : 1;
-    tr->cu = xmalloc((size_t)(tr->nseq + 1) * sizeof(int32_t));
-    if (in->cu_seqlens) memcpy(tr->cu, in->cu_seqlens, (size_t)(tr->nseq + 1) * sizeof(int32_t));
-    else { tr->cu[0] = 0; tr->cu[1] = T; }
-    tr->ids = xmalloc((size_t)T * sizeof(int32_t));
+    tr->cu = text_blocks(in, A, &tr->nseq);
+    tr->ids = arena_bytes(A, (size_t)T * sizeof(int32_t));
     memcpy(tr->ids, in->ids, (size_t)T * sizeof(int32_t));
-    float *x = fzeros((size_t)T * H);
+    float *x = Z((size_t)T * H);
     embedding_forward(x, in->ids, W(m, "model.embed_tokens.weight", 0), T, H);
     for (int t = 0, j = 0; t < T; t++)  // image pads take the merger outputs in order
         if (m->cfg.vision.present && in->ids[t] == m->cfg.image_token_id) memcpy(x + (size_t)t * H, image_embeds + (size_t)(j++) * H, (size_t)H * sizeof(float));
-    tr->ang = fzeros((size_t)T * hd / 2);
+    tr->ang = Z((size_t)T * hd / 2);
     rope_angles_1d(tr->ang, tr->cu, tr->nseq, hd, c->rope_theta);
-    tr->L = xcalloc((size_t)c->layers, sizeof(LayerActs));
-    float *g = fzeros((size_t)T * I), *u = fzeros((size_t)T * I), *o = fzeros((size_t)T * H);
+    tr->L = arena_bytes(A, (size_t)c->layers * sizeof(LayerActs));
+    float *g = Z((size_t)T * I), *u = Z((size_t)T * I), *o = Z((size_t)T * H);
     for (int l = 0; l < c->layers; l++) {
         LayerActs *a = &tr->L[l];
         a->x_in = x;
-        a->rstd1 = fzeros(T); a->h1 = fzeros((size_t)T * H);
-        a->q = fzeros(T * Q); a->k = fzeros(T * KV); a->v = fzeros(T * KV);
-        a->qrstd = fzeros((size_t)T * nq); a->krstd = fzeros((size_t)T * nkv);
-        a->qr = fzeros(T * Q); a->kr = fzeros(T * KV); a->att = fzeros(T * Q); a->lse = fzeros((size_t)T * nq);
-        a->x_mid = fzeros((size_t)T * H); a->rstd2 = fzeros(T); a->h2 = fzeros((size_t)T * H);
-        a->gu = fzeros((size_t)T * 2 * I); a->act = fzeros((size_t)T * I);
+        a->rstd1 = Z(T); a->h1 = Z((size_t)T * H);
+        a->q = Z(T * Q); a->k = Z(T * KV); a->v = Z(T * KV);
+        a->qrstd = Z((size_t)T * nq); a->krstd = Z((size_t)T * nkv);
+        a->qr = Z(T * Q); a->kr = Z(T * KV); a->att = Z(T * Q); a->lse = Z((size_t)T * nq);
+        a->x_mid = Z((size_t)T * H); a->rstd2 = Z(T); a->h2 = Z((size_t)T * H);
+        a->gu = Z((size_t)T * 2 * I); a->act = Z((size_t)T * I);
         rmsnorm_forward(a->h1, a->rstd1, x, W(m, "model.layers.%d.input_layernorm.weight", l), T, H, eps);
         matmul_forward(a->q, a->h1, W(m, "model.layers.%d.self_attn.q_proj.weight", l), NULL, T, H, (int)Q);
         matmul_forward(a->k, a->h1, W(m, "model.layers.%d.self_attn.k_proj.weight", l), NULL, T, H, (int)KV);
@@ -73,31 +68,43 @@ void text_forward(const Model *m, const ModelInput *in, const float *image_embed
         }
         swiglu_forward(a->act, a->gu, T, I);
         matmul_forward(o, a->act, W(m, "model.layers.%d.mlp.down_proj.weight", l), NULL, T, I, H);
-        x = fzeros((size_t)T * H);  // the next layer's input; this layer keeps its own
+        x = Z((size_t)T * H);  // the next layer's input; this layer keeps its own
         for (size_t i = 0; i < (size_t)T * H; i++) x[i] = a->x_mid[i] + o[i];
     }
     tr->x_final = x;
-    tr->rstdf = fzeros(T);
-    tr->hf = fzeros((size_t)T * H);
+    tr->rstdf = Z(T);
+    tr->hf = Z((size_t)T * H);
     rmsnorm_forward(tr->hf, tr->rstdf, x, W(m, "model.norm.weight", 0), T, H, eps);
     const float *head = model_weight(m, "lm_head.weight");
     matmul_forward(logits, tr->hf, head ? head : W(m, "model.embed_tokens.weight", 0), NULL, T, H, c->vocab);
-    free(g); free(u); free(o);
 }
 
-void text_backward(const Model *m, const TextTrace *tr, const float *dlogits, float **grads, float *dembeds) {
+// The lowest decoder layer the backward has to reach: 0 when the embeddings or the image embeddings
+// need a gradient, else the lowest layer with a trainable tensor (layers below it are skipped);
+// c->layers when no layer trains.
+static int lowest_layer(const Model *m, float **grads, const float *dembeds) {
+    if (dembeds || model_grad_fmt(m, grads, "model.embed_tokens.weight", 0)) return 0;
+    for (int i = 0; grads && i < m->np; i++)
+        if (grads[i] && m->ps[i].part == PART_TEXT && m->ps[i].layer >= 0) return m->ps[i].layer;  // table order: layers ascend
+    return m->cfg.text.layers;
+}
+
+int text_backward(const Model *m, Arena *A, const TextTrace *tr, const float *dlogits, float **grads, float *dembeds) {
     const TextConfig *c = &m->cfg.text;
     int T = tr->T, H = c->hidden, I = c->intermediate, nq = c->heads, nkv = c->kv_heads, hd = c->head_dim;
     size_t Q = (size_t)nq * hd, KV = (size_t)nkv * hd;
     int tied = model_weight(m, "lm_head.weight") == NULL;
     const char *head = tied ? "model.embed_tokens.weight" : "lm_head.weight";
-    float *dh = fzeros((size_t)T * H), *dx = fzeros((size_t)T * H);
-    matmul_backward(dh, G(m, grads, head, 0), NULL, dlogits, tr->hf, W(m, head, 0), T, H, c->vocab);
-    rmsnorm_backward(dx, G(m, grads, "model.norm.weight", 0), dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
-    float *dact = fzeros((size_t)T * I), *dgu = fzeros((size_t)T * 2 * I), *dg = fzeros((size_t)T * I), *du = fzeros((size_t)T * I),
-          *g = fzeros((size_t)T * I), *u = fzeros((size_t)T * I), *datt = fzeros(T * Q), *dqr = fzeros(T * Q),
-          *dkr = fzeros(T * KV), *dv = fzeros(T * KV), *dq = fzeros(T * Q), *dk = fzeros(T * KV);
-    for (int l = c->layers - 1; l >= 0; l--) {
+    int stop = lowest_layer(m, grads, dembeds);
+    float *dnorm = G(m, grads, "model.norm.weight", 0);
+    int below = stop < c->layers || dnorm;  // does anything under the head need its input gradient?
+    float *dh = Z((size_t)T * H), *dx = Z((size_t)T * H);
+    matmul_backward(below ? dh : NULL, G(m, grads, head, 0), NULL, dlogits, tr->hf, W(m, head, 0), T, H, c->vocab);
+    if (!below) return 0;
+    rmsnorm_backward(stop < c->layers ? dx : NULL, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
+    float *dact = Z((size_t)T * I), *dgu = Z((size_t)T * 2 * I), *dg = Z((size_t)T * I), *du = Z((size_t)T * I),
+          *datt = Z(T * Q), *dqr = Z(T * Q), *dkr = Z(T * KV), *dv = Z(T * KV), *dq = Z(T * Q), *dk = Z(T * KV);
+    for (int l = c->layers - 1; l >= stop; l--) {
         const LayerActs *a = &tr->L[l];
         // MLP: x_out = x_mid + act·Wdᵀ (dx is d x_out and becomes d x_mid)
         memset(dact, 0, (size_t)T * I * sizeof(float));
@@ -108,8 +115,6 @@ void text_backward(const Model *m, const TextTrace *tr, const float *dlogits, fl
         for (int t = 0; t < T; t++) {
             memcpy(dg + (size_t)t * I, dgu + (size_t)t * 2 * I, (size_t)I * sizeof(float));
             memcpy(du + (size_t)t * I, dgu + (size_t)t * 2 * I + I, (size_t)I * sizeof(float));
-            memcpy(g + (size_t)t * I, a->gu + (size_t)t * 2 * I, (size_t)I * sizeof(float));
-            memcpy(u + (size_t)t * I, a->gu + (size_t)t * 2 * I + I, (size_t)I * sizeof(float));
         }
         memset(dh, 0, (size_t)T * H * sizeof(float));
         matmul_backward(dh, G(m, grads, "model.layers.%d.mlp.gate_proj.weight", l), NULL, dg, a->h2,
@@ -141,16 +146,20 @@ void text_backward(const Model *m, const TextTrace *tr, const float *dlogits, fl
         rmsnorm_backward(dx, G(m, grads, "model.layers.%d.input_layernorm.weight", l), dh, a->x_in,
                          W(m, "model.layers.%d.input_layernorm.weight", l), a->rstd1, T, H);
     }
+    if (stop > 0) return c->layers - stop;
     // embedding rows, or the image embeddings where the image pads were
-    float *demb = G(m, grads, "model.embed_tokens.weight", 0);
+    float *demb = G(m, grads, "model.embed_tokens.weight", 0), *drows = Z((size_t)T * H);
+    int32_t *rows = arena_bytes(A, (size_t)T * sizeof(int32_t));
+    int n = 0;
     for (int t = 0, j = 0; t < T; t++) {
         if (m->cfg.vision.present && tr->ids[t] == m->cfg.image_token_id) {
             if (dembeds) memcpy(dembeds + (size_t)(j) * H, dx + (size_t)t * H, (size_t)H * sizeof(float));
             j++;
-        } else if (demb) {
-            embedding_backward(demb, dx + (size_t)t * H, tr->ids + t, 1, H);
+        } else {
+            memcpy(drows + (size_t)n * H, dx + (size_t)t * H, (size_t)H * sizeof(float));
+            rows[n++] = tr->ids[t];
         }
     }
-    free(dh); free(dx); free(dact); free(dgu); free(dg); free(du); free(g); free(u); free(datt); free(dqr); free(dkr);
-    free(dv); free(dq); free(dk);
+    if (demb) embedding_backward(demb, drows, rows, n, H);
+    return c->layers;
 }

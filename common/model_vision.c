@@ -13,20 +13,9 @@
 
 #define W model_weight_fmt
 #define G model_grad_fmt
+#define Z(n) arena_floats(A, (size_t)(n))
 
-void vision_trace_free(VisionTrace *tr, int depth) {
-    for (int l = 0; tr->B && l < depth; l++) {
-        BlockActs *a = &tr->B[l];
-        float *all[] = {a->x_in, a->mean1, a->rstd1, a->h1, a->q, a->k, a->v, a->qr, a->kr, a->att, a->lse, a->x_mid,
-                        a->mean2, a->rstd2, a->h2, a->f1, a->f1g};
-        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
-    }
-    free(tr->B); free(tr->cu); free(tr->ang); free(tr->x0); free(tr->pre_mean); free(tr->pre_rstd); free(tr->x_last);
-    free(tr->hidden); free(tr->ln_mean); free(tr->ln_rstd); free(tr->ln); free(tr->m1); free(tr->m1g);
-    memset(tr, 0, sizeof *tr);
-}
-
-void vision_forward(const Model *m, const ModelInput *in, float *hidden_out, float *embeds_out, VisionTrace *tr) {
+void vision_forward(const Model *m, Arena *A, const ModelInput *in, float *hidden_out, float *embeds_out, VisionTrace *tr) {
     const VisionConfig *v = &m->cfg.vision;
     int D = v->hidden, F = v->intermediate, nh = v->heads, hd = D / nh, P = vision_patch_dim(v);
     int64_t S = in->rows + in->nimg;  // one CLS per image
@@ -35,14 +24,14 @@ void vision_forward(const Model *m, const ModelInput *in, float *hidden_out, flo
     tr->rows = in->rows;
     tr->nimg = in->nimg;
     tr->pixels = in->pixels;
-    float *pe = fzeros((size_t)in->rows * D), *x = fzeros((size_t)S * D);
+    float *pe = Z((size_t)in->rows * D), *x = Z((size_t)S * D);
     matmul_forward(pe, in->pixels, W(m, "visual.patch_embed.proj.weight", 0), NULL, (int)in->rows, P, D);
-    tr->cu = xmalloc((size_t)(in->nimg + 1) * sizeof(int32_t));
-    tr->ang = fzeros((size_t)S * hd / 2);
+    tr->cu = arena_bytes(A, (size_t)(in->nimg + 1) * sizeof(int32_t));
+    tr->ang = Z((size_t)S * hd / 2);
     const float *cls = W(m, "visual.class_embedding", 0), *cls_ang = W(m, "visual.class_pos_emb", 0);
     int64_t src = 0, dst = 0;
     int quarter = hd / 4;
-    float *inv = fzeros((size_t)quarter);  // 2-D RoPE frequencies theta^(−2k/(hd/2)), k < hd/4
+    float *inv = Z((size_t)quarter);  // 2-D RoPE frequencies theta^(−2k/(hd/2)), k < hd/4
     for (int k = 0; k < quarter; k++) inv[k] = (float)(1.0 / pow(v->rope_theta, (double)(2 * k) / (hd / 2)));
     tr->cu[0] = 0;
     for (int i = 0; i < in->nimg; i++) {
@@ -62,24 +51,22 @@ void vision_forward(const Model *m, const ModelInput *in, float *hidden_out, flo
         }
         tr->cu[i + 1] = (int32_t)dst;
     }
-    free(pe);
-    free(inv);
     float eps = (float)v->layer_norm_eps;
     tr->x0 = x;
-    tr->pre_mean = fzeros(S);
-    tr->pre_rstd = fzeros(S);
-    x = fzeros((size_t)S * D);
+    tr->pre_mean = Z(S);
+    tr->pre_rstd = Z(S);
+    x = Z((size_t)S * D);
     layernorm_forward(x, tr->pre_mean, tr->pre_rstd, tr->x0, W(m, "visual.pre_layernorm.weight", 0), W(m, "visual.pre_layernorm.bias", 0), (int)S, D, eps);
-    tr->B = xcalloc((size_t)v->depth, sizeof(BlockActs));
-    float *qkv = fzeros((size_t)S * 3 * D), *o = fzeros((size_t)S * D);
+    tr->B = arena_bytes(A, (size_t)v->depth * sizeof(BlockActs));
+    float *qkv = Z((size_t)S * 3 * D), *o = Z((size_t)S * D);
     for (int l = 0; l < v->depth; l++) {
         BlockActs *a = &tr->B[l];
         a->x_in = x;
-        a->mean1 = fzeros(S); a->rstd1 = fzeros(S); a->h1 = fzeros((size_t)S * D);
-        a->q = fzeros((size_t)S * D); a->k = fzeros((size_t)S * D); a->v = fzeros((size_t)S * D);
-        a->qr = fzeros((size_t)S * D); a->kr = fzeros((size_t)S * D); a->att = fzeros((size_t)S * D); a->lse = fzeros((size_t)S * nh);
-        a->x_mid = fzeros((size_t)S * D); a->mean2 = fzeros(S); a->rstd2 = fzeros(S); a->h2 = fzeros((size_t)S * D);
-        a->f1 = fzeros((size_t)S * F); a->f1g = fzeros((size_t)S * F);
+        a->mean1 = Z(S); a->rstd1 = Z(S); a->h1 = Z((size_t)S * D);
+        a->q = Z((size_t)S * D); a->k = Z((size_t)S * D); a->v = Z((size_t)S * D);
+        a->qr = Z((size_t)S * D); a->kr = Z((size_t)S * D); a->att = Z((size_t)S * D); a->lse = Z((size_t)S * nh);
+        a->x_mid = Z((size_t)S * D); a->mean2 = Z(S); a->rstd2 = Z(S); a->h2 = Z((size_t)S * D);
+        a->f1 = Z((size_t)S * F); a->f1g = Z((size_t)S * F);
         layernorm_forward(a->h1, a->mean1, a->rstd1, x, W(m, "visual.blocks.%d.norm1.weight", l), W(m, "visual.blocks.%d.norm1.bias", l), (int)S, D, eps);
         matmul_forward(qkv, a->h1, W(m, "visual.blocks.%d.attn.qkv.weight", l), W(m, "visual.blocks.%d.attn.qkv.bias", l), (int)S, D, 3 * D);
         for (int64_t t = 0; t < S; t++) {  // output columns [Q | K | V]
@@ -98,22 +85,19 @@ void vision_forward(const Model *m, const ModelInput *in, float *hidden_out, flo
         matmul_forward(a->f1, a->h2, W(m, "visual.blocks.%d.mlp.fc1.weight", l), W(m, "visual.blocks.%d.mlp.fc1.bias", l), (int)S, D, F);
         gelu_forward(a->f1g, a->f1, (size_t)S * F);
         matmul_forward(o, a->f1g, W(m, "visual.blocks.%d.mlp.fc2.weight", l), W(m, "visual.blocks.%d.mlp.fc2.bias", l), (int)S, F, D);
-        x = fzeros((size_t)S * D);
+        x = Z((size_t)S * D);
         for (int64_t i = 0; i < S * D; i++) x[i] = a->x_mid[i] + o[i];
     }
     tr->x_last = x;
-    free(qkv);
-    free(o);
     // drop the CLS rows
     for (int i = 0, r = 0; i < in->nimg; i++)
         for (int t = tr->cu[i] + 1; t < tr->cu[i + 1]; t++, r++) memcpy(hidden_out + (size_t)r * D, x + (size_t)t * D, (size_t)D * sizeof(float));
     // merger: LayerNorm per row, 4 rows as one, Linear-GELU-Linear
     int64_t R4 = in->rows / 4;
     int M = 4 * D, H = m->cfg.text.hidden;
-    tr->hidden = fzeros((size_t)in->rows * D);
-    memcpy(tr->hidden, hidden_out, (size_t)in->rows * D * sizeof(float));
-    tr->ln_mean = fzeros(in->rows); tr->ln_rstd = fzeros(in->rows);
-    tr->ln = fzeros((size_t)in->rows * D); tr->m1 = fzeros((size_t)R4 * M); tr->m1g = fzeros((size_t)R4 * M);
+    tr->hidden = hidden_out;
+    tr->ln_mean = Z(in->rows); tr->ln_rstd = Z(in->rows);
+    tr->ln = Z((size_t)in->rows * D); tr->m1 = Z((size_t)R4 * M); tr->m1g = Z((size_t)R4 * M);
     layernorm_forward(tr->ln, tr->ln_mean, tr->ln_rstd, hidden_out, W(m, "visual.merger.ln_q.weight", 0), W(m, "visual.merger.ln_q.bias", 0), (int)in->rows, D, eps);
     matmul_forward(tr->m1, tr->ln, W(m, "visual.merger.mlp.0.weight", 0), W(m, "visual.merger.mlp.0.bias", 0), (int)R4, M, M);
     gelu_forward(tr->m1g, tr->m1, (size_t)R4 * M);
@@ -130,28 +114,27 @@ static void rope_angle_grad(float *dang, const float *y, const float *dy, int H,
         }
 }
 
-void vision_backward(const Model *m, const VisionTrace *tr, const float *dembeds, float **grads) {
+int vision_backward(const Model *m, Arena *A, const VisionTrace *tr, const float *dembeds, float **grads, int tower) {
     const VisionConfig *v = &m->cfg.vision;
     int D = v->hidden, F = v->intermediate, nh = v->heads, hd = D / nh, P = vision_patch_dim(v), H = m->cfg.text.hidden;
     int64_t S = tr->S, R4 = tr->rows / 4;
     int M = 4 * D;
     // merger
-    float *dm1g = fzeros((size_t)R4 * M), *dm1 = fzeros((size_t)R4 * M), *dln = fzeros((size_t)tr->rows * D), *dhid = fzeros((size_t)tr->rows * D);
+    float *dm1g = Z((size_t)R4 * M), *dm1 = Z((size_t)R4 * M), *dln = Z((size_t)tr->rows * D), *dhid = Z((size_t)tr->rows * D);
     matmul_backward(dm1g, G(m, grads, "visual.merger.mlp.2.weight", 0), G(m, grads, "visual.merger.mlp.2.bias", 0), dembeds, tr->m1g,
                     W(m, "visual.merger.mlp.2.weight", 0), (int)R4, M, H);
     gelu_backward(dm1, dm1g, tr->m1, (size_t)R4 * M);
     matmul_backward(dln, G(m, grads, "visual.merger.mlp.0.weight", 0), G(m, grads, "visual.merger.mlp.0.bias", 0), dm1, tr->ln,
                     W(m, "visual.merger.mlp.0.weight", 0), (int)R4, M, M);
-    layernorm_backward(dhid, G(m, grads, "visual.merger.ln_q.weight", 0), G(m, grads, "visual.merger.ln_q.bias", 0), dln, tr->hidden,
+    layernorm_backward(tower ? dhid : NULL, G(m, grads, "visual.merger.ln_q.weight", 0), G(m, grads, "visual.merger.ln_q.bias", 0), dln, tr->hidden,
                        W(m, "visual.merger.ln_q.weight", 0), tr->ln_mean, tr->ln_rstd, (int)tr->rows, D);
-    free(dm1g); free(dm1); free(dln);
+    if (!tower) return 0;
     // the CLS rows get no gradient from the output
-    float *dx = fzeros((size_t)S * D);
+    float *dx = Z((size_t)S * D);
     for (int i = 0, r = 0; i < tr->nimg; i++)
         for (int t = tr->cu[i] + 1; t < tr->cu[i + 1]; t++, r++) memcpy(dx + (size_t)t * D, dhid + (size_t)r * D, (size_t)D * sizeof(float));
-    free(dhid);
-    float *df1g = fzeros((size_t)S * F), *df1 = fzeros((size_t)S * F), *dh = fzeros((size_t)S * D), *datt = fzeros((size_t)S * D),
-          *dqr = fzeros((size_t)S * D), *dkr = fzeros((size_t)S * D), *dv = fzeros((size_t)S * D), *dqkv = fzeros((size_t)S * 3 * D);
+    float *df1g = Z((size_t)S * F), *df1 = Z((size_t)S * F), *dh = Z((size_t)S * D), *datt = Z((size_t)S * D),
+          *dqr = Z((size_t)S * D), *dkr = Z((size_t)S * D), *dv = Z((size_t)S * D), *dqkv = Z((size_t)S * 3 * D);
     float *dcls_ang = G(m, grads, "visual.class_pos_emb", 0);
     for (int l = v->depth - 1; l >= 0; l--) {
         const BlockActs *a = &tr->B[l];
@@ -189,17 +172,16 @@ void vision_backward(const Model *m, const VisionTrace *tr, const float *dembeds
         layernorm_backward(dx, G(m, grads, "visual.blocks.%d.norm1.weight", l), G(m, grads, "visual.blocks.%d.norm1.bias", l), dh, a->x_in,
                            W(m, "visual.blocks.%d.norm1.weight", l), a->mean1, a->rstd1, (int)S, D);
     }
-    free(df1g); free(df1); free(datt); free(dqr); free(dkr); free(dv); free(dqkv);
     // pre-LayerNorm, then CLS embeddings and the patch projection
     memset(dh, 0, (size_t)S * D * sizeof(float));
     layernorm_backward(dh, G(m, grads, "visual.pre_layernorm.weight", 0), G(m, grads, "visual.pre_layernorm.bias", 0), dx, tr->x0,
                        W(m, "visual.pre_layernorm.weight", 0), tr->pre_mean, tr->pre_rstd, (int)S, D);
-    float *dcls = G(m, grads, "visual.class_embedding", 0), *dpe = fzeros((size_t)tr->rows * D);
+    float *dcls = G(m, grads, "visual.class_embedding", 0), *dpe = Z((size_t)tr->rows * D);
     for (int i = 0, r = 0; i < tr->nimg; i++) {
         for (int c = 0; dcls && c < D; c++) dcls[c] += dh[(size_t)tr->cu[i] * D + c];
         for (int t = tr->cu[i] + 1; t < tr->cu[i + 1]; t++, r++) memcpy(dpe + (size_t)r * D, dh + (size_t)t * D, (size_t)D * sizeof(float));
     }
     matmul_backward(NULL, G(m, grads, "visual.patch_embed.proj.weight", 0), NULL, dpe, tr->pixels,
                     W(m, "visual.patch_embed.proj.weight", 0), (int)tr->rows, P, D);
-    free(dpe); free(dh); free(dx);
+    return v->depth;
 }

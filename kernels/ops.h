@@ -62,3 +62,8 @@ void cross_entropy_backward(float *dlogits, const float *logits, const int32_t *
 // AdamW (decoupled weight decay), step t ≥ 1 with bias correction, over n parameters.
 void adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                 float eps, float weight_decay, int64_t t);
+
+// One new query token against a key/value cache (generation): q[Hq,D], k/v[len, Hkv, D] holding
+// positions 0..len-1 (the new token's own key included), out[Hq,D]. Same math as the causal
+// attention_forward row of the last position.
+void attention_decode(float *out, const float *q, const float *k, const float *v, int len, int Hq, int Hkv, int D);

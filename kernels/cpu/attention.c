@@ -79,3 +79,35 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                 }
         }
 }
+
+void attention_decode(float *out, const float *q, const float *k, const float *v, int len, int Hq, int Hkv, int D) {
+    int rep = Hq / Hkv;
+    float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel
+    {
+        float *p = malloc((size_t)len * sizeof(float));
+#pragma omp for schedule(static)
+        for (int h = 0; h < Hq; h++) {
+            int hk = h / rep;
+            const float *qi = q + (size_t)h * D;
+            float mx = -INFINITY;
+            for (int j = 0; j < len; j++) {
+                const float *kj = k + ((size_t)j * Hkv + hk) * D;
+                float d = 0.0f;
+                for (int e = 0; e < D; e++) d += qi[e] * kj[e];
+                p[j] = d * scale;
+                if (p[j] > mx) mx = p[j];
+            }
+            double sum = 0.0;
+            for (int j = 0; j < len; j++) sum += (p[j] = expf(p[j] - mx));
+            float inv = (float)(1.0 / sum), *o = out + (size_t)h * D;
+            memset(o, 0, (size_t)D * sizeof(float));
+            for (int j = 0; j < len; j++) {
+                const float *vj = v + ((size_t)j * Hkv + hk) * D;
+                float w = p[j] * inv;
+                for (int e = 0; e < D; e++) o[e] += w * vj[e];
+            }
+        }
+        free(p);
+    }
+}

@@ -1,0 +1,24 @@
+// arena.h: one block of memory for the activations of a step. Allocation bumps a pointer and
+// arena_reset() takes everything back at once. The block is sized by the largest step seen: when a
+// step needs more than the block holds, the overflow is served by malloc for that step and, at the
+// next reset, the block is replaced by one of the high-water size. So a run of steps of one shape
+// bucket allocates once, and the step loop itself allocates nothing.
+#pragma once
+#include <stddef.h>
+
+typedef struct ArenaChunk ArenaChunk;
+
+typedef struct {
+    char *base;
+    size_t cap, used;        // bytes
+    size_t high;             // high-water mark of the current step, overflow included
+    ArenaChunk *overflow;    // this step's allocations beyond the block
+    int grows;               // how many times the block was (re)allocated: for tests
+} Arena;
+
+void arena_init(Arena *a);
+// Zero-filled, 64-byte aligned; never NULL (dies when memory is exhausted).
+float *arena_floats(Arena *a, size_t n);
+void *arena_bytes(Arena *a, size_t n);
+void arena_reset(Arena *a);
+void arena_free(Arena *a);
