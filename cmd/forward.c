@@ -103,6 +103,7 @@ int main(int argc, char **argv) {
     cli_require(&cli, "in", in_path);
     cli_require(&cli, "out", out_path);
     if (strcmp(device, "cpu")) die_input("--device: only cpu is available for the model so far");
+    if (!str_ends_with(out_path, ".safetensors")) die_input("--out: %s: expected a file name ending in .safetensors", out_path);
     if (steps < 0 || generate < 0) die_input("--steps and --generate take a count >= 0");
     Err e;
     Model m;
@@ -136,7 +137,7 @@ int main(int argc, char **argv) {
     const int32_t *lab = labels ? (const int32_t *)labels->data : NULL;
 
     int *trainable = xcalloc((size_t)m.np, sizeof(int));
-    if (model_trainable(&m, trainable_spec, trainable, &e)) die_input("--trainable: %s", e.msg);
+    if (model_trainable(&m, trainable_spec, trainable, &e)) die_input("--trainable: %s: %s", model_dir, e.msg);
     Adam opt;
     adam_init(&opt, &m, trainable);
     ModelWork work;

@@ -1,19 +1,56 @@
 #!/usr/bin/env bats
-# forward: the CPU model's outputs against a PyTorch implementation written from spec/model.md.
+# forward: the CPU model's outputs against a PyTorch implementation written from spec/model.md
+# (tests/ref/model_ref.py) and against the MLCD model on the MLCD-format source (tests/ref/mlcd_ref.py).
 load helpers
 
 setup() { T=$BATS_TEST_TMPDIR; }
 
-run_case() {  # PRESET_FILE: mkckpt + merge + random inputs, then forward vs tests/ref/model_ref.py
+make_model() {  # PRESET_FILE: mkckpt (MLCD + Qwen3 sources in $T/src) + merge into $T/hf
     "$BIN/mkckpt" --preset "$1" --out "$T/src" --seed 3 2>/dev/null
     "$BIN/merge" --vit "$T/src/vit" --llm "$T/src/llm" --out "$T/hf" --image-token-id 1012 --video-token-id 1013 2>/dev/null
-    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7
-    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/out.safetensors"
-    run $PY "$REF/model_ref.py" check "$T/hf" "$T/in.safetensors" "$T/out.safetensors"
+}
+
+# Weights 15x larger than the initialiser's 0.02 make attention far from uniform (and greedy tokens
+# varied), so that a wrong position, mask or head mapping moves the outputs well past the tolerance.
+gqa_preset() {
+    jq '.text_config.num_attention_heads = 6 | .text_config.num_key_value_heads = 2 | .text_config.head_dim = 24
+        | .vision_config.num_heads = 2 | .text_config.rope_theta = 5000000.0
+        | .text_config.initializer_range = 0.3 | .vision_config.initializer_range = 0.3' \
+        "$BATS_TEST_DIRNAME/../data-specs/models/tiny.json" > "$T/preset.json"
+}
+
+ref() {  # MODE ARGS...: model_ref.py with its report shown on failure
+    run $PY "$REF/model_ref.py" "$@"
     echo "$output"
     [ "$status" -eq 0 ]
+}
+
+outputs_and_grads() {  # KIND (packed | batch): forward and backward against PyTorch
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 "$1"
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/out.safetensors"
+    ref check "$T/hf" "$T/in.safetensors" "$T/out.safetensors"
     "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/grads.safetensors" --grads
-    run $PY "$REF/model_ref.py" grads "$T/hf" "$T/in.safetensors" "$T/grads.safetensors"
+    ref grads "$T/hf" "$T/in.safetensors" "$T/grads.safetensors"
+}
+
+adamw_steps() {  # 10 AdamW steps on the packed batch, weight decay on 2-D tensors
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 packed
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/steps.safetensors" --steps 10 --lr 1e-3 --weight-decay 0.1
+    ref steps "$T/hf" "$T/in.safetensors" "$T/steps.safetensors" 1e-3 0.1
+}
+
+generation() {  # greedy tokens: KV cache vs PyTorch's repeated full forwards, and vs our own
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/prompt.safetensors" 11 prompt
+    "$BIN/forward" --model "$T/hf" --in "$T/prompt.safetensors" --out "$T/gen.safetensors" --generate 16
+    ref generate "$T/hf" "$T/prompt.safetensors" "$T/gen.safetensors"
+    "$BIN/forward" --model "$T/hf" --in "$T/prompt.safetensors" --out "$T/full.safetensors" --generate 16 --no-cache
+    ref generate "$T/hf" "$T/prompt.safetensors" "$T/full.safetensors"
+}
+
+mlcd_parity() {  # vision tower of the merged checkpoint vs the MLCD model on the MLCD-format source
+    $PY "$REF/mlcd_ref.py" inputs "$T/src/vit" "$T/img.safetensors" 4
+    "$BIN/forward" --model "$T/hf" --in "$T/img.safetensors" --out "$T/vis.safetensors"
+    run $PY "$REF/mlcd_ref.py" check "$T/src/vit" "$T/img.safetensors" "$T/vis.safetensors"
     echo "$output"
     [ "$status" -eq 0 ]
 }
@@ -23,22 +60,75 @@ run_case() {  # PRESET_FILE: mkckpt + merge + random inputs, then forward vs tes
 }
 
 @test "tiny preset: vision tower, merger, logits, loss and every gradient match PyTorch (two images, two packed sub-sequences)" {
-    run_case tiny
+    make_model tiny
+    outputs_and_grads packed
 }
 
-# Weights 15x larger than the initialiser's 0.02 make attention far from uniform, so that a wrong
-# position, mask or head mapping moves the outputs well past the tolerance.
+@test "tiny preset, input_ids [2, T] with an image per row: outputs, the loss shifted inside each row, and gradients match PyTorch" {
+    make_model tiny
+    outputs_and_grads batch
+}
+
+@test "tiny preset: the losses of 10 AdamW steps match torch.optim.AdamW within 1e-4 relative" {
+    make_model tiny
+    adamw_steps
+}
+
+@test "tiny preset: greedy generation with the KV cache equals repeated full forwards (PyTorch and ours)" {
+    make_model tiny
+    generation
+}
+
+@test "tiny preset: the vision tower reproduces the MLCD model on the MLCD-format source (raster order, reordered 2x2)" {
+    make_model tiny
+    mlcd_parity
+}
+
 @test "other head counts and GQA ratio (6 query heads over 2 KV heads, head_dim 24; 2 vision heads): outputs and gradients match PyTorch" {
-    jq '.text_config.num_attention_heads = 6 | .text_config.num_key_value_heads = 2 | .text_config.head_dim = 24
-        | .vision_config.num_heads = 2 | .text_config.rope_theta = 5000000.0
-        | .text_config.initializer_range = 0.3 | .vision_config.initializer_range = 0.3' \
-        "$BATS_TEST_DIRNAME/../data-specs/models/tiny.json" > "$T/preset.json"
-    run_case "$T/preset.json"
+    gqa_preset
+    make_model "$T/preset.json"
+    outputs_and_grads packed
+    outputs_and_grads batch
+}
+
+@test "other head counts and GQA ratio: 10 AdamW steps, generation with the KV cache and MLCD parity" {
+    gqa_preset
+    make_model "$T/preset.json"
+    adamw_steps
+    generation
+    mlcd_parity
+}
+
+@test "frozen tensors: only the trainable set gets gradients (equal to PyTorch's) and the backward stops where nothing below trains" {
+    make_model tiny
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 batch
+    run "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/g.safetensors" --grads --trainable merger
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"backward through 4 of 4 decoder layers and 0 of 2 vision blocks"* ]]
+    ref grads "$T/hf" "$T/in.safetensors" "$T/g.safetensors" visual.merger.
+    run "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/g.safetensors" --grads --trainable model.layers.2.,lm_head.
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"backward through 2 of 4 decoder layers and 0 of 2 vision blocks"* ]]
+    ref grads "$T/hf" "$T/in.safetensors" "$T/g.safetensors" model.layers.2.,lm_head.
+    run "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/g.safetensors" --grads --trainable lm_head.
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"backward through 0 of 4 decoder layers and 0 of 2 vision blocks"* ]]
+    ref grads "$T/hf" "$T/in.safetensors" "$T/g.safetensors" lm_head.
+    run "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/g.safetensors" --grads --trainable vision,merger
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"backward through 4 of 4 decoder layers and 2 of 2 vision blocks"* ]]
+    ref grads "$T/hf" "$T/in.safetensors" "$T/g.safetensors" visual.
+}
+
+@test "forward: a trainable set naming no tensor is an input error" {
+    make_model tiny
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 batch
+    expect_bad_input "$T/g.safetensors" "$T/hf" "'model.layers.9.' names no tensor" -- \
+        "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/g.safetensors" --grads --trainable merger,model.layers.9.
 }
 
 @test "forward: an image-pad count that does not match the images is an input error" {
-    "$BIN/mkckpt" --preset tiny --out "$T/src" 2>/dev/null
-    "$BIN/merge" --vit "$T/src/vit" --llm "$T/src/llm" --out "$T/hf" --image-token-id 1012 2>/dev/null
+    make_model tiny
     $PY - "$T/in.safetensors" <<'PY'
 import sys, os
 sys.path.insert(0, os.environ["REF"])
@@ -50,4 +140,21 @@ write_file(sys.argv[1], [("input_ids", "I32", np.array([1, 1012, 2], np.int32)),
 PY
     expect_bad_input "$T/out.safetensors" "$T/in.safetensors" "1 <|image_pad|> tokens but the images give 2" -- \
         "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/out.safetensors"
+}
+
+@test "forward: cu_seqlens with several rows, or one that does not increase, is an input error" {
+    make_model tiny
+    $PY - "$T/in.safetensors" "$T/in2.safetensors" <<'PY'
+import sys, os
+sys.path.insert(0, os.environ["REF"])
+import numpy as np
+from stlib import write_file
+ids = np.arange(1, 9, dtype=np.int32)
+write_file(sys.argv[1], [("input_ids", "I32", ids.reshape(2, 4)), ("cu_seqlens", "I32", np.array([0, 2, 4], np.int32))])
+write_file(sys.argv[2], [("input_ids", "I32", ids), ("cu_seqlens", "I32", np.array([0, 5, 5, 8], np.int32))])
+PY
+    expect_bad_input "$T/out.safetensors" "$T/in.safetensors" "cu_seqlens packs sub-sequences of one row, but input_ids has 2 rows" -- \
+        "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/out.safetensors"
+    expect_bad_input "$T/out.safetensors" "$T/in2.safetensors" "cu_seqlens must increase (entry 2 is 5 after 5)" -- \
+        "$BIN/forward" --model "$T/hf" --in "$T/in2.safetensors" --out "$T/out.safetensors"
 }

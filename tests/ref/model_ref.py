@@ -2,11 +2,19 @@
 """PyTorch reference of the LLaVA-OV-1.5 forward pass, written from spec/model.md (fp32).
 
 usage:
-  model_ref.py inputs MODEL_DIR IN.safetensors SEED     write random test inputs (two packed sub-sequences,
-                                                        two images of different grids) for the model's config
+  model_ref.py inputs MODEL_DIR IN.safetensors SEED [packed|batch|prompt]
+        write random test inputs for the model's config: packed = one row of two packed sub-sequences with
+        two images of different grids; batch = input_ids [2, T] with an image in each row; prompt = one row
+        with one image and no labels (for generation)
   model_ref.py check MODEL_DIR IN.safetensors OURS.safetensors
-                                                        recompute and compare with `forward`'s outputs:
-                                                        max |diff| <= 1e-4 * max|ref| + 1e-5, loss <= 1e-5 relative
+        recompute and compare with `forward`'s outputs: max |diff| <= 1e-4 * max|ref| + 1e-5, loss <= 1e-5 relative
+  model_ref.py grads MODEL_DIR IN.safetensors OURS.safetensors [TRAINABLE_PREFIXES]
+        every grad.<name> against autograd (relative L2 <= 1e-4); with prefixes (comma-separated, HF names), the
+        gradient set must be exactly the tensors they cover
+  model_ref.py steps MODEL_DIR IN.safetensors OURS.safetensors LR WD
+        N steps of torch.optim.AdamW (decay on ndim >= 2 only) on the batch; losses within 1e-4 relative
+  model_ref.py generate MODEL_DIR IN.safetensors OURS.safetensors
+        greedy decoding by repeated full forwards; the tokens must equal OURS's `generated`
 """
 import json
 import os
@@ -132,9 +140,11 @@ def load(model_dir):
     return cfg, {k: f32(dt, a) for k, (dt, a) in read_dir(model_dir).items()}
 
 
-def make_inputs(model_dir, path, seed):
+def make_inputs(model_dir, path, seed, kind="packed"):
     cfg, _ = load(model_dir)
     g = torch.Generator().manual_seed(seed)
+    if kind != "packed":
+        return make_other_inputs(cfg, path, g, kind)
     grids = [(1, 4, 6), (1, 2, 2)]
     rows = sum(h * w for _, h, w in grids)
     img = cfg["image_token_id"]
@@ -151,17 +161,57 @@ def make_inputs(model_dir, path, seed):
                       ("grid_thw", "I32", np.array(grids, np.int32))])
 
 
+def make_other_inputs(cfg, path, g, kind):
+    img, V = cfg["image_token_id"], cfg["text_config"]["vocab_size"]
+    rnd = lambda n: torch.randint(0, min(V, 1000), (n,), generator=g)
+    if kind == "prompt":  # image 4x4 patches -> 4 tokens
+        ids = torch.cat([rnd(3), torch.full((4,), img), rnd(5)]).to(torch.int32)
+        write_file(path, [("input_ids", "I32", ids.numpy()),
+                          ("pixel_values", "F32", torch.randn(16, 588, generator=g).numpy()),
+                          ("grid_thw", "I32", np.array([[1, 4, 4]], np.int32))])
+        return
+    # batch: two rows of 14 tokens, image 0 (2x4 -> 2 tokens) in row 0, image 1 (2x2 -> 1) in row 1
+    row0 = torch.cat([rnd(4), torch.full((2,), img), rnd(8)])
+    row1 = torch.cat([rnd(6), torch.full((1,), img), rnd(7)])
+    ids = torch.stack([row0, row1]).to(torch.int32)
+    labels = ids.clone()
+    labels[torch.rand(ids.shape, generator=g) < 0.3] = -100
+    write_file(path, [("input_ids", "I32", ids.numpy()), ("labels", "I32", labels.numpy()),
+                      ("pixel_values", "F32", torch.randn(12, 588, generator=g).numpy()),
+                      ("grid_thw", "I32", np.array([[1, 2, 4], [1, 2, 2]], np.int32))])
+
+
+def run(cfg, W, inp):
+    """Vision tower (if images), text model over all rows; returns hidden, embeds, logits [B*T, V], loss."""
+    hidden = embeds = None
+    if "pixel_values" in inp:
+        hidden, embeds = vision(W, cfg["vision_config"], inp["pixel_values"], inp["grid_thw"])
+    ids = inp["input_ids"].long()
+    B, T = (1, ids.shape[0]) if ids.dim() == 1 else ids.shape
+    cu = inp["cu_seqlens"].long() if "cu_seqlens" in inp else torch.arange(B + 1) * T  # one block per row
+    logits = text(W, cfg["text_config"], ids.reshape(-1), cu, embeds, cfg["image_token_id"])
+    loss = None
+    if "labels" in inp:  # Hugging Face shift inside each row, mean over all counted positions
+        lab = inp["labels"].long().reshape(B, T)
+        loss = F.cross_entropy(logits.reshape(B, T, -1)[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
+                               ignore_index=-100)
+    return hidden, embeds, logits, loss
+
+
+def read(path):
+    return {k: torch.from_numpy(np.array(a)) for k, (dt, a) in read_file(path).items()}
+
+
 def check(model_dir, in_path, ours_path):
     cfg, W = load(model_dir)
     inp = {k: torch.from_numpy(np.array(a)) for k, (dt, a) in read_file(in_path).items()}
     ours = {k: torch.from_numpy(np.array(a)) for k, (dt, a) in read_file(ours_path).items()}
     with torch.no_grad():
-        hidden, embeds = vision(W, cfg["vision_config"], inp["pixel_values"], inp["grid_thw"])
-        ids = inp["input_ids"].long()
-        logits = text(W, cfg["text_config"], ids, inp["cu_seqlens"].long(), embeds, cfg["image_token_id"])
-        loss = F.cross_entropy(logits[:-1], inp["labels"].long()[1:], ignore_index=-100)
+        hidden, embeds, logits, loss = run(cfg, W, inp)
     bad = False
     for name, ref in (("vision_hidden", hidden), ("image_embeds", embeds), ("logits", logits)):
+        if ref is None:
+            continue
         d = (ours[name] - ref).abs().max().item()
         tol = 1e-4 * ref.abs().max().item() + 1e-5
         print(f"model_ref: {name} {tuple(ref.shape)} max |diff| {d:.3e} (tolerance {tol:.3e})")
@@ -171,30 +221,28 @@ def check(model_dir, in_path, ours_path):
     sys.exit(1 if bad or rel > 1e-5 else 0)
 
 
-def check_grads(model_dir, in_path, ours_path):
+def check_grads(model_dir, in_path, ours_path, prefixes=None):
     """Every grad.<name> of `forward --grads` against autograd: relative L2 error <= 1e-4."""
     cfg, W = load(model_dir)
-    inp = {k: torch.from_numpy(np.array(a)) for k, (dt, a) in read_file(in_path).items()}
-    ours = {k: torch.from_numpy(np.array(a)) for k, (dt, a) in read_file(ours_path).items()}
+    inp, ours = read(in_path), read(ours_path)
     names = [k[len("grad."):] for k in ours if k.startswith("grad.")]
-    for n in names:
+    want = set(W) if prefixes is None else {n for n in W if any(n.startswith(p) for p in prefixes.split(","))}
+    for n in want:
         W[n].requires_grad_(True)
-    embeds = None
-    if "pixel_values" in inp:
-        _, embeds = vision(W, cfg["vision_config"], inp["pixel_values"], inp["grid_thw"])
-    logits = text(W, cfg["text_config"], inp["input_ids"].long(), inp["cu_seqlens"].long(), embeds, cfg["image_token_id"])
-    loss = F.cross_entropy(logits[:-1], inp["labels"].long()[1:], ignore_index=-100)
+    _, _, _, loss = run(cfg, W, inp)
     loss.backward()
     worst, bad = 0.0, []
     for n in names:
         ref, got = W[n].grad, ours["grad." + n]
+        if ref is None:
+            bad.append((n, "has a gradient but is frozen"))
+            continue
         err = ((got - ref).norm() / (ref.norm() + 1e-30)).item()
         worst = max(worst, err)
         if not err <= 1e-4:
             bad.append((n, err))
-    want = set(W)
     if set(names) != want:
-        bad.append(("missing gradients", sorted(want - set(names))[:3]))
+        bad.append(("gradient set differs", sorted(want - set(names))[:3], sorted(set(names) - want)[:3]))
     rel = abs(ours["loss"].item() - loss.item()) / abs(loss.item())
     print(f"model_ref: {len(names)} gradients, worst relative L2 error {worst:.2e} (tolerance 1e-4); loss diff {rel:.1e}")
     for b in bad[:5]:
@@ -202,10 +250,64 @@ def check_grads(model_dir, in_path, ours_path):
     sys.exit(1 if bad or rel > 1e-5 else 0)
 
 
+def check_steps(model_dir, in_path, ours_path, lr, wd):
+    """The losses of len(ours.losses) AdamW steps on one batch, every tensor trainable, decay on ndim >= 2."""
+    cfg, W = load(model_dir)
+    inp, ours = read(in_path), read(ours_path)
+    got = ours["losses"]
+    params = list(W.values())
+    for p in params:
+        p.requires_grad_(True)
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    ref = []
+    for _ in range(got.shape[0]):
+        opt.zero_grad()
+        _, _, _, loss = run(cfg, W, inp)
+        loss.backward()
+        opt.step()
+        ref.append(loss.item())
+    ref = torch.tensor(ref)
+    rel = ((got - ref).abs() / ref.abs()).max().item()
+    print("model_ref: losses ours " + " ".join(f"{x:.5f}" for x in got.tolist()))
+    print("model_ref: losses ref  " + " ".join(f"{x:.5f}" for x in ref.tolist()))
+    print(f"model_ref: {got.shape[0]} AdamW steps, worst relative loss difference {rel:.2e} (tolerance 1e-4)")
+    moved = (ref[0] - ref[-1]).item() / ref[0].item()
+    print(f"model_ref: the loss fell by {100 * moved:.1f}%")
+    sys.exit(0 if rel <= 1e-4 and moved > 0.05 else 1)
+
+
+def check_generate(model_dir, in_path, ours_path):
+    """Greedy tokens by repeated full forwards over the growing sequence (no cache)."""
+    cfg, W = load(model_dir)
+    inp, ours = read(in_path), read(ours_path)
+    got = ours["generated"].tolist()
+    seq = inp["input_ids"].long().reshape(-1)
+    ref = []
+    with torch.no_grad():
+        for _ in range(len(got)):
+            step = dict(inp)
+            step["input_ids"] = seq
+            step.pop("labels", None)
+            _, _, logits, _ = run(cfg, W, step)
+            nxt = int(logits[-1].argmax())
+            ref.append(nxt)
+            seq = torch.cat([seq, torch.tensor([nxt])])
+    print(f"model_ref: generated ours {got}")
+    print(f"model_ref: generated ref  {ref}")
+    sys.exit(0 if got == ref and len(got) > 0 else 1)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "inputs":
-        make_inputs(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-    elif sys.argv[1] == "grads":
-        check_grads(sys.argv[2], sys.argv[3], sys.argv[4])
+    cmd, a = sys.argv[1], sys.argv[2:]
+    if cmd == "inputs":
+        make_inputs(a[0], a[1], int(a[2]), a[3] if len(a) > 3 else "packed")
+    elif cmd == "grads":
+        check_grads(a[0], a[1], a[2], a[3] if len(a) > 3 else None)
+    elif cmd == "steps":
+        check_steps(a[0], a[1], a[2], float(a[3]), float(a[4]))
+    elif cmd == "generate":
+        check_generate(a[0], a[1], a[2])
     else:
-        check(sys.argv[2], sys.argv[3], sys.argv[4])
+        check(a[0], a[1], a[2])
