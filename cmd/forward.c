@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../common/cli.h"
+#include "../common/convert.h"
 #include "../common/model.h"
 #include "../common/optim.h"
 #include "../common/safetensors.h"
@@ -52,7 +53,7 @@ static const StTensor *get(const StFile *f, const char *name, DType dt) {
 }
 
 int main(int argc, char **argv) {
-    char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *device = "cpu", *trainable_spec = "all";
+    char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *device = "cpu", *trainable_spec = "all", *grad_names = "hf";
     int want_grads = 0, steps = 0, generate = 0, no_cache = 0, eos = -1;
     double lr = 1e-3, wd = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
     const Opt opts[] = {
@@ -63,6 +64,9 @@ int main(int argc, char **argv) {
         {"device", OPT_STR, &device, "cpu", "Backend (only cpu in this build of the model)."},
         {"grads", OPT_FLAG, &want_grads, NULL,
          "Also write grad.<HF name> of the loss for every trainable tensor; needs labels."},
+        {"grad-names", OPT_STR, &grad_names, "hf",
+         "With --grads: hf writes grad.<HF name>; mcore writes grad.<Megatron name> in the layout of a TP 1, PP 1 release "
+         "checkpoint (fused linear_qkv and linear_fc1, padded vocabulary), through the same map as hf2mcore."},
         {"trainable", OPT_STR, &trainable_spec, "SET",
          "Tensors that get gradients: modules vision, merger, llm, all, or HF name prefixes, comma-separated (default all). "
          "The others are frozen: nothing is computed for them."},
@@ -104,6 +108,7 @@ int main(int argc, char **argv) {
     cli_require(&cli, "out", out_path);
     if (strcmp(device, "cpu")) die_input("--device: only cpu is available for the model so far");
     if (!str_ends_with(out_path, ".safetensors")) die_input("--out: %s: expected a file name ending in .safetensors", out_path);
+    if (strcmp(grad_names, "hf") && strcmp(grad_names, "mcore")) die_input("--grad-names: expected hf or mcore, got '%s'", grad_names);
     if (steps < 0 || generate < 0) die_input("--steps and --generate take a count >= 0");
     Err e;
     Model m;
@@ -154,7 +159,9 @@ int main(int argc, char **argv) {
         adam_step(&opt, &m, &hyper);
     }
     if (steps) out_add(&ol, "losses", DT_F32, 1, (int64_t[]){steps}, losses);
-    int ngen = 0;
+    int ngen = 0, n_mcore = 0;
+    float **mcore_grads = NULL;
+    e.msg[0] = 0;
     if (generate) {
         if (no_cache) {  // reference path: the whole sequence again for every new token
             int32_t *seq = xmalloc((size_t)(in.T + generate) * sizeof(int32_t));
@@ -193,15 +200,36 @@ int main(int argc, char **argv) {
             out_add(&ol, "vision_hidden", DT_F32, 2, (int64_t[]){in.rows, m.cfg.vision.hidden}, out.vision_hidden);
             out_add(&ol, "image_embeds", DT_F32, 2, (int64_t[]){in.rows / 4, m.cfg.text.hidden}, out.image_embeds);
         }
-        for (int i = 0; want_grads && i < m.np; i++)
-            if (opt.grad[i]) {
-                char name[160];
-                snprintf(name, sizeof name, "grad.%s", m.ps[i].name);
-                out_add(&ol, name, DT_F32, m.ps[i].ndim, m.ps[i].shape, opt.grad[i]);
+        if (want_grads && !strcmp(grad_names, "mcore")) {
+            ModelMap mm;
+            modelmap_init(&mm, &m.cfg);
+            mcore_grads = xcalloc((size_t)mm.ng, sizeof(float *));
+            for (int gi = 0; gi < mm.ng; gi++) {
+                char name[192], full[200];
+                int ndim = 0;
+                int64_t shape[4];
+                if (!(mcore_grads[gi] = mcore_group_fp32(&mm, gi, opt.grad, name, sizeof name, &ndim, shape, &e))) {
+                    if (e.msg[0]) die_input("--grad-names mcore: --trainable %s: %s", trainable_spec, e.msg);
+                    continue;
+                }
+                snprintf(full, sizeof full, "grad.%s", name);
+                out_add(&ol, full, DT_F32, ndim, shape, mcore_grads[gi]);
             }
+            n_mcore = mm.ng;
+            modelmap_free(&mm);
+        } else {
+            for (int i = 0; want_grads && i < m.np; i++)
+                if (opt.grad[i]) {
+                    char name[160];
+                    snprintf(name, sizeof name, "grad.%s", m.ps[i].name);
+                    out_add(&ol, name, DT_F32, m.ps[i].ndim, m.ps[i].shape, opt.grad[i]);
+                }
+        }
     }
     out_write(&ol, out_path);
     free(ol.t);
+    for (int i = 0; i < n_mcore; i++) free(mcore_grads[i]);
+    free(mcore_grads);
     free(losses);
     free(gen);
     free(trainable);

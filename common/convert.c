@@ -341,3 +341,28 @@ void run_mcore2hf(const char *in, const char *out, const char *iter, uint64_t ma
     modelmap_free(&mm);
     free(aux_src);
 }
+
+float *mcore_group_fp32(const ModelMap *mm, int gi, float *const *t, char *name, size_t name_len, int *ndim,
+                        int64_t shape[4], Err *e) {
+    const MGroup *g = &mm->g[gi];
+    int given = 0;
+    for (int k = 0; k < g->n_hf; k++) given += t[g->hf[k]] != NULL;
+    if (given == 0) return NULL;
+    mgroup_name(g, mm, 1, name, name_len);
+    if (given != g->n_hf) {
+        err_set(e, "mcore tensor '%s' fuses %d HF tensors but only %d are given", name, g->n_hf, given);
+        return NULL;
+    }
+    const void *hf[3];
+    for (int k = 0; k < g->n_hf; k++) hf[k] = t[g->hf[k]];
+    float *full = xmalloc((size_t)mgroup_numel(g) * sizeof(float));
+    mgroup_pack(g, mm, hf, sizeof(float), full);
+    *ndim = g->ndim;
+    mgroup_rank_shape(g, mm, 1, shape);
+    int64_t n = 1;
+    for (int i = 0; i < g->ndim; i++) n *= shape[i];
+    float *piece = xmalloc((size_t)n * sizeof(float));
+    mgroup_scatter(g, mm, full, 1, 0, sizeof(float), piece);
+    free(full);
+    return piece;
+}

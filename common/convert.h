@@ -34,3 +34,10 @@ int dir_is_mcore(const char *dir);
 // "release" or an iteration number. Both die with exit 2 on bad input, leaving no output.
 void run_hf2mcore(const char *in, const char *out, Parallel par, const char *iter, int force);
 void run_mcore2hf(const char *in, const char *out, const char *iter, uint64_t max_shard, int force);
+
+// One group's mcore tensor at TP = PP = 1 (vocabulary padded, as a release checkpoint holds it) from
+// fp32 HF tensors t[i] (indexed like mm->ps). Returns a malloc'd fp32 buffer and fills name/shape;
+// NULL when none of the group's tensors is given (t[i] == NULL), and NULL with an error when only
+// some are (a fused tensor cannot be half present).
+float *mcore_group_fp32(const ModelMap *mm, int gi, float *const *t, char *name, size_t name_len, int *ndim,
+                        int64_t shape[4], Err *e);

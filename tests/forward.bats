@@ -158,3 +158,34 @@ PY
     expect_bad_input "$T/out.safetensors" "$T/in2.safetensors" "cu_seqlens must increase (entry 2 is 5 after 5)" -- \
         "$BIN/forward" --model "$T/hf" --in "$T/in2.safetensors" --out "$T/out.safetensors"
 }
+
+@test "forward --grad-names mcore: gradients under Megatron names in the release layout equal the HF-named ones laid out by spec/checkpoints.md" {
+    make_model tiny
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 packed
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/hf_grads.safetensors" --grads
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/mc_grads.safetensors" --grads --grad-names mcore
+    # the HF-named gradients as an HF checkpoint, the mcore-named ones as a release checkpoint
+    mkdir -p "$T/g_hf" "$T/g_mc/release/mp_rank_00"
+    cp "$T/hf/config.json" "$T/g_hf/"
+    echo release > "$T/g_mc/latest_checkpointed_iteration.txt"
+    $PY - "$T" <<'PY'
+import sys, os
+sys.path.insert(0, os.environ["REF"])
+from stlib import read_file, write_file
+t = sys.argv[1]
+for src, dst in (("hf_grads", "g_hf/model.safetensors"), ("mc_grads", "g_mc/release/mp_rank_00/model.safetensors")):
+    g = read_file(f"{t}/{src}.safetensors")
+    write_file(f"{t}/{dst}", [(k[len("grad."):], dt, a) for k, (dt, a) in g.items() if k.startswith("grad.")])
+PY
+    run $PY "$REF/check_mcore.py" "$T/g_hf" "$T/g_mc" 1 1
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
+@test "forward --grad-names mcore: a trainable set that splits a fused tensor is an input error" {
+    make_model tiny
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 packed
+    expect_bad_input "$T/g.safetensors" "language_model.decoder.layers.0.self_attention.linear_qkv.weight" "fuses 3 HF tensors but only 1" -- \
+        "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/g.safetensors" --grads --grad-names mcore \
+        --trainable model.layers.0.self_attn.q_proj.
+}
