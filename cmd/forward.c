@@ -143,6 +143,18 @@ int main(int argc, char **argv) {
 
     int *trainable = xcalloc((size_t)m.np, sizeof(int));
     if (model_trainable(&m, trainable_spec, trainable, &e)) die_input("--trainable: %s: %s", model_dir, e.msg);
+    ModelMap mm;
+    modelmap_init(&mm, &m.cfg);
+    for (int gi = 0; want_grads && !strcmp(grad_names, "mcore") && gi < mm.ng; gi++) {
+        int given = 0;  // a fused mcore tensor needs all of its HF tensors
+        for (int k = 0; k < mm.g[gi].n_hf; k++) given += trainable[mm.g[gi].hf[k]] != 0;
+        if (given && given != mm.g[gi].n_hf) {
+            char name[192];
+            mgroup_name(&mm.g[gi], &mm, 1, name, sizeof name);
+            die_input("--grad-names mcore: --trainable %s: mcore tensor '%s' fuses %d HF tensors but only %d are trainable",
+                      trainable_spec, name, mm.g[gi].n_hf, given);
+        }
+    }
     Adam opt;
     adam_init(&opt, &m, trainable);
     ModelWork work;
@@ -201,22 +213,19 @@ int main(int argc, char **argv) {
             out_add(&ol, "image_embeds", DT_F32, 2, (int64_t[]){in.rows / 4, m.cfg.text.hidden}, out.image_embeds);
         }
         if (want_grads && !strcmp(grad_names, "mcore")) {
-            ModelMap mm;
-            modelmap_init(&mm, &m.cfg);
             mcore_grads = xcalloc((size_t)mm.ng, sizeof(float *));
             for (int gi = 0; gi < mm.ng; gi++) {
                 char name[192], full[200];
                 int ndim = 0;
                 int64_t shape[4];
                 if (!(mcore_grads[gi] = mcore_group_fp32(&mm, gi, opt.grad, name, sizeof name, &ndim, shape, &e))) {
-                    if (e.msg[0]) die_input("--grad-names mcore: --trainable %s: %s", trainable_spec, e.msg);
+                    if (e.msg[0]) die_internal("%s", e.msg);  // checked before the step
                     continue;
                 }
                 snprintf(full, sizeof full, "grad.%s", name);
                 out_add(&ol, full, DT_F32, ndim, shape, mcore_grads[gi]);
             }
             n_mcore = mm.ng;
-            modelmap_free(&mm);
         } else {
             for (int i = 0; want_grads && i < m.np; i++)
                 if (opt.grad[i]) {
@@ -230,6 +239,7 @@ int main(int argc, char **argv) {
     free(ol.t);
     for (int i = 0; i < n_mcore; i++) free(mcore_grads[i]);
     free(mcore_grads);
+    modelmap_free(&mm);
     free(losses);
     free(gen);
     free(trainable);

@@ -185,7 +185,7 @@ PY
 @test "forward --grad-names mcore: a trainable set that splits a fused tensor is an input error" {
     make_model tiny
     $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 packed
-    expect_bad_input "$T/g.safetensors" "language_model.decoder.layers.0.self_attention.linear_qkv.weight" "fuses 3 HF tensors but only 1" -- \
+    expect_bad_input "$T/g.safetensors" "language_model.decoder.layers.0.self_attention.linear_qkv.weight" "fuses 3 HF tensors but only 1 are trainable" -- \
         "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/g.safetensors" --grads --grad-names mcore \
         --trainable model.layers.0.self_attn.q_proj.
 }
