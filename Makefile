@@ -16,7 +16,16 @@ OPT   ?= -O2
 SAN   ?=
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP
 CFLAGS  = $(CFLAGS_BASE) $(OPT) $(SAN) $(EXTRA_CFLAGS) $(shell pkg-config --cflags openblas 2>/dev/null)
-LDLIBS  = $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas) -ljansson -ltar -lz -lpcre2-8 -lutf8proc -lpng -ljpeg -lwebp -lm
+# OpenBLAS built for OpenMP (Debian's libopenblas0-openmp): it shares the OpenMP thread pool of our
+# kernels, so sgemm inside an OpenMP task runs single-threaded instead of starting its own threads, and
+# OpenBLAS and OpenMP threads never spin against each other. The pthread build is the fallback.
+OPENBLAS_OMP := $(firstword $(wildcard /usr/lib/*/openblas-openmp))
+ifneq ($(OPENBLAS_OMP),)
+BLAS_LIBS := -L$(OPENBLAS_OMP) -Wl,-rpath,$(OPENBLAS_OMP) -lopenblas
+else
+BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+endif
+LDLIBS  = $(BLAS_LIBS) -ljansson -ltar -lz -lpcre2-8 -lutf8proc -lpng -ljpeg -lwebp -lm
 LDFLAGS = -fopenmp $(SAN)
 
 # ---- CUDA: built when nvcc is found, the architecture is a variable with a default (pitfalls #3) ----
@@ -81,7 +90,7 @@ $(BUILD)/bench/%: bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB) $(LDLIBS) $(LDFLAGS) -o $@
 
-bench-tools: $(BUILD)/bench/loader_bench
+bench-tools: $(BUILD)/bench/loader_bench $(BUILD)/bench/train_step
 
 test: all unit-tests
 	@BIN=$(abspath $(BIN)) UNIT_DIR=$(abspath $(BUILD)/tests) tests/run.sh
@@ -92,7 +101,7 @@ asan:
 
 # ---- dependencies (Debian 12) ----
 DEB_PACKAGES := build-essential pkg-config libjansson-dev libtar-dev zlib1g-dev libjpeg62-turbo-dev libpng-dev \
-    libwebp-dev libutf8proc-dev libpcre2-dev libopenblas-dev libpmi2-0-dev bats jq \
+    libwebp-dev libutf8proc-dev libpcre2-dev libopenblas-dev libopenblas-openmp-dev libpmi2-0-dev bats jq \
     python3 python3-numpy python3-torch python3-pil python3-skimage
 
 deps:
