@@ -54,7 +54,8 @@ static const StTensor *get(const StFile *f, const char *name, DType dt) {
 
 int main(int argc, char **argv) {
     char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *device = "cpu", *trainable_spec = "all", *grad_names = "hf";
-    int want_grads = 0, steps = 0, generate = 0, no_cache = 0, eos = -1;
+    int want_grads = 0, no_cache = 0;
+    int64_t steps = 0, generate = 0, eos = -1;  // OPT_INT stores int64_t
     double lr = 1e-3, wd = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
     const Opt opts[] = {
         {"model", OPT_STR, &model_dir, "DIR", "HF checkpoint (merged LLaVA-OV-1.5, or a plain Qwen3)."},
@@ -109,7 +110,7 @@ int main(int argc, char **argv) {
     if (strcmp(device, "cpu")) die_input("--device: only cpu is available for the model so far");
     if (!str_ends_with(out_path, ".safetensors")) die_input("--out: %s: expected a file name ending in .safetensors", out_path);
     if (strcmp(grad_names, "hf") && strcmp(grad_names, "mcore")) die_input("--grad-names: expected hf or mcore, got '%s'", grad_names);
-    if (steps < 0 || generate < 0) die_input("--steps and --generate take a count >= 0");
+    if (steps < 0 || generate < 0 || steps > 1000000 || generate > 1000000) die_input("--steps and --generate take a count from 0 to 1000000");
     Err e;
     Model m;
     if (model_load(&m, model_dir, &e)) die_input("%s", e.msg);
@@ -190,7 +191,7 @@ int main(int argc, char **argv) {
                 if (best == eos) { ngen++; break; }
             }
             free(seq);
-        } else if ((ngen = model_generate(&m, &work, &in, generate, eos, gen, &e)) < 0) {
+        } else if ((ngen = model_generate(&m, &work, &in, (int)generate, (int32_t)eos, gen, &e)) < 0) {
             die_input("%s: %s", in_path, e.msg);
         }
         out_add(&ol, "generated", DT_I32, 1, (int64_t[]){ngen}, gen);
