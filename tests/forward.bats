@@ -189,3 +189,13 @@ PY
         "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/g.safetensors" --grads --grad-names mcore \
         --trainable model.layers.0.self_attn.q_proj.
 }
+
+@test "a plain Qwen3 checkpoint (tied head, no vision tower) runs the text model alone: outputs and gradients match PyTorch" {
+    make_model tiny
+    grep -q '"tie_word_embeddings": true' "$T/src/llm/config.json"
+    $PY "$REF/model_ref.py" inputs "$T/src/llm" "$T/in.safetensors" 5 text
+    "$BIN/forward" --model "$T/src/llm" --in "$T/in.safetensors" --out "$T/out.safetensors"
+    ref check "$T/src/llm" "$T/in.safetensors" "$T/out.safetensors"
+    "$BIN/forward" --model "$T/src/llm" --in "$T/in.safetensors" --out "$T/grads.safetensors" --grads
+    ref grads "$T/src/llm" "$T/in.safetensors" "$T/grads.safetensors"
+}

@@ -2,10 +2,10 @@
 """PyTorch reference of the LLaVA-OV-1.5 forward pass, written from spec/model.md (fp32).
 
 usage:
-  model_ref.py inputs MODEL_DIR IN.safetensors SEED [packed|batch|prompt]
+  model_ref.py inputs MODEL_DIR IN.safetensors SEED [packed|batch|prompt|text]
         write random test inputs for the model's config: packed = one row of two packed sub-sequences with
         two images of different grids; batch = input_ids [2, T] with an image in each row; prompt = one row
-        with one image and no labels (for generation)
+        with one image and no labels (for generation); text = two packed sub-sequences without images
   model_ref.py check MODEL_DIR IN.safetensors OURS.safetensors
         recompute and compare with `forward`'s outputs: max |diff| <= 1e-4 * max|ref| + 1e-5, loss <= 1e-5 relative
   model_ref.py grads MODEL_DIR IN.safetensors OURS.safetensors [TRAINABLE_PREFIXES]
@@ -132,7 +132,7 @@ def text(W, tc, ids, cu, image_embeds, image_id):
         h = rms(x, W[b + "post_attention_layernorm.weight"], eps)
         x = x + (F.silu(h @ W[b + "mlp.gate_proj.weight"].T) * (h @ W[b + "mlp.up_proj.weight"].T)) @ W[b + "mlp.down_proj.weight"].T
     x = rms(x, W["model.norm.weight"], eps)
-    return x @ W["lm_head.weight"].T
+    return x @ W.get("lm_head.weight", W["model.embed_tokens.weight"]).T  # a plain Qwen3 may tie the head
 
 
 def load(model_dir):
@@ -162,8 +162,15 @@ def make_inputs(model_dir, path, seed, kind="packed"):
 
 
 def make_other_inputs(cfg, path, g, kind):
-    img, V = cfg["image_token_id"], cfg["text_config"]["vocab_size"]
+    img, V = cfg.get("image_token_id"), cfg.get("text_config", cfg)["vocab_size"]
     rnd = lambda n: torch.randint(0, min(V, 1000), (n,), generator=g)
+    if kind == "text":  # no images: two packed sub-sequences
+        ids = torch.cat([rnd(13), rnd(9)]).to(torch.int32)
+        labels = ids.clone()
+        labels[torch.rand(ids.shape[0], generator=g) < 0.3] = -100
+        write_file(path, [("input_ids", "I32", ids.numpy()), ("labels", "I32", labels.numpy()),
+                          ("cu_seqlens", "I32", np.array([0, 13, 22], np.int32))])
+        return
     if kind == "prompt":  # image 4x4 patches -> 4 tokens
         ids = torch.cat([rnd(3), torch.full((4,), img), rnd(5)]).to(torch.int32)
         write_file(path, [("input_ids", "I32", ids.numpy()),
@@ -189,7 +196,8 @@ def run(cfg, W, inp):
     ids = inp["input_ids"].long()
     B, T = (1, ids.shape[0]) if ids.dim() == 1 else ids.shape
     cu = inp["cu_seqlens"].long() if "cu_seqlens" in inp else torch.arange(B + 1) * T  # one block per row
-    logits = text(W, cfg["text_config"], ids.reshape(-1), cu, embeds, cfg["image_token_id"])
+    # a plain Qwen3 checkpoint has its text fields at the top level and no image token
+    logits = text(W, cfg.get("text_config", cfg), ids.reshape(-1), cu, embeds, cfg.get("image_token_id", -1))
     loss = None
     if "labels" in inp:  # Hugging Face shift inside each row, mean over all counted positions
         lab = inp["labels"].long().reshape(B, T)
