@@ -25,7 +25,7 @@ BLAS_LIBS := -L$(OPENBLAS_OMP) -Wl,-rpath,$(OPENBLAS_OMP) -lopenblas
 else
 BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 endif
-LDLIBS  = $(BLAS_LIBS) -ljansson -ltar -lz -lpcre2-8 -lutf8proc -lpng -ljpeg -lwebp -lm
+LDLIBS  = $(BLAS_LIBS) -ljansson -ltar -lz -lpcre2-8 -lutf8proc -lpng -ljpeg -lwebp -ldl -lrt -lm
 LDFLAGS = -fopenmp $(SAN)
 
 # ---- CUDA: built when nvcc is found, the architecture is a variable with a default (pitfalls #3) ----

@@ -35,7 +35,7 @@ int main(int argc, char **argv) {
     int *trainable = xcalloc((size_t)m.np, sizeof(int));
     for (int i = 0; i < m.np; i++) trainable[i] = 1;
     Adam opt;
-    adam_init(&opt, &m, trainable);
+    adam_init(&opt, &m, trainable, 0, adam_layout_size(&m, trainable));
     ModelWork w;
     model_work_init(&w);
     AdamHyper h = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f};

@@ -157,7 +157,7 @@ int main(int argc, char **argv) {
         }
     }
     Adam opt;
-    adam_init(&opt, &m, trainable);
+    adam_init(&opt, &m, trainable, 0, adam_layout_size(&m, trainable));
     ModelWork work;
     model_work_init(&work);
     ModelOutput out;

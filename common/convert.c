@@ -366,3 +366,56 @@ float *mcore_group_fp32(const ModelMap *mm, int gi, float *const *t, char *name,
     free(full);
     return piece;
 }
+
+int source_read_fp32(const ModelMap *mm, Source *s, float *const *w, DType *dtype, Err *e) {
+    for (int gi = 0; gi < mm->ng; gi++) {
+        const MGroup *g = &mm->g[gi];
+        DType dt = s->dtype[gi];
+        size_t es = dtype_size(dt);
+        if (gi == 0 && dtype) *dtype = dt;
+        char *full = xmalloc((size_t)mgroup_numel(g) * es);
+        if (source_full(mm, s, gi, full, e)) { free(full); return -1; }
+        void *parts[3];
+        for (int k = 0; k < g->n_hf; k++) parts[k] = xmalloc((size_t)param_numel(&mm->ps[g->hf[k]]) * es);
+        mgroup_unpack(g, mm, full, parts, es);
+        for (int k = 0; k < g->n_hf; k++) {
+            convert_floats(w[g->hf[k]], DT_F32, parts[k], dt, (size_t)param_numel(&mm->ps[g->hf[k]]));
+            free(parts[k]);
+        }
+        free(full);
+    }
+    return 0;
+}
+
+int mcore_write_rank_file(const ModelMap *mm, float *const *w, DType dt, const char *path, Err *e) {
+    StWriter *sw = stw_new_file(path, e);
+    if (!sw) return -1;
+    int rc = 0;
+    for (int gi = 0; gi < mm->ng && !rc; gi++) {
+        char name[192];
+        int64_t shape[4];
+        mgroup_name(&mm->g[gi], mm, 1, name, sizeof name);
+        mgroup_rank_shape(&mm->g[gi], mm, 1, shape);
+        rc = stw_declare(sw, name, dt, mm->g[gi].ndim, shape, e);
+    }
+    if (!rc) rc = stw_open(sw, e);
+    for (int gi = 0; gi < mm->ng && !rc; gi++) {
+        char name[192];
+        int ndim;
+        int64_t shape[4];
+        float *piece = mcore_group_fp32(mm, gi, w, name, sizeof name, &ndim, shape, e);
+        if (!piece) { rc = -1; break; }
+        int64_t n = shape_numel(ndim, shape);
+        void *out = piece;
+        if (dt != DT_F32) {
+            out = xmalloc((size_t)n * dtype_size(dt));
+            convert_floats(out, dt, piece, DT_F32, (size_t)n);
+        }
+        rc = stw_write(sw, name, out, e);
+        if (out != piece) free(out);
+        free(piece);
+    }
+    if (!rc) rc = stw_finish(sw, e);
+    stw_free(sw);
+    return rc;
+}

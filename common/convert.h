@@ -41,3 +41,10 @@ void run_mcore2hf(const char *in, const char *out, const char *iter, uint64_t ma
 // some are (a fused tensor cannot be half present).
 float *mcore_group_fp32(const ModelMap *mm, int gi, float *const *t, char *name, size_t name_len, int *ndim,
                         int64_t shape[4], Err *e);
+
+// Every tensor of the source as fp32, into w[i] (indexed like mm->ps, each param_numel floats).
+// *dtype receives the dtype the source stores (that of its first group).
+int source_read_fp32(const ModelMap *mm, Source *s, float *const *w, DType *dtype, Err *e);
+// One model-parallel rank file at TP = PP = 1 (mp_rank_00/model.safetensors of an iteration) from fp32
+// tensors w[i], stored as dt; written to a temporary name and renamed into place.
+int mcore_write_rank_file(const ModelMap *mm, float *const *w, DType dt, const char *path, Err *e);

@@ -7,19 +7,14 @@
 #include <string.h>
 
 #include "../kernels/ops.h"
+#include "convert.h"
 #include "hfdir.h"
 #include "model_internal.h"
 
 enum { FLAT_ALIGN = 64 };  // floats: each tensor of the flat buffer starts on a 256-byte boundary
 
-int model_load(Model *m, const char *dir, Err *e) {
-    memset(m, 0, sizeof *m);
-    char *cfg = path_join(dir, "config.json");
-    int rc = cfg_model_read(&m->cfg, cfg, e);
-    free(cfg);
-    if (rc) return -1;
-    HfDir h;
-    if (hfdir_open(&h, dir, e)) return -1;
+// The parameter table and one flat fp32 buffer of views for a config.
+static void model_alloc(Model *m) {
     m->np = params_hf(&m->cfg, &m->ps);
     m->w = xcalloc((size_t)m->np, sizeof(float *));
     strmap_init(&m->index);
@@ -32,23 +27,57 @@ int model_load(Model *m, const char *dir, Err *e) {
     m->flat = xcalloc(m->nflat ? m->nflat : 1, sizeof(float));
     for (int i = 0; i < m->np; i++) m->w[i] = m->flat + off[i];
     free(off);
+}
+
+static int load_hf(Model *m, const char *dir, Err *e) {
+    char *cfg = path_join(dir, "config.json");
+    int rc = cfg_model_read(&m->cfg, cfg, e);
+    free(cfg);
+    if (rc) return -1;
+    HfDir h;
+    if (hfdir_open(&h, dir, e)) return -1;
+    model_alloc(m);
     for (int i = 0; i < m->np; i++) {
         const ParamSpec *p = &m->ps[i];
         const StTensor *t = hfdir_find(&h, p->name);
         DType dt = DT_INVALID;
         if (check_weight(t, hfdir_path_of(&h, t), p->name, p->ndim, p->shape, &dt, e)) { rc = -1; break; }
+        if (i == 0) m->dtype = dt;
         convert_floats(m->w[i], DT_F32, t->data, t->dtype, (size_t)param_numel(p));
     }
     hfdir_close(&h);
+    return rc;
+}
+
+static int load_mcore(Model *m, const char *root, const char *iter, Err *e) {
+    if (read_checkpoint_config(root, 1, &m->cfg, e)) return -1;
+    ModelMap mm;
+    modelmap_init(&mm, &m->cfg);
+    Source s;
+    int rc = source_open_mcore(&s, &mm, root, iter, e);
+    if (!rc) {
+        model_alloc(m);
+        rc = source_read_fp32(&mm, &s, m->w, &m->dtype, e);
+        source_close(&s);
+    }
+    modelmap_free(&mm);
+    return rc;
+}
+
+int model_load_iter(Model *m, const char *dir, const char *iter, Err *e) {
+    memset(m, 0, sizeof *m);
+    int rc = dir_is_mcore(dir) ? load_mcore(m, dir, iter, e) : load_hf(m, dir, e);
     if (rc) model_free(m);
     return rc;
 }
 
+int model_load(Model *m, const char *dir, Err *e) { return model_load_iter(m, dir, NULL, e); }
+
 void model_free(Model *m) {
+    if (m->w) strmap_free(&m->index);
     free(m->flat);
     free(m->w);
     free(m->ps);
-    strmap_free(&m->index);
     memset(m, 0, sizeof *m);
 }
 

@@ -7,6 +7,7 @@
 
 #include "arena.h"
 #include "config.h"
+#include "dtype.h"
 #include "params.h"
 #include "strmap.h"
 
@@ -18,9 +19,13 @@ typedef struct {
     float *flat;        // every weight, table order, each tensor starting at a multiple of 64 floats
     size_t nflat;
     StrMap index;       // HF name -> i
+    DType dtype;        // what the checkpoint stores (frozen tensors are saved back in it unchanged)
 } Model;
 
-int model_load(Model *m, const char *hf_dir, Err *e);
+// An HF directory, or an mcore checkpoint root (the tracker's iteration, or iter: "release",
+// "iter_0000100" or a number).
+int model_load(Model *m, const char *dir, Err *e);
+int model_load_iter(Model *m, const char *dir, const char *iter, Err *e);
 void model_free(Model *m);
 // The fp32 tensor of an HF name, or NULL.
 const float *model_weight(const Model *m, const char *name);

@@ -1,7 +1,8 @@
 // optim.h: AdamW over the trainable tensors of a model (spec/training.md §4): decoupled weight
-// decay on tensors with ndim >= 2 only, bias correction, eps added after the square root. Moments
-// exist for trainable tensors only (a frozen tensor costs no optimizer memory); gradients live in
-// one flat buffer laid out like the model's, trainable tensors only.
+// decay on tensors with ndim >= 2 only, bias correction, eps added after the square root. The
+// trainable tensors are laid out in one flat vector (table order, each starting at a multiple of 64
+// floats); gradients are held in full, while moments exist only for this rank's shard [lo, hi) of
+// that vector (ZeRO-1). A frozen tensor has no gradient, no moments and no decay.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -14,18 +15,26 @@ typedef struct {
 
 typedef struct {
     int np;
-    float **grad;        // [np]: gradient of tensor i, NULL when frozen (what model_loss_grads takes)
-    float **m, **v;      // [np]: moments, NULL when frozen
-    float *flat_grad, *flat_m, *flat_v;
-    size_t n;            // trainable elements (with 64-float alignment padding)
+    size_t *offset;      // [np]: start of tensor i in the flat vector, SIZE_MAX when frozen
+    float **grad;        // [np]: gradient of tensor i (a view of flat_grad), NULL when frozen
+    float *flat_grad;    // [n]
+    size_t n;            // flat length, padding included
+    size_t lo, hi;       // this rank's shard
+    float *m, *v;        // [hi - lo]
     int64_t t;           // optimizer steps taken
 } Adam;
 
-// trainable[i] != 0 for the tensors that train (model_trainable).
-void adam_init(Adam *o, const Model *m, const int *trainable);
+// trainable[i] != 0 for the tensors that train (model_trainable); the shard is [lo, hi) of the flat
+// vector (0, n for one rank: call adam_layout_size first to know n).
+size_t adam_layout_size(const Model *m, const int *trainable);
+void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t hi);
 void adam_free(Adam *o);
 void adam_zero_grad(Adam *o);
-// Global L2 norm of the gradients (double accumulation).
-double adam_grad_norm(const Adam *o, const Model *m);
-// One step with hyper-parameters h on every trainable tensor; gradients are left as they are.
+// Σ g² over the shard (double accumulation): combine the shards' sums for the global norm.
+double adam_shard_sq_norm(const Adam *o);
+void adam_scale_grad(Adam *o, float s);  // on the shard
+// One step on the shard's elements of every trainable tensor (the model's weights there are updated).
 void adam_step(Adam *o, Model *m, const AdamHyper *h);
+// The trainable weights to / from the flat layout (for gathering the shards' updates).
+void adam_params_to_flat(const Adam *o, const Model *m, float *flat);
+void adam_params_from_flat(const Adam *o, Model *m, const float *flat);

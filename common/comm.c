@@ -1,0 +1,210 @@
+// comm.c: see comm.h.
+#include "comm.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { MAX_RANKS = 256, F64_SLOTS = 16, PMI_VALLEN = 1024 };
+
+// The segment: a header, then `world` slots of max_floats floats (reduce-scatter inputs, one per
+// rank; slot 0 doubles as the gather area).
+typedef struct {
+    atomic_int arrived;
+    atomic_int generation;
+    atomic_int failed;          // a rank gave up: the others stop waiting too
+    int world;
+    pid_t pid[MAX_RANKS];
+    double f64[MAX_RANKS][F64_SLOTS];
+} ShmHeader;
+
+struct Comm {
+    int rank, world;
+    double timeout;
+    size_t max_floats;
+    ShmHeader *hdr;
+    float *slots;
+    size_t map_bytes;
+    void *pmi;                  // dlopen handle of libpmi2
+    int (*pmi_finalize)(void);
+};
+
+int comm_rank(const Comm *c) { return c->rank; }
+int comm_world(const Comm *c) { return c->world; }
+
+void comm_shard(const Comm *c, size_t n, size_t *lo, size_t *hi) {
+    size_t per = (n + (size_t)c->world - 1) / (size_t)c->world;
+    *lo = per * (size_t)c->rank < n ? per * (size_t)c->rank : n;
+    *hi = *lo + per < n ? *lo + per : n;
+}
+
+static size_t header_bytes(void) { return (sizeof(ShmHeader) + 4095) / 4096 * 4096; }
+
+// ---- PMI2, loaded at run time ----
+typedef int (*pmi_init_t)(int *, int *, int *, int *);
+typedef int (*pmi_void_t)(void);
+typedef int (*pmi_jobid_t)(char *, int);
+typedef int (*pmi_put_t)(const char *, const char *);
+typedef int (*pmi_get_t)(const char *, int, const char *, char *, int, int *);
+
+// Rank and world from PMI2; with world > 1, rank 0 creates the segment and publishes its name, the
+// others open it after the fence; all map it, then rank 0 removes the name.
+static int pmi_setup(Comm *c, size_t bytes_per_rank, Err *e) {
+    c->pmi = dlopen("libpmi2.so.0", RTLD_NOW);
+    if (!c->pmi) { err_set(e, "PMI_FD/PMI_PORT are set (started by srun) but libpmi2.so.0 cannot be loaded: %s", dlerror()); return -1; }
+    pmi_init_t init = (pmi_init_t)dlsym(c->pmi, "PMI2_Init");
+    pmi_jobid_t jobid = (pmi_jobid_t)dlsym(c->pmi, "PMI2_Job_GetId");
+    pmi_put_t put = (pmi_put_t)dlsym(c->pmi, "PMI2_KVS_Put");
+    pmi_void_t fence = (pmi_void_t)dlsym(c->pmi, "PMI2_KVS_Fence");
+    pmi_get_t get = (pmi_get_t)dlsym(c->pmi, "PMI2_KVS_Get");
+    c->pmi_finalize = (pmi_void_t)dlsym(c->pmi, "PMI2_Finalize");
+    if (!init || !jobid || !put || !fence || !get || !c->pmi_finalize) { err_set(e, "libpmi2.so.0 lacks the PMI2 functions"); return -1; }
+    int spawned, appnum;
+    if (init(&spawned, &c->world, &c->rank, &appnum)) { err_set(e, "PMI2_Init failed"); return -1; }
+    char job[128], name[PMI_VALLEN];
+    if (jobid(job, sizeof job)) { err_set(e, "PMI2_Job_GetId failed"); return -1; }
+    if (c->world <= 1) return 0;
+    if (c->world > MAX_RANKS) { err_set(e, "%d ranks: at most %d on one node", c->world, MAX_RANKS); return -1; }
+    c->map_bytes = header_bytes() + (size_t)c->world * bytes_per_rank;
+    int fd = -1;
+    if (c->rank == 0) {
+        // a name no earlier or concurrent job holds: job id, pid, time
+        snprintf(name, sizeof name, "/llava-%s-%d-%lld", job, (int)getpid(), (long long)time(NULL));
+        for (char *p = name + 1; *p; p++) if (*p == '/' || *p == ';' || *p == '=') *p = '_';
+        fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+        if (fd < 0 || ftruncate(fd, (off_t)c->map_bytes)) {
+            err_set(e, "shared memory %s (%zu bytes): %s", name, c->map_bytes, strerror(errno));
+            if (fd >= 0) close(fd);
+            return -1;
+        }
+        if (put("llava_shm", name)) { close(fd); err_set(e, "PMI2_KVS_Put failed"); return -1; }
+    }
+    if (fence()) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
+    if (c->rank != 0) {
+        int len = 0;
+        if (get(job, -1 /* PMI2_ID_NULL */, "llava_shm", name, sizeof name, &len) || len <= 0) {
+            err_set(e, "PMI2_KVS_Get of the shared-memory name failed");
+            return -1;
+        }
+        fd = shm_open(name, O_RDWR, 0600);
+        if (fd < 0) { err_set(e, "shared memory %s: %s (the ranks of a job must share one node)", name, strerror(errno)); return -1; }
+    }
+    void *p = mmap(NULL, c->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) { err_set(e, "mmap of %s: %s", name, strerror(errno)); return -1; }
+    c->hdr = p;
+    c->slots = (float *)((char *)p + header_bytes());
+    c->hdr->pid[c->rank] = getpid();
+    if (fence()) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
+    if (c->rank == 0) shm_unlink(name);  // every rank has it mapped: the name can go, the memory stays
+    return 0;
+}
+
+Comm *comm_init(size_t max_floats, double timeout_s, Err *e) {
+    Comm *c = xcalloc(1, sizeof *c);
+    c->world = 1;
+    c->timeout = timeout_s;
+    c->max_floats = max_floats;
+    if (!getenv("PMI_FD") && !getenv("PMI_PORT")) return c;  // not started by a PMI2 srun: one rank
+    if (pmi_setup(c, max_floats * sizeof(float), e)) { comm_free(c); return NULL; }
+    return c;
+}
+
+void comm_free(Comm *c) {
+    if (!c) return;
+    if (c->hdr) munmap(c->hdr, c->map_bytes);
+    if (c->pmi) {
+        if (c->pmi_finalize) c->pmi_finalize();
+        dlclose(c->pmi);
+    }
+    free(c);
+}
+
+// Sense-reversing barrier on the segment; while waiting, checks that every other rank still lives.
+int comm_barrier(Comm *c, Err *e) {
+    if (c->world == 1) return 0;
+    ShmHeader *h = c->hdr;
+    int gen = atomic_load(&h->generation);
+    if (atomic_fetch_add(&h->arrived, 1) == c->world - 1) {
+        atomic_store(&h->arrived, 0);
+        atomic_fetch_add(&h->generation, 1);
+        return 0;
+    }
+    double t0 = now_seconds(), last_check = t0;
+    for (long spins = 0; atomic_load(&h->generation) == gen; spins++) {
+        if (atomic_load(&h->failed)) { err_set(e, "rank %d: another rank failed; stopping", c->rank); return -1; }
+        if (spins < 1000) continue;
+        struct timespec ts = {0, 200000};  // 0.2 ms
+        nanosleep(&ts, NULL);
+        double now = now_seconds();
+        if (now - last_check > 0.5) {
+            last_check = now;
+            for (int r = 0; r < c->world; r++) {
+                pid_t pid = h->pid[r];
+                if (r != c->rank && pid > 0 && kill(pid, 0) && errno == ESRCH) {
+                    atomic_store(&h->failed, 1);
+                    err_set(e, "rank %d: rank %d (pid %d) has died; stopping", c->rank, r, (int)pid);
+                    return -1;
+                }
+            }
+            if (now - t0 > c->timeout) {
+                atomic_store(&h->failed, 1);
+                err_set(e, "rank %d: waited %.0f s for the other ranks (--comm-timeout); stopping", c->rank, now - t0);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e) {
+    size_t lo, hi;
+    comm_shard(c, n, &lo, &hi);
+    if (c->world == 1) {
+        if (scale != 1.0f)
+            for (size_t i = 0; i < n; i++) x[i] *= scale;
+        return 0;
+    }
+    if (n > c->max_floats) die_internal("comm: %zu floats exceed the segment (%zu)", n, c->max_floats);
+    memcpy(c->slots + (size_t)c->rank * c->max_floats, x, n * sizeof(float));
+    if (comm_barrier(c, e)) return -1;
+#pragma omp parallel for schedule(static)
+    for (size_t i = lo; i < hi; i++) {
+        float s = 0.0f;
+        for (int r = 0; r < c->world; r++) s += c->slots[(size_t)r * c->max_floats + i];  // rank order
+        x[i] = s * scale;
+    }
+    return comm_barrier(c, e);  // the slots are free again
+}
+
+int comm_allgather(Comm *c, float *x, size_t n, Err *e) {
+    if (c->world == 1) return 0;
+    size_t lo, hi;
+    comm_shard(c, n, &lo, &hi);
+    memcpy(c->slots + lo, x + lo, (hi - lo) * sizeof(float));
+    if (comm_barrier(c, e)) return -1;
+    memcpy(x, c->slots, n * sizeof(float));
+    return comm_barrier(c, e);
+}
+
+int comm_allreduce_f64(Comm *c, double *v, int k, Err *e) {
+    if (c->world == 1) return 0;
+    memcpy(c->hdr->f64[c->rank], v, (size_t)k * sizeof(double));
+    if (comm_barrier(c, e)) return -1;
+    for (int j = 0; j < k; j++) {
+        double s = 0.0;
+        for (int r = 0; r < c->world; r++) s += c->hdr->f64[r][j];
+        v[j] = s;
+    }
+    return comm_barrier(c, e);
+}

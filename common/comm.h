@@ -1,0 +1,31 @@
+// comm.h: ranks and collectives for data parallelism (spec/distributed.md). Under `srun --mpi=pmi2`
+// (PMI_FD or PMI_PORT set) rank and world size come from Slurm's libpmi2, loaded at run time so that a
+// build without it still runs one rank; otherwise this process is rank 0 of 1. The ranks of one node
+// exchange through one POSIX shared-memory segment whose name travels through the PMI2 key-value store.
+//
+// Every collective is deterministic: sums run over ranks in rank order, so a run repeats bit for bit.
+// A rank that dies (its pid disappears) or a wait longer than the timeout makes every other rank fail
+// with a clear error instead of hanging.
+#pragma once
+#include <stddef.h>
+
+#include "util.h"
+
+typedef struct Comm Comm;
+
+// Rank, world size, and (world > 1) the shared segment for vectors of up to max_floats floats.
+Comm *comm_init(size_t max_floats, double timeout_s, Err *e);
+int comm_rank(const Comm *c);
+int comm_world(const Comm *c);
+// The shard [lo, hi) of a vector of n floats that this rank owns (n split in equal contiguous parts;
+// the last part may be shorter).
+void comm_shard(const Comm *c, size_t n, size_t *lo, size_t *hi);
+// ZeRO-1 gradient reduction: afterwards x[lo, hi) of this rank's shard holds Σ_ranks x · scale (the
+// rest of x is left as it was).
+int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e);
+// Each rank contributes x[lo, hi) of its shard; afterwards every rank holds the whole x.
+int comm_allgather(Comm *c, float *x, size_t n, Err *e);
+// v[0..k) summed over ranks (k <= 16), in place.
+int comm_allreduce_f64(Comm *c, double *v, int k, Err *e);
+int comm_barrier(Comm *c, Err *e);
+void comm_free(Comm *c);
