@@ -7,7 +7,7 @@
 #   make asan            the same tests built with AddressSanitizer and UBSan
 #   make reproduce-tiny  the tiny end-to-end pipeline on this CPU (pipelines/reproduce-tiny.mk)
 
-PROGRAMS := mkckpt merge hf2mcore mcore2hf tokenize imgprep shards synth pack forward
+PROGRAMS := mkckpt merge hf2mcore mcore2hf tokenize imgprep shards synth pack forward align midtrain instruct
 
 BUILD ?= build
 BIN   ?= bin

@@ -1,0 +1,30 @@
+// trainer.h: the one trainer behind align, midtrain and instruct (spec/training.md). A stage preset
+// says what trains and how; the trainer reads an mcore checkpoint and packed shards, takes AdamW
+// steps with gradient accumulation over micro-batches (one packed sequence each) and data-parallel
+// ranks (ZeRO-1 through comm.h), and writes mcore iteration checkpoints that it can resume from
+// bit for bit.
+#pragma once
+#include <stdint.h>
+
+#include "stage.h"
+
+typedef struct {
+    const char *program;       // "align", "midtrain", "instruct": the default preset and log prefix
+    StagePreset stage;
+    char *load, *data, *save;  // mcore checkpoint, packed shard directories (comma-separated), output root
+    int64_t seed, workers, keep, max_skips;
+    double comm_timeout;
+    int log_every;             // progress line every N iterations (metrics.jsonl gets all)
+} TrainOptions;
+
+// Parses the program's command line (preset, then flags over it) and runs; returns the exit code.
+int trainer_main(const char *program, int argc, char **argv);
+// Runs a parsed configuration: 0 when done or stopped by a signal after saving, 2 on bad input.
+int trainer_run(const TrainOptions *o);
+
+// ---- checkpoints (train_ckpt.c) ----
+typedef struct {
+    int64_t iteration, consumed, skipped, adam_t;
+    int world;
+    int64_t cursor[64];        // loader cursor of each data-parallel rank
+} TrainState;
