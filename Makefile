@@ -112,6 +112,7 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 
 include pipelines/reproduce-tiny.mk
+reproduce-tiny: all
 
 clean:
 	rm -rf build build-asan bin bin-asan
