@@ -101,8 +101,6 @@ int trainer_run(const TrainOptions *o) {
     } else {
         state.world = world;
     }
-    if (rank == 0 && ckpt_prepare_root(o->save, from, resume, state.iteration, &e)) die_input("%s", e.msg);
-
     char **shards = NULL;
     int nshards = list_shards(o->data, &shards, &e);
     if (nshards < 0) die_input("--data: %s", e.msg);
@@ -110,6 +108,8 @@ int trainer_run(const TrainOptions *o) {
                             .workers = (int)o->workers, .prefetch = 0, .start = state.cursor[rank]};
     Loader *loader = loader_open(&lo_opt, &e);
     if (!loader) die_input("%s", e.msg);
+    // everything checked: only now does the output directory appear
+    if (rank == 0 && ckpt_prepare_root(o->save, from, resume, state.iteration, &e)) die_input("%s", e.msg);
 
     int64_t ntrain = 0;
     for (int i = 0; i < m.np; i++) ntrain += trainable[i] ? param_numel(&m.ps[i]) : 0;
