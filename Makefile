@@ -101,7 +101,7 @@ asan:
 
 # ---- dependencies (Debian 12) ----
 DEB_PACKAGES := build-essential pkg-config libjansson-dev libtar-dev zlib1g-dev libjpeg62-turbo-dev libpng-dev \
-    libwebp-dev libutf8proc-dev libpcre2-dev libopenblas-dev libopenblas-openmp-dev libpmi2-0-dev bats jq \
+    libwebp-dev libutf8proc-dev libpcre2-dev libopenblas-dev libopenblas-openmp-dev libpmi2-0-dev munge slurm-wlm bats jq \
     python3 python3-numpy python3-torch python3-pil python3-skimage
 
 deps:

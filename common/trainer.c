@@ -111,14 +111,17 @@ int trainer_run(const TrainOptions *o) {
     // everything checked: only now does the output directory appear
     if (rank == 0 && ckpt_prepare_root(o->save, from, resume, state.iteration, &e)) die_input("%s", e.msg);
 
-    int64_t ntrain = 0;
-    for (int i = 0; i < m.np; i++) ntrain += trainable[i] ? param_numel(&m.ps[i]) : 0;
+    int64_t ntrain = 0, nall = 0;
+    for (int i = 0; i < m.np; i++) {
+        nall += param_numel(&m.ps[i]);
+        ntrain += trainable[i] ? param_numel(&m.ps[i]) : 0;
+    }
     double peak = flops_cpu_peak();
     if (rank == 0)
         fprintf(stderr, "%s: %s %s iteration %lld; %lld of %lld parameters train (%s minus %s); %d rank%s x %d micro-batches; "
                 "%lld packed sequences per rank per epoch; CPU sgemm peak %.1f GFLOP/s\n",
                 P, resume ? "resuming" : "starting from", from, (long long)state.iteration, (long long)ntrain,
-                (long long)(m.nflat), st->trainable, st->frozen[0] ? st->frozen : "nothing", world, world > 1 ? "s" : "", M,
+                (long long)nall, st->trainable, st->frozen[0] ? st->frozen : "nothing", world, world > 1 ? "s" : "", M,
                 (long long)loader_epoch_size(loader), peak / 1e9);
     struct sigaction sa = {0};
     sa.sa_handler = on_stop_signal;

@@ -4,9 +4,14 @@
 #   synth (datasets, eval sets, tokenizer) + mkckpt (random RICE-ViT + Qwen3 at the tiny preset)
 #   -> merge (stage-0 HF checkpoint with the synth tokenizer) -> hf2mcore (mcore release)
 #      (+ a TP 2 x PP 2 round trip through mcore2hf, checked bit-identical)
-#   -> pack (captions; conversations) -> align -> release -> midtrain -> release -> instruct -> mcore2hf
+#   -> pack (captions; conversations) -> [llm warm-up -> release] -> align -> release -> midtrain -> release
+#   -> instruct -> mcore2hf
 # The stages run the upstream presets (data-specs/stages) with tiny-sized overrides below; each
 # prints its first and last smoothed loss and fails if the loss did not fall.
+# The LLM warm-up stands in for what the tiny model lacks: upstream aligns the adapter to a pretrained
+# Qwen3, and an adapter in front of a random language model can lower the loss by a few percent at most
+# (measured: 6.90 -> 6.69 over 200 iterations). So the stage-0 LLM first learns the synthetic captions'
+# language alone (midtrain with --trainable llm), and align then starts from a model that has one.
 
 BIN         ?= bin
 TINY        ?= runs/tiny
@@ -17,11 +22,12 @@ TINY_PP     ?= 2
 TINY_MAXLEN ?= 1024
 TINY_PIXELS ?= 25088
 TINY_TRAIN  ?= --global-batch 8 --warmup-fraction 0.05 --save-interval 50 --keep 1 --log-every 10
+WARMUP_FLAGS   ?= $(TINY_TRAIN) --iterations 100 --lr 2e-3 --min-lr 1e-4 --trainable llm --frozen ""
 ALIGN_FLAGS    ?= $(TINY_TRAIN) --iterations 60 --lr 2e-3 --min-lr 1e-4
 MIDTRAIN_FLAGS ?= $(TINY_TRAIN) --iterations 150 --lr 1e-3 --min-lr 5e-5
 INSTRUCT_FLAGS ?= $(TINY_TRAIN) --iterations 120 --lr 5e-4 --min-lr 2e-5
 
-.PHONY: reproduce-tiny data stage0 packed align midtrain instruct final
+.PHONY: reproduce-tiny data stage0 packed llm-warmup align midtrain instruct final
 
 $(TINY)/data/.done: $(BIN)/synth
 	@mkdir -p $(TINY)
@@ -61,9 +67,19 @@ $(TINY)/packed/instruct/.done: $(TINY)/data/.done $(BIN)/pack
 	    --max-pixels $(TINY_PIXELS) $(TINY)/data/instruct/*.tar
 	touch $@
 
+# the stand-in for Qwen3's pretraining: the language model alone on the captions' text
+$(TINY)/llm-warmup/.done: $(TINY)/stage0-release/.done $(TINY)/packed/captions/.done $(BIN)/midtrain
+	$(BIN)/midtrain --load $(TINY)/stage0-release --data $(TINY)/packed/captions --save $(TINY)/llm-warmup $(WARMUP_FLAGS)
+	pipelines/loss-summary.sh $(TINY)/llm-warmup 0.5
+	touch $@
+
+$(TINY)/llm-warmup-release/.done: $(TINY)/llm-warmup/.done
+	$(BIN)/hf2mcore $(TINY)/llm-warmup $(TINY)/llm-warmup-release --tp 1 --pp 1 --force
+	touch $@
+
 # stage 1: the adapter alone; the release conversion drops optimizer and iteration state
-$(TINY)/align/.done: $(TINY)/stage0-release/.done $(TINY)/packed/captions/.done $(BIN)/align
-	$(BIN)/align --load $(TINY)/stage0-release --data $(TINY)/packed/captions --save $(TINY)/align $(ALIGN_FLAGS)
+$(TINY)/align/.done: $(TINY)/llm-warmup-release/.done $(TINY)/packed/captions/.done $(BIN)/align
+	$(BIN)/align --load $(TINY)/llm-warmup-release --data $(TINY)/packed/captions --save $(TINY)/align $(ALIGN_FLAGS)
 	pipelines/loss-summary.sh $(TINY)/align 0.05
 	touch $@
 
@@ -73,7 +89,7 @@ $(TINY)/align-release/.done: $(TINY)/align/.done
 
 $(TINY)/midtrain/.done: $(TINY)/align-release/.done $(TINY)/packed/captions/.done $(BIN)/midtrain
 	$(BIN)/midtrain --load $(TINY)/align-release --data $(TINY)/packed/captions --save $(TINY)/midtrain $(MIDTRAIN_FLAGS)
-	pipelines/loss-summary.sh $(TINY)/midtrain 0.2
+	pipelines/loss-summary.sh $(TINY)/midtrain 0.1
 	touch $@
 
 $(TINY)/midtrain-release/.done: $(TINY)/midtrain/.done
@@ -92,11 +108,12 @@ $(TINY)/final/.done: $(TINY)/instruct/.done $(BIN)/mcore2hf
 data: $(TINY)/data/.done
 stage0: $(TINY)/stage0-release/.done
 packed: $(TINY)/packed/captions/.done $(TINY)/packed/instruct/.done
+llm-warmup: $(TINY)/llm-warmup/.done
 align: $(TINY)/align/.done
 midtrain: $(TINY)/midtrain/.done
 instruct: $(TINY)/instruct/.done
 final: $(TINY)/final/.done
 
 reproduce-tiny: $(TINY)/final/.done
-	@for s in align midtrain instruct; do pipelines/loss-summary.sh $(TINY)/$$s 0; done
+	@for s in llm-warmup align midtrain instruct; do pipelines/loss-summary.sh $(TINY)/$$s 0; done
 	@echo "reproduce-tiny: done: the instruction-tuned HF checkpoint is $(TINY)/final"

@@ -48,3 +48,14 @@ expect_help() {
     done
     [[ "$output" == *"$1 - "* ]]
 }
+
+# make_train_data DIR: a tiny stage-0 mcore release (DIR/release) and packed synthetic captions
+# (DIR/packed) for the trainer's tests.
+make_train_data() {
+    local F=$1
+    "$BIN/synth" --out "$F/data" --seed 7 --scale 1 >/dev/null 2>&1
+    "$BIN/mkckpt" --preset tiny --out "$F/src" --seed 7 2>/dev/null
+    "$BIN/merge" --vit "$F/src/vit" --llm "$F/src/llm" --tokenizer "$F/data/tokenizer" --out "$F/stage0" 2>/dev/null
+    "$BIN/hf2mcore" "$F/stage0" "$F/release" --tp 1 --pp 1 2>/dev/null
+    "$BIN/pack" --tokenizer "$F/data/tokenizer" --out "$F/packed" --max-len 512 --max-pixels 12544 "$F/data/captions/"*.tar 2>/dev/null
+}

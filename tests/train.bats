@@ -3,14 +3,7 @@
 load helpers
 
 # One tiny stage-0 release and packed captions for every test of the file.
-setup_file() {
-    local F=$BATS_FILE_TMPDIR
-    "$BIN/synth" --out "$F/data" --seed 7 --scale 1 >/dev/null 2>&1
-    "$BIN/mkckpt" --preset tiny --out "$F/src" --seed 7 2>/dev/null
-    "$BIN/merge" --vit "$F/src/vit" --llm "$F/src/llm" --tokenizer "$F/data/tokenizer" --out "$F/stage0" 2>/dev/null
-    "$BIN/hf2mcore" "$F/stage0" "$F/release" --tp 1 --pp 1 2>/dev/null
-    "$BIN/pack" --tokenizer "$F/data/tokenizer" --out "$F/packed" --max-len 512 --max-pixels 12544 "$F/data/captions/"*.tar 2>/dev/null
-}
+setup_file() { make_train_data "$BATS_FILE_TMPDIR"; }
 
 setup() { T=$BATS_TEST_TMPDIR; F=$BATS_FILE_TMPDIR; }
 

@@ -1,0 +1,84 @@
+#!/usr/bin/env bats
+# Data parallelism under a real single-node Slurm (slurm/local-cluster.sh starts munge, slurmctld
+# and slurmd for this file): ranks and the shared-memory name come through PMI2.
+load helpers
+
+setup_file() {
+    if [ "$(id -u)" -ne 0 ]; then return 0; fi
+    make_train_data "$BATS_FILE_TMPDIR"
+    "$BATS_TEST_DIRNAME/../slurm/local-cluster.sh" start "$BATS_FILE_TMPDIR/slurm" >&3
+}
+
+teardown_file() {
+    if [ "$(id -u)" -ne 0 ]; then return 0; fi
+    "$BATS_TEST_DIRNAME/../slurm/local-cluster.sh" stop "$BATS_FILE_TMPDIR/slurm"
+}
+
+setup() {
+    [ "$(id -u)" -eq 0 ] || skip "a local Slurm needs root"
+    T=$BATS_TEST_TMPDIR
+    F=$BATS_FILE_TMPDIR
+    export SLURM_CONF=$F/slurm/slurm.conf
+}
+
+COMMON="--global-batch 4 --iterations 6 --lr 1e-3 --warmup-fraction 0.1 --save-interval 3 --workers 1"
+
+@test "srun -n 2 --mpi=pmi2: two ranks give the losses and weights of one rank with the same global batch, and their optimizer shards together are the one-rank optimizer state" {
+    "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/one" $COMMON 2>/dev/null
+    run srun -n 2 --mpi=pmi2 "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/two" $COMMON
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"2 ranks x 2 micro-batches"* ]]
+    run $PY - "$T/one" "$T/two" <<'PY'
+import json, sys, os
+sys.path.insert(0, os.environ["REF"])
+import numpy as np
+from stlib import read_file
+one, two = sys.argv[1], sys.argv[2]
+rel = lambda a, b: float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-30))
+m1 = [json.loads(l) for l in open(f"{one}/metrics.jsonl")]
+m2 = [json.loads(l) for l in open(f"{two}/metrics.jsonl")]
+assert len(m1) == len(m2) == 6
+for a, b in zip(m1, m2):
+    for k in ("loss", "grad_norm"):
+        assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (a["iteration"], k, a[k], b[k])
+print("losses:", [round(a["loss"], 6) for a in m1], [round(b["loss"], 6) for b in m2])
+d = f"iter_0000006/mp_rank_00"
+o1 = read_file(f"{one}/{d}/optim_dp_000_of_001.safetensors")
+shards = [read_file(f"{two}/{d}/optim_dp_00{r}_of_002.safetensors") for r in range(2)]
+worst = 0.0
+for k in ("param", "exp_avg", "exp_avg_sq"):
+    full = np.concatenate([np.asarray(s[k][1]) for s in shards])
+    ref = np.asarray(o1[k][1])
+    assert full.shape == ref.shape, (k, full.shape, ref.shape)
+    assert len(shards[0][k][1]) > 0 and len(shards[1][k][1]) > 0
+    worst = max(worst, rel(ref, full))
+    print(f"{k}: {ref.size} floats over shards of {len(shards[0][k][1])} + {len(shards[1][k][1])}, max diff / max {rel(ref, full):.2e}")
+w1, w2 = read_file(f"{one}/{d}/model.safetensors"), read_file(f"{two}/{d}/model.safetensors")
+assert set(w1) == set(w2)
+def f32(dt, a):
+    a = np.asarray(a)
+    return (a.astype(np.uint32) << 16).view(np.float32) if dt == "BF16" else a.astype(np.float32)
+wd = max(rel(f32(*w1[k]), f32(*w2[k])) for k in w1)
+print(f"model.safetensors: {len(w1)} tensors, worst max diff / max {wd:.2e} (bf16: one rounding step is 4e-3)")
+sys.exit(0 if worst <= 1e-5 and wd <= 8e-3 else 1)
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
+@test "a rank that dies makes the other rank stop with a clear error within seconds instead of hanging" {
+    srun -n 2 --mpi=pmi2 --kill-on-bad-exit=0 "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/dead" \
+        $COMMON --iterations 1000 --save-interval 1000 2>"$T/dead.log" &
+    job=$!
+    while [ "$(grep -c 'iteration 2/1000' "$T/dead.log")" -lt 1 ]; do sleep 0.1; done
+    victim=$(pgrep -f -- "--save $T/dead" | sort -n | tail -1)
+    kill -9 "$victim"
+    start=$SECONDS
+    st=0
+    wait "$job" || st=$?
+    cat "$T/dead.log"
+    [ "$st" -ne 0 ]
+    [ $((SECONDS - start)) -lt 30 ]
+    grep -q "has died; stopping" "$T/dead.log"
+}
