@@ -50,10 +50,12 @@ int trainer_main(const char *program, int argc, char **argv) {
         {"log-every", OPT_INT, &log_every, "N", "Progress line every N iterations (metrics.jsonl has every one)."},
         {"device", OPT_STR, &device, "cpu", "Backend (only cpu in this build of the trainer)."},
     };
+    char synopsis[160];
+    snprintf(synopsis, sizeof synopsis, "%s --load MCORE_DIR --data PACKED_DIR --save DIR [--stage NAME] [overrides]", program);
     const Cli cli = {
         .name = program,
         .summary = summary_of(program),
-        .synopsis = xasprintf("%s --load MCORE_DIR --data PACKED_DIR --save DIR [--stage NAME] [overrides]", program),
+        .synopsis = synopsis,
         .description =
             "Trains the model on packed sequences with AdamW as the upstream recipe does (spec/training.md): a stage preset "
             "from data-specs/stages/ gives the trainable set, learning rate, cosine schedule with linear warmup (Megatron's, "
