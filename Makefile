@@ -5,6 +5,7 @@
 #   make deps            install the Debian packages the project needs (root; idempotent)
 #   make test            C unit tests + Bats tests; last line "N passed, N failed"
 #   make asan            the same tests built with AddressSanitizer and UBSan
+#   make portable        the programs with the Debian libraries linked statically, into bin-portable/
 #   make reproduce-tiny  the tiny end-to-end pipeline on this CPU (pipelines/reproduce-tiny.mk)
 
 PROGRAMS := mkckpt merge hf2mcore mcore2hf tokenize imgprep shards synth pack forward align midtrain instruct
@@ -25,7 +26,15 @@ BLAS_LIBS := -L$(OPENBLAS_OMP) -Wl,-rpath,$(OPENBLAS_OMP) -lopenblas
 else
 BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 endif
+ifeq ($(PORTABLE),1)
+# make portable: the Debian libraries linked statically (the GPU machines run Ubuntu without libtar,
+# utf8proc, libwebp, libpmi2 or Debian's libjpeg soname); glibc, libgomp and the CUDA libraries stay dynamic.
+# libpmi2 is dlopen'ed at run time (common/comm.c), so a machine without Slurm runs one rank.
+LDLIBS  = -Wl,-Bstatic -ljansson -ltar -lpcre2-8 -lutf8proc -lpng16 -ljpeg -lwebp -lz \
+          -L$(or $(OPENBLAS_OMP),/usr/lib/x86_64-linux-gnu) -lopenblas -lgfortran -lquadmath -Wl,-Bdynamic -ldl -lrt -lm -lpthread
+else
 LDLIBS  = $(BLAS_LIBS) -ljansson -ltar -lz -lpcre2-8 -lutf8proc -lpng -ljpeg -lwebp -ldl -lrt -lm
+endif
 LDFLAGS = -fopenmp $(SAN)
 
 # ---- CUDA: built when nvcc is found, the architecture is a variable with a default (pitfalls #3) ----
@@ -57,7 +66,7 @@ endif
 LIB := $(BUILD)/libllava.a
 
 .SECONDARY:
-.PHONY: all clean deps test asan unit-tests bench-tools reproduce-tiny
+.PHONY: all clean deps test asan unit-tests bench-tools reproduce-tiny portable
 all: $(PROGRAMS:%=$(BIN)/%)
 
 $(BUILD)/%.o: %.c
@@ -99,6 +108,17 @@ asan:
 	$(MAKE) BUILD=build-asan BIN=bin-asan CUDA=0 OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
 
+# Programs for the GPU machines (tests/gpu/run.sh carries gpu-bin/).
+GPU_PROGRAMS := forward mkckpt merge
+portable:
+	$(MAKE) BUILD=build-portable BIN=bin-portable PORTABLE=1 all
+	@for p in $(PROGRAMS); do ldd bin-portable/$$p | grep -q -E 'jansson|libtar|utf8proc|webp|openblas|pmi2' && \
+	    { echo "portable: bin-portable/$$p still needs a Debian library"; exit 1; } || true; done
+	@echo "portable: bin-portable/ needs only: $$(ldd bin-portable/forward | awk '{print $$1}' | tr '\n' ' ')"
+	@# what tests/gpu/run.sh uses, stripped, small enough to travel with the working tree (64 MiB)
+	@rm -rf gpu-bin && mkdir -p gpu-bin && for p in $(GPU_PROGRAMS); do strip -o gpu-bin/$$p bin-portable/$$p; done
+	@echo "portable: gpu-bin/ ($(GPU_PROGRAMS)) for tests/gpu/run.sh: $$(du -sh gpu-bin | cut -f1)"
+
 # ---- dependencies (Debian 12) ----
 DEB_PACKAGES := build-essential pkg-config libjansson-dev libtar-dev zlib1g-dev libjpeg62-turbo-dev libpng-dev \
     libwebp-dev libutf8proc-dev libpcre2-dev libopenblas-dev libopenblas-openmp-dev libpmi2-0-dev munge slurm-wlm bats jq \
@@ -115,6 +135,6 @@ include pipelines/reproduce-tiny.mk
 reproduce-tiny: all
 
 clean:
-	rm -rf build build-asan bin bin-asan
+	rm -rf build build-asan build-portable bin bin-asan bin-portable gpu-bin
 
 -include $(COMMON_OBJ:.o=.d) $(PROGRAMS:%=$(BUILD)/cmd/%.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)

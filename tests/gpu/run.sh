@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh: everything checked or timed on a lent GPU machine, in one call (see the device
+# tool's README). Build here first with `make portable` and carry gpu-bin/:
+#   run(command="tests/gpu/run.sh", carry=["gpu-bin"])
+# Today: (1) our fp32 CPU model against the real Hugging Face implementations that only those machines
+# have (transformers: MLCDVisionModel, Qwen3ForCausalLM) at two presets; (2) the card's measured bf16 GEMM
+# rate, the MFU denominator of the CUDA backend to come. A short table is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+B=$PWD/${GPU_BIN:-gpu-bin}
+OUTDIR=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUTDIR"
+W=$(mktemp -d)
+PY=${PYTHON:-python3}
+summary=()
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+"$B/forward" --version
+
+# ---- 1. the CPU model against transformers ----
+$PY - "$W/gqa.json" <<'PY'
+import json, sys
+c = json.load(open("data-specs/models/tiny.json"))
+c["text_config"].update(num_attention_heads=6, num_key_value_heads=2, head_dim=24, rope_theta=5000000.0, initializer_range=0.3)
+c["vision_config"].update(num_heads=2, initializer_range=0.3)
+json.dump(c, open(sys.argv[1], "w"), indent=1)
+PY
+for preset in tiny "$W/gqa.json"; do
+    name=$(basename "$preset" .json)
+    d=$W/$name
+    mkdir -p "$d"
+    "$B/mkckpt" --preset "$preset" --out "$d/src" --seed 5 2>/dev/null &&
+    "$B/merge" --vit "$d/src/vit" --llm "$d/src/llm" --out "$d/hf" --image-token-id 1012 --video-token-id 1013 2>/dev/null &&
+    $PY tests/gpu/hf_ref.py inputs "$d/src/vit" "$d/src/llm" "$d" &&
+    "$B/forward" --model "$d/hf" --in "$d/img.safetensors" --out "$d/vis_ours.safetensors" &&
+    "$B/forward" --model "$d/src/llm" --in "$d/text.safetensors" --out "$d/text_ours.safetensors" &&
+    "$B/forward" --model "$d/hf" --in "$d/text.safetensors" --out "$d/merged_ours.safetensors" &&
+    $PY tests/gpu/hf_ref.py check "$d/src/vit" "$d/src/llm" "$d" 2>&1 | tee "$OUTDIR/hf_ref_$name.txt"
+    rc=${PIPESTATUS[0]}
+    summary+=("hf parity $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL)")
+done
+
+# ---- 2. the card's bf16 GEMM rate ----
+gemm=$($PY - <<'PY' 2>&1
+import torch, time
+if not torch.cuda.is_available():
+    print("no CUDA device"); raise SystemExit
+n = 8192
+a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+for _ in range(3): a @ b
+torch.cuda.synchronize()
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+times = []
+for _ in range(10):
+    s.record(); a @ b; e.record(); torch.cuda.synchronize(); times.append(s.elapsed_time(e) / 1e3)
+times.sort()
+print(f"{2 * n**3 / times[len(times) // 2] / 1e12:.0f} TFLOP/s ({torch.cuda.get_device_name()}, median of 10, {n}^3 random bf16)")
+PY
+)
+summary+=("bf16 GEMM: $gemm")
+rm -rf "$W"
+echo "---- summary ----"
+printf '%s\n' "${summary[@]}" | tee "$OUTDIR/summary.txt"
