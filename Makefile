@@ -66,7 +66,7 @@ endif
 LIB := $(BUILD)/libllava.a
 
 .SECONDARY:
-.PHONY: all clean deps test asan unit-tests bench-tools reproduce-tiny portable
+.PHONY: all clean deps test asan unit-tests bench-tools gpu-tools reproduce-tiny portable
 all: $(PROGRAMS:%=$(BIN)/%)
 
 $(BUILD)/%.o: %.c
@@ -101,6 +101,15 @@ $(BUILD)/bench/%: bench/%.c $(LIB)
 
 bench-tools: $(BUILD)/bench/loader_bench $(BUILD)/bench/train_step
 
+# ---- GPU checks (tests/gpu/): built only with the CUDA backend; cuBLASLt linked dynamically ----
+ifeq ($(CUDA),1)
+GPU_TOOLS := $(BUILD)/gpu/ops_check
+$(BUILD)/gpu/%: tests/gpu/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LIB) $(LDLIBS) -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt $(LDFLAGS) -o $@
+endif
+gpu-tools: $(GPU_TOOLS)
+
 test: all unit-tests
 	@BIN=$(abspath $(BIN)) UNIT_DIR=$(abspath $(BUILD)/tests) tests/run.sh
 
@@ -111,12 +120,14 @@ asan:
 # Programs for the GPU machines (tests/gpu/run.sh carries gpu-bin/).
 GPU_PROGRAMS := forward mkckpt merge
 portable:
-	$(MAKE) BUILD=build-portable BIN=bin-portable PORTABLE=1 all
+	$(MAKE) BUILD=build-portable BIN=bin-portable PORTABLE=1 all gpu-tools
 	@for p in $(PROGRAMS); do ldd bin-portable/$$p | grep -q -E 'jansson|libtar|utf8proc|webp|openblas|pmi2' && \
 	    { echo "portable: bin-portable/$$p still needs a Debian library"; exit 1; } || true; done
 	@echo "portable: bin-portable/ needs only: $$(ldd bin-portable/forward | awk '{print $$1}' | tr '\n' ' ')"
 	@# what tests/gpu/run.sh uses, stripped, small enough to travel with the working tree (64 MiB)
 	@rm -rf gpu-bin && mkdir -p gpu-bin && for p in $(GPU_PROGRAMS); do strip -o gpu-bin/$$p bin-portable/$$p; done
+	@if [ -x build-portable/gpu/ops_check ]; then strip -o gpu-bin/ops_check build-portable/gpu/ops_check; fi
+	@xz -T2 -6 gpu-bin/*
 	@echo "portable: gpu-bin/ ($(GPU_PROGRAMS)) for tests/gpu/run.sh: $$(du -sh gpu-bin | cut -f1)"
 
 # ---- dependencies (Debian 12) ----

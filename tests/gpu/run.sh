@@ -3,14 +3,17 @@
 # tool's README). Build here first with `make portable` and carry gpu-bin/:
 #   run(command="tests/gpu/run.sh", carry=["gpu-bin"])
 # Today: (1) our fp32 CPU model against the real Hugging Face implementations that only those machines
-# have (transformers: MLCDVisionModel, Qwen3ForCausalLM) at two presets; (2) the card's measured bf16 GEMM
-# rate, the MFU denominator of the CUDA backend to come. A short table is printed last.
+# have (transformers: MLCDVisionModel, Qwen3ForCausalLM) at two presets; (2) ops_check: every CUDA op
+# against the CPU op, and their timings at the 4B shapes; (3) the card's measured bf16 GEMM rate, the
+# MFU denominator. A short table is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-B=$PWD/${GPU_BIN:-gpu-bin}
 OUTDIR=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUTDIR"
 W=$(mktemp -d)
+B=$W/bin  # gpu-bin/ travels xz-compressed (the working tree may carry 64 MiB)
+mkdir -p "$B"
+for f in "${GPU_BIN:-gpu-bin}"/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)" && chmod +x "$B/$(basename "$f" .xz)"; done
 PY=${PYTHON:-python3}
 summary=()
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
@@ -39,7 +42,15 @@ for preset in tiny "$W/gqa.json"; do
     summary+=("hf parity $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL)")
 done
 
-# ---- 2. the card's bf16 GEMM rate ----
+# ---- 2. every CUDA op against the CPU op, then timings at the 4B shapes ----
+if [ -x "$B/ops_check" ]; then
+    "$B/ops_check" 2>&1 | tee "$OUTDIR/ops_check.txt"
+    rc=${PIPESTATUS[0]}
+    summary+=("CUDA ops vs CPU: $(grep -c ' ok$' "$OUTDIR/ops_check.txt") ok, $(grep -c 'FAIL$' "$OUTDIR/ops_check.txt") failed (exit $rc)")
+    summary+=("$(grep '^timing:' "$OUTDIR/ops_check.txt" | sed 's/^timing: //')")
+fi
+
+# ---- 3. the card's bf16 GEMM rate ----
 gemm=$($PY - <<'PY' 2>&1
 import torch, time
 if not torch.cuda.is_available():

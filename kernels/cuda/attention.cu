@@ -1,0 +1,154 @@
+// attention.cu: exact softmax attention over packed sub-sequences on the GPU, first version: one warp
+// per (query row, head) with an online softmax over the keys (no T×T matrix), and a backward in three
+// passes that need no atomics (rowwise D = dO·O; dQ per query row; dK, dV per key row), each
+// recomputing p = exp(s − lse). Correct and deterministic; the tiled tensor-core (flash) kernels that
+// issue 7 asks for will replace it behind the same interface.
+#include <math.h>
+
+#include "common_cuda.cuh"
+#include "ops_cuda.h"
+
+enum { MAXD = 128, PER_LANE = MAXD / 32 };
+
+__device__ static int seq_of(const int32_t *cu, int nseq, int t) {  // binary search: cu[s] <= t < cu[s+1]
+    int lo = 0, hi = nseq - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (cu[mid] <= t) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+// lane holds elements e = lane + 32·i of a head vector
+__device__ static void load_vec(float *r, const bf16_t *p, int D) {
+    int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) r[i] = lane + 32 * i < D ? ld(p, lane + 32 * i) : 0.0f;
+}
+__device__ static float dot_vec(const float *r, const bf16_t *p, int D) {
+    int lane = threadIdx.x % 32;
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) if (lane + 32 * i < D) s += r[i] * ld(p, lane + 32 * i);
+    return warp_sum(s);
+}
+
+__global__ static void attn_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu,
+                                int nseq, int T, int Hq, int Hkv, int D, int causal, float scale) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= T * Hq) return;
+    int t = warp / Hq, h = warp % Hq, hk = h / (Hq / Hkv), s = seq_of(cu, nseq, t);
+    int start = cu[s], end = causal ? t + 1 : cu[s + 1];
+    float qr[PER_LANE], acc[PER_LANE] = {0}, m = -INFINITY, l = 0.0f;
+    load_vec(qr, q + ((size_t)t * Hq + h) * D, D);
+    for (int j = start; j < end; j++) {
+        float sc = dot_vec(qr, k + ((size_t)j * Hkv + hk) * D, D) * scale;
+        float mn = fmaxf(m, sc), corr = expf(m - mn), p = expf(sc - mn);
+        l = l * corr + p;
+        const bf16_t *vj = v + ((size_t)j * Hkv + hk) * D;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) acc[i] = acc[i] * corr + (lane + 32 * i < D ? p * ld(vj, lane + 32 * i) : 0.0f);
+        m = mn;
+    }
+    bf16_t *o = out + ((size_t)t * Hq + h) * D;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) if (lane + 32 * i < D) st(o, lane + 32 * i, acc[i] / l);
+    if (lane == 0) lse[(size_t)t * Hq + h] = m + logf(l);
+}
+
+// Drow[t, h] = dO·O (fp32)
+__global__ static void attn_bwd_d(float *Drow, const bf16_t *dout, const bf16_t *out, int T, int Hq, int D) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= T * Hq) return;
+    float r[PER_LANE];
+    load_vec(r, dout + (size_t)warp * D, D);
+    float d = dot_vec(r, out + (size_t)warp * D, D);
+    if (lane == 0) Drow[warp] = d;
+}
+
+// dQ[t, h] += Σ_j ds_j · k_j, ds_j = p_j (dO·v_j − D_t)·scale
+__global__ static void attn_bwd_dq(bf16_t *dq, const bf16_t *dout, const float *lse, const float *Drow, const bf16_t *q,
+                                   const bf16_t *k, const bf16_t *v, const int32_t *cu, int nseq, int T, int Hq, int Hkv,
+                                   int D, int causal, float scale) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= T * Hq) return;
+    int t = warp / Hq, h = warp % Hq, hk = h / (Hq / Hkv), s = seq_of(cu, nseq, t);
+    int start = cu[s], end = causal ? t + 1 : cu[s + 1];
+    float qr[PER_LANE], dor[PER_LANE], acc[PER_LANE] = {0}, L = lse[warp], Dt = Drow[warp];
+    load_vec(qr, q + (size_t)warp * D, D);
+    load_vec(dor, dout + (size_t)warp * D, D);
+    for (int j = start; j < end; j++) {
+        const bf16_t *kj = k + ((size_t)j * Hkv + hk) * D, *vj = v + ((size_t)j * Hkv + hk) * D;
+        float p = expf(dot_vec(qr, kj, D) * scale - L), ds = p * (dot_vec(dor, vj, D) - Dt) * scale;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) if (lane + 32 * i < D) acc[i] += ds * ld(kj, lane + 32 * i);
+    }
+    bf16_t *o = dq + (size_t)warp * D;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) if (lane + 32 * i < D) st(o, lane + 32 * i, ld(o, lane + 32 * i) + acc[i]);
+}
+
+// dK[j, hk] += Σ_{h in group} Σ_t ds·q_t;  dV[j, hk] += Σ p·dO_t   (t over the queries that see key j)
+__global__ static void attn_bwd_dkv(bf16_t *dk, bf16_t *dv, const bf16_t *dout, const float *lse, const float *Drow,
+                                    const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int nseq, int T,
+                                    int Hq, int Hkv, int D, int causal, float scale) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= T * Hkv) return;
+    int j = warp / Hkv, hk = warp % Hkv, rep = Hq / Hkv, s = seq_of(cu, nseq, j);
+    int first = causal ? j : cu[s], stop = cu[s + 1];
+    float kr[PER_LANE], vr[PER_LANE], ak[PER_LANE] = {0}, av[PER_LANE] = {0};
+    load_vec(kr, k + (size_t)warp * D, D);
+    load_vec(vr, v + (size_t)warp * D, D);
+    for (int h = hk * rep; h < (hk + 1) * rep; h++)
+        for (int t = first; t < stop; t++) {
+            const bf16_t *qt = q + ((size_t)t * Hq + h) * D, *dot = dout + ((size_t)t * Hq + h) * D;
+            float p = expf(dot_vec(kr, qt, D) * scale - lse[(size_t)t * Hq + h]);
+            float ds = p * (dot_vec(vr, dot, D) - Drow[(size_t)t * Hq + h]) * scale;
+#pragma unroll
+            for (int i = 0; i < PER_LANE; i++)
+                if (lane + 32 * i < D) {
+                    ak[i] += ds * ld(qt, lane + 32 * i);
+                    av[i] += p * ld(dot, lane + 32 * i);
+                }
+        }
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++)
+        if (lane + 32 * i < D) {
+            size_t e = (size_t)warp * D + lane + 32 * i;
+            if (dk) st(dk, e, ld(dk, e) + ak[i]);
+            if (dv) st(dv, e, ld(dv, e) + av[i]);
+        }
+}
+
+static unsigned warps_grid(size_t warps) { return (unsigned)((warps * 32 + 255) / 256); }
+
+extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
+                                       int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
+    (void)max_len;
+    if (D > MAXD) { cuda_note_error("cuda_attention_forward", "head_dim above 128"); return; }
+    attn_fwd<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
+                                                                 (const bf16_t *)v, cu_seqlens, nseq, T, Hq, Hkv, D, causal,
+                                                                 1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
+}
+
+extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
+                                        const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq, int T,
+                                        int max_len, int Hq, int Hkv, int D, int causal) {
+    (void)max_len;
+    if (D > MAXD) { cuda_note_error("cuda_attention_backward", "head_dim above 128"); return; }
+    float scale = 1.0f / sqrtf((float)D), *Drow = (float *)cuda_scratch((size_t)T * Hq * sizeof(float));
+    const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
+    attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
+    LAUNCH_CHECK();
+    if (dq) {
+        attn_bwd_dq<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)dq, DO, lse, Drow, Q, K, V, cu_seqlens, nseq, T,
+                                                                        Hq, Hkv, D, causal, scale);
+        LAUNCH_CHECK();
+    }
+    if (dk || dv) {
+        attn_bwd_dkv<<<warps_grid((size_t)T * Hkv), 256, 0, g_stream>>>((bf16_t *)dk, (bf16_t *)dv, DO, lse, Drow, Q, K, V,
+                                                                          cu_seqlens, nseq, T, Hq, Hkv, D, causal, scale);
+        LAUNCH_CHECK();
+    }
+}

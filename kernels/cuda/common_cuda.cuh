@@ -1,0 +1,57 @@
+// common_cuda.cuh: what the CUDA backend's files share: the stream, the cuBLASLt handle, error
+// recording (the first error is kept and reported by cuda_sync), bf16 helpers and warp reductions.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+extern cudaStream_t g_stream;
+extern cublasLtHandle_t g_lt;
+extern void *g_lt_workspace;
+extern const size_t g_lt_workspace_bytes;
+
+void cuda_note_error(const char *what, const char *detail);
+void *cuda_scratch(size_t bytes);
+
+#define CUDA_CHECK(x)                                                  \
+    do {                                                               \
+        cudaError_t e_ = (x);                                          \
+        if (e_ != cudaSuccess) cuda_note_error(#x, cudaGetErrorString(e_)); \
+    } while (0)
+#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+typedef __nv_bfloat16 bf16_t;
+
+__device__ __forceinline__ float ld(const bf16_t *p, size_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void st(bf16_t *p, size_t i, float x) { p[i] = __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+// Sum over a block of blockDim.x threads (a multiple of 32, at most 1024); every thread gets it.
+__device__ __forceinline__ float block_sum(float x) {
+    __shared__ float part[32];
+    __syncthreads();  // part may still be read by a previous call
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    x = warp_sum(x);
+    if (lane == 0) part[warp] = x;
+    __syncthreads();
+    x = lane < nw ? part[lane] : 0.0f;
+    return warp_sum(x);
+}
+__device__ __forceinline__ float block_max(float x) {
+    __shared__ float part[32];
+    __syncthreads();
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    x = warp_max(x);
+    if (lane == 0) part[warp] = x;
+    __syncthreads();
+    x = lane < nw ? part[lane] : -INFINITY;
+    return warp_max(x);
+}

@@ -1,0 +1,254 @@
+// elementwise.cu: norms, activations, RoPE, embedding, cross-entropy and AdamW on the GPU (ops_cuda.h).
+// Row-wise ops give a row to a block; statistics and sums are fp32. Weight gradients that sum over rows
+// go through per-block partial sums added in a fixed order, never atomics, so a run repeats bit for bit.
+#include <math.h>
+
+#include "common_cuda.cuh"
+#include "ops_cuda.h"
+
+#define B16(p) ((bf16_t *)(p))
+#define CB16(p) ((const bf16_t *)(p))
+
+enum { ROWS_PER_PART = 64 };  // rows summed by one block of a weight-gradient partial
+
+// out[c] += Σ_parts part[p, c], parts in order.
+__global__ static void reduce_parts_kernel(float *out, const float *part, int nparts, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s = 0.0f;
+    for (int p = 0; p < nparts; p++) s += part[(size_t)p * C + c];
+    out[c] += s;
+}
+
+static void reduce_parts(float *out, const float *part, int nparts, int C) {
+    reduce_parts_kernel<<<(C + 255) / 256, 256, 0, g_stream>>>(out, part, nparts, C);
+    LAUNCH_CHECK();
+}
+
+// ---- RMSNorm ----
+__global__ static void rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, const bf16_t *w, int C, float eps) {
+    size_t row = blockIdx.x;
+    const bf16_t *xr = x + row * C;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) { float v = ld(xr, c); ss += v * v; }
+    float r = rsqrtf(block_sum(ss) / C + eps);
+    if (threadIdx.x == 0) rstd[row] = r;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) st(out, row * C + c, ld(xr, c) * r * ld(w, c));
+}
+
+// dx = r·w·dy − x·r³·mean(w·dy·x)
+__global__ static void rmsnorm_bwd_dx(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, const bf16_t *w, const float *rstd, int C) {
+    size_t row = blockIdx.x;
+    float r = rstd[row], dot = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) dot += ld(w, c) * ld(dy, row * C + c) * ld(x, row * C + c);
+    dot = block_sum(dot) / C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        size_t i = row * C + c;
+        st(dinp, i, ld(dinp, i) + r * ld(w, c) * ld(dy, i) - ld(x, i) * r * r * r * dot);
+    }
+}
+
+// part[p, c] = Σ over the part's rows of dy·x·r
+__global__ static void rmsnorm_bwd_dw(float *part, const bf16_t *dy, const bf16_t *x, const float *rstd, int N, int C) {
+    int p = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s = 0.0f;
+    for (int n = p * ROWS_PER_PART; n < N && n < (p + 1) * ROWS_PER_PART; n++) s += ld(dy, (size_t)n * C + c) * ld(x, (size_t)n * C + c) * rstd[n];
+    part[(size_t)p * C + c] = s;
+}
+
+static int threads_for(int C) { return C >= 1024 ? 1024 : C >= 256 ? 256 : 128; }
+
+extern "C" void cuda_rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C, float eps) {
+    rmsnorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), rstd, CB16(inp), CB16(w), C, eps);
+    LAUNCH_CHECK();
+}
+
+extern "C" void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
+                                      int N, int C) {
+    if (dinp) { rmsnorm_bwd_dx<<<N, threads_for(C), 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), rstd, C); LAUNCH_CHECK(); }
+    if (dw) {
+        int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
+        float *part = (float *)cuda_scratch((size_t)parts * C * sizeof(float));
+        rmsnorm_bwd_dw<<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, CB16(dout), CB16(inp), rstd, N, C);
+        LAUNCH_CHECK();
+        reduce_parts(dw, part, parts, C);
+    }
+}
+
+// ---- LayerNorm ----
+__global__ static void layernorm_fwd(bf16_t *out, float *mean, float *rstd, const bf16_t *x, const bf16_t *w, const bf16_t *b, int C, float eps) {
+    size_t row = blockIdx.x;
+    const bf16_t *xr = x + row * C;
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) s += ld(xr, c);
+    float mu = block_sum(s) / C, v = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) { float d = ld(xr, c) - mu; v += d * d; }
+    float r = rsqrtf(block_sum(v) / C + eps);  // biased variance, as torch
+    if (threadIdx.x == 0) { mean[row] = mu; rstd[row] = r; }
+    for (int c = threadIdx.x; c < C; c += blockDim.x) st(out, row * C + c, (ld(xr, c) - mu) * r * ld(w, c) + ld(b, c));
+}
+
+// dx = r·(g − mean(g) − xhat·mean(g·xhat)), g = w·dy
+__global__ static void layernorm_bwd_dx(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, const bf16_t *w, const float *mean, const float *rstd, int C) {
+    size_t row = blockIdx.x;
+    float mu = mean[row], r = rstd[row], sg = 0.0f, sgx = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float g = ld(w, c) * ld(dy, row * C + c), xh = (ld(x, row * C + c) - mu) * r;
+        sg += g;
+        sgx += g * xh;
+    }
+    sg = block_sum(sg) / C;
+    sgx = block_sum(sgx) / C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        size_t i = row * C + c;
+        float g = ld(w, c) * ld(dy, i), xh = (ld(x, i) - mu) * r;
+        st(dinp, i, ld(dinp, i) + r * (g - sg - xh * sgx));
+    }
+}
+
+__global__ static void layernorm_bwd_dwdb(float *part_w, float *part_b, const bf16_t *dy, const bf16_t *x, const float *mean, const float *rstd, int N, int C) {
+    int p = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float sw = 0.0f, sb = 0.0f;
+    for (int n = p * ROWS_PER_PART; n < N && n < (p + 1) * ROWS_PER_PART; n++) {
+        float d = ld(dy, (size_t)n * C + c);
+        sw += d * (ld(x, (size_t)n * C + c) - mean[n]) * rstd[n];
+        sb += d;
+    }
+    part_w[(size_t)p * C + c] = sw;
+    part_b[(size_t)p * C + c] = sb;
+}
+
+extern "C" void cuda_layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w, const bf16 *b, int N,
+                                       int C, float eps) {
+    layernorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), mean, rstd, CB16(inp), CB16(w), CB16(b), C, eps);
+    LAUNCH_CHECK();
+}
+
+extern "C" void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,
+                                        const float *mean, const float *rstd, int N, int C) {
+    if (dinp) { layernorm_bwd_dx<<<N, threads_for(C), 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), mean, rstd, C); LAUNCH_CHECK(); }
+    if (dw || db) {
+        int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
+        float *part = (float *)cuda_scratch((size_t)2 * parts * C * sizeof(float));
+        layernorm_bwd_dwdb<<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout), CB16(inp), mean, rstd, N, C);
+        LAUNCH_CHECK();
+        if (dw) reduce_parts(dw, part, parts, C);
+        if (db) reduce_parts(db, part + (size_t)parts * C, parts, C);
+    }
+}
+
+// ---- activations ----
+__global__ static void gelu_fwd(bf16_t *out, const bf16_t *x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) { float v = ld(x, i); st(out, i, 0.5f * v * (1.0f + erff(v * 0.70710678118654752f))); }
+}
+__global__ static void gelu_bwd(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = ld(x, i), cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f)), pdf = expf(-0.5f * v * v) * 0.3989422804014327f;
+    st(dinp, i, ld(dinp, i) + ld(dy, i) * (cdf + v * pdf));
+}
+__global__ static void swiglu_fwd(bf16_t *out, const bf16_t *gu, int N, int F) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)N * F) return;
+    size_t n = i / F, f = i % F;
+    float g = ld(gu, n * 2 * F + f), u = ld(gu, n * 2 * F + F + f);
+    st(out, i, g / (1.0f + expf(-g)) * u);
+}
+__global__ static void swiglu_bwd(bf16_t *dgu, const bf16_t *dy, const bf16_t *gu, int N, int F) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)N * F) return;
+    size_t n = i / F, f = i % F, ig = n * 2 * F + f, iu = ig + F;
+    float g = ld(gu, ig), u = ld(gu, iu), s = 1.0f / (1.0f + expf(-g)), d = ld(dy, i);
+    st(dgu, ig, ld(dgu, ig) + d * u * s * (1.0f + g * (1.0f - s)));
+    st(dgu, iu, ld(dgu, iu) + d * g * s);
+}
+
+static unsigned blocks(size_t n) { return (unsigned)((n + 255) / 256); }
+
+extern "C" void cuda_gelu_forward(bf16 *out, const bf16 *inp, size_t n) { if (n) gelu_fwd<<<blocks(n), 256, 0, g_stream>>>(B16(out), CB16(inp), n); LAUNCH_CHECK(); }
+extern "C" void cuda_gelu_backward(bf16 *dinp, const bf16 *dout, const bf16 *inp, size_t n) { if (n) gelu_bwd<<<blocks(n), 256, 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), n); LAUNCH_CHECK(); }
+extern "C" void cuda_swiglu_forward(bf16 *out, const bf16 *gu, int N, int F) { swiglu_fwd<<<blocks((size_t)N * F), 256, 0, g_stream>>>(B16(out), CB16(gu), N, F); LAUNCH_CHECK(); }
+extern "C" void cuda_swiglu_backward(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N, int F) { swiglu_bwd<<<blocks((size_t)N * F), 256, 0, g_stream>>>(B16(dgu), CB16(dout), CB16(gu), N, F); LAUNCH_CHECK(); }
+
+// ---- RoPE (rotate_half pairs (j, j + D/2)), in place ----
+__global__ static void rope_kernel(bf16_t *x, const float *ang, int T, int H, int D, float sign) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int half = D / 2;
+    if (i >= (size_t)T * H * half) return;
+    int j = i % half;
+    size_t th = i / half, t = th / H;
+    float a = ang[t * half + j], c = cosf(a), s = sign * sinf(a);
+    size_t base = th * D;
+    float x0 = ld(x, base + j), x1 = ld(x, base + j + half);
+    st(x, base + j, x0 * c - x1 * s);
+    st(x, base + j + half, x1 * c + x0 * s);
+}
+extern "C" void cuda_rope_forward(bf16 *x, const float *angles, int T, int H, int D) { rope_kernel<<<blocks((size_t)T * H * D / 2), 256, 0, g_stream>>>(B16(x), angles, T, H, D, 1.0f); LAUNCH_CHECK(); }
+extern "C" void cuda_rope_backward(bf16 *dx, const float *angles, int T, int H, int D) { rope_kernel<<<blocks((size_t)T * H * D / 2), 256, 0, g_stream>>>(B16(dx), angles, T, H, D, -1.0f); LAUNCH_CHECK(); }
+
+// ---- embedding ----
+__global__ static void embed_fwd(bf16_t *out, const int32_t *ids, const bf16_t *table, int T, int C) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (size_t)T * C) out[i] = table[(size_t)ids[i / C] * C + i % C];
+}
+// One thread per channel walks the tokens in order: repeated ids add up deterministically.
+__global__ static void embed_bwd(float *dtable, const bf16_t *dy, const int32_t *ids, int T, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    for (int t = 0; t < T; t++) dtable[(size_t)ids[t] * C + c] += ld(dy, (size_t)t * C + c);
+}
+extern "C" void cuda_embedding_forward(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C) { embed_fwd<<<blocks((size_t)T * C), 256, 0, g_stream>>>(B16(out), ids, CB16(table), T, C); LAUNCH_CHECK(); }
+extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids, int T, int C) { embed_bwd<<<(C + 127) / 128, 128, 0, g_stream>>>(dtable, CB16(dout), ids, T, C); LAUNCH_CHECK(); }
+
+// ---- cross-entropy: a block per row, max and Σexp in fp32, no probabilities stored ----
+__global__ static void ce_fwd(float *losses, const bf16_t *logits, const int32_t *targets, int V) {
+    size_t row = blockIdx.x;
+    if (targets[row] < 0) { if (threadIdx.x == 0) losses[row] = 0.0f; return; }
+    const bf16_t *x = logits + row * V;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, ld(x, i));
+    mx = block_max(mx);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(ld(x, i) - mx);
+    s = block_sum(s);
+    if (threadIdx.x == 0) losses[row] = logf(s) + mx - ld(x, targets[row]);
+}
+__global__ static void ce_bwd(bf16_t *dlogits, const bf16_t *logits, const int32_t *targets, int V, float scale) {
+    size_t row = blockIdx.x;
+    bf16_t *d = dlogits + row * V;
+    int tgt = targets[row];
+    if (tgt < 0) { for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, 0.0f); return; }
+    const bf16_t *x = logits + row * V;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, ld(x, i));
+    mx = block_max(mx);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(ld(x, i) - mx);
+    float inv = 1.0f / block_sum(s);
+    for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, (expf(ld(x, i) - mx) * inv - (i == tgt ? 1.0f : 0.0f)) * scale);
+}
+extern "C" void cuda_cross_entropy_forward(float *losses, const bf16 *logits, const int32_t *targets, int T, int V) { ce_fwd<<<T, 1024, 0, g_stream>>>(losses, CB16(logits), targets, V); LAUNCH_CHECK(); }
+extern "C" void cuda_cross_entropy_backward(bf16 *dlogits, const bf16 *logits, const int32_t *targets, int T, int V, float scale) { ce_bwd<<<T, 1024, 0, g_stream>>>(B16(dlogits), CB16(logits), targets, V, scale); LAUNCH_CHECK(); }
+
+// ---- AdamW in PyTorch's order, fp32 state; the bf16 copy rounded to nearest even ----
+__global__ static void adamw_kernel(float *master, bf16_t *param, const float *grad, float *m, float *v, size_t n, float lr, float b1,
+                                    float b2, float eps, float wd, float step, float bc2_sqrt) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = grad[i], p = master[i] * (1.0f - lr * wd);
+    float mi = m[i] + (1.0f - b1) * (g - m[i]), vi = b2 * v[i] + (1.0f - b2) * g * g;
+    p -= step * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    m[i] = mi;
+    v[i] = vi;
+    master[i] = p;
+    if (param) param[i] = __float2bfloat16_rn(p);
+}
+extern "C" void cuda_adamw_step(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
+                                float beta2, float eps, float weight_decay, int64_t t) {
+    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    if (n) adamw_kernel<<<blocks(n), 256, 0, g_stream>>>(master, B16(param), grad, m, v, n, lr, beta1, beta2, eps, weight_decay, lr / bc1, sqrtf(bc2));
+    LAUNCH_CHECK();
+}

@@ -1,0 +1,76 @@
+// ops_cuda.h: the ops of kernels/ops.h on the GPU, in the CUDA backend's precision: bf16 weights and
+// activations (stored as uint16_t bit patterns in this C interface), fp32 accumulation, fp32 norm and
+// softmax statistics, fp32 gradient buffers for the weights and fp32 master weights in the optimizer.
+// Every pointer is device memory. Backward functions ACCUMULATE into weight gradients (fp32) and
+// into input gradients (bf16), like the CPU ops; a NULL gradient pointer skips that work. All calls
+// are asynchronous on the backend's stream; cuda_sync() waits and reports the first error.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef uint16_t bf16;
+
+// ---- runtime ----
+int cuda_init(int device, char *err, size_t errlen);   // 0 on success
+int cuda_sync(char *err, size_t errlen);                // 0, or the first CUDA/cuBLAS error
+void *cuda_alloc(size_t bytes);                         // dies on failure
+void cuda_free(void *p);
+void cuda_upload(void *dst, const void *src, size_t bytes);
+void cuda_download(void *dst, const void *src, size_t bytes);
+void cuda_memset0(void *p, size_t bytes);
+void cuda_f32_to_bf16(bf16 *dst, const float *src, size_t n);   // device to device, round to nearest even
+void cuda_bf16_to_f32(float *dst, const bf16 *src, size_t n);
+
+// ---- matmul (cuBLASLt, fp32 compute) ----
+// out[N,M] = inp[N,K] · w[M,K]ᵀ (+ bias[M]); bias bf16.
+void cuda_matmul_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int N, int K, int M);
+// dinp[N,K] += dout·w (bf16); dw[M,K] += doutᵀ·inp (fp32); dbias[M] += Σ_n dout (fp32).
+void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w, int N,
+                          int K, int M);
+
+// ---- norms (statistics in fp32) ----
+void cuda_rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C, float eps);
+void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
+                           int N, int C);
+void cuda_layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w, const bf16 *b, int N,
+                            int C, float eps);
+void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,
+                             const float *mean, const float *rstd, int N, int C);
+
+// ---- activations ----
+void cuda_gelu_forward(bf16 *out, const bf16 *inp, size_t n);
+void cuda_gelu_backward(bf16 *dinp, const bf16 *dout, const bf16 *inp, size_t n);
+void cuda_swiglu_forward(bf16 *out, const bf16 *gu, int N, int F);
+void cuda_swiglu_backward(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N, int F);
+
+// ---- rotary embedding, angles fp32 [T, D/2], in place on x[T, H, D] ----
+void cuda_rope_forward(bf16 *x, const float *angles, int T, int H, int D);
+void cuda_rope_backward(bf16 *dx, const float *angles, int T, int H, int D);
+
+// ---- attention over packed sub-sequences (cu_seqlens device int32 [nseq+1]); lse fp32 [T, Hq] ----
+// max_len: the longest sub-sequence (sizes the launch).
+void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
+                            int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal);
+void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
+                             const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq, int T,
+                             int max_len, int Hq, int Hkv, int D, int causal);
+
+// ---- embedding and loss ----
+void cuda_embedding_forward(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C);
+void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids, int T, int C);
+// Per-row losses (fp32, 0 for ignored rows) without materialising probabilities; the backward writes
+// dlogits = (softmax − onehot)·scale for counted rows and 0 elsewhere.
+void cuda_cross_entropy_forward(float *losses, const bf16 *logits, const int32_t *targets, int T, int V);
+void cuda_cross_entropy_backward(bf16 *dlogits, const bf16 *logits, const int32_t *targets, int T, int V, float scale);
+
+// ---- optimizer: fp32 masters and moments, fp32 gradients, the bf16 weights rewritten (RNE) ----
+void cuda_adamw_step(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, int64_t t);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,88 @@
+// runtime.cu: device, stream, memory and the cuBLASLt handle of the CUDA backend (ops_cuda.h).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common_cuda.cuh"
+#include "ops_cuda.h"
+
+cudaStream_t g_stream;
+cublasLtHandle_t g_lt;
+void *g_lt_workspace;
+const size_t g_lt_workspace_bytes = 32u << 20;
+static char g_first_error[512];
+
+void cuda_note_error(const char *what, const char *detail) {
+    if (!g_first_error[0]) snprintf(g_first_error, sizeof g_first_error, "%s: %s", what, detail);
+}
+
+extern "C" int cuda_init(int device, char *err, size_t errlen) {
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) { snprintf(err, errlen, "CUDA device %d: %s", device, cudaGetErrorString(e)); return -1; }
+    if (cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS) { snprintf(err, errlen, "cublasLtCreate failed"); return -1; }
+    g_lt_workspace = cuda_alloc(g_lt_workspace_bytes);
+    return 0;
+}
+
+extern "C" int cuda_sync(char *err, size_t errlen) {
+    cudaError_t e = cudaStreamSynchronize(g_stream);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e != cudaSuccess) cuda_note_error("CUDA", cudaGetErrorString(e));
+    if (g_first_error[0]) { snprintf(err, errlen, "%s", g_first_error); return -1; }
+    return 0;
+}
+
+extern "C" void *cuda_alloc(size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        fprintf(stderr, "cuda: cannot allocate %zu bytes of device memory: %s\n", bytes, cudaGetErrorString(e));
+        exit(1);
+    }
+    return p;
+}
+
+extern "C" void cuda_free(void *p) { cudaFree(p); }
+extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+}
+extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+}
+extern "C" void cuda_memset0(void *p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_stream)); }
+
+// Scratch for deterministic reductions: grown, never shrunk (the step loop stops allocating once
+// the largest shape has run).
+void *cuda_scratch(size_t bytes) {
+    static void *p;
+    static size_t cap;
+    if (bytes > cap) {
+        CUDA_CHECK(cudaStreamSynchronize(g_stream));
+        cudaFree(p);
+        p = cuda_alloc(bytes);
+        cap = bytes;
+    }
+    return p;
+}
+
+__global__ static void f32_to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+__global__ static void bf16_to_f32_kernel(float *dst, const __nv_bfloat16 *src, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = __bfloat162float(src[i]);
+}
+
+extern "C" void cuda_f32_to_bf16(bf16 *dst, const float *src, size_t n) {
+    if (n) f32_to_bf16_kernel<<<(unsigned)((n + 255) / 256), 256, 0, g_stream>>>((__nv_bfloat16 *)dst, src, n);
+    LAUNCH_CHECK();
+}
+extern "C" void cuda_bf16_to_f32(float *dst, const bf16 *src, size_t n) {
+    if (n) bf16_to_f32_kernel<<<(unsigned)((n + 255) / 256), 256, 0, g_stream>>>(dst, (const __nv_bfloat16 *)src, n);
+    LAUNCH_CHECK();
+}

@@ -1,0 +1,328 @@
+// ops_check: every CUDA op (kernels/cuda/ops_cuda.h) against the fp32 CPU op of kernels/ops.h on the
+// same inputs (random values that are exact in bf16, so both sides start from identical numbers), then
+// timings at the 4B shapes. Exit status 1 when any check fails.
+//   usage: ops_check [--no-time]
+// Tolerances (relative L2 error ‖gpu − cpu‖ / ‖cpu‖): 2e-2 for bf16 outputs (one bf16 rounding is
+// 2^-9 ≈ 2e-3 per element; chained ops in bf16 storage add a few), 1e-3 for fp32 outputs computed from
+// bf16-exact inputs with fp32 accumulation (only the order of the sums differs).
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../common/dtype.h"
+#include "../../common/rng.h"
+#include "../../common/util.h"
+#include "../../kernels/cuda/ops_cuda.h"
+#include "../../kernels/ops.h"
+
+static int failures;
+static uint64_t seed = 1;
+
+static float *host_rand(size_t n, float scale) {  // bf16-exact values
+    float *x = xmalloc(n * sizeof(float));
+    rng_fill_normal(x, n, seed++, 0, scale);
+    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    return x;
+}
+static bf16 *dev_bf16(const float *x, size_t n) {
+    float *d32 = cuda_alloc(n * sizeof(float));
+    bf16 *d = cuda_alloc(n * sizeof(bf16));
+    cuda_upload(d32, x, n * sizeof(float));
+    cuda_f32_to_bf16(d, d32, n);
+    cuda_free(d32);
+    return d;
+}
+static float *dev_f32(const float *x, size_t n) {
+    float *d = cuda_alloc(n * sizeof(float));
+    if (x) cuda_upload(d, x, n * sizeof(float));
+    else cuda_memset0(d, n * sizeof(float));
+    return d;
+}
+static float *back_bf16(const bf16 *d, size_t n) {
+    float *d32 = cuda_alloc(n * sizeof(float)), *h = xmalloc(n * sizeof(float));
+    cuda_bf16_to_f32(d32, d, n);
+    cuda_download(h, d32, n * sizeof(float));
+    cuda_free(d32);
+    return h;
+}
+static float *back_f32(const float *d, size_t n) {
+    float *h = xmalloc(n * sizeof(float));
+    cuda_download(h, d, n * sizeof(float));
+    return h;
+}
+
+static void check(const char *what, const float *gpu, const float *cpu, size_t n, double tol) {
+    double num = 0, den = 0;
+    int finite = 1;
+    for (size_t i = 0; i < n; i++) {
+        finite &= isfinite(gpu[i]);
+        num += ((double)gpu[i] - cpu[i]) * ((double)gpu[i] - cpu[i]);
+        den += (double)cpu[i] * cpu[i];
+    }
+    double rel = sqrt(num / (den > 0 ? den : 1e-30));
+    int ok = finite && rel <= tol;
+    failures += !ok;
+    printf("%-44s rel L2 %.2e (tolerance %.0e) %s\n", what, rel, tol, ok ? "ok" : "FAIL");
+}
+
+static void sync_or_die(void) {
+    char err[512];
+    if (cuda_sync(err, sizeof err)) { printf("CUDA error: %s\n", err); exit(1); }
+}
+
+static void matmul_case(int N, int K, int M, int bias) {
+    float *x = host_rand((size_t)N * K, 1), *w = host_rand((size_t)M * K, 0.05f), *b = bias ? host_rand(M, 0.1f) : NULL;
+    float *dy = host_rand((size_t)N * M, 1);
+    float *out = xcalloc((size_t)N * M, 4), *dx = xcalloc((size_t)N * K, 4), *dw = xcalloc((size_t)M * K, 4), *db = xcalloc(M, 4);
+    matmul_forward(out, x, w, b, N, K, M);
+    matmul_backward(dx, dw, bias ? db : NULL, dy, x, w, N, K, M);
+    bf16 *gx = dev_bf16(x, (size_t)N * K), *gw = dev_bf16(w, (size_t)M * K), *gb = bias ? dev_bf16(b, M) : NULL,
+         *gdy = dev_bf16(dy, (size_t)N * M), *gout = cuda_alloc((size_t)N * M * 2), *gdx = cuda_alloc((size_t)N * K * 2);
+    cuda_memset0(gdx, (size_t)N * K * 2);
+    float *gdw = dev_f32(NULL, (size_t)M * K), *gdb = dev_f32(NULL, M);
+    cuda_matmul_forward(gout, gx, gw, gb, N, K, M);
+    cuda_matmul_backward(gdx, gdw, bias ? gdb : NULL, gdy, gx, gw, N, K, M);
+    sync_or_die();
+    char name[96];
+    float *h;
+    snprintf(name, sizeof name, "matmul %dx%dx%d%s forward", N, K, M, bias ? " +bias" : "");
+    check(name, h = back_bf16(gout, (size_t)N * M), out, (size_t)N * M, 2e-2); free(h);
+    snprintf(name, sizeof name, "matmul %dx%dx%d dinp (bf16)", N, K, M);
+    check(name, h = back_bf16(gdx, (size_t)N * K), dx, (size_t)N * K, 2e-2); free(h);
+    snprintf(name, sizeof name, "matmul %dx%dx%d dw (fp32)", N, K, M);
+    check(name, h = back_f32(gdw, (size_t)M * K), dw, (size_t)M * K, 1e-3); free(h);
+    if (bias) { check("matmul dbias (fp32)", h = back_f32(gdb, M), db, M, 1e-3); free(h); }
+    free(x); free(w); free(b); free(dy); free(out); free(dx); free(dw); free(db);
+    cuda_free(gx); cuda_free(gw); cuda_free(gb); cuda_free(gdy); cuda_free(gout); cuda_free(gdx); cuda_free(gdw); cuda_free(gdb);
+}
+
+static void norm_case(int N, int C, int layer) {
+    float *x = host_rand((size_t)N * C, 1), *w = host_rand(C, 1), *b = host_rand(C, 0.2f), *dy = host_rand((size_t)N * C, 1);
+    for (int c = 0; c < C; c++) w[c] = bf16_to_f32(f32_to_bf16(1.0f + 0.1f * w[c]));
+    float *y = xcalloc((size_t)N * C, 4), *mean = xcalloc(N, 4), *rstd = xcalloc(N, 4), *dx = xcalloc((size_t)N * C, 4),
+          *dw = xcalloc(C, 4), *db = xcalloc(C, 4);
+    bf16 *gx = dev_bf16(x, (size_t)N * C), *gw = dev_bf16(w, C), *gb = dev_bf16(b, C), *gdy = dev_bf16(dy, (size_t)N * C),
+         *gy = cuda_alloc((size_t)N * C * 2), *gdx = cuda_alloc((size_t)N * C * 2);
+    cuda_memset0(gdx, (size_t)N * C * 2);
+    float *gmean = dev_f32(NULL, N), *grstd = dev_f32(NULL, N), *gdw = dev_f32(NULL, C), *gdb = dev_f32(NULL, C);
+    if (layer) {
+        layernorm_forward(y, mean, rstd, x, w, b, N, C, 1e-5f);
+        layernorm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C);
+        cuda_layernorm_forward(gy, gmean, grstd, gx, gw, gb, N, C, 1e-5f);
+        cuda_layernorm_backward(gdx, gdw, gdb, gdy, gx, gw, gmean, grstd, N, C);
+    } else {
+        rmsnorm_forward(y, rstd, x, w, N, C, 1e-6f);
+        rmsnorm_backward(dx, dw, dy, x, w, rstd, N, C);
+        cuda_rmsnorm_forward(gy, grstd, gx, gw, N, C, 1e-6f);
+        cuda_rmsnorm_backward(gdx, gdw, gdy, gx, gw, grstd, N, C);
+    }
+    sync_or_die();
+    char name[96];
+    float *h;
+    const char *k = layer ? "layernorm" : "rmsnorm";
+    snprintf(name, sizeof name, "%s %dx%d forward", k, N, C); check(name, h = back_bf16(gy, (size_t)N * C), y, (size_t)N * C, 2e-2); free(h);
+    snprintf(name, sizeof name, "%s rstd (fp32)", k); check(name, h = back_f32(grstd, N), rstd, N, 1e-3); free(h);
+    snprintf(name, sizeof name, "%s dinp", k); check(name, h = back_bf16(gdx, (size_t)N * C), dx, (size_t)N * C, 2e-2); free(h);
+    snprintf(name, sizeof name, "%s dw (fp32)", k); check(name, h = back_f32(gdw, C), dw, C, 1e-3); free(h);
+    if (layer) { check("layernorm db (fp32)", h = back_f32(gdb, C), db, C, 1e-3); free(h); }
+    free(x); free(w); free(b); free(dy); free(y); free(mean); free(rstd); free(dx); free(dw); free(db);
+    cuda_free(gx); cuda_free(gw); cuda_free(gb); cuda_free(gdy); cuda_free(gy); cuda_free(gdx);
+    cuda_free(gmean); cuda_free(grstd); cuda_free(gdw); cuda_free(gdb);
+}
+
+static void activation_cases(void) {
+    int N = 257, F = 384;
+    size_t n = (size_t)N * F;
+    float *x = host_rand(2 * n, 1), *dy = host_rand(n, 1), *y = xcalloc(2 * n, 4), *dx = xcalloc(2 * n, 4);
+    bf16 *gx = dev_bf16(x, 2 * n), *gdy = dev_bf16(dy, n), *gy = cuda_alloc(2 * n * 2), *gdx = cuda_alloc(2 * n * 2);
+    float *h;
+    gelu_forward(y, x, n);
+    gelu_backward(dx, dy, x, n);
+    cuda_memset0(gdx, 2 * n * 2);
+    cuda_gelu_forward(gy, gx, n);
+    cuda_gelu_backward(gdx, gdy, gx, n);
+    sync_or_die();
+    check("gelu forward", h = back_bf16(gy, n), y, n, 2e-2); free(h);
+    check("gelu backward", h = back_bf16(gdx, n), dx, n, 2e-2); free(h);
+    memset(dx, 0, 2 * n * 4);
+    swiglu_forward(y, x, N, F);
+    swiglu_backward(dx, dy, x, N, F);
+    cuda_memset0(gdx, 2 * n * 2);
+    cuda_swiglu_forward(gy, gx, N, F);
+    cuda_swiglu_backward(gdx, gdy, gx, N, F);
+    sync_or_die();
+    check("swiglu forward", h = back_bf16(gy, n), y, n, 2e-2); free(h);
+    check("swiglu backward", h = back_bf16(gdx, 2 * n), dx, 2 * n, 2e-2); free(h);
+    free(x); free(dy); free(y); free(dx);
+    cuda_free(gx); cuda_free(gdy); cuda_free(gy); cuda_free(gdx);
+}
+
+static void rope_case(void) {
+    int T = 300, H = 6, D = 24;
+    int32_t cu[3] = {0, 120, 300};
+    float *x = host_rand((size_t)T * H * D, 1), *ang = xmalloc((size_t)T * D / 2 * 4), *h;
+    rope_angles_1d(ang, cu, 2, D, 5e6);
+    bf16 *gx = dev_bf16(x, (size_t)T * H * D);
+    float *gang = dev_f32(ang, (size_t)T * D / 2);
+    rope_forward(x, ang, T, H, D);
+    cuda_rope_forward(gx, gang, T, H, D);
+    sync_or_die();
+    check("rope forward", h = back_bf16(gx, (size_t)T * H * D), x, (size_t)T * H * D, 2e-2); free(h);
+    rope_backward(x, ang, T, H, D);
+    cuda_rope_backward(gx, gang, T, H, D);
+    sync_or_die();
+    check("rope backward (undoes forward)", h = back_bf16(gx, (size_t)T * H * D), x, (size_t)T * H * D, 2e-2); free(h);
+    free(x); free(ang); cuda_free(gx); cuda_free(gang);
+}
+
+static void attention_case(int Hq, int Hkv, int D, int causal) {
+    int32_t cu[4] = {0, 37, 101, 180};
+    int nseq = 3, T = 180;
+    size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
+    float *q = host_rand(nq, 1), *k = host_rand(nk, 1), *v = host_rand(nk, 1), *dy = host_rand(nq, 1);
+    float *o = xcalloc(nq, 4), *lse = xcalloc((size_t)T * Hq, 4), *dq = xcalloc(nq, 4), *dk = xcalloc(nk, 4), *dv = xcalloc(nk, 4);
+    attention_forward(o, lse, q, k, v, cu, nseq, Hq, Hkv, D, causal);
+    for (size_t i = 0; i < nq; i++) o[i] = bf16_to_f32(f32_to_bf16(o[i]));  // the GPU backward sees a bf16 output
+    attention_backward(dq, dk, dv, dy, o, lse, q, k, v, cu, nseq, Hq, Hkv, D, causal);
+    bf16 *gq = dev_bf16(q, nq), *gk = dev_bf16(k, nk), *gv = dev_bf16(v, nk), *gdy = dev_bf16(dy, nq), *go = cuda_alloc(nq * 2),
+         *gdq = cuda_alloc(nq * 2), *gdk = cuda_alloc(nk * 2), *gdv = cuda_alloc(nk * 2);
+    float *glse = dev_f32(NULL, (size_t)T * Hq);
+    int32_t *gcu = cuda_alloc(sizeof cu);
+    cuda_upload(gcu, cu, sizeof cu);
+    cuda_memset0(gdq, nq * 2); cuda_memset0(gdk, nk * 2); cuda_memset0(gdv, nk * 2);
+    cuda_attention_forward(go, glse, gq, gk, gv, gcu, nseq, T, 79, Hq, Hkv, D, causal);
+    cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, 79, Hq, Hkv, D, causal);
+    sync_or_die();
+    char name[96];
+    float *h;
+    snprintf(name, sizeof name, "attention %s %dq/%dkv d%d forward", causal ? "causal" : "bidir", Hq, Hkv, D);
+    check(name, h = back_bf16(go, nq), o, nq, 2e-2); free(h);
+    check("  lse (fp32)", h = back_f32(glse, (size_t)T * Hq), lse, (size_t)T * Hq, 1e-3); free(h);
+    check("  dq", h = back_bf16(gdq, nq), dq, nq, 2e-2); free(h);
+    check("  dk", h = back_bf16(gdk, nk), dk, nk, 2e-2); free(h);
+    check("  dv", h = back_bf16(gdv, nk), dv, nk, 2e-2); free(h);
+    free(q); free(k); free(v); free(dy); free(o); free(lse); free(dq); free(dk); free(dv);
+    cuda_free(gq); cuda_free(gk); cuda_free(gv); cuda_free(gdy); cuda_free(go); cuda_free(gdq); cuda_free(gdk); cuda_free(gdv);
+    cuda_free(glse); cuda_free(gcu);
+}
+
+static void embedding_loss_case(void) {
+    int T = 333, C = 96, V = 1152;
+    int32_t *ids = xmalloc(T * 4), *tg = xmalloc(T * 4);
+    for (int t = 0; t < T; t++) { ids[t] = (t * 37) % 50; tg[t] = t % 5 == 0 ? -100 : (t * 101) % V; }
+    float *table = host_rand((size_t)V * C, 1), *dy = host_rand((size_t)T * C, 1), *logits = host_rand((size_t)T * V, 2);
+    float *out = xcalloc((size_t)T * C, 4), *dtab = xcalloc((size_t)V * C, 4), *dl = xcalloc((size_t)T * V, 4), *h;
+    embedding_forward(out, ids, table, T, C);
+    embedding_backward(dtab, dy, ids, T, C);
+    int32_t *gids = cuda_alloc(T * 4), *gtg = cuda_alloc(T * 4);
+    cuda_upload(gids, ids, T * 4);
+    cuda_upload(gtg, tg, T * 4);
+    bf16 *gtab = dev_bf16(table, (size_t)V * C), *gdy = dev_bf16(dy, (size_t)T * C), *gout = cuda_alloc((size_t)T * C * 2),
+         *glog = dev_bf16(logits, (size_t)T * V), *gdl = cuda_alloc((size_t)T * V * 2);
+    float *gdtab = dev_f32(NULL, (size_t)V * C), *glosses = dev_f32(NULL, T);
+    cuda_embedding_forward(gout, gids, gtab, T, C);
+    cuda_embedding_backward(gdtab, gdy, gids, T, C);
+    int64_t count;
+    double mean = cross_entropy_forward(logits, tg, T, V, &count);
+    cross_entropy_backward(dl, logits, tg, T, V, 1.0f / (float)count);
+    cuda_cross_entropy_forward(glosses, glog, gtg, T, V);
+    cuda_cross_entropy_backward(gdl, glog, gtg, T, V, 1.0f / (float)count);
+    sync_or_die();
+    check("embedding forward", h = back_bf16(gout, (size_t)T * C), out, (size_t)T * C, 1e-6); free(h);
+    check("embedding backward (fp32, repeated ids)", h = back_f32(gdtab, (size_t)V * C), dtab, (size_t)V * C, 1e-5); free(h);
+    h = back_f32(glosses, T);
+    double s = 0;
+    for (int t = 0; t < T; t++) s += h[t];
+    float got = (float)(s / (double)count), want = (float)mean;
+    check("cross-entropy mean loss", &got, &want, 1, 1e-4);
+    free(h);
+    check("cross-entropy dlogits", h = back_bf16(gdl, (size_t)T * V), dl, (size_t)T * V, 2e-2); free(h);
+    free(ids); free(tg); free(table); free(dy); free(logits); free(out); free(dtab); free(dl);
+    cuda_free(gids); cuda_free(gtg); cuda_free(gtab); cuda_free(gdy); cuda_free(gout); cuda_free(glog); cuda_free(gdl);
+    cuda_free(gdtab); cuda_free(glosses);
+}
+
+static void adamw_case(void) {
+    size_t n = 100003;
+    float *p = host_rand(n, 1), *g = host_rand(n, 0.01f), *m = xcalloc(n, 4), *v = xcalloc(n, 4), *h;
+    float *gp = dev_f32(p, n), *gg = dev_f32(g, n), *gm = dev_f32(NULL, n), *gv = dev_f32(NULL, n);
+    bf16 *gb = cuda_alloc(n * 2);
+    for (int t = 1; t <= 3; t++) {
+        adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-5f, 0.01f, t);
+        cuda_adamw_step(gp, gb, gg, gm, gv, n, 1e-3f, 0.9f, 0.95f, 1e-5f, 0.01f, t);
+    }
+    sync_or_die();
+    check("adamw 3 steps: fp32 masters", h = back_f32(gp, n), p, n, 1e-6); free(h);
+    check("adamw: bf16 copy of the masters", h = back_bf16(gb, n), p, n, 4e-3); free(h);
+    free(p); free(g); free(m); free(v);
+    cuda_free(gp); cuda_free(gg); cuda_free(gm); cuda_free(gv); cuda_free(gb);
+}
+
+// ---- timings at the 4B shapes ----
+static double time_ms(void (*fn)(void *), void *arg, int reps) {
+    char err[256];
+    fn(arg);
+    cuda_sync(err, sizeof err);
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_seconds();
+        fn(arg);
+        cuda_sync(err, sizeof err);
+        double dt = (now_seconds() - t0) * 1e3;
+        if (dt < best) best = dt;
+    }
+    return best;
+}
+
+typedef struct { bf16 *a, *b, *c, *q, *k, *v, *o, *dq, *dk, *dv; float *lse, *dw; int32_t *cu; int N, K, M, T, Hq, Hkv, D; } Bench;
+static void run_mm(void *p) { Bench *b = p; cuda_matmul_forward(b->c, b->a, b->b, NULL, b->N, b->K, b->M); }
+static void run_mm_bwd(void *p) { Bench *b = p; cuda_matmul_backward(b->a, b->dw, NULL, b->c, b->a, b->b, b->N, b->K, b->M); }
+static void run_attn(void *p) { Bench *b = p; cuda_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, 1); }
+static void run_attn_bwd(void *p) { Bench *b = p; cuda_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, 1); }
+
+static void timings(void) {
+    Bench b = {.N = 8192, .K = 2560, .M = 9728, .T = 8192, .Hq = 32, .Hkv = 8, .D = 128};
+    size_t big = (size_t)b.M * b.N;
+    float *x = host_rand(big, 0.5f);
+    b.a = dev_bf16(x, (size_t)b.N * b.K); b.b = dev_bf16(x, (size_t)b.M * b.K); b.c = cuda_alloc(big * 2);
+    b.dw = dev_f32(NULL, (size_t)b.M * b.K);
+    size_t nq = (size_t)b.T * b.Hq * b.D, nk = (size_t)b.T * b.Hkv * b.D;
+    b.q = dev_bf16(x, nq); b.k = dev_bf16(x, nk); b.v = dev_bf16(x + 1, nk); b.o = cuda_alloc(nq * 2);
+    b.dq = cuda_alloc(nq * 2); b.dk = cuda_alloc(nk * 2); b.dv = cuda_alloc(nk * 2);
+    cuda_memset0(b.dq, nq * 2); cuda_memset0(b.dk, nk * 2); cuda_memset0(b.dv, nk * 2);
+    b.lse = dev_f32(NULL, (size_t)b.T * b.Hq);
+    int32_t cu[2] = {0, b.T};
+    b.cu = cuda_alloc(8);
+    cuda_upload(b.cu, cu, 8);
+    double mm = time_ms(run_mm, &b, 5), mmb = time_ms(run_mm_bwd, &b, 3);
+    double fl = 2.0 * b.N * b.K * b.M;
+    printf("timing: matmul forward 8192x2560 . 9728x2560^T   %8.3f ms  %6.0f TFLOP/s\n", mm, fl / mm / 1e9);
+    printf("timing: matmul backward (dinp + dw fp32)        %8.3f ms  %6.0f TFLOP/s\n", mmb, 2 * fl / mmb / 1e9);
+    double at = time_ms(run_attn, &b, 2), atb = time_ms(run_attn_bwd, &b, 1);
+    double afl = 4.0 * b.T * (double)b.T / 2 * b.Hq * b.D;  // causal: half of QKᵀ and PV
+    printf("timing: attention forward T 8192, 32q/8kv, d128 %8.3f ms  %6.1f TFLOP/s (first version, no tensor cores)\n", at, afl / at / 1e9);
+    printf("timing: attention backward                      %8.3f ms  %6.1f TFLOP/s\n", atb, 2.5 * afl / atb / 1e9);
+    sync_or_die();
+    free(x);
+}
+
+int main(int argc, char **argv) {
+    char err[256];
+    if (cuda_init(0, err, sizeof err)) { printf("ops_check: %s\n", err); return 1; }
+    matmul_case(67, 96, 130, 1);
+    matmul_case(256, 512, 384, 0);
+    norm_case(70, 128, 0);
+    norm_case(500, 24, 0);
+    norm_case(70, 256, 1);
+    activation_cases();
+    rope_case();
+    attention_case(6, 2, 24, 1);
+    attention_case(4, 4, 64, 0);
+    attention_case(8, 2, 128, 1);
+    embedding_loss_case();
+    adamw_case();
+    printf("ops_check: %d failure%s\n", failures, failures == 1 ? "" : "s");
+    if (argc < 2 || strcmp(argv[1], "--no-time")) timings();
+    return failures ? 1 : 0;
+}
