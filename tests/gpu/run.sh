@@ -15,6 +15,7 @@ B=$W/bin  # gpu-bin/ travels xz-compressed (the working tree may carry 64 MiB)
 mkdir -p "$B"
 for f in "${GPU_BIN:-gpu-bin}"/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)" && chmod +x "$B/$(basename "$f" .xz)"; done
 PY=${PYTHON:-python3}
+export LLAVA_DATA_SPECS=$PWD/data-specs  # the programs run from a temporary directory
 summary=()
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 "$B/forward" --version
