@@ -122,9 +122,14 @@ __global__ static void attn_bwd_dkv(bf16_t *dk, bf16_t *dv, const bf16_t *dout, 
 
 static unsigned warps_grid(size_t warps) { return (unsigned)((warps * 32 + 255) / 256); }
 
+int cuda_flash_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
+                       int max_len, int Hq, int Hkv, int D, int causal);
+static int use_flash = 1;
+extern "C" void cuda_attention_set_flash(int on) { use_flash = on; }
+
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
-    (void)max_len;
+    if (use_flash && cuda_flash_forward(out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
     if (D > MAXD) { cuda_note_error("cuda_attention_forward", "head_dim above 128"); return; }
     attn_fwd<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
                                                                  (const bf16_t *)v, cu_seqlens, nseq, T, Hq, Hkv, D, causal,

@@ -176,9 +176,10 @@ static void rope_case(void) {
     free(x); free(ang); cuda_free(gx); cuda_free(gang);
 }
 
-static void attention_case(int Hq, int Hkv, int D, int causal) {
+static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq) {
     int32_t cu[4] = {0, 37, 101, 180};
-    int nseq = 3, T = 180;
+    int nseq = 3, T = 180, max_len = 79;
+    if (long_seq) { cu[1] = 5; cu[2] = 700; cu[3] = 777; T = 777; max_len = 695; }  // 11 query tiles in one sequence
     size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
     float *q = host_rand(nq, 1), *k = host_rand(nk, 1), *v = host_rand(nk, 1), *dy = host_rand(nq, 1);
     float *o = xcalloc(nq, 4), *lse = xcalloc((size_t)T * Hq, 4), *dq = xcalloc(nq, 4), *dk = xcalloc(nk, 4), *dv = xcalloc(nk, 4);
@@ -191,12 +192,13 @@ static void attention_case(int Hq, int Hkv, int D, int causal) {
     int32_t *gcu = cuda_alloc(sizeof cu);
     cuda_upload(gcu, cu, sizeof cu);
     cuda_memset0(gdq, nq * 2); cuda_memset0(gdk, nk * 2); cuda_memset0(gdv, nk * 2);
-    cuda_attention_forward(go, glse, gq, gk, gv, gcu, nseq, T, 79, Hq, Hkv, D, causal);
-    cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, 79, Hq, Hkv, D, causal);
+    cuda_attention_forward(go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
+    cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
     sync_or_die();
     char name[96];
     float *h;
-    snprintf(name, sizeof name, "attention %s %dq/%dkv d%d forward", causal ? "causal" : "bidir", Hq, Hkv, D);
+    snprintf(name, sizeof name, "attention %s %dq/%dkv d%d T%d forward%s", causal ? "causal" : "bidir", Hq, Hkv, D, T,
+             D == 64 || D == 128 ? " (flash)" : "");
     check(name, h = back_bf16(go, nq), o, nq, 2e-2); free(h);
     check("  lse (fp32)", h = back_f32(glse, (size_t)T * Hq), lse, (size_t)T * Hq, 1e-3); free(h);
     check("  dq", h = back_bf16(gdq, nq), dq, nq, 2e-2); free(h);
@@ -299,9 +301,13 @@ static void timings(void) {
     double fl = 2.0 * b.N * b.K * b.M;
     printf("timing: matmul forward 8192x2560 . 9728x2560^T   %8.3f ms  %6.0f TFLOP/s\n", mm, fl / mm / 1e9);
     printf("timing: matmul backward (dinp + dw fp32)        %8.3f ms  %6.0f TFLOP/s\n", mmb, 2 * fl / mmb / 1e9);
-    double at = time_ms(run_attn, &b, 2), atb = time_ms(run_attn_bwd, &b, 1);
+    double at = time_ms(run_attn, &b, 5), atb = time_ms(run_attn_bwd, &b, 1);
+    cuda_attention_set_flash(0);
+    double at0 = time_ms(run_attn, &b, 2);
+    cuda_attention_set_flash(1);
     double afl = 4.0 * b.T * (double)b.T / 2 * b.Hq * b.D;  // causal: half of QKᵀ and PV
-    printf("timing: attention forward T 8192, 32q/8kv, d128 %8.3f ms  %6.1f TFLOP/s (first version, no tensor cores)\n", at, afl / at / 1e9);
+    printf("timing: attention forward T 8192, 32q/8kv, d128 %8.3f ms  %6.1f TFLOP/s (flash, WMMA)\n", at, afl / at / 1e9);
+    printf("timing: attention forward, warp-per-row kernel  %8.3f ms  %6.1f TFLOP/s\n", at0, afl / at0 / 1e9);
     printf("timing: attention backward                      %8.3f ms  %6.1f TFLOP/s\n", atb, 2.5 * afl / atb / 1e9);
     sync_or_die();
     free(x);
@@ -317,9 +323,11 @@ int main(int argc, char **argv) {
     norm_case(70, 256, 1);
     activation_cases();
     rope_case();
-    attention_case(6, 2, 24, 1);
-    attention_case(4, 4, 64, 0);
-    attention_case(8, 2, 128, 1);
+    attention_case(6, 2, 24, 1, 0);
+    attention_case(4, 4, 64, 0, 0);
+    attention_case(8, 2, 128, 1, 0);
+    attention_case(4, 2, 128, 1, 1);
+    attention_case(4, 4, 64, 0, 1);
     embedding_loss_case();
     adamw_case();
     printf("ops_check: %d failure%s\n", failures, failures == 1 ? "" : "s");
