@@ -301,14 +301,15 @@ static void timings(void) {
     double fl = 2.0 * b.N * b.K * b.M;
     printf("timing: matmul forward 8192x2560 . 9728x2560^T   %8.3f ms  %6.0f TFLOP/s\n", mm, fl / mm / 1e9);
     printf("timing: matmul backward (dinp + dw fp32)        %8.3f ms  %6.0f TFLOP/s\n", mmb, 2 * fl / mmb / 1e9);
-    double at = time_ms(run_attn, &b, 5), atb = time_ms(run_attn_bwd, &b, 1);
+    double at = time_ms(run_attn, &b, 5), atb = time_ms(run_attn_bwd, &b, 3);
     cuda_attention_set_flash(0);
-    double at0 = time_ms(run_attn, &b, 2);
+    double at0 = time_ms(run_attn, &b, 2), atb0 = time_ms(run_attn_bwd, &b, 1);
     cuda_attention_set_flash(1);
     double afl = 4.0 * b.T * (double)b.T / 2 * b.Hq * b.D;  // causal: half of QKᵀ and PV
     printf("timing: attention forward T 8192, 32q/8kv, d128 %8.3f ms  %6.1f TFLOP/s (flash, WMMA)\n", at, afl / at / 1e9);
     printf("timing: attention forward, warp-per-row kernel  %8.3f ms  %6.1f TFLOP/s\n", at0, afl / at0 / 1e9);
-    printf("timing: attention backward                      %8.3f ms  %6.1f TFLOP/s\n", atb, 2.5 * afl / atb / 1e9);
+    printf("timing: attention backward (flash, WMMA)        %8.3f ms  %6.1f TFLOP/s\n", atb, 2.5 * afl / atb / 1e9);
+    printf("timing: attention backward, warp-per-row        %8.3f ms  %6.1f TFLOP/s\n", atb0, 2.5 * afl / atb0 / 1e9);
     sync_or_die();
     free(x);
 }
