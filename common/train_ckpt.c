@@ -60,7 +60,7 @@ int ckpt_load_state(const char *save, int64_t iteration, const TrainOptions *o, 
         err_set(e, "%s: trainable set '%s' minus '%s', but this run trains '%s' minus '%s'", path, jstr(j, "trainable"), jstr(j, "frozen"), o->stage.trainable, o->stage.frozen), rc = -1;
     else if ((size_t)json_integer_value(json_object_get(j, "flat_size")) != opt->n)
         err_set(e, "%s: optimizer vector of %lld floats, this model has %zu", path, (long long)json_integer_value(json_object_get(j, "flat_size")), opt->n), rc = -1;
-    else if (!json_is_array(cur) || (int)json_array_size(cur) != world || world > 64)
+    else if (!json_is_array(cur) || (int)json_array_size(cur) != world || world > 256)
         err_set(e, "%s: loader_cursor: expected one cursor per rank", path), rc = -1;
     if (!rc) {
         st->iteration = iteration;
@@ -242,15 +242,18 @@ int ckpt_save(const TrainOptions *o, const Model *m, const Adam *opt, Comm *c, T
         if (w) stw_free(w);
         free(rel); free(p); free(flat);
     }
-    double cur[16] = {0};  // every rank's loader cursor, for state.json
-    if (world > 16) { err_set(e, "saving loader cursors of more than 16 ranks is not supported"); rc = -1; }
-    cur[rank] = (double)my_cursor;
+    int64_t cursors[256];  // every rank's loader cursor, for state.json: gathered 16 at a time
+    for (int base = 0; base < world; base += 16) {
+        double chunk[16] = {0};
+        int k = world - base < 16 ? world - base : 16;
+        if (rank >= base && rank < base + k) chunk[rank - base] = (double)my_cursor;  // exact below 2^53
+        if (comm_allreduce_f64(c, chunk, k, e)) rc = -1;
+        for (int r = 0; r < k; r++) cursors[base + r] = (int64_t)chunk[r];
+    }
     double ok = rc ? 1.0 : 0.0;
-    if (comm_allreduce_f64(c, cur, world, e) || comm_allreduce_f64(c, &ok, 1, e)) rc = -1;
+    if (comm_allreduce_f64(c, &ok, 1, e)) rc = -1;
     if (!rc && ok > 0) { err_set(e, "a rank failed to write its part of iteration %lld", (long long)st->iteration); rc = -1; }
     if (!rc && rank == 0) {
-        int64_t cursors[64];
-        for (int r = 0; r < world; r++) cursors[r] = (int64_t)cur[r];
         char *sp = path_join(dir, "state.json");
         rc = write_state(sp, o, st, opt->n, cursors, world, e);
         free(sp);

@@ -26,5 +26,5 @@ int trainer_run(const TrainOptions *o);
 typedef struct {
     int64_t iteration, consumed, skipped, adam_t;
     int world;
-    int64_t cursor[64];        // loader cursor of each data-parallel rank
+    int64_t cursor[256];       // loader cursor of each data-parallel rank (comm.c allows 256 ranks per node)
 } TrainState;
