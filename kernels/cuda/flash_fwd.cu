@@ -1,30 +1,41 @@
 // flash_fwd.cu: tensor-core attention forward (FlashAttention-2 scheme) for head_dim 64 and 128.
-// A block of 4 warps owns 64 query rows of one head of one packed sub-sequence; it walks the key
-// tiles of 64 rows that those queries may see (causal: up to the diagonal), and per tile:
-//   S = Q·Kᵀ·scale            (WMMA bf16 16×16×16, fp32 accumulate; each warp its 16 query rows)
-//   m' = max(m, rowmax S); P = exp(S − m'); l = l·e^(m−m') + rowsum P; O = O·e^(m−m') + P·V
-// so no T×T matrix exists. O, S and the row statistics stay in shared memory in fp32; P is rounded to
-// bf16 for the P·V product (as FlashAttention does). Rows past the sub-sequence are zero and masked.
+// A block of 4 warps owns 64 query rows of one head of one packed sub-sequence; each warp owns 16 of
+// them and keeps everything of its rows in registers: its Q fragments, the score tile S (16 × 64 keys),
+// the row maximum m and sum l, and the output accumulator O (16 × D, fp32). Per key tile of 64 rows
+// (K and V staged in shared memory; causal: up to the diagonal):
+//   S = Q·Kᵀ·scale;  m' = max(m, rowmax S);  P = exp(S − m');  l = l·e^(m−m') + rowsum P
+//   O = O·e^(m−m') + P·V        (P goes from S's accumulator layout straight into the A operand)
+// with mma.sync m16n8k16 (bf16 in, fp32 accumulate). No T×T matrix exists anywhere.
+//
+// Fragment layout of mma.m16n8k16 (lane = 4·g + c): A (16×16, row-major) a0 = A[g][2c,2c+1],
+// a1 = A[g+8][2c,2c+1], a2 = A[g][2c+8,2c+9], a3 = A[g+8][2c+8,2c+9]; B (16×8) b0 = B[2c,2c+1][g],
+// b1 = B[2c+8,2c+9][g]; C (16×8, fp32) c0,c1 = C[g][2c,2c+1], c2,c3 = C[g+8][2c,2c+1].
 #include <math.h>
-#include <mma.h>
 
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
 
-using namespace nvcuda;
+enum { BR = 64, BC = 64, WARPS = 4 };
 
-enum { BR = 64, BC = 64, WARPS = 4, ROWS_PER_WARP = BR / WARPS };
+__device__ __forceinline__ void mma16816(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
-template <int D>
-struct Smem {
-    bf16_t q[BR][D + 8], k[BC][D + 8], v[BC][D + 8];   // +8: row padding against bank conflicts (16 bytes)
-    float s[WARPS][ROWS_PER_WARP][BC + 4];
-    bf16_t p[WARPS][ROWS_PER_WARP][BC + 8];
-    float o[WARPS][ROWS_PER_WARP][D + 4];
-    float m[WARPS][ROWS_PER_WARP], l[WARPS][ROWS_PER_WARP];
-};
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower address), .y = hi
+    return *reinterpret_cast<uint32_t *>(&v);
+}
 
-// rows [r0, r0 + BR) of a [T, H, D] tensor (head h) into tile; rows at or past `end` become zero
+__device__ __forceinline__ uint32_t pack_two(bf16_t lo, bf16_t hi) {
+    __nv_bfloat162 v;
+    v.x = lo;
+    v.y = hi;
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// rows [r0, r0 + 64) of a [T, H, D] tensor (head h) into tile; rows at or past `end` become zero
 template <int D>
 __device__ static void load_tile(bf16_t (*tile)[D + 8], const bf16_t *x, int r0, int end, int H, int h) {
     const int chunks = D / 8;  // 16-byte pieces per row
@@ -37,93 +48,130 @@ __device__ static void load_tile(bf16_t (*tile)[D + 8], const bf16_t *x, int r0,
 }
 
 template <int D>
+struct FwdSmem {
+    bf16_t q[BR][D + 8], k[BC][D + 8], v[BC][D + 8];  // +8: 16 bytes of padding per row against bank conflicts
+};
+
+template <int D>
 __global__ static void __launch_bounds__(WARPS * 32)
 flash_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
           int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
-    Smem<D> &sm = *reinterpret_cast<Smem<D> *>(raw);
+    FwdSmem<D> &sm = *reinterpret_cast<FwdSmem<D> *>(raw);
     int s = blockIdx.x, tile = blockIdx.y, h = blockIdx.z, hk = h / (Hq / Hkv);
     int start = cu[s], end = cu[s + 1], q0 = start + tile * BR;
     if (q0 >= end) return;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    int row0 = warp * 16, t_lo = q0 + row0 + g, t_hi = t_lo + 8;  // this thread's two query rows
     load_tile<D>(sm.q, q, q0, end, Hq, h);
-    for (int i = lane; i < ROWS_PER_WARP * D; i += 32) sm.o[warp][i / D][i % D] = 0.0f;
-    if (lane < ROWS_PER_WARP) { sm.m[warp][lane] = -INFINITY; sm.l[warp][lane] = 0.0f; }
+    __syncthreads();
+    uint32_t qa[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        qa[kk][0] = *(const uint32_t *)&sm.q[row0 + g][kk * 16 + 2 * c];
+        qa[kk][1] = *(const uint32_t *)&sm.q[row0 + g + 8][kk * 16 + 2 * c];
+        qa[kk][2] = *(const uint32_t *)&sm.q[row0 + g][kk * 16 + 2 * c + 8];
+        qa[kk][3] = *(const uint32_t *)&sm.q[row0 + g + 8][kk * 16 + 2 * c + 8];
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
     int kend = causal ? min(end, q0 + BR) : end;
     for (int k0 = start; k0 < kend; k0 += BC) {
-        __syncthreads();  // the previous tile's K and V are no longer read
+        __syncthreads();  // everyone is done with the previous K and V
         load_tile<D>(sm.k, k, k0, end, Hkv, hk);
         load_tile<D>(sm.v, v, k0, end, Hkv, hk);
         __syncthreads();
-        // S (16 × 64) for this warp's rows
-        for (int n = 0; n < BC / 16; n++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.0f);
-            for (int kk = 0; kk < D / 16; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16_t, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16_t, wmma::col_major> b;  // Kᵀ: K rows are its columns
-                wmma::load_matrix_sync(a, &sm.q[warp * ROWS_PER_WARP][kk * 16], D + 8);
-                wmma::load_matrix_sync(b, &sm.k[n * 16][kk * 16], D + 8);
-                wmma::mma_sync(acc, a, b, acc);
+        float sc[BC / 8][4];
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++) {
+            sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {  // B[k][n] = K[key n][k]: two consecutive elements of a K row
+                uint32_t b0 = *(const uint32_t *)&sm.k[n * 8 + g][kk * 16 + 2 * c];
+                uint32_t b1 = *(const uint32_t *)&sm.k[n * 8 + g][kk * 16 + 2 * c + 8];
+                mma16816(sc[n], qa[kk], b0, b1);
             }
-            wmma::store_matrix_sync(&sm.s[warp][0][n * 16], acc, BC + 4, wmma::mem_row_major);
         }
-        __syncwarp();
-        // online softmax: two lanes per row, 32 columns each
-        {
-            int r = lane / 2, half = lane % 2, t = q0 + warp * ROWS_PER_WARP + r;
-            float mx = -INFINITY;
-            for (int c = half * 32; c < half * 32 + 32; c++) {
-                int j = k0 + c;
-                float x = (j < end && (!causal || j <= t)) ? sm.s[warp][r][c] * scale : -INFINITY;
-                sm.s[warp][r][c] = x;
-                mx = fmaxf(mx, x);
+        // scale, mask, row maxima (a row's 64 scores are spread over the 4 lanes of a quad)
+        float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int j = k0 + n * 8 + 2 * c + e;
+                sc[n][e] = (j < end && (!causal || j <= t_lo)) ? sc[n][e] * scale : -INFINITY;
+                sc[n][2 + e] = (j < end && (!causal || j <= t_hi)) ? sc[n][2 + e] * scale : -INFINITY;
+                mx_lo = fmaxf(mx_lo, sc[n][e]);
+                mx_hi = fmaxf(mx_hi, sc[n][2 + e]);
             }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            float m_old = sm.m[warp][r], m_new = fmaxf(m_old, mx);
-            float corr = m_new == -INFINITY ? 1.0f : expf(m_old - m_new), sum = 0.0f;
-            for (int c = half * 32; c < half * 32 + 32; c++) {
-                float p = m_new == -INFINITY ? 0.0f : expf(sm.s[warp][r][c] - m_new);
-                bf16_t pb = __float2bfloat16_rn(p);
-                sm.p[warp][r][c] = pb;
-                sum += __bfloat162float(pb);  // l sums what P·V multiplies
-            }
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            for (int c = half * (D / 2); c < (half + 1) * (D / 2); c++) sm.o[warp][r][c] *= corr;
-            __syncwarp();
-            if (half == 0) { sm.m[warp][r] = m_new; sm.l[warp][r] = sm.l[warp][r] * corr + sum; }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        float corr_lo = mn_lo == -INFINITY ? 1.0f : __expf(m_lo - mn_lo), corr_hi = mn_hi == -INFINITY ? 1.0f : __expf(m_hi - mn_hi);
+        float sum_lo = 0.0f, sum_hi = 0.0f;
+        uint32_t pa[BC / 16][4];  // P in the A-operand layout of the P·V products
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++) {
+            float p0 = mn_lo == -INFINITY ? 0.0f : __expf(sc[n][0] - mn_lo), p1 = mn_lo == -INFINITY ? 0.0f : __expf(sc[n][1] - mn_lo);
+            float p2 = mn_hi == -INFINITY ? 0.0f : __expf(sc[n][2] - mn_hi), p3 = mn_hi == -INFINITY ? 0.0f : __expf(sc[n][3] - mn_hi);
+            sum_lo += p0 + p1;
+            sum_hi += p2 + p3;
+            pa[n / 2][(n % 2) * 2 + 0] = pack_bf16(p0, p1);  // rows g:   keys 2c.. (n even) or 2c+8.. (n odd)
+            pa[n / 2][(n % 2) * 2 + 1] = pack_bf16(p2, p3);  // rows g+8
         }
-        __syncwarp();
-        // O (16 × D) += P (16 × 64) · V (64 × D)
-        for (int n = 0; n < D / 16; n++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::load_matrix_sync(acc, &sm.o[warp][0][n * 16], D + 4, wmma::mem_row_major);
-            for (int kk = 0; kk < BC / 16; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16_t, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16_t, wmma::row_major> b;
-                wmma::load_matrix_sync(a, &sm.p[warp][0][kk * 16], BC + 8);
-                wmma::load_matrix_sync(b, &sm.v[kk * 16][n * 16], D + 8);
-                wmma::mma_sync(acc, a, b, acc);
-            }
-            wmma::store_matrix_sync(&sm.o[warp][0][n * 16], acc, D + 4, wmma::mem_row_major);
+        sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, 1);
+        sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, 2);
+        sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, 1);
+        sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, 2);
+        l_lo = l_lo * corr_lo + sum_lo;
+        l_hi = l_hi * corr_hi + sum_hi;
+        m_lo = mn_lo;
+        m_hi = mn_hi;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            o[n][0] *= corr_lo; o[n][1] *= corr_lo; o[n][2] *= corr_hi; o[n][3] *= corr_hi;
         }
-        __syncwarp();
+        // O += P (16 × 64) · V (64 × D): B[k][n] = V[key k][d n], two keys of one column per register
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) {
+            // A layout is a0 = rows g keys 2c.., a1 = rows g+8 keys 2c.., a2 = rows g keys 2c+8.., a3 = rows g+8 keys 2c+8..
+            uint32_t a[4] = {pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]};
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) {
+                int key = kk * 16 + 2 * c, col = n * 8 + g;
+                uint32_t b0 = pack_two(sm.v[key][col], sm.v[key + 1][col]);
+                uint32_t b1 = pack_two(sm.v[key + 8][col], sm.v[key + 9][col]);
+                mma16816(o[n], a, b0, b1);
+            }
+        }
     }
     // O / l and the log-sum-exp
-    for (int i = lane; i < ROWS_PER_WARP * D; i += 32) {
-        int r = i / D, c = i % D, t = q0 + warp * ROWS_PER_WARP + r;
-        if (t < end) st(out, ((size_t)t * Hq + h) * D + c, sm.o[warp][r][c] / sm.l[warp][r]);
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        int col = n * 8 + 2 * c;
+        if (t_lo < end) {
+            size_t base = ((size_t)t_lo * Hq + h) * D + col;
+            *reinterpret_cast<__nv_bfloat162 *>(out + base) = __floats2bfloat162_rn(o[n][0] / l_lo, o[n][1] / l_lo);
+        }
+        if (t_hi < end) {
+            size_t base = ((size_t)t_hi * Hq + h) * D + col;
+            *reinterpret_cast<__nv_bfloat162 *>(out + base) = __floats2bfloat162_rn(o[n][2] / l_hi, o[n][3] / l_hi);
+        }
     }
-    if (lane < ROWS_PER_WARP) {
-        int t = q0 + warp * ROWS_PER_WARP + lane;
-        if (t < end) lse[(size_t)t * Hq + h] = sm.m[warp][lane] + logf(sm.l[warp][lane]);
+    if (c == 0) {
+        if (t_lo < end) lse[(size_t)t_lo * Hq + h] = m_lo + logf(l_lo);
+        if (t_hi < end) lse[(size_t)t_hi * Hq + h] = m_hi + logf(l_hi);
     }
 }
 
 template <int D>
 static void launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                    int Hq, int Hkv, int causal) {
-    size_t bytes = sizeof(Smem<D>);
+    size_t bytes = sizeof(FwdSmem<D>);
     static int configured;
     if (!configured) {
         CUDA_CHECK(cudaFuncSetAttribute(flash_fwd<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
