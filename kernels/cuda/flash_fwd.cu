@@ -6,46 +6,13 @@
 //   S = Q·Kᵀ·scale;  m' = max(m, rowmax S);  P = exp(S − m');  l = l·e^(m−m') + rowsum P
 //   O = O·e^(m−m') + P·V        (P goes from S's accumulator layout straight into the A operand)
 // with mma.sync m16n8k16 (bf16 in, fp32 accumulate). No T×T matrix exists anywhere.
-//
-// Fragment layout of mma.m16n8k16 (lane = 4·g + c): A (16×16, row-major) a0 = A[g][2c,2c+1],
-// a1 = A[g+8][2c,2c+1], a2 = A[g][2c+8,2c+9], a3 = A[g+8][2c+8,2c+9]; B (16×8) b0 = B[2c,2c+1][g],
-// b1 = B[2c+8,2c+9][g]; C (16×8, fp32) c0,c1 = C[g][2c,2c+1], c2,c3 = C[g+8][2c,2c+1].
+// (Fragment layouts in flash_mma.cuh.)
 #include <math.h>
 
-#include "common_cuda.cuh"
+#include "flash_mma.cuh"
 #include "ops_cuda.h"
 
 enum { BR = 64, BC = 64, WARPS = 4 };
-
-__device__ __forceinline__ void mma16816(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower address), .y = hi
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-
-__device__ __forceinline__ uint32_t pack_two(bf16_t lo, bf16_t hi) {
-    __nv_bfloat162 v;
-    v.x = lo;
-    v.y = hi;
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-
-// rows [r0, r0 + 64) of a [T, H, D] tensor (head h) into tile; rows at or past `end` become zero
-template <int D>
-__device__ static void load_tile(bf16_t (*tile)[D + 8], const bf16_t *x, int r0, int end, int H, int h) {
-    const int chunks = D / 8;  // 16-byte pieces per row
-    for (int i = threadIdx.x; i < BR * chunks; i += blockDim.x) {
-        int r = i / chunks, c = (i % chunks) * 8;
-        uint4 val = make_uint4(0, 0, 0, 0);
-        if (r0 + r < end) val = *(const uint4 *)(x + ((size_t)(r0 + r) * H + h) * D + c);
-        *(uint4 *)&tile[r][c] = val;
-    }
-}
 
 template <int D>
 struct FwdSmem {
@@ -63,7 +30,7 @@ flash_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_
     if (q0 >= end) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
     int row0 = warp * 16, t_lo = q0 + row0 + g, t_hi = t_lo + 8;  // this thread's two query rows
-    load_tile<D>(sm.q, q, q0, end, Hq, h);
+    flash_load_tile<D>(sm.q, q, q0, end, Hq, h);
     __syncthreads();
     uint32_t qa[D / 16][4];
 #pragma unroll
@@ -80,8 +47,8 @@ flash_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_
     int kend = causal ? min(end, q0 + BR) : end;
     for (int k0 = start; k0 < kend; k0 += BC) {
         __syncthreads();  // everyone is done with the previous K and V
-        load_tile<D>(sm.k, k, k0, end, Hkv, hk);
-        load_tile<D>(sm.v, v, k0, end, Hkv, hk);
+        flash_load_tile<D>(sm.k, k, k0, end, Hkv, hk);
+        flash_load_tile<D>(sm.v, v, k0, end, Hkv, hk);
         __syncthreads();
         float sc[BC / 8][4];
 #pragma unroll

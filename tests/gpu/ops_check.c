@@ -308,7 +308,7 @@ static void timings(void) {
     double afl = 4.0 * b.T * (double)b.T / 2 * b.Hq * b.D;  // causal: half of QKᵀ and PV
     printf("timing: attention forward T 8192, 32q/8kv, d128 %8.3f ms  %6.1f TFLOP/s (flash, mma.sync)\n", at, afl / at / 1e9);
     printf("timing: attention forward, warp-per-row kernel  %8.3f ms  %6.1f TFLOP/s\n", at0, afl / at0 / 1e9);
-    printf("timing: attention backward (flash, WMMA)        %8.3f ms  %6.1f TFLOP/s\n", atb, 2.5 * afl / atb / 1e9);
+    printf("timing: attention backward (flash, mma.sync)    %8.3f ms  %6.1f TFLOP/s\n", atb, 2.5 * afl / atb / 1e9);
     printf("timing: attention backward, warp-per-row        %8.3f ms  %6.1f TFLOP/s\n", atb0, 2.5 * afl / atb0 / 1e9);
     sync_or_die();
     free(x);

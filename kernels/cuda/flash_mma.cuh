@@ -1,0 +1,96 @@
+// flash_mma.cuh: what the flash-attention kernels share: mma.sync m16n8k16 (bf16 in, fp32 accumulate),
+// bf16 packing, and staging 64-row tiles of a [T, H, D] tensor in shared memory.
+//
+// Fragment layout of mma.m16n8k16 (lane = 4·g + c): A (16×16, row-major) a0 = A[g][2c,2c+1],
+// a1 = A[g+8][2c,2c+1], a2 = A[g][2c+8,2c+9], a3 = A[g+8][2c+8,2c+9]; B (16×8) b0 = B[2c,2c+1][g],
+// b1 = B[2c+8,2c+9][g]; C (16×8, fp32) c0,c1 = C[g][2c,2c+1], c2,c3 = C[g+8][2c,2c+1].
+// Two C tiles side by side (columns 0-7 and 8-15) are exactly the registers of one A fragment, so a
+// score tile turns into the A operand of the next product without leaving registers.
+#pragma once
+#include "common_cuda.cuh"
+
+enum { FT = 64 };  // rows of a staged tile
+
+__device__ __forceinline__ void mma16816(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower address), .y = hi
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+__device__ __forceinline__ uint32_t pack_two(bf16_t lo, bf16_t hi) {
+    __nv_bfloat162 v;
+    v.x = lo;
+    v.y = hi;
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// rows [r0, r0 + 64) of a [T, H, D] tensor (head h) into tile; rows at or past `end` become zero
+template <int D>
+__device__ __forceinline__ void flash_load_tile(bf16_t (*tile)[D + 8], const bf16_t *x, int r0, int end, int H, int h) {
+    const int chunks = D / 8;  // 16-byte pieces per row
+    for (int i = threadIdx.x; i < FT * chunks; i += blockDim.x) {
+        int r = i / chunks, c = (i % chunks) * 8;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (r0 + r < end) val = *(const uint4 *)(x + ((size_t)(r0 + r) * H + h) * D + c);
+        *(uint4 *)&tile[r][c] = val;
+    }
+}
+
+// A fragment kk (columns 16kk..16kk+15) of rows row0..row0+15 of a staged tile
+template <int D>
+__device__ __forceinline__ void flash_a_frag(uint32_t *a, const bf16_t (*tile)[D + 8], int row0, int kk, int g, int c) {
+    a[0] = *(const uint32_t *)&tile[row0 + g][kk * 16 + 2 * c];
+    a[1] = *(const uint32_t *)&tile[row0 + g + 8][kk * 16 + 2 * c];
+    a[2] = *(const uint32_t *)&tile[row0 + g][kk * 16 + 2 * c + 8];
+    a[3] = *(const uint32_t *)&tile[row0 + g + 8][kk * 16 + 2 * c + 8];
+}
+
+// acc[16 × 64] (8 C tiles) = A(16 × D, fragments a[D/16]) · tileᵀ, B[k][n] = tile[row n][k]
+template <int D>
+__device__ __forceinline__ void flash_rows_tileT(float (*acc)[4], const uint32_t (*a)[4], const bf16_t (*tile)[D + 8], int g, int c) {
+#pragma unroll
+    for (int n = 0; n < FT / 8; n++) {
+        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mma16816(acc[n], a[kk], *(const uint32_t *)&tile[n * 8 + g][kk * 16 + 2 * c],
+                     *(const uint32_t *)&tile[n * 8 + g][kk * 16 + 2 * c + 8]);
+    }
+}
+
+// out[16 × D] (D/8 C tiles) += P(16 × 64, C layout in p[8][4]) · tile(64 × D), B[k][n] = tile[row k][n]
+template <int D>
+__device__ __forceinline__ void flash_p_tile(float (*out)[4], const float (*p)[4], const bf16_t (*tile)[D + 8], int g, int c) {
+#pragma unroll
+    for (int kk = 0; kk < FT / 16; kk++) {
+        uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                         pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+        int row = kk * 16 + 2 * c;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            int col = n * 8 + g;
+            mma16816(out[n], a, pack_two(tile[row][col], tile[row + 1][col]), pack_two(tile[row + 8][col], tile[row + 9][col]));
+        }
+    }
+}
+
+// acc[16 × 64] = rows row0..row0+15 of tileA (16 × D, A fragments loaded on the fly) · tileBᵀ
+template <int D>
+__device__ __forceinline__ void flash_tile_tileT(float (*acc)[4], const bf16_t (*A)[D + 8], int row0, const bf16_t (*B)[D + 8],
+                                                 int g, int c) {
+#pragma unroll
+    for (int n = 0; n < FT / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t a[4];
+        flash_a_frag<D>(a, A, row0, kk, g, c);
+#pragma unroll
+        for (int n = 0; n < FT / 8; n++)
+            mma16816(acc[n], a, *(const uint32_t *)&B[n * 8 + g][kk * 16 + 2 * c], *(const uint32_t *)&B[n * 8 + g][kk * 16 + 2 * c + 8]);
+    }
+}
