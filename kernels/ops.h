@@ -67,3 +67,6 @@ void adamw_step(float *param, const float *grad, float *m, float *v, size_t n, f
 // positions 0..len-1 (the new token's own key included), out[Hq,D]. Same math as the causal
 // attention_forward row of the last position.
 void attention_decode(float *out, const float *q, const float *k, const float *v, int len, int Hq, int Hkv, int D);
+
+// Per-row cross-entropy losses (0 for ignored rows), the building block of the backends' loss.
+void cross_entropy_rows(float *losses, const float *logits, const int32_t *targets, int T, int V);

@@ -49,3 +49,16 @@ void cross_entropy_backward(float *dlogits, const float *logits, const int32_t *
         d[targets[t]] -= scale;
     }
 }
+
+void cross_entropy_rows(float *losses, const float *logits, const int32_t *targets, int T, int V) {
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        if (targets[t] < 0) { losses[t] = 0.0f; continue; }
+        const float *x = logits + (size_t)t * V;
+        float mx = -INFINITY;
+        for (int i = 0; i < V; i++) if (x[i] > mx) mx = x[i];
+        double s = 0.0;
+        for (int i = 0; i < V; i++) s += exp((double)(x[i] - mx));
+        losses[t] = (float)(log(s) + mx - x[targets[t]]);
+    }
+}

@@ -1,0 +1,73 @@
+// backend.h: the compute backend the model graph runs on, picked at run time (--device cpu|cuda).
+// The graph (common/model*.c) is written once against this table; kernels/cpu implements it in fp32
+// on host memory (the reference), kernels/cuda in bf16 on the GPU (fp32 statistics and gradients).
+//
+// Act is an activation or weight element of the backend's storage type (fp32 on cpu, bf16 on cuda);
+// its size is esize, so a row offset is AT(x, i). Statistics (mean, rstd, lse), RoPE angles, losses
+// and weight gradients are float on both. ids, targets and cu_seqlens are int32 in backend memory.
+// Backward ops accumulate into their gradient outputs; a NULL gradient skips that work.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct Act Act;  // opaque: never dereferenced by the graph code
+#define AT(be, x, i) ((Act *)((char *)(x) + (size_t)(i) * (be)->esize))
+
+typedef struct Backend {
+    const char *name;
+    size_t esize;
+    // memory (host on cpu, device on cuda); alloc returns zeroed memory
+    void *(*alloc)(size_t bytes);
+    void (*release)(void *p);
+    void (*zero)(void *p, size_t bytes);
+    void (*upload)(void *dst, const void *host, size_t bytes);      // raw bytes
+    void (*download)(void *host, const void *src, size_t bytes);
+    void (*from_f32)(Act *dst, const float *host, size_t n);        // host fp32 -> backend storage
+    void (*to_f32)(float *host, const Act *src, size_t n);          // backend storage -> host fp32
+    // glue
+    void (*add)(Act *out, const Act *a, const Act *b, size_t n);
+    // dst[r, :cols] = src[r, :cols] for r < rows, with row strides (in elements)
+    void (*copy2d)(Act *dst, size_t dst_ld, const Act *src, size_t src_ld, size_t rows, size_t cols);
+    void (*gather_rows)(Act *dst, const Act *src, const int32_t *idx, int n, int C);   // dst[i] = src[idx[i]]
+    void (*scatter_rows)(Act *dst, const Act *src, const int32_t *idx, int n, int C);  // dst[idx[i]] = src[i]
+    void (*sum_rows)(float *dst, const Act *src, const int32_t *idx, int n, int C);    // dst += Σ_i src[idx[i]]
+    // d loss / d angle of rotated rows y = R(θ)x (rows idx, all heads), accumulated into dang[D/2]
+    void (*rope_angle_grad)(float *dang, const Act *y, const Act *dy, const int32_t *idx, int n, int H, int D);
+    // ops (math in kernels/ops.h)
+    void (*matmul_forward)(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M);
+    void (*matmul_backward)(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M);
+    void (*layernorm_forward)(Act *out, float *mean, float *rstd, const Act *inp, const Act *w, const Act *b, int N, int C, float eps);
+    void (*layernorm_backward)(Act *dinp, float *dw, float *db, const Act *dout, const Act *inp, const Act *w, const float *mean,
+                               const float *rstd, int N, int C);
+    void (*rmsnorm_forward)(Act *out, float *rstd, const Act *inp, const Act *w, int N, int C, float eps);
+    void (*rmsnorm_backward)(Act *dinp, float *dw, const Act *dout, const Act *inp, const Act *w, const float *rstd, int N, int C);
+    void (*gelu_forward)(Act *out, const Act *inp, size_t n);
+    void (*gelu_backward)(Act *dinp, const Act *dout, const Act *inp, size_t n);
+    void (*swiglu_forward)(Act *out, const Act *gu, int N, int F);
+    void (*swiglu_backward)(Act *dgu, const Act *dout, const Act *gu, int N, int F);
+    void (*rope_forward)(Act *x, const float *angles, int T, int H, int D);
+    void (*rope_backward)(Act *dx, const float *angles, int T, int H, int D);
+    void (*attention_forward)(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T,
+                              int max_len, int Hq, int Hkv, int D, int causal);
+    void (*attention_backward)(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, const float *lse, const Act *q,
+                               const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv,
+                               int D, int causal);
+    void (*embedding_forward)(Act *out, const int32_t *ids, const Act *table, int T, int C);
+    void (*embedding_backward)(float *dtable, const Act *dout, const int32_t *ids, int T, int C);
+    void (*cross_entropy_rows)(float *losses, const Act *logits, const int32_t *targets, int T, int V);  // 0 where ignored
+    void (*cross_entropy_backward)(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale);
+} Backend;
+
+extern const Backend backend_cpu;
+// The CUDA backend (NULL in a build without it); cuda_init must have succeeded before it is used.
+const Backend *backend_cuda(void);
+// "cpu" or "cuda" -> the backend, initialising the device; NULL with a message in err otherwise.
+const Backend *backend_get(const char *name, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif

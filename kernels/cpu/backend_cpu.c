@@ -1,0 +1,95 @@
+// backend_cpu.c: the fp32 reference backend: host memory and the ops of kernels/cpu/.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../common/util.h"
+#include "../backend.h"
+#include "../ops.h"
+
+#define F(x) ((float *)(x))
+#define CF(x) ((const float *)(x))
+
+static void *cpu_alloc(size_t bytes) { return xcalloc(bytes ? bytes : 1, 1); }
+static void cpu_release(void *p) { free(p); }
+static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_from_f32(Act *dst, const float *host, size_t n) { memcpy(dst, host, n * sizeof(float)); }
+static void cpu_to_f32(float *host, const Act *src, size_t n) { memcpy(host, src, n * sizeof(float)); }
+
+static void cpu_add(Act *out, const Act *a, const Act *b, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) F(out)[i] = CF(a)[i] + CF(b)[i];
+}
+static void cpu_copy2d(Act *dst, size_t dld, const Act *src, size_t sld, size_t rows, size_t cols) {
+    for (size_t r = 0; r < rows; r++) memcpy(F(dst) + r * dld, CF(src) + r * sld, cols * sizeof(float));
+}
+static void cpu_gather(Act *dst, const Act *src, const int32_t *idx, int n, int C) {
+    for (int i = 0; i < n; i++) memcpy(F(dst) + (size_t)i * C, CF(src) + (size_t)idx[i] * C, (size_t)C * sizeof(float));
+}
+static void cpu_scatter(Act *dst, const Act *src, const int32_t *idx, int n, int C) {
+    for (int i = 0; i < n; i++) memcpy(F(dst) + (size_t)idx[i] * C, CF(src) + (size_t)i * C, (size_t)C * sizeof(float));
+}
+static void cpu_sum_rows(float *dst, const Act *src, const int32_t *idx, int n, int C) {
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < C; c++) dst[c] += CF(src)[(size_t)idx[i] * C + c];
+}
+// for y = R(θ)·x: dθ_j = Σ_heads dy_j·(−y_{j+D/2}) + dy_{j+D/2}·y_j
+static void cpu_rope_angle_grad(float *dang, const Act *y, const Act *dy, const int32_t *idx, int n, int H, int D) {
+    int half = D / 2;
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < H; h++) {
+            const float *yy = CF(y) + ((size_t)idx[i] * H + h) * D, *dd = CF(dy) + ((size_t)idx[i] * H + h) * D;
+            for (int j = 0; j < half; j++) dang[j] += -dd[j] * yy[j + half] + dd[j + half] * yy[j];
+        }
+}
+
+static void mm_f(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M) { matmul_forward(F(out), CF(inp), CF(w), CF(bias), N, K, M); }
+static void mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
+    matmul_backward(F(dinp), dw, dbias, CF(dout), CF(inp), CF(w), N, K, M);
+}
+static void ln_f(Act *out, float *mean, float *rstd, const Act *inp, const Act *w, const Act *b, int N, int C, float eps) {
+    layernorm_forward(F(out), mean, rstd, CF(inp), CF(w), CF(b), N, C, eps);
+}
+static void ln_b(Act *dinp, float *dw, float *db, const Act *dout, const Act *inp, const Act *w, const float *mean, const float *rstd, int N, int C) {
+    layernorm_backward(F(dinp), dw, db, CF(dout), CF(inp), CF(w), mean, rstd, N, C);
+}
+static void rms_f(Act *out, float *rstd, const Act *inp, const Act *w, int N, int C, float eps) { rmsnorm_forward(F(out), rstd, CF(inp), CF(w), N, C, eps); }
+static void rms_b(Act *dinp, float *dw, const Act *dout, const Act *inp, const Act *w, const float *rstd, int N, int C) {
+    rmsnorm_backward(F(dinp), dw, CF(dout), CF(inp), CF(w), rstd, N, C);
+}
+static void gelu_f(Act *out, const Act *inp, size_t n) { gelu_forward(F(out), CF(inp), n); }
+static void gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { gelu_backward(F(dinp), CF(dout), CF(inp), n); }
+static void swi_f(Act *out, const Act *gu, int N, int Fw) { swiglu_forward(F(out), CF(gu), N, Fw); }
+static void swi_b(Act *dgu, const Act *dout, const Act *gu, int N, int Fw) { swiglu_backward(F(dgu), CF(dout), CF(gu), N, Fw); }
+static void rope_f(Act *x, const float *ang, int T, int H, int D) { rope_forward(F(x), ang, T, H, D); }
+static void rope_b(Act *dx, const float *ang, int T, int H, int D) { rope_backward(F(dx), ang, T, H, D); }
+static void att_f(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len,
+                  int Hq, int Hkv, int D, int causal) {
+    (void)T; (void)max_len;
+    attention_forward(F(out), lse, CF(q), CF(k), CF(v), cu, nseq, Hq, Hkv, D, causal);
+}
+static void att_b(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, const float *lse, const Act *q, const Act *k, const Act *v,
+                  const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
+    (void)T; (void)max_len;
+    attention_backward(F(dq), F(dk), F(dv), CF(dout), CF(out), lse, CF(q), CF(k), CF(v), cu, nseq, Hq, Hkv, D, causal);
+}
+static void emb_f(Act *out, const int32_t *ids, const Act *table, int T, int C) { embedding_forward(F(out), ids, CF(table), T, C); }
+static void emb_b(float *dtable, const Act *dout, const int32_t *ids, int T, int C) { embedding_backward(dtable, CF(dout), ids, T, C); }
+static void ce_rows(float *losses, const Act *logits, const int32_t *targets, int T, int V) { cross_entropy_rows(losses, CF(logits), targets, T, V); }
+static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
+    cross_entropy_backward(F(dlogits), CF(logits), targets, T, V, scale);
+}
+
+const Backend backend_cpu = {
+    .name = "cpu", .esize = sizeof(float),
+    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .upload = cpu_copy, .download = cpu_copy,
+    .from_f32 = cpu_from_f32, .to_f32 = cpu_to_f32,
+    .add = cpu_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
+    .rope_angle_grad = cpu_rope_angle_grad,
+    .matmul_forward = mm_f, .matmul_backward = mm_b, .layernorm_forward = ln_f, .layernorm_backward = ln_b,
+    .rmsnorm_forward = rms_f, .rmsnorm_backward = rms_b, .gelu_forward = gelu_f, .gelu_backward = gelu_b,
+    .swiglu_forward = swi_f, .swiglu_backward = swi_b, .rope_forward = rope_f, .rope_backward = rope_b,
+    .attention_forward = att_f, .attention_backward = att_b, .embedding_forward = emb_f, .embedding_backward = emb_b,
+    .cross_entropy_rows = ce_rows, .cross_entropy_backward = ce_b,
+};

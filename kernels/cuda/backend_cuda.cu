@@ -1,0 +1,137 @@
+// backend_cuda.cu: the Backend table (kernels/backend.h) of the CUDA backend: bf16 activations and
+// weights in device memory, the ops of ops_cuda.h, and the glue kernels the graph needs (residual adds,
+// strided and indexed row copies, the CLS-angle gradient).
+#include <stdlib.h>
+
+#include "../backend.h"
+#include "common_cuda.cuh"
+#include "ops_cuda.h"
+
+#define B(x) ((bf16_t *)(x))
+#define CB(x) ((const bf16_t *)(x))
+#define U(x) ((bf16 *)(x))
+#define CU(x) ((const bf16 *)(x))
+
+static unsigned nblocks(size_t n) { return (unsigned)((n + 255) / 256); }
+
+__global__ static void add_k(bf16_t *out, const bf16_t *a, const bf16_t *b, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) st(out, i, ld(a, i) + ld(b, i));
+}
+__global__ static void copy2d_k(bf16_t *dst, size_t dld, const bf16_t *src, size_t sld, size_t rows, size_t cols) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < rows * cols) dst[(i / cols) * dld + i % cols] = src[(i / cols) * sld + i % cols];
+}
+__global__ static void gather_k(bf16_t *dst, const bf16_t *src, const int32_t *idx, int n, int C) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (size_t)n * C) dst[i] = src[(size_t)idx[i / C] * C + i % C];
+}
+__global__ static void scatter_k(bf16_t *dst, const bf16_t *src, const int32_t *idx, int n, int C) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (size_t)n * C) dst[(size_t)idx[i / C] * C + i % C] = src[i];
+}
+__global__ static void sum_rows_k(float *dst, const bf16_t *src, const int32_t *idx, int n, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += ld(src, (size_t)idx[i] * C + c);
+    dst[c] += s;
+}
+__global__ static void rope_angle_grad_k(float *dang, const bf16_t *y, const bf16_t *dy, const int32_t *idx, int n, int H, int D) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x, half = D / 2;
+    if (j >= half) return;
+    float s = 0.0f;
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < H; h++) {
+            size_t b = ((size_t)idx[i] * H + h) * D;
+            s += -ld(dy, b + j) * ld(y, b + j + half) + ld(dy, b + j + half) * ld(y, b + j);
+        }
+    dang[j] += s;
+}
+
+static void *g_alloc(size_t bytes) { void *p = cuda_alloc(bytes); cuda_memset0(p, bytes); return p; }
+static void g_release(void *p) { cuda_free(p); }
+static void g_zero(void *p, size_t bytes) { cuda_memset0(p, bytes); }
+static void g_upload(void *dst, const void *host, size_t bytes) { cuda_upload(dst, host, bytes); }
+static void g_download(void *host, const void *src, size_t bytes) { cuda_download(host, src, bytes); }
+static void g_from_f32(Act *dst, const float *host, size_t n) {
+    float *tmp = (float *)cuda_alloc(n * sizeof(float) + 1);
+    cuda_upload(tmp, host, n * sizeof(float));
+    cuda_f32_to_bf16(U(dst), tmp, n);
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+    cuda_free(tmp);
+}
+static void g_to_f32(float *host, const Act *src, size_t n) {
+    float *tmp = (float *)cuda_alloc(n * sizeof(float) + 1);
+    cuda_bf16_to_f32(tmp, CU(src), n);
+    cuda_download(host, tmp, n * sizeof(float));
+    cuda_free(tmp);
+}
+static void g_add(Act *out, const Act *a, const Act *b, size_t n) { if (n) add_k<<<nblocks(n), 256, 0, g_stream>>>(B(out), CB(a), CB(b), n); LAUNCH_CHECK(); }
+static void g_copy2d(Act *dst, size_t dld, const Act *src, size_t sld, size_t rows, size_t cols) {
+    if (rows * cols) copy2d_k<<<nblocks(rows * cols), 256, 0, g_stream>>>(B(dst), dld, CB(src), sld, rows, cols);
+    LAUNCH_CHECK();
+}
+static void g_gather(Act *dst, const Act *src, const int32_t *idx, int n, int C) { if (n) gather_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C); LAUNCH_CHECK(); }
+static void g_scatter(Act *dst, const Act *src, const int32_t *idx, int n, int C) { if (n) scatter_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C); LAUNCH_CHECK(); }
+static void g_sum_rows(float *dst, const Act *src, const int32_t *idx, int n, int C) { sum_rows_k<<<(C + 127) / 128, 128, 0, g_stream>>>(dst, CB(src), idx, n, C); LAUNCH_CHECK(); }
+static void g_rope_angle_grad(float *dang, const Act *y, const Act *dy, const int32_t *idx, int n, int H, int D) {
+    rope_angle_grad_k<<<(D / 2 + 63) / 64, 64, 0, g_stream>>>(dang, CB(y), CB(dy), idx, n, H, D);
+    LAUNCH_CHECK();
+}
+
+static void mm_f(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M) { cuda_matmul_forward(U(out), CU(inp), CU(w), CU(bias), N, K, M); }
+static void mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
+    cuda_matmul_backward(U(dinp), dw, dbias, CU(dout), CU(inp), CU(w), N, K, M);
+}
+static void ln_f(Act *out, float *mean, float *rstd, const Act *inp, const Act *w, const Act *b, int N, int C, float eps) {
+    cuda_layernorm_forward(U(out), mean, rstd, CU(inp), CU(w), CU(b), N, C, eps);
+}
+static void ln_b(Act *dinp, float *dw, float *db, const Act *dout, const Act *inp, const Act *w, const float *mean, const float *rstd, int N, int C) {
+    cuda_layernorm_backward(U(dinp), dw, db, CU(dout), CU(inp), CU(w), mean, rstd, N, C);
+}
+static void rms_f(Act *out, float *rstd, const Act *inp, const Act *w, int N, int C, float eps) { cuda_rmsnorm_forward(U(out), rstd, CU(inp), CU(w), N, C, eps); }
+static void rms_b(Act *dinp, float *dw, const Act *dout, const Act *inp, const Act *w, const float *rstd, int N, int C) {
+    cuda_rmsnorm_backward(U(dinp), dw, CU(dout), CU(inp), CU(w), rstd, N, C);
+}
+static void gelu_f(Act *out, const Act *inp, size_t n) { cuda_gelu_forward(U(out), CU(inp), n); }
+static void gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { cuda_gelu_backward(U(dinp), CU(dout), CU(inp), n); }
+static void swi_f(Act *out, const Act *gu, int N, int F) { cuda_swiglu_forward(U(out), CU(gu), N, F); }
+static void swi_b(Act *dgu, const Act *dout, const Act *gu, int N, int F) { cuda_swiglu_backward(U(dgu), CU(dout), CU(gu), N, F); }
+static void rope_f(Act *x, const float *ang, int T, int H, int D) { cuda_rope_forward(U(x), ang, T, H, D); }
+static void rope_b(Act *dx, const float *ang, int T, int H, int D) { cuda_rope_backward(U(dx), ang, T, H, D); }
+static void att_f(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len,
+                  int Hq, int Hkv, int D, int causal) {
+    cuda_attention_forward(U(out), lse, CU(q), CU(k), CU(v), cu, nseq, T, max_len, Hq, Hkv, D, causal);
+}
+static void att_b(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, const float *lse, const Act *q, const Act *k, const Act *v,
+                  const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
+    cuda_attention_backward(U(dq), U(dk), U(dv), CU(dout), CU(out), lse, CU(q), CU(k), CU(v), cu, nseq, T, max_len, Hq, Hkv, D, causal);
+}
+static void emb_f(Act *out, const int32_t *ids, const Act *table, int T, int C) { cuda_embedding_forward(U(out), ids, CU(table), T, C); }
+static void emb_b(float *dtable, const Act *dout, const int32_t *ids, int T, int C) { cuda_embedding_backward(dtable, CU(dout), ids, T, C); }
+static void ce_rows(float *losses, const Act *logits, const int32_t *targets, int T, int V) { cuda_cross_entropy_forward(losses, CU(logits), targets, T, V); }
+static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
+    cuda_cross_entropy_backward(U(dlogits), CU(logits), targets, T, V, scale);
+}
+
+static Backend make_table(void) {
+    Backend b = {};
+    b.name = "cuda";
+    b.esize = 2;
+    b.alloc = g_alloc; b.release = g_release; b.zero = g_zero; b.upload = g_upload; b.download = g_download;
+    b.from_f32 = g_from_f32; b.to_f32 = g_to_f32;
+    b.add = g_add; b.copy2d = g_copy2d; b.gather_rows = g_gather; b.scatter_rows = g_scatter; b.sum_rows = g_sum_rows;
+    b.rope_angle_grad = g_rope_angle_grad;
+    b.matmul_forward = mm_f; b.matmul_backward = mm_b; b.layernorm_forward = ln_f; b.layernorm_backward = ln_b;
+    b.rmsnorm_forward = rms_f; b.rmsnorm_backward = rms_b; b.gelu_forward = gelu_f; b.gelu_backward = gelu_b;
+    b.swiglu_forward = swi_f; b.swiglu_backward = swi_b; b.rope_forward = rope_f; b.rope_backward = rope_b;
+    b.attention_forward = att_f; b.attention_backward = att_b; b.embedding_forward = emb_f; b.embedding_backward = emb_b;
+    b.cross_entropy_rows = ce_rows; b.cross_entropy_backward = ce_b;
+    return b;
+}
+
+extern "C" const Backend *backend_cuda(void) {
+    static Backend b = make_table();
+    return &b;
+}
