@@ -55,7 +55,7 @@ ifeq ($(CUDA),1)
 $(info cuda: building the CUDA backend for $(CUDA_ARCH) with $(NVCC))
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 CFLAGS  += -DWITH_CUDA -DCUDA_ARCH_NAME='"$(CUDA_ARCH)"'
-LDLIBS  += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,--as-needed -lcublasLt -Wl,--no-as-needed -lcudart_static -ldl -lrt -lpthread -lstdc++
 NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_$(subst sm_,,$(CUDA_ARCH)),code=[$(CUDA_ARCH),compute_$(subst sm_,,$(CUDA_ARCH))] \
              -Xcompiler -Wall,-Wextra
 else
@@ -106,7 +106,7 @@ ifeq ($(CUDA),1)
 GPU_TOOLS := $(BUILD)/gpu/ops_check
 $(BUILD)/gpu/%: tests/gpu/%.c $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(LIB) $(LDLIBS) -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt $(LDFLAGS) -o $@
+	$(CC) $(CFLAGS) $< $(LIB) $(LDLIBS) $(LDFLAGS) -o $@
 endif
 gpu-tools: $(GPU_TOOLS)
 

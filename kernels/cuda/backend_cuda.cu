@@ -69,7 +69,7 @@ static void g_to_f32(float *host, const Act *src, size_t n) {
 }
 static void g_add(Act *out, const Act *a, const Act *b, size_t n) { if (n) add_k<<<nblocks(n), 256, 0, g_stream>>>(B(out), CB(a), CB(b), n); LAUNCH_CHECK(); }
 static void g_copy2d(Act *dst, size_t dld, const Act *src, size_t sld, size_t rows, size_t cols) {
-    if (rows * cols) copy2d_k<<<nblocks(rows * cols), 256, 0, g_stream>>>(B(dst), dld, CB(src), sld, rows, cols);
+    if (rows && cols) copy2d_k<<<nblocks(rows * cols), 256, 0, g_stream>>>(B(dst), dld, CB(src), sld, rows, cols);
     LAUNCH_CHECK();
 }
 static void g_gather(Act *dst, const Act *src, const int32_t *idx, int n, int C) { if (n) gather_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C); LAUNCH_CHECK(); }

@@ -1,0 +1,26 @@
+// backend_select.c: --device NAME -> the Backend (kernels/backend.h). Its own file so that only the
+// programs that run the model link the CUDA runtime and cuBLASLt.
+#include <stdio.h>
+
+#include <string.h>
+
+#include "../kernels/backend.h"
+#ifdef WITH_CUDA
+#include "../kernels/cuda/ops_cuda.h"
+#else
+const Backend *backend_cuda(void) { return NULL; }
+#endif
+
+const Backend *backend_get(const char *name, char *err, size_t errlen) {
+    if (!strcmp(name, "cpu")) return &backend_cpu;
+    if (strcmp(name, "cuda")) { snprintf(err, errlen, "unknown device '%s' (cpu or cuda)", name); return NULL; }
+#ifdef WITH_CUDA
+    static int ready;
+    if (!ready && cuda_init(0, err, errlen)) return NULL;
+    ready = 1;
+    return backend_cuda();
+#else
+    snprintf(err, errlen, "this build has no CUDA backend (nvcc was not found at build time)");
+    return NULL;
+#endif
+}
