@@ -37,7 +37,7 @@ int main(int argc, char **argv) {
     Adam opt;
     adam_init(&opt, &m, trainable, 0, adam_layout_size(&m, trainable));
     ModelWork w;
-    model_work_init(&w);
+    model_work_init(&w, m.be);
     AdamHyper h = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f};
     ModelOutput out;
     float loss = 0.0f;

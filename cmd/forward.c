@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/backend_info.h"
 #include "../common/cli.h"
 #include "../common/convert.h"
 #include "../common/model.h"
@@ -62,7 +63,8 @@ int main(int argc, char **argv) {
         {"in", OPT_STR, &in_path, "FILE", "Inputs (safetensors): input_ids I32 [T] or [B,T]; optional labels (same shape), "
                                           "cu_seqlens I32 (one row only), pixel_values F32 [N, 588], grid_thw I32 [n_img, 3]."},
         {"out", OPT_STR, &out_path, "FILE", "Outputs (a safetensors file)."},
-        {"device", OPT_STR, &device, "cpu", "Backend (only cpu in this build of the model)."},
+        {"device", OPT_STR, &device, "cpu", "Backend: cpu (fp32, the reference) or cuda (bf16 weights and activations, fp32 "
+                                            "statistics and gradients; forward and --grads)."},
         {"grads", OPT_FLAG, &want_grads, NULL,
          "Also write grad.<HF name> of the loss for every trainable tensor; needs labels."},
         {"grad-names", OPT_STR, &grad_names, "hf",
@@ -107,13 +109,16 @@ int main(int argc, char **argv) {
     cli_require(&cli, "model", model_dir);
     cli_require(&cli, "in", in_path);
     cli_require(&cli, "out", out_path);
-    if (strcmp(device, "cpu")) die_input("--device: only cpu is available for the model so far");
     if (!str_ends_with(out_path, ".safetensors")) die_input("--out: %s: expected a file name ending in .safetensors", out_path);
     if (strcmp(grad_names, "hf") && strcmp(grad_names, "mcore")) die_input("--grad-names: expected hf or mcore, got '%s'", grad_names);
     if (steps < 0 || generate < 0 || steps > 1000000 || generate > 1000000) die_input("--steps and --generate take a count from 0 to 1000000");
     Err e;
+    const Backend *be = backend_get(device, e.msg, sizeof e.msg);
+    if (!be) die_input("--device %s: %s", device, e.msg);
+    if (be != &backend_cpu && (steps || generate)) die_input("--device %s: --steps and --generate run on the cpu backend only so far", device);
     Model m;
     if (model_load(&m, model_dir, &e)) die_input("%s", e.msg);
+    model_to_backend(&m, be);
     StFile f;
     if (st_open(&f, in_path, &e)) die_input("%s", e.msg);
     const StTensor *ids = get(&f, "input_ids", DT_I32), *labels = get(&f, "labels", DT_I32), *cu = get(&f, "cu_seqlens", DT_I32),
@@ -159,7 +164,15 @@ int main(int argc, char **argv) {
     Adam opt;
     adam_init(&opt, &m, trainable, 0, adam_layout_size(&m, trainable));
     ModelWork work;
-    model_work_init(&work);
+    model_work_init(&work, m.be);
+    // gradients live in the backend's memory; on a device they come back into opt's host buffer
+    float *dev_grad = NULL, **grads = opt.grad;
+    if (be != &backend_cpu && want_grads) {
+        dev_grad = be->alloc(opt.n * sizeof(float) + 1);
+        grads = xcalloc((size_t)m.np, sizeof(float *));
+        for (int i = 0; i < m.np; i++) if (opt.grad[i]) grads[i] = dev_grad + (opt.grad[i] - opt.flat_grad);
+    }
+    float *host_logits = NULL, *host_hidden = NULL, *host_embeds = NULL;
     ModelOutput out;
     OutList ol = {0};
     int V = m.cfg.text.vocab;
@@ -184,7 +197,7 @@ int main(int argc, char **argv) {
             g.cu_seqlens = NULL;
             for (; ngen < generate; ngen++) {
                 if (model_forward(&m, &work, &g, &out, &e)) die_input("%s: %s", in_path, e.msg);
-                const float *row = out.logits + (size_t)(g.T - 1) * V;
+                const float *row = (const float *)out.logits + (size_t)(g.T - 1) * V;  // cpu: host fp32
                 int32_t best = 0;
                 for (int i = 1; i < V; i++) if (row[i] > row[best]) best = i;
                 gen[ngen] = seq[g.T++] = best;
@@ -198,20 +211,26 @@ int main(int argc, char **argv) {
     } else {
         if (want_grads) {
             adam_zero_grad(&opt);
-            if (model_loss_grads(&m, &work, &in, lab, 1.0f, opt.grad, &loss, &out, &e)) die_input("%s: %s", in_path, e.msg);
+            if (dev_grad) be->zero(dev_grad, opt.n * sizeof(float));
+            if (model_loss_grads(&m, &work, &in, lab, 1.0f, grads, &loss, &out, &e)) die_input("%s: %s", in_path, e.msg);
+            if (dev_grad) be->download(opt.flat_grad, dev_grad, opt.n * sizeof(float));
             fprintf(stderr, "forward: backward through %d of %d decoder layers and %d of %d vision blocks\n",
                     work.text_layers_backward, m.cfg.text.layers, work.vision_blocks_backward, m.cfg.vision.depth);
         } else if (model_forward(&m, &work, &in, &out, &e)) {
             die_input("%s: %s", in_path, e.msg);
         }
-        if (out.logits) {
-            out_add(&ol, "logits", DT_F32, 2, (int64_t[]){(int64_t)(in.B ? in.B : 1) * in.T, V}, out.logits);
-            if (lab && !want_grads) loss = (float)model_shifted_loss(out.logits, lab, in.B, in.T, V, NULL, NULL, 1.0f);
+        if (out.logits) {  // outputs come back to the host in fp32 (the backend's values, widened)
+            size_t n = (size_t)(in.B ? in.B : 1) * in.T;
+            be->to_f32(host_logits = xmalloc(n * V * sizeof(float)), out.logits, n * V);
+            out_add(&ol, "logits", DT_F32, 2, (int64_t[]){(int64_t)n, V}, host_logits);
+            if (lab && !want_grads) loss = (float)model_shifted_loss(host_logits, lab, in.B, in.T, V, NULL, NULL, 1.0f);
             if (lab) out_add(&ol, "loss", DT_F32, 1, (int64_t[]){1}, &loss);
         }
         if (out.vision_hidden) {
-            out_add(&ol, "vision_hidden", DT_F32, 2, (int64_t[]){in.rows, m.cfg.vision.hidden}, out.vision_hidden);
-            out_add(&ol, "image_embeds", DT_F32, 2, (int64_t[]){in.rows / 4, m.cfg.text.hidden}, out.image_embeds);
+            be->to_f32(host_hidden = xmalloc((size_t)in.rows * m.cfg.vision.hidden * sizeof(float)), out.vision_hidden, (size_t)in.rows * m.cfg.vision.hidden);
+            be->to_f32(host_embeds = xmalloc((size_t)(in.rows / 4) * m.cfg.text.hidden * sizeof(float)), out.image_embeds, (size_t)(in.rows / 4) * m.cfg.text.hidden);
+            out_add(&ol, "vision_hidden", DT_F32, 2, (int64_t[]){in.rows, m.cfg.vision.hidden}, host_hidden);
+            out_add(&ol, "image_embeds", DT_F32, 2, (int64_t[]){in.rows / 4, m.cfg.text.hidden}, host_embeds);
         }
         if (want_grads && !strcmp(grad_names, "mcore")) {
             mcore_grads = xcalloc((size_t)mm.ng, sizeof(float *));
@@ -238,6 +257,8 @@ int main(int argc, char **argv) {
     }
     out_write(&ol, out_path);
     free(ol.t);
+    free(host_logits); free(host_hidden); free(host_embeds);
+    if (dev_grad) { be->release(dev_grad); free(grads); }
     for (int i = 0; i < n_mcore; i++) free(mcore_grads[i]);
     free(mcore_grads);
     modelmap_free(&mm);

@@ -7,14 +7,24 @@
 
 #include "util.h"
 
-struct ArenaChunk {
-    ArenaChunk *next;
-    char data[];
-};
-
 enum { ALIGN = 64 };
 
-void arena_init(Arena *a) { memset(a, 0, sizeof *a); }
+static void *host_alloc(size_t bytes) {
+    void *p = aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
+    if (!p) die_internal("out of memory (%zu bytes of activations)", bytes);
+    memset(p, 0, bytes);
+    return p;
+}
+static void host_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+
+void arena_init(Arena *a) { arena_init_with(a, host_alloc, free, host_zero); }
+
+void arena_init_with(Arena *a, void *(*alloc)(size_t), void (*release)(void *), void (*zero)(void *, size_t)) {
+    memset(a, 0, sizeof *a);
+    a->alloc = alloc;
+    a->release = release;
+    a->zero = zero;
+}
 
 void *arena_bytes(Arena *a, size_t n) {
     n = (n + ALIGN - 1) / ALIGN * ALIGN;
@@ -23,31 +33,24 @@ void *arena_bytes(Arena *a, size_t n) {
     if (a->base && a->used + n <= a->cap) {
         void *p = a->base + a->used;
         a->used += n;
-        memset(p, 0, n);
+        a->zero(p, n);
         return p;
     }
-    // overflow: its own allocation, returned at the next reset (offset to keep the alignment)
-    ArenaChunk *c = xmalloc(sizeof(ArenaChunk) + ALIGN + n);
-    c->next = a->overflow;
-    a->overflow = c;
-    char *p = c->data + (ALIGN - (uintptr_t)c->data % ALIGN) % ALIGN;
-    memset(p, 0, n);
-    return p;
+    // overflow: its own allocation (aligned by the allocator), returned at the next reset
+    if (a->noverflow == a->overflow_cap)
+        a->overflow = xrealloc(a->overflow, (size_t)(a->overflow_cap = a->overflow_cap ? 2 * a->overflow_cap : 64) * sizeof(void *));
+    return a->overflow[a->noverflow++] = a->alloc(n);
 }
 
 float *arena_floats(Arena *a, size_t n) { return arena_bytes(a, n * sizeof(float)); }
 
 void arena_reset(Arena *a) {
-    int overflowed = a->overflow != NULL;
-    while (a->overflow) {
-        ArenaChunk *n = a->overflow->next;
-        free(a->overflow);
-        a->overflow = n;
-    }
+    int overflowed = a->noverflow > 0;
+    for (int i = 0; i < a->noverflow; i++) a->release(a->overflow[i]);
+    a->noverflow = 0;
     if (overflowed && a->high > a->cap) {  // one block for the largest step seen
-        free(a->base);
-        a->base = aligned_alloc(ALIGN, a->high);
-        if (!a->base) die_internal("out of memory (%zu bytes of activations)", a->high);
+        if (a->base) a->release(a->base);
+        a->base = a->alloc(a->high);
         a->cap = a->high;
         a->grows++;
     }
@@ -57,6 +60,7 @@ void arena_reset(Arena *a) {
 
 void arena_free(Arena *a) {
     arena_reset(a);
-    free(a->base);
+    if (a->base) a->release(a->base);
+    free(a->overflow);
     memset(a, 0, sizeof *a);
 }

@@ -1,22 +1,27 @@
 // arena.h: one block of memory for the activations of a step. Allocation bumps a pointer and
 // arena_reset() takes everything back at once. The block is sized by the largest step seen: when a
-// step needs more than the block holds, the overflow is served by malloc for that step and, at the
-// next reset, the block is replaced by one of the high-water size. So a run of steps of one shape
-// bucket allocates once, and the step loop itself allocates nothing.
+// step needs more than the block holds, the overflow is served by separate allocations for that step
+// and, at the next reset, the block is replaced by one of the high-water size. So a run of steps of one
+// shape bucket allocates once, and the step loop itself allocates nothing.
+// The memory comes from host malloc, or from a backend's allocator (device memory for CUDA).
 #pragma once
 #include <stddef.h>
 
-typedef struct ArenaChunk ArenaChunk;
-
 typedef struct {
+    void *(*alloc)(size_t bytes);     // NULL: host memory
+    void (*release)(void *p);
+    void (*zero)(void *p, size_t bytes);
     char *base;
     size_t cap, used;        // bytes
     size_t high;             // high-water mark of the current step, overflow included
-    ArenaChunk *overflow;    // this step's allocations beyond the block
+    void **overflow;         // this step's allocations beyond the block
+    int noverflow, overflow_cap;
     int grows;               // how many times the block was (re)allocated: for tests
 } Arena;
 
 void arena_init(Arena *a);
+// An arena over another allocator (alloc returns zeroed memory; zero clears a range).
+void arena_init_with(Arena *a, void *(*alloc)(size_t), void (*release)(void *), void (*zero)(void *, size_t));
 // Zero-filled, 64-byte aligned; never NULL (dies when memory is exhausted).
 float *arena_floats(Arena *a, size_t n);
 void *arena_bytes(Arena *a, size_t n);

@@ -25,8 +25,34 @@ static void model_alloc(Model *m) {
         m->nflat += ((size_t)param_numel(&m->ps[i]) + FLAT_ALIGN - 1) / FLAT_ALIGN * FLAT_ALIGN;
     }
     m->flat = xcalloc(m->nflat ? m->nflat : 1, sizeof(float));
-    for (int i = 0; i < m->np; i++) m->w[i] = m->flat + off[i];
+    m->wb = xcalloc((size_t)m->np, sizeof(Act *));
+    for (int i = 0; i < m->np; i++) m->wb[i] = (Act *)(m->w[i] = m->flat + off[i]);  // cpu: the fp32 weights themselves
+    m->be = &backend_cpu;
     free(off);
+}
+
+void model_to_backend(Model *m, const Backend *be) {
+    if (m->wb_block) m->be->release(m->wb_block);
+    m->wb_block = NULL;
+    m->be = be;
+    if (be == &backend_cpu) {
+        for (int i = 0; i < m->np; i++) m->wb[i] = (Act *)m->w[i];
+        return;
+    }
+    size_t total = 0;
+    for (int i = 0; i < m->np; i++) total += ((size_t)param_numel(&m->ps[i]) * be->esize + 255) / 256 * 256;
+    char *block = m->wb_block = be->alloc(total);
+    for (int i = 0; i < m->np; i++) {
+        m->wb[i] = (Act *)block;
+        be->from_f32(m->wb[i], m->w[i], (size_t)param_numel(&m->ps[i]));
+        block += ((size_t)param_numel(&m->ps[i]) * be->esize + 255) / 256 * 256;
+    }
+}
+
+void *model_upload(const Model *m, Arena *A, const void *host, size_t bytes) {
+    void *p = arena_bytes(A, bytes);
+    m->be->upload(p, host, bytes);
+    return p;
 }
 
 static int load_hf(Model *m, const char *dir, Err *e) {
@@ -75,6 +101,8 @@ int model_load(Model *m, const char *dir, Err *e) { return model_load_iter(m, di
 
 void model_free(Model *m) {
     if (m->w) strmap_free(&m->index);
+    if (m->wb_block) m->be->release(m->wb_block);
+    free(m->wb);
     free(m->flat);
     free(m->w);
     free(m->ps);
@@ -94,10 +122,10 @@ int model_param_index(const Model *m, const char *fmt, int layer) {
     return strmap_get(&m->index, name);
 }
 
-const float *model_weight_fmt(const Model *m, const char *fmt, int layer) {
+const Act *model_weight_fmt(const Model *m, const char *fmt, int layer) {
     int i = model_param_index(m, fmt, layer);
     if (i < 0) die_internal("model: no tensor %s (layer %d)", fmt, layer);
-    return m->w[i];
+    return m->wb[i];
 }
 
 float *model_grad_fmt(const Model *m, float **grads, const char *fmt, int layer) {
@@ -106,8 +134,13 @@ float *model_grad_fmt(const Model *m, float **grads, const char *fmt, int layer)
     return i < 0 ? NULL : grads[i];
 }
 
-void model_work_init(ModelWork *w) { memset(w, 0, sizeof *w); arena_init(&w->arena); }
-void model_work_free(ModelWork *w) { arena_free(&w->arena); }
+void model_work_init(ModelWork *w, const Backend *be) {
+    memset(w, 0, sizeof *w);
+    if (be == &backend_cpu) arena_init(&w->arena);
+    else arena_init_with(&w->arena, be->alloc, be->release, be->zero);
+    arena_init(&w->host);
+}
+void model_work_free(ModelWork *w) { arena_free(&w->arena); arena_free(&w->host); }
 
 // Text-side input rules: ids in the vocabulary, one <|image_pad|> per merged embedding, cu_seqlens
 // spanning a single row.
@@ -163,16 +196,18 @@ int model_run_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelO
     memset(vt, 0, sizeof *vt);
     memset(tr, 0, sizeof *tr);
     arena_reset(&w->arena);
+    arena_reset(&w->host);
     if (check_images(m, in, e) || (in->ids && model_forward_check_text(m, in, e))) return -1;
     Arena *A = &w->arena;
+    size_t es = m->be->esize;
     if (in->nimg) {
-        out->vision_hidden = arena_floats(A, (size_t)in->rows * m->cfg.vision.hidden);
-        out->image_embeds = arena_floats(A, (size_t)(in->rows / 4) * m->cfg.text.hidden);
-        vision_forward(m, A, in, out->vision_hidden, out->image_embeds, vt);
+        out->vision_hidden = arena_bytes(A, (size_t)in->rows * m->cfg.vision.hidden * es);
+        out->image_embeds = arena_bytes(A, (size_t)(in->rows / 4) * m->cfg.text.hidden * es);
+        vision_forward(m, w, in, out->vision_hidden, out->image_embeds, vt);
     }
     if (in->ids) {
-        out->logits = arena_floats(A, (size_t)(in->B ? in->B : 1) * in->T * m->cfg.text.vocab);
-        text_forward(m, A, in, out->image_embeds, out->logits, tr);
+        out->logits = arena_bytes(A, (size_t)(in->B ? in->B : 1) * in->T * m->cfg.text.vocab * es);
+        text_forward(m, w, in, out->image_embeds, out->logits, tr);
     }
     return 0;
 }
@@ -205,10 +240,26 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
     VisionTrace vt;
     TextTrace tr;
     if (model_run_forward(m, w, in, out, &vt, &tr, e)) return -1;
+    const Backend *be = m->be;
     Arena *A = &w->arena;
     int B = in->B ? in->B : 1, V = m->cfg.text.vocab;
-    float *dlogits = arena_floats(A, (size_t)B * in->T * V);
-    *loss = (float)model_shifted_loss(out->logits, labels, B, in->T, V, NULL, dlogits, grad_scale);
+    size_t n = (size_t)B * in->T;
+    // Hugging Face's shift inside each row: position t predicts labels[t+1]; the mean over counted positions
+    int32_t *shifted = arena_bytes(&w->host, n * sizeof(int32_t));
+    int64_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        shifted[i] = (int)(i % in->T) + 1 < in->T ? labels[i + 1] : -100;
+        count += shifted[i] >= 0;
+    }
+    int32_t *targets = model_upload(m, A, shifted, n * sizeof(int32_t));
+    float *rows = arena_floats(A, n), *host_rows = arena_floats(&w->host, n);
+    be->cross_entropy_rows(rows, out->logits, targets, (int)n, V);
+    be->download(host_rows, rows, n * sizeof(float));
+    double total = 0.0;
+    for (size_t i = 0; i < n; i++) total += host_rows[i];
+    *loss = count ? (float)(total / (double)count) : 0.0f;
+    Act *dlogits = arena_bytes(A, n * V * be->esize);
+    if (count) be->cross_entropy_backward(dlogits, out->logits, targets, (int)n, V, grad_scale / (float)count);
     // what the frozen set leaves to compute: the tower only when one of its tensors trains, the
     // image embeddings' gradient only when the tower or the merger trains
     int tower = 0, merger = 0;
@@ -217,9 +268,9 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
             tower |= m->ps[i].part == PART_VISION;
             merger |= m->ps[i].part == PART_MERGER;
         }
-    float *demb = in->nimg && (tower || merger) ? arena_floats(A, (size_t)(in->rows / 4) * m->cfg.text.hidden) : NULL;
-    w->text_layers_backward = text_backward(m, A, &tr, dlogits, grads, demb);
-    w->vision_blocks_backward = demb ? vision_backward(m, A, &vt, demb, grads, tower) : 0;
+    Act *demb = in->nimg && (tower || merger) ? arena_bytes(A, (size_t)(in->rows / 4) * m->cfg.text.hidden * be->esize) : NULL;
+    w->text_layers_backward = text_backward(m, w, &tr, dlogits, grads, demb);
+    w->vision_blocks_backward = demb ? vision_backward(m, w, &vt, demb, grads, tower) : 0;
     return 0;
 }
 

@@ -5,6 +5,7 @@
 #pragma once
 #include <stdint.h>
 
+#include "../kernels/backend.h"
 #include "arena.h"
 #include "config.h"
 #include "dtype.h"
@@ -20,6 +21,9 @@ typedef struct {
     size_t nflat;
     StrMap index;       // HF name -> i
     DType dtype;        // what the checkpoint stores (frozen tensors are saved back in it unchanged)
+    const Backend *be;  // where the graph runs (backend_cpu after loading)
+    Act **wb;           // [np] the weights in the backend's storage: w itself on cpu, bf16 copies on cuda
+    void *wb_block;     // the backend allocation behind wb (NULL on cpu)
 } Model;
 
 // An HF directory, or an mcore checkpoint root (the tracker's iteration, or iter: "release",
@@ -27,6 +31,8 @@ typedef struct {
 int model_load(Model *m, const char *dir, Err *e);
 int model_load_iter(Model *m, const char *dir, const char *iter, Err *e);
 void model_free(Model *m);
+// Runs the model on `be` from now on: uploads the weights in its storage type (bf16 on cuda).
+void model_to_backend(Model *m, const Backend *be);
 // The fp32 tensor of an HF name, or NULL.
 const float *model_weight(const Model *m, const char *name);
 int model_param_id(const Model *m, const char *name);  // index in the table, or -1
@@ -42,21 +48,22 @@ typedef struct {
     int nimg;
 } ModelInput;
 
-typedef struct {
-    float *logits;               // [B·T, vocab]
-    float *vision_hidden;        // [rows, Dv]: last block output without the CLS rows
-    float *image_embeds;         // [rows/4, H]: merger output
+typedef struct {                 // in the backend's storage and memory (host fp32 on cpu)
+    Act *logits;                 // [B·T, vocab]
+    Act *vision_hidden;          // [rows, Dv]: last block output without the CLS rows
+    Act *image_embeds;           // [rows/4, H]: merger output
 } ModelOutput;
 
 // What one step needs besides the weights: the activation arena (outputs live there too, valid
 // until the next call with the same work) and counters the tests read.
 typedef struct {
-    Arena arena;
+    Arena arena;                 // activations, in the backend's memory
+    Arena host;                  // host-side index and angle tables of the step
     int text_layers_backward;    // decoder layers the last backward went through
     int vision_blocks_backward;  // vision blocks likewise (0 when the whole tower is frozen)
 } ModelWork;
 
-void model_work_init(ModelWork *w);
+void model_work_init(ModelWork *w, const Backend *be);
 void model_work_free(ModelWork *w);
 
 // Errors: image-pad count ≠ merger outputs, grid sizes that do not match the pixel rows, ids
@@ -71,7 +78,7 @@ double model_shifted_loss(const float *logits, const int32_t *labels, int B, int
                           float *dlogits, float grad_scale);
 
 // Forward, loss (as model_shifted_loss) and the gradient of grad_scale · loss, ACCUMULATED into
-// grads[i] for every tensor i whose grads[i] is not NULL. A NULL entry is a frozen tensor: nothing
+// grads[i] (fp32, in the backend's memory) for every tensor i whose grads[i] is not NULL. A NULL entry is a frozen tensor: nothing
 // is computed for it, and the backward stops below the lowest trainable layer (the vision tower is
 // not entered at all when only the merger or the language model train).
 int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const int32_t *labels, float grad_scale,

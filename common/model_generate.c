@@ -8,7 +8,7 @@
 #include "../kernels/ops.h"
 #include "model_internal.h"
 
-#define W model_weight_fmt
+#define W(m, fmt, l) ((const float *)model_weight_fmt(m, fmt, l))  // generation runs on the cpu backend: fp32 host weights
 
 void kv_cache_free(KvCache *kv) {
     free(kv->k);
@@ -24,6 +24,7 @@ static size_t kv_layer_stride(const Model *m, const KvCache *kv) {
 int model_prefill(const Model *m, ModelWork *w, const ModelInput *in, KvCache *kv, int cap, float *logits_last, Err *e) {
     const TextConfig *c = &m->cfg.text;
     memset(kv, 0, sizeof *kv);
+    if (m->be != &backend_cpu) { err_set(e, "generation runs on the cpu backend only so far"); return -1; }
     if (!in->ids || (in->B > 1) || (in->cu_seqlens && in->nseq != 1)) {
         err_set(e, "generation takes one prompt: input_ids of one row without packed sub-sequences");
         return -1;
@@ -40,10 +41,10 @@ int model_prefill(const Model *m, ModelWork *w, const ModelInput *in, KvCache *k
     kv->v = xmalloc((size_t)c->layers * cap * KV * sizeof(float));
     kv->scratch = xmalloc((4 * H + 3 * Q + 2 * KV + 4 * I + (size_t)c->head_dim + 2 * c->heads + 2) * sizeof(float));
     for (int l = 0; l < c->layers; l++) {
-        memcpy(kv->k + l * kv_layer_stride(m, kv), tr.L[l].kr, (size_t)in->T * KV * sizeof(float));
-        memcpy(kv->v + l * kv_layer_stride(m, kv), tr.L[l].v, (size_t)in->T * KV * sizeof(float));
+        memcpy(kv->k + l * kv_layer_stride(m, kv), (const float *)tr.L[l].kr, (size_t)in->T * KV * sizeof(float));
+        memcpy(kv->v + l * kv_layer_stride(m, kv), (const float *)tr.L[l].v, (size_t)in->T * KV * sizeof(float));
     }
-    memcpy(logits_last, out.logits + (size_t)(in->T - 1) * c->vocab, (size_t)c->vocab * sizeof(float));
+    memcpy(logits_last, (const float *)out.logits + (size_t)(in->T - 1) * c->vocab, (size_t)c->vocab * sizeof(float));
     return 0;
 }
 

@@ -1,5 +1,5 @@
-// model_vision.c: the RICE-ViT vision tower and the 2×2 merger, forward (keeping activations) and
-// backward (spec/model.md §2-§3).
+// model_vision.c: the RICE-ViT vision tower and the 2×2 merger on a backend, forward (keeping
+// activations) and backward (spec/model.md §2-§3).
 //   x0 = [CLS_i, patches_i·Wpᵀ]_i;  x = LN_pre(x0)
 //   per block: h1 = LN1(x_in); q,k,v = h1·Wqkvᵀ + b; qr,kr = RoPE2D(q,k); att = attn(qr,kr,v) per image
 //              x_mid = x_in + att·Wprojᵀ + b; h2 = LN2(x_mid); x_out = x_mid + gelu(h2·Wfc1ᵀ + b)·Wfc2ᵀ + b
@@ -13,9 +13,13 @@
 
 #define W model_weight_fmt
 #define G model_grad_fmt
-#define Z(n) arena_floats(A, (size_t)(n))
+#define Z(n) ((Act *)arena_bytes(A, (size_t)(n) * be->esize))
+#define ZF(n) arena_floats(A, (size_t)(n))
+#define AT_(x, i) AT(be, x, i)
 
-void vision_forward(const Model *m, Arena *A, const ModelInput *in, float *hidden_out, float *embeds_out, VisionTrace *tr) {
+void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hidden_out, Act *embeds_out, VisionTrace *tr) {
+    const Backend *be = m->be;
+    Arena *A = &w->arena, *Hs = &w->host;
     const VisionConfig *v = &m->cfg.vision;
     int D = v->hidden, F = v->intermediate, nh = v->heads, hd = D / nh, P = vision_patch_dim(v);
     int64_t S = in->rows + in->nimg;  // one CLS per image
@@ -23,165 +27,161 @@ void vision_forward(const Model *m, Arena *A, const ModelInput *in, float *hidde
     tr->S = S;
     tr->rows = in->rows;
     tr->nimg = in->nimg;
-    tr->pixels = in->pixels;
-    float *pe = Z((size_t)in->rows * D), *x = Z((size_t)S * D);
-    matmul_forward(pe, in->pixels, W(m, "visual.patch_embed.proj.weight", 0), NULL, (int)in->rows, P, D);
-    tr->cu = arena_bytes(A, (size_t)(in->nimg + 1) * sizeof(int32_t));
-    tr->ang = Z((size_t)S * hd / 2);
-    const float *cls = W(m, "visual.class_embedding", 0), *cls_ang = W(m, "visual.class_pos_emb", 0);
+    // host tables: where each image's CLS and patches sit, and every row's 2-D RoPE angles
+    int32_t *cu = arena_bytes(Hs, (size_t)(in->nimg + 1) * sizeof(int32_t)), *cls = arena_bytes(Hs, (size_t)in->nimg * sizeof(int32_t)),
+            *patch = arena_bytes(Hs, (size_t)(in->rows ? in->rows : 1) * sizeof(int32_t));
+    float *ang = arena_floats(Hs, (size_t)S * hd / 2);
+    const float *cls_ang = m->w[model_param_id(m, "visual.class_pos_emb")];  // host fp32 copy
     int64_t src = 0, dst = 0;
     int quarter = hd / 4;
-    float *inv = Z((size_t)quarter);  // 2-D RoPE frequencies theta^(−2k/(hd/2)), k < hd/4
+    float *inv = arena_floats(Hs, (size_t)quarter);  // 2-D RoPE frequencies theta^(−2k/(hd/2)), k < hd/4
     for (int k = 0; k < quarter; k++) inv[k] = (float)(1.0 / pow(v->rope_theta, (double)(2 * k) / (hd / 2)));
-    tr->cu[0] = 0;
+    cu[0] = 0;
+    tr->max_len = 1;
     for (int i = 0; i < in->nimg; i++) {
         int gh = in->grid[3 * i + 1], gw = in->grid[3 * i + 2];
-        memcpy(x + dst * D, cls, (size_t)D * sizeof(float));
-        memcpy(tr->ang + dst * hd / 2, cls_ang, (size_t)(hd / 2) * sizeof(float));  // learned CLS angles
+        cls[i] = (int32_t)dst;
+        memcpy(ang + dst * hd / 2, cls_ang, (size_t)(hd / 2) * sizeof(float));  // learned CLS angles
         dst++;
         for (int r = 0; r < gh * gw; r++, src++, dst++) {
-            memcpy(x + dst * D, pe + src * D, (size_t)D * sizeof(float));
+            patch[src] = (int32_t)dst;
             // row r in 2×2-block order: ((bh·gw/2 + bw)·2 + dy)·2 + dx
             int dx = r % 2, dy = (r / 2) % 2, blk = r / 4, bw = blk % (gw / 2), bh = blk / (gw / 2);
             int py = 2 * bh + dy, px = 2 * bw + dx;
             for (int k = 0; k < quarter; k++) {
-                tr->ang[dst * hd / 2 + k] = (float)py * inv[k];
-                tr->ang[dst * hd / 2 + quarter + k] = (float)px * inv[k];
+                ang[dst * hd / 2 + k] = (float)py * inv[k];
+                ang[dst * hd / 2 + quarter + k] = (float)px * inv[k];
             }
         }
-        tr->cu[i + 1] = (int32_t)dst;
+        cu[i + 1] = (int32_t)dst;
+        if (gh * gw + 1 > tr->max_len) tr->max_len = gh * gw + 1;
     }
+    tr->cu = model_upload(m, A, cu, (size_t)(in->nimg + 1) * sizeof(int32_t));
+    tr->cls_rows = model_upload(m, A, cls, (size_t)in->nimg * sizeof(int32_t));
+    tr->patch_rows = model_upload(m, A, patch, (size_t)(in->rows ? in->rows : 1) * sizeof(int32_t));
+    tr->ang = model_upload(m, A, ang, (size_t)S * hd / 2 * sizeof(float));
+    Act *px = Z((size_t)in->rows * P);
+    be->from_f32(px, in->pixels, (size_t)in->rows * P);
+    tr->pixels = px;
+
+    Act *pe = Z((size_t)in->rows * D), *x = Z((size_t)S * D);
+    be->matmul_forward(pe, px, W(m, "visual.patch_embed.proj.weight", 0), NULL, (int)in->rows, P, D);
+    be->scatter_rows(x, pe, tr->patch_rows, (int)in->rows, D);
+    for (int i = 0; i < in->nimg; i++) be->copy2d(AT_(x, (size_t)cls[i] * D), D, W(m, "visual.class_embedding", 0), D, 1, D);
     float eps = (float)v->layer_norm_eps;
     tr->x0 = x;
-    tr->pre_mean = Z(S);
-    tr->pre_rstd = Z(S);
+    tr->pre_mean = ZF(S);
+    tr->pre_rstd = ZF(S);
     x = Z((size_t)S * D);
-    layernorm_forward(x, tr->pre_mean, tr->pre_rstd, tr->x0, W(m, "visual.pre_layernorm.weight", 0), W(m, "visual.pre_layernorm.bias", 0), (int)S, D, eps);
-    tr->B = arena_bytes(A, (size_t)v->depth * sizeof(BlockActs));
-    float *qkv = Z((size_t)S * 3 * D), *o = Z((size_t)S * D);
+    be->layernorm_forward(x, tr->pre_mean, tr->pre_rstd, tr->x0, W(m, "visual.pre_layernorm.weight", 0), W(m, "visual.pre_layernorm.bias", 0), (int)S, D, eps);
+    tr->B = arena_bytes(Hs, (size_t)v->depth * sizeof(BlockActs));
+    Act *qkv = Z((size_t)S * 3 * D), *o = Z((size_t)S * D);
     for (int l = 0; l < v->depth; l++) {
         BlockActs *a = &tr->B[l];
         a->x_in = x;
-        a->mean1 = Z(S); a->rstd1 = Z(S); a->h1 = Z((size_t)S * D);
+        a->mean1 = ZF(S); a->rstd1 = ZF(S); a->h1 = Z((size_t)S * D);
         a->q = Z((size_t)S * D); a->k = Z((size_t)S * D); a->v = Z((size_t)S * D);
-        a->qr = Z((size_t)S * D); a->kr = Z((size_t)S * D); a->att = Z((size_t)S * D); a->lse = Z((size_t)S * nh);
-        a->x_mid = Z((size_t)S * D); a->mean2 = Z(S); a->rstd2 = Z(S); a->h2 = Z((size_t)S * D);
+        a->qr = Z((size_t)S * D); a->kr = Z((size_t)S * D); a->att = Z((size_t)S * D); a->lse = ZF((size_t)S * nh);
+        a->x_mid = Z((size_t)S * D); a->mean2 = ZF(S); a->rstd2 = ZF(S); a->h2 = Z((size_t)S * D);
         a->f1 = Z((size_t)S * F); a->f1g = Z((size_t)S * F);
-        layernorm_forward(a->h1, a->mean1, a->rstd1, x, W(m, "visual.blocks.%d.norm1.weight", l), W(m, "visual.blocks.%d.norm1.bias", l), (int)S, D, eps);
-        matmul_forward(qkv, a->h1, W(m, "visual.blocks.%d.attn.qkv.weight", l), W(m, "visual.blocks.%d.attn.qkv.bias", l), (int)S, D, 3 * D);
-        for (int64_t t = 0; t < S; t++) {  // output columns [Q | K | V]
-            memcpy(a->q + t * D, qkv + t * 3 * D, (size_t)D * sizeof(float));
-            memcpy(a->k + t * D, qkv + t * 3 * D + D, (size_t)D * sizeof(float));
-            memcpy(a->v + t * D, qkv + t * 3 * D + 2 * D, (size_t)D * sizeof(float));
-        }
-        memcpy(a->qr, a->q, (size_t)S * D * sizeof(float));
-        memcpy(a->kr, a->k, (size_t)S * D * sizeof(float));
-        rope_forward(a->qr, tr->ang, (int)S, nh, hd);
-        rope_forward(a->kr, tr->ang, (int)S, nh, hd);
-        attention_forward(a->att, a->lse, a->qr, a->kr, a->v, tr->cu, in->nimg, nh, nh, hd, 0);  // bidirectional per image
-        matmul_forward(o, a->att, W(m, "visual.blocks.%d.attn.proj.weight", l), W(m, "visual.blocks.%d.attn.proj.bias", l), (int)S, D, D);
-        for (int64_t i = 0; i < S * D; i++) a->x_mid[i] = x[i] + o[i];
-        layernorm_forward(a->h2, a->mean2, a->rstd2, a->x_mid, W(m, "visual.blocks.%d.norm2.weight", l), W(m, "visual.blocks.%d.norm2.bias", l), (int)S, D, eps);
-        matmul_forward(a->f1, a->h2, W(m, "visual.blocks.%d.mlp.fc1.weight", l), W(m, "visual.blocks.%d.mlp.fc1.bias", l), (int)S, D, F);
-        gelu_forward(a->f1g, a->f1, (size_t)S * F);
-        matmul_forward(o, a->f1g, W(m, "visual.blocks.%d.mlp.fc2.weight", l), W(m, "visual.blocks.%d.mlp.fc2.bias", l), (int)S, F, D);
+        be->layernorm_forward(a->h1, a->mean1, a->rstd1, x, W(m, "visual.blocks.%d.norm1.weight", l), W(m, "visual.blocks.%d.norm1.bias", l), (int)S, D, eps);
+        be->matmul_forward(qkv, a->h1, W(m, "visual.blocks.%d.attn.qkv.weight", l), W(m, "visual.blocks.%d.attn.qkv.bias", l), (int)S, D, 3 * D);
+        be->copy2d(a->q, D, qkv, 3 * (size_t)D, S, D);  // output columns [Q | K | V]
+        be->copy2d(a->k, D, AT_(qkv, D), 3 * (size_t)D, S, D);
+        be->copy2d(a->v, D, AT_(qkv, 2 * D), 3 * (size_t)D, S, D);
+        be->copy2d(a->qr, D, a->q, D, S, D);
+        be->copy2d(a->kr, D, a->k, D, S, D);
+        be->rope_forward(a->qr, tr->ang, (int)S, nh, hd);
+        be->rope_forward(a->kr, tr->ang, (int)S, nh, hd);
+        be->attention_forward(a->att, a->lse, a->qr, a->kr, a->v, tr->cu, in->nimg, (int)S, tr->max_len, nh, nh, hd, 0);  // per image
+        be->matmul_forward(o, a->att, W(m, "visual.blocks.%d.attn.proj.weight", l), W(m, "visual.blocks.%d.attn.proj.bias", l), (int)S, D, D);
+        be->add(a->x_mid, x, o, (size_t)S * D);
+        be->layernorm_forward(a->h2, a->mean2, a->rstd2, a->x_mid, W(m, "visual.blocks.%d.norm2.weight", l), W(m, "visual.blocks.%d.norm2.bias", l), (int)S, D, eps);
+        be->matmul_forward(a->f1, a->h2, W(m, "visual.blocks.%d.mlp.fc1.weight", l), W(m, "visual.blocks.%d.mlp.fc1.bias", l), (int)S, D, F);
+        be->gelu_forward(a->f1g, a->f1, (size_t)S * F);
+        be->matmul_forward(o, a->f1g, W(m, "visual.blocks.%d.mlp.fc2.weight", l), W(m, "visual.blocks.%d.mlp.fc2.bias", l), (int)S, F, D);
         x = Z((size_t)S * D);
-        for (int64_t i = 0; i < S * D; i++) x[i] = a->x_mid[i] + o[i];
+        be->add(x, a->x_mid, o, (size_t)S * D);
     }
     tr->x_last = x;
-    // drop the CLS rows
-    for (int i = 0, r = 0; i < in->nimg; i++)
-        for (int t = tr->cu[i] + 1; t < tr->cu[i + 1]; t++, r++) memcpy(hidden_out + (size_t)r * D, x + (size_t)t * D, (size_t)D * sizeof(float));
+    be->gather_rows(hidden_out, x, tr->patch_rows, (int)in->rows, D);  // drop the CLS rows
     // merger: LayerNorm per row, 4 rows as one, Linear-GELU-Linear
     int64_t R4 = in->rows / 4;
     int M = 4 * D, H = m->cfg.text.hidden;
     tr->hidden = hidden_out;
-    tr->ln_mean = Z(in->rows); tr->ln_rstd = Z(in->rows);
+    tr->ln_mean = ZF(in->rows); tr->ln_rstd = ZF(in->rows);
     tr->ln = Z((size_t)in->rows * D); tr->m1 = Z((size_t)R4 * M); tr->m1g = Z((size_t)R4 * M);
-    layernorm_forward(tr->ln, tr->ln_mean, tr->ln_rstd, hidden_out, W(m, "visual.merger.ln_q.weight", 0), W(m, "visual.merger.ln_q.bias", 0), (int)in->rows, D, eps);
-    matmul_forward(tr->m1, tr->ln, W(m, "visual.merger.mlp.0.weight", 0), W(m, "visual.merger.mlp.0.bias", 0), (int)R4, M, M);
-    gelu_forward(tr->m1g, tr->m1, (size_t)R4 * M);
-    matmul_forward(embeds_out, tr->m1g, W(m, "visual.merger.mlp.2.weight", 0), W(m, "visual.merger.mlp.2.bias", 0), (int)R4, M, H);
+    be->layernorm_forward(tr->ln, tr->ln_mean, tr->ln_rstd, hidden_out, W(m, "visual.merger.ln_q.weight", 0), W(m, "visual.merger.ln_q.bias", 0), (int)in->rows, D, eps);
+    be->matmul_forward(tr->m1, tr->ln, W(m, "visual.merger.mlp.0.weight", 0), W(m, "visual.merger.mlp.0.bias", 0), (int)R4, M, M);
+    be->gelu_forward(tr->m1g, tr->m1, (size_t)R4 * M);
+    be->matmul_forward(embeds_out, tr->m1g, W(m, "visual.merger.mlp.2.weight", 0), W(m, "visual.merger.mlp.2.bias", 0), (int)R4, M, H);
 }
 
-// d loss / d angle of a rotation, summed over heads: for y = R(θ)·x, dθ_j = Σ dy_j·(−y_{j+D/2}) + dy_{j+D/2}·y_j.
-static void rope_angle_grad(float *dang, const float *y, const float *dy, int H, int D) {
-    int half = D / 2;
-    for (int h = 0; h < H; h++)
-        for (int j = 0; j < half; j++) {
-            const float *yy = y + (size_t)h * D, *dd = dy + (size_t)h * D;
-            dang[j] += -dd[j] * yy[j + half] + dd[j + half] * yy[j];
-        }
-}
-
-int vision_backward(const Model *m, Arena *A, const VisionTrace *tr, const float *dembeds, float **grads, int tower) {
+int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const Act *dembeds, float **grads, int tower) {
+    const Backend *be = m->be;
+    Arena *A = &w->arena;
     const VisionConfig *v = &m->cfg.vision;
     int D = v->hidden, F = v->intermediate, nh = v->heads, hd = D / nh, P = vision_patch_dim(v), H = m->cfg.text.hidden;
     int64_t S = tr->S, R4 = tr->rows / 4;
     int M = 4 * D;
+    size_t es = be->esize;
     // merger
-    float *dm1g = Z((size_t)R4 * M), *dm1 = Z((size_t)R4 * M), *dln = Z((size_t)tr->rows * D), *dhid = Z((size_t)tr->rows * D);
-    matmul_backward(dm1g, G(m, grads, "visual.merger.mlp.2.weight", 0), G(m, grads, "visual.merger.mlp.2.bias", 0), dembeds, tr->m1g,
-                    W(m, "visual.merger.mlp.2.weight", 0), (int)R4, M, H);
-    gelu_backward(dm1, dm1g, tr->m1, (size_t)R4 * M);
-    matmul_backward(dln, G(m, grads, "visual.merger.mlp.0.weight", 0), G(m, grads, "visual.merger.mlp.0.bias", 0), dm1, tr->ln,
-                    W(m, "visual.merger.mlp.0.weight", 0), (int)R4, M, M);
-    layernorm_backward(tower ? dhid : NULL, G(m, grads, "visual.merger.ln_q.weight", 0), G(m, grads, "visual.merger.ln_q.bias", 0), dln, tr->hidden,
-                       W(m, "visual.merger.ln_q.weight", 0), tr->ln_mean, tr->ln_rstd, (int)tr->rows, D);
+    Act *dm1g = Z((size_t)R4 * M), *dm1 = Z((size_t)R4 * M), *dln = Z((size_t)tr->rows * D), *dhid = Z((size_t)tr->rows * D);
+    be->matmul_backward(dm1g, G(m, grads, "visual.merger.mlp.2.weight", 0), G(m, grads, "visual.merger.mlp.2.bias", 0), dembeds, tr->m1g,
+                        W(m, "visual.merger.mlp.2.weight", 0), (int)R4, M, H);
+    be->gelu_backward(dm1, dm1g, tr->m1, (size_t)R4 * M);
+    be->matmul_backward(dln, G(m, grads, "visual.merger.mlp.0.weight", 0), G(m, grads, "visual.merger.mlp.0.bias", 0), dm1, tr->ln,
+                        W(m, "visual.merger.mlp.0.weight", 0), (int)R4, M, M);
+    be->layernorm_backward(tower ? dhid : NULL, G(m, grads, "visual.merger.ln_q.weight", 0), G(m, grads, "visual.merger.ln_q.bias", 0), dln, tr->hidden,
+                           W(m, "visual.merger.ln_q.weight", 0), tr->ln_mean, tr->ln_rstd, (int)tr->rows, D);
     if (!tower) return 0;
     // the CLS rows get no gradient from the output
-    float *dx = Z((size_t)S * D);
-    for (int i = 0, r = 0; i < tr->nimg; i++)
-        for (int t = tr->cu[i] + 1; t < tr->cu[i + 1]; t++, r++) memcpy(dx + (size_t)t * D, dhid + (size_t)r * D, (size_t)D * sizeof(float));
-    float *df1g = Z((size_t)S * F), *df1 = Z((size_t)S * F), *dh = Z((size_t)S * D), *datt = Z((size_t)S * D),
-          *dqr = Z((size_t)S * D), *dkr = Z((size_t)S * D), *dv = Z((size_t)S * D), *dqkv = Z((size_t)S * 3 * D);
+    Act *dx = Z((size_t)S * D);
+    be->scatter_rows(dx, dhid, tr->patch_rows, (int)tr->rows, D);
+    Act *df1g = Z((size_t)S * F), *df1 = Z((size_t)S * F), *dh = Z((size_t)S * D), *datt = Z((size_t)S * D),
+        *dqr = Z((size_t)S * D), *dkr = Z((size_t)S * D), *dv = Z((size_t)S * D), *dqkv = Z((size_t)S * 3 * D);
     float *dcls_ang = G(m, grads, "visual.class_pos_emb", 0);
     for (int l = v->depth - 1; l >= 0; l--) {
         const BlockActs *a = &tr->B[l];
-        memset(df1g, 0, (size_t)S * F * sizeof(float));
-        matmul_backward(df1g, G(m, grads, "visual.blocks.%d.mlp.fc2.weight", l), G(m, grads, "visual.blocks.%d.mlp.fc2.bias", l), dx, a->f1g,
-                        W(m, "visual.blocks.%d.mlp.fc2.weight", l), (int)S, F, D);
-        memset(df1, 0, (size_t)S * F * sizeof(float));
-        gelu_backward(df1, df1g, a->f1, (size_t)S * F);
-        memset(dh, 0, (size_t)S * D * sizeof(float));
-        matmul_backward(dh, G(m, grads, "visual.blocks.%d.mlp.fc1.weight", l), G(m, grads, "visual.blocks.%d.mlp.fc1.bias", l), df1, a->h2,
-                        W(m, "visual.blocks.%d.mlp.fc1.weight", l), (int)S, D, F);
-        layernorm_backward(dx, G(m, grads, "visual.blocks.%d.norm2.weight", l), G(m, grads, "visual.blocks.%d.norm2.bias", l), dh, a->x_mid,
-                           W(m, "visual.blocks.%d.norm2.weight", l), a->mean2, a->rstd2, (int)S, D);
-        memset(datt, 0, (size_t)S * D * sizeof(float));
-        matmul_backward(datt, G(m, grads, "visual.blocks.%d.attn.proj.weight", l), G(m, grads, "visual.blocks.%d.attn.proj.bias", l), dx, a->att,
-                        W(m, "visual.blocks.%d.attn.proj.weight", l), (int)S, D, D);
-        memset(dqr, 0, (size_t)S * D * sizeof(float)); memset(dkr, 0, (size_t)S * D * sizeof(float)); memset(dv, 0, (size_t)S * D * sizeof(float));
-        attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nimg, nh, nh, hd, 0);
-        if (dcls_ang)  // the CLS rows rotate by learned angles: their gradient, before undoing the rotation
-            for (int i = 0; i < tr->nimg; i++) {
-                int64_t t = tr->cu[i];
-                rope_angle_grad(dcls_ang, a->qr + t * D, dqr + t * D, nh, hd);
-                rope_angle_grad(dcls_ang, a->kr + t * D, dkr + t * D, nh, hd);
-            }
-        rope_backward(dqr, tr->ang, (int)S, nh, hd);
-        rope_backward(dkr, tr->ang, (int)S, nh, hd);
-        for (int64_t t = 0; t < S; t++) {
-            memcpy(dqkv + t * 3 * D, dqr + t * D, (size_t)D * sizeof(float));
-            memcpy(dqkv + t * 3 * D + D, dkr + t * D, (size_t)D * sizeof(float));
-            memcpy(dqkv + t * 3 * D + 2 * D, dv + t * D, (size_t)D * sizeof(float));
+        be->zero(df1g, (size_t)S * F * es);
+        be->matmul_backward(df1g, G(m, grads, "visual.blocks.%d.mlp.fc2.weight", l), G(m, grads, "visual.blocks.%d.mlp.fc2.bias", l), dx, a->f1g,
+                            W(m, "visual.blocks.%d.mlp.fc2.weight", l), (int)S, F, D);
+        be->zero(df1, (size_t)S * F * es);
+        be->gelu_backward(df1, df1g, a->f1, (size_t)S * F);
+        be->zero(dh, (size_t)S * D * es);
+        be->matmul_backward(dh, G(m, grads, "visual.blocks.%d.mlp.fc1.weight", l), G(m, grads, "visual.blocks.%d.mlp.fc1.bias", l), df1, a->h2,
+                            W(m, "visual.blocks.%d.mlp.fc1.weight", l), (int)S, D, F);
+        be->layernorm_backward(dx, G(m, grads, "visual.blocks.%d.norm2.weight", l), G(m, grads, "visual.blocks.%d.norm2.bias", l), dh, a->x_mid,
+                               W(m, "visual.blocks.%d.norm2.weight", l), a->mean2, a->rstd2, (int)S, D);
+        be->zero(datt, (size_t)S * D * es);
+        be->matmul_backward(datt, G(m, grads, "visual.blocks.%d.attn.proj.weight", l), G(m, grads, "visual.blocks.%d.attn.proj.bias", l), dx, a->att,
+                            W(m, "visual.blocks.%d.attn.proj.weight", l), (int)S, D, D);
+        be->zero(dqr, (size_t)S * D * es); be->zero(dkr, (size_t)S * D * es); be->zero(dv, (size_t)S * D * es);
+        be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nimg, (int)S, tr->max_len, nh, nh, hd, 0);
+        if (dcls_ang) {  // the CLS rows rotate by learned angles: their gradient, before undoing the rotation
+            be->rope_angle_grad(dcls_ang, a->qr, dqr, tr->cls_rows, tr->nimg, nh, hd);
+            be->rope_angle_grad(dcls_ang, a->kr, dkr, tr->cls_rows, tr->nimg, nh, hd);
         }
-        memset(dh, 0, (size_t)S * D * sizeof(float));
-        matmul_backward(dh, G(m, grads, "visual.blocks.%d.attn.qkv.weight", l), G(m, grads, "visual.blocks.%d.attn.qkv.bias", l), dqkv, a->h1,
-                        W(m, "visual.blocks.%d.attn.qkv.weight", l), (int)S, D, 3 * D);
-        layernorm_backward(dx, G(m, grads, "visual.blocks.%d.norm1.weight", l), G(m, grads, "visual.blocks.%d.norm1.bias", l), dh, a->x_in,
-                           W(m, "visual.blocks.%d.norm1.weight", l), a->mean1, a->rstd1, (int)S, D);
+        be->rope_backward(dqr, tr->ang, (int)S, nh, hd);
+        be->rope_backward(dkr, tr->ang, (int)S, nh, hd);
+        be->copy2d(dqkv, 3 * (size_t)D, dqr, D, S, D);
+        be->copy2d(AT_(dqkv, D), 3 * (size_t)D, dkr, D, S, D);
+        be->copy2d(AT_(dqkv, 2 * D), 3 * (size_t)D, dv, D, S, D);
+        be->zero(dh, (size_t)S * D * es);
+        be->matmul_backward(dh, G(m, grads, "visual.blocks.%d.attn.qkv.weight", l), G(m, grads, "visual.blocks.%d.attn.qkv.bias", l), dqkv, a->h1,
+                            W(m, "visual.blocks.%d.attn.qkv.weight", l), (int)S, D, 3 * D);
+        be->layernorm_backward(dx, G(m, grads, "visual.blocks.%d.norm1.weight", l), G(m, grads, "visual.blocks.%d.norm1.bias", l), dh, a->x_in,
+                               W(m, "visual.blocks.%d.norm1.weight", l), a->mean1, a->rstd1, (int)S, D);
     }
     // pre-LayerNorm, then CLS embeddings and the patch projection
-    memset(dh, 0, (size_t)S * D * sizeof(float));
-    layernorm_backward(dh, G(m, grads, "visual.pre_layernorm.weight", 0), G(m, grads, "visual.pre_layernorm.bias", 0), dx, tr->x0,
-                       W(m, "visual.pre_layernorm.weight", 0), tr->pre_mean, tr->pre_rstd, (int)S, D);
-    float *dcls = G(m, grads, "visual.class_embedding", 0), *dpe = Z((size_t)tr->rows * D);
-    for (int i = 0, r = 0; i < tr->nimg; i++) {
-        for (int c = 0; dcls && c < D; c++) dcls[c] += dh[(size_t)tr->cu[i] * D + c];
-        for (int t = tr->cu[i] + 1; t < tr->cu[i + 1]; t++, r++) memcpy(dpe + (size_t)r * D, dh + (size_t)t * D, (size_t)D * sizeof(float));
-    }
-    matmul_backward(NULL, G(m, grads, "visual.patch_embed.proj.weight", 0), NULL, dpe, tr->pixels,
-                    W(m, "visual.patch_embed.proj.weight", 0), (int)tr->rows, P, D);
+    be->zero(dh, (size_t)S * D * es);
+    be->layernorm_backward(dh, G(m, grads, "visual.pre_layernorm.weight", 0), G(m, grads, "visual.pre_layernorm.bias", 0), dx, tr->x0,
+                           W(m, "visual.pre_layernorm.weight", 0), tr->pre_mean, tr->pre_rstd, (int)S, D);
+    float *dcls = G(m, grads, "visual.class_embedding", 0);
+    if (dcls) be->sum_rows(dcls, dh, tr->cls_rows, tr->nimg, D);
+    Act *dpe = Z((size_t)tr->rows * D);
+    be->gather_rows(dpe, dh, tr->patch_rows, (int)tr->rows, D);
+    be->matmul_backward(NULL, G(m, grads, "visual.patch_embed.proj.weight", 0), NULL, dpe, tr->pixels,
+                        W(m, "visual.patch_embed.proj.weight", 0), (int)tr->rows, P, D);
     return v->depth;
 }

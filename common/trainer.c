@@ -130,7 +130,7 @@ int trainer_run(const TrainOptions *o) {
     sigaction(SIGINT, &sa, NULL);
 
     ModelWork work;
-    model_work_init(&work);
+    model_work_init(&work, m.be);
     float *gather = world > 1 ? xmalloc(n * sizeof(float)) : NULL;
     FILE *metrics = rank == 0 ? ckpt_open_metrics(o->save, state.iteration, &e) : NULL;
     if (rank == 0 && !metrics) die_input("%s", e.msg);
