@@ -43,7 +43,30 @@ for preset in tiny "$W/gqa.json"; do
     summary+=("hf parity $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL)")
 done
 
-# ---- 2. every CUDA op against the CPU op, then timings at the 4B shapes ----
+# ---- 2. the model on the CUDA backend against the CPU backend (tiny; a mid-size preset on the flash path) ----
+$PY - "$W/mid.json" <<'PY'
+import json, sys
+c = json.load(open("data-specs/models/tiny.json"))
+c["text_config"].update(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
+                        num_key_value_heads=4, head_dim=64)
+c["vision_config"].update(embed_dim=256, hidden_size=256, intermediate_size=1024, num_heads=4, text_hidden_size=1024)
+json.dump(c, open(sys.argv[1], "w"), indent=1)
+PY
+for preset in tiny "$W/mid.json"; do
+    name=$(basename "$preset" .json)
+    d=$W/dev_$name
+    mkdir -p "$d"
+    "$B/mkckpt" --preset "$preset" --out "$d/src" --seed 5 2>/dev/null &&
+    "$B/merge" --vit "$d/src/vit" --llm "$d/src/llm" --out "$d/hf" --image-token-id 1012 --video-token-id 1013 2>/dev/null &&
+    $PY tests/ref/model_ref.py inputs "$d/hf" "$d/in.safetensors" 7 packed &&
+    "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu.safetensors" --grads --device cpu 2>/dev/null &&
+    "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda.safetensors" --grads --device cuda 2>&1 &&
+    $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" 2>&1 | tee "$OUTDIR/backends_$name.txt"
+    rc=${PIPESTATUS[0]}
+    summary+=("cuda vs cpu model $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends_$name.txt" 2>/dev/null))")
+done
+
+# ---- 3. every CUDA op against the CPU op, then timings at the 4B shapes ----
 if [ -x "$B/ops_check" ]; then
     "$B/ops_check" 2>&1 | tee "$OUTDIR/ops_check.txt"
     rc=${PIPESTATUS[0]}
@@ -51,7 +74,7 @@ if [ -x "$B/ops_check" ]; then
     summary+=("$(grep '^timing:' "$OUTDIR/ops_check.txt" | sed 's/^timing: //')")
 fi
 
-# ---- 3. the card's bf16 GEMM rate ----
+# ---- 4. the card's bf16 GEMM rate ----
 gemm=$($PY - <<'PY' 2>&1
 import torch, time
 if not torch.cuda.is_available():
