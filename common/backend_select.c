@@ -13,7 +13,8 @@ const Backend *backend_cuda(void) { return NULL; }
 
 const Backend *backend_get(const char *name, char *err, size_t errlen) {
     if (!strcmp(name, "cpu")) return &backend_cpu;
-    if (strcmp(name, "cuda")) { snprintf(err, errlen, "unknown device '%s' (cpu or cuda)", name); return NULL; }
+    if (!strcmp(name, "cpu-bf16")) return &backend_cpu_bf16;
+    if (strcmp(name, "cuda")) { snprintf(err, errlen, "unknown device '%s' (cpu, cpu-bf16 or cuda)", name); return NULL; }
 #ifdef WITH_CUDA
     static int ready;
     if (!ready && cuda_init(0, err, errlen)) return NULL;

@@ -38,7 +38,7 @@ void model_to_backend(Model *m, const Backend *be) {
     if (be == &backend_cpu) {
         for (int i = 0; i < m->np; i++) m->wb[i] = (Act *)m->w[i];
         return;
-    }
+    }  // other backends get their own copy in their storage type
     size_t total = 0;
     for (int i = 0; i < m->np; i++) total += ((size_t)param_numel(&m->ps[i]) * be->esize + 255) / 256 * 256;
     char *block = m->wb_block = be->alloc(total);

@@ -63,6 +63,9 @@ typedef struct Backend {
 } Backend;
 
 extern const Backend backend_cpu;
+// The cpu ops with every activation and weight rounded to bf16 after each write: what bf16 storage alone
+// costs in accuracy, measurable without a GPU (--device cpu-bf16).
+extern const Backend backend_cpu_bf16;
 // The CUDA backend (NULL in a build without it); cuda_init must have succeeded before it is used.
 const Backend *backend_cuda(void);
 // "cpu" or "cuda" -> the backend, initialising the device; NULL with a message in err otherwise.

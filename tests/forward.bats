@@ -199,3 +199,29 @@ PY
     "$BIN/forward" --model "$T/src/llm" --in "$T/in.safetensors" --out "$T/grads.safetensors" --grads
     ref grads "$T/src/llm" "$T/in.safetensors" "$T/grads.safetensors"
 }
+
+@test "forward --device cpu-bf16 (bf16 storage emulated on the cpu) moves logits and loss by bf16-sized amounts, no more" {
+    make_model tiny
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 packed
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/f32.safetensors" --device cpu
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/b16.safetensors" --device cpu-bf16
+    run $PY - "$T/f32.safetensors" "$T/b16.safetensors" <<'PY'
+import sys, os
+sys.path.insert(0, os.environ["REF"])
+import numpy as np
+from stlib import read_file
+a, b = read_file(sys.argv[1]), read_file(sys.argv[2])
+worst = 0.0
+for k in ("logits", "vision_hidden", "image_embeds"):
+    x, y = np.asarray(a[k][1], np.float64), np.asarray(b[k][1], np.float64)
+    rel = np.linalg.norm(x - y) / np.linalg.norm(x)
+    print(f"{k}: relative L2 {rel:.2e}")
+    worst = max(worst, rel)
+    assert rel > 1e-4, "no rounding happened"       # bf16 storage must show
+la, lb = float(a["loss"][1][0]), float(b["loss"][1][0])
+print(f"loss {la:.6f} vs {lb:.6f}")
+sys.exit(0 if worst <= 2e-2 and abs(la - lb) <= 1e-2 * abs(la) else 1)
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+}

@@ -93,3 +93,69 @@ const Backend backend_cpu = {
     .attention_forward = att_f, .attention_backward = att_b, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = ce_b,
 };
+
+// ---- cpu-bf16: the fp32 ops with every activation and weight rounded to bf16 after each write ----
+// An emulation of the CUDA backend's storage on the CPU (not of its arithmetic): it separates what bf16
+// storage costs in accuracy from what the CUDA kernels add, and runs where no GPU is.
+#include "../../common/dtype.h"
+
+static void round_bf16(Act *x, size_t n) {
+    float *f = F(x);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) f[i] = bf16_to_f32(f32_to_bf16(f[i]));
+}
+static void e_from_f32(Act *dst, const float *host, size_t n) { memcpy(dst, host, n * sizeof(float)); round_bf16(dst, n); }
+static void e_add(Act *out, const Act *a, const Act *b, size_t n) { cpu_add(out, a, b, n); round_bf16(out, n); }
+static void e_mm_f(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M) { mm_f(out, inp, w, bias, N, K, M); round_bf16(out, (size_t)N * M); }
+static void e_mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
+    mm_b(dinp, dw, dbias, dout, inp, w, N, K, M);
+    if (dinp) round_bf16(dinp, (size_t)N * K);
+}
+static void e_ln_f(Act *out, float *mean, float *rstd, const Act *inp, const Act *w, const Act *b, int N, int C, float eps) {
+    ln_f(out, mean, rstd, inp, w, b, N, C, eps);
+    round_bf16(out, (size_t)N * C);
+}
+static void e_ln_b(Act *dinp, float *dw, float *db, const Act *dout, const Act *inp, const Act *w, const float *mean, const float *rstd, int N, int C) {
+    ln_b(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+    if (dinp) round_bf16(dinp, (size_t)N * C);
+}
+static void e_rms_f(Act *out, float *rstd, const Act *inp, const Act *w, int N, int C, float eps) { rms_f(out, rstd, inp, w, N, C, eps); round_bf16(out, (size_t)N * C); }
+static void e_rms_b(Act *dinp, float *dw, const Act *dout, const Act *inp, const Act *w, const float *rstd, int N, int C) {
+    rms_b(dinp, dw, dout, inp, w, rstd, N, C);
+    if (dinp) round_bf16(dinp, (size_t)N * C);
+}
+static void e_gelu_f(Act *out, const Act *inp, size_t n) { gelu_f(out, inp, n); round_bf16(out, n); }
+static void e_gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { gelu_b(dinp, dout, inp, n); round_bf16(dinp, n); }
+static void e_swi_f(Act *out, const Act *gu, int N, int Fw) { swi_f(out, gu, N, Fw); round_bf16(out, (size_t)N * Fw); }
+static void e_swi_b(Act *dgu, const Act *dout, const Act *gu, int N, int Fw) { swi_b(dgu, dout, gu, N, Fw); round_bf16(dgu, (size_t)N * 2 * Fw); }
+static void e_rope_f(Act *x, const float *ang, int T, int H, int D) { rope_f(x, ang, T, H, D); round_bf16(x, (size_t)T * H * D); }
+static void e_rope_b(Act *dx, const float *ang, int T, int H, int D) { rope_b(dx, ang, T, H, D); round_bf16(dx, (size_t)T * H * D); }
+static void e_att_f(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len,
+                    int Hq, int Hkv, int D, int causal) {
+    att_f(out, lse, q, k, v, cu, nseq, T, max_len, Hq, Hkv, D, causal);
+    round_bf16(out, (size_t)T * Hq * D);
+}
+static void e_att_b(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, const float *lse, const Act *q, const Act *k, const Act *v,
+                    const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
+    att_b(dq, dk, dv, dout, out, lse, q, k, v, cu, nseq, T, max_len, Hq, Hkv, D, causal);
+    if (dq) round_bf16(dq, (size_t)T * Hq * D);
+    if (dk) round_bf16(dk, (size_t)T * Hkv * D);
+    if (dv) round_bf16(dv, (size_t)T * Hkv * D);
+}
+static void e_ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
+    ce_b(dlogits, logits, targets, T, V, scale);
+    round_bf16(dlogits, (size_t)T * V);
+}
+
+const Backend backend_cpu_bf16 = {
+    .name = "cpu-bf16", .esize = sizeof(float),
+    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .upload = cpu_copy, .download = cpu_copy,
+    .from_f32 = e_from_f32, .to_f32 = cpu_to_f32,
+    .add = e_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
+    .rope_angle_grad = cpu_rope_angle_grad,
+    .matmul_forward = e_mm_f, .matmul_backward = e_mm_b, .layernorm_forward = e_ln_f, .layernorm_backward = e_ln_b,
+    .rmsnorm_forward = e_rms_f, .rmsnorm_backward = e_rms_b, .gelu_forward = e_gelu_f, .gelu_backward = e_gelu_b,
+    .swiglu_forward = e_swi_f, .swiglu_backward = e_swi_b, .rope_forward = e_rope_f, .rope_backward = e_rope_b,
+    .attention_forward = e_att_f, .attention_backward = e_att_b, .embedding_forward = emb_f, .embedding_backward = emb_b,
+    .cross_entropy_rows = ce_rows, .cross_entropy_backward = e_ce_b,
+};
