@@ -165,13 +165,9 @@ int main(int argc, char **argv) {
     adam_init(&opt, &m, trainable, 0, adam_layout_size(&m, trainable));
     ModelWork work;
     model_work_init(&work, m.be);
-    // gradients live in the backend's memory; on a device they come back into opt's host buffer
-    float *dev_grad = NULL, **grads = opt.grad;
-    if (be != &backend_cpu && want_grads) {
-        dev_grad = be->alloc(opt.n * sizeof(float) + 1);
-        grads = xcalloc((size_t)m.np, sizeof(float *));
-        for (int i = 0; i < m.np; i++) if (opt.grad[i]) grads[i] = dev_grad + (opt.grad[i] - opt.flat_grad);
-    }
+    // gradients live in the backend's memory; they come back to the host for writing
+    float *host_grad = xcalloc(opt.n + 1, sizeof(float)), **grads = xcalloc((size_t)m.np, sizeof(float *));
+    for (int i = 0; i < m.np; i++) if (opt.grad[i]) grads[i] = host_grad + (opt.grad[i] - opt.flat_grad);
     float *host_logits = NULL, *host_hidden = NULL, *host_embeds = NULL;
     ModelOutput out;
     OutList ol = {0};
@@ -211,9 +207,8 @@ int main(int argc, char **argv) {
     } else {
         if (want_grads) {
             adam_zero_grad(&opt);
-            if (dev_grad) be->zero(dev_grad, opt.n * sizeof(float));
-            if (model_loss_grads(&m, &work, &in, lab, 1.0f, grads, &loss, &out, &e)) die_input("%s: %s", in_path, e.msg);
-            if (dev_grad) be->download(opt.flat_grad, dev_grad, opt.n * sizeof(float));
+            if (model_loss_grads(&m, &work, &in, lab, 1.0f, opt.grad, &loss, &out, &e)) die_input("%s: %s", in_path, e.msg);
+            adam_grads_to_host(&opt, host_grad);
             fprintf(stderr, "forward: backward through %d of %d decoder layers and %d of %d vision blocks\n",
                     work.text_layers_backward, m.cfg.text.layers, work.vision_blocks_backward, m.cfg.vision.depth);
         } else if (model_forward(&m, &work, &in, &out, &e)) {
@@ -238,7 +233,7 @@ int main(int argc, char **argv) {
                 char name[192], full[200];
                 int ndim = 0;
                 int64_t shape[4];
-                if (!(mcore_grads[gi] = mcore_group_fp32(&mm, gi, opt.grad, name, sizeof name, &ndim, shape, &e))) {
+                if (!(mcore_grads[gi] = mcore_group_fp32(&mm, gi, grads, name, sizeof name, &ndim, shape, &e))) {
                     if (e.msg[0]) die_internal("%s", e.msg);  // checked before the step
                     continue;
                 }
@@ -248,17 +243,18 @@ int main(int argc, char **argv) {
             n_mcore = mm.ng;
         } else {
             for (int i = 0; want_grads && i < m.np; i++)
-                if (opt.grad[i]) {
+                if (grads[i]) {
                     char name[160];
                     snprintf(name, sizeof name, "grad.%s", m.ps[i].name);
-                    out_add(&ol, name, DT_F32, m.ps[i].ndim, m.ps[i].shape, opt.grad[i]);
+                    out_add(&ol, name, DT_F32, m.ps[i].ndim, m.ps[i].shape, grads[i]);
                 }
         }
     }
     out_write(&ol, out_path);
     free(ol.t);
     free(host_logits); free(host_hidden); free(host_embeds);
-    if (dev_grad) { be->release(dev_grad); free(grads); }
+    free(host_grad);
+    free(grads);
     for (int i = 0; i < n_mcore; i++) free(mcore_grads[i]);
     free(mcore_grads);
     modelmap_free(&mm);

@@ -21,13 +21,18 @@ size_t adam_layout_size(const Model *m, const int *trainable) {
 
 void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t hi) {
     memset(o, 0, sizeof *o);
+    o->be = m->be;
     o->np = m->np;
     o->n = adam_layout_size(m, trainable);
     o->lo = lo;
     o->hi = hi;
-    o->flat_grad = xcalloc(o->n ? o->n : 1, sizeof(float));
-    o->m = xcalloc(hi > lo ? hi - lo : 1, sizeof(float));
-    o->v = xcalloc(hi > lo ? hi - lo : 1, sizeof(float));
+    size_t shard = (hi > lo ? hi - lo : 1) * sizeof(float);
+    o->flat_grad = o->be->alloc((o->n ? o->n : 1) * sizeof(float));
+    o->m = xcalloc(1, shard);
+    o->v = xcalloc(1, shard);
+    int on_cpu = o->be == &backend_cpu;
+    o->dm = on_cpu ? o->m : o->be->alloc(shard);
+    o->dv = on_cpu ? o->v : o->be->alloc(shard);
     o->grad = xcalloc((size_t)m->np, sizeof(float *));
     o->offset = xmalloc((size_t)m->np * sizeof(size_t));
     size_t off = 0;
@@ -38,24 +43,27 @@ void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t 
         o->grad[i] = o->flat_grad + off;
         off += padded(&m->ps[i]);
     }
+    if (!on_cpu) {
+        o->master = o->be->alloc((o->n ? o->n : 1) * sizeof(float));
+        adam_sync_backend(o, (Model *)m);
+    }
 }
 
 void adam_free(Adam *o) {
-    free(o->flat_grad); free(o->m); free(o->v); free(o->grad); free(o->offset);
+    if (o->dm != o->m) o->be->release(o->dm);
+    if (o->dv != o->v) o->be->release(o->dv);
+    if (o->master) o->be->release(o->master);
+    o->be->release(o->flat_grad);
+    free(o->m); free(o->v); free(o->grad); free(o->offset);
     memset(o, 0, sizeof *o);
 }
 
-void adam_zero_grad(Adam *o) { memset(o->flat_grad, 0, o->n * sizeof(float)); }
+void adam_zero_grad(Adam *o) { o->be->zero(o->flat_grad, o->n * sizeof(float)); }
 
-double adam_shard_sq_norm(const Adam *o) {
-    double s = 0.0;  // padding is zero: the vector's norm is the tensors' norm
-    for (size_t i = o->lo; i < o->hi; i++) s += (double)o->flat_grad[i] * o->flat_grad[i];  // fixed order
-    return s;
-}
+// padding is zero: the vector's norm is the tensors' norm
+double adam_shard_sq_norm(const Adam *o) { return o->be->sum_squares(o->flat_grad + o->lo, o->hi - o->lo); }
 
-void adam_scale_grad(Adam *o, float s) {
-    for (size_t i = o->lo; i < o->hi; i++) o->flat_grad[i] *= s;
-}
+void adam_scale_grad(Adam *o, float s) { o->be->scale(o->flat_grad + o->lo, o->hi - o->lo, s); }
 
 // The part [a, b) of tensor i that lies in the shard, as offsets into the tensor; 0 when none.
 static int in_shard(const Adam *o, const Model *m, int i, size_t *a, size_t *b) {
@@ -75,7 +83,9 @@ void adam_step(Adam *o, Model *m, const AdamHyper *h) {
         if (!in_shard(o, m, i, &a, &b)) continue;
         float wd = m->ps[i].ndim >= 2 ? h->weight_decay : 0.0f;  // no decay on biases and norm weights
         size_t s = o->offset[i] + a - o->lo;                       // position in the shard's moments
-        adamw_step(m->w[i] + a, o->grad[i] + a, o->m + s, o->v + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd, o->t);
+        float *master = o->master ? o->master + o->offset[i] + a : m->w[i] + a;
+        Act *param = o->master ? AT(o->be, m->wb[i], a) : NULL;
+        o->be->adamw(master, param, o->grad[i] + a, o->dm + s, o->dv + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd, o->t);
     }
 }
 
@@ -88,3 +98,27 @@ void adam_params_from_flat(const Adam *o, Model *m, const float *flat) {
     for (int i = 0; i < m->np; i++)
         if (o->offset[i] != SIZE_MAX) memcpy(m->w[i], flat + o->offset[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
 }
+
+void adam_sync_host(Adam *o, Model *m) {
+    if (!o->master) return;
+    size_t shard = (o->hi - o->lo) * sizeof(float);
+    for (int i = 0; i < m->np; i++)
+        if (o->offset[i] != SIZE_MAX) o->be->download(m->w[i], o->master + o->offset[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
+    o->be->download(o->m, o->dm, shard);
+    o->be->download(o->v, o->dv, shard);
+}
+
+void adam_sync_backend(Adam *o, Model *m) {
+    if (!o->master) return;
+    size_t shard = (o->hi - o->lo) * sizeof(float);
+    for (int i = 0; i < m->np; i++)
+        if (o->offset[i] != SIZE_MAX) {
+            size_t n = (size_t)param_numel(&m->ps[i]);
+            o->be->upload(o->master + o->offset[i], m->w[i], n * sizeof(float));
+            o->be->from_f32(m->wb[i], m->w[i], n);
+        }
+    o->be->upload(o->dm, o->m, shard);
+    o->be->upload(o->dv, o->v, shard);
+}
+
+void adam_grads_to_host(const Adam *o, float *host) { o->be->download(host, o->flat_grad, o->n * sizeof(float)); }

@@ -3,6 +3,9 @@
 // trainable tensors are laid out in one flat vector (table order, each starting at a multiple of 64
 // floats); gradients are held in full, while moments exist only for this rank's shard [lo, hi) of
 // that vector (ZeRO-1). A frozen tensor has no gradient, no moments and no decay.
+// Gradients, moments and (off the cpu) fp32 master weights live in the model's backend memory; the
+// host copies m, v and the model's fp32 weights are what checkpoints read and write, kept in step by
+// adam_sync_host / adam_sync_backend (no-ops on the cpu, where they are the same memory).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -14,13 +17,16 @@ typedef struct {
 } AdamHyper;
 
 typedef struct {
+    const Backend *be;
     int np;
     size_t *offset;      // [np]: start of tensor i in the flat vector, SIZE_MAX when frozen
     float **grad;        // [np]: gradient of tensor i (a view of flat_grad), NULL when frozen
-    float *flat_grad;    // [n]
+    float *flat_grad;    // [n] backend memory
     size_t n;            // flat length, padding included
     size_t lo, hi;       // this rank's shard
-    float *m, *v;        // [hi - lo]
+    float *m, *v;        // [hi - lo] host
+    float *dm, *dv;      // [hi - lo] backend memory (m, v on the cpu)
+    float *master;       // [n] fp32 masters in backend memory, off the cpu (NULL on the cpu: the weights are fp32)
     int64_t t;           // optimizer steps taken
 } Adam;
 
@@ -35,6 +41,12 @@ double adam_shard_sq_norm(const Adam *o);
 void adam_scale_grad(Adam *o, float s);  // on the shard
 // One step on the shard's elements of every trainable tensor (the model's weights there are updated).
 void adam_step(Adam *o, Model *m, const AdamHyper *h);
-// The trainable weights to / from the flat layout (for gathering the shards' updates).
+// The trainable weights to / from the flat layout (host, for gathering the shards' updates).
 void adam_params_to_flat(const Adam *o, const Model *m, float *flat);
 void adam_params_from_flat(const Adam *o, Model *m, const float *flat);
+// Masters into the model's host fp32 weights and moments into m, v (before a save) / the other way,
+// rewriting the backend's copy of the weights too (after a resume).
+void adam_sync_host(Adam *o, Model *m);
+void adam_sync_backend(Adam *o, Model *m);
+// The gradients (flat layout) into a host buffer of n floats.
+void adam_grads_to_host(const Adam *o, float *host);

@@ -82,14 +82,18 @@ int trainer_run(const TrainOptions *o) {
     char iter_name[64];
     if (resume) mcore_iter_dirname(iter_name, sizeof iter_name, state.iteration);
     if (!dir_is_mcore(from)) die_input("%s: expected an mcore checkpoint (with %s); convert an HF checkpoint with hf2mcore", from, MCORE_TRACKER);
+    const Backend *be = backend_get(o->device, e.msg, sizeof e.msg);
+    if (!be) die_input("--device %s: %s", o->device, e.msg);
     Model m;
     if (model_load_iter(&m, from, resume ? iter_name : NULL, &e)) die_input("%s", e.msg);
+    model_to_backend(&m, be);
     int *trainable = xcalloc((size_t)m.np, sizeof(int));
     if (trainable_set(&m, st, trainable, &e)) die_input("%s: %s", P, e.msg);
     size_t n = adam_layout_size(&m, trainable);
     Comm *comm = comm_init(n, o->comm_timeout, &e);
     if (!comm) die_input("%s", e.msg);
     int rank = comm_rank(comm), world = comm_world(comm);
+    if (world > 1 && be != &backend_cpu) die_input("--device %s: data parallel runs on the cpu backend only so far (NCCL is to come)", o->device);
     if (st->global_batch % world) die_input("--global-batch %lld is not a multiple of the %d data-parallel ranks", (long long)st->global_batch, world);
     int M = (int)(st->global_batch / world);
     size_t lo, hi;
@@ -98,6 +102,7 @@ int trainer_run(const TrainOptions *o) {
     adam_init(&opt, &m, trainable, lo, hi);
     if (resume) {
         if (ckpt_load_state(o->save, state.iteration, o, &m, &opt, &state, world, &e)) die_input("%s", e.msg);
+        adam_sync_backend(&opt, &m);  // the restored masters and moments into the backend's memory
     } else {
         state.world = world;
     }
@@ -116,13 +121,13 @@ int trainer_run(const TrainOptions *o) {
         nall += param_numel(&m.ps[i]);
         ntrain += trainable[i] ? param_numel(&m.ps[i]) : 0;
     }
-    double peak = flops_cpu_peak();
+    double peak = o->peak_tflops > 0 ? o->peak_tflops * 1e12 : be == &backend_cpu ? flops_cpu_peak() : 0.0;
     if (rank == 0)
         fprintf(stderr, "%s: %s %s iteration %lld; %lld of %lld parameters train (%s minus %s); %d rank%s x %d micro-batches; "
-                "%lld packed sequences per rank per epoch; CPU sgemm peak %.1f GFLOP/s\n",
+                "%lld packed sequences per rank per epoch; device %s, MFU against %.1f GFLOP/s\n",
                 P, resume ? "resuming" : "starting from", from, (long long)state.iteration, (long long)ntrain,
                 (long long)nall, st->trainable, st->frozen[0] ? st->frozen : "nothing", world, world > 1 ? "s" : "", M,
-                (long long)loader_epoch_size(loader), peak / 1e9);
+                (long long)loader_epoch_size(loader), be->name, peak / 1e9);
     struct sigaction sa = {0};
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, NULL);
@@ -206,6 +211,7 @@ int trainer_run(const TrainOptions *o) {
             state.adam_t = opt.t;
             state.world = world;
             int64_t cursor = loader_cursor(loader);
+            adam_sync_host(&opt, &m);  // fp32 masters and moments to the host copies the checkpoint writes
             if (ckpt_save(o, &m, &opt, comm, &state, cursor, &e)) die_internal("%s", e.msg);
             if (rank == 0) fprintf(stderr, "%s: saved iteration %lld in %s\n", P, (long long)it, o->save);
         }

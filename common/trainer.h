@@ -12,6 +12,8 @@ typedef struct {
     const char *program;       // "align", "midtrain", "instruct": the default preset and log prefix
     StagePreset stage;
     char *load, *data, *save;  // mcore checkpoint, packed shard directories (comma-separated), output root
+    const char *device;        // cpu, cpu-bf16 or cuda
+    double peak_tflops;        // MFU denominator; 0: a measured sgemm rate on the cpu, none elsewhere
     int64_t seed, workers, keep, max_skips;
     double comm_timeout;
     int log_every;             // progress line every N iterations (metrics.jsonl gets all)

@@ -48,7 +48,10 @@ int trainer_main(const char *program, int argc, char **argv) {
         {"max-skips", OPT_INT, &o.max_skips, "N", "Stop after more than N non-finite steps in a row."},
         {"comm-timeout", OPT_DOUBLE, &o.comm_timeout, "SECONDS", "Give up waiting for the other ranks after this long."},
         {"log-every", OPT_INT, &log_every, "N", "Progress line every N iterations (metrics.jsonl has every one)."},
-        {"device", OPT_STR, &device, "cpu", "Backend (only cpu in this build of the trainer)."},
+        {"device", OPT_STR, &device, "cpu", "Backend: cpu (fp32), cpu-bf16 (bf16 storage emulated) or cuda (bf16 weights and "
+                                            "activations, fp32 masters, moments and gradients; one rank so far)."},
+        {"peak-tflops", OPT_DOUBLE, &o.peak_tflops, "X", "MFU denominator in TFLOP/s (default: a measured sgemm rate on the cpu; "
+                                                          "none on other devices)."},
     };
     char synopsis[160];
     snprintf(synopsis, sizeof synopsis, "%s --load MCORE_DIR --data PACKED_DIR --save DIR [--stage NAME] [overrides]", program);
@@ -83,7 +86,7 @@ int trainer_main(const char *program, int argc, char **argv) {
     free(pos);
     cli_require(&cli, "data", o.data);
     cli_require(&cli, "save", o.save);
-    if (strcmp(device, "cpu")) die_input("--device: only cpu is available for training so far");
+    o.device = device;
     char *path = data_spec_path("stages", stage);
     if (!path) die_input("--stage: no preset '%s' (data-specs/stages/%s.json)", stage, stage);
     Err e;

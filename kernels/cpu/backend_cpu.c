@@ -81,6 +81,20 @@ static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T,
     cross_entropy_backward(F(dlogits), CF(logits), targets, T, V, scale);
 }
 
+static void opt_adamw(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
+                      float eps, float wd, int64_t t) {
+    adamw_step(master, grad, m, v, n, lr, b1, b2, eps, wd, t);
+    if (param && (float *)param != master) memcpy(param, master, n * sizeof(float));
+}
+static double opt_sum_squares(const float *x, size_t n) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+static void opt_scale(float *x, size_t n, float s) {
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
 const Backend backend_cpu = {
     .name = "cpu", .esize = sizeof(float),
     .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .upload = cpu_copy, .download = cpu_copy,
@@ -92,6 +106,7 @@ const Backend backend_cpu = {
     .swiglu_forward = swi_f, .swiglu_backward = swi_b, .rope_forward = rope_f, .rope_backward = rope_b,
     .attention_forward = att_f, .attention_backward = att_b, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = ce_b,
+    .adamw = opt_adamw, .sum_squares = opt_sum_squares, .scale = opt_scale,
 };
 
 // ---- cpu-bf16: the fp32 ops with every activation and weight rounded to bf16 after each write ----
@@ -147,6 +162,12 @@ static void e_ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int 
     round_bf16(dlogits, (size_t)T * V);
 }
 
+static void e_adamw(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
+                    float eps, float wd, int64_t t) {
+    adamw_step(master, grad, m, v, n, lr, b1, b2, eps, wd, t);
+    if (param) { memcpy(param, master, n * sizeof(float)); round_bf16(param, n); }
+}
+
 const Backend backend_cpu_bf16 = {
     .name = "cpu-bf16", .esize = sizeof(float),
     .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .upload = cpu_copy, .download = cpu_copy,
@@ -158,4 +179,5 @@ const Backend backend_cpu_bf16 = {
     .swiglu_forward = e_swi_f, .swiglu_backward = e_swi_b, .rope_forward = e_rope_f, .rope_backward = e_rope_b,
     .attention_forward = e_att_f, .attention_backward = e_att_b, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = e_ce_b,
+    .adamw = e_adamw, .sum_squares = opt_sum_squares, .scale = opt_scale,
 };

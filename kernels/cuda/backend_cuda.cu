@@ -115,6 +115,40 @@ static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T,
     cuda_cross_entropy_backward(U(dlogits), CU(logits), targets, T, V, scale);
 }
 
+__global__ static void sumsq_k(double *part, const float *x, size_t n) {
+    __shared__ double sh[256];
+    double s = 0.0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) s += (double)x[i] * x[i];
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if ((int)threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+}
+__global__ static void scale_k(float *x, size_t n, float s) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= s;
+}
+
+static void o_adamw(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
+                    float eps, float wd, int64_t t) {
+    cuda_adamw_step(master, U(param), grad, m, v, n, lr, b1, b2, eps, wd, t);
+}
+// Fixed grid, per-block partials summed on the host in block order: the same result on every run.
+static double o_sum_squares(const float *x, size_t n) {
+    enum { NB = 256 };
+    double *part = (double *)cuda_scratch(NB * sizeof(double)), host[NB];
+    sumsq_k<<<NB, 256, 0, g_stream>>>(part, x, n);
+    LAUNCH_CHECK();
+    cuda_download(host, part, sizeof host);
+    double s = 0.0;
+    for (int i = 0; i < NB; i++) s += host[i];
+    return s;
+}
+static void o_scale(float *x, size_t n, float s) { if (n) scale_k<<<nblocks(n), 256, 0, g_stream>>>(x, n, s); LAUNCH_CHECK(); }
+
 static Backend make_table(void) {
     Backend b = {};
     b.name = "cuda";
@@ -128,6 +162,7 @@ static Backend make_table(void) {
     b.swiglu_forward = swi_f; b.swiglu_backward = swi_b; b.rope_forward = rope_f; b.rope_backward = rope_b;
     b.attention_forward = att_f; b.attention_backward = att_b; b.embedding_forward = emb_f; b.embedding_backward = emb_b;
     b.cross_entropy_rows = ce_rows; b.cross_entropy_backward = ce_b;
+    b.adamw = o_adamw; b.sum_squares = o_sum_squares; b.scale = o_scale;
     return b;
 }
 
