@@ -118,7 +118,7 @@ asan:
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
 
 # Programs for the GPU machines (tests/gpu/run.sh carries gpu-bin/).
-GPU_PROGRAMS := forward mkckpt merge
+GPU_PROGRAMS := forward mkckpt merge synth pack hf2mcore midtrain
 portable:
 	$(MAKE) BUILD=build-portable BIN=bin-portable PORTABLE=1 all gpu-tools
 	@for p in $(PROGRAMS); do ldd bin-portable/$$p | grep -q -E 'jansson|libtar|utf8proc|webp|openblas|pmi2' && \

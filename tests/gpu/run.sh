@@ -66,7 +66,40 @@ for preset in tiny "$W/mid.json"; do
     summary+=("cuda vs cpu model $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends_$name.txt" 2>/dev/null))")
 done
 
-# ---- 3. every CUDA op against the CPU op, then timings at the 4B shapes ----
+# ---- 3. training on the CUDA backend: 10 steps against the CPU (losses within 2%), and a save/resume ----
+d=$W/train
+mkdir -p "$d"
+C="--global-batch 2 --iterations 10 --lr 1e-3 --warmup-fraction 0.1 --save-interval 5 --workers 2"
+"$B/synth" --out "$d/data" --seed 7 --scale 1 >/dev/null 2>&1 &&
+"$B/mkckpt" --preset tiny --out "$d/src" --seed 7 2>/dev/null &&
+"$B/merge" --vit "$d/src/vit" --llm "$d/src/llm" --tokenizer "$d/data/tokenizer" --out "$d/stage0" 2>/dev/null &&
+"$B/hf2mcore" "$d/stage0" "$d/release" --tp 1 --pp 1 2>/dev/null &&
+"$B/pack" --tokenizer "$d/data/tokenizer" --out "$d/packed" --max-len 512 --max-pixels 12544 "$d/data/captions/"*.tar 2>/dev/null &&
+"$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cpu" $C --device cpu 2>/dev/null &&
+"$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cuda" $C --device cuda 2>&1 | tail -2
+"$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cut" $C --device cuda 2>/dev/null &
+pid=$!
+while [ "$(wc -l < "$d/cut/metrics.jsonl" 2>/dev/null || echo 0)" -lt 3 ]; do sleep 0.05; done
+kill -USR1 "$pid"; wait "$pid"
+echo "stopped at $(cat "$d/cut/latest_checkpointed_iteration.txt")"
+"$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cut" $C --device cuda 2>/dev/null
+$PY - "$d" <<'PY' 2>&1 | tee "$OUTDIR/train.txt"
+import json, sys
+d = sys.argv[1]
+m = lambda run: [json.loads(l) for l in open(f"{d}/{run}/metrics.jsonl")]
+cpu, cuda, cut = m("cpu"), m("cuda"), m("cut")
+worst = max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(cpu, cuda))
+print("train: cpu  " + " ".join(f"{x['loss']:.4f}" for x in cpu))
+print("train: cuda " + " ".join(f"{x['loss']:.4f}" for x in cuda))
+print(f"train: 10 steps, worst relative loss difference cuda vs cpu {worst:.2e} (tolerance 2e-2)")
+same = [(a["loss"], a["grad_norm"]) for a in cuda] == [(b["loss"], b["grad_norm"]) for b in cut]
+print(f"train: cuda resumed run {'repeats' if same else 'DIFFERS FROM'} the uninterrupted losses bit for bit")
+sys.exit(0 if worst <= 2e-2 and same and len(cuda) == len(cpu) == 10 else 1)
+PY
+rc=${PIPESTATUS[0]}
+summary+=("cuda training: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'worst relative loss difference cuda vs cpu [0-9.e+-]*' "$OUTDIR/train.txt"); $(grep -o 'repeats\|DIFFERS FROM' "$OUTDIR/train.txt"))")
+
+# ---- 4. every CUDA op against the CPU op, then timings at the 4B shapes ----
 if [ -x "$B/ops_check" ]; then
     "$B/ops_check" 2>&1 | tee "$OUTDIR/ops_check.txt"
     rc=${PIPESTATUS[0]}
@@ -74,7 +107,7 @@ if [ -x "$B/ops_check" ]; then
     summary+=("$(grep '^timing:' "$OUTDIR/ops_check.txt" | sed 's/^timing: //')")
 fi
 
-# ---- 4. the card's bf16 GEMM rate ----
+# ---- 5. the card's bf16 GEMM rate ----
 gemm=$($PY - <<'PY' 2>&1
 import torch, time
 if not torch.cuda.is_available():
