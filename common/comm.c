@@ -42,11 +42,13 @@ struct Comm {
 int comm_rank(const Comm *c) { return c->rank; }
 int comm_world(const Comm *c) { return c->world; }
 
-void comm_shard(const Comm *c, size_t n, size_t *lo, size_t *hi) {
-    size_t per = (n + (size_t)c->world - 1) / (size_t)c->world;
-    *lo = per * (size_t)c->rank < n ? per * (size_t)c->rank : n;
+void comm_shard_of(size_t n, int world, int rank, size_t *lo, size_t *hi) {
+    size_t per = (n + (size_t)world - 1) / (size_t)world;
+    *lo = per * (size_t)rank < n ? per * (size_t)rank : n;
     *hi = *lo + per < n ? *lo + per : n;
 }
+
+void comm_shard(const Comm *c, size_t n, size_t *lo, size_t *hi) { comm_shard_of(n, c->world, c->rank, lo, hi); }
 
 static size_t header_bytes(void) { return (sizeof(ShmHeader) + 4095) / 4096 * 4096; }
 

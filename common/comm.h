@@ -20,6 +20,8 @@ int comm_world(const Comm *c);
 // The shard [lo, hi) of a vector of n floats that this rank owns (n split in equal contiguous parts;
 // the last part may be shorter).
 void comm_shard(const Comm *c, size_t n, size_t *lo, size_t *hi);
+// The same split for any rank of any world size (to read other ranks' shards from a checkpoint).
+void comm_shard_of(size_t n, int world, int rank, size_t *lo, size_t *hi);
 // ZeRO-1 gradient reduction: afterwards x[lo, hi) of this rank's shard holds Σ_ranks x · scale (the
 // rest of x is left as it was).
 int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e);

@@ -24,12 +24,6 @@ int ckpt_find_resume(const char *save, int64_t *iteration, Err *e) {
     return 1;
 }
 
-static void shard_of(size_t n, int world, int r, size_t *lo, size_t *hi) {  // as comm_shard
-    size_t per = (n + (size_t)world - 1) / (size_t)world;
-    *lo = per * (size_t)r < n ? per * (size_t)r : n;
-    *hi = *lo + per < n ? *lo + per : n;
-}
-
 static char *iter_path(const char *save, int64_t iteration, const char *rel) {
     char name[64];
     mcore_iter_dirname(name, sizeof name, iteration);
@@ -79,7 +73,7 @@ int ckpt_load_state(const char *save, int64_t iteration, const TrainOptions *o, 
         char *rel = optim_rel(r, world), *p = iter_path(save, iteration, rel);
         StFile f;
         size_t lo, hi;
-        shard_of(opt->n, world, r, &lo, &hi);
+        comm_shard_of(opt->n, world, r, &lo, &hi);
         if (st_open(&f, p, e)) rc = -1;
         else {
             const char *names[3] = {"param", "exp_avg", "exp_avg_sq"};
