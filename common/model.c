@@ -218,11 +218,22 @@ int model_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelOutpu
     return model_run_forward(m, w, in, out, &vt, &tr, e);
 }
 
+// Hugging Face's shift inside each row: position t predicts labels[t+1] of its row (−100 past the row's
+// end). Returns how many positions count.
+static int64_t shift_labels(const int32_t *labels, int B, int T, int32_t *shifted) {
+    int64_t count = 0;
+    for (size_t i = 0, n = (size_t)B * T; i < n; i++) {
+        shifted[i] = (int)(i % T) + 1 < T ? labels[i + 1] : -100;
+        count += shifted[i] >= 0;
+    }
+    return count;
+}
+
 double model_shifted_loss(const float *logits, const int32_t *labels, int B, int T, int V, int64_t *count,
                           float *dlogits, float grad_scale) {
     size_t n = (size_t)B * T;
-    int32_t *shifted = xmalloc((n ? n : 1) * sizeof(int32_t));  // position t predicts labels[t+1] of its row
-    for (size_t i = 0; i < n; i++) shifted[i] = (int)(i % T) + 1 < T ? labels[i + 1] : -100;
+    int32_t *shifted = xmalloc((n ? n : 1) * sizeof(int32_t));
+    shift_labels(labels, B, T, shifted);
     int64_t c;
     double loss = cross_entropy_forward(logits, shifted, (int)n, V, &c);
     if (dlogits) {
@@ -244,13 +255,8 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
     Arena *A = &w->arena;
     int B = in->B ? in->B : 1, V = m->cfg.text.vocab;
     size_t n = (size_t)B * in->T;
-    // Hugging Face's shift inside each row: position t predicts labels[t+1]; the mean over counted positions
-    int32_t *shifted = arena_bytes(&w->host, n * sizeof(int32_t));
-    int64_t count = 0;
-    for (size_t i = 0; i < n; i++) {
-        shifted[i] = (int)(i % in->T) + 1 < in->T ? labels[i + 1] : -100;
-        count += shifted[i] >= 0;
-    }
+    int32_t *shifted = arena_bytes(&w->host, n * sizeof(int32_t));  // the mean over counted positions
+    int64_t count = shift_labels(labels, B, in->T, shifted);
     int32_t *targets = model_upload(m, A, shifted, n * sizeof(int32_t));
     float *rows = arena_floats(A, n), *host_rows = arena_floats(&w->host, n);
     be->cross_entropy_rows(rows, out->logits, targets, (int)n, V);
