@@ -94,6 +94,7 @@ int model_trainable(const Model *m, const char *spec, int *trainable, Err *e);
 typedef struct {
     int cap, len;
     float *k, *v;                // [layers, cap, nkv, hd]
+    float *ang;                  // [cap, hd/2] RoPE angles of every position, as the full forward computes them
     float *scratch;              // one token's activations
 } KvCache;
 

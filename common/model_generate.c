@@ -14,6 +14,7 @@ void kv_cache_free(KvCache *kv) {
     free(kv->k);
     free(kv->v);
     free(kv->scratch);
+    free(kv->ang);
     memset(kv, 0, sizeof *kv);
 }
 
@@ -39,7 +40,10 @@ int model_prefill(const Model *m, ModelWork *w, const ModelInput *in, KvCache *k
     kv->len = in->T;
     kv->k = xmalloc((size_t)c->layers * cap * KV * sizeof(float));
     kv->v = xmalloc((size_t)c->layers * cap * KV * sizeof(float));
-    kv->scratch = xmalloc((4 * H + 3 * Q + 2 * KV + 4 * I + (size_t)c->head_dim + 2 * c->heads + 2) * sizeof(float));
+    kv->scratch = xmalloc((4 * H + 3 * Q + 2 * KV + 4 * I + 2 * (size_t)c->heads + 2) * sizeof(float));
+    kv->ang = xmalloc((size_t)cap * (c->head_dim / 2) * sizeof(float));
+    int32_t all[2] = {0, cap};
+    rope_angles_1d(kv->ang, all, 1, c->head_dim, c->rope_theta);
     for (int l = 0; l < c->layers; l++) {
         memcpy(kv->k + l * kv_layer_stride(m, kv), (const float *)tr.L[l].kr, (size_t)in->T * KV * sizeof(float));
         memcpy(kv->v + l * kv_layer_stride(m, kv), (const float *)tr.L[l].v, (size_t)in->T * KV * sizeof(float));
@@ -58,14 +62,10 @@ int model_decode(const Model *m, KvCache *kv, int32_t id, float *logits, Err *e)
     if (m->cfg.vision.present && id == m->cfg.image_token_id) { err_set(e, "an <|image_pad|> token cannot be decoded without its image"); return -1; }
     // one token's activations, carved from the scratch block
     float *x = kv->scratch, *h = x + H, *o = h + H, *x_mid = o + H, *q = x_mid + H, *qr = q + Q, *att = qr + Q,
-          *k = att + Q, *v = k + KV, *gu = v + KV, *act = gu + 2 * I, *ang = act + I, *rstd = ang + hd / 2,
+          *k = att + Q, *v = k + KV, *gu = v + KV, *act = gu + 2 * I, *rstd = act + I,
           *qrstd = rstd + 2, *krstd = qrstd + nq;
-    int32_t cu[2] = {0, kv->len + 1};
     int pos = kv->len;
-    float *all_ang = xmalloc((size_t)(pos + 1) * (hd / 2) * sizeof(float));  // the same angles as the full forward
-    rope_angles_1d(all_ang, cu, 1, hd, c->rope_theta);
-    memcpy(ang, all_ang + (size_t)pos * (hd / 2), (size_t)(hd / 2) * sizeof(float));
-    free(all_ang);
+    const float *ang = kv->ang + (size_t)pos * (hd / 2);
     embedding_forward(x, &id, W(m, "model.embed_tokens.weight", 0), 1, H);
     for (int l = 0; l < c->layers; l++) {
         float *kc = kv->k + l * kv_layer_stride(m, kv), *vc = kv->v + l * kv_layer_stride(m, kv);
