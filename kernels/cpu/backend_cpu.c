@@ -81,10 +81,11 @@ static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T,
     cross_entropy_backward(F(dlogits), CF(logits), targets, T, V, scale);
 }
 
+// On the cpu the fp32 weights are the masters: there is no separate copy to rewrite (param is NULL).
 static void opt_adamw(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
                       float eps, float wd, int64_t t) {
+    (void)param;
     adamw_step(master, grad, m, v, n, lr, b1, b2, eps, wd, t);
-    if (param && (float *)param != master) memcpy(param, master, n * sizeof(float));
 }
 static double opt_sum_squares(const float *x, size_t n) {
     double s = 0.0;

@@ -54,18 +54,19 @@ static void g_release(void *p) { cuda_free(p); }
 static void g_zero(void *p, size_t bytes) { cuda_memset0(p, bytes); }
 static void g_upload(void *dst, const void *host, size_t bytes) { cuda_upload(dst, host, bytes); }
 static void g_download(void *host, const void *src, size_t bytes) { cuda_download(host, src, bytes); }
+// Host fp32 <-> device bf16 converts on the host (round to nearest even), so no device temporary is
+// allocated per call (the pixels of every step come this way).
 static void g_from_f32(Act *dst, const float *host, size_t n) {
-    float *tmp = (float *)cuda_alloc(n * sizeof(float) + 1);
-    cuda_upload(tmp, host, n * sizeof(float));
-    cuda_f32_to_bf16(U(dst), tmp, n);
-    CUDA_CHECK(cudaStreamSynchronize(g_stream));
-    cuda_free(tmp);
+    __nv_bfloat16 *tmp = (__nv_bfloat16 *)malloc(n * sizeof(__nv_bfloat16) + 1);
+    for (size_t i = 0; i < n; i++) tmp[i] = __float2bfloat16_rn(host[i]);
+    cuda_upload(dst, tmp, n * sizeof(__nv_bfloat16));
+    free(tmp);
 }
 static void g_to_f32(float *host, const Act *src, size_t n) {
-    float *tmp = (float *)cuda_alloc(n * sizeof(float) + 1);
-    cuda_bf16_to_f32(tmp, CU(src), n);
-    cuda_download(host, tmp, n * sizeof(float));
-    cuda_free(tmp);
+    __nv_bfloat16 *tmp = (__nv_bfloat16 *)malloc(n * sizeof(__nv_bfloat16) + 1);
+    cuda_download(tmp, src, n * sizeof(__nv_bfloat16));
+    for (size_t i = 0; i < n; i++) host[i] = __bfloat162float(tmp[i]);
+    free(tmp);
 }
 static void g_add(Act *out, const Act *a, const Act *b, size_t n) { if (n) add_k<<<nblocks(n), 256, 0, g_stream>>>(B(out), CB(a), CB(b), n); LAUNCH_CHECK(); }
 static void g_copy2d(Act *dst, size_t dld, const Act *src, size_t sld, size_t rows, size_t cols) {

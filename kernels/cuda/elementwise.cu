@@ -204,16 +204,22 @@ extern "C" void cuda_embedding_forward(bf16 *out, const int32_t *ids, const bf16
 extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids, int T, int C) { embed_bwd<<<(C + 127) / 128, 128, 0, g_stream>>>(dtable, CB16(dout), ids, T, C); LAUNCH_CHECK(); }
 
 // ---- cross-entropy: a block per row, max and Σexp in fp32, no probabilities stored ----
-__global__ static void ce_fwd(float *losses, const bf16_t *logits, const int32_t *targets, int V) {
-    size_t row = blockIdx.x;
-    if (targets[row] < 0) { if (threadIdx.x == 0) losses[row] = 0.0f; return; }
-    const bf16_t *x = logits + row * V;
+// Every thread of the block gets the row's maximum and Σ exp(x − max).
+__device__ static void row_max_sumexp(const bf16_t *x, int V, float *mx_out, float *sum_out) {
     float mx = -INFINITY;
     for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, ld(x, i));
     mx = block_max(mx);
     float s = 0.0f;
     for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(ld(x, i) - mx);
-    s = block_sum(s);
+    *mx_out = mx;
+    *sum_out = block_sum(s);
+}
+__global__ static void ce_fwd(float *losses, const bf16_t *logits, const int32_t *targets, int V) {
+    size_t row = blockIdx.x;
+    if (targets[row] < 0) { if (threadIdx.x == 0) losses[row] = 0.0f; return; }
+    const bf16_t *x = logits + row * V;
+    float mx, s;
+    row_max_sumexp(x, V, &mx, &s);
     if (threadIdx.x == 0) losses[row] = logf(s) + mx - ld(x, targets[row]);
 }
 __global__ static void ce_bwd(bf16_t *dlogits, const bf16_t *logits, const int32_t *targets, int V, float scale) {
@@ -222,12 +228,9 @@ __global__ static void ce_bwd(bf16_t *dlogits, const bf16_t *logits, const int32
     int tgt = targets[row];
     if (tgt < 0) { for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, 0.0f); return; }
     const bf16_t *x = logits + row * V;
-    float mx = -INFINITY;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, ld(x, i));
-    mx = block_max(mx);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(ld(x, i) - mx);
-    float inv = 1.0f / block_sum(s);
+    float mx, s;
+    row_max_sumexp(x, V, &mx, &s);
+    float inv = 1.0f / s;
     for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, (expf(ld(x, i) - mx) * inv - (i == tgt ? 1.0f : 0.0f)) * scale);
 }
 extern "C" void cuda_cross_entropy_forward(float *losses, const bf16 *logits, const int32_t *targets, int T, int V) { ce_fwd<<<T, 1024, 0, g_stream>>>(losses, CB16(logits), targets, V); LAUNCH_CHECK(); }
