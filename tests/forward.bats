@@ -225,3 +225,15 @@ PY
     echo "$output"
     [ "$status" -eq 0 ]
 }
+
+@test "forward --device cpu-bf16 gradients: every one within 2e-2 of fp32, or of 1.25x PyTorch bf16 autocast's own error" {
+    make_model tiny
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 packed
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/f32.safetensors" --grads --device cpu 2>/dev/null
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/b16.safetensors" --grads --device cpu-bf16 2>/dev/null
+    $PY "$REF/model_ref.py" grads-bf16 "$T/hf" "$T/in.safetensors" "$T/peer.safetensors"
+    run env COMPARE_NAME=cpu-bf16 $PY "$BATS_TEST_DIRNAME/gpu/compare_backends.py" "$T/f32.safetensors" "$T/b16.safetensors" "$T/peer.safetensors"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"82 gradients"* ]]
+}

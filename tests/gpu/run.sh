@@ -61,9 +61,11 @@ for preset in tiny "$W/mid.json"; do
     $PY tests/ref/model_ref.py inputs "$d/hf" "$d/in.safetensors" 7 packed &&
     "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu.safetensors" --grads --device cpu 2>/dev/null &&
     "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda.safetensors" --grads --device cuda 2>&1 &&
-    $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" 2>&1 | tee "$OUTDIR/backends_$name.txt"
+    $PY tests/ref/model_ref.py grads-bf16 "$d/hf" "$d/in.safetensors" "$d/peer.safetensors" &&
+    COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" "$d/peer.safetensors" 2>&1 |
+        tee "$OUTDIR/backends_$name.txt"
     rc=${PIPESTATUS[0]}
-    summary+=("cuda vs cpu model $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends_$name.txt" 2>/dev/null))")
+    summary+=("cuda vs cpu model $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends_$name.txt" 2>/dev/null); $(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x' "$OUTDIR/backends_$name.txt" 2>/dev/null))")
 done
 
 # ---- 3. training on the CUDA backend: 10 steps against the CPU (losses within 2%), and a save/resume ----

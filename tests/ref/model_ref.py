@@ -11,6 +11,9 @@ usage:
   model_ref.py grads MODEL_DIR IN.safetensors OURS.safetensors [TRAINABLE_PREFIXES]
         every grad.<name> against autograd (relative L2 <= 1e-4); with prefixes (comma-separated, HF names), the
         gradient set must be exactly the tensors they cover
+  model_ref.py grads-bf16 MODEL_DIR IN.safetensors OUT.safetensors
+        the peer's bf16 mixed precision: the same forward and backward under torch.autocast(bfloat16) with fp32
+        weights (Hugging Face Trainer's bf16=True); writes loss, logits and grad.<name> (fp32) in `forward`'s layout
   model_ref.py steps MODEL_DIR IN.safetensors OURS.safetensors LR WD
         N steps of torch.optim.AdamW (decay on ndim >= 2 only) on the batch; losses within 1e-4 relative
   model_ref.py generate MODEL_DIR IN.safetensors OURS.safetensors
@@ -258,6 +261,19 @@ def check_grads(model_dir, in_path, ours_path, prefixes=None):
     sys.exit(1 if bad or rel > 1e-5 else 0)
 
 
+def grads_bf16(model_dir, in_path, out_path):
+    cfg, W = load(model_dir)
+    inp = read(in_path)
+    for w in W.values():
+        w.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, _, logits, loss = run(cfg, W, inp)
+    loss.float().backward()
+    out = [("loss", "F32", np.array([loss.item()], np.float32)), ("logits", "F32", logits.detach().float().numpy())]
+    out += [("grad." + n, "F32", w.grad.float().numpy()) for n, w in sorted(W.items()) if w.grad is not None]
+    write_file(out_path, out)
+
+
 def check_steps(model_dir, in_path, ours_path, lr, wd):
     """The losses of len(ours.losses) AdamW steps on one batch, every tensor trainable, decay on ndim >= 2."""
     cfg, W = load(model_dir)
@@ -313,6 +329,8 @@ if __name__ == "__main__":
         make_inputs(a[0], a[1], int(a[2]), a[3] if len(a) > 3 else "packed")
     elif cmd == "grads":
         check_grads(a[0], a[1], a[2], a[3] if len(a) > 3 else None)
+    elif cmd == "grads-bf16":
+        grads_bf16(a[0], a[1], a[2])
     elif cmd == "steps":
         check_steps(a[0], a[1], a[2], float(a[3]), float(a[4]))
     elif cmd == "generate":
