@@ -115,7 +115,6 @@ int main(int argc, char **argv) {
     Err e;
     const Backend *be = backend_get(device, e.msg, sizeof e.msg);
     if (!be) die_input("--device %s: %s", device, e.msg);
-    if (be != &backend_cpu && (steps || generate)) die_input("--device %s: --steps and --generate run on the cpu backend only so far", device);
     Model m;
     if (model_load(&m, model_dir, &e)) die_input("%s", e.msg);
     model_to_backend(&m, be);
@@ -188,17 +187,18 @@ int main(int argc, char **argv) {
         if (no_cache) {  // reference path: the whole sequence again for every new token
             int32_t *seq = xmalloc((size_t)(in.T + generate) * sizeof(int32_t));
             memcpy(seq, in.ids, (size_t)in.T * sizeof(int32_t));
+            float *row = xmalloc((size_t)V * sizeof(float));
             ModelInput g = in;
             g.ids = seq;
             g.cu_seqlens = NULL;
             for (; ngen < generate; ngen++) {
                 if (model_forward(&m, &work, &g, &out, &e)) die_input("%s: %s", in_path, e.msg);
-                const float *row = (const float *)out.logits + (size_t)(g.T - 1) * V;  // cpu: host fp32
-                int32_t best = 0;
-                for (int i = 1; i < V; i++) if (row[i] > row[best]) best = i;
+                be->to_f32(row, AT(be, out.logits, (size_t)(g.T - 1) * V), (size_t)V);
+                int32_t best = model_argmax(row, V);
                 gen[ngen] = seq[g.T++] = best;
                 if (best == eos) { ngen++; break; }
             }
+            free(row);
             free(seq);
         } else if ((ngen = model_generate(&m, &work, &in, (int)generate, (int32_t)eos, gen, &e)) < 0) {
             die_input("%s: %s", in_path, e.msg);

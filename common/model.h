@@ -90,12 +90,16 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
 int model_trainable(const Model *m, const char *spec, int *trainable, Err *e);
 
 // ---- generation (model_generate.c) ----
-// Keys (after QK-norm and RoPE) and values of every decoder layer for one sequence.
+// Keys (after QK-norm and RoPE) and values of every decoder layer for one sequence, in the backend's
+// memory and storage type.
 typedef struct {
+    const Backend *be;
     int cap, len;
-    float *k, *v;                // [layers, cap, nkv, hd]
+    Act *k, *v;                  // [layers, cap, nkv, hd]
     float *ang;                  // [cap, hd/2] RoPE angles of every position, as the full forward computes them
-    float *scratch;              // one token's activations
+    Act *act;                    // one token's activations
+    float *stats;                // and its norm statistics
+    int32_t *id;                 // [1] the token being decoded
 } KvCache;
 
 // Prefill: runs the full forward of one row (images included) and fills the cache; writes the
@@ -104,6 +108,8 @@ int model_prefill(const Model *m, ModelWork *w, const ModelInput *in, KvCache *k
 // One token at position kv->len: appends its keys/values and writes its logits[V].
 int model_decode(const Model *m, KvCache *kv, int32_t id, float *logits, Err *e);
 void kv_cache_free(KvCache *kv);
+// The index of the largest of x[n], the first of equal maxima (as torch.argmax).
+int32_t model_argmax(const float *x, int n);
 // Greedy decoding of up to n tokens after the prompt (stops after eos when eos >= 0); returns the
 // number written to out.
 int model_generate(const Model *m, ModelWork *w, const ModelInput *prompt, int n, int32_t eos, int32_t *out, Err *e);

@@ -56,6 +56,8 @@ typedef struct Backend {
     void (*attention_backward)(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, const float *lse, const Act *q,
                                const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv,
                                int D, int causal);
+    // one query token per head against the first len cached positions (keys/values [len, Hkv, D]); no mask
+    void (*attention_decode)(Act *out, const Act *q, const Act *k, const Act *v, int len, int Hq, int Hkv, int D);
     void (*embedding_forward)(Act *out, const int32_t *ids, const Act *table, int T, int C);
     void (*embedding_backward)(float *dtable, const Act *dout, const int32_t *ids, int T, int C);
     void (*cross_entropy_rows)(float *losses, const Act *logits, const int32_t *targets, int T, int V);  // 0 where ignored

@@ -74,6 +74,9 @@ static void att_b(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, co
     (void)T; (void)max_len;
     attention_backward(F(dq), F(dk), F(dv), CF(dout), CF(out), lse, CF(q), CF(k), CF(v), cu, nseq, Hq, Hkv, D, causal);
 }
+static void att_dec(Act *out, const Act *q, const Act *k, const Act *v, int len, int Hq, int Hkv, int D) {
+    attention_decode(F(out), CF(q), CF(k), CF(v), len, Hq, Hkv, D);
+}
 static void emb_f(Act *out, const int32_t *ids, const Act *table, int T, int C) { embedding_forward(F(out), ids, CF(table), T, C); }
 static void emb_b(float *dtable, const Act *dout, const int32_t *ids, int T, int C) { embedding_backward(dtable, CF(dout), ids, T, C); }
 static void ce_rows(float *losses, const Act *logits, const int32_t *targets, int T, int V) { cross_entropy_rows(losses, CF(logits), targets, T, V); }
@@ -105,7 +108,7 @@ const Backend backend_cpu = {
     .matmul_forward = mm_f, .matmul_backward = mm_b, .layernorm_forward = ln_f, .layernorm_backward = ln_b,
     .rmsnorm_forward = rms_f, .rmsnorm_backward = rms_b, .gelu_forward = gelu_f, .gelu_backward = gelu_b,
     .swiglu_forward = swi_f, .swiglu_backward = swi_b, .rope_forward = rope_f, .rope_backward = rope_b,
-    .attention_forward = att_f, .attention_backward = att_b, .embedding_forward = emb_f, .embedding_backward = emb_b,
+    .attention_forward = att_f, .attention_backward = att_b, .attention_decode = att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = ce_b,
     .adamw = opt_adamw, .sum_squares = opt_sum_squares, .scale = opt_scale,
 };
@@ -158,6 +161,10 @@ static void e_att_b(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, 
     if (dk) round_bf16(dk, (size_t)T * Hkv * D);
     if (dv) round_bf16(dv, (size_t)T * Hkv * D);
 }
+static void e_att_dec(Act *out, const Act *q, const Act *k, const Act *v, int len, int Hq, int Hkv, int D) {
+    att_dec(out, q, k, v, len, Hq, Hkv, D);
+    round_bf16(out, (size_t)Hq * D);
+}
 static void e_ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
     ce_b(dlogits, logits, targets, T, V, scale);
     round_bf16(dlogits, (size_t)T * V);
@@ -178,7 +185,7 @@ const Backend backend_cpu_bf16 = {
     .matmul_forward = e_mm_f, .matmul_backward = e_mm_b, .layernorm_forward = e_ln_f, .layernorm_backward = e_ln_b,
     .rmsnorm_forward = e_rms_f, .rmsnorm_backward = e_rms_b, .gelu_forward = e_gelu_f, .gelu_backward = e_gelu_b,
     .swiglu_forward = e_swi_f, .swiglu_backward = e_swi_b, .rope_forward = e_rope_f, .rope_backward = e_rope_b,
-    .attention_forward = e_att_f, .attention_backward = e_att_b, .embedding_forward = emb_f, .embedding_backward = emb_b,
+    .attention_forward = e_att_f, .attention_backward = e_att_b, .attention_decode = e_att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = e_ce_b,
     .adamw = e_adamw, .sum_squares = opt_sum_squares, .scale = opt_scale,
 };

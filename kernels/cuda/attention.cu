@@ -161,3 +161,48 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
         LAUNCH_CHECK();
     }
 }
+
+// ---- decode: one query token per head against len cached positions ----
+// One block of DEC_WARPS warps per query head; warp w takes keys w, w + DEC_WARPS, ... with its own online
+// softmax, and the warps' (max, sum, accumulator) are merged in shared memory in warp order, so the result
+// does not depend on timing.
+enum { DEC_WARPS = 8 };
+__global__ static void attn_decode_k(bf16_t *out, const bf16_t *q, const bf16_t *k, const bf16_t *v, int len, int Hq, int Hkv,
+                                     int D, float scale) {
+    __shared__ float wm[DEC_WARPS], wl[DEC_WARPS], wacc[DEC_WARPS][MAXD];
+    int h = blockIdx.x, hk = h / (Hq / Hkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float qr[PER_LANE], acc[PER_LANE] = {0}, m = -INFINITY, l = 0.0f;
+    load_vec(qr, q + (size_t)h * D, D);
+    for (int j = warp; j < len; j += DEC_WARPS) {
+        float sc = dot_vec(qr, k + ((size_t)j * Hkv + hk) * D, D) * scale;
+        float mn = fmaxf(m, sc), corr = expf(m - mn), p = expf(sc - mn);
+        l = l * corr + p;
+        const bf16_t *vj = v + ((size_t)j * Hkv + hk) * D;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) acc[i] = acc[i] * corr + (lane + 32 * i < D ? p * ld(vj, lane + 32 * i) : 0.0f);
+        m = mn;
+    }
+    if (lane == 0) { wm[warp] = m; wl[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) if (lane + 32 * i < D) wacc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, wm[w]);
+    for (int e = threadIdx.x; e < D; e += blockDim.x) {
+        float L = 0.0f, o = 0.0f;
+        for (int w = 0; w < DEC_WARPS; w++) {
+            if (wl[w] == 0.0f) continue;  // a warp that saw no key (len < DEC_WARPS)
+            float c = expf(wm[w] - M);
+            L += wl[w] * c;
+            o += wacc[w][e] * c;
+        }
+        st(out + (size_t)h * D, e, o / L);
+    }
+}
+
+extern "C" void cuda_attention_decode(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, int len, int Hq, int Hkv, int D) {
+    if (D > MAXD) { cuda_note_error("cuda_attention_decode", "head_dim above 128"); return; }
+    attn_decode_k<<<Hq, DEC_WARPS * 32, 0, g_stream>>>((bf16_t *)out, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, len,
+                                                       Hq, Hkv, D, 1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
+}

@@ -109,6 +109,9 @@ static void att_b(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, co
                   const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
     cuda_attention_backward(U(dq), U(dk), U(dv), CU(dout), CU(out), lse, CU(q), CU(k), CU(v), cu, nseq, T, max_len, Hq, Hkv, D, causal);
 }
+static void att_dec(Act *out, const Act *q, const Act *k, const Act *v, int len, int Hq, int Hkv, int D) {
+    cuda_attention_decode(U(out), CU(q), CU(k), CU(v), len, Hq, Hkv, D);
+}
 static void emb_f(Act *out, const int32_t *ids, const Act *table, int T, int C) { cuda_embedding_forward(U(out), ids, CU(table), T, C); }
 static void emb_b(float *dtable, const Act *dout, const int32_t *ids, int T, int C) { cuda_embedding_backward(dtable, CU(dout), ids, T, C); }
 static void ce_rows(float *losses, const Act *logits, const int32_t *targets, int T, int V) { cuda_cross_entropy_forward(losses, CU(logits), targets, T, V); }
@@ -161,7 +164,8 @@ static Backend make_table(void) {
     b.matmul_forward = mm_f; b.matmul_backward = mm_b; b.layernorm_forward = ln_f; b.layernorm_backward = ln_b;
     b.rmsnorm_forward = rms_f; b.rmsnorm_backward = rms_b; b.gelu_forward = gelu_f; b.gelu_backward = gelu_b;
     b.swiglu_forward = swi_f; b.swiglu_backward = swi_b; b.rope_forward = rope_f; b.rope_backward = rope_b;
-    b.attention_forward = att_f; b.attention_backward = att_b; b.embedding_forward = emb_f; b.embedding_backward = emb_b;
+    b.attention_forward = att_f; b.attention_backward = att_b; b.attention_decode = att_dec;
+    b.embedding_forward = emb_f; b.embedding_backward = emb_b;
     b.cross_entropy_rows = ce_rows; b.cross_entropy_backward = ce_b;
     b.adamw = o_adamw; b.sum_squares = o_sum_squares; b.scale = o_scale;
     return b;

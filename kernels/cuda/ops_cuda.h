@@ -60,6 +60,8 @@ void cuda_attention_set_flash(int on);
 void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
                              const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq, int T,
                              int max_len, int Hq, int Hkv, int D, int causal);
+// One query token per head (q [Hq, D]) against the first len positions of a KV cache ([len, Hkv, D]).
+void cuda_attention_decode(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, int len, int Hq, int Hkv, int D);
 
 // ---- embedding and loss ----
 void cuda_embedding_forward(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C);

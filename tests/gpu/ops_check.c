@@ -209,6 +209,21 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq) {
     cuda_free(glse); cuda_free(gcu);
 }
 
+static void decode_case(int Hq, int Hkv, int D, int len) {  // one token against a cache of len positions
+    size_t nq = (size_t)Hq * D, nk = (size_t)len * Hkv * D;
+    float *q = host_rand(nq, 1), *k = host_rand(nk, 1), *v = host_rand(nk, 1), *o = xcalloc(nq, 4);
+    attention_decode(o, q, k, v, len, Hq, Hkv, D);
+    bf16 *gq = dev_bf16(q, nq), *gk = dev_bf16(k, nk), *gv = dev_bf16(v, nk), *go = cuda_alloc(nq * 2);
+    cuda_attention_decode(go, gq, gk, gv, len, Hq, Hkv, D);
+    sync_or_die();
+    char name[96];
+    float *h;
+    snprintf(name, sizeof name, "attention decode %dq/%dkv d%d len %d", Hq, Hkv, D, len);
+    check(name, h = back_bf16(go, nq), o, nq, 1e-2); free(h);
+    free(q); free(k); free(v); free(o);
+    cuda_free(gq); cuda_free(gk); cuda_free(gv); cuda_free(go);
+}
+
 static void embedding_loss_case(void) {
     int T = 333, C = 96, V = 1152;
     int32_t *ids = xmalloc(T * 4), *tg = xmalloc(T * 4);
@@ -329,6 +344,9 @@ int main(int argc, char **argv) {
     attention_case(8, 2, 128, 1, 0);
     attention_case(4, 2, 128, 1, 1);
     attention_case(4, 4, 64, 0, 1);
+    decode_case(6, 2, 24, 1);
+    decode_case(6, 2, 24, 5);
+    decode_case(32, 8, 128, 1000);
     embedding_loss_case();
     adamw_case();
     printf("ops_check: %d failure%s\n", failures, failures == 1 ? "" : "s");
