@@ -56,15 +56,18 @@ static const StTensor *get(const StFile *f, const char *name, DType dt) {
 int main(int argc, char **argv) {
     char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *device = "cpu", *trainable_spec = "all", *grad_names = "hf";
     int want_grads = 0, no_cache = 0;
-    int64_t steps = 0, generate = 0, eos = -1;  // OPT_INT stores int64_t
+    int64_t steps = 0, generate = 0, eos = -1, recompute = 0;  // OPT_INT stores int64_t
     double lr = 1e-3, wd = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
     const Opt opts[] = {
         {"model", OPT_STR, &model_dir, "DIR", "HF checkpoint (merged LLaVA-OV-1.5, or a plain Qwen3)."},
         {"in", OPT_STR, &in_path, "FILE", "Inputs (safetensors): input_ids I32 [T] or [B,T]; optional labels (same shape), "
                                           "cu_seqlens I32 (one row only), pixel_values F32 [N, 588], grid_thw I32 [n_img, 3]."},
         {"out", OPT_STR, &out_path, "FILE", "Outputs (a safetensors file)."},
-        {"device", OPT_STR, &device, "cpu", "Backend: cpu (fp32, the reference) or cuda (bf16 weights and activations, fp32 "
-                                            "statistics and gradients; forward and --grads)."},
+        {"device", OPT_STR, &device, "cpu", "Backend: cpu (fp32, the reference), cpu-bf16 (bf16 storage emulated on the cpu) "
+                                            "or cuda (bf16 weights and activations, fp32 statistics and gradients)."},
+        {"recompute", OPT_INT, &recompute, "N", "Keep only the input of the first N decoder layers and run their forward again "
+                                                "in the backward (N >= the layer count: all). The outputs do not change; a line on "
+                                                "stderr gives the activation memory of the step."},
         {"grads", OPT_FLAG, &want_grads, NULL,
          "Also write grad.<HF name> of the loss for every trainable tensor; needs labels."},
         {"grad-names", OPT_STR, &grad_names, "hf",
@@ -112,6 +115,7 @@ int main(int argc, char **argv) {
     if (!str_ends_with(out_path, ".safetensors")) die_input("--out: %s: expected a file name ending in .safetensors", out_path);
     if (strcmp(grad_names, "hf") && strcmp(grad_names, "mcore")) die_input("--grad-names: expected hf or mcore, got '%s'", grad_names);
     if (steps < 0 || generate < 0 || steps > 1000000 || generate > 1000000) die_input("--steps and --generate take a count from 0 to 1000000");
+    if (recompute < 0 || recompute > 1000000) die_input("--recompute: expected a layer count from 0 to 1000000, got %lld", (long long)recompute);
     Err e;
     const Backend *be = backend_get(device, e.msg, sizeof e.msg);
     if (!be) die_input("--device %s: %s", device, e.msg);
@@ -164,6 +168,7 @@ int main(int argc, char **argv) {
     adam_init(&opt, &m, trainable, 0, adam_layout_size(&m, trainable));
     ModelWork work;
     model_work_init(&work, m.be);
+    work.recompute = (int)recompute;
     // gradients live in the backend's memory; they come back to the host for writing
     float *host_grad = xcalloc(opt.n + 1, sizeof(float)), **grads = xcalloc((size_t)m.np, sizeof(float *));
     for (int i = 0; i < m.np; i++) if (opt.grad[i]) grads[i] = host_grad + (opt.grad[i] - opt.flat_grad);
@@ -211,6 +216,8 @@ int main(int argc, char **argv) {
             adam_grads_to_host(&opt, host_grad);
             fprintf(stderr, "forward: backward through %d of %d decoder layers and %d of %d vision blocks\n",
                     work.text_layers_backward, m.cfg.text.layers, work.vision_blocks_backward, m.cfg.vision.depth);
+            fprintf(stderr, "forward: activation memory %zu bytes (%d decoder layers recomputed)\n", work.arena.high,
+                    recompute < m.cfg.text.layers ? (int)recompute : m.cfg.text.layers);
         } else if (model_forward(&m, &work, &in, &out, &e)) {
             die_input("%s: %s", in_path, e.msg);
         }

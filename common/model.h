@@ -59,6 +59,7 @@ typedef struct {                 // in the backend's storage and memory (host fp
 typedef struct {
     Arena arena;                 // activations, in the backend's memory
     Arena host;                  // host-side index and angle tables of the step
+    int recompute;               // decoder layers (from the first) whose activations the backward recomputes
     int text_layers_backward;    // decoder layers the last backward went through
     int vision_blocks_backward;  // vision blocks likewise (0 when the whole tower is frozen)
 } ModelWork;

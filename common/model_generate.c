@@ -46,7 +46,11 @@ int model_prefill(const Model *m, ModelWork *w, const ModelInput *in, KvCache *k
     ModelOutput out;
     VisionTrace vt;
     TextTrace tr;
-    if (model_run_forward(m, w, in, &out, &vt, &tr, e)) return -1;
+    int recompute = w->recompute;  // the cache is filled from every layer's keys and values: keep them all
+    w->recompute = 0;
+    int rc = model_run_forward(m, w, in, &out, &vt, &tr, e);
+    w->recompute = recompute;
+    if (rc) return -1;
     size_t KV = (size_t)c->kv_heads * c->head_dim, half = (size_t)c->head_dim / 2;
     kv->be = be;
     kv->cap = cap;

@@ -24,6 +24,9 @@ typedef struct {
     int npad, ntext;
     float *ang;               // [T, hd/2] RoPE angles (backend memory)
     LayerActs *L;             // host array of per-layer pointers
+    int recompute;            // layers 0 .. recompute-1 keep only x_in; their other activations are in shared
+    LayerActs shared;
+    Act *g, *u, *o;           // a layer's temporaries [T, I], [T, I], [T, H]
     Act *x_final, *hf;
     float *rstdf;
 } TextTrace;

@@ -23,12 +23,55 @@ int32_t *text_blocks(const ModelInput *in, Arena *H, int *nseq) {
     return cu;
 }
 
+// One decoder layer's activations (all but x_in) from the arena.
+static void layer_acts_alloc(const Model *m, Arena *A, int T, LayerActs *a) {
+    const Backend *be = m->be;
+    const TextConfig *c = &m->cfg.text;
+    size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->heads * c->head_dim, KV = (size_t)c->kv_heads * c->head_dim;
+    a->rstd1 = ZF(T); a->h1 = Z(T * H);
+    a->q = Z(T * Q); a->k = Z(T * KV); a->v = Z(T * KV);
+    a->qrstd = ZF((size_t)T * c->heads); a->krstd = ZF((size_t)T * c->kv_heads);
+    a->qr = Z(T * Q); a->kr = Z(T * KV); a->att = Z(T * Q); a->lse = ZF((size_t)T * c->heads);
+    a->x_mid = Z(T * H); a->rstd2 = ZF(T); a->h2 = Z(T * H);
+    a->gu = Z(T * 2 * I); a->act = Z(T * I);
+}
+
+// Layer l from a->x_in into a's activations; x_out (NULL: not needed, as when recomputing) gets its output.
+static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs *a, Act *x_out) {
+    const Backend *be = m->be;
+    const TextConfig *c = &m->cfg.text;
+    int T = tr->T, H = c->hidden, I = c->intermediate, nq = c->heads, nkv = c->kv_heads, hd = c->head_dim;
+    int Q = nq * hd, KV = nkv * hd;
+    float eps = (float)c->rms_eps;
+    Act *g = tr->g, *u = tr->u, *o = tr->o;
+    be->rmsnorm_forward(a->h1, a->rstd1, a->x_in, W(m, "model.layers.%d.input_layernorm.weight", l), T, H, eps);
+    be->matmul_forward(a->q, a->h1, W(m, "model.layers.%d.self_attn.q_proj.weight", l), NULL, T, H, Q);
+    be->matmul_forward(a->k, a->h1, W(m, "model.layers.%d.self_attn.k_proj.weight", l), NULL, T, H, KV);
+    be->matmul_forward(a->v, a->h1, W(m, "model.layers.%d.self_attn.v_proj.weight", l), NULL, T, H, KV);
+    // QK-norm per head over head_dim, before RoPE
+    be->rmsnorm_forward(a->qr, a->qrstd, a->q, W(m, "model.layers.%d.self_attn.q_norm.weight", l), T * nq, hd, eps);
+    be->rmsnorm_forward(a->kr, a->krstd, a->k, W(m, "model.layers.%d.self_attn.k_norm.weight", l), T * nkv, hd, eps);
+    be->rope_forward(a->qr, tr->ang, T, nq, hd);
+    be->rope_forward(a->kr, tr->ang, T, nkv, hd);
+    be->attention_forward(a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nseq, T, tr->max_len, nq, nkv, hd, 1);
+    be->matmul_forward(o, a->att, W(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL, T, Q, H);
+    be->add(a->x_mid, a->x_in, o, (size_t)T * H);
+    be->rmsnorm_forward(a->h2, a->rstd2, a->x_mid, W(m, "model.layers.%d.post_attention_layernorm.weight", l), T, H, eps);
+    be->matmul_forward(g, a->h2, W(m, "model.layers.%d.mlp.gate_proj.weight", l), NULL, T, H, I);
+    be->matmul_forward(u, a->h2, W(m, "model.layers.%d.mlp.up_proj.weight", l), NULL, T, H, I);
+    be->copy2d(a->gu, 2 * (size_t)I, g, I, T, I);  // [gate | up] rows for swiglu
+    be->copy2d(AT_(a->gu, I), 2 * (size_t)I, u, I, T, I);
+    be->swiglu_forward(a->act, a->gu, T, I);
+    if (!x_out) return;
+    be->matmul_forward(o, a->act, W(m, "model.layers.%d.mlp.down_proj.weight", l), NULL, T, I, H);
+    be->add(x_out, a->x_mid, o, (size_t)T * H);
+}
+
 void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act *image_embeds, Act *logits, TextTrace *tr) {
     const Backend *be = m->be;
     Arena *A = &w->arena, *Hs = &w->host;
     const TextConfig *c = &m->cfg.text;
-    int T = (in->B ? in->B : 1) * in->T, H = c->hidden, I = c->intermediate, nq = c->heads, nkv = c->kv_heads, hd = c->head_dim;
-    size_t Q = (size_t)nq * hd, KV = (size_t)nkv * hd;
+    int T = (in->B ? in->B : 1) * in->T, H = c->hidden, I = c->intermediate, hd = c->head_dim;
     float eps = (float)c->rms_eps;
     memset(tr, 0, sizeof *tr);
     tr->T = T;
@@ -55,37 +98,18 @@ void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act 
     be->embedding_forward(x, tr->ids, W(m, "model.embed_tokens.weight", 0), T, H);
     if (tr->npad) be->scatter_rows(x, image_embeds, tr->pad_rows, tr->npad, H);  // image pads take the merger outputs in order
     tr->L = arena_bytes(Hs, (size_t)c->layers * sizeof(LayerActs));
-    Act *g = Z((size_t)T * I), *u = Z((size_t)T * I), *o = Z((size_t)T * H);
+    tr->g = Z((size_t)T * I); tr->u = Z((size_t)T * I); tr->o = Z((size_t)T * H);
+    // The recomputed layers (the first w->recompute) share one set of activations: the backward runs
+    // each one's forward again from its kept input just before its backward.
+    tr->recompute = w->recompute < c->layers ? w->recompute : c->layers;
+    if (tr->recompute > 0) layer_acts_alloc(m, A, T, &tr->shared);
     for (int l = 0; l < c->layers; l++) {
         LayerActs *a = &tr->L[l];
+        if (l < tr->recompute) *a = tr->shared;
+        else layer_acts_alloc(m, A, T, a);
         a->x_in = x;
-        a->rstd1 = ZF(T); a->h1 = Z((size_t)T * H);
-        a->q = Z(T * Q); a->k = Z(T * KV); a->v = Z(T * KV);
-        a->qrstd = ZF((size_t)T * nq); a->krstd = ZF((size_t)T * nkv);
-        a->qr = Z(T * Q); a->kr = Z(T * KV); a->att = Z(T * Q); a->lse = ZF((size_t)T * nq);
-        a->x_mid = Z((size_t)T * H); a->rstd2 = ZF(T); a->h2 = Z((size_t)T * H);
-        a->gu = Z((size_t)T * 2 * I); a->act = Z((size_t)T * I);
-        be->rmsnorm_forward(a->h1, a->rstd1, x, W(m, "model.layers.%d.input_layernorm.weight", l), T, H, eps);
-        be->matmul_forward(a->q, a->h1, W(m, "model.layers.%d.self_attn.q_proj.weight", l), NULL, T, H, (int)Q);
-        be->matmul_forward(a->k, a->h1, W(m, "model.layers.%d.self_attn.k_proj.weight", l), NULL, T, H, (int)KV);
-        be->matmul_forward(a->v, a->h1, W(m, "model.layers.%d.self_attn.v_proj.weight", l), NULL, T, H, (int)KV);
-        // QK-norm per head over head_dim, before RoPE
-        be->rmsnorm_forward(a->qr, a->qrstd, a->q, W(m, "model.layers.%d.self_attn.q_norm.weight", l), T * nq, hd, eps);
-        be->rmsnorm_forward(a->kr, a->krstd, a->k, W(m, "model.layers.%d.self_attn.k_norm.weight", l), T * nkv, hd, eps);
-        be->rope_forward(a->qr, tr->ang, T, nq, hd);
-        be->rope_forward(a->kr, tr->ang, T, nkv, hd);
-        be->attention_forward(a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nseq, T, tr->max_len, nq, nkv, hd, 1);
-        be->matmul_forward(o, a->att, W(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL, T, (int)Q, H);
-        be->add(a->x_mid, x, o, (size_t)T * H);
-        be->rmsnorm_forward(a->h2, a->rstd2, a->x_mid, W(m, "model.layers.%d.post_attention_layernorm.weight", l), T, H, eps);
-        be->matmul_forward(g, a->h2, W(m, "model.layers.%d.mlp.gate_proj.weight", l), NULL, T, H, I);
-        be->matmul_forward(u, a->h2, W(m, "model.layers.%d.mlp.up_proj.weight", l), NULL, T, H, I);
-        be->copy2d(a->gu, 2 * (size_t)I, g, I, T, I);  // [gate | up] rows for swiglu
-        be->copy2d(AT_(a->gu, I), 2 * (size_t)I, u, I, T, I);
-        be->swiglu_forward(a->act, a->gu, T, I);
-        be->matmul_forward(o, a->act, W(m, "model.layers.%d.mlp.down_proj.weight", l), NULL, T, I, H);
         x = Z((size_t)T * H);  // the next layer's input; this layer keeps its own
-        be->add(x, a->x_mid, o, (size_t)T * H);
+        layer_forward(m, tr, l, a, x);
     }
     tr->x_final = x;
     tr->rstdf = ZF(T);
@@ -123,7 +147,8 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     Act *dact = Z((size_t)T * I), *dgu = Z((size_t)T * 2 * I), *dg = Z((size_t)T * I), *du = Z((size_t)T * I),
         *datt = Z(T * Q), *dqr = Z(T * Q), *dkr = Z(T * KV), *dv = Z(T * KV), *dq = Z(T * Q), *dk = Z(T * KV);
     for (int l = c->layers - 1; l >= stop; l--) {
-        const LayerActs *a = &tr->L[l];
+        LayerActs *a = &tr->L[l];
+        if (l < tr->recompute) layer_forward(m, tr, l, a, NULL);  // its activations again, into the shared set
         // MLP: x_out = x_mid + act·Wdᵀ (dx is d x_out and becomes d x_mid)
         be->zero(dact, (size_t)T * I * es);
         be->matmul_backward(dact, G(m, grads, "model.layers.%d.mlp.down_proj.weight", l), NULL, dx, a->act,

@@ -124,10 +124,12 @@ int trainer_run(const TrainOptions *o) {
     double peak = o->peak_tflops > 0 ? o->peak_tflops * 1e12 : be == &backend_cpu ? flops_cpu_peak() : 0.0;
     if (rank == 0)
         fprintf(stderr, "%s: %s %s iteration %lld; %lld of %lld parameters train (%s minus %s); %d rank%s x %d micro-batches; "
-                "%lld packed sequences per rank per epoch; device %s, MFU against %.1f GFLOP/s\n",
+                "%lld packed sequences per rank per epoch; device %s, MFU against %.1f GFLOP/s; %d of %d decoder layers "
+                "recomputed\n",
                 P, resume ? "resuming" : "starting from", from, (long long)state.iteration, (long long)ntrain,
                 (long long)nall, st->trainable, st->frozen[0] ? st->frozen : "nothing", world, world > 1 ? "s" : "", M,
-                (long long)loader_epoch_size(loader), be->name, peak / 1e9);
+                (long long)loader_epoch_size(loader), be->name, peak / 1e9,
+                (int)(o->recompute < m.cfg.text.layers ? o->recompute : m.cfg.text.layers), m.cfg.text.layers);
     struct sigaction sa = {0};
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, NULL);
@@ -136,6 +138,7 @@ int trainer_run(const TrainOptions *o) {
 
     ModelWork work;
     model_work_init(&work, m.be);
+    work.recompute = (int)(o->recompute < 1000000 ? o->recompute : 1000000);
     float *gather = world > 1 ? xmalloc(n * sizeof(float)) : NULL;
     FILE *metrics = rank == 0 ? ckpt_open_metrics(o->save, state.iteration, &e) : NULL;
     if (rank == 0 && !metrics) die_input("%s", e.msg);

@@ -15,6 +15,7 @@ typedef struct {
     const char *device;        // cpu, cpu-bf16 or cuda
     double peak_tflops;        // MFU denominator; 0: a measured sgemm rate on the cpu, none elsewhere
     int64_t seed, workers, keep, max_skips;
+    int64_t recompute;         // decoder layers (from the first) recomputed in the backward; >= the layer count: all
     double comm_timeout;
     int log_every;             // progress line every N iterations (metrics.jsonl gets all)
 } TrainOptions;

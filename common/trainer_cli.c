@@ -50,6 +50,11 @@ int trainer_main(const char *program, int argc, char **argv) {
         {"log-every", OPT_INT, &log_every, "N", "Progress line every N iterations (metrics.jsonl has every one)."},
         {"device", OPT_STR, &device, "cpu", "Backend: cpu (fp32), cpu-bf16 (bf16 storage emulated) or cuda (bf16 weights and "
                                             "activations, fp32 masters, moments and gradients; one rank so far)."},
+        {"recompute", OPT_INT, &o.recompute, "N", "Activation recomputation: keep only the input of the first N decoder layers "
+                                                   "and run their forward again in the backward (N >= the layer count: every layer, "
+                                                   "which is what Megatron's --recompute-granularity full --recompute-method uniform "
+                                                   "does for any --recompute-num-layers). Losses do not change; memory falls by N-1 "
+                                                   "layers of activations for one more forward of N layers."},
         {"peak-tflops", OPT_DOUBLE, &o.peak_tflops, "X", "MFU denominator in TFLOP/s (default: a measured sgemm rate on the cpu; "
                                                           "none on other devices)."},
     };
@@ -87,6 +92,7 @@ int trainer_main(const char *program, int argc, char **argv) {
     cli_require(&cli, "data", o.data);
     cli_require(&cli, "save", o.save);
     o.device = device;
+    if (o.recompute < 0) die_input("--recompute: expected a layer count >= 0, got %lld", (long long)o.recompute);
     char *path = data_spec_path("stages", stage);
     if (!path) die_input("--stage: no preset '%s' (data-specs/stages/%s.json)", stage, stage);
     Err e;

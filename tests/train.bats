@@ -113,3 +113,14 @@ PY
     expect_bad_input "$T/nothing" "state.json" "global batch 2, but this run asks for 4" -- \
         "$BIN/align" --load "$F/release" --data "$F/packed" --save "$T/r" --global-batch 4 --iterations 8
 }
+
+@test "--recompute: the losses, gradient norms and saved weights equal those of a run that stores every activation" {
+    train midtrain "$T/plain" --iterations 4 --save-interval 4 2>/dev/null
+    train midtrain "$T/rc" --iterations 4 --save-interval 4 --recompute 99 2>"$T/rc.log"
+    grep -q "4 of 4 decoder layers recomputed" "$T/rc.log"
+    [ "$(losses "$T/plain")" = "$(losses "$T/rc")" ]
+    cmp "$T/plain/iter_0000004/mp_rank_00/model.safetensors" "$T/rc/iter_0000004/mp_rank_00/model.safetensors"
+    run "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/bad" $COMMON --recompute -2
+    [ "$status" -eq 2 ]
+    [[ "$output" == *"--recompute"* ]]
+}
