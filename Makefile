@@ -120,15 +120,16 @@ asan:
 # Programs for the GPU machines (tests/gpu/run.sh carries gpu-bin/).
 GPU_PROGRAMS := forward mkckpt merge synth pack hf2mcore midtrain
 portable:
-	$(MAKE) BUILD=build-portable BIN=bin-portable PORTABLE=1 all gpu-tools
+	$(MAKE) BUILD=build-portable BIN=bin-portable PORTABLE=1 all gpu-tools bench-tools
 	@for p in $(PROGRAMS); do ldd bin-portable/$$p | grep -q -E 'jansson|libtar|utf8proc|webp|openblas|pmi2' && \
 	    { echo "portable: bin-portable/$$p still needs a Debian library"; exit 1; } || true; done
 	@echo "portable: bin-portable/ needs only: $$(ldd bin-portable/forward | awk '{print $$1}' | tr '\n' ' ')"
 	@# what tests/gpu/run.sh uses, stripped, small enough to travel with the working tree (64 MiB)
 	@rm -rf gpu-bin && mkdir -p gpu-bin && for p in $(GPU_PROGRAMS); do strip -o gpu-bin/$$p bin-portable/$$p; done
 	@if [ -x build-portable/gpu/ops_check ]; then strip -o gpu-bin/ops_check build-portable/gpu/ops_check; fi
+	@strip -o gpu-bin/train_step build-portable/bench/train_step
 	@xz -T2 -6 gpu-bin/*
-	@echo "portable: gpu-bin/ ($(GPU_PROGRAMS)) for tests/gpu/run.sh: $$(du -sh gpu-bin | cut -f1)"
+	@echo "portable: gpu-bin/ ($(GPU_PROGRAMS), ops_check, train_step) for tests/gpu/run.sh: $$(du -sh gpu-bin | cut -f1)"
 
 # ---- dependencies (Debian 12) ----
 DEB_PACKAGES := build-essential pkg-config libjansson-dev libtar-dev zlib1g-dev libjpeg62-turbo-dev libpng-dev \

@@ -1,15 +1,27 @@
-// bench/train_step.c: training steps per second of the CPU backend on one batch: forward, loss,
-// full backward and an AdamW step, every tensor trainable (what `midtrain` does per micro-batch).
-//   usage: train_step HF_DIR IN.safetensors STEPS
-// Prints "train_step: T tokens, S steps, X ms/step, Y tokens/s" after one untimed warm-up step
-// (which also sizes the activation arena).
+// bench/train_step.c: training steps per second of a backend on one batch: forward, loss, full
+// backward and an AdamW step, every tensor trainable (what `midtrain` does per micro-batch).
+//   usage: train_step [--device cpu|cpu-bf16|cuda] [--recompute N] [--peak-tflops X] [--vision]
+//                     HF_DIR IN.safetensors STEPS
+// After WARMUP untimed steps (2; they also size the activation arena) it times STEPS steps and prints
+//   train_step: T tokens, I images, S steps, X ms/step, Y tokens/s, Z model TFLOP/s, MFU M%, peak P GiB, last loss L
+// Model FLOPs are spec/performance.md's (flops.c); MFU is against --peak-tflops (the card's measured
+// bf16 GEMM rate) when given; peak is the most backend memory held at once (not tracked on the cpu).
+// --vision: the vision tower and merger alone on the batch's images, forward and backward of
+// ½·Σ image_embeds² (so the gradient handed to the backward is the embeddings themselves), no
+// optimizer; its FLOPs are counted by the ViT formula of spec/performance.md §4 (the merger's ~1% is
+// not counted).
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "../common/flops.h"
 #include "../common/model.h"
+#include "../common/model_internal.h"
 #include "../common/optim.h"
 #include "../common/safetensors.h"
 #include "../common/util.h"
+
+enum { WARMUP = 2 };
 
 static const void *need(const StFile *f, const char *name) {
     const StTensor *t = st_find(f, name);
@@ -17,40 +29,84 @@ static const void *need(const StFile *f, const char *name) {
     return t->data;
 }
 
+// 6·N·S + 12·L·D·S² over the tower's parameters (patch embedding included), bidirectional attention
+static double vision_flops(const Model *m, const ModelInput *in) {
+    double n = 0.0, S = (double)in->rows + in->nimg, S2 = 0.0;
+    for (int i = 0; i < m->np; i++) if (m->ps[i].part == PART_VISION) n += (double)param_numel(&m->ps[i]);
+    for (int i = 0; i < in->nimg; i++) {
+        double s = (double)in->grid[3 * i + 1] * in->grid[3 * i + 2] + 1;
+        S2 += s * s;
+    }
+    return 6.0 * n * S + 12.0 * m->cfg.vision.depth * m->cfg.vision.hidden * S2;
+}
+
 int main(int argc, char **argv) {
     util_set_prog(argv[0]);
-    if (argc != 4) die_input("usage: train_step HF_DIR IN.safetensors STEPS");
-    int steps = atoi(argv[3]);
+    const char *device = "cpu";
+    int recompute = 0, vision = 0, a = 1;
+    double peak_tflops = 0.0;
+    for (; a < argc && !strncmp(argv[a], "--", 2); a++) {
+        if (!strcmp(argv[a], "--device") && a + 1 < argc) device = argv[++a];
+        else if (!strcmp(argv[a], "--recompute") && a + 1 < argc) recompute = atoi(argv[++a]);
+        else if (!strcmp(argv[a], "--peak-tflops") && a + 1 < argc) peak_tflops = atof(argv[++a]);
+        else if (!strcmp(argv[a], "--vision")) vision = 1;
+        else die_input("train_step: unknown option %s", argv[a]);
+    }
+    if (argc - a != 3) die_input("usage: train_step [--device D] [--recompute N] [--peak-tflops X] [--vision] HF_DIR IN.safetensors STEPS");
+    int steps = atoi(argv[a + 2]);
+    if (steps < 1) die_input("train_step: STEPS must be at least 1");
     Err e;
+    const Backend *be = backend_get(device, e.msg, sizeof e.msg);
+    if (!be) die_input("--device %s: %s", device, e.msg);
     Model m;
-    if (model_load(&m, argv[1], &e)) die_input("%s", e.msg);
+    if (model_load(&m, argv[a], &e)) die_input("%s", e.msg);
+    model_to_backend(&m, be);
     StFile f;
-    if (st_open(&f, argv[2], &e)) die_input("%s", e.msg);
+    if (st_open(&f, argv[a + 1], &e)) die_input("%s", e.msg);
     const StTensor *ids = st_find(&f, "input_ids"), *grid = st_find(&f, "grid_thw"), *cu = st_find(&f, "cu_seqlens"),
                    *px = st_find(&f, "pixel_values");
-    ModelInput in = {.ids = need(&f, "input_ids"), .B = 1, .T = (int)ids->shape[ids->ndim - 1]};
-    if (cu) { in.cu_seqlens = (const int32_t *)cu->data; in.nseq = (int)cu->shape[0] - 1; }
+    ModelInput in = {0};
+    if (!vision) in = (ModelInput){.ids = need(&f, "input_ids"), .B = 1, .T = (int)ids->shape[ids->ndim - 1]};
+    if (cu && !vision) { in.cu_seqlens = (const int32_t *)cu->data; in.nseq = (int)cu->shape[0] - 1; }
     if (px) { in.pixels = (const float *)px->data; in.rows = px->shape[0]; in.grid = (const int32_t *)grid->data; in.nimg = (int)grid->shape[0]; }
-    const int32_t *labels = need(&f, "labels");
+    if (vision && !in.nimg) die_input("%s: --vision needs pixel_values and grid_thw", argv[a + 1]);
+    const int32_t *labels = vision ? NULL : need(&f, "labels");
     int *trainable = xcalloc((size_t)m.np, sizeof(int));
-    for (int i = 0; i < m.np; i++) trainable[i] = 1;
+    for (int i = 0; i < m.np; i++) trainable[i] = !vision || m.ps[i].part != PART_TEXT;
     Adam opt;
     adam_init(&opt, &m, trainable, 0, adam_layout_size(&m, trainable));
     ModelWork w;
     model_work_init(&w, m.be);
+    w.recompute = recompute;
     AdamHyper h = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f};
     ModelOutput out;
-    float loss = 0.0f;
+    float loss = 0.0f, sync;
     double t0 = 0.0;
-    for (int s = 0; s <= steps; s++) {
-        if (s == 1) t0 = now_seconds();
+    for (int s = 0; s < WARMUP + steps; s++) {
+        if (s == WARMUP) {
+            be->download(&sync, opt.flat_grad, sizeof sync);  // the stream drains before the clock starts
+            t0 = now_seconds();
+        }
         adam_zero_grad(&opt);
-        if (model_loss_grads(&m, &w, &in, labels, 1.0f, opt.grad, &loss, &out, &e)) die_input("%s", e.msg);
-        adam_step(&opt, &m, &h);
+        if (vision) {
+            VisionTrace vt;
+            TextTrace tr;
+            if (model_run_forward(&m, &w, &in, &out, &vt, &tr, &e)) die_input("%s", e.msg);
+            vision_backward(&m, &w, &vt, out.image_embeds, opt.grad, 1);  // d(½·Σ E²)/dE = E
+        } else {
+            if (model_loss_grads(&m, &w, &in, labels, 1.0f, opt.grad, &loss, &out, &e)) die_input("%s", e.msg);
+            adam_step(&opt, &m, &h);
+        }
     }
+    be->download(&sync, opt.flat_grad, sizeof sync);
     double dt = (now_seconds() - t0) / steps;
-    printf("train_step: %d tokens, %d images, %d steps, %.1f ms/step, %.0f tokens/s, last loss %.4f\n", in.T, in.nimg,
-           steps, dt * 1e3, in.T / dt, loss);
+    double flop = vision ? vision_flops(&m, &in) : flops_train_step(&m.cfg, &in);
+    int64_t tokens = vision ? in.rows + in.nimg : in.T;
+    printf("train_step: %lld tokens, %d images, %d steps, %.1f ms/step, %.0f tokens/s, %.1f model TFLOP/s, ", (long long)tokens,
+           in.nimg, steps, dt * 1e3, tokens / dt, flop / dt / 1e12);
+    if (peak_tflops > 0) printf("MFU %.1f%% of %.0f, ", 100.0 * flop / dt / 1e12 / peak_tflops, peak_tflops);
+    if (be->memory_peak()) printf("peak %.1f GiB, ", be->memory_peak() / 1073741824.0);
+    printf("%s %.4f\n", vision ? "vision only" : "last loss", loss);
     adam_free(&opt);
     model_work_free(&w);
     free(trainable);

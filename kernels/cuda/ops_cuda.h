@@ -19,6 +19,7 @@ int cuda_init(int device, char *err, size_t errlen);   // 0 on success
 int cuda_sync(char *err, size_t errlen);                // 0, or the first CUDA/cuBLAS error
 void *cuda_alloc(size_t bytes);                         // dies on failure
 void cuda_free(void *p);
+size_t cuda_memory_peak(void);                          // the most device memory allocated at once, in bytes
 void cuda_upload(void *dst, const void *src, size_t bytes);
 void cuda_download(void *dst, const void *src, size_t bytes);
 void cuda_memset0(void *p, size_t bytes);

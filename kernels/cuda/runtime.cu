@@ -34,17 +34,42 @@ extern "C" int cuda_sync(char *err, size_t errlen) {
     return 0;
 }
 
+// Every live allocation and its size, for the in-use and peak figures (a handful of blocks: weights,
+// optimizer buffers, arena blocks, scratch), so a linear table is enough.
+static struct { void *p; size_t bytes; } *g_allocs;
+static size_t g_nallocs, g_allocs_cap, g_in_use, g_peak;
+
 extern "C" void *cuda_alloc(size_t bytes) {
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
     if (e != cudaSuccess) {
-        fprintf(stderr, "cuda: cannot allocate %zu bytes of device memory: %s\n", bytes, cudaGetErrorString(e));
+        fprintf(stderr, "cuda: cannot allocate %zu bytes of device memory (%zu in use): %s\n", bytes, g_in_use,
+                cudaGetErrorString(e));
         exit(1);
     }
+    if (g_nallocs == g_allocs_cap) {
+        g_allocs_cap = g_allocs_cap ? 2 * g_allocs_cap : 64;
+        g_allocs = (decltype(g_allocs))realloc(g_allocs, g_allocs_cap * sizeof *g_allocs);
+        if (!g_allocs) { fprintf(stderr, "cuda: out of host memory\n"); exit(1); }
+    }
+    g_allocs[g_nallocs].p = p;
+    g_allocs[g_nallocs++].bytes = bytes;
+    g_in_use += bytes;
+    if (g_in_use > g_peak) g_peak = g_in_use;
     return p;
 }
 
-extern "C" void cuda_free(void *p) { cudaFree(p); }
+extern "C" void cuda_free(void *p) {
+    if (!p) return;
+    for (size_t i = 0; i < g_nallocs; i++)
+        if (g_allocs[i].p == p) {
+            g_in_use -= g_allocs[i].bytes;
+            g_allocs[i] = g_allocs[--g_nallocs];
+            break;
+        }
+    cudaFree(p);
+}
+extern "C" size_t cuda_memory_peak(void) { return g_peak; }
 extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
@@ -62,7 +87,7 @@ void *cuda_scratch(size_t bytes) {
     static size_t cap;
     if (bytes > cap) {
         CUDA_CHECK(cudaStreamSynchronize(g_stream));
-        cudaFree(p);
+        cuda_free(p);
         p = cuda_alloc(bytes);
         cap = bytes;
     }

@@ -2,10 +2,14 @@
 # tests/gpu/run.sh: everything checked or timed on a lent GPU machine, in one call (see the device
 # tool's README). Build here first with `make portable` and carry gpu-bin/:
 #   run(command="tests/gpu/run.sh", carry=["gpu-bin"])
-# Today: (1) our fp32 CPU model against the real Hugging Face implementations that only those machines
-# have (transformers: MLCDVisionModel, Qwen3ForCausalLM) at two presets; (2) ops_check: every CUDA op
-# against the CPU op, and their timings at the 4B shapes; (3) the card's measured bf16 GEMM rate, the
-# MFU denominator. A short table is printed last.
+# (1) our fp32 CPU model against the real Hugging Face implementations that only those machines have
+# (transformers: MLCDVisionModel, Qwen3ForCausalLM) at two presets; (2) the model on the CUDA backend
+# against the CPU backend (tiny and mid-size; gradients under compare_backends.py's bf16 rule, with
+# PyTorch autocast as the peer) and --recompute bit-identical; (2b) greedy generation cuda vs cpu;
+# (3) 10 training steps cuda vs cpu and a save/resume; (4) ops_check: every CUDA op against the CPU
+# op, and their timings at the 4B shapes; (5) the card's bf16 GEMM rate, the MFU denominator;
+# (6) bench/gpu_train.sh against PyTorch + transformers (SKIP_BENCH=1 leaves it out). A short table is
+# printed last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUTDIR=${OUT:-/tmp/gpu-out}
@@ -65,6 +69,8 @@ for preset in tiny "$W/mid.json"; do
     COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" "$d/peer.safetensors" 2>&1 |
         tee "$OUTDIR/backends_$name.txt"
     rc=${PIPESTATUS[0]}
+    "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda_rc.safetensors" --grads --device cuda --recompute 99 2>/dev/null
+    summary+=("cuda --recompute (every layer) $name: $(cmp -s "$d/cuda.safetensors" "$d/cuda_rc.safetensors" && echo bit-identical || echo DIFFERS)")
     summary+=("cuda vs cpu model $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends_$name.txt" 2>/dev/null); $(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x' "$OUTDIR/backends_$name.txt" 2>/dev/null))")
 done
 
@@ -149,6 +155,12 @@ print(f"{2 * n**3 / times[len(times) // 2] / 1e12:.0f} TFLOP/s ({torch.cuda.get_
 PY
 )
 summary+=("bf16 GEMM: $gemm")
+
+# ---- 6. bench/gpu_train.sh: training steps against PyTorch + transformers on this card ----
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+    BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh 2>&1 | tee "$OUTDIR/gpu_train.txt"
+    while IFS= read -r line; do summary+=("$line"); done < <(grep '^gpu_train' "$OUTDIR/gpu_train.txt")
+fi
 rm -rf "$W"
 echo "---- summary ----"
 printf '%s\n' "${summary[@]}" | tee "$OUTDIR/summary.txt"

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# bench/gpu_train.sh: training-step throughput of the CUDA backend next to PyTorch + transformers on the
+# same card in the same run (spec/performance.md §4; issue 7). For each shape it prints our line
+# (build/bench/train_step: tokens/s, model TFLOP/s, MFU against the card's bf16 GEMM rate measured
+# here, peak memory) and the peer's (bench/gpu_train_ref.py), then the ratio.
+#   usage: bench/gpu_train.sh [slice] [vision]        (default: both; STEPS=5 timed steps after 2 warm-up)
+# slice:  the 4B language model's width (hidden 2560, 32q/8kv heads of 128, FFN 9728, vocab 151936, tied
+#         embeddings) with 8 layers, one packed sequence of 8192 random tokens, labels = inputs; all
+#         tensors train, AdamW (spec: PyTorch 323 model TFLOP/s on an H100).
+# vision: the RICE-L/14 tower (24 blocks, 1024 wide) on one 1008x1008 image (5184 patches + CLS), forward
+#         and backward, no optimizer (spec: PyTorch 217 TFLOP/s on an H100).
+# Checkpoints are random (mkckpt --preset 4b, cut to the slice). Needs a GPU, PyTorch and transformers.
+# BIN (default bin) holds mkckpt, merge and train_step; tests/gpu/run.sh points it at the carried gpu-bin.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
+TRAIN_STEP=${TRAIN_STEP:-build/bench/train_step}
+[ -x "$TRAIN_STEP" ] || TRAIN_STEP=$BIN/train_step
+PY=${PYTHON:-python3}
+STEPS=${STEPS:-5}
+SHAPES=${*:-slice vision}
+W=$(mktemp -d /tmp/bench_gpu.XXXX)
+trap 'rm -rf "$W"' EXIT
+
+peak=$($PY - <<'PY'
+import torch
+n = 8192
+a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+for _ in range(3): a @ b
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+t = []
+for _ in range(10):
+    s.record(); a @ b; e.record(); torch.cuda.synchronize(); t.append(s.elapsed_time(e) / 1e3)
+print(f"{2 * n**3 / sorted(t)[5] / 1e12:.0f}")
+PY
+) || { echo "gpu_train: no CUDA device for PyTorch"; exit 1; }
+echo "gpu_train: $($PY -c 'import torch; print(torch.cuda.get_device_name())'), bf16 GEMM ${peak} TFLOP/s (8192^3, median of 10): the MFU denominator"
+
+ratio() {  # OURS_LINE PEER_LINE: our model TFLOP/s over the peer's
+    local a b
+    a=$(grep -o '[0-9.]* model TFLOP/s' <<<"$1" | cut -d' ' -f1)
+    b=$(grep -o '[0-9.]* model TFLOP/s' <<<"$2" | cut -d' ' -f1)
+    [ -n "$a" ] && [ -n "$b" ] && awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2fx", a / b }' || echo "n/a"
+}
+
+for shape in $SHAPES; do
+    case $shape in
+    slice)
+        "$BIN/mkckpt" --preset 4b --llm-layers 8 --vit-layers 1 --out "$W/slice" --seed 1 2>/dev/null || { echo "gpu_train: mkckpt failed"; exit 1; }
+        $PY - "$W/slice.safetensors" <<'PY'
+import os, sys
+sys.path.insert(0, "tests/ref")
+import numpy as np
+from stlib import write_file
+ids = np.random.default_rng(0).integers(0, 151936, 8192).astype(np.int32)
+write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", ids.copy())])
+PY
+        ours=$("$TRAIN_STEP" --device cuda --peak-tflops "$peak" "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tail -1)
+        peer=$($PY bench/gpu_train_ref.py llm "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tail -1)
+        ;;
+    vision)
+        "$BIN/mkckpt" --preset 4b --llm-layers 1 --out "$W/vis" --seed 1 2>/dev/null &&
+        "$BIN/merge" --vit "$W/vis/vit" --llm "$W/vis/llm" --out "$W/vis/hf" 2>/dev/null || { echo "gpu_train: mkckpt/merge failed"; exit 1; }
+        $PY - "$W/vis.safetensors" <<'PY'
+import os, sys
+sys.path.insert(0, "tests/ref")
+import numpy as np
+from stlib import write_file
+g = 72  # 1008 / 14
+px = np.random.default_rng(0).standard_normal((g * g, 588)).astype(np.float32)
+write_file(sys.argv[1], [("pixel_values", "F32", px), ("grid_thw", "I32", np.array([[1, g, g]], np.int32))])
+PY
+        ours=$("$TRAIN_STEP" --device cuda --vision --peak-tflops "$peak" "$W/vis/hf" "$W/vis.safetensors" "$STEPS" 2>&1 | tail -1)
+        peer=$($PY bench/gpu_train_ref.py vision "$W/vis/vit" 1008 "$STEPS" 2>&1 | tail -1)
+        ;;
+    *) echo "gpu_train: unknown shape '$shape' (slice, vision)"; exit 2 ;;
+    esac
+    echo "gpu_train $shape: ours  $ours"
+    echo "gpu_train $shape: $peer"
+    echo "gpu_train $shape: ours / PyTorch model TFLOP/s = $(ratio "$ours" "$peer") (target 1.3x)"
+    rm -rf "$W/slice" "$W/vis"
+done
