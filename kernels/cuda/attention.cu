@@ -122,17 +122,17 @@ __global__ static void attn_bwd_dkv(bf16_t *dk, bf16_t *dv, const bf16_t *dout, 
 
 static unsigned warps_grid(size_t warps) { return (unsigned)((warps * 32 + 255) / 256); }
 
-int cuda_flash_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
-                       int max_len, int Hq, int Hkv, int D, int causal);
-int cuda_flash_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
-                        const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int D,
-                        int causal);
-static int use_flash = 1;
-extern "C" void cuda_attention_set_flash(int on) { use_flash = on; }
+int cuda_flash_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
+                       int nseq, int max_len, int Hq, int Hkv, int D, int causal);
+int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
+                        const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
+                        int D, int causal);
+static int flash_version = 2;
+extern "C" void cuda_attention_set_flash(int version) { flash_version = version; }
 
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
-    if (use_flash && cuda_flash_forward(out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
+    if (flash_version && cuda_flash_forward(flash_version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
     if (D > MAXD) { cuda_note_error("cuda_attention_forward", "head_dim above 128"); return; }
     attn_fwd<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
                                                                  (const bf16_t *)v, cu_seqlens, nseq, T, Hq, Hkv, D, causal,
@@ -148,7 +148,7 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
     attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
     LAUNCH_CHECK();
-    if (use_flash && cuda_flash_backward(dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
+    if (flash_version && cuda_flash_backward(flash_version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (dq) {
         attn_bwd_dq<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)dq, DO, lse, Drow, Q, K, V, cu_seqlens, nseq, T,

@@ -135,6 +135,125 @@ flash_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_
     }
 }
 
+// ---- second generation: the same math, with K/V tiles double-buffered through cp.async (the next
+// tile's copy overlaps this tile's products), every mma operand loaded by ldmatrix (V through the
+// transposing form instead of 16-bit gathers), masks only on the tiles that cross the diagonal or
+// the sequence end, and, under the causal mask, the longest query tiles launched first. ----
+template <int D>
+struct Fwd2Smem {
+    bf16_t q[BR][D + 8], k[2][BC][D + 8], v[2][BC][D + 8];
+};
+
+template <int D>
+__global__ static void __launch_bounds__(WARPS * 32, 2)
+flash_fwd2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
+           int causal, float scale) {
+    extern __shared__ __align__(128) unsigned char raw[];
+    Fwd2Smem<D> &sm = *reinterpret_cast<Fwd2Smem<D> *>(raw);
+    int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
+    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
+    int start = cu[s], end = cu[s + 1], q0 = start + tile * BR;
+    if (q0 >= end) return;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    int row0 = warp * 16, t_lo = q0 + row0 + g, t_hi = t_lo + 8;
+    int kend = causal ? min(end, q0 + BR) : end, nk = (kend - start + BC - 1) / BC;
+    flash_load_tile_async<D>(sm.q, q, q0, end, Hq, h);
+    flash_load_tile_async<D>(sm.k[0], k, start, end, Hkv, hk);
+    flash_load_tile_async<D>(sm.v[0], v, start, end, Hkv, hk);
+    cp_async_commit();
+    uint32_t qa[D / 16][4];
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+    for (int it = 0; it < nk; it++) {
+        int k0 = start + it * BC, buf = it & 1;
+        cp_async_wait_all();
+        __syncthreads();  // tile `it` is in buf for everyone, and everyone is done with buf ^ 1
+        if (it + 1 < nk) {
+            flash_load_tile_async<D>(sm.k[buf ^ 1], k, k0 + BC, end, Hkv, hk);
+            flash_load_tile_async<D>(sm.v[buf ^ 1], v, k0 + BC, end, Hkv, hk);
+        }
+        cp_async_commit();
+        if (it == 0)
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) flash_a_ldsm<D>(qa[kk], sm.q, row0, kk, lane);
+        float sc[BC / 8][4];
+        flash_rows_tileT2<D>(sc, qa, sm.k[buf], lane);
+        // scale; mask only where a key may lie past the sequence end or after a query row
+        int full = k0 + BC <= end && (!causal || k0 + BC - 1 <= q0);
+        float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int j = k0 + n * 8 + 2 * c + e;
+                sc[n][e] = full || (j < end && (!causal || j <= t_lo)) ? sc[n][e] * scale : -INFINITY;
+                sc[n][2 + e] = full || (j < end && (!causal || j <= t_hi)) ? sc[n][2 + e] * scale : -INFINITY;
+                mx_lo = fmaxf(mx_lo, sc[n][e]);
+                mx_hi = fmaxf(mx_hi, sc[n][2 + e]);
+            }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        // a row with no visible key yet (only past the end of the sequence) keeps m = -inf: use 0 as its base
+        float base_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
+        float corr_lo = __expf(m_lo - base_lo), corr_hi = __expf(m_hi - base_hi);
+        float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++) {
+            sc[n][0] = __expf(sc[n][0] - base_lo);
+            sc[n][1] = __expf(sc[n][1] - base_lo);
+            sc[n][2] = __expf(sc[n][2] - base_hi);
+            sc[n][3] = __expf(sc[n][3] - base_hi);
+            sum_lo += sc[n][0] + sc[n][1];
+            sum_hi += sc[n][2] + sc[n][3];
+        }
+        sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, 1);
+        sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, 2);
+        sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, 1);
+        sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, 2);
+        l_lo = l_lo * corr_lo + sum_lo;
+        l_hi = l_hi * corr_hi + sum_hi;
+        m_lo = mn_lo;
+        m_hi = mn_hi;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            o[n][0] *= corr_lo; o[n][1] *= corr_lo; o[n][2] *= corr_hi; o[n][3] *= corr_hi;
+        }
+        flash_p_tile2<D>(o, sc, sm.v[buf], lane);  // O += P·V
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        int col = n * 8 + 2 * c;
+        if (t_lo < end)
+            *reinterpret_cast<__nv_bfloat162 *>(out + ((size_t)t_lo * Hq + h) * D + col) = __floats2bfloat162_rn(o[n][0] / l_lo, o[n][1] / l_lo);
+        if (t_hi < end)
+            *reinterpret_cast<__nv_bfloat162 *>(out + ((size_t)t_hi * Hq + h) * D + col) = __floats2bfloat162_rn(o[n][2] / l_hi, o[n][3] / l_hi);
+    }
+    if (c == 0) {
+        if (t_lo < end) lse[(size_t)t_lo * Hq + h] = m_lo + logf(l_lo);
+        if (t_hi < end) lse[(size_t)t_hi * Hq + h] = m_hi + logf(l_hi);
+    }
+}
+
+template <int D>
+static void launch2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
+                    int Hq, int Hkv, int causal) {
+    size_t bytes = sizeof(Fwd2Smem<D>);
+    static int configured;
+    if (!configured) {
+        CUDA_CHECK(cudaFuncSetAttribute(flash_fwd2<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        configured = 1;
+    }
+    dim3 grid(Hq, (max_len + BR - 1) / BR, nseq);  // heads fastest: the heavy tiles of every head go out first
+    flash_fwd2<D><<<grid, WARPS * 32, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
+                                                        (const bf16_t *)v, cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
+}
+
 template <int D>
 static void launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                    int Hq, int Hkv, int causal) {
@@ -151,9 +270,11 @@ static void launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf
 }
 
 // Returns 0 when it handled the call (head_dim 64 or 128), -1 to leave it to the general kernel.
-int cuda_flash_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
-                       int max_len, int Hq, int Hkv, int D, int causal) {
-    if (D == 64) launch<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+int cuda_flash_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
+                       int nseq, int max_len, int Hq, int Hkv, int D, int causal) {
+    if (version == 2 && D == 64) launch2<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 2 && D == 128) launch2<128>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (D == 64) launch<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 128) launch<128>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else return -1;
     return 0;

@@ -94,3 +94,109 @@ __device__ __forceinline__ void flash_tile_tileT(float (*acc)[4], const bf16_t (
             mma16816(acc[n], a, *(const uint32_t *)&B[n * 8 + g][kk * 16 + 2 * c], *(const uint32_t *)&B[n * 8 + g][kk * 16 + 2 * c + 8]);
     }
 }
+
+// ---- second generation: ldmatrix fragment loads and cp.async tile copies ----
+// ldmatrix.x4 loads four 8×8 bf16 matrices; lanes 8j..8j+7 give the row addresses of matrix j, and
+// register j receives matrix j in the mma fragment layout (thread 4g+c: row g, columns 2c, 2c+1), or
+// transposed with .trans (thread 4g+c: rows 2c, 2c+1 of column g), which turns a row-major [k][n]
+// tile into B fragments directly.
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const void *p) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+// 16 bytes global -> shared without passing through registers; pred false fills zeros (and reads nothing)
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(pred ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+// flash_load_tile through cp.async: the copies are in flight until cp_async_wait_all + a barrier
+template <int D>
+__device__ __forceinline__ void flash_load_tile_async(bf16_t (*tile)[D + 8], const bf16_t *x, int r0, int end, int H, int h) {
+    const int chunks = D / 8;
+    for (int i = threadIdx.x; i < FT * chunks; i += blockDim.x) {
+        int r = i / chunks, col = (i % chunks) * 8;
+        bool in = r0 + r < end;
+        cp_async16(&tile[r][col], x + ((size_t)(in ? r0 + r : 0) * H + h) * D + col, in);
+    }
+}
+
+// B fragments of key tiles n = 2np, 2np+1 for the 16 columns kk of a row-major tile whose rows are the
+// product's n index (B[k][n] = tile[n][k]): r = {b0(2np), b1(2np), b0(2np+1), b1(2np+1)}
+template <int D>
+__device__ __forceinline__ void flash_b_rows(uint32_t *r, const bf16_t (*tile)[D + 8], int np, int kk, int lane) {
+    ldsm_x4(r, &tile[np * 16 + (lane & 7) + ((lane >> 4) << 3)][kk * 16 + (((lane >> 3) & 1) << 3)]);
+}
+// B fragments of column tiles n = 2np, 2np+1 for the 16 rows kk of a row-major tile whose rows are the
+// product's k index (B[k][n] = tile[k][n]), through the transposing load
+template <int D>
+__device__ __forceinline__ void flash_b_cols(uint32_t *r, const bf16_t (*tile)[D + 8], int np, int kk, int lane) {
+    ldsm_x4_t(r, &tile[kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)][np * 16 + ((lane >> 4) << 3)]);
+}
+// the A fragment (16 rows from row0, columns 16kk..16kk+15) of a row-major tile
+template <int D>
+__device__ __forceinline__ void flash_a_ldsm(uint32_t *a, const bf16_t (*tile)[D + 8], int row0, int kk, int lane) {
+    ldsm_x4(a, &tile[row0 + (lane & 7) + (((lane >> 3) & 1) << 3)][kk * 16 + ((lane >> 4) << 3)]);
+}
+
+// acc[16 × 64] = A(16 × D, register fragments a[D/16]) · tileᵀ
+template <int D>
+__device__ __forceinline__ void flash_rows_tileT2(float (*acc)[4], const uint32_t (*a)[4], const bf16_t (*tile)[D + 8], int lane) {
+#pragma unroll
+    for (int n = 0; n < FT / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+        for (int np = 0; np < FT / 16; np++) {
+            uint32_t b[4];
+            flash_b_rows<D>(b, tile, np, kk, lane);
+            mma16816(acc[2 * np], a[kk], b[0], b[1]);
+            mma16816(acc[2 * np + 1], a[kk], b[2], b[3]);
+        }
+}
+
+// acc[16 × 64] = rows row0..row0+15 of tile A · tile Bᵀ, both operands through ldmatrix
+template <int D>
+__device__ __forceinline__ void flash_tile_tileT2(float (*acc)[4], const bf16_t (*A)[D + 8], int row0, const bf16_t (*B)[D + 8],
+                                                  int lane) {
+#pragma unroll
+    for (int n = 0; n < FT / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t a[4];
+        flash_a_ldsm<D>(a, A, row0, kk, lane);
+#pragma unroll
+        for (int np = 0; np < FT / 16; np++) {
+            uint32_t b[4];
+            flash_b_rows<D>(b, B, np, kk, lane);
+            mma16816(acc[2 * np], a, b[0], b[1]);
+            mma16816(acc[2 * np + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+// out[16 × D] += P(16 × 64, C layout in p[8][4], rounded to bf16) · tile(64 × D)
+template <int D>
+__device__ __forceinline__ void flash_p_tile2(float (*out)[4], const float (*p)[4], const bf16_t (*tile)[D + 8], int lane) {
+#pragma unroll
+    for (int kk = 0; kk < FT / 16; kk++) {
+        uint32_t a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                         pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+        for (int np = 0; np < D / 16; np++) {
+            uint32_t b[4];
+            flash_b_cols<D>(b, tile, np, kk, lane);
+            mma16816(out[2 * np], a, b[0], b[1]);
+            mma16816(out[2 * np + 1], a, b[2], b[3]);
+        }
+    }
+}

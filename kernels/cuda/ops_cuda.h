@@ -56,8 +56,9 @@ void cuda_rope_backward(bf16 *dx, const float *angles, int T, int H, int D);
 // max_len: the longest sub-sequence (sizes the launch).
 void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                             int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal);
-// The forward uses the tensor-core flash kernel for head_dim 64 and 128 unless switched off (tests, timing).
-void cuda_attention_set_flash(int on);
+// Head dims 64 and 128 use the tensor-core flash kernels: version 2 (default: cp.async double buffering,
+// ldmatrix operands), 1 (the first, synchronous tiles), or 0 for the warp-per-row kernels (tests, timing).
+void cuda_attention_set_flash(int version);
 void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
                              const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq, int T,
                              int max_len, int Hq, int Hkv, int D, int causal);

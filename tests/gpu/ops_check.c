@@ -63,7 +63,7 @@ static void check(const char *what, const float *gpu, const float *cpu, size_t n
     double rel = sqrt(num / (den > 0 ? den : 1e-30));
     int ok = finite && rel <= tol;
     failures += !ok;
-    printf("%-44s rel L2 %.2e (tolerance %.0e) %s\n", what, rel, tol, ok ? "ok" : "FAIL");
+    printf("%-56s rel L2 %.2e (tolerance %.0e) %s\n", what, rel, tol, ok ? "ok" : "FAIL");
 }
 
 static void sync_or_die(void) {
@@ -176,7 +176,7 @@ static void rope_case(void) {
     free(x); free(ang); cuda_free(gx); cuda_free(gang);
 }
 
-static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq) {
+static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int version) {
     int32_t cu[4] = {0, 37, 101, 180};
     int nseq = 3, T = 180, max_len = 79;
     if (long_seq) { cu[1] = 5; cu[2] = 700; cu[3] = 777; T = 777; max_len = 695; }  // 11 query tiles in one sequence
@@ -192,13 +192,15 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq) {
     int32_t *gcu = cuda_alloc(sizeof cu);
     cuda_upload(gcu, cu, sizeof cu);
     cuda_memset0(gdq, nq * 2); cuda_memset0(gdk, nk * 2); cuda_memset0(gdv, nk * 2);
+    cuda_attention_set_flash(version);
     cuda_attention_forward(go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
     cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
+    cuda_attention_set_flash(2);
     sync_or_die();
     char name[96];
     float *h;
-    snprintf(name, sizeof name, "attention %s %dq/%dkv d%d T%d forward%s", causal ? "causal" : "bidir", Hq, Hkv, D, T,
-             D == 64 || D == 128 ? " (flash)" : "");
+    snprintf(name, sizeof name, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T,
+             D != 64 && D != 128 ? "warp-per-row" : version == 2 ? "flash v2" : version == 1 ? "flash v1" : "warp-per-row");
     check(name, h = back_bf16(go, nq), o, nq, 2e-2); free(h);
     check("  lse (fp32)", h = back_f32(glse, (size_t)T * Hq), lse, (size_t)T * Hq, 1e-3); free(h);
     check("  dq", h = back_bf16(gdq, nq), dq, nq, 2e-2); free(h);
@@ -316,15 +318,15 @@ static void timings(void) {
     double fl = 2.0 * b.N * b.K * b.M;
     printf("timing: matmul forward 8192x2560 . 9728x2560^T   %8.3f ms  %6.0f TFLOP/s\n", mm, fl / mm / 1e9);
     printf("timing: matmul backward (dinp + dw fp32)        %8.3f ms  %6.0f TFLOP/s\n", mmb, 2 * fl / mmb / 1e9);
-    double at = time_ms(run_attn, &b, 5), atb = time_ms(run_attn_bwd, &b, 3);
-    cuda_attention_set_flash(0);
-    double at0 = time_ms(run_attn, &b, 2), atb0 = time_ms(run_attn_bwd, &b, 1);
-    cuda_attention_set_flash(1);
     double afl = 4.0 * b.T * (double)b.T / 2 * b.Hq * b.D;  // causal: half of QKᵀ and PV
-    printf("timing: attention forward T 8192, 32q/8kv, d128 %8.3f ms  %6.1f TFLOP/s (flash, mma.sync)\n", at, afl / at / 1e9);
-    printf("timing: attention forward, warp-per-row kernel  %8.3f ms  %6.1f TFLOP/s\n", at0, afl / at0 / 1e9);
-    printf("timing: attention backward (flash, mma.sync)    %8.3f ms  %6.1f TFLOP/s\n", atb, 2.5 * afl / atb / 1e9);
-    printf("timing: attention backward, warp-per-row        %8.3f ms  %6.1f TFLOP/s\n", atb0, 2.5 * afl / atb0 / 1e9);
+    const char *what[3] = {"warp-per-row", "flash v1 (mma.sync)", "flash v2 (cp.async, ldmatrix)"};
+    for (int version = 2; version >= 0; version--) {
+        cuda_attention_set_flash(version);
+        double at = time_ms(run_attn, &b, version ? 5 : 2), atb = time_ms(run_attn_bwd, &b, version ? 3 : 1);
+        printf("timing: attention T 8192 32q/8kv d128 causal, %-30s forward %7.3f ms %6.1f TFLOP/s, backward %7.3f ms %6.1f TFLOP/s\n",
+               what[version], at, afl / at / 1e9, atb, 2.5 * afl / atb / 1e9);
+    }
+    cuda_attention_set_flash(2);
     sync_or_die();
     free(x);
 }
@@ -339,11 +341,15 @@ int main(int argc, char **argv) {
     norm_case(70, 256, 1);
     activation_cases();
     rope_case();
-    attention_case(6, 2, 24, 1, 0);
-    attention_case(4, 4, 64, 0, 0);
-    attention_case(8, 2, 128, 1, 0);
-    attention_case(4, 2, 128, 1, 1);
-    attention_case(4, 4, 64, 0, 1);
+    attention_case(6, 2, 24, 1, 0, 2);
+    for (int version = 2; version >= 1; version--) {
+        attention_case(4, 4, 64, 0, 0, version);
+        attention_case(8, 2, 128, 1, 0, version);
+        attention_case(4, 2, 128, 1, 1, version);
+        attention_case(4, 4, 64, 0, 1, version);
+        attention_case(4, 2, 64, 1, 1, version);
+    }
+    attention_case(4, 2, 128, 1, 1, 0);
     decode_case(6, 2, 24, 1);
     decode_case(6, 2, 24, 5);
     decode_case(32, 8, 128, 1000);
