@@ -4,6 +4,7 @@
 // recomputing p = exp(s − lse). Correct and deterministic; the tiled tensor-core (flash) kernels that
 // issue 7 asks for will replace it behind the same interface.
 #include <math.h>
+#include <stdlib.h>
 
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
@@ -127,12 +128,21 @@ int cuda_flash_forward(int version, bf16 *out, float *lse, const bf16 *q, const 
 int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                         int D, int causal);
-static int flash_version = 2;
+// LLAVA_FLASH=0|1|2 picks the kernels for a whole run (comparisons, or a fallback while a new version
+// is being checked); cuda_attention_set_flash overrides it.
+static int flash_version = -1;
+static int flash_pick(void) {
+    if (flash_version < 0) {
+        const char *env = getenv("LLAVA_FLASH");
+        flash_version = env && env[0] >= '0' && env[0] <= '2' && !env[1] ? env[0] - '0' : 2;
+    }
+    return flash_version;
+}
 extern "C" void cuda_attention_set_flash(int version) { flash_version = version; }
 
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
-    if (flash_version && cuda_flash_forward(flash_version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
+    if (flash_pick() && cuda_flash_forward(flash_version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
     if (D > MAXD) { cuda_note_error("cuda_attention_forward", "head_dim above 128"); return; }
     attn_fwd<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
                                                                  (const bf16_t *)v, cu_seqlens, nseq, T, Hq, Hkv, D, causal,
@@ -148,7 +158,7 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
     attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
     LAUNCH_CHECK();
-    if (flash_version && cuda_flash_backward(flash_version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
+    if (flash_pick() && cuda_flash_backward(flash_version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (dq) {
         attn_bwd_dq<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)dq, DO, lse, Drow, Q, K, V, cu_seqlens, nseq, T,

@@ -9,7 +9,7 @@
 # (3) 10 training steps cuda vs cpu and a save/resume; (4) ops_check: every CUDA op against the CPU
 # op, and their timings at the 4B shapes; (5) the card's bf16 GEMM rate, the MFU denominator;
 # (6) bench/gpu_train.sh against PyTorch + transformers (SKIP_BENCH=1 leaves it out). A short table is
-# printed last.
+# printed last. LLAVA_FLASH=1 (or 0) runs the CUDA model on the first flash kernels (or the warp-per-row ones).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUTDIR=${OUT:-/tmp/gpu-out}
