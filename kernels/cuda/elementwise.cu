@@ -2,6 +2,8 @@
 // Row-wise ops give a row to a block; statistics and sums are fp32. Weight gradients that sum over rows
 // go through per-block partial sums added in a fixed order, never atomics, so a run repeats bit for bit.
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
@@ -194,14 +196,48 @@ __global__ static void embed_fwd(bf16_t *out, const int32_t *ids, const bf16_t *
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (size_t)T * C) out[i] = table[(size_t)ids[i / C] * C + i % C];
 }
-// One thread per channel walks the tokens in order: repeated ids add up deterministically.
-__global__ static void embed_bwd(float *dtable, const bf16_t *dy, const int32_t *ids, int T, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    for (int t = 0; t < T; t++) dtable[(size_t)ids[t] * C + c] += ld(dy, (size_t)t * C + c);
+// A block per distinct id adds that id's token rows in token order (deterministic; no atomics): the
+// tokens grouped by id (order[off[u] .. off[u+1]) for id uniq[u]) are built on the host.
+__global__ static void embed_bwd(float *dtable, const bf16_t *dy, const int32_t *uniq, const int32_t *off, const int32_t *order,
+                                 int C) {
+    int u = blockIdx.x;
+    float *row = dtable + (size_t)uniq[u] * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float s = row[c];
+        for (int i = off[u]; i < off[u + 1]; i++) s += ld(dy, (size_t)order[i] * C + c);
+        row[c] = s;
+    }
+}
+static int cmp_id_then_pos(const void *a, const void *b) {  // (id, position) pairs
+    const int32_t *x = (const int32_t *)a, *y = (const int32_t *)b;
+    return x[0] != y[0] ? (x[0] < y[0] ? -1 : 1) : (x[1] < y[1] ? -1 : x[1] > y[1]);
 }
 extern "C" void cuda_embedding_forward(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C) { embed_fwd<<<blocks((size_t)T * C), 256, 0, g_stream>>>(B16(out), ids, CB16(table), T, C); LAUNCH_CHECK(); }
-extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids, int T, int C) { embed_bwd<<<(C + 127) / 128, 128, 0, g_stream>>>(dtable, CB16(dout), ids, T, C); LAUNCH_CHECK(); }
+extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids, int T, int C) {
+    if (T <= 0) return;
+    // ids come back to the host (T int32; one wait per step) to be grouped: [uniq | off | order] go up together
+    int32_t *pairs = (int32_t *)malloc((size_t)T * 2 * sizeof(int32_t)), *host = (int32_t *)malloc((size_t)(3 * T + 1) * sizeof(int32_t));
+    if (!pairs || !host) { cuda_note_error("cuda_embedding_backward", "out of host memory"); free(pairs); free(host); return; }
+    cuda_download(host, ids, (size_t)T * sizeof(int32_t));
+    for (int t = 0; t < T; t++) { pairs[2 * t] = host[t]; pairs[2 * t + 1] = t; }
+    qsort(pairs, (size_t)T, 2 * sizeof(int32_t), cmp_id_then_pos);
+    int nu = 0;
+    int32_t *uniq = host, *off = host + T, *order = host + 2 * T + 1;
+    for (int t = 0; t < T; t++) {
+        if (t == 0 || pairs[2 * t] != pairs[2 * t - 2]) { uniq[nu] = pairs[2 * t]; off[nu++] = t; }
+        order[t] = pairs[2 * t + 1];
+    }
+    off[nu] = T;
+    // packed as uniq[nu] | off[nu + 1] | order[T] in one upload
+    int32_t *dev = (int32_t *)cuda_scratch((size_t)(3 * T + 1) * sizeof(int32_t));
+    memmove(host + nu, off, (size_t)(nu + 1) * sizeof(int32_t));
+    memmove(host + 2 * nu + 1, order, (size_t)T * sizeof(int32_t));
+    cuda_upload(dev, host, (size_t)(2 * nu + 1 + T) * sizeof(int32_t));
+    embed_bwd<<<nu, C >= 1024 ? 256 : 128, 0, g_stream>>>(dtable, CB16(dout), dev, dev + nu, dev + 2 * nu + 1, C);
+    LAUNCH_CHECK();
+    free(pairs);
+    free(host);
+}
 
 // ---- cross-entropy: a block per row, max and Σexp in fp32, no probabilities stored ----
 // Every thread of the block gets the row's maximum and Σ exp(x − max).

@@ -4,6 +4,7 @@
 //   dinp[N,K] += dout[N,M]·w[M,K]   <=>  dinpᵀ(K×N) = (w-buffer, K×M) · (dout-buffer, M×N)
 //   dw[M,K] += dout[N,M]ᵀ·inp[N,K]  <=>  dwᵀ(K×M) = (inp-buffer, K×N) · (dout-buffer, M×N)ᵀ
 #include <stdio.h>
+#include <string.h>
 
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
@@ -18,55 +19,92 @@
         }                                                                 \
     } while (0)
 
-// D(m×n) = alpha·op(A)·op(B) + beta·C, column-major, C = D; an optional bias (bf16, length m) epilogue.
-static void lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A, int lda,
-                      const void *B, int ldb, void *D, cudaDataType_t dtype, int ldd, float beta, const void *bias) {
+// A shape's descriptors and the heuristic's algorithm, built on its first call and kept: a training
+// step repeats the same few shapes, and the heuristic query costs more than a small product.
+typedef struct {
+    cublasOperation_t ta, tb;
+    int m, n, k, lda, ldb, ldd, bias;
+    cudaDataType_t dtype;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, ld;
-    LT_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    cublasLtMatmulAlgo_t algo;
+    int found;
+} LtPlan;
+enum { MAX_PLANS = 256 };
+static LtPlan plans[MAX_PLANS];
+static int nplans;
+
+static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int lda, int ldb, cudaDataType_t dtype,
+                       int ldd, int bias) {
+    for (int i = 0; i < nplans; i++) {
+        LtPlan *p = &plans[i];
+        if (p->ta == ta && p->tb == tb && p->m == m && p->n == n && p->k == k && p->lda == lda && p->ldb == ldb &&
+            p->ldd == ldd && p->dtype == dtype && p->bias == bias)
+            return p;
+    }
+    LtPlan *p = nplans < MAX_PLANS ? &plans[nplans++] : &plans[MAX_PLANS - 1];  // beyond the table: reuse the last slot
+    if (p == &plans[MAX_PLANS - 1] && p->op) {
+        cublasLtMatrixLayoutDestroy(p->la);
+        cublasLtMatrixLayoutDestroy(p->lb);
+        cublasLtMatrixLayoutDestroy(p->ld);
+        cublasLtMatmulDescDestroy(p->op);
+    }
+    memset(p, 0, sizeof *p);
+    p->ta = ta; p->tb = tb; p->m = m; p->n = n; p->k = k; p->lda = lda; p->ldb = ldb; p->ldd = ldd; p->bias = bias;
+    p->dtype = dtype;
+    LT_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
     if (bias) {
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
         cudaDataType_t bt = CUDA_R_16BF;
-        LT_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
-        LT_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-        LT_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+        LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+        LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
     }
-    LT_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&ld, dtype, m, n, ldd));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, ta == CUBLAS_OP_N ? m : k, ta == CUBLAS_OP_N ? k : m, lda));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, tb == CUBLAS_OP_N ? k : n, tb == CUBLAS_OP_N ? n : k, ldb));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&p->ld, dtype, m, n, ldd));
     cublasLtMatmulPreference_t pref;
     LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_lt_workspace_bytes,
                                                   sizeof g_lt_workspace_bytes));
     cublasLtMatmulHeuristicResult_t h;
-    int found = 0;
-    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, op, la, lb, ld, ld, pref, 1, &h, &found));
-    if (!found) {
-        cuda_note_error("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this shape");
-    } else {
-        float alpha = 1.0f;
-        LT_CHECK(cublasLtMatmul(g_lt, op, &alpha, A, la, B, lb, &beta, D, ld, D, ld, &h.algo, g_lt_workspace,
-                                g_lt_workspace_bytes, g_stream));
-    }
+    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->la, p->lb, p->ld, p->ld, pref, 1, &h, &p->found));
+    if (p->found) p->algo = h.algo;
     cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(la);
-    cublasLtMatrixLayoutDestroy(lb);
-    cublasLtMatrixLayoutDestroy(ld);
-    cublasLtMatmulDescDestroy(op);
+    return p;
+}
+
+// D(m×n) = op(A)·op(B) + beta·D, column-major; an optional bias (bf16, length m) epilogue.
+static void lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A, int lda,
+                      const void *B, int ldb, void *D, cudaDataType_t dtype, int ldd, float beta, const void *bias) {
+    LtPlan *p = lt_plan(ta, tb, m, n, k, lda, ldb, dtype, ldd, bias != NULL);
+    if (!p->found) { cuda_note_error("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this shape"); return; }
+    if (bias) LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    float alpha = 1.0f;
+    LT_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->algo, g_lt_workspace,
+                            g_lt_workspace_bytes, g_stream));
 }
 
 extern "C" void cuda_matmul_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int N, int K, int M) {
     lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, w, K, inp, K, out, CUDA_R_16BF, M, 0.0f, bias);
 }
 
-// dbias[m] += Σ_n dout[n, m]: one thread per column, rows summed in order (deterministic).
-__global__ static void bias_grad_kernel(float *dbias, const bf16_t *dout, int N, int M) {
+// dbias[m] += Σ_n dout[n, m] in two ordered passes (deterministic, and parallel over rows as well as
+// columns): part[p, m] = Σ over rows [64p, 64p + 64); then dbias[m] += Σ_p part[p, m].
+enum { BIAS_ROWS = 64 };
+__global__ static void bias_grad_parts(float *part, const bf16_t *dout, int N, int M) {
+    int p = blockIdx.y, m = blockIdx.x * blockDim.x + threadIdx.x;
+    if (m >= M) return;
+    float s = 0.0f;
+    for (int n = p * BIAS_ROWS; n < N && n < (p + 1) * BIAS_ROWS; n++) s += ld(dout, (size_t)n * M + m);
+    part[(size_t)p * M + m] = s;
+}
+__global__ static void bias_grad_sum(float *dbias, const float *part, int nparts, int M) {
     int m = blockIdx.x * blockDim.x + threadIdx.x;
     if (m >= M) return;
     float s = 0.0f;
-    for (int n = 0; n < N; n++) s += ld(dout, (size_t)n * M + m);
+    for (int p = 0; p < nparts; p++) s += part[(size_t)p * M + m];
     dbias[m] += s;
 }
 
@@ -75,7 +113,11 @@ extern "C" void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const 
     if (dinp) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, K, N, M, w, K, dout, M, dinp, CUDA_R_16BF, K, 1.0f, NULL);
     if (dw) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_T, K, M, N, inp, K, dout, M, dw, CUDA_R_32F, K, 1.0f, NULL);
     if (dbias) {
-        bias_grad_kernel<<<(M + 255) / 256, 256, 0, g_stream>>>(dbias, (const bf16_t *)dout, N, M);
+        int parts = (N + BIAS_ROWS - 1) / BIAS_ROWS;
+        float *part = (float *)cuda_scratch((size_t)parts * M * sizeof(float));
+        bias_grad_parts<<<dim3((M + 127) / 128, parts), 128, 0, g_stream>>>(part, (const bf16_t *)dout, N, M);
+        LAUNCH_CHECK();
+        bias_grad_sum<<<(M + 255) / 256, 256, 0, g_stream>>>(dbias, part, parts, M);
         LAUNCH_CHECK();
     }
 }
