@@ -36,6 +36,16 @@ static void layer_acts_alloc(const Model *m, Arena *A, int T, LayerActs *a) {
     a->gu = Z(T * 2 * I); a->act = Z(T * I);
 }
 
+// Whether gate_proj and up_proj sit back to back in the weights (and in the gradients: both absent, or
+// both present and adjacent), so that [gate; up] is one [2I, H] matrix whose product gives the
+// [gate | up] rows swiglu reads, with no copies. The flat layouts make it so whenever I·H is a
+// multiple of their alignment; the check keeps the graph correct for any other layout.
+static int gate_up_fused(const Model *m, const Act *wg, const Act *wu, const float *dg, const float *du) {
+    size_t n = (size_t)m->cfg.text.intermediate * m->cfg.text.hidden;
+    if (AT(m->be, wg, n) != wu) return 0;
+    return (!dg && !du) || (dg && du && dg + n == du);
+}
+
 // Layer l from a->x_in into a's activations; x_out (NULL: not needed, as when recomputing) gets its output.
 static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs *a, Act *x_out) {
     const Backend *be = m->be;
@@ -57,10 +67,15 @@ static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs 
     be->matmul_forward(o, a->att, W(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL, T, Q, H);
     be->add(a->x_mid, a->x_in, o, (size_t)T * H);
     be->rmsnorm_forward(a->h2, a->rstd2, a->x_mid, W(m, "model.layers.%d.post_attention_layernorm.weight", l), T, H, eps);
-    be->matmul_forward(g, a->h2, W(m, "model.layers.%d.mlp.gate_proj.weight", l), NULL, T, H, I);
-    be->matmul_forward(u, a->h2, W(m, "model.layers.%d.mlp.up_proj.weight", l), NULL, T, H, I);
-    be->copy2d(a->gu, 2 * (size_t)I, g, I, T, I);  // [gate | up] rows for swiglu
-    be->copy2d(AT_(a->gu, I), 2 * (size_t)I, u, I, T, I);
+    const Act *wg = W(m, "model.layers.%d.mlp.gate_proj.weight", l), *wu = W(m, "model.layers.%d.mlp.up_proj.weight", l);
+    if (gate_up_fused(m, wg, wu, NULL, NULL)) {
+        be->matmul_forward(a->gu, a->h2, wg, NULL, T, H, 2 * I);  // [gate; up] is one [2I, H] matrix: rows [gate | up]
+    } else {
+        be->matmul_forward(g, a->h2, wg, NULL, T, H, I);
+        be->matmul_forward(u, a->h2, wu, NULL, T, H, I);
+        be->copy2d(a->gu, 2 * (size_t)I, g, I, T, I);  // [gate | up] rows for swiglu
+        be->copy2d(AT_(a->gu, I), 2 * (size_t)I, u, I, T, I);
+    }
     be->swiglu_forward(a->act, a->gu, T, I);
     if (!x_out) return;
     be->matmul_forward(o, a->act, W(m, "model.layers.%d.mlp.down_proj.weight", l), NULL, T, I, H);
@@ -98,7 +113,12 @@ void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act 
     be->embedding_forward(x, tr->ids, W(m, "model.embed_tokens.weight", 0), T, H);
     if (tr->npad) be->scatter_rows(x, image_embeds, tr->pad_rows, tr->npad, H);  // image pads take the merger outputs in order
     tr->L = arena_bytes(Hs, (size_t)c->layers * sizeof(LayerActs));
-    tr->g = Z((size_t)T * I); tr->u = Z((size_t)T * I); tr->o = Z((size_t)T * H);
+    tr->o = Z((size_t)T * H);
+    for (int l = 0; l < c->layers && !tr->g; l++)  // separate gate and up products only where they are not fused
+        if (!gate_up_fused(m, W(m, "model.layers.%d.mlp.gate_proj.weight", l), W(m, "model.layers.%d.mlp.up_proj.weight", l), NULL, NULL)) {
+            tr->g = Z((size_t)T * I);
+            tr->u = Z((size_t)T * I);
+        }
     // The recomputed layers (the first w->recompute) share one set of activations: the backward runs
     // each one's forward again from its kept input just before its backward.
     tr->recompute = w->recompute < c->layers ? w->recompute : c->layers;
@@ -144,7 +164,14 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     be->matmul_backward(below ? dh : NULL, G(m, grads, head, 0), NULL, dlogits, tr->hf, W(m, head, 0), T, H, c->vocab);
     if (!below) return 0;
     be->rmsnorm_backward(stop < c->layers ? dx : NULL, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
-    Act *dact = Z((size_t)T * I), *dgu = Z((size_t)T * 2 * I), *dg = Z((size_t)T * I), *du = Z((size_t)T * I),
+    Act *dg = NULL, *du = NULL;
+    for (int l = stop; l < c->layers && !dg; l++)
+        if (!gate_up_fused(m, W(m, "model.layers.%d.mlp.gate_proj.weight", l), W(m, "model.layers.%d.mlp.up_proj.weight", l),
+                           G(m, grads, "model.layers.%d.mlp.gate_proj.weight", l), G(m, grads, "model.layers.%d.mlp.up_proj.weight", l))) {
+            dg = Z((size_t)T * I);
+            du = Z((size_t)T * I);
+        }
+    Act *dact = Z((size_t)T * I), *dgu = Z((size_t)T * 2 * I),
         *datt = Z(T * Q), *dqr = Z(T * Q), *dkr = Z(T * KV), *dv = Z(T * KV), *dq = Z(T * Q), *dk = Z(T * KV);
     for (int l = c->layers - 1; l >= stop; l--) {
         LayerActs *a = &tr->L[l];
@@ -155,13 +182,17 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
                             W(m, "model.layers.%d.mlp.down_proj.weight", l), T, I, H);
         be->zero(dgu, (size_t)T * 2 * I * es);
         be->swiglu_backward(dgu, dact, a->gu, T, I);
-        be->copy2d(dg, I, dgu, 2 * (size_t)I, T, I);
-        be->copy2d(du, I, AT_(dgu, I), 2 * (size_t)I, T, I);
         be->zero(dh, (size_t)T * H * es);
-        be->matmul_backward(dh, G(m, grads, "model.layers.%d.mlp.gate_proj.weight", l), NULL, dg, a->h2,
-                            W(m, "model.layers.%d.mlp.gate_proj.weight", l), T, H, I);
-        be->matmul_backward(dh, G(m, grads, "model.layers.%d.mlp.up_proj.weight", l), NULL, du, a->h2,
-                            W(m, "model.layers.%d.mlp.up_proj.weight", l), T, H, I);
+        const Act *wg = W(m, "model.layers.%d.mlp.gate_proj.weight", l), *wu = W(m, "model.layers.%d.mlp.up_proj.weight", l);
+        float *dwg = G(m, grads, "model.layers.%d.mlp.gate_proj.weight", l), *dwu = G(m, grads, "model.layers.%d.mlp.up_proj.weight", l);
+        if (gate_up_fused(m, wg, wu, dwg, dwu)) {
+            be->matmul_backward(dh, dwg, NULL, dgu, a->h2, wg, T, H, 2 * I);
+        } else {
+            be->copy2d(dg, I, dgu, 2 * (size_t)I, T, I);
+            be->copy2d(du, I, AT_(dgu, I), 2 * (size_t)I, T, I);
+            be->matmul_backward(dh, dwg, NULL, dg, a->h2, wg, T, H, I);
+            be->matmul_backward(dh, dwu, NULL, du, a->h2, wu, T, H, I);
+        }
         be->rmsnorm_backward(dx, G(m, grads, "model.layers.%d.post_attention_layernorm.weight", l), dh, a->x_mid,
                              W(m, "model.layers.%d.post_attention_layernorm.weight", l), a->rstd2, T, H);
         // attention: x_mid = x_in + att·Woᵀ (dx becomes d x_in)

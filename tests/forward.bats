@@ -118,6 +118,10 @@ mlcd_parity() {  # vision tower of the merged checkpoint vs the MLCD model on th
     [ "$status" -eq 0 ]
     [[ "$output" == *"backward through 4 of 4 decoder layers and 2 of 2 vision blocks"* ]]
     ref grads "$T/hf" "$T/in.safetensors" "$T/g.safetensors" visual.
+    # gate_proj alone: the [gate; up] product cannot be fused for the weight gradient (separate products)
+    run "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/g.safetensors" --grads --trainable model.layers.1.mlp.gate_proj.
+    [ "$status" -eq 0 ]
+    ref grads "$T/hf" "$T/in.safetensors" "$T/g.safetensors" model.layers.1.mlp.gate_proj.
 }
 
 @test "forward: a trainable set naming no tensor is an input error" {
