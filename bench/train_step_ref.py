@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch peer of bench/train_step.c: the reference model of tests/ref/model_ref.py (fp32, eager, written
-from spec/model.md; attention per diagonal block) trained on the same batch with torch.optim.AdamW; one
-untimed warm-up step.
+from spec/model.md; attention per diagonal block) trained on the same batch with torch.optim.AdamW; two
+untimed warm-up steps, as train_step.c.
 usage: train_step_ref.py HF_DIR IN.safetensors STEPS THREADS"""
 import os
 import sys
@@ -35,8 +35,9 @@ for p in params:
     p.requires_grad_(True)
 opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 T = inp["input_ids"].numel()
-for s in range(steps + 1):
-    if s == 1:
+WARMUP = 2
+for s in range(WARMUP + steps):
+    if s == WARMUP:
         t0 = time.perf_counter()
     opt.zero_grad()
     _, _, _, loss = run(cfg, W, inp)
