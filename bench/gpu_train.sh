@@ -3,12 +3,15 @@
 # same card in the same run (spec/performance.md §4; issue 7). For each shape it prints our line
 # (build/bench/train_step: tokens/s, model TFLOP/s, MFU against the card's bf16 GEMM rate measured
 # here, peak memory) and the peer's (bench/gpu_train_ref.py), then the ratio.
-#   usage: bench/gpu_train.sh [slice] [vision]        (default: both; STEPS=5 timed steps after 2 warm-up)
+#   usage: bench/gpu_train.sh [slice] [vision] [full]   (default: slice vision; STEPS=5 timed steps after 2 warm-up)
 # slice:  the 4B language model's width (hidden 2560, 32q/8kv heads of 128, FFN 9728, vocab 151936, tied
 #         embeddings) with 8 layers, one packed sequence of 8192 random tokens, labels = inputs; all
 #         tensors train, AdamW (spec: PyTorch 323 model TFLOP/s on an H100).
 # vision: the RICE-L/14 tower (24 blocks, 1024 wide) on one 1008x1008 image (5184 patches + CLS), forward
 #         and backward, no optimizer (spec: PyTorch 217 TFLOP/s on an H100).
+# full:   the whole 4B model (4.7B parameters) with images on an H200: one packed sequence of 8192 tokens holding
+#         two 896x896 images (64x64 patches, 1024 image tokens each), every tensor trains, every decoder layer
+#         recomputed (--recompute 36; the peer uses gradient checkpointing on both towers: without it neither fits).
 # Checkpoints are random (mkckpt --preset 4b, cut to the slice). Needs a GPU, PyTorch and transformers.
 # BIN (default bin) holds mkckpt, merge and train_step; tests/gpu/run.sh points it at the carried gpu-bin.
 set -uo pipefail
@@ -36,11 +39,11 @@ PY
 ) || { echo "gpu_train: no CUDA device for PyTorch"; exit 1; }
 echo "gpu_train: $($PY -c 'import torch; print(torch.cuda.get_device_name())'), bf16 GEMM ${peak} TFLOP/s (8192^3, median of 10): the MFU denominator"
 
-ratio() {  # OURS_LINE PEER_LINE: our model TFLOP/s over the peer's
+ratio() {  # OURS_LINE PEER_LINE: the peer's time per step over ours (the same work on both sides)
     local a b
-    a=$(grep -o '[0-9.]* model TFLOP/s' <<<"$1" | cut -d' ' -f1)
-    b=$(grep -o '[0-9.]* model TFLOP/s' <<<"$2" | cut -d' ' -f1)
-    [ -n "$a" ] && [ -n "$b" ] && awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2fx", a / b }' || echo "n/a"
+    a=$(grep -o '[0-9.]* ms/step' <<<"$1" | cut -d' ' -f1)
+    b=$(grep -o '[0-9.]* ms/step' <<<"$2" | cut -d' ' -f1)
+    [ -n "$a" ] && [ -n "$b" ] && awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2fx", b / a }' || echo "n/a"
 }
 
 for shape in $SHAPES; do
@@ -73,10 +76,33 @@ PY
         ours=$("$TRAIN_STEP" --device cuda --vision --peak-tflops "$peak" "$W/vis/hf" "$W/vis.safetensors" "$STEPS" 2>&1 | tail -1)
         peer=$($PY bench/gpu_train_ref.py vision "$W/vis/vit" 1008 "$STEPS" 2>&1 | tail -1)
         ;;
-    *) echo "gpu_train: unknown shape '$shape' (slice, vision)"; exit 2 ;;
+    full)
+        "$BIN/mkckpt" --preset 4b --out "$W/full" --seed 1 2>/dev/null &&
+        "$BIN/merge" --vit "$W/full/vit" --llm "$W/full/llm" --out "$W/full/hf" 2>/dev/null || { echo "gpu_train: mkckpt/merge failed"; exit 1; }
+        $PY - "$W/full.safetensors" <<'PY'
+import os, sys
+sys.path.insert(0, "tests/ref")
+import numpy as np
+from stlib import write_file
+rng, T, g, pad = np.random.default_rng(0), 8192, 64, 151655
+ids = rng.integers(0, 151000, T).astype(np.int32)
+ids[ids == pad] = 0
+for at in (16, 4096):  # two images of 64x64 patches: 1024 merged tokens each
+    ids[at:at + g * g // 4] = pad
+labels = ids.copy()
+labels[ids == pad] = -100
+px = rng.standard_normal((2 * g * g, 588)).astype(np.float32)
+write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", labels), ("pixel_values", "F32", px),
+                         ("grid_thw", "I32", np.array([[1, g, g], [1, g, g]], np.int32)),
+                         ("image_token_id", "I32", np.array([pad], np.int32))])
+PY
+        ours=$("$TRAIN_STEP" --device cuda --recompute 36 --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$STEPS" 2>&1 | tail -1)
+        peer=$($PY bench/gpu_train_ref.py full "$W/full/vit" "$W/full/llm" "$W/full.safetensors" "$STEPS" 2>&1 | tail -1)
+        ;;
+    *) echo "gpu_train: unknown shape '$shape' (slice, vision, full)"; exit 2 ;;
     esac
     echo "gpu_train $shape: ours  $ours"
     echo "gpu_train $shape: $peer"
-    echo "gpu_train $shape: ours / PyTorch model TFLOP/s = $(ratio "$ours" "$peer") (target 1.3x)"
-    rm -rf "$W/slice" "$W/vis"
+    echo "gpu_train $shape: speed ours / PyTorch (time per step) = $(ratio "$ours" "$peer") (target 1.3x)"
+    rm -rf "$W/slice" "$W/vis" "$W/full"
 done

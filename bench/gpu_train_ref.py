@@ -10,6 +10,12 @@ usage:
   gpu_train_ref.py vision VIT_DIR IMAGE_SIDE STEPS
         MLCDVisionModel on one random IMAGE_SIDE x IMAGE_SIDE image, forward + backward of the mean of the squared
         last hidden state, no optimizer
+  gpu_train_ref.py full VIT_DIR LLM_DIR IN.safetensors STEPS
+        the whole LLaVA-OV-1.5 shape assembled from transformers parts: MLCDVisionModel on the images of IN
+        (grid_thw; all the same size, one batch), CLS rows dropped, the 2x2 merger (LayerNorm, Linear 4D->4D, GELU,
+        Linear 4D->H), embeddings scattered into the image-pad positions of Qwen3ForCausalLM's inputs_embeds, loss
+        from labels, fused AdamW over everything; gradient checkpointing on both models (the whole model does not
+        fit an H200 without it, and ours runs with --recompute of every layer)
 Prints one line: "peer: ... ms/step, ... tokens/s, ... model TFLOP/s, peak ... GiB" with the model FLOPs of
 spec/performance.md §4 (LLM: 6*N_nonembed*T + 6*h*V*T + 6*L*q*T^2 for one causal sequence; ViT:
 6*N*S + 12*L*h*S^2)."""
@@ -91,8 +97,52 @@ def vision(model_dir, side, steps):
           f"SDPA; {torch.cuda.get_device_name()})")
 
 
+def full(vit_dir, llm_dir, in_path, steps):
+    from transformers import MLCDVisionModel, Qwen3ForCausalLM
+    vit = MLCDVisionModel.from_pretrained(vit_dir, dtype=torch.float32, attn_implementation="sdpa").cuda().train()
+    llm = Qwen3ForCausalLM.from_pretrained(llm_dir, dtype=torch.float32, attn_implementation="sdpa").cuda().train()
+    vit.gradient_checkpointing_enable()
+    llm.gradient_checkpointing_enable()
+    D, H = vit.config.hidden_size, llm.config.hidden_size
+    merger = torch.nn.Sequential(torch.nn.LayerNorm(D, eps=1e-6), torch.nn.Flatten(-2), torch.nn.Linear(4 * D, 4 * D),
+                                 torch.nn.GELU(), torch.nn.Linear(4 * D, H)).cuda()
+    inp = read_file(in_path)
+    ids = torch.from_numpy(np.array(inp["input_ids"][1], np.int64)).reshape(1, -1).cuda()
+    labels = torch.from_numpy(np.array(inp["labels"][1], np.int64)).reshape(1, -1).cuda()
+    grid = np.array(inp["grid_thw"][1]).reshape(-1, 3)
+    n, gh, gw = len(grid), int(grid[0, 1]), int(grid[0, 2])
+    assert (grid[:, 1:] == [gh, gw]).all(), "the peer batches images of one size"
+    px = torch.randn(n, 3, gh * 14, gw * 14, device="cuda")
+    image_id = int(np.array(inp["image_token_id"][1])[0])
+    pads = ids[0] == image_id
+    params = list(vit.parameters()) + list(merger.parameters()) + list(llm.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    last = [0.0]
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            x = vit(pixel_values=px).last_hidden_state[:, 1:]  # [n, gh*gw, D] without CLS
+            x = x.reshape(n, gh // 2, 2, gw // 2, 2, D).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, D)  # 2x2 blocks
+            emb = llm.get_input_embeddings()(ids)
+            emb = emb.masked_scatter(pads[None, :, None], merger(x).to(emb.dtype))
+            loss = llm(inputs_embeds=emb, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        last[0] = loss.detach()
+
+    torch.cuda.reset_peak_memory_stats()
+    dt = timed(step, steps)
+    T = ids.shape[1]
+    print(f"peer: {T} tokens, {n} images of {gh}x{gw} patches, {steps} steps, {dt * 1e3:.1f} ms/step, {T / dt:.0f} tokens/s, "
+          f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, last loss {float(last[0]):.4f} (transformers MLCDVisionModel "
+          f"+ merger + Qwen3ForCausalLM, bf16 autocast, SDPA, gradient checkpointing, fused AdamW; {torch.cuda.get_device_name()})")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "llm":
         llm(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "full":
+        full(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:
         vision(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

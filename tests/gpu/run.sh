@@ -9,7 +9,7 @@
 # (3) 10 training steps cuda vs cpu and a save/resume; (4) ops_check: every CUDA op against the CPU
 # op, and their timings at the 4B shapes; (5) the card's bf16 GEMM rate, the MFU denominator;
 # (6) bench/gpu_train.sh against PyTorch + transformers (SKIP_BENCH=1 leaves it out). A short table is
-# printed last. LLAVA_FLASH=1 (or 0) runs the CUDA model on the first flash kernels (or the warp-per-row ones).
+# printed last. ONLY_BENCH=1 BENCH_SHAPES=full runs just the whole-4B bench (an H200). LLAVA_FLASH=1 (or 0) runs the CUDA model on the first flash kernels (or the warp-per-row ones).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUTDIR=${OUT:-/tmp/gpu-out}
@@ -23,6 +23,13 @@ export LLAVA_DATA_SPECS=$PWD/data-specs  # the programs run from a temporary dir
 summary=()
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 "$B/forward" --version
+
+# ONLY_BENCH=1: just bench/gpu_train.sh over BENCH_SHAPES (e.g. "full" on an H200, with kind=nvidia-h200)
+if [ "${ONLY_BENCH:-0}" = 1 ]; then
+    BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 | tee "$OUTDIR/gpu_train.txt"
+    rm -rf "$W"
+    exit 0
+fi
 
 # ---- 1. the CPU model against transformers ----
 $PY - "$W/gqa.json" <<'PY'
@@ -158,7 +165,7 @@ summary+=("bf16 GEMM: $gemm")
 
 # ---- 6. bench/gpu_train.sh: training steps against PyTorch + transformers on this card ----
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-    BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh 2>&1 | tee "$OUTDIR/gpu_train.txt"
+    BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 | tee "$OUTDIR/gpu_train.txt"
     while IFS= read -r line; do summary+=("$line"); done < <(grep '^gpu_train' "$OUTDIR/gpu_train.txt")
 fi
 rm -rf "$W"
