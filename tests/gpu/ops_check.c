@@ -199,13 +199,17 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     sync_or_die();
     char name[96];
     float *h;
-    snprintf(name, sizeof name, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T,
-             D != 64 && D != 128 ? "warp-per-row" : version == 2 ? "flash v2" : version == 1 ? "flash v1" : "warp-per-row");
+    const char *kind = D != 64 && D != 128 ? "warp-per-row" : version == 2 ? "flash v2" : version == 1 ? "flash v1" : "warp-per-row";
+    snprintf(name, sizeof name, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T, kind);
     check(name, h = back_bf16(go, nq), o, nq, 2e-2); free(h);
-    check("  lse (fp32)", h = back_f32(glse, (size_t)T * Hq), lse, (size_t)T * Hq, 1e-3); free(h);
-    check("  dq", h = back_bf16(gdq, nq), dq, nq, 2e-2); free(h);
-    check("  dk", h = back_bf16(gdk, nk), dk, nk, 2e-2); free(h);
-    check("  dv", h = back_bf16(gdv, nk), dv, nk, 2e-2); free(h);
+    snprintf(name, sizeof name, "  lse, fp32 (%s)", kind);
+    check(name, h = back_f32(glse, (size_t)T * Hq), lse, (size_t)T * Hq, 1e-3); free(h);
+    snprintf(name, sizeof name, "  dq (%s)", kind);
+    check(name, h = back_bf16(gdq, nq), dq, nq, 2e-2); free(h);
+    snprintf(name, sizeof name, "  dk (%s)", kind);
+    check(name, h = back_bf16(gdk, nk), dk, nk, 2e-2); free(h);
+    snprintf(name, sizeof name, "  dv (%s)", kind);
+    check(name, h = back_bf16(gdv, nk), dv, nk, 2e-2); free(h);
     free(q); free(k); free(v); free(dy); free(o); free(lse); free(dq); free(dk); free(dv);
     cuda_free(gq); cuda_free(gk); cuda_free(gv); cuda_free(gdy); cuda_free(go); cuda_free(gdq); cuda_free(gdk); cuda_free(gdv);
     cuda_free(glse); cuda_free(gcu);
