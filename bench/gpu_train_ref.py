@@ -43,6 +43,18 @@ def timed(step, steps):
     return (time.perf_counter() - t0) / steps
 
 
+def train_step(loss_fn, opt, last):
+    """One optimizer step on loss_fn() under bf16 autocast; the loss is kept (on the device) in last[0]."""
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        last[0] = loss.detach()
+    return step
+
+
 def llm(model_dir, in_path, steps):
     from transformers import Qwen3ForCausalLM
     model = Qwen3ForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").cuda().train()
@@ -51,15 +63,7 @@ def llm(model_dir, in_path, steps):
     labels = torch.from_numpy(np.array(inp["labels"][1], np.int64)).reshape(1, -1).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     last = [0.0]
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        last[0] = loss.detach()
-
+    step = train_step(lambda: model(input_ids=ids, labels=labels).loss, opt, last)
     torch.cuda.reset_peak_memory_stats()
     dt = timed(step, steps)
     c = model.config
@@ -119,18 +123,14 @@ def full(vit_dir, llm_dir, in_path, steps):
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     last = [0.0]
 
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            x = vit(pixel_values=px).last_hidden_state[:, 1:]  # [n, gh*gw, D] without CLS
-            x = x.reshape(n, gh // 2, 2, gw // 2, 2, D).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, D)  # 2x2 blocks
-            emb = llm.get_input_embeddings()(ids)
-            emb = emb.masked_scatter(pads[None, :, None], merger(x).to(emb.dtype))
-            loss = llm(inputs_embeds=emb, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        last[0] = loss.detach()
+    def loss_fn():
+        x = vit(pixel_values=px).last_hidden_state[:, 1:]  # [n, gh*gw, D] without CLS
+        x = x.reshape(n, gh // 2, 2, gw // 2, 2, D).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, D)  # 2x2 blocks
+        emb = llm.get_input_embeddings()(ids)
+        emb = emb.masked_scatter(pads[None, :, None], merger(x).to(emb.dtype))
+        return llm(inputs_embeds=emb, labels=labels).loss
 
+    step = train_step(loss_fn, opt, last)
     torch.cuda.reset_peak_memory_stats()
     dt = timed(step, steps)
     T = ids.shape[1]

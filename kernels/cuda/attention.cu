@@ -34,6 +34,19 @@ __device__ static float dot_vec(const float *r, const bf16_t *p, int D) {
     return warp_sum(s);
 }
 
+// One key of the online softmax for a warp's query row: score q·k_j·scale, then m, l and acc (the lane's
+// elements of Σ p_j·v_j) rescaled to the new maximum.
+__device__ __forceinline__ static void online_softmax_key(const float *qr, const bf16_t *kj, const bf16_t *vj, int D, float scale,
+                                                          float *m, float *l, float *acc) {
+    int lane = threadIdx.x % 32;
+    float sc = dot_vec(qr, kj, D) * scale;
+    float mn = fmaxf(*m, sc), corr = expf(*m - mn), p = expf(sc - mn);
+    *l = *l * corr + p;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i++) acc[i] = acc[i] * corr + (lane + 32 * i < D ? p * ld(vj, lane + 32 * i) : 0.0f);
+    *m = mn;
+}
+
 __global__ static void attn_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu,
                                 int nseq, int T, int Hq, int Hkv, int D, int causal, float scale) {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
@@ -42,15 +55,8 @@ __global__ static void attn_fwd(bf16_t *out, float *lse, const bf16_t *q, const 
     int start = cu[s], end = causal ? t + 1 : cu[s + 1];
     float qr[PER_LANE], acc[PER_LANE] = {0}, m = -INFINITY, l = 0.0f;
     load_vec(qr, q + ((size_t)t * Hq + h) * D, D);
-    for (int j = start; j < end; j++) {
-        float sc = dot_vec(qr, k + ((size_t)j * Hkv + hk) * D, D) * scale;
-        float mn = fmaxf(m, sc), corr = expf(m - mn), p = expf(sc - mn);
-        l = l * corr + p;
-        const bf16_t *vj = v + ((size_t)j * Hkv + hk) * D;
-#pragma unroll
-        for (int i = 0; i < PER_LANE; i++) acc[i] = acc[i] * corr + (lane + 32 * i < D ? p * ld(vj, lane + 32 * i) : 0.0f);
-        m = mn;
-    }
+    for (int j = start; j < end; j++)
+        online_softmax_key(qr, k + ((size_t)j * Hkv + hk) * D, v + ((size_t)j * Hkv + hk) * D, D, scale, &m, &l, acc);
     bf16_t *o = out + ((size_t)t * Hq + h) * D;
 #pragma unroll
     for (int i = 0; i < PER_LANE; i++) if (lane + 32 * i < D) st(o, lane + 32 * i, acc[i] / l);
@@ -183,15 +189,8 @@ __global__ static void attn_decode_k(bf16_t *out, const bf16_t *q, const bf16_t 
     int h = blockIdx.x, hk = h / (Hq / Hkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float qr[PER_LANE], acc[PER_LANE] = {0}, m = -INFINITY, l = 0.0f;
     load_vec(qr, q + (size_t)h * D, D);
-    for (int j = warp; j < len; j += DEC_WARPS) {
-        float sc = dot_vec(qr, k + ((size_t)j * Hkv + hk) * D, D) * scale;
-        float mn = fmaxf(m, sc), corr = expf(m - mn), p = expf(sc - mn);
-        l = l * corr + p;
-        const bf16_t *vj = v + ((size_t)j * Hkv + hk) * D;
-#pragma unroll
-        for (int i = 0; i < PER_LANE; i++) acc[i] = acc[i] * corr + (lane + 32 * i < D ? p * ld(vj, lane + 32 * i) : 0.0f);
-        m = mn;
-    }
+    for (int j = warp; j < len; j += DEC_WARPS)
+        online_softmax_key(qr, k + ((size_t)j * Hkv + hk) * D, v + ((size_t)j * Hkv + hk) * D, D, scale, &m, &l, acc);
     if (lane == 0) { wm[warp] = m; wl[warp] = l; }
 #pragma unroll
     for (int i = 0; i < PER_LANE; i++) if (lane + 32 * i < D) wacc[warp][lane + 32 * i] = acc[i];

@@ -73,11 +73,7 @@ flash_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_
                 mx_lo = fmaxf(mx_lo, sc[n][e]);
                 mx_hi = fmaxf(mx_hi, sc[n][2 + e]);
             }
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        float mn_lo = fmaxf(m_lo, quad_max(mx_lo)), mn_hi = fmaxf(m_hi, quad_max(mx_hi));
         float corr_lo = mn_lo == -INFINITY ? 1.0f : __expf(m_lo - mn_lo), corr_hi = mn_hi == -INFINITY ? 1.0f : __expf(m_hi - mn_hi);
         float sum_lo = 0.0f, sum_hi = 0.0f;
         uint32_t pa[BC / 16][4];  // P in the A-operand layout of the P·V products
@@ -90,12 +86,8 @@ flash_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_
             pa[n / 2][(n % 2) * 2 + 0] = pack_bf16(p0, p1);  // rows g:   keys 2c.. (n even) or 2c+8.. (n odd)
             pa[n / 2][(n % 2) * 2 + 1] = pack_bf16(p2, p3);  // rows g+8
         }
-        sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, 1);
-        sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, 2);
-        sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, 1);
-        sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, 2);
-        l_lo = l_lo * corr_lo + sum_lo;
-        l_hi = l_hi * corr_hi + sum_hi;
+        l_lo = l_lo * corr_lo + quad_sum(sum_lo);
+        l_hi = l_hi * corr_hi + quad_sum(sum_hi);
         m_lo = mn_lo;
         m_hi = mn_hi;
 #pragma unroll
@@ -193,11 +185,7 @@ flash_fwd2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16
                 mx_lo = fmaxf(mx_lo, sc[n][e]);
                 mx_hi = fmaxf(mx_hi, sc[n][2 + e]);
             }
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        float mn_lo = fmaxf(m_lo, quad_max(mx_lo)), mn_hi = fmaxf(m_hi, quad_max(mx_hi));
         // a row with no visible key yet (only past the end of the sequence) keeps m = -inf: use 0 as its base
         float base_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
         float corr_lo = __expf(m_lo - base_lo), corr_hi = __expf(m_hi - base_hi);
@@ -211,12 +199,8 @@ flash_fwd2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16
             sum_lo += sc[n][0] + sc[n][1];
             sum_hi += sc[n][2] + sc[n][3];
         }
-        sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, 1);
-        sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, 2);
-        sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, 1);
-        sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, 2);
-        l_lo = l_lo * corr_lo + sum_lo;
-        l_hi = l_hi * corr_hi + sum_hi;
+        l_lo = l_lo * corr_lo + quad_sum(sum_lo);
+        l_hi = l_hi * corr_hi + quad_sum(sum_hi);
         m_lo = mn_lo;
         m_hi = mn_hi;
 #pragma unroll
