@@ -134,13 +134,13 @@ int cuda_flash_forward(int version, bf16 *out, float *lse, const bf16 *q, const 
 int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                         int D, int causal);
-// LLAVA_FLASH=0|1|2 picks the kernels for a whole run (comparisons, or a fallback while a new version
+// LLAVA_FLASH=0|1|2|3 picks the kernels for a whole run (comparisons, or a fallback while a new version
 // is being checked); cuda_attention_set_flash overrides it.
 static int flash_version = -1;
 static int flash_pick(void) {
     if (flash_version < 0) {
         const char *env = getenv("LLAVA_FLASH");
-        flash_version = env && env[0] >= '0' && env[0] <= '2' && !env[1] ? env[0] - '0' : 2;
+        flash_version = env && env[0] >= '0' && env[0] <= '3' && !env[1] ? env[0] - '0' : 2;
     }
     return flash_version;
 }

@@ -238,6 +238,175 @@ static void launch2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const b
     LAUNCH_CHECK();
 }
 
+// ---- third generation: version 2 with 32 query rows per warp (128 per block, FlashAttention-2's
+// shape): every K and V fragment taken from shared memory feeds two products instead of one, halving
+// the shared-memory reads per FLOP; Q fragments come from shared memory per tile (registers go to the
+// second row block's scores and output). ----
+enum { MR = 2, BR3 = MR * 16 * WARPS };
+
+template <int D>
+struct Fwd3Smem {
+    bf16_t q[BR3][D + 8], k[2][BC][D + 8], v[2][BC][D + 8];
+};
+
+template <int D, int KB = (D == 128 ? 32 : 64)>
+__global__ static void __launch_bounds__(WARPS * 32, 2)
+flash_fwd3(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
+           int causal, float scale) {
+    extern __shared__ __align__(128) unsigned char raw[];
+    Fwd3Smem<D> &sm = *reinterpret_cast<Fwd3Smem<D> *>(raw);
+    int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
+    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
+    int start = cu[s], end = cu[s + 1], q0 = start + tile * BR3;
+    if (q0 >= end) return;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    int wrow = warp * 16 * MR;  // this warp's rows: wrow .. wrow + 31 of the block, as MR blocks of 16
+    int kend = causal ? min(end, q0 + BR3) : end, nk = (kend - start + BC - 1) / BC;
+#pragma unroll
+    for (int r = 0; r < BR3; r += FT) flash_load_tile_async<D>(&sm.q[r], q, q0 + r, end, Hq, h);
+    flash_load_tile_async<D>(sm.k[0], k, start, end, Hkv, hk);
+    flash_load_tile_async<D>(sm.v[0], v, start, end, Hkv, hk);
+    cp_async_commit();
+    float o[MR][D / 8][4], m[MR][2], l[MR][2];
+#pragma unroll
+    for (int mi = 0; mi < MR; mi++) {
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) o[mi][n][0] = o[mi][n][1] = o[mi][n][2] = o[mi][n][3] = 0.0f;
+        m[mi][0] = m[mi][1] = -INFINITY;
+        l[mi][0] = l[mi][1] = 0.0f;
+    }
+    for (int it = 0; it < nk; it++) {
+        int k0 = start + it * BC, buf = it & 1;
+        cp_async_wait_all();
+        __syncthreads();  // tile `it` is in buf for everyone, and everyone is done with buf ^ 1
+        if (it + 1 < nk) {
+            flash_load_tile_async<D>(sm.k[buf ^ 1], k, k0 + BC, end, Hkv, hk);
+            flash_load_tile_async<D>(sm.v[buf ^ 1], v, k0 + BC, end, Hkv, hk);
+        }
+        cp_async_commit();
+        // the tile's keys in sub-blocks of KB (32 at head_dim 128, so the two row blocks' scores fit in registers)
+#pragma unroll
+        for (int hb = 0; hb < BC / KB; hb++) {
+            int kb0 = k0 + hb * KB;
+            // S = Q·Kᵀ for both row blocks, each K fragment loaded once
+            float sc[MR][KB / 8][4];
+#pragma unroll
+            for (int mi = 0; mi < MR; mi++)
+#pragma unroll
+                for (int n = 0; n < KB / 8; n++) sc[mi][n][0] = sc[mi][n][1] = sc[mi][n][2] = sc[mi][n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t a[MR][4];
+#pragma unroll
+                for (int mi = 0; mi < MR; mi++) flash_a_ldsm<D>(a[mi], sm.q, wrow + 16 * mi, kk, lane);
+#pragma unroll
+                for (int np = 0; np < KB / 16; np++) {
+                    uint32_t b[4];
+                    flash_b_rows<D>(b, sm.k[buf], hb * (KB / 16) + np, kk, lane);
+#pragma unroll
+                    for (int mi = 0; mi < MR; mi++) {
+                        mma16816(sc[mi][2 * np], a[mi], b[0], b[1]);
+                        mma16816(sc[mi][2 * np + 1], a[mi], b[2], b[3]);
+                    }
+                }
+            }
+            // online softmax per row block; masks only where a key may lie past the end or after one of the warp's rows
+            int full = kb0 + KB <= end && (!causal || kb0 + KB - 1 <= q0 + wrow);
+#pragma unroll
+            for (int mi = 0; mi < MR; mi++) {
+                int t_lo = q0 + wrow + 16 * mi + g, t_hi = t_lo + 8;
+                float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < KB / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        int j = kb0 + n * 8 + 2 * c + e;
+                        sc[mi][n][e] = full || (j < end && (!causal || j <= t_lo)) ? sc[mi][n][e] * scale : -INFINITY;
+                        sc[mi][n][2 + e] = full || (j < end && (!causal || j <= t_hi)) ? sc[mi][n][2 + e] * scale : -INFINITY;
+                        mx_lo = fmaxf(mx_lo, sc[mi][n][e]);
+                        mx_hi = fmaxf(mx_hi, sc[mi][n][2 + e]);
+                    }
+                float mn_lo = fmaxf(m[mi][0], quad_max(mx_lo)), mn_hi = fmaxf(m[mi][1], quad_max(mx_hi));
+                float base_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
+                float corr_lo = __expf(m[mi][0] - base_lo), corr_hi = __expf(m[mi][1] - base_hi);
+                float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+                for (int n = 0; n < KB / 8; n++) {
+                    sc[mi][n][0] = __expf(sc[mi][n][0] - base_lo);
+                    sc[mi][n][1] = __expf(sc[mi][n][1] - base_lo);
+                    sc[mi][n][2] = __expf(sc[mi][n][2] - base_hi);
+                    sc[mi][n][3] = __expf(sc[mi][n][3] - base_hi);
+                    sum_lo += sc[mi][n][0] + sc[mi][n][1];
+                    sum_hi += sc[mi][n][2] + sc[mi][n][3];
+                }
+                l[mi][0] = l[mi][0] * corr_lo + quad_sum(sum_lo);
+                l[mi][1] = l[mi][1] * corr_hi + quad_sum(sum_hi);
+                m[mi][0] = mn_lo;
+                m[mi][1] = mn_hi;
+#pragma unroll
+                for (int n = 0; n < D / 8; n++) {
+                    o[mi][n][0] *= corr_lo; o[mi][n][1] *= corr_lo; o[mi][n][2] *= corr_hi; o[mi][n][3] *= corr_hi;
+                }
+            }
+            // O += P·V for both row blocks, each V fragment loaded once
+#pragma unroll
+            for (int kk = 0; kk < KB / 16; kk++) {
+                uint32_t pa[MR][4];
+#pragma unroll
+                for (int mi = 0; mi < MR; mi++) {
+                    pa[mi][0] = pack_bf16(sc[mi][2 * kk][0], sc[mi][2 * kk][1]);
+                    pa[mi][1] = pack_bf16(sc[mi][2 * kk][2], sc[mi][2 * kk][3]);
+                    pa[mi][2] = pack_bf16(sc[mi][2 * kk + 1][0], sc[mi][2 * kk + 1][1]);
+                    pa[mi][3] = pack_bf16(sc[mi][2 * kk + 1][2], sc[mi][2 * kk + 1][3]);
+                }
+#pragma unroll
+                for (int np = 0; np < D / 16; np++) {
+                    uint32_t b[4];
+                    flash_b_cols<D>(b, sm.v[buf], np, hb * (KB / 16) + kk, lane);
+#pragma unroll
+                    for (int mi = 0; mi < MR; mi++) {
+                        mma16816(o[mi][2 * np], pa[mi], b[0], b[1]);
+                        mma16816(o[mi][2 * np + 1], pa[mi], b[2], b[3]);
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int mi = 0; mi < MR; mi++) {
+        int t_lo = q0 + wrow + 16 * mi + g, t_hi = t_lo + 8;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            int col = n * 8 + 2 * c;
+            if (t_lo < end)
+                *reinterpret_cast<__nv_bfloat162 *>(out + ((size_t)t_lo * Hq + h) * D + col) =
+                    __floats2bfloat162_rn(o[mi][n][0] / l[mi][0], o[mi][n][1] / l[mi][0]);
+            if (t_hi < end)
+                *reinterpret_cast<__nv_bfloat162 *>(out + ((size_t)t_hi * Hq + h) * D + col) =
+                    __floats2bfloat162_rn(o[mi][n][2] / l[mi][1], o[mi][n][3] / l[mi][1]);
+        }
+        if (c == 0) {
+            if (t_lo < end) lse[(size_t)t_lo * Hq + h] = m[mi][0] + logf(l[mi][0]);
+            if (t_hi < end) lse[(size_t)t_hi * Hq + h] = m[mi][1] + logf(l[mi][1]);
+        }
+    }
+}
+
+template <int D>
+static void launch3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
+                    int Hq, int Hkv, int causal) {
+    size_t bytes = sizeof(Fwd3Smem<D>);
+    static int configured;
+    if (!configured) {
+        CUDA_CHECK(cudaFuncSetAttribute(flash_fwd3<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        configured = 1;
+    }
+    dim3 grid(Hq, (max_len + BR3 - 1) / BR3, nseq);
+    flash_fwd3<D><<<grid, WARPS * 32, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
+                                                        (const bf16_t *)v, cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
+}
+
 template <int D>
 static void launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                    int Hq, int Hkv, int causal) {
@@ -256,7 +425,9 @@ static void launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf
 // Returns 0 when it handled the call (head_dim 64 or 128), -1 to leave it to the general kernel.
 int cuda_flash_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
                        int nseq, int max_len, int Hq, int Hkv, int D, int causal) {
-    if (version == 2 && D == 64) launch2<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    if (version == 3 && D == 64) launch3<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 3 && D == 128) launch3<128>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 2 && D == 64) launch2<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (version == 2 && D == 128) launch2<128>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 64) launch<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 128) launch<128>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);

@@ -199,7 +199,8 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     sync_or_die();
     char name[96];
     float *h;
-    const char *kind = D != 64 && D != 128 ? "warp-per-row" : version == 2 ? "flash v2" : version == 1 ? "flash v1" : "warp-per-row";
+    const char *names[4] = {"warp-per-row", "flash v1", "flash v2", "flash v3"};
+    const char *kind = D != 64 && D != 128 ? "warp-per-row" : names[version];
     snprintf(name, sizeof name, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T, kind);
     check(name, h = back_bf16(go, nq), o, nq, 2e-2); free(h);
     snprintf(name, sizeof name, "  lse, fp32 (%s)", kind);
@@ -323,8 +324,8 @@ static void timings(void) {
     printf("timing: matmul forward 8192x2560 . 9728x2560^T   %8.3f ms  %6.0f TFLOP/s\n", mm, fl / mm / 1e9);
     printf("timing: matmul backward (dinp + dw fp32)        %8.3f ms  %6.0f TFLOP/s\n", mmb, 2 * fl / mmb / 1e9);
     double afl = 4.0 * b.T * (double)b.T / 2 * b.Hq * b.D;  // causal: half of QKᵀ and PV
-    const char *what[3] = {"warp-per-row", "flash v1 (mma.sync)", "flash v2 (cp.async, ldmatrix)"};
-    for (int version = 2; version >= 0; version--) {
+    const char *what[4] = {"warp-per-row", "flash v1 (mma.sync)", "flash v2 (cp.async, ldmatrix)", "flash v3 (v2, 32 rows/warp)"};
+    for (int version = 3; version >= 0; version--) {
         cuda_attention_set_flash(version);
         double at = time_ms(run_attn, &b, version ? 5 : 2), atb = time_ms(run_attn_bwd, &b, version ? 3 : 1);
         printf("timing: attention T 8192 32q/8kv d128 causal, %-30s forward %7.3f ms %6.1f TFLOP/s, backward %7.3f ms %6.1f TFLOP/s\n",
@@ -346,7 +347,7 @@ int main(int argc, char **argv) {
     activation_cases();
     rope_case();
     attention_case(6, 2, 24, 1, 0, 2);
-    for (int version = 2; version >= 1; version--) {
+    for (int version = 3; version >= 1; version--) {
         attention_case(4, 4, 64, 0, 0, version);
         attention_case(8, 2, 128, 1, 0, version);
         attention_case(4, 2, 128, 1, 1, version);

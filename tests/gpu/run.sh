@@ -38,7 +38,7 @@ if [ -x "$B/ops_check" ]; then
     rc=${PIPESTATUS[0]}
     summary+=("CUDA ops vs CPU: $(grep -c ' ok$' "$OUTDIR/ops_check.txt") ok, $(grep -c 'FAIL$' "$OUTDIR/ops_check.txt") failed (exit $rc)")
     while IFS= read -r line; do summary+=("${line#timing: }"); done < <(grep '^timing:' "$OUTDIR/ops_check.txt")
-    if [ -z "${LLAVA_FLASH:-}" ] && grep -q 'flash v2.*FAIL$' "$OUTDIR/ops_check.txt"; then
+    if [ -z "${LLAVA_FLASH:-}" ] && grep -q 'flash v2).*FAIL$' "$OUTDIR/ops_check.txt"; then
         export LLAVA_FLASH=1
         summary+=("flash v2 FAILED its checks: the rest of this run uses flash v1 (LLAVA_FLASH=1)")
     fi
