@@ -30,6 +30,7 @@ typedef struct {
 
 struct Comm {
     int rank, world;
+    int nccl;                   // the vectors are device buffers: collectives through NCCL (comm_use_nccl)
     double timeout;
     size_t max_floats;
     ShmHeader *hdr;
@@ -37,6 +38,10 @@ struct Comm {
     size_t map_bytes;
     void *pmi;                  // dlopen handle of libpmi2
     int (*pmi_finalize)(void);
+    int (*pmi_put)(const char *, const char *);
+    int (*pmi_fence)(void);
+    int (*pmi_get)(const char *, int, const char *, char *, int, int *);
+    char job[128];
 };
 
 int comm_rank(const Comm *c) { return c->rank; }
@@ -73,8 +78,11 @@ static int pmi_setup(Comm *c, size_t bytes_per_rank, Err *e) {
     if (!init || !jobid || !put || !fence || !get || !c->pmi_finalize) { err_set(e, "libpmi2.so.0 lacks the PMI2 functions"); return -1; }
     int spawned, appnum;
     if (init(&spawned, &c->world, &c->rank, &appnum)) { err_set(e, "PMI2_Init failed"); return -1; }
-    char job[128], name[PMI_VALLEN];
-    if (jobid(job, sizeof job)) { err_set(e, "PMI2_Job_GetId failed"); return -1; }
+    char *job = c->job, name[PMI_VALLEN];
+    if (jobid(job, sizeof c->job)) { err_set(e, "PMI2_Job_GetId failed"); return -1; }
+    c->pmi_put = put;
+    c->pmi_fence = fence;
+    c->pmi_get = get;
     if (c->world <= 1) return 0;
     if (c->world > MAX_RANKS) { err_set(e, "%d ranks: at most %d on one node", c->world, MAX_RANKS); return -1; }
     c->map_bytes = header_bytes() + (size_t)c->world * bytes_per_rank;
@@ -122,8 +130,38 @@ Comm *comm_init(size_t max_floats, double timeout_s, Err *e) {
     return c;
 }
 
+#ifdef WITH_CUDA
+#include "../kernels/cuda/ops_cuda.h"
+
+int comm_use_nccl(Comm *c, Err *e) {
+    char hex[PMI_VALLEN];
+    if (c->rank == 0 && cuda_nccl_unique_id(hex, sizeof hex, e->msg, sizeof e->msg)) return -1;
+    if (c->world > 1) {  // the id travels through the PMI2 key-value store, as hex
+        if (c->rank == 0 && c->pmi_put("llava_nccl", hex)) { err_set(e, "PMI2_KVS_Put of the NCCL id failed"); return -1; }
+        if (c->pmi_fence()) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
+        int len = 0;
+        if (c->rank != 0 && (c->pmi_get(c->job, -1, "llava_nccl", hex, sizeof hex, &len) || len <= 0)) {
+            err_set(e, "PMI2_KVS_Get of the NCCL id failed");
+            return -1;
+        }
+    }
+    if (cuda_nccl_init(c->rank, c->world, hex, e->msg, sizeof e->msg)) return -1;
+    c->nccl = 1;
+    return 0;
+}
+#else
+int comm_use_nccl(Comm *c, Err *e) {
+    (void)c;
+    err_set(e, "this build has no CUDA backend, hence no NCCL");
+    return -1;
+}
+#endif
+
 void comm_free(Comm *c) {
     if (!c) return;
+#ifdef WITH_CUDA
+    if (c->nccl) cuda_nccl_free();
+#endif
     if (c->hdr) munmap(c->hdr, c->map_bytes);
     if (c->pmi) {
         if (c->pmi_finalize) c->pmi_finalize();
@@ -170,6 +208,9 @@ int comm_barrier(Comm *c, Err *e) {
 }
 
 int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e) {
+#ifdef WITH_CUDA
+    if (c->nccl) return cuda_nccl_reduce_scatter(x, (n + (size_t)c->world - 1) / (size_t)c->world, scale, e->msg, sizeof e->msg);
+#endif
     size_t lo, hi;
     comm_shard(c, n, &lo, &hi);
     if (c->world == 1) {
@@ -190,6 +231,9 @@ int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e) {
 }
 
 int comm_allgather(Comm *c, float *x, size_t n, Err *e) {
+#ifdef WITH_CUDA
+    if (c->nccl) return cuda_nccl_allgather(x, (n + (size_t)c->world - 1) / (size_t)c->world, e->msg, sizeof e->msg);
+#endif
     if (c->world == 1) return 0;
     size_t lo, hi;
     comm_shard(c, n, &lo, &hi);

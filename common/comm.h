@@ -22,6 +22,11 @@ int comm_world(const Comm *c);
 void comm_shard(const Comm *c, size_t n, size_t *lo, size_t *hi);
 // The same split for any rank of any world size (to read other ranks' shards from a checkpoint).
 void comm_shard_of(size_t n, int world, int rank, size_t *lo, size_t *hi);
+// From now on the vectors given to comm_reduce_scatter and comm_allgather are device buffers of the
+// CUDA backend with room for world·⌈n/world⌉ floats, and the two go through NCCL (the id from rank 0
+// through the PMI2 key-value store). Also works for one rank (to exercise the path on one GPU). The
+// barrier, the f64 all-reduce and the dead-rank watch stay on the shared segment.
+int comm_use_nccl(Comm *c, Err *e);
 // ZeRO-1 gradient reduction: afterwards x[lo, hi) of this rank's shard holds Σ_ranks x · scale (the
 // rest of x is left as it was).
 int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e);

@@ -9,7 +9,9 @@
 #include "../kernels/ops.h"
 #include "util.h"
 
-enum { ALIGN = 64 };
+// ALIGN: each tensor starts at a multiple of 64 floats. SLACK: zeroed floats past the end of the
+// device vectors, room for the collectives' equal chunks of ⌈n / world⌉ (comm.h, up to 256 ranks).
+enum { ALIGN = 64, SLACK = 256 };
 
 static size_t padded(const ParamSpec *p) { return ((size_t)param_numel(p) + ALIGN - 1) / ALIGN * ALIGN; }
 
@@ -27,7 +29,7 @@ void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t 
     o->lo = lo;
     o->hi = hi;
     size_t shard = (hi > lo ? hi - lo : 1) * sizeof(float);
-    o->flat_grad = o->be->alloc((o->n ? o->n : 1) * sizeof(float));
+    o->flat_grad = o->be->alloc((o->n + SLACK) * sizeof(float));
     o->m = xcalloc(1, shard);
     o->v = xcalloc(1, shard);
     int on_cpu = o->be == &backend_cpu;
@@ -44,7 +46,7 @@ void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t 
         off += padded(&m->ps[i]);
     }
     if (!on_cpu) {
-        o->master = o->be->alloc((o->n ? o->n : 1) * sizeof(float));
+        o->master = o->be->alloc((o->n + SLACK) * sizeof(float));
         adam_sync_backend(o, (Model *)m);
     }
 }
@@ -97,6 +99,12 @@ void adam_params_to_flat(const Adam *o, const Model *m, float *flat) {
 void adam_params_from_flat(const Adam *o, Model *m, const float *flat) {
     for (int i = 0; i < m->np; i++)
         if (o->offset[i] != SIZE_MAX) memcpy(m->w[i], flat + o->offset[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
+}
+
+void adam_refresh_params(const Adam *o, Model *m) {
+    if (!o->master) return;
+    for (int i = 0; i < m->np; i++)
+        if (o->offset[i] != SIZE_MAX) o->be->cast_from_f32(m->wb[i], o->master + o->offset[i], (size_t)param_numel(&m->ps[i]));
 }
 
 void adam_sync_host(Adam *o, Model *m) {

@@ -21,7 +21,7 @@ typedef struct {
     int np;
     size_t *offset;      // [np]: start of tensor i in the flat vector, SIZE_MAX when frozen
     float **grad;        // [np]: gradient of tensor i (a view of flat_grad), NULL when frozen
-    float *flat_grad;    // [n] backend memory
+    float *flat_grad;    // [n] backend memory (and zeroed slack past n for the collectives)
     size_t n;            // flat length, padding included
     size_t lo, hi;       // this rank's shard
     float *m, *v;        // [hi - lo] host
@@ -44,6 +44,9 @@ void adam_step(Adam *o, Model *m, const AdamHyper *h);
 // The trainable weights to / from the flat layout (host, for gathering the shards' updates).
 void adam_params_to_flat(const Adam *o, const Model *m, float *flat);
 void adam_params_from_flat(const Adam *o, Model *m, const float *flat);
+// The backend's weights rewritten from the fp32 masters (after the masters were all-gathered on the
+// device); nothing on the cpu.
+void adam_refresh_params(const Adam *o, Model *m);
 // Masters into the model's host fp32 weights and moments into m, v (before a save) / the other way,
 // rewriting the backend's copy of the weights too (after a resume).
 void adam_sync_host(Adam *o, Model *m);

@@ -90,10 +90,14 @@ int trainer_run(const TrainOptions *o) {
     int *trainable = xcalloc((size_t)m.np, sizeof(int));
     if (trainable_set(&m, st, trainable, &e)) die_input("%s: %s", P, e.msg);
     size_t n = adam_layout_size(&m, trainable);
-    Comm *comm = comm_init(n, o->comm_timeout, &e);
+    int on_device = be != &backend_cpu && be != &backend_cpu_bf16;  // the vectors live in GPU memory
+    Comm *comm = comm_init(on_device ? 0 : n, o->comm_timeout, &e);
     if (!comm) die_input("%s", e.msg);
     int rank = comm_rank(comm), world = comm_world(comm);
-    if (world > 1 && be != &backend_cpu) die_input("--device %s: data parallel runs on the cpu backend only so far (NCCL is to come)", o->device);
+    if (world > 1 && be == &backend_cpu_bf16) die_input("--device cpu-bf16 runs one rank");
+    // on the GPU the gradients and masters go through NCCL (LLAVA_NCCL=1 takes that path with one rank too)
+    int nccl = on_device && (world > 1 || getenv("LLAVA_NCCL"));
+    if (nccl && comm_use_nccl(comm, &e)) die_input("rank %d: %s", rank, e.msg);
     if (st->global_batch % world) die_input("--global-batch %lld is not a multiple of the %d data-parallel ranks", (long long)st->global_batch, world);
     int M = (int)(st->global_batch / world);
     size_t lo, hi;
@@ -139,7 +143,7 @@ int trainer_run(const TrainOptions *o) {
     ModelWork work;
     model_work_init(&work, m.be);
     work.recompute = (int)(o->recompute < 1000000 ? o->recompute : 1000000);
-    float *gather = world > 1 ? xmalloc(n * sizeof(float)) : NULL;
+    float *gather = world > 1 && !nccl ? xmalloc(n * sizeof(float)) : NULL;
     FILE *metrics = rank == 0 ? ckpt_open_metrics(o->save, state.iteration, &e) : NULL;
     if (rank == 0 && !metrics) die_input("%s", e.msg);
     int consecutive_skips = 0, rc = 0;
@@ -189,7 +193,10 @@ int trainer_run(const TrainOptions *o) {
             double coeff = st->clip_grad / (norm + 1e-6);
             if (st->clip_grad > 0 && coeff < 1.0) adam_scale_grad(&opt, (float)coeff);
             adam_step(&opt, &m, &hyper);
-            if (world > 1) {  // everyone's updated shard to everyone
+            if (nccl) {  // everyone's updated masters to everyone, then the bf16 weights from them
+                if (comm_allgather(comm, opt.master, n, &e)) die_internal("%s", e.msg);
+                adam_refresh_params(&opt, &m);
+            } else if (world > 1) {  // everyone's updated shard to everyone
                 adam_params_to_flat(&opt, &m, gather);
                 if (comm_allgather(comm, gather, n, &e)) die_internal("%s", e.msg);
                 adam_params_from_flat(&opt, &m, gather);

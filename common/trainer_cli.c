@@ -49,7 +49,8 @@ int trainer_main(const char *program, int argc, char **argv) {
         {"comm-timeout", OPT_DOUBLE, &o.comm_timeout, "SECONDS", "Give up waiting for the other ranks after this long."},
         {"log-every", OPT_INT, &log_every, "N", "Progress line every N iterations (metrics.jsonl has every one)."},
         {"device", OPT_STR, &device, "cpu", "Backend: cpu (fp32), cpu-bf16 (bf16 storage emulated) or cuda (bf16 weights and "
-                                            "activations, fp32 masters, moments and gradients; one rank so far)."},
+                                            "activations, fp32 masters, moments and gradients; under srun each rank takes the GPU of its local rank, "
+                                            "gradients and masters go through NCCL)."},
         {"recompute", OPT_INT, &o.recompute, "N", "Activation recomputation: keep only the input of the first N decoder layers "
                                                    "and run their forward again in the backward (N >= the layer count: every layer, "
                                                    "which is what Megatron's --recompute-granularity full --recompute-method uniform "
@@ -72,7 +73,9 @@ int trainer_main(const char *program, int argc, char **argv) {
             "of each is the mean over its supervised tokens, and an optimizer step averages them over the micro-batches "
             "and ranks.\n"
             "Under `srun --mpi=pmi2 -n N` the N ranks (one node) split every global batch, reduce gradients and shard the "
-            "optimizer (ZeRO-1) through shared memory; a rank that dies stops the others within seconds.\n"
+            "optimizer (ZeRO-1) through shared memory, or on --device cuda through NCCL (reduce-scatter of the gradients, "
+            "all-gather of the updated fp32 masters; the NCCL id travels through PMI2); a rank that dies stops the others "
+            "within seconds.\n"
             "A progress line per iteration goes to stderr (loss, gradient norm, lr, tokens/s, model TFLOP/s, MFU against a "
             "measured sgemm rate, ETA) and a JSON line to SAVE/metrics.jsonl. A non-finite loss or gradient norm is reported "
             "with the batch and the step is skipped.\n"

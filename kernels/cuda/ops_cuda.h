@@ -26,6 +26,16 @@ void cuda_memset0(void *p, size_t bytes);
 void cuda_f32_to_bf16(bf16 *dst, const float *src, size_t n);   // device to device, round to nearest even
 void cuda_bf16_to_f32(float *dst, const bf16 *src, size_t n);
 
+// ---- data parallel over NCCL (nccl.cu; libnccl.so.2 opened at run time) ----
+// Rank 0 makes the communicator's id (hex, 257 bytes with the NUL) for the others; then every rank joins.
+int cuda_nccl_unique_id(char *hex, size_t hexlen, char *err, size_t errlen);
+int cuda_nccl_init(int rank, int world, const char *hex, char *err, size_t errlen);
+// In place on device fp32 vectors of world·per floats: chunk r (of rank r) = Σ_ranks chunk r · scale; and
+// every chunk to every rank. Both wait for the result.
+int cuda_nccl_reduce_scatter(float *x, size_t per, float scale, char *err, size_t errlen);
+int cuda_nccl_allgather(float *x, size_t per, char *err, size_t errlen);
+void cuda_nccl_free(void);
+
 // ---- matmul (cuBLASLt, fp32 compute) ----
 // out[N,M] = inp[N,K] · w[M,K]ᵀ (+ bias[M]); bias bf16.
 void cuda_matmul_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int N, int K, int M);

@@ -1,0 +1,100 @@
+// nccl.cu: the data-parallel collectives of comm.c for ranks on the CUDA backend: NCCL over device
+// buffers on the backend's stream. libnccl.so.2 is opened at run time, so a program runs without it
+// as long as it trains on one GPU (the GPU machines keep it in /lib/x86_64-linux-gnu; the header
+// comes from the CUDA root at build time).
+//
+// The vectors are split in `world` equal chunks of `per` floats (per = ⌈n / world⌉, the same split as
+// comm_shard_of); a buffer has room for world·per floats (optim.c pads it), so rank r's chunk
+// [r·per, (r+1)·per) is one contiguous piece for ncclReduceScatter and ncclAllGather in place.
+// NCCL's ring sums in a fixed order for a fixed topology: runs repeat bit for bit on the same machine.
+#include <dlfcn.h>
+#include <nccl.h>
+#include <stdio.h>
+
+#include "common_cuda.cuh"
+#include "ops_cuda.h"
+
+static struct {
+    void *lib;
+    ncclComm_t comm;
+    int rank, world;
+    ncclResult_t (*get_id)(ncclUniqueId *);
+    ncclResult_t (*init_rank)(ncclComm_t *, int, ncclUniqueId, int);
+    ncclResult_t (*reduce_scatter)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
+    ncclResult_t (*all_gather)(const void *, void *, size_t, ncclDataType_t, ncclComm_t, cudaStream_t);
+    ncclResult_t (*destroy)(ncclComm_t);
+    const char *(*error)(ncclResult_t);
+} nc;
+
+static int nccl_open(char *err, size_t errlen) {
+    if (nc.lib) return 0;
+    nc.lib = dlopen("libnccl.so.2", RTLD_NOW);
+    if (!nc.lib) { snprintf(err, errlen, "data parallel on the GPU needs NCCL: %s", dlerror()); return -1; }
+    nc.get_id = (decltype(nc.get_id))dlsym(nc.lib, "ncclGetUniqueId");
+    nc.init_rank = (decltype(nc.init_rank))dlsym(nc.lib, "ncclCommInitRank");
+    nc.reduce_scatter = (decltype(nc.reduce_scatter))dlsym(nc.lib, "ncclReduceScatter");
+    nc.all_gather = (decltype(nc.all_gather))dlsym(nc.lib, "ncclAllGather");
+    nc.destroy = (decltype(nc.destroy))dlsym(nc.lib, "ncclCommDestroy");
+    nc.error = (decltype(nc.error))dlsym(nc.lib, "ncclGetErrorString");
+    if (!nc.get_id || !nc.init_rank || !nc.reduce_scatter || !nc.all_gather || !nc.destroy || !nc.error) {
+        snprintf(err, errlen, "libnccl.so.2 lacks the NCCL functions");
+        return -1;
+    }
+    return 0;
+}
+
+static int nccl_failed(ncclResult_t r, const char *what, char *err, size_t errlen) {
+    if (r == ncclSuccess) return 0;
+    snprintf(err, errlen, "%s: %s", what, nc.error(r));
+    return -1;
+}
+
+extern "C" int cuda_nccl_unique_id(char *hex, size_t hexlen, char *err, size_t errlen) {
+    if (hexlen < 2 * NCCL_UNIQUE_ID_BYTES + 1) { snprintf(err, errlen, "cuda_nccl_unique_id: buffer too small"); return -1; }
+    ncclUniqueId id;
+    if (nccl_open(err, errlen) || nccl_failed(nc.get_id(&id), "ncclGetUniqueId", err, errlen)) return -1;
+    for (int i = 0; i < NCCL_UNIQUE_ID_BYTES; i++) snprintf(hex + 2 * i, 3, "%02x", (unsigned char)id.internal[i]);
+    return 0;
+}
+
+extern "C" int cuda_nccl_init(int rank, int world, const char *hex, char *err, size_t errlen) {
+    ncclUniqueId id;
+    if (nccl_open(err, errlen)) return -1;
+    for (int i = 0; i < NCCL_UNIQUE_ID_BYTES; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1) { snprintf(err, errlen, "malformed NCCL id from rank 0"); return -1; }
+        id.internal[i] = (char)v;
+    }
+    nc.rank = rank;
+    nc.world = world;
+    return nccl_failed(nc.init_rank(&nc.comm, world, id, rank), "ncclCommInitRank", err, errlen);
+}
+
+__global__ static void scale_f32(float *x, size_t n, float s) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= s;
+}
+
+// x[r·per, (r+1)·per) of this rank r becomes Σ_ranks x[...] · scale
+extern "C" int cuda_nccl_reduce_scatter(float *x, size_t per, float scale, char *err, size_t errlen) {
+    float *mine = x + (size_t)nc.rank * per;
+    if (nccl_failed(nc.reduce_scatter(x, mine, per, ncclFloat32, ncclSum, nc.comm, g_stream), "ncclReduceScatter", err, errlen))
+        return -1;
+    if (scale != 1.0f && per) {
+        scale_f32<<<(unsigned)((per + 255) / 256), 256, 0, g_stream>>>(mine, per, scale);
+        LAUNCH_CHECK();
+    }
+    return cuda_sync(err, errlen);
+}
+
+// every rank's chunk to every rank
+extern "C" int cuda_nccl_allgather(float *x, size_t per, char *err, size_t errlen) {
+    if (nccl_failed(nc.all_gather(x + (size_t)nc.rank * per, x, per, ncclFloat32, nc.comm, g_stream), "ncclAllGather", err, errlen))
+        return -1;
+    return cuda_sync(err, errlen);
+}
+
+extern "C" void cuda_nccl_free(void) {
+    if (nc.comm) nc.destroy(nc.comm);
+    nc.comm = NULL;
+}
