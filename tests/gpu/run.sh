@@ -34,7 +34,7 @@ fi
 # ---- 0 (section 4 of the list). every CUDA op against the CPU op, then timings at the 4B shapes; first, so
 # that a failing flash v2 leaves the rest of the run on v1 (LLAVA_FLASH=1) instead of spoiling it ----
 if [ -x "$B/ops_check" ]; then
-    "$B/ops_check" 2>&1 | tee "$OUTDIR/ops_check.txt"
+    timeout 180 "$B/ops_check" 2>&1 | tee "$OUTDIR/ops_check.txt"
     rc=${PIPESTATUS[0]}
     summary+=("CUDA ops vs CPU: $(grep -c ' ok$' "$OUTDIR/ops_check.txt") ok, $(grep -c 'FAIL$' "$OUTDIR/ops_check.txt") failed (exit $rc)")
     while IFS= read -r line; do summary+=("${line#timing: }"); done < <(grep '^timing:' "$OUTDIR/ops_check.txt")
@@ -127,7 +127,7 @@ C="--global-batch 2 --iterations 10 --lr 1e-3 --warmup-fraction 0.1 --save-inter
 "$B/pack" --tokenizer "$d/data/tokenizer" --out "$d/packed" --max-len 512 --max-pixels 12544 "$d/data/captions/"*.tar 2>/dev/null &&
 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cpu" $C --device cpu 2>/dev/null &&
 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cuda" $C --device cuda 2>&1 | tail -2
-LLAVA_NCCL=1 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl" $C --device cuda 2>&1 | tail -1
+LLAVA_NCCL=1 timeout 120 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl" $C --device cuda 2>&1 | tail -1
 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cut" $C --device cuda 2>/dev/null &
 pid=$!
 while [ "$(wc -l < "$d/cut/metrics.jsonl" 2>/dev/null || echo 0)" -lt 3 ]; do sleep 0.05; done
@@ -178,7 +178,8 @@ summary+=("bf16 GEMM: $gemm")
 
 # ---- 6. bench/gpu_train.sh: training steps against PyTorch + transformers on this card ----
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-    BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 | tee "$OUTDIR/gpu_train.txt"
+    BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-300}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
+        tee "$OUTDIR/gpu_train.txt"
     while IFS= read -r line; do summary+=("$line"); done < <(grep '^gpu_train' "$OUTDIR/gpu_train.txt")
 fi
 rm -rf "$W"
