@@ -215,9 +215,18 @@ static int cmp_id_then_pos(const void *a, const void *b) {  // (id, position) pa
 extern "C" void cuda_embedding_forward(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C) { embed_fwd<<<blocks((size_t)T * C), 256, 0, g_stream>>>(B16(out), ids, CB16(table), T, C); LAUNCH_CHECK(); }
 extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids, int T, int C) {
     if (T <= 0) return;
-    // ids come back to the host (T int32; one wait per step) to be grouped: [uniq | off | order] go up together
-    int32_t *pairs = (int32_t *)malloc((size_t)T * 2 * sizeof(int32_t)), *host = (int32_t *)malloc((size_t)(3 * T + 1) * sizeof(int32_t));
-    if (!pairs || !host) { cuda_note_error("cuda_embedding_backward", "out of host memory"); free(pairs); free(host); return; }
+    // ids come back to the host (T int32; one wait per step) to be grouped: [uniq | off | order] go up together.
+    // The host buffers grow with the largest T seen and are kept (the step loop does not allocate).
+    static int32_t *pairs, *host;
+    static int cap;
+    if (T > cap) {
+        free(pairs);
+        free(host);
+        pairs = (int32_t *)malloc((size_t)T * 2 * sizeof(int32_t));
+        host = (int32_t *)malloc((size_t)(3 * T + 1) * sizeof(int32_t));
+        cap = pairs && host ? T : 0;
+        if (!cap) { cuda_note_error("cuda_embedding_backward", "out of host memory"); return; }
+    }
     cuda_download(host, ids, (size_t)T * sizeof(int32_t));
     for (int t = 0; t < T; t++) { pairs[2 * t] = host[t]; pairs[2 * t + 1] = t; }
     qsort(pairs, (size_t)T, 2 * sizeof(int32_t), cmp_id_then_pos);
@@ -235,8 +244,6 @@ extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const i
     cuda_upload(dev, host, (size_t)(2 * nu + 1 + T) * sizeof(int32_t));
     embed_bwd<<<nu, C >= 1024 ? 256 : 128, 0, g_stream>>>(dtable, CB16(dout), dev, dev + nu, dev + 2 * nu + 1, C);
     LAUNCH_CHECK();
-    free(pairs);
-    free(host);
 }
 
 // ---- cross-entropy: a block per row, max and Σexp in fp32, no probabilities stored ----
