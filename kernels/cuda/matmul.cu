@@ -3,6 +3,7 @@
 //   out[N,M] = inp[N,K]·w[M,K]ᵀ     <=>  outᵀ(M×N) = (w-buffer, K×M)ᵀ · (inp-buffer, K×N)
 //   dinp[N,K] += dout[N,M]·w[M,K]   <=>  dinpᵀ(K×N) = (w-buffer, K×M) · (dout-buffer, M×N)
 //   dw[M,K] += dout[N,M]ᵀ·inp[N,K]  <=>  dwᵀ(K×M) = (inp-buffer, K×N) · (dout-buffer, M×N)ᵀ
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,6 +25,7 @@
 typedef struct {
     cublasOperation_t ta, tb;
     int m, n, k, lda, ldb, ldd, bias;
+    uint32_t align_a, align_b, align_d;  // of the pointers, up to 256: the heuristic must not assume more
     cudaDataType_t dtype;
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, ld;
@@ -34,12 +36,18 @@ enum { MAX_PLANS = 256 };
 static LtPlan plans[MAX_PLANS];
 static int nplans;
 
+static uint32_t alignment(const void *p) {
+    uintptr_t a = (uintptr_t)p & (~(uintptr_t)p + 1);  // lowest set bit
+    return a == 0 || a > 256 ? 256 : (uint32_t)a;
+}
+
 static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int lda, int ldb, cudaDataType_t dtype,
-                       int ldd, int bias) {
+                       int ldd, int bias, uint32_t align_a, uint32_t align_b, uint32_t align_d) {
     for (int i = 0; i < nplans; i++) {
         LtPlan *p = &plans[i];
         if (p->ta == ta && p->tb == tb && p->m == m && p->n == n && p->k == k && p->lda == lda && p->ldb == ldb &&
-            p->ldd == ldd && p->dtype == dtype && p->bias == bias)
+            p->ldd == ldd && p->dtype == dtype && p->bias == bias && p->align_a == align_a && p->align_b == align_b &&
+            p->align_d == align_d)
             return p;
     }
     LtPlan *p = nplans < MAX_PLANS ? &plans[nplans++] : &plans[MAX_PLANS - 1];  // beyond the table: reuse the last slot
@@ -52,6 +60,9 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
     memset(p, 0, sizeof *p);
     p->ta = ta; p->tb = tb; p->m = m; p->n = n; p->k = k; p->lda = lda; p->ldb = ldb; p->ldd = ldd; p->bias = bias;
     p->dtype = dtype;
+    p->align_a = align_a;
+    p->align_b = align_b;
+    p->align_d = align_d;
     LT_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
@@ -68,6 +79,10 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
     LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g_lt_workspace_bytes,
                                                   sizeof g_lt_workspace_bytes));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof align_a));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof align_d));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof align_d));
     cublasLtMatmulHeuristicResult_t h;
     LT_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->la, p->lb, p->ld, p->ld, pref, 1, &h, &p->found));
     if (p->found) p->algo = h.algo;
@@ -78,7 +93,7 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
 // D(m×n) = op(A)·op(B) + beta·D, column-major; an optional bias (bf16, length m) epilogue.
 static void lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A, int lda,
                       const void *B, int ldb, void *D, cudaDataType_t dtype, int ldd, float beta, const void *bias) {
-    LtPlan *p = lt_plan(ta, tb, m, n, k, lda, ldb, dtype, ldd, bias != NULL);
+    LtPlan *p = lt_plan(ta, tb, m, n, k, lda, ldb, dtype, ldd, bias != NULL, alignment(A), alignment(B), alignment(D));
     if (!p->found) { cuda_note_error("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this shape"); return; }
     if (bias) LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float alpha = 1.0f;
