@@ -130,8 +130,45 @@ Comm *comm_init(size_t max_floats, double timeout_s, Err *e) {
     return c;
 }
 
+// Whether to stop waiting: a rank flagged failure, another rank's pid is gone, or the wait that began at
+// t0 has passed the timeout (then this rank flags failure for the others).
+static int others_gone(Comm *c, double t0, Err *e) {
+    ShmHeader *h = c->hdr;
+    if (atomic_load(&h->failed)) { err_set(e, "rank %d: another rank failed; stopping", c->rank); return 1; }
+    for (int r = 0; r < c->world; r++) {
+        pid_t pid = h->pid[r];
+        if (r != c->rank && pid > 0 && kill(pid, 0) && errno == ESRCH) {
+            atomic_store(&h->failed, 1);
+            err_set(e, "rank %d: rank %d (pid %d) has died; stopping", c->rank, r, (int)pid);
+            return 1;
+        }
+    }
+    double waited = now_seconds() - t0;
+    if (waited > c->timeout) {
+        atomic_store(&h->failed, 1);
+        err_set(e, "rank %d: waited %.0f s for the other ranks (--comm-timeout); stopping", c->rank, waited);
+        return 1;
+    }
+    return 0;
+}
+
 #ifdef WITH_CUDA
 #include "../kernels/cuda/ops_cuda.h"
+
+// The watch of a NCCL wait (cuda_nccl_*): every 0.5 s, whether another rank died or the timeout passed.
+typedef struct {
+    Comm *c;
+    double t0, last;
+} NcclWatch;
+static int nccl_watch(void *ctx, char *err, size_t errlen) {
+    NcclWatch *w = ctx;
+    if (w->c->world == 1 || now_seconds() - w->last < 0.5) return 0;
+    w->last = now_seconds();
+    Err e;
+    if (!others_gone(w->c, w->t0, &e)) return 0;
+    snprintf(err, errlen, "%s", e.msg);
+    return 1;
+}
 
 int comm_use_nccl(Comm *c, Err *e) {
     char hex[PMI_VALLEN];
@@ -186,22 +223,9 @@ int comm_barrier(Comm *c, Err *e) {
         if (spins < 1000) continue;
         struct timespec ts = {0, 200000};  // 0.2 ms
         nanosleep(&ts, NULL);
-        double now = now_seconds();
-        if (now - last_check > 0.5) {
-            last_check = now;
-            for (int r = 0; r < c->world; r++) {
-                pid_t pid = h->pid[r];
-                if (r != c->rank && pid > 0 && kill(pid, 0) && errno == ESRCH) {
-                    atomic_store(&h->failed, 1);
-                    err_set(e, "rank %d: rank %d (pid %d) has died; stopping", c->rank, r, (int)pid);
-                    return -1;
-                }
-            }
-            if (now - t0 > c->timeout) {
-                atomic_store(&h->failed, 1);
-                err_set(e, "rank %d: waited %.0f s for the other ranks (--comm-timeout); stopping", c->rank, now - t0);
-                return -1;
-            }
+        if (now_seconds() - last_check > 0.5) {
+            last_check = now_seconds();
+            if (others_gone(c, t0, e)) return -1;
         }
     }
     return 0;
@@ -209,7 +233,10 @@ int comm_barrier(Comm *c, Err *e) {
 
 int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e) {
 #ifdef WITH_CUDA
-    if (c->nccl) return cuda_nccl_reduce_scatter(x, (n + (size_t)c->world - 1) / (size_t)c->world, scale, e->msg, sizeof e->msg);
+    if (c->nccl) {
+        NcclWatch w = {c, now_seconds(), now_seconds()};
+        return cuda_nccl_reduce_scatter(x, (n + (size_t)c->world - 1) / (size_t)c->world, scale, nccl_watch, &w, e->msg, sizeof e->msg);
+    }
 #endif
     size_t lo, hi;
     comm_shard(c, n, &lo, &hi);
@@ -232,7 +259,10 @@ int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e) {
 
 int comm_allgather(Comm *c, float *x, size_t n, Err *e) {
 #ifdef WITH_CUDA
-    if (c->nccl) return cuda_nccl_allgather(x, (n + (size_t)c->world - 1) / (size_t)c->world, e->msg, sizeof e->msg);
+    if (c->nccl) {
+        NcclWatch w = {c, now_seconds(), now_seconds()};
+        return cuda_nccl_allgather(x, (n + (size_t)c->world - 1) / (size_t)c->world, nccl_watch, &w, e->msg, sizeof e->msg);
+    }
 #endif
     if (c->world == 1) return 0;
     size_t lo, hi;

@@ -7,9 +7,13 @@
 // comm_shard_of); a buffer has room for world·per floats (optim.c pads it), so rank r's chunk
 // [r·per, (r+1)·per) is one contiguous piece for ncclReduceScatter and ncclAllGather in place.
 // NCCL's ring sums in a fixed order for a fixed topology: runs repeat bit for bit on the same machine.
+// A collective is waited for by polling (pitfalls.md #14: a dead rank would leave the others blocked in
+// NCCL for ever): between polls the caller's watch (comm.c: the other ranks' pids and the timeout) may
+// give up, and then the communicator is aborted and the error returned.
 #include <dlfcn.h>
 #include <nccl.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
@@ -23,6 +27,8 @@ static struct {
     ncclResult_t (*reduce_scatter)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
     ncclResult_t (*all_gather)(const void *, void *, size_t, ncclDataType_t, ncclComm_t, cudaStream_t);
     ncclResult_t (*destroy)(ncclComm_t);
+    ncclResult_t (*abort)(ncclComm_t);
+    ncclResult_t (*async_error)(ncclComm_t, ncclResult_t *);
     const char *(*error)(ncclResult_t);
 } nc;
 
@@ -36,7 +42,10 @@ static int nccl_open(char *err, size_t errlen) {
     nc.all_gather = (decltype(nc.all_gather))dlsym(nc.lib, "ncclAllGather");
     nc.destroy = (decltype(nc.destroy))dlsym(nc.lib, "ncclCommDestroy");
     nc.error = (decltype(nc.error))dlsym(nc.lib, "ncclGetErrorString");
-    if (!nc.get_id || !nc.init_rank || !nc.reduce_scatter || !nc.all_gather || !nc.destroy || !nc.error) {
+    nc.abort = (decltype(nc.abort))dlsym(nc.lib, "ncclCommAbort");
+    nc.async_error = (decltype(nc.async_error))dlsym(nc.lib, "ncclCommGetAsyncError");
+    if (!nc.get_id || !nc.init_rank || !nc.reduce_scatter || !nc.all_gather || !nc.destroy || !nc.error || !nc.abort ||
+        !nc.async_error) {
         snprintf(err, errlen, "libnccl.so.2 lacks the NCCL functions");
         return -1;
     }
@@ -70,13 +79,35 @@ extern "C" int cuda_nccl_init(int rank, int world, const char *hex, char *err, s
     return nccl_failed(nc.init_rank(&nc.comm, world, id, rank), "ncclCommInitRank", err, errlen);
 }
 
+// Until the stream has drained: polls the stream, NCCL's asynchronous error and the caller's watch.
+static int wait_collective(CudaNcclWatch watch, void *ctx, char *err, size_t errlen) {
+    for (;;) {
+        cudaError_t q = cudaStreamQuery(g_stream);
+        if (q != cudaErrorNotReady) return cuda_sync(err, errlen);  // done, or a CUDA error to report
+        ncclResult_t async = ncclSuccess;
+        nc.async_error(nc.comm, &async);
+        int give_up = async != ncclSuccess && async != ncclInProgress;
+        if (give_up) snprintf(err, errlen, "NCCL: %s", nc.error(async));
+        else give_up = watch && watch(ctx, err, errlen);
+        if (give_up) {
+            nc.abort(nc.comm);
+            nc.comm = NULL;
+            return -1;
+        }
+        struct timespec ts = {0, 100000};  // 0.1 ms
+        nanosleep(&ts, NULL);
+    }
+}
+
 __global__ static void scale_f32(float *x, size_t n, float s) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] *= s;
 }
 
 // x[r·per, (r+1)·per) of this rank r becomes Σ_ranks x[...] · scale
-extern "C" int cuda_nccl_reduce_scatter(float *x, size_t per, float scale, char *err, size_t errlen) {
+extern "C" int cuda_nccl_reduce_scatter(float *x, size_t per, float scale, CudaNcclWatch watch, void *ctx, char *err,
+                                        size_t errlen) {
+    if (!nc.comm) { snprintf(err, errlen, "NCCL communicator is gone (aborted earlier)"); return -1; }
     float *mine = x + (size_t)nc.rank * per;
     if (nccl_failed(nc.reduce_scatter(x, mine, per, ncclFloat32, ncclSum, nc.comm, g_stream), "ncclReduceScatter", err, errlen))
         return -1;
@@ -84,14 +115,15 @@ extern "C" int cuda_nccl_reduce_scatter(float *x, size_t per, float scale, char 
         scale_f32<<<(unsigned)((per + 255) / 256), 256, 0, g_stream>>>(mine, per, scale);
         LAUNCH_CHECK();
     }
-    return cuda_sync(err, errlen);
+    return wait_collective(watch, ctx, err, errlen);
 }
 
 // every rank's chunk to every rank
-extern "C" int cuda_nccl_allgather(float *x, size_t per, char *err, size_t errlen) {
+extern "C" int cuda_nccl_allgather(float *x, size_t per, CudaNcclWatch watch, void *ctx, char *err, size_t errlen) {
+    if (!nc.comm) { snprintf(err, errlen, "NCCL communicator is gone (aborted earlier)"); return -1; }
     if (nccl_failed(nc.all_gather(x + (size_t)nc.rank * per, x, per, ncclFloat32, nc.comm, g_stream), "ncclAllGather", err, errlen))
         return -1;
-    return cuda_sync(err, errlen);
+    return wait_collective(watch, ctx, err, errlen);
 }
 
 extern "C" void cuda_nccl_free(void) {

@@ -31,9 +31,11 @@ void cuda_bf16_to_f32(float *dst, const bf16 *src, size_t n);
 int cuda_nccl_unique_id(char *hex, size_t hexlen, char *err, size_t errlen);
 int cuda_nccl_init(int rank, int world, const char *hex, char *err, size_t errlen);
 // In place on device fp32 vectors of world·per floats: chunk r (of rank r) = Σ_ranks chunk r · scale; and
-// every chunk to every rank. Both wait for the result.
-int cuda_nccl_reduce_scatter(float *x, size_t per, float scale, char *err, size_t errlen);
-int cuda_nccl_allgather(float *x, size_t per, char *err, size_t errlen);
+// every chunk to every rank. Both wait for the result by polling; watch(ctx) returning nonzero (with a
+// message in err) aborts the communicator: a dead rank cannot block the others for ever.
+typedef int (*CudaNcclWatch)(void *ctx, char *err, size_t errlen);
+int cuda_nccl_reduce_scatter(float *x, size_t per, float scale, CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
+int cuda_nccl_allgather(float *x, size_t per, CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
 void cuda_nccl_free(void);
 
 // ---- matmul (cuBLASLt, fp32 compute) ----
