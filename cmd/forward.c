@@ -82,7 +82,8 @@ int main(int argc, char **argv) {
         {"beta1", OPT_DOUBLE, &beta1, "0.9", "AdamW beta1."},
         {"beta2", OPT_DOUBLE, &beta2, "0.999", "AdamW beta2."},
         {"eps", OPT_DOUBLE, &eps, "1e-8", "AdamW epsilon (added after the square root)."},
-        {"generate", OPT_INT, &generate, "N", "Greedy-decode up to N tokens after the prompt with the KV cache; writes generated I32 [n]."},
+        {"generate", OPT_INT, &generate, "N", "Greedy-decode up to N tokens after the prompt with the KV cache; writes generated I32 [n] "
+                                             "and generated_margin F32 [n] (each chosen logit minus the runner-up, over the RMS of its logits)."},
         {"no-cache", OPT_FLAG, &no_cache, NULL, "With --generate: run the full forward over the whole sequence for every token instead."},
         {"eos", OPT_INT, &eos, "ID", "With --generate: stop after this token."},
     };
@@ -178,6 +179,7 @@ int main(int argc, char **argv) {
     int V = m.cfg.text.vocab;
     float loss = 0.0f, *losses = xcalloc((size_t)steps + 1, sizeof(float));
     int32_t *gen = xcalloc((size_t)generate + 1, sizeof(int32_t));
+    float *margin = xcalloc((size_t)generate + 1, sizeof(float));
     AdamHyper hyper = {(float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd};
     for (int s = 0; s < steps; s++) {  // the weights move; the outputs below are those after the last step
         adam_zero_grad(&opt);
@@ -200,15 +202,17 @@ int main(int argc, char **argv) {
                 if (model_forward(&m, &work, &g, &out, &e)) die_input("%s: %s", in_path, e.msg);
                 be->to_f32(row, AT(be, out.logits, (size_t)(g.T - 1) * V), (size_t)V);
                 int32_t best = model_argmax(row, V);
+                margin[ngen] = model_margin(row, V, best);
                 gen[ngen] = seq[g.T++] = best;
                 if (best == eos) { ngen++; break; }
             }
             free(row);
             free(seq);
-        } else if ((ngen = model_generate(&m, &work, &in, (int)generate, (int32_t)eos, gen, &e)) < 0) {
+        } else if ((ngen = model_generate(&m, &work, &in, (int)generate, (int32_t)eos, gen, margin, &e)) < 0) {
             die_input("%s: %s", in_path, e.msg);
         }
         out_add(&ol, "generated", DT_I32, 1, (int64_t[]){ngen}, gen);
+        out_add(&ol, "generated_margin", DT_F32, 1, (int64_t[]){ngen}, margin);
     } else {
         if (want_grads) {
             adam_zero_grad(&opt);
@@ -267,6 +271,7 @@ int main(int argc, char **argv) {
     modelmap_free(&mm);
     free(losses);
     free(gen);
+    free(margin);
     free(trainable);
     adam_free(&opt);
     model_work_free(&work);

@@ -111,6 +111,10 @@ int model_decode(const Model *m, KvCache *kv, int32_t id, float *logits, Err *e)
 void kv_cache_free(KvCache *kv);
 // The index of the largest of x[n], the first of equal maxima (as torch.argmax).
 int32_t model_argmax(const float *x, int n);
+// How far x[best] stands above the runner-up, in units of the RMS of x: a greedy choice whose margin
+// is within the logits' tolerance of another precision (bf16: relative L2 2e-2, so margins below about
+// twice that) may flip there.
+float model_margin(const float *x, int n, int32_t best);
 // Greedy decoding of up to n tokens after the prompt (stops after eos when eos >= 0); returns the
-// number written to out.
-int model_generate(const Model *m, ModelWork *w, const ModelInput *prompt, int n, int32_t eos, int32_t *out, Err *e);
+// number written to out, and (margin not NULL) each choice's margin.
+int model_generate(const Model *m, ModelWork *w, const ModelInput *prompt, int n, int32_t eos, int32_t *out, float *margin, Err *e);

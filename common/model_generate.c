@@ -3,6 +3,7 @@
 // the cache; every later token runs the decoder alone at its position, attending to the cache. The
 // math per token is the full forward's (same ops, same RoPE angles), so greedy tokens equal those of
 // repeated full forwards.
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -98,14 +99,11 @@ int model_decode(const Model *m, KvCache *kv, int32_t id, float *logits, Err *e)
         be->matmul_forward(q, h, W(m, "model.layers.%d.self_attn.q_proj.weight", l), NULL, 1, H, Q);
         be->matmul_forward(k, h, W(m, "model.layers.%d.self_attn.k_proj.weight", l), NULL, 1, H, KV);
         be->matmul_forward(AT(be, vc, (size_t)pos * KV), h, W(m, "model.layers.%d.self_attn.v_proj.weight", l), NULL, 1, H, KV);
-        be->rmsnorm_forward(qr, qrstd, q, W(m, "model.layers.%d.self_attn.q_norm.weight", l), nq, hd, eps);
-        be->rmsnorm_forward(k_pos, krstd, k, W(m, "model.layers.%d.self_attn.k_norm.weight", l), nkv, hd, eps);
-        be->rope_forward(qr, ang, 1, nq, hd);
-        be->rope_forward(k_pos, ang, 1, nkv, hd);
+        be->rmsnorm_rope_forward(qr, qrstd, q, W(m, "model.layers.%d.self_attn.q_norm.weight", l), ang, 1, nq, hd, eps);
+        be->rmsnorm_rope_forward(k_pos, krstd, k, W(m, "model.layers.%d.self_attn.k_norm.weight", l), ang, 1, nkv, hd, eps);
         be->attention_decode(att, qr, kc, vc, pos + 1, nq, nkv, hd);
         be->matmul_forward(o, att, W(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL, 1, Q, H);
-        be->add(x_mid, x, o, (size_t)H);
-        be->rmsnorm_forward(h, rstd, x_mid, W(m, "model.layers.%d.post_attention_layernorm.weight", l), 1, H, eps);
+        be->add_rmsnorm_forward(x_mid, h, rstd, x, o, W(m, "model.layers.%d.post_attention_layernorm.weight", l), 1, H, eps);
         // one row: [gate | up] is the two products side by side
         be->matmul_forward(gu, h, W(m, "model.layers.%d.mlp.gate_proj.weight", l), NULL, 1, H, I);
         be->matmul_forward(AT(be, gu, I), h, W(m, "model.layers.%d.mlp.up_proj.weight", l), NULL, 1, H, I);
@@ -127,13 +125,25 @@ int32_t model_argmax(const float *x, int n) {
     return best;
 }
 
-int model_generate(const Model *m, ModelWork *w, const ModelInput *prompt, int n, int32_t eos, int32_t *out, Err *e) {
+float model_margin(const float *x, int n, int32_t best) {
+    float second = -INFINITY;
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) {
+        if (i != best && x[i] > second) second = x[i];
+        ss += (double)x[i] * x[i];
+    }
+    double rms = sqrt(ss / (n > 0 ? n : 1));
+    return (float)((x[best] - second) / (rms > 0.0 ? rms : 1.0));
+}
+
+int model_generate(const Model *m, ModelWork *w, const ModelInput *prompt, int n, int32_t eos, int32_t *out, float *margin, Err *e) {
     int V = m->cfg.text.vocab, got = 0;
     float *logits = xmalloc((size_t)V * sizeof(float));
     KvCache kv;
     int rc = model_prefill(m, w, prompt, &kv, prompt->T + n, logits, e);
     while (!rc && got < n) {
         out[got] = model_argmax(logits, V);
+        if (margin) margin[got] = model_margin(logits, V, out[got]);
         if (out[got++] == eos || got == n) break;
         rc = model_decode(m, &kv, out[got - 1], logits, e);
     }

@@ -58,15 +58,13 @@ static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs 
     be->matmul_forward(a->q, a->h1, W(m, "model.layers.%d.self_attn.q_proj.weight", l), NULL, T, H, Q);
     be->matmul_forward(a->k, a->h1, W(m, "model.layers.%d.self_attn.k_proj.weight", l), NULL, T, H, KV);
     be->matmul_forward(a->v, a->h1, W(m, "model.layers.%d.self_attn.v_proj.weight", l), NULL, T, H, KV);
-    // QK-norm per head over head_dim, before RoPE
-    be->rmsnorm_forward(a->qr, a->qrstd, a->q, W(m, "model.layers.%d.self_attn.q_norm.weight", l), T * nq, hd, eps);
-    be->rmsnorm_forward(a->kr, a->krstd, a->k, W(m, "model.layers.%d.self_attn.k_norm.weight", l), T * nkv, hd, eps);
-    be->rope_forward(a->qr, tr->ang, T, nq, hd);
-    be->rope_forward(a->kr, tr->ang, T, nkv, hd);
+    // QK-norm per head over head_dim, then RoPE (one pass)
+    be->rmsnorm_rope_forward(a->qr, a->qrstd, a->q, W(m, "model.layers.%d.self_attn.q_norm.weight", l), tr->ang, T, nq, hd, eps);
+    be->rmsnorm_rope_forward(a->kr, a->krstd, a->k, W(m, "model.layers.%d.self_attn.k_norm.weight", l), tr->ang, T, nkv, hd, eps);
     be->attention_forward(a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nseq, T, tr->max_len, nq, nkv, hd, 1);
     be->matmul_forward(o, a->att, W(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL, T, Q, H);
-    be->add(a->x_mid, a->x_in, o, (size_t)T * H);
-    be->rmsnorm_forward(a->h2, a->rstd2, a->x_mid, W(m, "model.layers.%d.post_attention_layernorm.weight", l), T, H, eps);
+    be->add_rmsnorm_forward(a->x_mid, a->h2, a->rstd2, a->x_in, o, W(m, "model.layers.%d.post_attention_layernorm.weight", l), T, H,
+                            eps);  // x_mid = x_in + attention, h2 = RMSNorm(x_mid)
     const Act *wg = W(m, "model.layers.%d.mlp.gate_proj.weight", l), *wu = W(m, "model.layers.%d.mlp.up_proj.weight", l);
     if (gate_up_fused(m, wg, wu, NULL, NULL)) {
         be->matmul_forward(a->gu, a->h2, wg, NULL, T, H, 2 * I);  // [gate; up] is one [2I, H] matrix: rows [gate | up]

@@ -95,8 +95,8 @@ void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hid
         be->rope_forward(a->kr, tr->ang, (int)S, nh, hd);
         be->attention_forward(a->att, a->lse, a->qr, a->kr, a->v, tr->cu, in->nimg, (int)S, tr->max_len, nh, nh, hd, 0);  // per image
         be->matmul_forward(o, a->att, W(m, "visual.blocks.%d.attn.proj.weight", l), W(m, "visual.blocks.%d.attn.proj.bias", l), (int)S, D, D);
-        be->add(a->x_mid, x, o, (size_t)S * D);
-        be->layernorm_forward(a->h2, a->mean2, a->rstd2, a->x_mid, W(m, "visual.blocks.%d.norm2.weight", l), W(m, "visual.blocks.%d.norm2.bias", l), (int)S, D, eps);
+        be->add_layernorm_forward(a->x_mid, a->h2, a->mean2, a->rstd2, x, o, W(m, "visual.blocks.%d.norm2.weight", l),
+                                  W(m, "visual.blocks.%d.norm2.bias", l), (int)S, D, eps);  // x_mid = x + attention, h2 = LN(x_mid)
         be->matmul_forward(a->f1, a->h2, W(m, "visual.blocks.%d.mlp.fc1.weight", l), W(m, "visual.blocks.%d.mlp.fc1.bias", l), (int)S, D, F);
         be->gelu_forward(a->f1g, a->f1, (size_t)S * F);
         be->matmul_forward(o, a->f1g, W(m, "visual.blocks.%d.mlp.fc2.weight", l), W(m, "visual.blocks.%d.mlp.fc2.bias", l), (int)S, F, D);

@@ -47,6 +47,13 @@ typedef struct Backend {
                                const float *rstd, int N, int C);
     void (*rmsnorm_forward)(Act *out, float *rstd, const Act *inp, const Act *w, int N, int C, float eps);
     void (*rmsnorm_backward)(Act *dinp, float *dw, const Act *dout, const Act *inp, const Act *w, const float *rstd, int N, int C);
+    // fused forms (the separate ops in one pass): sum = a + b (in storage precision) and out = RMSNorm(sum)·w,
+    // or LayerNorm; out = RoPE(RMSNorm(inp)·w) per head row of [T, H, D] (QK-norm then RoPE)
+    void (*add_rmsnorm_forward)(Act *sum, Act *out, float *rstd, const Act *a, const Act *b, const Act *w, int N, int C, float eps);
+    void (*add_layernorm_forward)(Act *sum, Act *out, float *mean, float *rstd, const Act *a, const Act *b, const Act *w,
+                                  const Act *bias, int N, int C, float eps);
+    void (*rmsnorm_rope_forward)(Act *out, float *rstd, const Act *inp, const Act *w, const float *angles, int T, int H, int D,
+                                 float eps);
     void (*gelu_forward)(Act *out, const Act *inp, size_t n);
     void (*gelu_backward)(Act *dinp, const Act *dout, const Act *inp, size_t n);
     void (*swiglu_forward)(Act *out, const Act *gu, int N, int F);

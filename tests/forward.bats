@@ -242,25 +242,39 @@ PY
     [[ "$output" == *"82 gradients"* ]]
 }
 
-# bf16 logits eventually flip a near-tie of the fp32 model's (here at token 20 of 24), after which the
-# sequences part; the cache and the full forwards on the same backend must agree on every token.
-@test "generation on a bf16 backend (cpu-bf16): KV cache = full forwards for 24 tokens, = the cpu backend's first 16 (GQA preset)" {
+# bf16 flips near ties of the fp32 model's choices (and bf16 logits can tie exactly), after which the sequences
+# part: tests/ref/gen_agree.py allows a difference only at a choice whose margin is within the logits' bf16
+# tolerance. On this model and prompt the emulation follows fp32 for 7 tokens and its cache and full-forward
+# paths agree for 10.
+@test "generation on a bf16 backend (cpu-bf16): KV cache, full forwards and fp32 agree up to a near tie" {
     gqa_preset
     make_model "$T/preset.json"
     $PY "$REF/model_ref.py" inputs "$T/hf" "$T/prompt.safetensors" 11 prompt
     "$BIN/forward" --model "$T/hf" --in "$T/prompt.safetensors" --out "$T/f32.safetensors" --generate 24
     "$BIN/forward" --model "$T/hf" --in "$T/prompt.safetensors" --out "$T/b16.safetensors" --generate 24 --device cpu-bf16
     "$BIN/forward" --model "$T/hf" --in "$T/prompt.safetensors" --out "$T/b16full.safetensors" --generate 24 --device cpu-bf16 --no-cache
-    run $PY - "$T/f32.safetensors" "$T/b16.safetensors" "$T/b16full.safetensors" <<'PY'
-import sys, os
-sys.path.insert(0, os.environ["REF"])
-from stlib import read_file
-a, b, c = (read_file(p)["generated"][1].tolist() for p in sys.argv[1:])
-print("cpu     ", a); print("cpu-bf16", b); print("no cache", c)
-sys.exit(0 if b == c and len(b) == 24 and a[:16] == b[:16] and len(set(a)) > 4 else 1)
-PY
+    run $PY "$REF/gen_agree.py" "$T/f32.safetensors" "$T/b16.safetensors"
     echo "$output"
     [ "$status" -eq 0 ]
+    run $PY "$REF/gen_agree.py" "$T/b16.safetensors" "$T/b16full.safetensors"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    # the check can fail: the fp32 tokens with one changed where their margin is large
+    $PY - "$T/f32.safetensors" "$T/bad.safetensors" <<'PY'
+import sys, os
+sys.path.insert(0, os.environ["REF"])
+import numpy as np
+from stlib import read_file, write_file
+f = read_file(sys.argv[1])
+tok, mar = np.array(f["generated"][1]), np.array(f["generated_margin"][1])
+i = int(np.argmax(mar))
+tok[i] = (tok[i] + 1) % 1000
+write_file(sys.argv[2], [("generated", "I32", tok), ("generated_margin", "F32", mar)])
+PY
+    run $PY "$REF/gen_agree.py" "$T/f32.safetensors" "$T/bad.safetensors"
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"NOT a near tie"* ]]
 }
 
 @test "--recompute N: outputs and gradients bit-identical to storing everything; activation memory falls by N-1 layers" {

@@ -66,6 +66,20 @@ static void swi_f(Act *out, const Act *gu, int N, int Fw) { swiglu_forward(F(out
 static void swi_b(Act *dgu, const Act *dout, const Act *gu, int N, int Fw) { swiglu_backward(F(dgu), CF(dout), CF(gu), N, Fw); }
 static void rope_f(Act *x, const float *ang, int T, int H, int D) { rope_forward(F(x), ang, T, H, D); }
 static void rope_b(Act *dx, const float *ang, int T, int H, int D) { rope_backward(F(dx), ang, T, H, D); }
+// the fused forms are the separate ops in sequence on the cpu (same results as calling them one by one)
+static void add_rms_f(Act *sum, Act *out, float *rstd, const Act *a, const Act *b, const Act *w, int N, int C, float eps) {
+    cpu_add(sum, a, b, (size_t)N * C);
+    rms_f(out, rstd, sum, w, N, C, eps);
+}
+static void add_ln_f(Act *sum, Act *out, float *mean, float *rstd, const Act *a, const Act *b, const Act *w, const Act *bias, int N,
+                     int C, float eps) {
+    cpu_add(sum, a, b, (size_t)N * C);
+    ln_f(out, mean, rstd, sum, w, bias, N, C, eps);
+}
+static void rms_rope_f(Act *out, float *rstd, const Act *inp, const Act *w, const float *ang, int T, int H, int D, float eps) {
+    rms_f(out, rstd, inp, w, T * H, D, eps);
+    rope_f(out, ang, T, H, D);
+}
 static void att_f(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len,
                   int Hq, int Hkv, int D, int causal) {
     (void)T; (void)max_len;
@@ -108,7 +122,9 @@ const Backend backend_cpu = {
     .add = cpu_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
     .rope_angle_grad = cpu_rope_angle_grad,
     .matmul_forward = mm_f, .matmul_backward = mm_b, .layernorm_forward = ln_f, .layernorm_backward = ln_b,
-    .rmsnorm_forward = rms_f, .rmsnorm_backward = rms_b, .gelu_forward = gelu_f, .gelu_backward = gelu_b,
+    .rmsnorm_forward = rms_f, .rmsnorm_backward = rms_b,
+    .add_rmsnorm_forward = add_rms_f, .add_layernorm_forward = add_ln_f, .rmsnorm_rope_forward = rms_rope_f,
+    .gelu_forward = gelu_f, .gelu_backward = gelu_b,
     .swiglu_forward = swi_f, .swiglu_backward = swi_b, .rope_forward = rope_f, .rope_backward = rope_b,
     .attention_forward = att_f, .attention_backward = att_b, .attention_decode = att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = ce_b,
@@ -145,6 +161,20 @@ static void e_rms_f(Act *out, float *rstd, const Act *inp, const Act *w, int N, 
 static void e_rms_b(Act *dinp, float *dw, const Act *dout, const Act *inp, const Act *w, const float *rstd, int N, int C) {
     rms_b(dinp, dw, dout, inp, w, rstd, N, C);
     if (dinp) round_bf16(dinp, (size_t)N * C);
+}
+// as the CUDA kernels: the sum rounded, the norm taken of the rounded sum; norm and RoPE rounded once at the end
+static void e_add_rms_f(Act *sum, Act *out, float *rstd, const Act *a, const Act *b, const Act *w, int N, int C, float eps) {
+    e_add(sum, a, b, (size_t)N * C);
+    e_rms_f(out, rstd, sum, w, N, C, eps);
+}
+static void e_add_ln_f(Act *sum, Act *out, float *mean, float *rstd, const Act *a, const Act *b, const Act *w, const Act *bias, int N,
+                       int C, float eps) {
+    e_add(sum, a, b, (size_t)N * C);
+    e_ln_f(out, mean, rstd, sum, w, bias, N, C, eps);
+}
+static void e_rms_rope_f(Act *out, float *rstd, const Act *inp, const Act *w, const float *ang, int T, int H, int D, float eps) {
+    rms_rope_f(out, rstd, inp, w, ang, T, H, D, eps);
+    round_bf16(out, (size_t)T * H * D);
 }
 static void e_gelu_f(Act *out, const Act *inp, size_t n) { gelu_f(out, inp, n); round_bf16(out, n); }
 static void e_gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { gelu_b(dinp, dout, inp, n); round_bf16(dinp, n); }
@@ -186,7 +216,9 @@ const Backend backend_cpu_bf16 = {
     .add = e_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
     .rope_angle_grad = cpu_rope_angle_grad,
     .matmul_forward = e_mm_f, .matmul_backward = e_mm_b, .layernorm_forward = e_ln_f, .layernorm_backward = e_ln_b,
-    .rmsnorm_forward = e_rms_f, .rmsnorm_backward = e_rms_b, .gelu_forward = e_gelu_f, .gelu_backward = e_gelu_b,
+    .rmsnorm_forward = e_rms_f, .rmsnorm_backward = e_rms_b,
+    .add_rmsnorm_forward = e_add_rms_f, .add_layernorm_forward = e_add_ln_f, .rmsnorm_rope_forward = e_rms_rope_f,
+    .gelu_forward = e_gelu_f, .gelu_backward = e_gelu_b,
     .swiglu_forward = e_swi_f, .swiglu_backward = e_swi_b, .rope_forward = e_rope_f, .rope_backward = e_rope_b,
     .attention_forward = e_att_f, .attention_backward = e_att_b, .attention_decode = e_att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = e_ce_b,

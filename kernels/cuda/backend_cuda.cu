@@ -96,6 +96,16 @@ static void rms_f(Act *out, float *rstd, const Act *inp, const Act *w, int N, in
 static void rms_b(Act *dinp, float *dw, const Act *dout, const Act *inp, const Act *w, const float *rstd, int N, int C) {
     cuda_rmsnorm_backward(U(dinp), dw, CU(dout), CU(inp), CU(w), rstd, N, C);
 }
+static void add_rms_f(Act *sum, Act *out, float *rstd, const Act *a, const Act *b, const Act *w, int N, int C, float eps) {
+    cuda_add_rmsnorm_forward(U(sum), U(out), rstd, CU(a), CU(b), CU(w), N, C, eps);
+}
+static void add_ln_f(Act *sum, Act *out, float *mean, float *rstd, const Act *a, const Act *b, const Act *w, const Act *bias, int N,
+                     int C, float eps) {
+    cuda_add_layernorm_forward(U(sum), U(out), mean, rstd, CU(a), CU(b), CU(w), CU(bias), N, C, eps);
+}
+static void rms_rope_f(Act *out, float *rstd, const Act *inp, const Act *w, const float *ang, int T, int H, int D, float eps) {
+    cuda_rmsnorm_rope_forward(U(out), rstd, CU(inp), CU(w), ang, T, H, D, eps);
+}
 static void gelu_f(Act *out, const Act *inp, size_t n) { cuda_gelu_forward(U(out), CU(inp), n); }
 static void gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { cuda_gelu_backward(U(dinp), CU(dout), CU(inp), n); }
 static void swi_f(Act *out, const Act *gu, int N, int F) { cuda_swiglu_forward(U(out), CU(gu), N, F); }
@@ -163,7 +173,8 @@ static Backend make_table(void) {
     b.add = g_add; b.copy2d = g_copy2d; b.gather_rows = g_gather; b.scatter_rows = g_scatter; b.sum_rows = g_sum_rows;
     b.rope_angle_grad = g_rope_angle_grad;
     b.matmul_forward = mm_f; b.matmul_backward = mm_b; b.layernorm_forward = ln_f; b.layernorm_backward = ln_b;
-    b.rmsnorm_forward = rms_f; b.rmsnorm_backward = rms_b; b.gelu_forward = gelu_f; b.gelu_backward = gelu_b;
+    b.rmsnorm_forward = rms_f; b.rmsnorm_backward = rms_b;
+    b.add_rmsnorm_forward = add_rms_f; b.add_layernorm_forward = add_ln_f; b.rmsnorm_rope_forward = rms_rope_f; b.gelu_forward = gelu_f; b.gelu_backward = gelu_b;
     b.swiglu_forward = swi_f; b.swiglu_backward = swi_b; b.rope_forward = rope_f; b.rope_backward = rope_b;
     b.attention_forward = att_f; b.attention_backward = att_b; b.attention_decode = att_dec;
     b.embedding_forward = emb_f; b.embedding_backward = emb_b;

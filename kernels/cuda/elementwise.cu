@@ -27,10 +27,19 @@ static void reduce_parts(float *out, const float *part, int nparts, int C) {
     LAUNCH_CHECK();
 }
 
+// With b: the row is first sum = x + b (rounded to bf16, written), and the norm is taken of it; the later
+// passes read it back from sum (the thread's own elements: no barrier needed).
+__device__ __forceinline__ const bf16_t *row_with_residual(const bf16_t *xr, const bf16_t *br, bf16_t *sr, int C) {
+    if (!br) return xr;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) sr[c] = __float2bfloat16_rn(ld(xr, c) + ld(br, c));
+    return sr;
+}
+
 // ---- RMSNorm ----
-__global__ static void rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, const bf16_t *w, int C, float eps) {
+__global__ static void rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, const bf16_t *w, int C, float eps, const bf16_t *b,
+                                   bf16_t *sum) {
     size_t row = blockIdx.x;
-    const bf16_t *xr = x + row * C;
+    const bf16_t *xr = row_with_residual(x + row * C, b ? b + row * C : NULL, sum ? sum + row * C : NULL, C);
     float ss = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) { float v = ld(xr, c); ss += v * v; }
     float r = rsqrtf(block_sum(ss) / C + eps);
@@ -62,7 +71,35 @@ __global__ static void rmsnorm_bwd_dw(float *part, const bf16_t *dy, const bf16_
 static int threads_for(int C) { return C >= 1024 ? 1024 : C >= 256 ? 256 : 128; }
 
 extern "C" void cuda_rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C, float eps) {
-    rmsnorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), rstd, CB16(inp), CB16(w), C, eps);
+    rmsnorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), rstd, CB16(inp), CB16(w), C, eps, NULL, NULL);
+    LAUNCH_CHECK();
+}
+
+extern "C" void cuda_add_rmsnorm_forward(bf16 *sum, bf16 *out, float *rstd, const bf16 *a, const bf16 *b, const bf16 *w, int N,
+                                         int C, float eps) {
+    rmsnorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), rstd, CB16(a), CB16(w), C, eps, CB16(b), B16(sum));
+    LAUNCH_CHECK();
+}
+
+// QK-norm and RoPE in one pass: a block per (token, head) row, thread j owns the pair (j, j + D/2)
+__global__ static void rmsnorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *x, const bf16_t *w, const float *ang, int H, int D,
+                                        float eps) {
+    size_t row = blockIdx.x, t = row / H;
+    int half = D / 2, j = threadIdx.x;
+    const bf16_t *xr = x + row * D;
+    float x0 = j < half ? ld(xr, j) : 0.0f, x1 = j < half ? ld(xr, j + half) : 0.0f;
+    float r = rsqrtf(block_sum(x0 * x0 + x1 * x1) / D + eps);
+    if (j == 0) rstd[row] = r;
+    if (j >= half) return;
+    float y0 = x0 * r * ld(w, j), y1 = x1 * r * ld(w, j + half), a = ang[t * half + j], c = cosf(a), s = sinf(a);
+    st(out, row * D + j, y0 * c - y1 * s);
+    st(out, row * D + j + half, y1 * c + y0 * s);
+}
+
+extern "C" void cuda_rmsnorm_rope_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, const float *angles, int T, int H,
+                                          int D, float eps) {
+    int threads = (D / 2 + 31) / 32 * 32;  // block_sum wants whole warps
+    rmsnorm_rope_fwd<<<(unsigned)((size_t)T * H), threads, 0, g_stream>>>(B16(out), rstd, CB16(inp), CB16(w), angles, H, D, eps);
     LAUNCH_CHECK();
 }
 
@@ -79,9 +116,10 @@ extern "C" void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, c
 }
 
 // ---- LayerNorm ----
-__global__ static void layernorm_fwd(bf16_t *out, float *mean, float *rstd, const bf16_t *x, const bf16_t *w, const bf16_t *b, int C, float eps) {
+__global__ static void layernorm_fwd(bf16_t *out, float *mean, float *rstd, const bf16_t *x, const bf16_t *w, const bf16_t *b, int C,
+                                     float eps, const bf16_t *res, bf16_t *sum) {
     size_t row = blockIdx.x;
-    const bf16_t *xr = x + row * C;
+    const bf16_t *xr = row_with_residual(x + row * C, res ? res + row * C : NULL, sum ? sum + row * C : NULL, C);
     float s = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) s += ld(xr, c);
     float mu = block_sum(s) / C, v = 0.0f;
@@ -124,7 +162,13 @@ __global__ static void layernorm_bwd_dwdb(float *part_w, float *part_b, const bf
 
 extern "C" void cuda_layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w, const bf16 *b, int N,
                                        int C, float eps) {
-    layernorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), mean, rstd, CB16(inp), CB16(w), CB16(b), C, eps);
+    layernorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), mean, rstd, CB16(inp), CB16(w), CB16(b), C, eps, NULL, NULL);
+    LAUNCH_CHECK();
+}
+
+extern "C" void cuda_add_layernorm_forward(bf16 *sum, bf16 *out, float *mean, float *rstd, const bf16 *a, const bf16 *b,
+                                           const bf16 *w, const bf16 *bias, int N, int C, float eps) {
+    layernorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), mean, rstd, CB16(a), CB16(w), CB16(bias), C, eps, CB16(b), B16(sum));
     LAUNCH_CHECK();
 }
 

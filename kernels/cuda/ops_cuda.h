@@ -49,6 +49,14 @@ void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const bf16 *dout,
 void cuda_rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C, float eps);
 void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
                            int N, int C);
+// the residual add before a norm, in the same pass: sum = a + b (bf16), out = norm(sum)
+void cuda_add_rmsnorm_forward(bf16 *sum, bf16 *out, float *rstd, const bf16 *a, const bf16 *b, const bf16 *w, int N, int C,
+                              float eps);
+void cuda_add_layernorm_forward(bf16 *sum, bf16 *out, float *mean, float *rstd, const bf16 *a, const bf16 *b, const bf16 *w,
+                                const bf16 *bias, int N, int C, float eps);
+// out = RoPE(RMSNorm(inp)·w) per (token, head) row of [T, H, D], angles [T, D/2] (QK-norm then RoPE in one pass)
+void cuda_rmsnorm_rope_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, const float *angles, int T, int H, int D,
+                               float eps);
 void cuda_layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w, const bf16 *b, int N,
                             int C, float eps);
 void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,

@@ -96,24 +96,18 @@ done
 
 # ---- 2b. greedy generation on the GPU (KV cache on the device) against the CPU backend ----
 # tiny (the must-show; its 0.02 initialisation repeats one token) and the GQA preset with weights x15
-# (varied tokens); the cuda KV cache must also equal cuda full forwards.
+# (varied tokens, near ties); tests/ref/gen_agree.py: identical, or parting only at a near tie (bf16).
 for name in tiny gqa; do
     d=$W/$name
     $PY tests/ref/model_ref.py inputs "$d/hf" "$d/prompt.safetensors" 11 prompt &&
     "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/gen_cpu.safetensors" --generate 16 --device cpu 2>/dev/null &&
     "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/gen_cuda.safetensors" --generate 16 --device cuda 2>&1 &&
-    "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/full_cuda.safetensors" --generate 16 --device cuda --no-cache 2>&1 &&
-    $PY - "$d" <<'PY' 2>&1 | tee "$OUTDIR/generate_$name.txt"
-import os, sys
-sys.path.insert(0, "tests/ref")
-from stlib import read_file
-d = sys.argv[1]
-a, b, c = (read_file(f"{d}/{n}.safetensors")["generated"][1].tolist() for n in ("gen_cpu", "gen_cuda", "full_cuda"))
-print("generate: cpu          ", a); print("generate: cuda KV cache", b); print("generate: cuda full fwd", c)
-sys.exit(0 if a == b == c and len(a) == 16 else 1)
-PY
-    rc=${PIPESTATUS[0]}
-    summary+=("greedy generation cuda vs cpu $name: $([ "$rc" -eq 0 ] && echo identical || echo FAIL) (16 tokens)")
+    "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/full_cuda.safetensors" --generate 16 --device cuda --no-cache 2>&1
+    $PY tests/ref/gen_agree.py "$d/gen_cpu.safetensors" "$d/gen_cuda.safetensors" 2>&1 | tee "$OUTDIR/generate_$name.txt"
+    rc1=${PIPESTATUS[0]}
+    $PY tests/ref/gen_agree.py "$d/gen_cuda.safetensors" "$d/full_cuda.safetensors" 2>&1 | tee -a "$OUTDIR/generate_$name.txt"
+    rc2=${PIPESTATUS[0]}
+    summary+=("greedy generation $name: cuda vs cpu $([ "$rc1" -eq 0 ] && echo ok || echo FAIL), cuda cache vs full $([ "$rc2" -eq 0 ] && echo ok || echo FAIL): $(grep -o 'identical[^,]*' "$OUTDIR/generate_$name.txt" | tr '\n' ';')")
 done
 
 # ---- 3. training on the CUDA backend: 10 steps against the CPU (losses within 2%), and a save/resume ----
