@@ -158,6 +158,53 @@ static void activation_cases(void) {
     cuda_free(gx); cuda_free(gdy); cuda_free(gy); cuda_free(gdx);
 }
 
+// the fused forward passes against the separate CPU ops in sequence
+static void fused_cases(void) {
+    int N = 70, C = 256, T = 40, H = 6, D = 128;
+    float *a = host_rand((size_t)N * C, 1), *b = host_rand((size_t)N * C, 1), *w = host_rand(C, 1), *bias = host_rand(C, 0.2f);
+    for (int c = 0; c < C; c++) w[c] = bf16_to_f32(f32_to_bf16(1.0f + 0.1f * w[c]));
+    float *sum = xcalloc((size_t)N * C, 4), *y = xcalloc((size_t)N * C, 4), *mean = xcalloc(N, 4), *rstd = xcalloc(N, 4), *h;
+    for (size_t i = 0; i < (size_t)N * C; i++) sum[i] = bf16_to_f32(f32_to_bf16(a[i] + b[i]));  // the kernel rounds the sum
+    bf16 *ga = dev_bf16(a, (size_t)N * C), *gb = dev_bf16(b, (size_t)N * C), *gw = dev_bf16(w, C), *gbias = dev_bf16(bias, C),
+         *gsum = cuda_alloc((size_t)N * C * 2), *gy = cuda_alloc((size_t)N * C * 2);
+    float *gmean = dev_f32(NULL, N), *grstd = dev_f32(NULL, N);
+    rmsnorm_forward(y, rstd, sum, w, N, C, 1e-6f);
+    cuda_add_rmsnorm_forward(gsum, gy, grstd, ga, gb, gw, N, C, 1e-6f);
+    sync_or_die();
+    check("add + rmsnorm forward: sum", h = back_bf16(gsum, (size_t)N * C), sum, (size_t)N * C, 1e-6); free(h);
+    check("add + rmsnorm forward: out", h = back_bf16(gy, (size_t)N * C), y, (size_t)N * C, 2e-2); free(h);
+    check("add + rmsnorm forward: rstd", h = back_f32(grstd, N), rstd, N, 1e-3); free(h);
+    layernorm_forward(y, mean, rstd, sum, w, bias, N, C, 1e-5f);
+    cuda_add_layernorm_forward(gsum, gy, gmean, grstd, ga, gb, gw, gbias, N, C, 1e-5f);
+    sync_or_die();
+    check("add + layernorm forward: sum", h = back_bf16(gsum, (size_t)N * C), sum, (size_t)N * C, 1e-6); free(h);
+    check("add + layernorm forward: out", h = back_bf16(gy, (size_t)N * C), y, (size_t)N * C, 2e-2); free(h);
+    check("add + layernorm forward: mean", h = back_f32(gmean, N), mean, N, 1e-3); free(h);
+    free(a); free(b); free(bias); free(sum); free(y); free(mean); free(rstd);
+    cuda_free(ga); cuda_free(gb); cuda_free(gbias); cuda_free(gsum); cuda_free(gy); cuda_free(gmean); cuda_free(grstd); cuda_free(gw);
+    free(w);
+    for (int d = 16; d <= D; d *= 8) {  // head_dim 16 (half a warp of pairs) and 128
+        int32_t cu[2] = {0, T};
+        float *x = host_rand((size_t)T * H * d, 1), *qw = host_rand(d, 1), *ang = xmalloc((size_t)T * d / 2 * 4),
+              *o = xcalloc((size_t)T * H * d, 4), *r = xcalloc((size_t)T * H, 4);
+        for (int c = 0; c < d; c++) qw[c] = bf16_to_f32(f32_to_bf16(1.0f + 0.1f * qw[c]));
+        rope_angles_1d(ang, cu, 1, d, 1e6);
+        rmsnorm_forward(o, r, x, qw, T * H, d, 1e-6f);
+        rope_forward(o, ang, T, H, d);
+        bf16 *gx = dev_bf16(x, (size_t)T * H * d), *gqw = dev_bf16(qw, d), *go = cuda_alloc((size_t)T * H * d * 2);
+        float *gang = dev_f32(ang, (size_t)T * d / 2), *gr = dev_f32(NULL, (size_t)T * H);
+        cuda_rmsnorm_rope_forward(go, gr, gx, gqw, gang, T, H, d, 1e-6f);
+        sync_or_die();
+        char name[96];
+        snprintf(name, sizeof name, "rmsnorm + rope forward d%d: out", d);
+        check(name, h = back_bf16(go, (size_t)T * H * d), o, (size_t)T * H * d, 2e-2); free(h);
+        snprintf(name, sizeof name, "rmsnorm + rope forward d%d: rstd", d);
+        check(name, h = back_f32(gr, (size_t)T * H), r, (size_t)T * H, 1e-3); free(h);
+        free(x); free(qw); free(ang); free(o); free(r);
+        cuda_free(gx); cuda_free(gqw); cuda_free(go); cuda_free(gang); cuda_free(gr);
+    }
+}
+
 static void rope_case(void) {
     int T = 300, H = 6, D = 24;
     int32_t cu[3] = {0, 120, 300};
@@ -346,6 +393,7 @@ int main(int argc, char **argv) {
     norm_case(70, 256, 1);
     activation_cases();
     rope_case();
+    fused_cases();
     attention_case(6, 2, 24, 1, 0, 2);
     for (int version = 3; version >= 1; version--) {
         attention_case(4, 4, 64, 0, 0, version);
