@@ -3,7 +3,8 @@
 # same card in the same run (spec/performance.md §4; issue 7). For each shape it prints our line
 # (build/bench/train_step: tokens/s, model TFLOP/s, MFU against the card's bf16 GEMM rate measured
 # here, peak memory) and the peer's (bench/gpu_train_ref.py), then the ratio.
-#   usage: bench/gpu_train.sh [slice] [vision] [full]   (default: slice vision; STEPS=5 timed steps after 2 warm-up)
+#   usage: bench/gpu_train.sh [slice] [vision] [full]   (default: slice vision; STEPS=5 timed steps after 2 warm-up;
+#          FLASH_VARIANTS="3" also times the slice with those attention versions, "" for none)
 # slice:  the 4B language model's width (hidden 2560, 32q/8kv heads of 128, FFN 9728, vocab 151936, tied
 #         embeddings) with 8 layers, one packed sequence of 8192 random tokens, labels = inputs; all
 #         tensors train, AdamW (spec: PyTorch 323 model TFLOP/s on an H100).
@@ -58,6 +59,11 @@ from stlib import write_file
 ids = np.random.default_rng(0).integers(0, 151936, 8192).astype(np.int32)
 write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", ids.copy())])
 PY
+        # the attention kernel versions still in the running (LLAVA_FLASH; the default is 2) side by side
+        for v in ${FLASH_VARIANTS:-3}; do
+            echo "gpu_train slice: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v "$TRAIN_STEP" --device cuda --peak-tflops "$peak" \
+                "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tail -1)"
+        done
         ours=$("$TRAIN_STEP" --device cuda --peak-tflops "$peak" "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tail -1)
         peer=$($PY bench/gpu_train_ref.py llm "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tail -1)
         ;;
