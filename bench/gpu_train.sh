@@ -60,7 +60,7 @@ ids = np.random.default_rng(0).integers(0, 151936, 8192).astype(np.int32)
 write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", ids.copy())])
 PY
         # the attention kernel versions still in the running (LLAVA_FLASH; the default is 2) side by side
-        for v in ${FLASH_VARIANTS:-3}; do
+        for v in ${FLASH_VARIANTS-3}; do
             echo "gpu_train slice: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v "$TRAIN_STEP" --device cuda --peak-tflops "$peak" \
                 "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tail -1)"
         done
