@@ -209,12 +209,16 @@ int trainer_run(const TrainOptions *o) {
             double tps = red[4] / dt, tflops = red[3] / dt / 1e12, mfu = peak > 0 ? red[3] / dt / (peak * world) : 0;
             char eta[32];
             format_eta(eta, sizeof eta, elapsed / (double)(it - first_iter) * (double)(st->iterations - it));
+            size_t mem = be->memory_peak();  // device memory held at most so far (0 on the cpu: not tracked)
+            char mem_text[32] = "";
+            if (mem) snprintf(mem_text, sizeof mem_text, " | peak %.1f GiB", mem / 1073741824.0);
             if (it % o->log_every == 0 || it == st->iterations || it == first_iter + 1)
-                fprintf(stderr, "%s: iteration %lld/%lld | loss %.4f | grad norm %.3f | lr %.3e | %.0f tokens/s | %.4f TFLOP/s | MFU %.1f%% | ETA %s\n",
-                        P, (long long)it, (long long)st->iterations, loss, norm, lr, tps, tflops, 100 * mfu, eta);
+                fprintf(stderr, "%s: iteration %lld/%lld | loss %.4f | grad norm %.3f | lr %.3e | %.0f tokens/s | %.4f TFLOP/s | MFU %.1f%%%s | ETA %s\n",
+                        P, (long long)it, (long long)st->iterations, loss, norm, lr, tps, tflops, 100 * mfu, mem_text, eta);
             fprintf(metrics, "{\"iteration\": %lld, \"loss\": %.9g, \"grad_norm\": %.9g, \"lr\": %.9g, \"tokens\": %.0f, "
-                    "\"tokens_per_s\": %.1f, \"tflops\": %.6f, \"mfu\": %.6f, \"skipped\": %d, \"consumed_samples\": %lld, \"seconds\": %.4f}\n",
-                    (long long)it, loss, norm, lr, red[4], tps, tflops, mfu, skipped, (long long)state.consumed, dt);
+                    "\"tokens_per_s\": %.1f, \"tflops\": %.6f, \"mfu\": %.6f, \"skipped\": %d, \"consumed_samples\": %lld, \"seconds\": %.4f, "
+                    "\"peak_memory_bytes\": %zu}\n",
+                    (long long)it, loss, norm, lr, red[4], tps, tflops, mfu, skipped, (long long)state.consumed, dt, mem);
             fflush(metrics);
         }
         if (stop || it % st->save_interval == 0 || it == st->iterations) {

@@ -77,7 +77,7 @@ int trainer_main(const char *program, int argc, char **argv) {
             "all-gather of the updated fp32 masters; the NCCL id travels through PMI2); a rank that dies stops the others "
             "within seconds.\n"
             "A progress line per iteration goes to stderr (loss, gradient norm, lr, tokens/s, model TFLOP/s, MFU against a "
-            "measured sgemm rate, ETA) and a JSON line to SAVE/metrics.jsonl. A non-finite loss or gradient norm is reported "
+            "measured sgemm rate or --peak-tflops, peak device memory on the GPU, ETA) and a JSON line to SAVE/metrics.jsonl. A non-finite loss or gradient norm is reported "
             "with the batch and the step is skipped.\n"
             "Checkpoints are mcore iterations: mp_rank_00/model.safetensors, one optimizer shard per rank, state.json, "
             "committed by the tracker written last. SIGTERM, SIGUSR1 (Slurm --signal) or SIGINT save at the next step "
