@@ -13,6 +13,11 @@ extern const size_t g_lt_workspace_bytes;
 void cuda_note_error(const char *what, const char *detail);
 void *cuda_scratch(size_t bytes);
 
+// Sums over rows without atomics: blocks write partial sums of ROWS_PER_PART rows each, part[p, c], and
+// reduce_parts adds them to out[c] in part order (elementwise.cu), so a run repeats bit for bit.
+enum { ROWS_PER_PART = 64 };
+void reduce_parts(float *out, const float *part, int nparts, int C);
+
 #define CUDA_CHECK(x)                                                  \
     do {                                                               \
         cudaError_t e_ = (x);                                          \

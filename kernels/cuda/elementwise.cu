@@ -11,8 +11,6 @@
 #define B16(p) ((bf16_t *)(p))
 #define CB16(p) ((const bf16_t *)(p))
 
-enum { ROWS_PER_PART = 64 };  // rows summed by one block of a weight-gradient partial
-
 // out[c] += Σ_parts part[p, c], parts in order.
 __global__ static void reduce_parts_kernel(float *out, const float *part, int nparts, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -22,7 +20,7 @@ __global__ static void reduce_parts_kernel(float *out, const float *part, int np
     out[c] += s;
 }
 
-static void reduce_parts(float *out, const float *part, int nparts, int C) {
+void reduce_parts(float *out, const float *part, int nparts, int C) {
     reduce_parts_kernel<<<(C + 255) / 256, 256, 0, g_stream>>>(out, part, nparts, C);
     LAUNCH_CHECK();
 }

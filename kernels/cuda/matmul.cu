@@ -105,22 +105,13 @@ extern "C" void cuda_matmul_forward(bf16 *out, const bf16 *inp, const bf16 *w, c
     lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, w, K, inp, K, out, CUDA_R_16BF, M, 0.0f, bias);
 }
 
-// dbias[m] += Σ_n dout[n, m] in two ordered passes (deterministic, and parallel over rows as well as
-// columns): part[p, m] = Σ over rows [64p, 64p + 64); then dbias[m] += Σ_p part[p, m].
-enum { BIAS_ROWS = 64 };
+// dbias[m] += Σ_n dout[n, m]: partial sums over ROWS_PER_PART rows, added in order by reduce_parts
 __global__ static void bias_grad_parts(float *part, const bf16_t *dout, int N, int M) {
     int p = blockIdx.y, m = blockIdx.x * blockDim.x + threadIdx.x;
     if (m >= M) return;
     float s = 0.0f;
-    for (int n = p * BIAS_ROWS; n < N && n < (p + 1) * BIAS_ROWS; n++) s += ld(dout, (size_t)n * M + m);
+    for (int n = p * ROWS_PER_PART; n < N && n < (p + 1) * ROWS_PER_PART; n++) s += ld(dout, (size_t)n * M + m);
     part[(size_t)p * M + m] = s;
-}
-__global__ static void bias_grad_sum(float *dbias, const float *part, int nparts, int M) {
-    int m = blockIdx.x * blockDim.x + threadIdx.x;
-    if (m >= M) return;
-    float s = 0.0f;
-    for (int p = 0; p < nparts; p++) s += part[(size_t)p * M + m];
-    dbias[m] += s;
 }
 
 extern "C" void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w,
@@ -128,11 +119,10 @@ extern "C" void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const 
     if (dinp) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, K, N, M, w, K, dout, M, dinp, CUDA_R_16BF, K, 1.0f, NULL);
     if (dw) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_T, K, M, N, inp, K, dout, M, dw, CUDA_R_32F, K, 1.0f, NULL);
     if (dbias) {
-        int parts = (N + BIAS_ROWS - 1) / BIAS_ROWS;
+        int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
         float *part = (float *)cuda_scratch((size_t)parts * M * sizeof(float));
         bias_grad_parts<<<dim3((M + 127) / 128, parts), 128, 0, g_stream>>>(part, (const bf16_t *)dout, N, M);
         LAUNCH_CHECK();
-        bias_grad_sum<<<(M + 255) / 256, 256, 0, g_stream>>>(dbias, part, parts, M);
-        LAUNCH_CHECK();
+        reduce_parts(dbias, part, parts, M);
     }
 }
