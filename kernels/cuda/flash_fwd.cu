@@ -127,134 +127,27 @@ flash_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_
     }
 }
 
-// ---- second generation: the same math, with K/V tiles double-buffered through cp.async (the next
-// tile's copy overlaps this tile's products), every mma operand loaded by ldmatrix (V through the
-// transposing form instead of 16-bit gathers), masks only on the tiles that cross the diagonal or
-// the sequence end, and, under the causal mask, the longest query tiles launched first. ----
-template <int D>
-struct Fwd2Smem {
-    bf16_t q[BR][D + 8], k[2][BC][D + 8], v[2][BC][D + 8];
+// ---- second and third generations: the same math, with K/V tiles double-buffered through cp.async (the
+// next tile's copy overlaps this tile's products), every mma operand loaded by ldmatrix (V through the
+// transposing form instead of 16-bit gathers), Q fragments from shared memory per tile, masks only on
+// the key blocks that cross the diagonal or the sequence end, and, under the causal mask, the longest
+// query tiles launched first. A warp owns MR blocks of 16 query rows and takes the keys in sub-blocks
+// of KB: version 2 is MR 1, KB 64 (64 rows per block); version 3 is FlashAttention-2's shape, MR 2 (128
+// rows per block), so that every K and V fragment read from shared memory feeds two products instead of
+// one, with KB 32 at head_dim 128 to keep both row blocks' scores in registers. ----
+
+template <int D, int MR>
+struct FwdTiledSmem {
+    bf16_t q[MR * 16 * WARPS][D + 8], k[2][BC][D + 8], v[2][BC][D + 8];
 };
 
-template <int D>
+template <int D, int MR, int KB>
 __global__ static void __launch_bounds__(WARPS * 32, 2)
-flash_fwd2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
+flash_fwd_tiled(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
            int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
-    Fwd2Smem<D> &sm = *reinterpret_cast<Fwd2Smem<D> *>(raw);
-    int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
-    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
-    int start = cu[s], end = cu[s + 1], q0 = start + tile * BR;
-    if (q0 >= end) return;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    int row0 = warp * 16, t_lo = q0 + row0 + g, t_hi = t_lo + 8;
-    int kend = causal ? min(end, q0 + BR) : end, nk = (kend - start + BC - 1) / BC;
-    flash_load_tile_async<D>(sm.q, q, q0, end, Hq, h);
-    flash_load_tile_async<D>(sm.k[0], k, start, end, Hkv, hk);
-    flash_load_tile_async<D>(sm.v[0], v, start, end, Hkv, hk);
-    cp_async_commit();
-    uint32_t qa[D / 16][4];
-    float o[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
-    for (int it = 0; it < nk; it++) {
-        int k0 = start + it * BC, buf = it & 1;
-        cp_async_wait_all();
-        __syncthreads();  // tile `it` is in buf for everyone, and everyone is done with buf ^ 1
-        if (it + 1 < nk) {
-            flash_load_tile_async<D>(sm.k[buf ^ 1], k, k0 + BC, end, Hkv, hk);
-            flash_load_tile_async<D>(sm.v[buf ^ 1], v, k0 + BC, end, Hkv, hk);
-        }
-        cp_async_commit();
-        if (it == 0)
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) flash_a_ldsm<D>(qa[kk], sm.q, row0, kk, lane);
-        float sc[BC / 8][4];
-        flash_rows_tileT2<D>(sc, qa, sm.k[buf], lane);
-        // scale; mask only where a key may lie past the sequence end or after a query row
-        int full = k0 + BC <= end && (!causal || k0 + BC - 1 <= q0);
-        float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < BC / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int j = k0 + n * 8 + 2 * c + e;
-                sc[n][e] = full || (j < end && (!causal || j <= t_lo)) ? sc[n][e] * scale : -INFINITY;
-                sc[n][2 + e] = full || (j < end && (!causal || j <= t_hi)) ? sc[n][2 + e] * scale : -INFINITY;
-                mx_lo = fmaxf(mx_lo, sc[n][e]);
-                mx_hi = fmaxf(mx_hi, sc[n][2 + e]);
-            }
-        float mn_lo = fmaxf(m_lo, quad_max(mx_lo)), mn_hi = fmaxf(m_hi, quad_max(mx_hi));
-        // a row with no visible key yet (only past the end of the sequence) keeps m = -inf: use 0 as its base
-        float base_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
-        float corr_lo = __expf(m_lo - base_lo), corr_hi = __expf(m_hi - base_hi);
-        float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-        for (int n = 0; n < BC / 8; n++) {
-            sc[n][0] = __expf(sc[n][0] - base_lo);
-            sc[n][1] = __expf(sc[n][1] - base_lo);
-            sc[n][2] = __expf(sc[n][2] - base_hi);
-            sc[n][3] = __expf(sc[n][3] - base_hi);
-            sum_lo += sc[n][0] + sc[n][1];
-            sum_hi += sc[n][2] + sc[n][3];
-        }
-        l_lo = l_lo * corr_lo + quad_sum(sum_lo);
-        l_hi = l_hi * corr_hi + quad_sum(sum_hi);
-        m_lo = mn_lo;
-        m_hi = mn_hi;
-#pragma unroll
-        for (int n = 0; n < D / 8; n++) {
-            o[n][0] *= corr_lo; o[n][1] *= corr_lo; o[n][2] *= corr_hi; o[n][3] *= corr_hi;
-        }
-        flash_p_tile2<D>(o, sc, sm.v[buf], lane);  // O += P·V
-    }
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        int col = n * 8 + 2 * c;
-        if (t_lo < end)
-            *reinterpret_cast<__nv_bfloat162 *>(out + ((size_t)t_lo * Hq + h) * D + col) = __floats2bfloat162_rn(o[n][0] / l_lo, o[n][1] / l_lo);
-        if (t_hi < end)
-            *reinterpret_cast<__nv_bfloat162 *>(out + ((size_t)t_hi * Hq + h) * D + col) = __floats2bfloat162_rn(o[n][2] / l_hi, o[n][3] / l_hi);
-    }
-    if (c == 0) {
-        if (t_lo < end) lse[(size_t)t_lo * Hq + h] = m_lo + logf(l_lo);
-        if (t_hi < end) lse[(size_t)t_hi * Hq + h] = m_hi + logf(l_hi);
-    }
-}
-
-template <int D>
-static void launch2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
-                    int Hq, int Hkv, int causal) {
-    size_t bytes = sizeof(Fwd2Smem<D>);
-    static int configured;
-    if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(flash_fwd2<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        configured = 1;
-    }
-    dim3 grid(Hq, (max_len + BR - 1) / BR, nseq);  // heads fastest: the heavy tiles of every head go out first
-    flash_fwd2<D><<<grid, WARPS * 32, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
-                                                        (const bf16_t *)v, cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D));
-    LAUNCH_CHECK();
-}
-
-// ---- third generation: version 2 with 32 query rows per warp (128 per block, FlashAttention-2's
-// shape): every K and V fragment taken from shared memory feeds two products instead of one, halving
-// the shared-memory reads per FLOP; Q fragments come from shared memory per tile (registers go to the
-// second row block's scores and output). ----
-enum { MR = 2, BR3 = MR * 16 * WARPS };
-
-template <int D>
-struct Fwd3Smem {
-    bf16_t q[BR3][D + 8], k[2][BC][D + 8], v[2][BC][D + 8];
-};
-
-template <int D, int KB = (D == 128 ? 32 : 64)>
-__global__ static void __launch_bounds__(WARPS * 32, 2)
-flash_fwd3(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
-           int causal, float scale) {
-    extern __shared__ __align__(128) unsigned char raw[];
-    Fwd3Smem<D> &sm = *reinterpret_cast<Fwd3Smem<D> *>(raw);
+    constexpr int BR3 = MR * 16 * WARPS;  // query rows of a block
+    FwdTiledSmem<D, MR> &sm = *reinterpret_cast<FwdTiledSmem<D, MR> *>(raw);
     int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
     int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
     int start = cu[s], end = cu[s + 1], q0 = start + tile * BR3;
@@ -392,17 +285,18 @@ flash_fwd3(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16
     }
 }
 
-template <int D>
-static void launch3(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
-                    int Hq, int Hkv, int causal) {
-    size_t bytes = sizeof(Fwd3Smem<D>);
+template <int D, int MR, int KB>
+static void launch_tiled(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
+                         int Hq, int Hkv, int causal) {
+    size_t bytes = sizeof(FwdTiledSmem<D, MR>);
+    const int rows = MR * 16 * WARPS;
     static int configured;
     if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(flash_fwd3<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_tiled<D, MR, KB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
         configured = 1;
     }
-    dim3 grid(Hq, (max_len + BR3 - 1) / BR3, nseq);
-    flash_fwd3<D><<<grid, WARPS * 32, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
+    dim3 grid(Hq, (max_len + rows - 1) / rows, nseq);  // heads fastest: the heavy tiles of every head go out first
+    flash_fwd_tiled<D, MR, KB><<<grid, WARPS * 32, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
                                                         (const bf16_t *)v, cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D));
     LAUNCH_CHECK();
 }
@@ -425,10 +319,10 @@ static void launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf
 // Returns 0 when it handled the call (head_dim 64 or 128), -1 to leave it to the general kernel.
 int cuda_flash_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
                        int nseq, int max_len, int Hq, int Hkv, int D, int causal) {
-    if (version == 3 && D == 64) launch3<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (version == 3 && D == 128) launch3<128>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (version == 2 && D == 64) launch2<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (version == 2 && D == 128) launch2<128>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    if (version == 3 && D == 64) launch_tiled<64, 2, 64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 3 && D == 128) launch_tiled<128, 2, 32>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 2 && D == 64) launch_tiled<64, 1, 64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 2 && D == 128) launch_tiled<128, 1, 64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 64) launch<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 128) launch<128>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else return -1;

@@ -60,19 +60,6 @@ __device__ __forceinline__ void flash_a_frag(uint32_t *a, const bf16_t (*tile)[D
     a[3] = *(const uint32_t *)&tile[row0 + g + 8][kk * 16 + 2 * c + 8];
 }
 
-// acc[16 × 64] (8 C tiles) = A(16 × D, fragments a[D/16]) · tileᵀ, B[k][n] = tile[row n][k]
-template <int D>
-__device__ __forceinline__ void flash_rows_tileT(float (*acc)[4], const uint32_t (*a)[4], const bf16_t (*tile)[D + 8], int g, int c) {
-#pragma unroll
-    for (int n = 0; n < FT / 8; n++) {
-        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            mma16816(acc[n], a[kk], *(const uint32_t *)&tile[n * 8 + g][kk * 16 + 2 * c],
-                     *(const uint32_t *)&tile[n * 8 + g][kk * 16 + 2 * c + 8]);
-    }
-}
-
 // out[16 × D] (D/8 C tiles) += P(16 × 64, C layout in p[8][4]) · tile(64 × D), B[k][n] = tile[row k][n]
 template <int D>
 __device__ __forceinline__ void flash_p_tile(float (*out)[4], const float (*p)[4], const bf16_t (*tile)[D + 8], int g, int c) {
@@ -156,22 +143,6 @@ __device__ __forceinline__ void flash_b_cols(uint32_t *r, const bf16_t (*tile)[D
 template <int D>
 __device__ __forceinline__ void flash_a_ldsm(uint32_t *a, const bf16_t (*tile)[D + 8], int row0, int kk, int lane) {
     ldsm_x4(a, &tile[row0 + (lane & 7) + (((lane >> 3) & 1) << 3)][kk * 16 + ((lane >> 4) << 3)]);
-}
-
-// acc[16 × 64] = A(16 × D, register fragments a[D/16]) · tileᵀ
-template <int D>
-__device__ __forceinline__ void flash_rows_tileT2(float (*acc)[4], const uint32_t (*a)[4], const bf16_t (*tile)[D + 8], int lane) {
-#pragma unroll
-    for (int n = 0; n < FT / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-#pragma unroll
-        for (int np = 0; np < FT / 16; np++) {
-            uint32_t b[4];
-            flash_b_rows<D>(b, tile, np, kk, lane);
-            mma16816(acc[2 * np], a[kk], b[0], b[1]);
-            mma16816(acc[2 * np + 1], a[kk], b[2], b[3]);
-        }
 }
 
 // acc[16 × 64] = rows row0..row0+15 of tile A · tile Bᵀ, both operands through ldmatrix
