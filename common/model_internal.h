@@ -20,7 +20,8 @@ typedef struct {
     int32_t *cu;              // [nseq + 1] in backend memory
     int32_t *ids;             // [T] in backend memory
     int32_t *pad_rows;        // [npad] positions of the image pads (backend memory)
-    int32_t *text_rows, *text_ids;  // [ntext] the other positions and their ids (backend memory)
+    int32_t *text_rows;       // [ntext] the other positions (backend memory)
+    const int32_t *text_ids;  // [ntext] their ids, on the host (the embedding gradient groups them there)
     int npad, ntext;
     float *ang;               // [T, hd/2] RoPE angles (backend memory)
     LayerActs *L;             // host array of per-layer pointers

@@ -105,7 +105,7 @@ void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act 
     tr->ang = model_upload(m, A, ang, (size_t)T * hd / 2 * sizeof(float));
     tr->pad_rows = model_upload(m, A, pad, (size_t)(tr->npad ? tr->npad : 1) * sizeof(int32_t));
     tr->text_rows = model_upload(m, A, text, (size_t)(tr->ntext ? tr->ntext : 1) * sizeof(int32_t));
-    tr->text_ids = model_upload(m, A, text_ids, (size_t)(tr->ntext ? tr->ntext : 1) * sizeof(int32_t));
+    tr->text_ids = text_ids;  // host arena: valid until the next step
 
     Act *x = Z((size_t)T * H);
     be->embedding_forward(x, tr->ids, W(m, "model.embed_tokens.weight", 0), T, H);

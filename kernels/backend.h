@@ -68,7 +68,8 @@ typedef struct Backend {
     // one query token per head against the first len cached positions (keys/values [len, Hkv, D]); no mask
     void (*attention_decode)(Act *out, const Act *q, const Act *k, const Act *v, int len, int Hq, int Hkv, int D);
     void (*embedding_forward)(Act *out, const int32_t *ids, const Act *table, int T, int C);
-    void (*embedding_backward)(float *dtable, const Act *dout, const int32_t *ids, int T, int C);
+    // ids in host memory here: the GPU groups the tokens by id on the host before adding rows in order
+    void (*embedding_backward)(float *dtable, const Act *dout, const int32_t *ids_host, int T, int C);
     void (*cross_entropy_rows)(float *losses, const Act *logits, const int32_t *targets, int T, int V);  // 0 where ignored
     void (*cross_entropy_backward)(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale);
     // optimizer state is fp32 in backend memory; param (the weights in storage type) is rewritten from the

@@ -94,7 +94,7 @@ static void att_dec(Act *out, const Act *q, const Act *k, const Act *v, int len,
     attention_decode(F(out), CF(q), CF(k), CF(v), len, Hq, Hkv, D);
 }
 static void emb_f(Act *out, const int32_t *ids, const Act *table, int T, int C) { embedding_forward(F(out), ids, CF(table), T, C); }
-static void emb_b(float *dtable, const Act *dout, const int32_t *ids, int T, int C) { embedding_backward(dtable, CF(dout), ids, T, C); }
+static void emb_b(float *dtable, const Act *dout, const int32_t *ids_host, int T, int C) { embedding_backward(dtable, CF(dout), ids_host, T, C); }
 static void ce_rows(float *losses, const Act *logits, const int32_t *targets, int T, int V) { cross_entropy_rows(losses, CF(logits), targets, T, V); }
 static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
     cross_entropy_backward(F(dlogits), CF(logits), targets, T, V, scale);

@@ -124,7 +124,7 @@ static void att_dec(Act *out, const Act *q, const Act *k, const Act *v, int len,
     cuda_attention_decode(U(out), CU(q), CU(k), CU(v), len, Hq, Hkv, D);
 }
 static void emb_f(Act *out, const int32_t *ids, const Act *table, int T, int C) { cuda_embedding_forward(U(out), ids, CU(table), T, C); }
-static void emb_b(float *dtable, const Act *dout, const int32_t *ids, int T, int C) { cuda_embedding_backward(dtable, CU(dout), ids, T, C); }
+static void emb_b(float *dtable, const Act *dout, const int32_t *ids_host, int T, int C) { cuda_embedding_backward(dtable, CU(dout), ids_host, T, C); }
 static void ce_rows(float *losses, const Act *logits, const int32_t *targets, int T, int V) { cuda_cross_entropy_forward(losses, CU(logits), targets, T, V); }
 static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
     cuda_cross_entropy_backward(U(dlogits), CU(logits), targets, T, V, scale);

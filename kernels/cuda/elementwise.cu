@@ -255,10 +255,10 @@ static int cmp_id_then_pos(const void *a, const void *b) {  // (id, position) pa
     return x[0] != y[0] ? (x[0] < y[0] ? -1 : 1) : (x[1] < y[1] ? -1 : x[1] > y[1]);
 }
 extern "C" void cuda_embedding_forward(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C) { embed_fwd<<<blocks((size_t)T * C), 256, 0, g_stream>>>(B16(out), ids, CB16(table), T, C); LAUNCH_CHECK(); }
-extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids, int T, int C) {
+extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids_host, int T, int C) {
     if (T <= 0) return;
-    // ids come back to the host (T int32; one wait per step) to be grouped: [uniq | off | order] go up together.
-    // The host buffers grow with the largest T seen and are kept (the step loop does not allocate).
+    // the tokens grouped by id on the host: [uniq | off | order] go up together. The host buffers grow with
+    // the largest T seen and are kept (the step loop does not allocate).
     static int32_t *pairs, *host;
     static int cap;
     if (T > cap) {
@@ -269,8 +269,7 @@ extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const i
         cap = pairs && host ? T : 0;
         if (!cap) { cuda_note_error("cuda_embedding_backward", "out of host memory"); return; }
     }
-    cuda_download(host, ids, (size_t)T * sizeof(int32_t));
-    for (int t = 0; t < T; t++) { pairs[2 * t] = host[t]; pairs[2 * t + 1] = t; }
+    for (int t = 0; t < T; t++) { pairs[2 * t] = ids_host[t]; pairs[2 * t + 1] = t; }
     qsort(pairs, (size_t)T, 2 * sizeof(int32_t), cmp_id_then_pos);
     int nu = 0;
     int32_t *uniq = host, *off = host + T, *order = host + 2 * T + 1;

@@ -88,7 +88,7 @@ void cuda_attention_decode(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *
 
 // ---- embedding and loss ----
 void cuda_embedding_forward(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C);
-void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids, int T, int C);
+void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids_host, int T, int C);  // ids in host memory
 // Per-row losses (fp32, 0 for ignored rows) without materialising probabilities; the backward writes
 // dlogits = (softmax − onehot)·scale for counted rows and 0 elsewhere.
 void cuda_cross_entropy_forward(float *losses, const bf16 *logits, const int32_t *targets, int T, int V);

@@ -293,7 +293,7 @@ static void embedding_loss_case(void) {
          *glog = dev_bf16(logits, (size_t)T * V), *gdl = cuda_alloc((size_t)T * V * 2);
     float *gdtab = dev_f32(NULL, (size_t)V * C), *glosses = dev_f32(NULL, T);
     cuda_embedding_forward(gout, gids, gtab, T, C);
-    cuda_embedding_backward(gdtab, gdy, gids, T, C);
+    cuda_embedding_backward(gdtab, gdy, ids, T, C);
     int64_t count;
     double mean = cross_entropy_forward(logits, tg, T, V, &count);
     cross_entropy_backward(dl, logits, tg, T, V, 1.0f / (float)count);
