@@ -26,19 +26,9 @@ SHAPES=${*:-slice vision}
 W=$(mktemp -d /tmp/bench_gpu.XXXX)
 trap 'rm -rf "$W"' EXIT
 
-peak=$($PY - <<'PY'
-import torch
-n = 8192
-a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-for _ in range(3): a @ b
-s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-t = []
-for _ in range(10):
-    s.record(); a @ b; e.record(); torch.cuda.synchronize(); t.append(s.elapsed_time(e) / 1e3)
-print(f"{2 * n**3 / sorted(t)[5] / 1e12:.0f}")
-PY
-) || { echo "gpu_train: no CUDA device for PyTorch"; exit 1; }
-echo "gpu_train: $($PY -c 'import torch; print(torch.cuda.get_device_name())'), bf16 GEMM ${peak} TFLOP/s (8192^3, median of 10): the MFU denominator"
+gemm=$($PY bench/gemm_rate.py) || { echo "gpu_train: no CUDA device for PyTorch"; exit 1; }
+peak=${gemm%% *}
+echo "gpu_train: bf16 GEMM $gemm: the MFU denominator"
 
 ratio() {  # OURS_LINE PEER_LINE: the peer's time per step over ours (the same work on both sides)
     local a b

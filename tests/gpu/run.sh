@@ -152,22 +152,7 @@ summary+=("cuda training: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 
 summary+=("$(grep -o 'one rank through NCCL.*' "$OUTDIR/train.txt")")
 
 # ---- 5. the card's bf16 GEMM rate ----
-gemm=$($PY - <<'PY' 2>&1
-import torch, time
-if not torch.cuda.is_available():
-    print("no CUDA device"); raise SystemExit
-n = 8192
-a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-for _ in range(3): a @ b
-torch.cuda.synchronize()
-s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-times = []
-for _ in range(10):
-    s.record(); a @ b; e.record(); torch.cuda.synchronize(); times.append(s.elapsed_time(e) / 1e3)
-times.sort()
-print(f"{2 * n**3 / times[len(times) // 2] / 1e12:.0f} TFLOP/s ({torch.cuda.get_device_name()}, median of 10, {n}^3 random bf16)")
-PY
-)
+gemm=$($PY bench/gemm_rate.py 2>&1)
 summary+=("bf16 GEMM: $gemm")
 
 # ---- 6. bench/gpu_train.sh: training steps against PyTorch + transformers on this card ----
