@@ -40,10 +40,16 @@ static void layer_acts_alloc(const Model *m, Arena *A, int T, LayerActs *a) {
 // both present and adjacent), so that [gate; up] is one [2I, H] matrix whose product gives the
 // [gate | up] rows swiglu reads, with no copies. The flat layouts make it so whenever I·H is a
 // multiple of their alignment; the check keeps the graph correct for any other layout.
-static int gate_up_fused(const Model *m, const Act *wg, const Act *wu, const float *dg, const float *du) {
+// grads NULL: the weights alone (the forward).
+static int gate_up_fused(const Model *m, float **grads, int l) {
     size_t n = (size_t)m->cfg.text.intermediate * m->cfg.text.hidden;
-    if (AT(m->be, wg, n) != wu) return 0;
+    if (AT(m->be, W(m, "model.layers.%d.mlp.gate_proj.weight", l), n) != W(m, "model.layers.%d.mlp.up_proj.weight", l)) return 0;
+    const float *dg = G(m, grads, "model.layers.%d.mlp.gate_proj.weight", l), *du = G(m, grads, "model.layers.%d.mlp.up_proj.weight", l);
     return (!dg && !du) || (dg && du && dg + n == du);
+}
+static int gate_up_fused_from(const Model *m, float **grads, int first) {  // layers first .. last all fused
+    for (int l = first; l < m->cfg.text.layers; l++) if (!gate_up_fused(m, grads, l)) return 0;
+    return 1;
 }
 
 // Layer l from a->x_in into a's activations; x_out (NULL: not needed, as when recomputing) gets its output.
@@ -66,7 +72,7 @@ static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs 
     be->add_rmsnorm_forward(a->x_mid, a->h2, a->rstd2, a->x_in, o, W(m, "model.layers.%d.post_attention_layernorm.weight", l), T, H,
                             eps);  // x_mid = x_in + attention, h2 = RMSNorm(x_mid)
     const Act *wg = W(m, "model.layers.%d.mlp.gate_proj.weight", l), *wu = W(m, "model.layers.%d.mlp.up_proj.weight", l);
-    if (gate_up_fused(m, wg, wu, NULL, NULL)) {
+    if (gate_up_fused(m, NULL, l)) {
         be->matmul_forward(a->gu, a->h2, wg, NULL, T, H, 2 * I);  // [gate; up] is one [2I, H] matrix: rows [gate | up]
     } else {
         be->matmul_forward(g, a->h2, wg, NULL, T, H, I);
@@ -112,11 +118,10 @@ void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act 
     if (tr->npad) be->scatter_rows(x, image_embeds, tr->pad_rows, tr->npad, H);  // image pads take the merger outputs in order
     tr->L = arena_bytes(Hs, (size_t)c->layers * sizeof(LayerActs));
     tr->o = Z((size_t)T * H);
-    for (int l = 0; l < c->layers && !tr->g; l++)  // separate gate and up products only where they are not fused
-        if (!gate_up_fused(m, W(m, "model.layers.%d.mlp.gate_proj.weight", l), W(m, "model.layers.%d.mlp.up_proj.weight", l), NULL, NULL)) {
-            tr->g = Z((size_t)T * I);
-            tr->u = Z((size_t)T * I);
-        }
+    if (!gate_up_fused_from(m, NULL, 0)) {  // separate gate and up products where they are not fused
+        tr->g = Z((size_t)T * I);
+        tr->u = Z((size_t)T * I);
+    }
     // The recomputed layers (the first w->recompute) share one set of activations: the backward runs
     // each one's forward again from its kept input just before its backward.
     tr->recompute = w->recompute < c->layers ? w->recompute : c->layers;
@@ -163,12 +168,10 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     if (!below) return 0;
     be->rmsnorm_backward(stop < c->layers ? dx : NULL, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
     Act *dg = NULL, *du = NULL;
-    for (int l = stop; l < c->layers && !dg; l++)
-        if (!gate_up_fused(m, W(m, "model.layers.%d.mlp.gate_proj.weight", l), W(m, "model.layers.%d.mlp.up_proj.weight", l),
-                           G(m, grads, "model.layers.%d.mlp.gate_proj.weight", l), G(m, grads, "model.layers.%d.mlp.up_proj.weight", l))) {
-            dg = Z((size_t)T * I);
-            du = Z((size_t)T * I);
-        }
+    if (!gate_up_fused_from(m, grads, stop)) {
+        dg = Z((size_t)T * I);
+        du = Z((size_t)T * I);
+    }
     Act *dact = Z((size_t)T * I), *dgu = Z((size_t)T * 2 * I),
         *datt = Z(T * Q), *dqr = Z(T * Q), *dkr = Z(T * KV), *dv = Z(T * KV), *dq = Z(T * Q), *dk = Z(T * KV);
     for (int l = c->layers - 1; l >= stop; l--) {
@@ -183,7 +186,7 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         be->zero(dh, (size_t)T * H * es);
         const Act *wg = W(m, "model.layers.%d.mlp.gate_proj.weight", l), *wu = W(m, "model.layers.%d.mlp.up_proj.weight", l);
         float *dwg = G(m, grads, "model.layers.%d.mlp.gate_proj.weight", l), *dwu = G(m, grads, "model.layers.%d.mlp.up_proj.weight", l);
-        if (gate_up_fused(m, wg, wu, dwg, dwu)) {
+        if (gate_up_fused(m, grads, l)) {
             be->matmul_backward(dh, dwg, NULL, dgu, a->h2, wg, T, H, 2 * I);
         } else {
             be->copy2d(dg, I, dgu, 2 * (size_t)I, T, I);
