@@ -8,8 +8,8 @@
 // bf16 GEMM rate) when given; peak is the most backend memory held at once (not tracked on the cpu).
 // --vision: the vision tower and merger alone on the batch's images, forward and backward of
 // ½·Σ image_embeds² (so the gradient handed to the backward is the embeddings themselves), no
-// optimizer; its FLOPs are counted by the ViT formula of spec/performance.md §4 (the merger's ~1% is
-// not counted).
+// optimizer; its FLOPs are the tower's part of flops.c (spec/performance.md's ViT formula over the
+// matmul parameters; the merger's ~1% is not counted).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,17 +27,6 @@ static const void *need(const StFile *f, const char *name) {
     const StTensor *t = st_find(f, name);
     if (!t) die_input("%s: no tensor '%s'", f->path, name);
     return t->data;
-}
-
-// 6·N·S + 12·L·D·S² over the tower's parameters (patch embedding included), bidirectional attention
-static double vision_flops(const Model *m, const ModelInput *in) {
-    double n = 0.0, S = (double)in->rows + in->nimg, S2 = 0.0;
-    for (int i = 0; i < m->np; i++) if (m->ps[i].part == PART_VISION) n += (double)param_numel(&m->ps[i]);
-    for (int i = 0; i < in->nimg; i++) {
-        double s = (double)in->grid[3 * i + 1] * in->grid[3 * i + 2] + 1;
-        S2 += s * s;
-    }
-    return 6.0 * n * S + 12.0 * m->cfg.vision.depth * m->cfg.vision.hidden * S2;
 }
 
 int main(int argc, char **argv) {
@@ -100,7 +89,7 @@ int main(int argc, char **argv) {
     }
     be->download(&sync, opt.flat_grad, sizeof sync);
     double dt = (now_seconds() - t0) / steps;
-    double flop = vision ? vision_flops(&m, &in) : flops_train_step(&m.cfg, &in);
+    double flop = vision ? flops_vision_step(&m.cfg, &in) : flops_train_step(&m.cfg, &in);
     int64_t tokens = vision ? in.rows + in.nimg : in.T;
     printf("train_step: %lld tokens, %d images, %d steps, %.1f ms/step, %.0f tokens/s, %.1f model TFLOP/s, ", (long long)tokens,
            in.nimg, steps, dt * 1e3, tokens / dt, flop / dt / 1e12);

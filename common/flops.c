@@ -17,18 +17,23 @@ double flops_train_step(const ModelConfig *c, const ModelInput *in) {
     }
     double F = T * (6 * h * f * 3 * t->layers + 6 * t->layers * (h * (q + 2 * kv) + q * h) + 6 * h * t->vocab) + S2 * t->layers * 6 * q;
     if (in->nimg && c->vision.present) {
-        const VisionConfig *v = &c->vision;
-        double D = v->hidden, Fv = v->intermediate, S = (double)in->rows + in->nimg, Sq = 0.0;
-        for (int i = 0; i < in->nimg; i++) {
-            double n = (double)in->grid[3 * i + 1] * in->grid[3 * i + 2] + 1;
-            Sq += n * n;
-        }
-        double per_block = D * 3 * D + D * D + 2 * D * Fv;       // qkv, proj, fc1, fc2
-        F += 6 * S * (per_block * v->depth) + 12 * Sq * D * v->depth;  // bidirectional: no halving
-        F += 6 * (double)in->rows * vision_patch_dim(v) * D;          // patch embedding
-        F += 6 * ((double)in->rows / 4) * (16 * D * D + 4 * D * h);   // merger
+        double D = c->vision.hidden;
+        F += flops_vision_step(c, in);
+        F += 6 * ((double)in->rows / 4) * (16 * D * D + 4 * D * h);  // merger
     }
     return F;
+}
+
+double flops_vision_step(const ModelConfig *c, const ModelInput *in) {
+    const VisionConfig *v = &c->vision;
+    double D = v->hidden, Fv = v->intermediate, S = (double)in->rows + in->nimg, Sq = 0.0;
+    for (int i = 0; i < in->nimg; i++) {
+        double n = (double)in->grid[3 * i + 1] * in->grid[3 * i + 2] + 1;
+        Sq += n * n;
+    }
+    double per_block = D * 3 * D + D * D + 2 * D * Fv;                // qkv, proj, fc1, fc2
+    return 6 * S * (per_block * v->depth) + 12 * Sq * D * v->depth     // bidirectional: no halving
+           + 6 * (double)in->rows * vision_patch_dim(v) * D;           // patch embedding
 }
 
 double flops_cpu_peak(void) {

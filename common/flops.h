@@ -6,6 +6,8 @@
 #include "model.h"
 
 double flops_train_step(const ModelConfig *c, const ModelInput *in);
+// The vision tower's share of that (patch embedding and blocks, without the merger).
+double flops_vision_step(const ModelConfig *c, const ModelInput *in);
 // A measured fp32 sgemm rate of this machine in FLOP/s (the CPU's MFU denominator): a few 1024³
 // products on the threads OpenMP uses.
 double flops_cpu_peak(void);
