@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/cli.h"
 #include "../common/flops.h"
 #include "../common/model.h"
 #include "../common/model_internal.h"
@@ -31,34 +32,48 @@ static const void *need(const StFile *f, const char *name) {
 
 int main(int argc, char **argv) {
     util_set_prog(argv[0]);
-    const char *device = "cpu";
-    int recompute = 0, vision = 0, a = 1;
+    char *device = "cpu";
+    int vision = 0;
+    int64_t recompute = 0;  // OPT_INT stores int64_t
     double peak_tflops = 0.0;
-    for (; a < argc && !strncmp(argv[a], "--", 2); a++) {
-        if (!strcmp(argv[a], "--device") && a + 1 < argc) device = argv[++a];
-        else if (!strcmp(argv[a], "--recompute") && a + 1 < argc) recompute = atoi(argv[++a]);
-        else if (!strcmp(argv[a], "--peak-tflops") && a + 1 < argc) peak_tflops = atof(argv[++a]);
-        else if (!strcmp(argv[a], "--vision")) vision = 1;
-        else die_input("train_step: unknown option %s", argv[a]);
-    }
-    if (argc - a != 3) die_input("usage: train_step [--device D] [--recompute N] [--peak-tflops X] [--vision] HF_DIR IN.safetensors STEPS");
-    int steps = atoi(argv[a + 2]);
+    const Opt opts[] = {
+        {"device", OPT_STR, &device, "cpu", "Backend: cpu, cpu-bf16 or cuda."},
+        {"recompute", OPT_INT, &recompute, "N", "Recompute the activations of the first N decoder layers in the backward."},
+        {"peak-tflops", OPT_DOUBLE, &peak_tflops, "X", "MFU denominator in TFLOP/s (the card's measured bf16 GEMM rate)."},
+        {"vision", OPT_FLAG, &vision, NULL, "The vision tower and merger alone, forward and backward, no optimizer."},
+    };
+    const Cli cli = {
+        .name = "train_step",
+        .summary = "time training steps of a backend on one batch (a benchmark)",
+        .synopsis = "train_step [--device D] [--recompute N] [--peak-tflops X] [--vision] HF_DIR IN.safetensors STEPS",
+        .description = "Two untimed warm-up steps, then STEPS timed ones; prints one line with tokens/s, model TFLOP/s, MFU "
+                       "and peak backend memory (see the head of bench/train_step.c).",
+        .opts = opts,
+        .nopts = sizeof opts / sizeof opts[0],
+        .min_pos = 3,
+        .max_pos = 3,
+    };
+    char **pos;
+    cli_parse(&cli, argc, argv, &pos);
+    const char *model_dir = pos[0], *in_path = pos[1];
+    int steps = atoi(pos[2]);
+    free(pos);
     if (steps < 1) die_input("train_step: STEPS must be at least 1");
     Err e;
     const Backend *be = backend_get(device, e.msg, sizeof e.msg);
     if (!be) die_input("--device %s: %s", device, e.msg);
     Model m;
-    if (model_load(&m, argv[a], &e)) die_input("%s", e.msg);
+    if (model_load(&m, model_dir, &e)) die_input("%s", e.msg);
     model_to_backend(&m, be);
     StFile f;
-    if (st_open(&f, argv[a + 1], &e)) die_input("%s", e.msg);
+    if (st_open(&f, in_path, &e)) die_input("%s", e.msg);
     const StTensor *ids = st_find(&f, "input_ids"), *grid = st_find(&f, "grid_thw"), *cu = st_find(&f, "cu_seqlens"),
                    *px = st_find(&f, "pixel_values");
     ModelInput in = {0};
     if (!vision) in = (ModelInput){.ids = need(&f, "input_ids"), .B = 1, .T = (int)ids->shape[ids->ndim - 1]};
     if (cu && !vision) { in.cu_seqlens = (const int32_t *)cu->data; in.nseq = (int)cu->shape[0] - 1; }
     if (px) { in.pixels = (const float *)px->data; in.rows = px->shape[0]; in.grid = (const int32_t *)grid->data; in.nimg = (int)grid->shape[0]; }
-    if (vision && !in.nimg) die_input("%s: --vision needs pixel_values and grid_thw", argv[a + 1]);
+    if (vision && !in.nimg) die_input("%s: --vision needs pixel_values and grid_thw", in_path);
     const int32_t *labels = vision ? NULL : need(&f, "labels");
     int *trainable = xcalloc((size_t)m.np, sizeof(int));
     for (int i = 0; i < m.np; i++) trainable[i] = !vision || m.ps[i].part != PART_TEXT;
@@ -66,7 +81,7 @@ int main(int argc, char **argv) {
     adam_init(&opt, &m, trainable, 0, adam_layout_size(&m, trainable));
     ModelWork w;
     model_work_init(&w, m.be);
-    w.recompute = recompute;
+    w.recompute = (int)recompute;
     AdamHyper h = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f};
     ModelOutput out;
     float loss = 0.0f, sync;
