@@ -120,11 +120,8 @@ void adam_sync_backend(Adam *o, Model *m) {
     if (!o->master) return;
     size_t shard = (o->hi - o->lo) * sizeof(float);
     for (int i = 0; i < m->np; i++)
-        if (o->offset[i] != SIZE_MAX) {
-            size_t n = (size_t)param_numel(&m->ps[i]);
-            o->be->upload(o->master + o->offset[i], m->w[i], n * sizeof(float));
-            o->be->from_f32(m->wb[i], m->w[i], n);
-        }
+        if (o->offset[i] != SIZE_MAX) o->be->upload(o->master + o->offset[i], m->w[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
+    adam_refresh_params(o, m);  // the backend's weights from the masters just uploaded, on the device
     o->be->upload(o->dm, o->m, shard);
     o->be->upload(o->dv, o->v, shard);
 }
