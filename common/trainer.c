@@ -125,6 +125,7 @@ int trainer_run(const TrainOptions *o) {
         nall += param_numel(&m.ps[i]);
         ntrain += trainable[i] ? param_numel(&m.ps[i]) : 0;
     }
+    int recompute = o->recompute < m.cfg.text.layers ? (int)o->recompute : m.cfg.text.layers;  // decoder layers recomputed
     double peak = o->peak_tflops > 0 ? o->peak_tflops * 1e12 : be == &backend_cpu ? flops_cpu_peak() : 0.0;
     if (rank == 0)
         fprintf(stderr, "%s: %s %s iteration %lld; %lld of %lld parameters train (%s minus %s); %d rank%s x %d micro-batches; "
@@ -133,7 +134,7 @@ int trainer_run(const TrainOptions *o) {
                 P, resume ? "resuming" : "starting from", from, (long long)state.iteration, (long long)ntrain,
                 (long long)nall, st->trainable, st->frozen[0] ? st->frozen : "nothing", world, world > 1 ? "s" : "", M,
                 (long long)loader_epoch_size(loader), be->name, peak / 1e9,
-                (int)(o->recompute < m.cfg.text.layers ? o->recompute : m.cfg.text.layers), m.cfg.text.layers);
+                recompute, m.cfg.text.layers);
     struct sigaction sa = {0};
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, NULL);
@@ -142,7 +143,7 @@ int trainer_run(const TrainOptions *o) {
 
     ModelWork work;
     model_work_init(&work, m.be);
-    work.recompute = (int)(o->recompute < 1000000 ? o->recompute : 1000000);
+    work.recompute = recompute;
     float *gather = world > 1 && !nccl ? xmalloc(n * sizeof(float)) : NULL;
     FILE *metrics = rank == 0 ? ckpt_open_metrics(o->save, state.iteration, &e) : NULL;
     if (rank == 0 && !metrics) die_input("%s", e.msg);
