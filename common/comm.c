@@ -257,6 +257,45 @@ int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e) {
     return comm_barrier(c, e);  // the slots are free again
 }
 
+int comm_reduce_scatter_start(Comm *c, float *x, size_t n, size_t a, size_t b, float scale, Err *e) {
+    if (a >= b) return 0;
+#ifdef WITH_CUDA
+    if (c->nccl)
+        return cuda_nccl_reduce_part_start(x, a, b, (n + (size_t)c->world - 1) / (size_t)c->world, scale, e->msg, sizeof e->msg);
+#endif
+    size_t lo, hi;
+    comm_shard(c, n, &lo, &hi);
+    if (c->world == 1) {
+        if (scale != 1.0f)
+            for (size_t i = a; i < b; i++) x[i] *= scale;
+        return 0;
+    }
+    if (n > c->max_floats) die_internal("comm: %zu floats exceed the segment (%zu)", n, c->max_floats);
+    // every rank's part into its slot; once all are there, this rank sums its shard's share of the part.
+    // The slots' other ranges stay untouched until comm_reduce_scatter_wait's barrier, so the next part
+    // can be written while a slower rank still reads this one.
+    memcpy(c->slots + (size_t)c->rank * c->max_floats + a, x + a, (b - a) * sizeof(float));
+    if (comm_barrier(c, e)) return -1;
+    size_t s0 = a > lo ? a : lo, s1 = b < hi ? b : hi;
+#pragma omp parallel for schedule(static)
+    for (size_t i = s0; i < s1; i++) {
+        float s = 0.0f;
+        for (int r = 0; r < c->world; r++) s += c->slots[(size_t)r * c->max_floats + i];  // rank order
+        x[i] = s * scale;
+    }
+    return 0;
+}
+
+int comm_reduce_scatter_wait(Comm *c, Err *e) {
+#ifdef WITH_CUDA
+    if (c->nccl) {
+        NcclWatch w = {c, now_seconds(), now_seconds()};
+        return cuda_nccl_reduce_part_wait(nccl_watch, &w, e->msg, sizeof e->msg);
+    }
+#endif
+    return comm_barrier(c, e);  // the slots are free again
+}
+
 int comm_allgather(Comm *c, float *x, size_t n, Err *e) {
 #ifdef WITH_CUDA
     if (c->nccl) {

@@ -30,6 +30,15 @@ int comm_use_nccl(Comm *c, Err *e);
 // ZeRO-1 gradient reduction: afterwards x[lo, hi) of this rank's shard holds Σ_ranks x · scale (the
 // rest of x is left as it was).
 int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e);
+// The same for the part x[a, b) of the vector (0 <= a <= b <= n), started now and finished by
+// comm_reduce_scatter_wait: afterwards x[max(a, lo), min(b, hi)) holds Σ_ranks x · scale. On NCCL it runs
+// on a stream of its own after the work already queued on the backend's stream (which goes on
+// meanwhile: the backward of the layers below); on the shared segment it is done on return. Every
+// rank must start the same parts in the same order. On the shared segment sums run in rank order per
+// element, so any split into parts gives the bits of one comm_reduce_scatter (NCCL's order depends on
+// the collective: parts repeat run to run, but need not equal the whole vector's bits).
+int comm_reduce_scatter_start(Comm *c, float *x, size_t n, size_t a, size_t b, float scale, Err *e);
+int comm_reduce_scatter_wait(Comm *c, Err *e);
 // Each rank contributes x[lo, hi) of its shard; afterwards every rank holds the whole x.
 int comm_allgather(Comm *c, float *x, size_t n, Err *e);
 // v[0..k) summed over ranks (k <= 16), in place.

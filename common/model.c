@@ -128,6 +128,10 @@ const Act *model_weight_fmt(const Model *m, const char *fmt, int layer) {
     return m->wb[i];
 }
 
+void model_grads_final(const Model *m, ModelWork *w, const char *fmt, int layer) {
+    if (w->grads_final) w->grads_final(w->grads_final_ctx, model_param_index(m, fmt, layer));
+}
+
 float *model_grad_fmt(const Model *m, float **grads, const char *fmt, int layer) {
     if (!grads) return NULL;
     int i = model_param_index(m, fmt, layer);

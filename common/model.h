@@ -62,6 +62,10 @@ typedef struct {
     int recompute;               // decoder layers (from the first) whose activations the backward recomputes
     int text_layers_backward;    // decoder layers the last backward went through
     int vision_blocks_backward;  // vision blocks likewise (0 when the whole tower is frozen)
+    // When set, the backward calls it as gradients become final: every tensor of table index >= first
+    // has its whole gradient of this step (the trainer reduces them over the ranks meanwhile).
+    void (*grads_final)(void *ctx, int first);
+    void *grads_final_ctx;
 } ModelWork;
 
 void model_work_init(ModelWork *w, const Backend *be);

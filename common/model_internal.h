@@ -9,6 +9,9 @@ int model_param_index(const Model *m, const char *fmt, int layer);
 // The gradient buffer of that tensor, NULL when grads is NULL or the tensor is frozen.
 float *model_grad_fmt(const Model *m, float **grads, const char *fmt, int layer);
 
+// ModelWork.grads_final, when set, with the index of the tensor fmt/layer.
+void model_grads_final(const Model *m, ModelWork *w, const char *fmt, int layer);
+
 // Activations of one decoder layer kept for the backward (shapes in model_text.c).
 typedef struct {  // activations (Act: backend storage) and statistics (float) of one decoder layer
     Act *x_in, *h1, *q, *k, *v, *qr, *kr, *att, *x_mid, *h2, *gu, *act;

@@ -167,6 +167,7 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     be->matmul_backward(below ? dh : NULL, G(m, grads, head, 0), NULL, dlogits, tr->hf, W(m, head, 0), T, H, c->vocab);
     if (!below) return 0;
     be->rmsnorm_backward(stop < c->layers ? dx : NULL, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
+    model_grads_final(m, w, "model.norm.weight", 0);  // and the head above it
     Act *dg = NULL, *du = NULL;
     if (!gate_up_fused_from(m, grads, stop)) {
         dg = Z((size_t)T * I);
@@ -218,6 +219,7 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
                             W(m, "model.layers.%d.self_attn.v_proj.weight", l), T, H, (int)KV);
         be->rmsnorm_backward(dx, G(m, grads, "model.layers.%d.input_layernorm.weight", l), dh, a->x_in,
                              W(m, "model.layers.%d.input_layernorm.weight", l), a->rstd1, T, H);
+        model_grads_final(m, w, "model.layers.%d.input_layernorm.weight", l);  // layer l's first tensor
     }
     if (stop > 0) return c->layers - stop;
     // embedding rows, or the image embeddings where the image pads were
@@ -228,5 +230,6 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         be->gather_rows(drows, dx, tr->text_rows, tr->ntext, H);
         be->embedding_backward(demb, drows, tr->text_ids, tr->ntext, H);
     }
+    model_grads_final(m, w, "model.embed_tokens.weight", 0);
     return c->layers;
 }

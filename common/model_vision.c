@@ -134,6 +134,7 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
                         W(m, "visual.merger.mlp.0.weight", 0), (int)R4, M, M);
     be->layernorm_backward(tower ? dhid : NULL, G(m, grads, "visual.merger.ln_q.weight", 0), G(m, grads, "visual.merger.ln_q.bias", 0), dln, tr->hidden,
                            W(m, "visual.merger.ln_q.weight", 0), tr->ln_mean, tr->ln_rstd, (int)tr->rows, D);
+    model_grads_final(m, w, "visual.merger.ln_q.weight", 0);
     if (!tower) return 0;
     // the CLS rows get no gradient from the output
     Act *dx = Z((size_t)S * D);
@@ -172,6 +173,7 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
                             W(m, "visual.blocks.%d.attn.qkv.weight", l), (int)S, D, 3 * D);
         be->layernorm_backward(dx, G(m, grads, "visual.blocks.%d.norm1.weight", l), G(m, grads, "visual.blocks.%d.norm1.bias", l), dh, a->x_in,
                                W(m, "visual.blocks.%d.norm1.weight", l), a->mean1, a->rstd1, (int)S, D);
+        model_grads_final(m, w, "visual.blocks.%d.norm1.weight", l);  // the class_pos_emb gradient is still growing, below
     }
     // pre-LayerNorm, then CLS embeddings and the patch projection
     be->zero(dh, (size_t)S * D * es);
@@ -183,5 +185,6 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     be->gather_rows(dpe, dh, tr->patch_rows, (int)tr->rows, D);
     be->matmul_backward(NULL, G(m, grads, "visual.patch_embed.proj.weight", 0), NULL, dpe, tr->pixels,
                         W(m, "visual.patch_embed.proj.weight", 0), (int)tr->rows, P, D);
+    model_grads_final(m, w, "visual.patch_embed.proj.weight", 0);  // the table's first tensor: all
     return v->depth;
 }

@@ -1,6 +1,7 @@
 // trainer.c: the training loop (see trainer.h). One iteration:
 //   for each of M = GBS / world micro-batches: one packed sequence -> loss_m, grads += d(loss_m / M)
-//   reduce-scatter the gradients over the ranks (mean), global norm, clip, AdamW on this rank's shard
+//   reduce-scatter the gradients over the ranks (mean; in buckets during the last backward when
+//   overlapping), global norm, clip, AdamW on this rank's shard
 //   (lr from the schedule at (iteration − 1)·GBS samples), all-gather the updated weights
 // so the optimised objective is (1/(M·D)) Σ loss_{d,m} (spec/training.md §5).
 #include "trainer.h"
@@ -16,6 +17,7 @@
 #include "comm.h"
 #include "convert.h"
 #include "flops.h"
+#include "grad_buckets.h"
 #include "loader.h"
 #include "model.h"
 #include "optim.h"
@@ -125,16 +127,24 @@ int trainer_run(const TrainOptions *o) {
         nall += param_numel(&m.ps[i]);
         ntrain += trainable[i] ? param_numel(&m.ps[i]) : 0;
     }
+    // gradient buckets reduced during the last micro-batch's backward (on by default where NCCL runs)
+    int overlap = o->overlap_grad_reduce >= 0 ? o->overlap_grad_reduce : nccl;
+    size_t bucket = o->ddp_bucket_size > 0 ? (size_t)o->ddp_bucket_size : 1000000 * (size_t)(world > 40 ? world : 40);
+    GradBuckets buckets;
+    grad_buckets_init(&buckets, comm, &opt, overlap ? bucket : 0, 1.0f / (float)world);
+    char reduce_text[96];
+    if (overlap) snprintf(reduce_text, sizeof reduce_text, "in %d buckets of >= %zu during the backward", buckets.nb, bucket);
+    else snprintf(reduce_text, sizeof reduce_text, "after the backward");
     int recompute = o->recompute < m.cfg.text.layers ? (int)o->recompute : m.cfg.text.layers;  // decoder layers recomputed
     double peak = o->peak_tflops > 0 ? o->peak_tflops * 1e12 : be == &backend_cpu ? flops_cpu_peak() : 0.0;
     if (rank == 0)
         fprintf(stderr, "%s: %s %s iteration %lld; %lld of %lld parameters train (%s minus %s); %d rank%s x %d micro-batches; "
                 "%lld packed sequences per rank per epoch; device %s, MFU against %.1f GFLOP/s; %d of %d decoder layers "
-                "recomputed\n",
+                "recomputed; gradients reduced %s\n",
                 P, resume ? "resuming" : "starting from", from, (long long)state.iteration, (long long)ntrain,
                 (long long)nall, st->trainable, st->frozen[0] ? st->frozen : "nothing", world, world > 1 ? "s" : "", M,
                 (long long)loader_epoch_size(loader), be->name, peak / 1e9,
-                recompute, m.cfg.text.layers);
+                recompute, m.cfg.text.layers, reduce_text);
     struct sigaction sa = {0};
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, NULL);
@@ -165,6 +175,10 @@ int trainer_run(const TrainOptions *o) {
                              .pixels = b.pixels, .rows = b.rows, .grid = b.grid_thw, .nimg = b.nimg};
             ModelOutput out;
             float loss = 0.0f;
+            int last = mb == M - 1;  // its backward completes the gradients: reduce them as they come
+            if (last && overlap) grad_buckets_begin(&buckets);
+            work.grads_final = last && overlap ? grad_buckets_final : NULL;
+            work.grads_final_ctx = &buckets;
             if (model_loss_grads(&m, &work, &in, b.labels, 1.0f / (float)M, opt.grad, &loss, &out, &e))
                 die_input("%s: packed sequence %s: %s", P, b.key, e.msg);
             loss_sum += loss;
@@ -173,7 +187,11 @@ int trainer_run(const TrainOptions *o) {
             if (strlen(keys) + strlen(b.key) + 2 < sizeof keys) { if (keys[0]) strcat(keys, ","); strcat(keys, b.key); }
             batch_free(&b);
         }
-        if (comm_reduce_scatter(comm, opt.flat_grad, n, 1.0f / (float)world, &e)) die_internal("%s", e.msg);
+        if (overlap ? grad_buckets_finish(&buckets, &e) : comm_reduce_scatter(comm, opt.flat_grad, n, 1.0f / (float)world, &e))
+            die_internal("%s", e.msg);
+        if (rank == 0 && overlap && it == first_iter + 1)
+            fprintf(stderr, "%s: iteration %lld: %d of %d gradient buckets reduced during the backward\n", P, (long long)it,
+                    buckets.overlapped, buckets.nb);
         double red[5] = {loss_sum, adam_shard_sq_norm(&opt), (double)stop_requested, flops, tokens};
         if (comm_allreduce_f64(comm, red, 5, &e)) die_internal("%s", e.msg);
         double loss = red[0] / (double)(M * world), norm = sqrt(red[1]);
@@ -240,6 +258,7 @@ int trainer_run(const TrainOptions *o) {
     for (int i = 0; i < nshards; i++) free(shards[i]);
     free(shards);
     free(gather);
+    grad_buckets_free(&buckets);
     model_work_free(&work);
     adam_free(&opt);
     free(trainable);

@@ -17,6 +17,8 @@ typedef struct {
     int64_t seed, workers, keep, max_skips;
     int64_t recompute;         // decoder layers (from the first) recomputed in the backward; >= the layer count: all
     double comm_timeout;
+    int overlap_grad_reduce;   // 1: reduce gradients in buckets during the backward; 0: after it; -1: on with NCCL
+    int64_t ddp_bucket_size;   // elements per bucket (0: Megatron's max(40M, 1M · ranks))
     int log_every;             // progress line every N iterations (metrics.jsonl gets all)
 } TrainOptions;
 

@@ -20,6 +20,7 @@ int trainer_main(const char *program, int argc, char **argv) {
     TrainOptions o = {.program = program, .seed = 1234, .workers = 2, .keep = 0, .max_skips = 5, .comm_timeout = 600, .log_every = 1};
     char *stage = (char *)program, *trainable = NULL, *frozen = NULL, *device = "cpu";
     double lr = NAN, min_lr = NAN, warmup = NAN, beta1 = NAN, beta2 = NAN, eps = NAN, wd = NAN, clip = NAN;
+    int overlap_on = 0, overlap_off = 0;
     int64_t gbs = -1, mbs = -1, iters = -1, max_len = -1, save_interval = -1, log_every = 1;
     const Opt opts[] = {
         {"load", OPT_STR, &o.load, "DIR", "mcore checkpoint to start from (its tracker's iteration: release after hf2mcore)."},
@@ -47,6 +48,13 @@ int trainer_main(const char *program, int argc, char **argv) {
         {"workers", OPT_INT, &o.workers, "N", "Image decoding threads of the loader."},
         {"max-skips", OPT_INT, &o.max_skips, "N", "Stop after more than N non-finite steps in a row."},
         {"comm-timeout", OPT_DOUBLE, &o.comm_timeout, "SECONDS", "Give up waiting for the other ranks after this long."},
+        {"overlap-grad-reduce", OPT_FLAG, &overlap_on, NULL, "Reduce-scatter the gradients in buckets while the backward "
+                                                              "goes on, each bucket as soon as the backward has finished its tensors "
+                                                              "(the default on --device cuda with NCCL; on the cpu's shared memory "
+                                                              "it gives the same bits as one reduction after the backward)."},
+        {"no-overlap-grad-reduce", OPT_FLAG, &overlap_off, NULL, "One reduce-scatter of all gradients after the backward."},
+        {"ddp-bucket-size", OPT_INT, &o.ddp_bucket_size, "N", "Elements per gradient bucket, at least (cut at tensor starts; "
+                                                             "0: Megatron's max(40000000, 1000000 x ranks))."},
         {"log-every", OPT_INT, &log_every, "N", "Progress line every N iterations (metrics.jsonl has every one)."},
         {"device", OPT_STR, &device, "cpu", "Backend: cpu (fp32), cpu-bf16 (bf16 storage emulated) or cuda (bf16 weights and "
                                             "activations, fp32 masters, moments and gradients; under srun each rank takes the GPU of its local rank, "
@@ -73,8 +81,8 @@ int trainer_main(const char *program, int argc, char **argv) {
             "of each is the mean over its supervised tokens, and an optimizer step averages them over the micro-batches "
             "and ranks.\n"
             "Under `srun --mpi=pmi2 -n N` the N ranks (one node) split every global batch, reduce gradients and shard the "
-            "optimizer (ZeRO-1) through shared memory, or on --device cuda through NCCL (reduce-scatter of the gradients, "
-            "all-gather of the updated fp32 masters; the NCCL id travels through PMI2); a rank that dies stops the others "
+            "optimizer (ZeRO-1) through shared memory, or on --device cuda through NCCL (the gradients reduced in buckets "
+            "while the backward runs, the updated fp32 masters all-gathered; the NCCL id travels through PMI2); a rank that dies stops the others "
             "within seconds.\n"
             "A progress line per iteration goes to stderr (loss, gradient norm, lr, tokens/s, model TFLOP/s, MFU against a "
             "measured sgemm rate or --peak-tflops, peak device memory on the GPU, ETA) and a JSON line to SAVE/metrics.jsonl. A non-finite loss or gradient norm is reported "
@@ -95,6 +103,9 @@ int trainer_main(const char *program, int argc, char **argv) {
     cli_require(&cli, "data", o.data);
     cli_require(&cli, "save", o.save);
     o.device = device;
+    if (overlap_on && overlap_off) die_input("--overlap-grad-reduce and --no-overlap-grad-reduce contradict each other");
+    o.overlap_grad_reduce = overlap_on ? 1 : overlap_off ? 0 : -1;
+    if (o.ddp_bucket_size < 0) die_input("--ddp-bucket-size: expected an element count >= 0, got %lld", (long long)o.ddp_bucket_size);
     if (o.recompute < 0) die_input("--recompute: expected a layer count >= 0, got %lld", (long long)o.recompute);
     char *path = data_spec_path("stages", stage);
     if (!path) die_input("--stage: no preset '%s' (data-specs/stages/%s.json)", stage, stage);

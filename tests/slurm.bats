@@ -82,3 +82,21 @@ PY
     [ $((SECONDS - start)) -lt 30 ]
     grep -q "has died; stopping" "$T/dead.log"
 }
+
+@test "--overlap-grad-reduce: gradients reduced in buckets during the backward give the losses, weights and optimizer shards of one reduction after it, bit for bit" {
+    srun -n 2 --mpi=pmi2 "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/after" $COMMON 2>/dev/null
+    run srun -n 2 --mpi=pmi2 "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/during" $COMMON \
+        --overlap-grad-reduce --ddp-bucket-size 1
+    echo "$output"
+    [ "$status" -eq 0 ]
+    # a bucket per tensor (so a tensor reduced before its gradient is final shows), each started while the
+    # backward runs (the last one with the tower's patch projection, its last step)
+    during=$(echo "$output" | sed -n 's/.*iteration 1: \([0-9]*\) of \([0-9]*\) gradient buckets reduced during the backward.*/\1 \2/p')
+    echo "buckets during / all: $during"
+    [ "${during% *}" -ge 10 ]
+    [ "${during% *}" -eq "${during#* }" ]
+    cmp <(cut -d, -f1-3 "$T/after/metrics.jsonl") <(cut -d, -f1-3 "$T/during/metrics.jsonl")
+    for f in model.safetensors optim_dp_000_of_002.safetensors optim_dp_001_of_002.safetensors; do
+        cmp "$T/after/iter_0000006/mp_rank_00/$f" "$T/during/iter_0000006/mp_rank_00/$f"
+    done
+}

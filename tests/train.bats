@@ -101,7 +101,7 @@ PY
     [[ "$stderr" == *"3 non-finite steps in a row (more than --max-skips 2): stopping without saving"* ]]
 }
 
-@test "bad input: no shards, an HF directory as --load, a micro-batch of 2, a resume with another global batch" {
+@test "bad input: no shards, an HF directory as --load, a micro-batch of 2, contradicting overlap flags, a resume with another global batch" {
     mkdir "$T/empty"
     expect_bad_input "$T/x" "$T/empty" "no .tar shards" -- \
         "$BIN/align" --load "$F/release" --data "$T/empty" --save "$T/x"
@@ -109,6 +109,8 @@ PY
         "$BIN/align" --load "$F/stage0" --data "$F/packed" --save "$T/x"
     expect_bad_input "$T/x" "--micro-batch" -- \
         "$BIN/align" --load "$F/release" --data "$F/packed" --save "$T/x" --micro-batch 2
+    expect_bad_input "$T/x" "--overlap-grad-reduce and --no-overlap-grad-reduce" -- \
+        "$BIN/align" --load "$F/release" --data "$F/packed" --save "$T/x" --overlap-grad-reduce --no-overlap-grad-reduce
     train align "$T/r" --iterations 4 2>/dev/null
     expect_bad_input "$T/nothing" "state.json" "global batch 2, but this run asks for 4" -- \
         "$BIN/align" --load "$F/release" --data "$F/packed" --save "$T/r" --global-batch 4 --iterations 8

@@ -6,6 +6,10 @@
 // The vectors are split in `world` equal chunks of `per` floats (per = ⌈n / world⌉, the same split as
 // comm_shard_of); a buffer has room for world·per floats (optim.c pads it), so rank r's chunk
 // [r·per, (r+1)·per) is one contiguous piece for ncclReduceScatter and ncclAllGather in place.
+// Overlapped with the backward (comm_reduce_scatter_start), a part x[a, b) of the gradients is instead
+// reduced with one ncclReduce per rank owning some of it, to that rank, grouped, on a stream of the
+// NCCL calls' own that first waits for an event recorded on the backend's stream (so the part's
+// gradients are complete) — the flat shard layout stays what the optimizer and checkpoints know.
 // NCCL's ring sums in a fixed order for a fixed topology: runs repeat bit for bit on the same machine.
 // A collective is waited for by polling (pitfalls.md #14: a dead rank would leave the others blocked in
 // NCCL for ever): between polls the caller's watch (comm.c: the other ranks' pids and the timeout) may
@@ -26,10 +30,16 @@ static struct {
     ncclResult_t (*init_rank)(ncclComm_t *, int, ncclUniqueId, int);
     ncclResult_t (*reduce_scatter)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
     ncclResult_t (*all_gather)(const void *, void *, size_t, ncclDataType_t, ncclComm_t, cudaStream_t);
+    ncclResult_t (*reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, int, ncclComm_t, cudaStream_t);
+    ncclResult_t (*group_start)(void);
+    ncclResult_t (*group_end)(void);
     ncclResult_t (*destroy)(ncclComm_t);
     ncclResult_t (*abort)(ncclComm_t);
     ncclResult_t (*async_error)(ncclComm_t, ncclResult_t *);
     const char *(*error)(ncclResult_t);
+    cudaStream_t stream;      // the overlapped reductions
+    cudaEvent_t ready, done;  // backend stream -> NCCL stream, and back
+    int parts;                // started since the last wait
 } nc;
 
 static int nccl_open(char *err, size_t errlen) {
@@ -40,12 +50,15 @@ static int nccl_open(char *err, size_t errlen) {
     nc.init_rank = (decltype(nc.init_rank))dlsym(nc.lib, "ncclCommInitRank");
     nc.reduce_scatter = (decltype(nc.reduce_scatter))dlsym(nc.lib, "ncclReduceScatter");
     nc.all_gather = (decltype(nc.all_gather))dlsym(nc.lib, "ncclAllGather");
+    nc.reduce = (decltype(nc.reduce))dlsym(nc.lib, "ncclReduce");
+    nc.group_start = (decltype(nc.group_start))dlsym(nc.lib, "ncclGroupStart");
+    nc.group_end = (decltype(nc.group_end))dlsym(nc.lib, "ncclGroupEnd");
     nc.destroy = (decltype(nc.destroy))dlsym(nc.lib, "ncclCommDestroy");
     nc.error = (decltype(nc.error))dlsym(nc.lib, "ncclGetErrorString");
     nc.abort = (decltype(nc.abort))dlsym(nc.lib, "ncclCommAbort");
     nc.async_error = (decltype(nc.async_error))dlsym(nc.lib, "ncclCommGetAsyncError");
-    if (!nc.get_id || !nc.init_rank || !nc.reduce_scatter || !nc.all_gather || !nc.destroy || !nc.error || !nc.abort ||
-        !nc.async_error) {
+    if (!nc.get_id || !nc.init_rank || !nc.reduce_scatter || !nc.all_gather || !nc.reduce || !nc.group_start ||
+        !nc.group_end || !nc.destroy || !nc.error || !nc.abort || !nc.async_error) {
         snprintf(err, errlen, "libnccl.so.2 lacks the NCCL functions");
         return -1;
     }
@@ -76,6 +89,10 @@ extern "C" int cuda_nccl_init(int rank, int world, const char *hex, char *err, s
     }
     nc.rank = rank;
     nc.world = world;
+    cudaError_t ce = cudaStreamCreateWithFlags(&nc.stream, cudaStreamNonBlocking);
+    if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&nc.ready, cudaEventDisableTiming);
+    if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&nc.done, cudaEventDisableTiming);
+    if (ce != cudaSuccess) { snprintf(err, errlen, "NCCL stream: %s", cudaGetErrorString(ce)); return -1; }
     return nccl_failed(nc.init_rank(&nc.comm, world, id, rank), "ncclCommInitRank", err, errlen);
 }
 
@@ -118,6 +135,42 @@ extern "C" int cuda_nccl_reduce_scatter(float *x, size_t per, float scale, CudaN
     return wait_collective(watch, ctx, err, errlen);
 }
 
+extern "C" int cuda_nccl_reduce_part_start(float *x, size_t a, size_t b, size_t per, float scale, char *err, size_t errlen) {
+    if (!nc.comm) { snprintf(err, errlen, "NCCL communicator is gone (aborted earlier)"); return -1; }
+    if (a >= b) return 0;
+    CUDA_CHECK(cudaEventRecord(nc.ready, g_stream));  // the part's gradients are written by then
+    CUDA_CHECK(cudaStreamWaitEvent(nc.stream, nc.ready, 0));
+    if (nccl_failed(nc.group_start(), "ncclGroupStart", err, errlen)) return -1;
+    for (size_t r = a / per; r < (size_t)nc.world && r * per < b; r++) {  // the owners of x[a, b)
+        size_t s0 = r * per > a ? r * per : a, s1 = (r + 1) * per < b ? (r + 1) * per : b;
+        if (nccl_failed(nc.reduce(x + s0, x + s0, s1 - s0, ncclFloat32, ncclSum, (int)r, nc.comm, nc.stream), "ncclReduce", err,
+                        errlen)) {
+            nc.group_end();
+            return -1;
+        }
+    }
+    if (nccl_failed(nc.group_end(), "ncclGroupEnd", err, errlen)) return -1;
+    size_t m0 = (size_t)nc.rank * per, m1 = m0 + per;  // this rank's share of the part
+    if (m0 < a) m0 = a;
+    if (m1 > b) m1 = b;
+    if (scale != 1.0f && m0 < m1) {
+        scale_f32<<<(unsigned)((m1 - m0 + 255) / 256), 256, 0, nc.stream>>>(x + m0, m1 - m0, scale);
+        LAUNCH_CHECK();
+    }
+    nc.parts++;
+    return 0;
+}
+
+extern "C" int cuda_nccl_reduce_part_wait(CudaNcclWatch watch, void *ctx, char *err, size_t errlen) {
+    if (!nc.comm) { snprintf(err, errlen, "NCCL communicator is gone (aborted earlier)"); return -1; }
+    if (nc.parts) {
+        CUDA_CHECK(cudaEventRecord(nc.done, nc.stream));
+        CUDA_CHECK(cudaStreamWaitEvent(g_stream, nc.done, 0));
+        nc.parts = 0;
+    }
+    return wait_collective(watch, ctx, err, errlen);
+}
+
 // every rank's chunk to every rank
 extern "C" int cuda_nccl_allgather(float *x, size_t per, CudaNcclWatch watch, void *ctx, char *err, size_t errlen) {
     if (!nc.comm) { snprintf(err, errlen, "NCCL communicator is gone (aborted earlier)"); return -1; }
@@ -128,5 +181,10 @@ extern "C" int cuda_nccl_allgather(float *x, size_t per, CudaNcclWatch watch, vo
 
 extern "C" void cuda_nccl_free(void) {
     if (nc.comm) nc.destroy(nc.comm);
+    if (nc.stream) cudaStreamDestroy(nc.stream);
+    if (nc.ready) cudaEventDestroy(nc.ready);
+    if (nc.done) cudaEventDestroy(nc.done);
+    nc.stream = NULL;
+    nc.ready = nc.done = NULL;
     nc.comm = NULL;
 }

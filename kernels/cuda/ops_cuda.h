@@ -35,6 +35,11 @@ int cuda_nccl_init(int rank, int world, const char *hex, char *err, size_t errle
 // message in err) aborts the communicator: a dead rank cannot block the others for ever.
 typedef int (*CudaNcclWatch)(void *ctx, char *err, size_t errlen);
 int cuda_nccl_reduce_scatter(float *x, size_t per, float scale, CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
+// x[a, b) reduced to the ranks owning its elements (rank r owns [r·per, (r+1)·per)), scaled there; on
+// the NCCL stream after everything queued so far on the backend's stream, which does not wait for it
+int cuda_nccl_reduce_part_start(float *x, size_t a, size_t b, size_t per, float scale, char *err, size_t errlen);
+// The backend's stream waits for every part started; then waits for that stream like the others.
+int cuda_nccl_reduce_part_wait(CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
 int cuda_nccl_allgather(float *x, size_t per, CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
 void cuda_nccl_free(void);
 

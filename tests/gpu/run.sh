@@ -121,7 +121,9 @@ C="--global-batch 2 --iterations 10 --lr 1e-3 --warmup-fraction 0.1 --save-inter
 "$B/pack" --tokenizer "$d/data/tokenizer" --out "$d/packed" --max-len 512 --max-pixels 12544 "$d/data/captions/"*.tar 2>/dev/null &&
 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cpu" $C --device cpu 2>/dev/null &&
 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cuda" $C --device cuda 2>&1 | tail -2
-LLAVA_NCCL=1 timeout 120 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl" $C --device cuda 2>&1 | tail -1
+LLAVA_NCCL=1 timeout 120 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl" $C --device cuda --no-overlap-grad-reduce 2>&1 | tail -1
+# the same with a gradient bucket per tensor, each reduced (ncclReduce on the NCCL stream) during the backward
+LLAVA_NCCL=1 timeout 120 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl_buckets" $C --device cuda --ddp-bucket-size 1 2>&1 | grep -E "buckets reduced|iteration 10/" 
 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cut" $C --device cuda 2>/dev/null &
 pid=$!
 while [ "$(wc -l < "$d/cut/metrics.jsonl" 2>/dev/null || echo 0)" -lt 3 ]; do sleep 0.05; done
@@ -139,17 +141,18 @@ print("train: cuda " + " ".join(f"{x['loss']:.4f}" for x in cuda))
 print(f"train: 10 steps, worst relative loss difference cuda vs cpu {worst:.2e} (tolerance 2e-2)")
 same = [(a["loss"], a["grad_norm"]) for a in cuda] == [(b["loss"], b["grad_norm"]) for b in cut]
 print(f"train: cuda resumed run {'repeats' if same else 'DIFFERS FROM'} the uninterrupted losses bit for bit")
-try:  # one rank through the NCCL path (reduce-scatter, all-gather of the masters, bf16 weights rebuilt)
-    nccl = m("nccl")
-    via = "repeats" if [(a["loss"], a["grad_norm"]) for a in cuda] == [(b["loss"], b["grad_norm"]) for b in nccl] else "DIFFERS FROM"
-except OSError:
-    via = "FAILED TO RUN"
-print(f"train: one rank through NCCL {via} the plain cuda losses bit for bit")
+for run, what in (("nccl", "one reduce-scatter"), ("nccl_buckets", "a bucket per tensor during the backward")):
+    try:  # one rank through the NCCL path (gradients reduced, masters all-gathered, bf16 weights rebuilt)
+        nccl = m(run)
+        via = "repeats" if [(a["loss"], a["grad_norm"]) for a in cuda] == [(b["loss"], b["grad_norm"]) for b in nccl] else "DIFFERS FROM"
+    except OSError:
+        via = "FAILED TO RUN"
+    print(f"train: one rank through NCCL ({what}) {via} the plain cuda losses bit for bit")
 sys.exit(0 if worst <= 2e-2 and same and len(cuda) == len(cpu) == 10 else 1)
 PY
 rc=${PIPESTATUS[0]}
 summary+=("cuda training: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'worst relative loss difference cuda vs cpu [0-9.e+-]*' "$OUTDIR/train.txt"); resume $(grep -o 'resumed run [A-Z a-z]*' "$OUTDIR/train.txt" | head -1))")
-summary+=("$(grep -o 'one rank through NCCL.*' "$OUTDIR/train.txt")")
+while read -r line; do summary+=("$line"); done < <(grep -o 'one rank through NCCL.*' "$OUTDIR/train.txt")
 
 # ---- 5. the card's bf16 GEMM rate ----
 gemm=$($PY bench/gemm_rate.py 2>&1)
