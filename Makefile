@@ -114,7 +114,7 @@ test: all unit-tests
 	@BIN=$(abspath $(BIN)) UNIT_DIR=$(abspath $(BUILD)/tests) tests/run.sh
 
 asan:
-	$(MAKE) BUILD=build-asan BIN=bin-asan CUDA=0 OPT="-O1 -g -fno-omit-frame-pointer" \
+	LLAVA_POISON=1 $(MAKE) BUILD=build-asan BIN=bin-asan CUDA=0 OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" test
 
 # Programs for the GPU machines (tests/gpu/run.sh carries gpu-bin/).

@@ -11,6 +11,8 @@ typedef struct {
     void *(*alloc)(size_t bytes);     // NULL: host memory
     void (*release)(void *p);
     void (*zero)(void *p, size_t bytes);
+    void (*poison)(void *p, size_t bytes);  // 0xFF bytes: NaN as fp32 and bf16
+    int poisoning;           // arena_uninit poisons (LLAVA_POISON=1 in the environment at init)
     char *base;
     size_t cap, used;        // bytes
     size_t high;             // high-water mark of the current step, overflow included
@@ -20,10 +22,16 @@ typedef struct {
 } Arena;
 
 void arena_init(Arena *a);
-// An arena over another allocator (alloc returns zeroed memory; zero clears a range).
-void arena_init_with(Arena *a, void *(*alloc)(size_t), void (*release)(void *), void (*zero)(void *, size_t));
+// An arena over another allocator (alloc returns zeroed memory; zero clears a range; poison fills it
+// with 0xFF bytes).
+void arena_init_with(Arena *a, void *(*alloc)(size_t), void (*release)(void *), void (*zero)(void *, size_t),
+                     void (*poison)(void *, size_t));
 // Zero-filled, 64-byte aligned; never NULL (dies when memory is exhausted).
 float *arena_floats(Arena *a, size_t n);
 void *arena_bytes(Arena *a, size_t n);
+// The same without the zero fill (one pass over the memory less), for an output that the next op
+// writes whole. With LLAVA_POISON=1 (`make asan` sets it for every test) it is filled with NaNs
+// instead, so that any read before that write shows in the results.
+void *arena_uninit(Arena *a, size_t n);
 void arena_reset(Arena *a);
 void arena_free(Arena *a);

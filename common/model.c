@@ -50,7 +50,7 @@ void model_to_backend(Model *m, const Backend *be) {
 }
 
 void *model_upload(const Model *m, Arena *A, const void *host, size_t bytes) {
-    void *p = arena_bytes(A, bytes);
+    void *p = arena_uninit(A, bytes);
     m->be->upload(p, host, bytes);
     return p;
 }
@@ -141,7 +141,7 @@ float *model_grad_fmt(const Model *m, float **grads, const char *fmt, int layer)
 void model_work_init(ModelWork *w, const Backend *be) {
     memset(w, 0, sizeof *w);
     if (be == &backend_cpu) arena_init(&w->arena);
-    else arena_init_with(&w->arena, be->alloc, be->release, be->zero);
+    else arena_init_with(&w->arena, be->alloc, be->release, be->zero, be->poison);
     arena_init(&w->host);
 }
 void model_work_free(ModelWork *w) { arena_free(&w->arena); arena_free(&w->host); }
@@ -205,12 +205,12 @@ int model_run_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelO
     Arena *A = &w->arena;
     size_t es = m->be->esize;
     if (in->nimg) {
-        out->vision_hidden = arena_bytes(A, (size_t)in->rows * m->cfg.vision.hidden * es);
-        out->image_embeds = arena_bytes(A, (size_t)(in->rows / 4) * m->cfg.text.hidden * es);
+        out->vision_hidden = arena_uninit(A, (size_t)in->rows * m->cfg.vision.hidden * es);
+        out->image_embeds = arena_uninit(A, (size_t)(in->rows / 4) * m->cfg.text.hidden * es);
         vision_forward(m, w, in, out->vision_hidden, out->image_embeds, vt);
     }
     if (in->ids) {
-        out->logits = arena_bytes(A, (size_t)(in->B ? in->B : 1) * in->T * m->cfg.text.vocab * es);
+        out->logits = arena_uninit(A, (size_t)(in->B ? in->B : 1) * in->T * m->cfg.text.vocab * es);
         text_forward(m, w, in, out->image_embeds, out->logits, tr);
     }
     return 0;
@@ -268,7 +268,7 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
     double total = 0.0;
     for (size_t i = 0; i < n; i++) total += host_rows[i];
     *loss = count ? (float)(total / (double)count) : 0.0f;
-    Act *dlogits = arena_bytes(A, n * V * be->esize);
+    Act *dlogits = count ? arena_uninit(A, n * V * be->esize) : arena_bytes(A, n * V * be->esize);  // written whole when any counts
     if (count) be->cross_entropy_backward(dlogits, out->logits, targets, (int)n, V, grad_scale / (float)count);
     // what the frozen set leaves to compute: the tower only when one of its tensors trains, the
     // image embeddings' gradient only when the tower or the merger trains

@@ -11,8 +11,9 @@
 
 #define W model_weight_fmt
 #define G model_grad_fmt
-#define Z(n) ((Act *)arena_bytes(A, (size_t)(n) * be->esize))  // activations in the backend's storage
-#define ZF(n) arena_floats(A, (size_t)(n))                       // fp32 statistics
+#define Z(n) ((Act *)arena_bytes(A, (size_t)(n) * be->esize))  // activations in the backend's storage, zeroed
+#define U(n) ((Act *)arena_uninit(A, (size_t)(n) * be->esize))  // the same, for outputs written whole
+#define UF(n) ((float *)arena_uninit(A, (size_t)(n) * sizeof(float)))  // fp32 statistics, written whole
 #define AT_(x, i) AT(be, x, i)
 
 int32_t *text_blocks(const ModelInput *in, Arena *H, int *nseq) {
@@ -28,12 +29,12 @@ static void layer_acts_alloc(const Model *m, Arena *A, int T, LayerActs *a) {
     const Backend *be = m->be;
     const TextConfig *c = &m->cfg.text;
     size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->heads * c->head_dim, KV = (size_t)c->kv_heads * c->head_dim;
-    a->rstd1 = ZF(T); a->h1 = Z(T * H);
-    a->q = Z(T * Q); a->k = Z(T * KV); a->v = Z(T * KV);
-    a->qrstd = ZF((size_t)T * c->heads); a->krstd = ZF((size_t)T * c->kv_heads);
-    a->qr = Z(T * Q); a->kr = Z(T * KV); a->att = Z(T * Q); a->lse = ZF((size_t)T * c->heads);
-    a->x_mid = Z(T * H); a->rstd2 = ZF(T); a->h2 = Z(T * H);
-    a->gu = Z(T * 2 * I); a->act = Z(T * I);
+    a->rstd1 = UF(T); a->h1 = U(T * H);
+    a->q = U(T * Q); a->k = U(T * KV); a->v = U(T * KV);
+    a->qrstd = UF((size_t)T * c->heads); a->krstd = UF((size_t)T * c->kv_heads);
+    a->qr = U(T * Q); a->kr = U(T * KV); a->att = U(T * Q); a->lse = UF((size_t)T * c->heads);
+    a->x_mid = U(T * H); a->rstd2 = UF(T); a->h2 = U(T * H);
+    a->gu = U(T * 2 * I); a->act = U(T * I);
 }
 
 // Whether gate_proj and up_proj sit back to back in the weights (and in the gradients: both absent, or
@@ -113,14 +114,14 @@ void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act 
     tr->text_rows = model_upload(m, A, text, (size_t)(tr->ntext ? tr->ntext : 1) * sizeof(int32_t));
     tr->text_ids = text_ids;  // host arena: valid until the next step
 
-    Act *x = Z((size_t)T * H);
+    Act *x = U((size_t)T * H);
     be->embedding_forward(x, tr->ids, W(m, "model.embed_tokens.weight", 0), T, H);
     if (tr->npad) be->scatter_rows(x, image_embeds, tr->pad_rows, tr->npad, H);  // image pads take the merger outputs in order
     tr->L = arena_bytes(Hs, (size_t)c->layers * sizeof(LayerActs));
-    tr->o = Z((size_t)T * H);
+    tr->o = U((size_t)T * H);
     if (!gate_up_fused_from(m, NULL, 0)) {  // separate gate and up products where they are not fused
-        tr->g = Z((size_t)T * I);
-        tr->u = Z((size_t)T * I);
+        tr->g = U((size_t)T * I);
+        tr->u = U((size_t)T * I);
     }
     // The recomputed layers (the first w->recompute) share one set of activations: the backward runs
     // each one's forward again from its kept input just before its backward.
@@ -131,12 +132,12 @@ void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act 
         if (l < tr->recompute) *a = tr->shared;
         else layer_acts_alloc(m, A, T, a);
         a->x_in = x;
-        x = Z((size_t)T * H);  // the next layer's input; this layer keeps its own
+        x = U((size_t)T * H);  // the next layer's input; this layer keeps its own
         layer_forward(m, tr, l, a, x);
     }
     tr->x_final = x;
-    tr->rstdf = ZF(T);
-    tr->hf = Z((size_t)T * H);
+    tr->rstdf = UF(T);
+    tr->hf = U((size_t)T * H);
     be->rmsnorm_forward(tr->hf, tr->rstdf, x, W(m, "model.norm.weight", 0), T, H, eps);
     int head = model_param_id(m, "lm_head.weight");
     be->matmul_forward(logits, tr->hf, head >= 0 ? m->wb[head] : W(m, "model.embed_tokens.weight", 0), NULL, T, H, c->vocab);
@@ -170,11 +171,12 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     model_grads_final(m, w, "model.norm.weight", 0);  // and the head above it
     Act *dg = NULL, *du = NULL;
     if (!gate_up_fused_from(m, grads, stop)) {
-        dg = Z((size_t)T * I);
-        du = Z((size_t)T * I);
+        dg = U((size_t)T * I);
+        du = U((size_t)T * I);
     }
-    Act *dact = Z((size_t)T * I), *dgu = Z((size_t)T * 2 * I),
-        *datt = Z(T * Q), *dqr = Z(T * Q), *dkr = Z(T * KV), *dv = Z(T * KV), *dq = Z(T * Q), *dk = Z(T * KV);
+    // zeroed before each use (the backward ops accumulate)
+    Act *dact = U((size_t)T * I), *dgu = U((size_t)T * 2 * I),
+        *datt = U(T * Q), *dqr = U(T * Q), *dkr = U(T * KV), *dv = U(T * KV), *dq = U(T * Q), *dk = U(T * KV);
     for (int l = c->layers - 1; l >= stop; l--) {
         LayerActs *a = &tr->L[l];
         if (l < tr->recompute) layer_forward(m, tr, l, a, NULL);  // its activations again, into the shared set
@@ -226,7 +228,7 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     if (dembeds && tr->npad) be->gather_rows(dembeds, dx, tr->pad_rows, tr->npad, H);
     float *demb = G(m, grads, "model.embed_tokens.weight", 0);
     if (demb && tr->ntext) {
-        Act *drows = Z((size_t)tr->ntext * H);
+        Act *drows = U((size_t)tr->ntext * H);
         be->gather_rows(drows, dx, tr->text_rows, tr->ntext, H);
         be->embedding_backward(demb, drows, tr->text_ids, tr->ntext, H);
     }

@@ -13,8 +13,9 @@
 
 #define W model_weight_fmt
 #define G model_grad_fmt
-#define Z(n) ((Act *)arena_bytes(A, (size_t)(n) * be->esize))
-#define ZF(n) arena_floats(A, (size_t)(n))
+#define Z(n) ((Act *)arena_bytes(A, (size_t)(n) * be->esize))  // zeroed
+#define U(n) ((Act *)arena_uninit(A, (size_t)(n) * be->esize))  // for outputs written whole
+#define UF(n) ((float *)arena_uninit(A, (size_t)(n) * sizeof(float)))
 #define AT_(x, i) AT(be, x, i)
 
 void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hidden_out, Act *embeds_out, VisionTrace *tr) {
@@ -60,30 +61,30 @@ void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hid
     tr->cls_rows = model_upload(m, A, cls, (size_t)in->nimg * sizeof(int32_t));
     tr->patch_rows = model_upload(m, A, patch, (size_t)(in->rows ? in->rows : 1) * sizeof(int32_t));
     tr->ang = model_upload(m, A, ang, (size_t)S * hd / 2 * sizeof(float));
-    Act *px = Z((size_t)in->rows * P);
+    Act *px = U((size_t)in->rows * P);
     be->from_f32(px, in->pixels, (size_t)in->rows * P);
     tr->pixels = px;
 
-    Act *pe = Z((size_t)in->rows * D), *x = Z((size_t)S * D);
+    Act *pe = U((size_t)in->rows * D), *x = U((size_t)S * D);
     be->matmul_forward(pe, px, W(m, "visual.patch_embed.proj.weight", 0), NULL, (int)in->rows, P, D);
     be->scatter_rows(x, pe, tr->patch_rows, (int)in->rows, D);
     for (int i = 0; i < in->nimg; i++) be->copy2d(AT_(x, (size_t)cls[i] * D), D, W(m, "visual.class_embedding", 0), D, 1, D);
     float eps = (float)v->layer_norm_eps;
     tr->x0 = x;
-    tr->pre_mean = ZF(S);
-    tr->pre_rstd = ZF(S);
-    x = Z((size_t)S * D);
+    tr->pre_mean = UF(S);
+    tr->pre_rstd = UF(S);
+    x = U((size_t)S * D);
     be->layernorm_forward(x, tr->pre_mean, tr->pre_rstd, tr->x0, W(m, "visual.pre_layernorm.weight", 0), W(m, "visual.pre_layernorm.bias", 0), (int)S, D, eps);
     tr->B = arena_bytes(Hs, (size_t)v->depth * sizeof(BlockActs));
-    Act *qkv = Z((size_t)S * 3 * D), *o = Z((size_t)S * D);
+    Act *qkv = U((size_t)S * 3 * D), *o = U((size_t)S * D);
     for (int l = 0; l < v->depth; l++) {
         BlockActs *a = &tr->B[l];
         a->x_in = x;
-        a->mean1 = ZF(S); a->rstd1 = ZF(S); a->h1 = Z((size_t)S * D);
-        a->q = Z((size_t)S * D); a->k = Z((size_t)S * D); a->v = Z((size_t)S * D);
-        a->qr = Z((size_t)S * D); a->kr = Z((size_t)S * D); a->att = Z((size_t)S * D); a->lse = ZF((size_t)S * nh);
-        a->x_mid = Z((size_t)S * D); a->mean2 = ZF(S); a->rstd2 = ZF(S); a->h2 = Z((size_t)S * D);
-        a->f1 = Z((size_t)S * F); a->f1g = Z((size_t)S * F);
+        a->mean1 = UF(S); a->rstd1 = UF(S); a->h1 = U((size_t)S * D);
+        a->q = U((size_t)S * D); a->k = U((size_t)S * D); a->v = U((size_t)S * D);
+        a->qr = U((size_t)S * D); a->kr = U((size_t)S * D); a->att = U((size_t)S * D); a->lse = UF((size_t)S * nh);
+        a->x_mid = U((size_t)S * D); a->mean2 = UF(S); a->rstd2 = UF(S); a->h2 = U((size_t)S * D);
+        a->f1 = U((size_t)S * F); a->f1g = U((size_t)S * F);
         be->layernorm_forward(a->h1, a->mean1, a->rstd1, x, W(m, "visual.blocks.%d.norm1.weight", l), W(m, "visual.blocks.%d.norm1.bias", l), (int)S, D, eps);
         be->matmul_forward(qkv, a->h1, W(m, "visual.blocks.%d.attn.qkv.weight", l), W(m, "visual.blocks.%d.attn.qkv.bias", l), (int)S, D, 3 * D);
         be->copy2d(a->q, D, qkv, 3 * (size_t)D, S, D);  // output columns [Q | K | V]
@@ -100,7 +101,7 @@ void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hid
         be->matmul_forward(a->f1, a->h2, W(m, "visual.blocks.%d.mlp.fc1.weight", l), W(m, "visual.blocks.%d.mlp.fc1.bias", l), (int)S, D, F);
         be->gelu_forward(a->f1g, a->f1, (size_t)S * F);
         be->matmul_forward(o, a->f1g, W(m, "visual.blocks.%d.mlp.fc2.weight", l), W(m, "visual.blocks.%d.mlp.fc2.bias", l), (int)S, F, D);
-        x = Z((size_t)S * D);
+        x = U((size_t)S * D);
         be->add(x, a->x_mid, o, (size_t)S * D);
     }
     tr->x_last = x;
@@ -109,8 +110,8 @@ void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hid
     int64_t R4 = in->rows / 4;
     int M = 4 * D, H = m->cfg.text.hidden;
     tr->hidden = hidden_out;
-    tr->ln_mean = ZF(in->rows); tr->ln_rstd = ZF(in->rows);
-    tr->ln = Z((size_t)in->rows * D); tr->m1 = Z((size_t)R4 * M); tr->m1g = Z((size_t)R4 * M);
+    tr->ln_mean = UF(in->rows); tr->ln_rstd = UF(in->rows);
+    tr->ln = U((size_t)in->rows * D); tr->m1 = U((size_t)R4 * M); tr->m1g = U((size_t)R4 * M);
     be->layernorm_forward(tr->ln, tr->ln_mean, tr->ln_rstd, hidden_out, W(m, "visual.merger.ln_q.weight", 0), W(m, "visual.merger.ln_q.bias", 0), (int)in->rows, D, eps);
     be->matmul_forward(tr->m1, tr->ln, W(m, "visual.merger.mlp.0.weight", 0), W(m, "visual.merger.mlp.0.bias", 0), (int)R4, M, M);
     be->gelu_forward(tr->m1g, tr->m1, (size_t)R4 * M);
@@ -139,8 +140,9 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     // the CLS rows get no gradient from the output
     Act *dx = Z((size_t)S * D);
     be->scatter_rows(dx, dhid, tr->patch_rows, (int)tr->rows, D);
-    Act *df1g = Z((size_t)S * F), *df1 = Z((size_t)S * F), *dh = Z((size_t)S * D), *datt = Z((size_t)S * D),
-        *dqr = Z((size_t)S * D), *dkr = Z((size_t)S * D), *dv = Z((size_t)S * D), *dqkv = Z((size_t)S * 3 * D);
+    // zeroed before each use (the backward ops accumulate); dqkv is written whole
+    Act *df1g = U((size_t)S * F), *df1 = U((size_t)S * F), *dh = U((size_t)S * D), *datt = U((size_t)S * D),
+        *dqr = U((size_t)S * D), *dkr = U((size_t)S * D), *dv = U((size_t)S * D), *dqkv = U((size_t)S * 3 * D);
     float *dcls_ang = G(m, grads, "visual.class_pos_emb", 0);
     for (int l = v->depth - 1; l >= 0; l--) {
         const BlockActs *a = &tr->B[l];
@@ -181,7 +183,7 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
                            W(m, "visual.pre_layernorm.weight", 0), tr->pre_mean, tr->pre_rstd, (int)S, D);
     float *dcls = G(m, grads, "visual.class_embedding", 0);
     if (dcls) be->sum_rows(dcls, dh, tr->cls_rows, tr->nimg, D);
-    Act *dpe = Z((size_t)tr->rows * D);
+    Act *dpe = U((size_t)tr->rows * D);
     be->gather_rows(dpe, dh, tr->patch_rows, (int)tr->rows, D);
     be->matmul_backward(NULL, G(m, grads, "visual.patch_embed.proj.weight", 0), NULL, dpe, tr->pixels,
                         W(m, "visual.patch_embed.proj.weight", 0), (int)tr->rows, P, D);

@@ -24,6 +24,7 @@ typedef struct Backend {
     void *(*alloc)(size_t bytes);
     void (*release)(void *p);
     void (*zero)(void *p, size_t bytes);
+    void (*poison)(void *p, size_t bytes);                          // 0xFF bytes: NaN as fp32 and bf16
     void (*upload)(void *dst, const void *host, size_t bytes);      // raw bytes
     void (*download)(void *host, const void *src, size_t bytes);
     void (*from_f32)(Act *dst, const float *host, size_t n);        // host fp32 -> backend storage

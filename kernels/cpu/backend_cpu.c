@@ -13,6 +13,7 @@
 static void *cpu_alloc(size_t bytes) { return xcalloc(bytes ? bytes : 1, 1); }
 static void cpu_release(void *p) { free(p); }
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+static void cpu_poison(void *p, size_t bytes) { memset(p, 0xFF, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static void cpu_from_f32(Act *dst, const float *host, size_t n) { memcpy(dst, host, n * sizeof(float)); }
 static size_t cpu_memory_peak(void) { return 0; }
@@ -117,7 +118,7 @@ static void opt_scale(float *x, size_t n, float s) {
 
 const Backend backend_cpu = {
     .name = "cpu", .esize = sizeof(float),
-    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .upload = cpu_copy, .download = cpu_copy,
+    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
     .from_f32 = cpu_from_f32, .to_f32 = cpu_to_f32, .cast_from_f32 = cpu_cast_from_f32, .memory_peak = cpu_memory_peak,
     .add = cpu_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
     .rope_angle_grad = cpu_rope_angle_grad,
@@ -211,7 +212,7 @@ static void e_adamw(float *master, Act *param, const float *grad, float *m, floa
 
 const Backend backend_cpu_bf16 = {
     .name = "cpu-bf16", .esize = sizeof(float),
-    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .upload = cpu_copy, .download = cpu_copy,
+    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
     .from_f32 = e_from_f32, .to_f32 = cpu_to_f32, .cast_from_f32 = e_cast_from_f32, .memory_peak = cpu_memory_peak,
     .add = e_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
     .rope_angle_grad = cpu_rope_angle_grad,

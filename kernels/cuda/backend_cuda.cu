@@ -52,6 +52,7 @@ __global__ static void rope_angle_grad_k(float *dang, const bf16_t *y, const bf1
 static void *g_alloc(size_t bytes) { void *p = cuda_alloc(bytes); cuda_memset0(p, bytes); return p; }
 static void g_release(void *p) { cuda_free(p); }
 static void g_zero(void *p, size_t bytes) { cuda_memset0(p, bytes); }
+static void g_poison(void *p, size_t bytes) { cuda_memset_ff(p, bytes); }
 static void g_upload(void *dst, const void *host, size_t bytes) { cuda_upload(dst, host, bytes); }
 static void g_download(void *host, const void *src, size_t bytes) { cuda_download(host, src, bytes); }
 // Host fp32 <-> device bf16 converts on the host (round to nearest even), so no device temporary is
@@ -168,7 +169,7 @@ static Backend make_table(void) {
     Backend b = {};
     b.name = "cuda";
     b.esize = 2;
-    b.alloc = g_alloc; b.release = g_release; b.zero = g_zero; b.upload = g_upload; b.download = g_download;
+    b.alloc = g_alloc; b.release = g_release; b.zero = g_zero; b.poison = g_poison; b.upload = g_upload; b.download = g_download;
     b.from_f32 = g_from_f32; b.to_f32 = g_to_f32; b.cast_from_f32 = g_cast_from_f32; b.memory_peak = cuda_memory_peak;
     b.add = g_add; b.copy2d = g_copy2d; b.gather_rows = g_gather; b.scatter_rows = g_scatter; b.sum_rows = g_sum_rows;
     b.rope_angle_grad = g_rope_angle_grad;

@@ -23,6 +23,7 @@ size_t cuda_memory_peak(void);                          // the most device memor
 void cuda_upload(void *dst, const void *src, size_t bytes);
 void cuda_download(void *dst, const void *src, size_t bytes);
 void cuda_memset0(void *p, size_t bytes);
+void cuda_memset_ff(void *p, size_t bytes);
 void cuda_f32_to_bf16(bf16 *dst, const float *src, size_t n);   // device to device, round to nearest even
 void cuda_bf16_to_f32(float *dst, const bf16 *src, size_t n);
 

@@ -79,6 +79,7 @@ extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
 }
 extern "C" void cuda_memset0(void *p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_stream)); }
+extern "C" void cuda_memset_ff(void *p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0xFF, bytes, g_stream)); }
 
 // Scratch for deterministic reductions: grown, never shrunk (the step loop stops allocating once
 // the largest shape has run).

@@ -54,7 +54,32 @@ static void odd_sizes_stay_aligned(void) {
     arena_free(&a);
 }
 
+// arena_uninit skips the zero fill; with poisoning on it fills NaNs instead, both from the block and
+// from overflow allocations (which come zeroed from the allocator), so a read-before-write shows
+static void uninit_is_poisoned_when_asked(void) {
+    Arena a;
+    arena_init(&a);
+    a.poisoning = 1;
+    for (int s = 0; s < 3; s++) {  // step 0 from overflow allocations, then from the block
+        arena_reset(&a);
+        float *p = arena_uninit(&a, 1000 * sizeof(float));
+        CHECK((uintptr_t)p % 64 == 0);
+        int nan = 1;
+        for (int j = 0; j < 1000; j++) nan &= p[j] != p[j];
+        CHECK(nan);
+        memset(p, 0xAB, 1000 * sizeof(float));
+        float *z = arena_floats(&a, 1000);  // the zeroed kind stays zeroed
+        int zero = 1;
+        for (int j = 0; j < 1000; j++) zero &= z[j] == 0.0f;
+        CHECK(zero);
+        memset(z, 0xAB, 1000 * sizeof(float));
+    }
+    CHECK_EQ_INT(a.grows, 1);
+    arena_free(&a);
+}
+
 int main(void) {
+    RUN(uninit_is_poisoned_when_asked);
     RUN(grows_once_per_bucket);
     RUN(odd_sizes_stay_aligned);
     return CHECK_DONE();
