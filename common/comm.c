@@ -24,12 +24,14 @@ typedef struct {
     atomic_int generation;
     atomic_int failed;          // a rank gave up: the others stop waiting too
     int world;
-    pid_t pid[MAX_RANKS];
+    pid_t pid[MAX_RANKS];       // by index among the node's ranks
+    int rank_of[MAX_RANKS];     // and their global ranks
     double f64[MAX_RANKS][F64_SLOTS];
 } ShmHeader;
 
 struct Comm {
     int rank, world;
+    int local, nlocal, leader, nodes;  // this node's ranks: this one's index among them, their count, the lowest; node count
     int nccl;                   // the vectors are device buffers: collectives through NCCL (comm_use_nccl)
     double timeout;
     size_t max_floats;
@@ -64,8 +66,44 @@ typedef int (*pmi_jobid_t)(char *, int);
 typedef int (*pmi_put_t)(const char *, const char *);
 typedef int (*pmi_get_t)(const char *, int, const char *, char *, int, int *);
 
-// Rank and world from PMI2; with world > 1, rank 0 creates the segment and publishes its name, the
-// others open it after the fence; all map it, then rank 0 removes the name.
+// Which ranks share this node: every rank publishes its host name, then reads everyone's. Sets
+// c->local (this rank's index among its node's ranks), c->nlocal, c->leader (the node's lowest rank)
+// and c->nodes.
+static int find_node(Comm *c, Err *e) {
+    char host[256] = "", key[64], other[PMI_VALLEN];
+    if (gethostname(host, sizeof host - 1)) { err_set(e, "gethostname: %s", strerror(errno)); return -1; }
+    snprintf(key, sizeof key, "llava_host_%d", c->rank);
+    if (c->pmi_put(key, host)) { err_set(e, "PMI2_KVS_Put of the host name failed"); return -1; }
+    if (c->pmi_fence()) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
+    char (*hosts)[256] = xcalloc((size_t)c->world, sizeof *hosts);
+    int rc = 0;
+    for (int r = 0; r < c->world && !rc; r++) {
+        int len = 0;
+        snprintf(key, sizeof key, "llava_host_%d", r);
+        if (r == c->rank) snprintf(hosts[r], sizeof hosts[r], "%s", host);
+        else if (c->pmi_get(c->job, -1 /* PMI2_ID_NULL */, key, other, sizeof other, &len) || len <= 0) {
+            err_set(e, "PMI2_KVS_Get of rank %d's host name failed", r);
+            rc = -1;
+        } else snprintf(hosts[r], sizeof hosts[r], "%.255s", other);
+    }
+    c->local = c->nlocal = c->nodes = 0;
+    c->leader = -1;
+    for (int r = 0; r < c->world && !rc; r++) {
+        int first = 1;  // the first rank of its host?
+        for (int q = 0; q < r && first; q++) first = strcmp(hosts[q], hosts[r]) != 0;
+        c->nodes += first;
+        if (strcmp(hosts[r], host)) continue;
+        if (c->leader < 0) c->leader = r;
+        if (r < c->rank) c->local++;
+        c->nlocal++;
+    }
+    free(hosts);
+    return rc;
+}
+
+// Rank and world from PMI2; with world > 1, the lowest rank of each node creates the node's segment
+// (slots for its nlocal ranks) and publishes its name, the node's other ranks open it after the fence;
+// all map it, then the creator removes the name.
 static int pmi_setup(Comm *c, size_t bytes_per_rank, Err *e) {
     c->pmi = dlopen("libpmi2.so.0", RTLD_NOW);
     if (!c->pmi) { err_set(e, "PMI_FD/PMI_PORT are set (started by srun) but libpmi2.so.0 cannot be loaded: %s", dlerror()); return -1; }
@@ -78,16 +116,26 @@ static int pmi_setup(Comm *c, size_t bytes_per_rank, Err *e) {
     if (!init || !jobid || !put || !fence || !get || !c->pmi_finalize) { err_set(e, "libpmi2.so.0 lacks the PMI2 functions"); return -1; }
     int spawned, appnum;
     if (init(&spawned, &c->world, &c->rank, &appnum)) { err_set(e, "PMI2_Init failed"); return -1; }
-    char *job = c->job, name[PMI_VALLEN];
+    char *job = c->job, name[PMI_VALLEN], key[64];
     if (jobid(job, sizeof c->job)) { err_set(e, "PMI2_Job_GetId failed"); return -1; }
     c->pmi_put = put;
     c->pmi_fence = fence;
     c->pmi_get = get;
+    c->local = c->rank;
+    c->nlocal = c->world;
+    c->nodes = 1;
     if (c->world <= 1) return 0;
-    if (c->world > MAX_RANKS) { err_set(e, "%d ranks: at most %d on one node", c->world, MAX_RANKS); return -1; }
-    c->map_bytes = header_bytes() + (size_t)c->world * bytes_per_rank;
+    if (c->world > MAX_RANKS) { err_set(e, "%d ranks: at most %d data-parallel ranks", c->world, MAX_RANKS); return -1; }
+    if (find_node(c, e)) return -1;
+    if (c->nodes > 1 && bytes_per_rank) {
+        err_set(e, "%d ranks on %d nodes: the cpu's data parallelism joins the ranks of one node through shared memory; "
+                "train across nodes with --device cuda (NCCL)", c->world, c->nodes);
+        return -1;
+    }
+    c->map_bytes = header_bytes() + (size_t)c->nlocal * bytes_per_rank;
+    snprintf(key, sizeof key, "llava_shm_%d", c->leader);
     int fd = -1;
-    if (c->rank == 0) {
+    if (c->rank == c->leader) {
         // a name no earlier or concurrent job holds: job id, pid, time
         snprintf(name, sizeof name, "/llava-%s-%d-%lld", job, (int)getpid(), (long long)time(NULL));
         for (char *p = name + 1; *p; p++) if (*p == '/' || *p == ';' || *p == '=') *p = '_';
@@ -97,32 +145,33 @@ static int pmi_setup(Comm *c, size_t bytes_per_rank, Err *e) {
             if (fd >= 0) close(fd);
             return -1;
         }
-        if (put("llava_shm", name)) { close(fd); err_set(e, "PMI2_KVS_Put failed"); return -1; }
+        if (put(key, name)) { close(fd); err_set(e, "PMI2_KVS_Put failed"); return -1; }
     }
     if (fence()) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
-    if (c->rank != 0) {
+    if (c->rank != c->leader) {
         int len = 0;
-        if (get(job, -1 /* PMI2_ID_NULL */, "llava_shm", name, sizeof name, &len) || len <= 0) {
+        if (get(job, -1 /* PMI2_ID_NULL */, key, name, sizeof name, &len) || len <= 0) {
             err_set(e, "PMI2_KVS_Get of the shared-memory name failed");
             return -1;
         }
         fd = shm_open(name, O_RDWR, 0600);
-        if (fd < 0) { err_set(e, "shared memory %s: %s (the ranks of a job must share one node)", name, strerror(errno)); return -1; }
+        if (fd < 0) { err_set(e, "shared memory %s: %s", name, strerror(errno)); return -1; }
     }
     void *p = mmap(NULL, c->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
     if (p == MAP_FAILED) { err_set(e, "mmap of %s: %s", name, strerror(errno)); return -1; }
     c->hdr = p;
     c->slots = (float *)((char *)p + header_bytes());
-    c->hdr->pid[c->rank] = getpid();
+    c->hdr->pid[c->local] = getpid();
+    c->hdr->rank_of[c->local] = c->rank;
     if (fence()) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
-    if (c->rank == 0) shm_unlink(name);  // every rank has it mapped: the name can go, the memory stays
+    if (c->rank == c->leader) shm_unlink(name);  // every local rank has it mapped: the name can go, the memory stays
     return 0;
 }
 
 Comm *comm_init(size_t max_floats, double timeout_s, Err *e) {
     Comm *c = xcalloc(1, sizeof *c);
-    c->world = 1;
+    c->world = c->nlocal = c->nodes = 1;
     c->timeout = timeout_s;
     c->max_floats = max_floats;
     if (!getenv("PMI_FD") && !getenv("PMI_PORT")) return c;  // not started by a PMI2 srun: one rank
@@ -135,11 +184,11 @@ Comm *comm_init(size_t max_floats, double timeout_s, Err *e) {
 static int others_gone(Comm *c, double t0, Err *e) {
     ShmHeader *h = c->hdr;
     if (atomic_load(&h->failed)) { err_set(e, "rank %d: another rank failed; stopping", c->rank); return 1; }
-    for (int r = 0; r < c->world; r++) {
+    for (int r = 0; r < c->nlocal; r++) {  // this node's ranks (NCCL reports the others' deaths)
         pid_t pid = h->pid[r];
-        if (r != c->rank && pid > 0 && kill(pid, 0) && errno == ESRCH) {
+        if (r != c->local && pid > 0 && kill(pid, 0) && errno == ESRCH) {
             atomic_store(&h->failed, 1);
-            err_set(e, "rank %d: rank %d (pid %d) has died; stopping", c->rank, r, (int)pid);
+            err_set(e, "rank %d: rank %d (pid %d) has died; stopping", c->rank, h->rank_of[r], (int)pid);
             return 1;
         }
     }
@@ -207,12 +256,18 @@ void comm_free(Comm *c) {
     free(c);
 }
 
-// Sense-reversing barrier on the segment; while waiting, checks that every other rank still lives.
+// Sense-reversing barrier on the segment (through NCCL once it is in use: the ranks may span nodes);
+// while waiting, checks that every other rank of the node still lives.
 int comm_barrier(Comm *c, Err *e) {
+    if (c->nccl) {
+        double zero = 0.0;
+        return comm_allreduce_f64(c, &zero, 1, e);
+    }
     if (c->world == 1) return 0;
+    if (c->nodes > 1) die_internal("comm: a barrier over %d nodes needs NCCL", c->nodes);
     ShmHeader *h = c->hdr;
     int gen = atomic_load(&h->generation);
-    if (atomic_fetch_add(&h->arrived, 1) == c->world - 1) {
+    if (atomic_fetch_add(&h->arrived, 1) == c->nlocal - 1) {
         atomic_store(&h->arrived, 0);
         atomic_fetch_add(&h->generation, 1);
         return 0;
@@ -313,6 +368,12 @@ int comm_allgather(Comm *c, float *x, size_t n, Err *e) {
 }
 
 int comm_allreduce_f64(Comm *c, double *v, int k, Err *e) {
+#ifdef WITH_CUDA
+    if (c->nccl) {
+        NcclWatch w = {c, now_seconds(), now_seconds()};
+        return cuda_nccl_allreduce_f64(v, k, nccl_watch, &w, e->msg, sizeof e->msg);
+    }
+#endif
     if (c->world == 1) return 0;
     memcpy(c->hdr->f64[c->rank], v, (size_t)k * sizeof(double));
     if (comm_barrier(c, e)) return -1;

@@ -1,11 +1,14 @@
 // comm.h: ranks and collectives for data parallelism (spec/distributed.md). Under `srun --mpi=pmi2`
 // (PMI_FD or PMI_PORT set) rank and world size come from Slurm's libpmi2, loaded at run time so that a
-// build without it still runs one rank; otherwise this process is rank 0 of 1. The ranks of one node
-// exchange through one POSIX shared-memory segment whose name travels through the PMI2 key-value store.
+// build without it still runs one rank; otherwise this process is rank 0 of 1. The ranks of each node
+// share one POSIX shared-memory segment whose name travels through the PMI2 key-value store: on the
+// cpu every collective runs there (so the ranks must share one node); on GPUs (comm_use_nccl) every
+// collective is NCCL, and the ranks may span nodes.
 //
-// Every collective is deterministic: sums run over ranks in rank order, so a run repeats bit for bit.
-// A rank that dies (its pid disappears) or a wait longer than the timeout makes every other rank fail
-// with a clear error instead of hanging.
+// Every collective is deterministic: sums run over ranks in rank order (NCCL: in its fixed order for a
+// fixed topology), so a run repeats bit for bit. A rank of the node that dies (its pid disappears), an
+// error NCCL reports (a rank elsewhere gone), or a wait longer than the timeout makes every other rank
+// fail with a clear error instead of hanging.
 #pragma once
 #include <stddef.h>
 
@@ -24,8 +27,8 @@ void comm_shard(const Comm *c, size_t n, size_t *lo, size_t *hi);
 void comm_shard_of(size_t n, int world, int rank, size_t *lo, size_t *hi);
 // From now on the vectors given to comm_reduce_scatter and comm_allgather are device buffers of the
 // CUDA backend with room for world·⌈n/world⌉ floats, and the two go through NCCL (the id from rank 0
-// through the PMI2 key-value store). Also works for one rank (to exercise the path on one GPU). The
-// barrier, the f64 all-reduce and the dead-rank watch stay on the shared segment.
+// through the PMI2 key-value store), as do the barrier and the f64 all-reduce. Also works for one rank
+// (to exercise the path on one GPU). The dead-rank watch of the node stays on the shared segment.
 int comm_use_nccl(Comm *c, Err *e);
 // ZeRO-1 gradient reduction: afterwards x[lo, hi) of this rank's shard holds Σ_ranks x · scale (the
 // rest of x is left as it was).

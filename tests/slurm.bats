@@ -100,3 +100,13 @@ PY
         cmp "$T/after/iter_0000006/mp_rank_00/$f" "$T/during/iter_0000006/mp_rank_00/$f"
     done
 }
+
+@test "ranks on two hosts: the cpu's shared-memory data parallelism refuses with a clear error naming the node count" {
+    # rank 1 runs in a UTS namespace of its own under another host name: to the trainer, a second node
+    run srun -n 2 --mpi=pmi2 bash -c 'if [ "$SLURM_PROCID" = 1 ]; then exec unshare -u sh -c "hostname other-node && exec \"\$0\" \"\$@\"" "$@"; else exec "$@"; fi' \
+        _ "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/nodes" $COMMON
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"2 ranks on 2 nodes: the cpu's data parallelism joins the ranks of one node"*"--device cuda (NCCL)"* ]]
+    [ ! -e "$T/nodes" ]
+}

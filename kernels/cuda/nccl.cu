@@ -30,6 +30,7 @@ static struct {
     ncclResult_t (*init_rank)(ncclComm_t *, int, ncclUniqueId, int);
     ncclResult_t (*reduce_scatter)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
     ncclResult_t (*all_gather)(const void *, void *, size_t, ncclDataType_t, ncclComm_t, cudaStream_t);
+    ncclResult_t (*all_reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
     ncclResult_t (*reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, int, ncclComm_t, cudaStream_t);
     ncclResult_t (*group_start)(void);
     ncclResult_t (*group_end)(void);
@@ -40,6 +41,7 @@ static struct {
     cudaStream_t stream;      // the overlapped reductions
     cudaEvent_t ready, done;  // backend stream -> NCCL stream, and back
     int parts;                // started since the last wait
+    double *f64;              // [16] device: the small all-reduces (loss, norm, flags, cursors) and the barrier
 } nc;
 
 static int nccl_open(char *err, size_t errlen) {
@@ -50,6 +52,7 @@ static int nccl_open(char *err, size_t errlen) {
     nc.init_rank = (decltype(nc.init_rank))dlsym(nc.lib, "ncclCommInitRank");
     nc.reduce_scatter = (decltype(nc.reduce_scatter))dlsym(nc.lib, "ncclReduceScatter");
     nc.all_gather = (decltype(nc.all_gather))dlsym(nc.lib, "ncclAllGather");
+    nc.all_reduce = (decltype(nc.all_reduce))dlsym(nc.lib, "ncclAllReduce");
     nc.reduce = (decltype(nc.reduce))dlsym(nc.lib, "ncclReduce");
     nc.group_start = (decltype(nc.group_start))dlsym(nc.lib, "ncclGroupStart");
     nc.group_end = (decltype(nc.group_end))dlsym(nc.lib, "ncclGroupEnd");
@@ -57,7 +60,7 @@ static int nccl_open(char *err, size_t errlen) {
     nc.error = (decltype(nc.error))dlsym(nc.lib, "ncclGetErrorString");
     nc.abort = (decltype(nc.abort))dlsym(nc.lib, "ncclCommAbort");
     nc.async_error = (decltype(nc.async_error))dlsym(nc.lib, "ncclCommGetAsyncError");
-    if (!nc.get_id || !nc.init_rank || !nc.reduce_scatter || !nc.all_gather || !nc.reduce || !nc.group_start ||
+    if (!nc.get_id || !nc.init_rank || !nc.reduce_scatter || !nc.all_gather || !nc.reduce || !nc.all_reduce || !nc.group_start ||
         !nc.group_end || !nc.destroy || !nc.error || !nc.abort || !nc.async_error) {
         snprintf(err, errlen, "libnccl.so.2 lacks the NCCL functions");
         return -1;
@@ -92,6 +95,7 @@ extern "C" int cuda_nccl_init(int rank, int world, const char *hex, char *err, s
     cudaError_t ce = cudaStreamCreateWithFlags(&nc.stream, cudaStreamNonBlocking);
     if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&nc.ready, cudaEventDisableTiming);
     if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&nc.done, cudaEventDisableTiming);
+    if (ce == cudaSuccess) ce = cudaMalloc(&nc.f64, 16 * sizeof(double));
     if (ce != cudaSuccess) { snprintf(err, errlen, "NCCL stream: %s", cudaGetErrorString(ce)); return -1; }
     return nccl_failed(nc.init_rank(&nc.comm, world, id, rank), "ncclCommInitRank", err, errlen);
 }
@@ -171,6 +175,16 @@ extern "C" int cuda_nccl_reduce_part_wait(CudaNcclWatch watch, void *ctx, char *
     return wait_collective(watch, ctx, err, errlen);
 }
 
+extern "C" int cuda_nccl_allreduce_f64(double *v, int k, CudaNcclWatch watch, void *ctx, char *err, size_t errlen) {
+    if (!nc.comm) { snprintf(err, errlen, "NCCL communicator is gone (aborted earlier)"); return -1; }
+    if (k < 1 || k > 16) { snprintf(err, errlen, "cuda_nccl_allreduce_f64: %d values (1 to 16)", k); return -1; }
+    CUDA_CHECK(cudaMemcpyAsync(nc.f64, v, (size_t)k * sizeof(double), cudaMemcpyHostToDevice, g_stream));
+    if (nccl_failed(nc.all_reduce(nc.f64, nc.f64, (size_t)k, ncclFloat64, ncclSum, nc.comm, g_stream), "ncclAllReduce", err, errlen))
+        return -1;
+    CUDA_CHECK(cudaMemcpyAsync(v, nc.f64, (size_t)k * sizeof(double), cudaMemcpyDeviceToHost, g_stream));
+    return wait_collective(watch, ctx, err, errlen);  // the copy back is on the stream too
+}
+
 // every rank's chunk to every rank
 extern "C" int cuda_nccl_allgather(float *x, size_t per, CudaNcclWatch watch, void *ctx, char *err, size_t errlen) {
     if (!nc.comm) { snprintf(err, errlen, "NCCL communicator is gone (aborted earlier)"); return -1; }
@@ -184,6 +198,8 @@ extern "C" void cuda_nccl_free(void) {
     if (nc.stream) cudaStreamDestroy(nc.stream);
     if (nc.ready) cudaEventDestroy(nc.ready);
     if (nc.done) cudaEventDestroy(nc.done);
+    if (nc.f64) cudaFree(nc.f64);
+    nc.f64 = NULL;
     nc.stream = NULL;
     nc.ready = nc.done = NULL;
     nc.comm = NULL;

@@ -41,6 +41,8 @@ int cuda_nccl_reduce_scatter(float *x, size_t per, float scale, CudaNcclWatch wa
 int cuda_nccl_reduce_part_start(float *x, size_t a, size_t b, size_t per, float scale, char *err, size_t errlen);
 // The backend's stream waits for every part started; then waits for that stream like the others.
 int cuda_nccl_reduce_part_wait(CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
+// v[0..k) (k <= 16, host) summed over the ranks, in place
+int cuda_nccl_allreduce_f64(double *v, int k, CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
 int cuda_nccl_allgather(float *x, size_t per, CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
 void cuda_nccl_free(void);
 
