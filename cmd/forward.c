@@ -180,7 +180,7 @@ int main(int argc, char **argv) {
     float loss = 0.0f, *losses = xcalloc((size_t)steps + 1, sizeof(float));
     int32_t *gen = xcalloc((size_t)generate + 1, sizeof(int32_t));
     float *margin = xcalloc((size_t)generate + 1, sizeof(float));
-    AdamHyper hyper = {(float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd};
+    AdamHyper hyper = {(float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd, 1.0f};  // no clipping
     for (int s = 0; s < steps; s++) {  // the weights move; the outputs below are those after the last step
         adam_zero_grad(&opt);
         if (model_loss_grads(&m, &work, &in, lab, 1.0f, opt.grad, &losses[s], &out, &e)) die_input("%s: %s", in_path, e.msg);

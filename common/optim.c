@@ -65,7 +65,6 @@ void adam_zero_grad(Adam *o) { o->be->zero(o->flat_grad, o->n * sizeof(float)); 
 // padding is zero: the vector's norm is the tensors' norm
 double adam_shard_sq_norm(const Adam *o) { return o->be->sum_squares(o->flat_grad + o->lo, o->hi - o->lo); }
 
-void adam_scale_grad(Adam *o, float s) { o->be->scale(o->flat_grad + o->lo, o->hi - o->lo, s); }
 
 // The part [a, b) of tensor i that lies in the shard, as offsets into the tensor; 0 when none.
 static int in_shard(const Adam *o, const Model *m, int i, size_t *a, size_t *b) {
@@ -87,7 +86,7 @@ void adam_step(Adam *o, Model *m, const AdamHyper *h) {
         size_t s = o->offset[i] + a - o->lo;                       // position in the shard's moments
         float *master = o->master ? o->master + o->offset[i] + a : m->w[i] + a;
         Act *param = o->master ? AT(o->be, m->wb[i], a) : NULL;
-        o->be->adamw(master, param, o->grad[i] + a, o->dm + s, o->dv + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd, o->t);
+        o->be->adamw(master, param, o->grad[i] + a, o->dm + s, o->dv + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd, h->grad_scale, o->t);
     }
 }
 

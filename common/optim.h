@@ -14,6 +14,7 @@
 
 typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
+    float grad_scale;    // the gradients are taken times this (the clipping coefficient; 1: none)
 } AdamHyper;
 
 typedef struct {
@@ -38,7 +39,6 @@ void adam_free(Adam *o);
 void adam_zero_grad(Adam *o);
 // Σ g² over the shard (double accumulation): combine the shards' sums for the global norm.
 double adam_shard_sq_norm(const Adam *o);
-void adam_scale_grad(Adam *o, float s);  // on the shard
 // One step on the shard's elements of every trainable tensor (the model's weights there are updated).
 void adam_step(Adam *o, Model *m, const AdamHyper *h);
 // The trainable weights to / from the flat layout (host, for gathering the shards' updates).

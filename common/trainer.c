@@ -163,7 +163,7 @@ int trainer_run(const TrainOptions *o) {
     while (state.iteration < st->iterations) {
         int64_t it = state.iteration + 1;
         double t0 = now_seconds(), lr = stage_lr(st, (it - 1) * st->global_batch);
-        AdamHyper hyper = {(float)lr, (float)st->beta1, (float)st->beta2, (float)st->eps, (float)st->weight_decay};
+        AdamHyper hyper = {(float)lr, (float)st->beta1, (float)st->beta2, (float)st->eps, (float)st->weight_decay, 1.0f};
         adam_zero_grad(&opt);
         double loss_sum = 0.0, flops = 0.0, tokens = 0.0;
         char keys[256] = "";
@@ -210,7 +210,7 @@ int trainer_run(const TrainOptions *o) {
         } else {
             consecutive_skips = 0;
             double coeff = st->clip_grad / (norm + 1e-6);
-            if (st->clip_grad > 0 && coeff < 1.0) adam_scale_grad(&opt, (float)coeff);
+            if (st->clip_grad > 0 && coeff < 1.0) hyper.grad_scale = (float)coeff;  // applied as AdamW reads the gradients
             adam_step(&opt, &m, &hyper);
             if (nccl) {  // everyone's updated masters to everyone, then the bf16 weights from them
                 if (comm_allgather(comm, opt.master, n, &e)) die_internal("%s", e.msg);

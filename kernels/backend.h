@@ -74,11 +74,11 @@ typedef struct Backend {
     void (*cross_entropy_rows)(float *losses, const Act *logits, const int32_t *targets, int T, int V);  // 0 where ignored
     void (*cross_entropy_backward)(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale);
     // optimizer state is fp32 in backend memory; param (the weights in storage type) is rewritten from the
-    // master when it is a separate copy (NULL: the master is the weight, as on cpu)
+    // master when it is a separate copy (NULL: the master is the weight, as on cpu); the gradients are
+    // read times grad_scale (gradient clipping)
     void (*adamw)(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
-                  float beta2, float eps, float weight_decay, int64_t t);
+                  float beta2, float eps, float weight_decay, float grad_scale, int64_t t);
     double (*sum_squares)(const float *x, size_t n);  // in a fixed order: the same on every run
-    void (*scale)(float *x, size_t n, float s);
 } Backend;
 
 extern const Backend backend_cpu;

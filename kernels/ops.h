@@ -60,8 +60,9 @@ double cross_entropy_forward(const float *logits, const int32_t *targets, int T,
 void cross_entropy_backward(float *dlogits, const float *logits, const int32_t *targets, int T, int V, float scale);
 
 // AdamW (decoupled weight decay), step t ≥ 1 with bias correction, over n parameters.
+// grad_scale multiplies every gradient first (the clipping coefficient: no separate pass over them)
 void adamw_step(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1, float beta2,
-                float eps, float weight_decay, int64_t t);
+                float eps, float weight_decay, float grad_scale, int64_t t);
 
 // One new query token against a key/value cache (generation): q[Hq,D], k/v[len, Hkv, D] holding
 // positions 0..len-1 (the new token's own key included), out[Hq,D]. Same math as the causal

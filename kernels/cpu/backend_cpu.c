@@ -103,17 +103,14 @@ static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T,
 
 // On the cpu the fp32 weights are the masters: there is no separate copy to rewrite (param is NULL).
 static void opt_adamw(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
-                      float eps, float wd, int64_t t) {
+                      float eps, float wd, float gs, int64_t t) {
     (void)param;
-    adamw_step(master, grad, m, v, n, lr, b1, b2, eps, wd, t);
+    adamw_step(master, grad, m, v, n, lr, b1, b2, eps, wd, gs, t);
 }
 static double opt_sum_squares(const float *x, size_t n) {
     double s = 0.0;
     for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
     return s;
-}
-static void opt_scale(float *x, size_t n, float s) {
-    for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
 const Backend backend_cpu = {
@@ -129,7 +126,7 @@ const Backend backend_cpu = {
     .swiglu_forward = swi_f, .swiglu_backward = swi_b, .rope_forward = rope_f, .rope_backward = rope_b,
     .attention_forward = att_f, .attention_backward = att_b, .attention_decode = att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = ce_b,
-    .adamw = opt_adamw, .sum_squares = opt_sum_squares, .scale = opt_scale,
+    .adamw = opt_adamw, .sum_squares = opt_sum_squares,
 };
 
 // ---- cpu-bf16: the fp32 ops with every activation and weight rounded to bf16 after each write ----
@@ -205,8 +202,8 @@ static void e_ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int 
 }
 
 static void e_adamw(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
-                    float eps, float wd, int64_t t) {
-    adamw_step(master, grad, m, v, n, lr, b1, b2, eps, wd, t);
+                    float eps, float wd, float gs, int64_t t) {
+    adamw_step(master, grad, m, v, n, lr, b1, b2, eps, wd, gs, t);
     if (param) { memcpy(param, master, n * sizeof(float)); round_bf16(param, n); }
 }
 
@@ -223,5 +220,5 @@ const Backend backend_cpu_bf16 = {
     .swiglu_forward = e_swi_f, .swiglu_backward = e_swi_b, .rope_forward = e_rope_f, .rope_backward = e_rope_b,
     .attention_forward = e_att_f, .attention_backward = e_att_b, .attention_decode = e_att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = e_ce_b,
-    .adamw = e_adamw, .sum_squares = opt_sum_squares, .scale = opt_scale,
+    .adamw = e_adamw, .sum_squares = opt_sum_squares,
 };

@@ -143,14 +143,10 @@ __global__ static void sumsq_k(double *part, const float *x, size_t n) {
     }
     if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
 }
-__global__ static void scale_k(float *x, size_t n, float s) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] *= s;
-}
 
 static void o_adamw(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
-                    float eps, float wd, int64_t t) {
-    cuda_adamw_step(master, U(param), grad, m, v, n, lr, b1, b2, eps, wd, t);
+                    float eps, float wd, float gs, int64_t t) {
+    cuda_adamw_step(master, U(param), grad, m, v, n, lr, b1, b2, eps, wd, gs, t);
 }
 // Fixed grid, per-block partials summed on the host in block order: the same result on every run.
 static double o_sum_squares(const float *x, size_t n) {
@@ -163,7 +159,6 @@ static double o_sum_squares(const float *x, size_t n) {
     for (int i = 0; i < NB; i++) s += host[i];
     return s;
 }
-static void o_scale(float *x, size_t n, float s) { if (n) scale_k<<<nblocks(n), 256, 0, g_stream>>>(x, n, s); LAUNCH_CHECK(); }
 
 static Backend make_table(void) {
     Backend b = {};
@@ -180,7 +175,7 @@ static Backend make_table(void) {
     b.attention_forward = att_f; b.attention_backward = att_b; b.attention_decode = att_dec;
     b.embedding_forward = emb_f; b.embedding_backward = emb_b;
     b.cross_entropy_rows = ce_rows; b.cross_entropy_backward = ce_b;
-    b.adamw = o_adamw; b.sum_squares = o_sum_squares; b.scale = o_scale;
+    b.adamw = o_adamw; b.sum_squares = o_sum_squares;
     return b;
 }
 

@@ -322,10 +322,10 @@ extern "C" void cuda_cross_entropy_backward(bf16 *dlogits, const bf16 *logits, c
 
 // ---- AdamW in PyTorch's order, fp32 state; the bf16 copy rounded to nearest even ----
 __global__ static void adamw_kernel(float *master, bf16_t *param, const float *grad, float *m, float *v, size_t n, float lr, float b1,
-                                    float b2, float eps, float wd, float step, float bc2_sqrt) {
+                                    float b2, float eps, float wd, float gs, float step, float bc2_sqrt) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float g = grad[i], p = master[i] * (1.0f - lr * wd);
+    float g = __fmul_rn(grad[i], gs), p = master[i] * (1.0f - lr * wd);
     float mi = m[i] + (1.0f - b1) * (g - m[i]), vi = b2 * v[i] + (1.0f - b2) * g * g;
     p -= step * mi / (sqrtf(vi) / bc2_sqrt + eps);
     m[i] = mi;
@@ -334,8 +334,10 @@ __global__ static void adamw_kernel(float *master, bf16_t *param, const float *g
     if (param) param[i] = __float2bfloat16_rn(p);
 }
 extern "C" void cuda_adamw_step(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
-                                float beta2, float eps, float weight_decay, int64_t t) {
+                                float beta2, float eps, float weight_decay, float grad_scale, int64_t t) {
     float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
-    if (n) adamw_kernel<<<blocks(n), 256, 0, g_stream>>>(master, B16(param), grad, m, v, n, lr, beta1, beta2, eps, weight_decay, lr / bc1, sqrtf(bc2));
+    if (n)
+        adamw_kernel<<<blocks(n), 256, 0, g_stream>>>(master, B16(param), grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale,
+                                                      lr / bc1, sqrtf(bc2));
     LAUNCH_CHECK();
 }

@@ -104,7 +104,7 @@ void cuda_cross_entropy_backward(bf16 *dlogits, const bf16 *logits, const int32_
 
 // ---- optimizer: fp32 masters and moments, fp32 gradients, the bf16 weights rewritten (RNE) ----
 void cuda_adamw_step(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
-                     float beta2, float eps, float weight_decay, int64_t t);
+                     float beta2, float eps, float weight_decay, float grad_scale, int64_t t);
 
 #ifdef __cplusplus
 }

@@ -259,11 +259,13 @@ static void adamw_matches_pytorch_formula(void) {
     double P[3] = {1.0, -2.0, 0.5}, M[3] = {0}, V[3] = {0};
     const double lr = 1e-3, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
     for (int t = 1; t <= 5; t++) {
-        adamw_step(p, g, m, v, 3, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, t);
-        for (int i = 0; i < 3; i++) {  // torch.optim.AdamW (decoupled decay, bias correction)
+        const double clip = t % 2 ? 1.0 : 0.25;  // a clipping coefficient on every other step
+        adamw_step(p, g, m, v, 3, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, (float)clip, t);
+        for (int i = 0; i < 3; i++) {  // clip_grad_norm_'s scaling, then torch.optim.AdamW (decoupled decay, bias correction)
+            double gi = g[i] * clip;
             P[i] *= 1 - lr * wd;
-            M[i] = b1 * M[i] + (1 - b1) * g[i];
-            V[i] = b2 * V[i] + (1 - b2) * g[i] * g[i];
+            M[i] = b1 * M[i] + (1 - b1) * gi;
+            V[i] = b2 * V[i] + (1 - b2) * gi * gi;
             double mh = M[i] / (1 - pow(b1, t)), vh = V[i] / (1 - pow(b2, t));
             P[i] -= lr * mh / (sqrt(vh) + eps);
         }
