@@ -351,19 +351,26 @@ int comm_reduce_scatter_wait(Comm *c, Err *e) {
     return comm_barrier(c, e);  // the slots are free again
 }
 
-int comm_allgather(Comm *c, float *x, size_t n, Err *e) {
+int comm_gather_pieces(Comm *c, const CommPiece *p, int np, size_t n, Err *e) {
 #ifdef WITH_CUDA
     if (c->nccl) {
         NcclWatch w = {c, now_seconds(), now_seconds()};
-        return cuda_nccl_allgather(x, (n + (size_t)c->world - 1) / (size_t)c->world, nccl_watch, &w, e->msg, sizeof e->msg);
+        void **ptr = xmalloc(((size_t)np + 1) * sizeof(void *));
+        size_t *count = xmalloc(((size_t)np + 1) * sizeof(size_t));
+        int *root = xmalloc(((size_t)np + 1) * sizeof(int));
+        for (int i = 0; i < np; i++) ptr[i] = p[i].ptr, count[i] = p[i].count, root[i] = p[i].root;
+        int rc = cuda_nccl_broadcast(ptr, count, root, np, nccl_watch, &w, e->msg, sizeof e->msg);
+        free(ptr); free(count); free(root);
+        return rc;
     }
 #endif
     if (c->world == 1) return 0;
-    size_t lo, hi;
-    comm_shard(c, n, &lo, &hi);
-    memcpy(c->slots + lo, x + lo, (hi - lo) * sizeof(float));
+    if (n > c->max_floats) die_internal("comm: %zu floats exceed the segment (%zu)", n, c->max_floats);
+    for (int i = 0; i < np; i++)  // slot 0 is the gather area, in the vector's layout
+        if (p[i].root == c->rank) memcpy(c->slots + p[i].flat, p[i].ptr, p[i].count * sizeof(float));
     if (comm_barrier(c, e)) return -1;
-    memcpy(x, c->slots, n * sizeof(float));
+    for (int i = 0; i < np; i++)
+        if (p[i].root != c->rank) memcpy(p[i].ptr, c->slots + p[i].flat, p[i].count * sizeof(float));
     return comm_barrier(c, e);
 }
 

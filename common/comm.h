@@ -25,7 +25,7 @@ int comm_world(const Comm *c);
 void comm_shard(const Comm *c, size_t n, size_t *lo, size_t *hi);
 // The same split for any rank of any world size (to read other ranks' shards from a checkpoint).
 void comm_shard_of(size_t n, int world, int rank, size_t *lo, size_t *hi);
-// From now on the vectors given to comm_reduce_scatter and comm_allgather are device buffers of the
+// From now on the vectors given to comm_reduce_scatter and comm_gather_pieces are device buffers of the
 // CUDA backend with room for world·⌈n/world⌉ floats, and the two go through NCCL (the id from rank 0
 // through the PMI2 key-value store), as do the barrier and the f64 all-reduce. Also works for one rank
 // (to exercise the path on one GPU). The dead-rank watch of the node stays on the shared segment.
@@ -42,8 +42,16 @@ int comm_reduce_scatter(Comm *c, float *x, size_t n, float scale, Err *e);
 // the collective: parts repeat run to run, but need not equal the whole vector's bits).
 int comm_reduce_scatter_start(Comm *c, float *x, size_t n, size_t a, size_t b, float scale, Err *e);
 int comm_reduce_scatter_wait(Comm *c, Err *e);
-// Each rank contributes x[lo, hi) of its shard; afterwards every rank holds the whole x.
-int comm_allgather(Comm *c, float *x, size_t n, Err *e);
+// A piece of a vector that one rank (root) holds and every rank needs: count elements at ptr, which
+// sit at [flat, flat + count) of the vector's flat layout (of n elements).
+typedef struct {
+    void *ptr;
+    size_t count, flat;
+    int root;
+} CommPiece;
+// Every piece from its root to every rank, in place: on NCCL bf16 elements in device memory (one
+// broadcast each, grouped), on the shared segment floats in host memory.
+int comm_gather_pieces(Comm *c, const CommPiece *p, int np, size_t n, Err *e);
 // v[0..k) summed over ranks (k <= 16), in place.
 int comm_allreduce_f64(Comm *c, double *v, int k, Err *e);
 int comm_barrier(Comm *c, Err *e);

@@ -11,7 +11,7 @@
 #include "hfdir.h"
 #include "model_internal.h"
 
-enum { FLAT_ALIGN = 64 };  // floats: each tensor of the flat buffer starts on a 256-byte boundary
+enum { FLAT_ALIGN = PARAM_ALIGN };  // floats: the layout of the backends' copies and the optimizer's vectors
 
 // The parameter table and one flat fp32 buffer of views for a config.
 static void model_alloc(Model *m) {
@@ -39,13 +39,13 @@ void model_to_backend(Model *m, const Backend *be) {
         for (int i = 0; i < m->np; i++) m->wb[i] = (Act *)m->w[i];
         return;
     }  // other backends get their own copy in their storage type
-    size_t total = 0;
-    for (int i = 0; i < m->np; i++) total += ((size_t)param_numel(&m->ps[i]) * be->esize + 255) / 256 * 256;
+    size_t total = 0;  // each tensor at a multiple of PARAM_ALIGN elements, as in the optimizer's vectors
+    for (int i = 0; i < m->np; i++) total += param_padded(&m->ps[i]) * be->esize;
     char *block = m->wb_block = be->alloc(total);
     for (int i = 0; i < m->np; i++) {
         m->wb[i] = (Act *)block;
         be->from_f32(m->wb[i], m->w[i], (size_t)param_numel(&m->ps[i]));
-        block += ((size_t)param_numel(&m->ps[i]) * be->esize + 255) / 256 * 256;
+        block += param_padded(&m->ps[i]) * be->esize;
     }
 }
 

@@ -17,7 +17,7 @@ typedef struct {
     ParamSpec *ps;
     int np;
     float **w;          // w[i]: tensor ps[i] in fp32, a view into flat
-    float *flat;        // every weight, table order, each tensor starting at a multiple of 64 floats
+    float *flat;        // every weight, table order, each tensor starting at a multiple of PARAM_ALIGN floats
     size_t nflat;
     StrMap index;       // HF name -> i
     DType dtype;        // what the checkpoint stores (frozen tensors are saved back in it unchanged)

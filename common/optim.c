@@ -7,17 +7,16 @@
 #include <string.h>
 
 #include "../kernels/ops.h"
+#include "comm.h"
 #include "util.h"
 
-// ALIGN: each tensor starts at a multiple of 64 floats. SLACK: zeroed floats past the end of the
-// device vectors, room for the collectives' equal chunks of ⌈n / world⌉ (comm.h, up to 256 ranks).
-enum { ALIGN = 64, SLACK = 256 };
-
-static size_t padded(const ParamSpec *p) { return ((size_t)param_numel(p) + ALIGN - 1) / ALIGN * ALIGN; }
+// SLACK: zeroed floats past the end of the gradient vector, room for the collectives' equal chunks of
+// ⌈n / world⌉ (comm.h, up to 256 ranks).
+enum { SLACK = 256 };
 
 size_t adam_layout_size(const Model *m, const int *trainable) {
     size_t n = 0;
-    for (int i = 0; i < m->np; i++) if (trainable[i]) n += padded(&m->ps[i]);
+    for (int i = 0; i < m->np; i++) if (trainable[i]) n += param_padded(&m->ps[i]);
     return n;
 }
 
@@ -37,16 +36,22 @@ void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t 
     o->dv = on_cpu ? o->v : o->be->alloc(shard);
     o->grad = xcalloc((size_t)m->np, sizeof(float *));
     o->offset = xmalloc((size_t)m->np * sizeof(size_t));
+    o->runs = xcalloc((size_t)m->np, sizeof(AdamRun));
     size_t off = 0;
     for (int i = 0; i < m->np; i++) {
         o->offset[i] = SIZE_MAX;
         if (!trainable[i]) continue;
         o->offset[i] = off;
         o->grad[i] = o->flat_grad + off;
-        off += padded(&m->ps[i]);
+        // a run goes on while the backend's copies follow each other as the flat vector does
+        AdamRun *r = o->nruns ? &o->runs[o->nruns - 1] : NULL;
+        if (r && r->hi == off && AT(o->be, r->wb, off - r->lo) == m->wb[i]) r->hi += param_padded(&m->ps[i]);
+        else o->runs[o->nruns++] = (AdamRun){off, off + param_padded(&m->ps[i]), m->wb[i]};
+        off += param_padded(&m->ps[i]);
     }
     if (!on_cpu) {
-        o->master = o->be->alloc((o->n + SLACK) * sizeof(float));
+        o->master = o->be->alloc(shard);
+        o->hm = xcalloc(1, shard);
         adam_sync_backend(o, (Model *)m);
     }
 }
@@ -56,7 +61,7 @@ void adam_free(Adam *o) {
     if (o->dv != o->v) o->be->release(o->dv);
     if (o->master) o->be->release(o->master);
     o->be->release(o->flat_grad);
-    free(o->m); free(o->v); free(o->grad); free(o->offset);
+    free(o->m); free(o->v); free(o->hm); free(o->grad); free(o->offset); free(o->runs);
     memset(o, 0, sizeof *o);
 }
 
@@ -84,7 +89,7 @@ void adam_step(Adam *o, Model *m, const AdamHyper *h) {
         if (!in_shard(o, m, i, &a, &b)) continue;
         float wd = m->ps[i].ndim >= 2 ? h->weight_decay : 0.0f;  // no decay on biases and norm weights
         size_t s = o->offset[i] + a - o->lo;                       // position in the shard's moments
-        float *master = o->master ? o->master + o->offset[i] + a : m->w[i] + a;
+        float *master = o->master ? o->master + s : m->w[i] + a;
         Act *param = o->master ? AT(o->be, m->wb[i], a) : NULL;
         o->be->adamw(master, param, o->grad[i] + a, o->dm + s, o->dv + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd, h->grad_scale, o->t);
     }
@@ -100,27 +105,43 @@ void adam_params_from_flat(const Adam *o, Model *m, const float *flat) {
         if (o->offset[i] != SIZE_MAX) memcpy(m->w[i], flat + o->offset[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
 }
 
-void adam_refresh_params(const Adam *o, Model *m) {
-    if (!o->master) return;
-    for (int i = 0; i < m->np; i++)
-        if (o->offset[i] != SIZE_MAX) o->be->cast_from_f32(m->wb[i], o->master + o->offset[i], (size_t)param_numel(&m->ps[i]));
+int adam_gather_params(const Adam *o, Comm *c, Err *e) {
+    int world = comm_world(c);
+    if (world == 1) return 0;
+    CommPiece *p = xmalloc(((size_t)o->nruns * (size_t)world + 1) * sizeof(CommPiece));
+    int np = 0;
+    for (int k = 0; k < o->nruns; k++)  // each run cut where the shards of the ranks meet
+        for (int r = 0; r < world; r++) {
+            size_t lo, hi;
+            comm_shard_of(o->n, world, r, &lo, &hi);
+            if (lo < o->runs[k].lo) lo = o->runs[k].lo;
+            if (hi > o->runs[k].hi) hi = o->runs[k].hi;
+            if (lo < hi) p[np++] = (CommPiece){AT(o->be, o->runs[k].wb, lo - o->runs[k].lo), hi - lo, lo, r};
+        }
+    int rc = comm_gather_pieces(c, p, np, o->n, e);
+    free(p);
+    return rc;
 }
 
-void adam_sync_host(Adam *o, Model *m) {
+void adam_sync_host(Adam *o, Model *m, int weights) {
     if (!o->master) return;
     size_t shard = (o->hi - o->lo) * sizeof(float);
-    for (int i = 0; i < m->np; i++)
-        if (o->offset[i] != SIZE_MAX) o->be->download(m->w[i], o->master + o->offset[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
+    o->be->download(o->hm, o->master, shard);
     o->be->download(o->m, o->dm, shard);
     o->be->download(o->v, o->dv, shard);
+    for (int i = 0; weights && i < m->np; i++)
+        if (o->offset[i] != SIZE_MAX) o->be->to_f32(m->w[i], m->wb[i], (size_t)param_numel(&m->ps[i]));
 }
 
 void adam_sync_backend(Adam *o, Model *m) {
     if (!o->master) return;
     size_t shard = (o->hi - o->lo) * sizeof(float);
-    for (int i = 0; i < m->np; i++)
-        if (o->offset[i] != SIZE_MAX) o->be->upload(o->master + o->offset[i], m->w[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
-    adam_refresh_params(o, m);  // the backend's weights from the masters just uploaded, on the device
+    for (int i = 0; i < m->np; i++) {  // the shard's part of each tensor: its masters
+        size_t a, b;
+        if (in_shard(o, m, i, &a, &b)) o->be->upload(o->master + o->offset[i] + a - o->lo, m->w[i] + a, (b - a) * sizeof(float));
+    }
+    for (int i = 0; i < m->np; i++)  // the weights rounded from the masters, as a step leaves them
+        if (o->offset[i] != SIZE_MAX) o->be->from_f32(m->wb[i], m->w[i], (size_t)param_numel(&m->ps[i]));
     o->be->upload(o->dm, o->m, shard);
     o->be->upload(o->dv, o->v, shard);
 }

@@ -1,21 +1,30 @@
 // optim.h: AdamW over the trainable tensors of a model (spec/training.md §4): decoupled weight
 // decay on tensors with ndim >= 2 only, bias correction, eps added after the square root. The
-// trainable tensors are laid out in one flat vector (table order, each starting at a multiple of 64
-// floats); gradients are held in full, while moments exist only for this rank's shard [lo, hi) of
-// that vector (ZeRO-1). A frozen tensor has no gradient, no moments and no decay.
-// Gradients, moments and (off the cpu) fp32 master weights live in the model's backend memory; the
-// host copies m, v and the model's fp32 weights are what checkpoints read and write, kept in step by
-// adam_sync_host / adam_sync_backend (no-ops on the cpu, where they are the same memory).
+// trainable tensors are laid out in one flat vector (table order, each starting at a multiple of
+// PARAM_ALIGN elements); gradients are held in full, while moments and (off the cpu) fp32 master
+// weights exist only for this rank's shard [lo, hi) of that vector (ZeRO-1, Megatron's distributed
+// optimizer: 6 + 12/d bytes per parameter). A frozen tensor has no gradient, no moments and no decay.
+// After a step each rank holds the updated weights of its shard only; adam_gather_params brings
+// every rank's to every rank (on GPUs the bf16 weights, by NCCL).
+// Gradients, moments and masters live in the model's backend memory; the host copies m, v, hm and
+// the model's fp32 weights are what checkpoints read and write, kept in step by adam_sync_host /
+// adam_sync_backend (no-ops on the cpu, where they are the same memory).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm.h"
 #include "model.h"
 
 typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
     float grad_scale;    // the gradients are taken times this (the clipping coefficient; 1: none)
 } AdamHyper;
+
+typedef struct {       // consecutive trainable tensors: [lo, hi) of the flat vector, at wb in the backend's weights
+    size_t lo, hi;
+    Act *wb;
+} AdamRun;
 
 typedef struct {
     const Backend *be;
@@ -27,7 +36,11 @@ typedef struct {
     size_t lo, hi;       // this rank's shard
     float *m, *v;        // [hi - lo] host
     float *dm, *dv;      // [hi - lo] backend memory (m, v on the cpu)
-    float *master;       // [n] fp32 masters in backend memory, off the cpu (NULL on the cpu: the weights are fp32)
+    float *master;       // [hi - lo] fp32 masters of the shard in backend memory, off the cpu (NULL on the cpu:
+                         // the weights are the fp32 masters)
+    float *hm;           // [hi - lo] host copy of master (what a checkpoint stores); NULL on the cpu
+    AdamRun *runs;
+    int nruns;
     int64_t t;           // optimizer steps taken
 } Adam;
 
@@ -41,15 +54,17 @@ void adam_zero_grad(Adam *o);
 double adam_shard_sq_norm(const Adam *o);
 // One step on the shard's elements of every trainable tensor (the model's weights there are updated).
 void adam_step(Adam *o, Model *m, const AdamHyper *h);
-// The trainable weights to / from the flat layout (host, for gathering the shards' updates).
+// Every rank's updated shard of the backend's trainable weights to every rank (after adam_step).
+int adam_gather_params(const Adam *o, Comm *c, Err *e);
+// The model's host fp32 trainable weights to / from the flat layout.
 void adam_params_to_flat(const Adam *o, const Model *m, float *flat);
 void adam_params_from_flat(const Adam *o, Model *m, const float *flat);
-// The backend's weights rewritten from the fp32 masters (after the masters were all-gathered on the
-// device); nothing on the cpu.
-void adam_refresh_params(const Adam *o, Model *m);
-// Masters into the model's host fp32 weights and moments into m, v (before a save) / the other way,
-// rewriting the backend's copy of the weights too (after a resume).
-void adam_sync_host(Adam *o, Model *m);
+// Before a save: the shard's masters and moments into hm, m, v, and (weights != 0) the backend's
+// trainable weights into the model's host fp32 weights (what the model file holds: the weights the
+// model computes with, bf16 off the cpu, as Megatron saves them; the fp32 masters go in the optimizer
+// shards). After a resume, the other way: masters of the shard and the backend's weights from the
+// model's host weights (which ckpt_load_state filled with the fp32 masters), moments from m, v.
+void adam_sync_host(Adam *o, Model *m, int weights);
 void adam_sync_backend(Adam *o, Model *m);
 // The gradients (flat layout) into a host buffer of n floats.
 void adam_grads_to_host(const Adam *o, float *host);

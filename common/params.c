@@ -29,6 +29,8 @@ static void add(List *l, ParamPart part, ParamKind kind, int layer, int ndim, in
     s->shape[0] = d0; s->shape[1] = d1; s->shape[2] = d2; s->shape[3] = d3;
 }
 
+size_t param_padded(const ParamSpec *p) { return ((size_t)param_numel(p) + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN; }
+
 int64_t param_numel(const ParamSpec *p) {
     int64_t n = 1;
     for (int i = 0; i < p->ndim; i++) n *= p->shape[i];

@@ -31,3 +31,8 @@ typedef struct {
 // A config without vision gives the plain Qwen3 names (with lm_head unless tied).
 int params_hf(const ModelConfig *m, ParamSpec **out);
 int64_t param_numel(const ParamSpec *p);
+// Where tensors start in the backend's copy of the weights and in the optimizer's flat vectors: at a
+// multiple of PARAM_ALIGN elements (256 bytes in bf16), so that a run of consecutive trainable
+// tensors is laid out alike in both and the weights can be gathered run by run.
+enum { PARAM_ALIGN = 128 };
+size_t param_padded(const ParamSpec *p);

@@ -223,14 +223,19 @@ int ckpt_save(const TrainOptions *o, const Model *m, const Adam *opt, Comm *c, T
         free(p);
         modelmap_free(&mm);
     }
-    if (!rc) {  // this rank's optimizer shard: fp32 masters and moments
-        float *flat = xcalloc(opt->n ? opt->n : 1, sizeof(float));
-        adam_params_to_flat(opt, m, flat);
+    if (!rc) {  // this rank's optimizer shard: fp32 masters (the model's own weights on the cpu) and moments
+        float *flat = NULL;
+        const float *param = opt->hm;
+        if (!param) {
+            flat = xcalloc(opt->n ? opt->n : 1, sizeof(float));
+            adam_params_to_flat(opt, m, flat);
+            param = flat + opt->lo;
+        }
         char *rel = optim_rel(rank, world), *p = iter_path(o->save, st->iteration, rel);
         StWriter *w = stw_new_file(p, e);
         int64_t len[1] = {(int64_t)(opt->hi - opt->lo)};
         if (!w || stw_declare(w, "param", DT_F32, 1, len, e) || stw_declare(w, "exp_avg", DT_F32, 1, len, e) ||
-            stw_declare(w, "exp_avg_sq", DT_F32, 1, len, e) || stw_open(w, e) || stw_write(w, "param", flat + opt->lo, e) ||
+            stw_declare(w, "exp_avg_sq", DT_F32, 1, len, e) || stw_open(w, e) || stw_write(w, "param", param, e) ||
             stw_write(w, "exp_avg", opt->m, e) || stw_write(w, "exp_avg_sq", opt->v, e) || stw_finish(w, e))
             rc = -1;
         if (w) stw_free(w);

@@ -2,7 +2,7 @@
 //   for each of M = GBS / world micro-batches: one packed sequence -> loss_m, grads += d(loss_m / M)
 //   reduce-scatter the gradients over the ranks (mean; in buckets during the last backward when
 //   overlapping), global norm, clip, AdamW on this rank's shard
-//   (lr from the schedule at (iteration − 1)·GBS samples), all-gather the updated weights
+//   (lr from the schedule at (iteration − 1)·GBS samples), gather the updated weights
 // so the optimised objective is (1/(M·D)) Σ loss_{d,m} (spec/training.md §5).
 #include "trainer.h"
 
@@ -96,7 +96,6 @@ int trainer_run(const TrainOptions *o) {
     Comm *comm = comm_init(on_device ? 0 : n, o->comm_timeout, &e);
     if (!comm) die_input("%s", e.msg);
     int rank = comm_rank(comm), world = comm_world(comm);
-    if (world > 1 && be == &backend_cpu_bf16) die_input("--device cpu-bf16 runs one rank");
     // on the GPU the gradients and masters go through NCCL (LLAVA_NCCL=1 takes that path with one rank too)
     int nccl = on_device && (world > 1 || getenv("LLAVA_NCCL"));
     if (nccl && comm_use_nccl(comm, &e)) die_input("rank %d: %s", rank, e.msg);
@@ -154,7 +153,6 @@ int trainer_run(const TrainOptions *o) {
     ModelWork work;
     model_work_init(&work, m.be);
     work.recompute = recompute;
-    float *gather = world > 1 && !nccl ? xmalloc(n * sizeof(float)) : NULL;
     FILE *metrics = rank == 0 ? ckpt_open_metrics(o->save, state.iteration, &e) : NULL;
     if (rank == 0 && !metrics) die_input("%s", e.msg);
     int consecutive_skips = 0, rc = 0;
@@ -212,14 +210,8 @@ int trainer_run(const TrainOptions *o) {
             double coeff = st->clip_grad / (norm + 1e-6);
             if (st->clip_grad > 0 && coeff < 1.0) hyper.grad_scale = (float)coeff;  // applied as AdamW reads the gradients
             adam_step(&opt, &m, &hyper);
-            if (nccl) {  // everyone's updated masters to everyone, then the bf16 weights from them
-                if (comm_allgather(comm, opt.master, n, &e)) die_internal("%s", e.msg);
-                adam_refresh_params(&opt, &m);
-            } else if (world > 1) {  // everyone's updated shard to everyone
-                adam_params_to_flat(&opt, &m, gather);
-                if (comm_allgather(comm, gather, n, &e)) die_internal("%s", e.msg);
-                adam_params_from_flat(&opt, &m, gather);
-            }
+            // every rank's updated weights to every rank (the backend's copies: bf16 on GPUs)
+            if (adam_gather_params(&opt, comm, &e)) die_internal("%s", e.msg);
         }
         state.iteration = it;
         state.consumed += st->global_batch;
@@ -244,7 +236,7 @@ int trainer_run(const TrainOptions *o) {
             state.adam_t = opt.t;
             state.world = world;
             int64_t cursor = loader_cursor(loader);
-            adam_sync_host(&opt, &m);  // fp32 masters and moments to the host copies the checkpoint writes
+            adam_sync_host(&opt, &m, rank == 0);  // masters, moments (and on rank 0 the weights) to the host copies a checkpoint writes
             if (ckpt_save(o, &m, &opt, comm, &state, cursor, &e)) die_internal("%s", e.msg);
             if (rank == 0) fprintf(stderr, "%s: saved iteration %lld in %s\n", P, (long long)it, o->save);
         }
@@ -257,7 +249,6 @@ int trainer_run(const TrainOptions *o) {
     loader_close(loader);
     for (int i = 0; i < nshards; i++) free(shards[i]);
     free(shards);
-    free(gather);
     grad_buckets_free(&buckets);
     model_work_free(&work);
     adam_free(&opt);

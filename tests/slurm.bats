@@ -110,3 +110,36 @@ PY
     [[ "$output" == *"2 ranks on 2 nodes: the cpu's data parallelism joins the ranks of one node"*"--device cuda (NCCL)"* ]]
     [ ! -e "$T/nodes" ]
 }
+
+@test "--device cpu-bf16 on two ranks (fp32 masters sharded, bf16 weights gathered from their owners): the losses of one rank; stopped by SIGTERM and resumed, the run repeats the uninterrupted one bit for bit" {
+    "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/one" $COMMON --device cpu-bf16 2>/dev/null
+    run srun -n 2 --mpi=pmi2 "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/two" $COMMON --device cpu-bf16
+    echo "$output"
+    [ "$status" -eq 0 ]
+    run $PY - "$T/one" "$T/two" <<'PY'
+import json, sys
+m1, m2 = ([json.loads(l) for l in open(f"{d}/metrics.jsonl")] for d in sys.argv[1:])
+assert len(m1) == len(m2) == 6
+worst = max(abs(a[k] - b[k]) / abs(a[k]) for a, b in zip(m1, m2) for k in ("loss", "grad_norm"))
+print("one rank:", [round(a["loss"], 6) for a in m1], "two:", [round(b["loss"], 6) for b in m2], f"worst relative {worst:.2e}")
+# one rank adds its four micro-batches' gradients in turn, two ranks two each and then each other's
+# (and the norm behind the clipping is summed per shard): fp32 masters an ulp apart, which may round to
+# the other bf16 neighbour, so 1e-4 (measured 2.3e-5; fp32 weights above: 1e-5)
+sys.exit(0 if worst <= 1e-4 else 1)
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+    # the same two-rank run, stopped by a SIGTERM to one rank (the stop is agreed by all) and started again
+    srun -n 2 --mpi=pmi2 "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/cut" $COMMON --device cpu-bf16 2>"$T/cut.log" &
+    job=$!
+    while [ "$(wc -l < "$T/cut/metrics.jsonl" 2>/dev/null || echo 0)" -lt 2 ]; do sleep 0.05; done
+    kill -TERM "$(pgrep -f -- "--save $T/cut" | grep -v "^$job\$" | sort -n | tail -1)"
+    wait "$job"
+    grep -q "stopped by a signal" "$T/cut.log"
+    [ "$(cat "$T/cut/latest_checkpointed_iteration.txt")" -lt 6 ]
+    srun -n 2 --mpi=pmi2 "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/cut" $COMMON --device cpu-bf16 2>/dev/null
+    cmp <(cut -d, -f1-3 "$T/two/metrics.jsonl") <(cut -d, -f1-3 "$T/cut/metrics.jsonl")
+    for f in model.safetensors optim_dp_000_of_002.safetensors optim_dp_001_of_002.safetensors; do
+        cmp "$T/two/iter_0000006/mp_rank_00/$f" "$T/cut/iter_0000006/mp_rank_00/$f"
+    done
+}

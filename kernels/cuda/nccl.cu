@@ -3,9 +3,10 @@
 // as long as it trains on one GPU (the GPU machines keep it in /lib/x86_64-linux-gnu; the header
 // comes from the CUDA root at build time).
 //
-// The vectors are split in `world` equal chunks of `per` floats (per = ⌈n / world⌉, the same split as
-// comm_shard_of); a buffer has room for world·per floats (optim.c pads it), so rank r's chunk
-// [r·per, (r+1)·per) is one contiguous piece for ncclReduceScatter and ncclAllGather in place.
+// The gradient vector is split in `world` equal chunks of `per` floats (per = ⌈n / world⌉, the same
+// split as comm_shard_of); it has room for world·per floats (optim.c pads it), so rank r's chunk
+// [r·per, (r+1)·per) is one contiguous piece for ncclReduceScatter in place. The updated bf16 weights
+// go from each shard's owner to all by ncclBroadcast, piece by piece (optim.c: adam_gather_params).
 // Overlapped with the backward (comm_reduce_scatter_start), a part x[a, b) of the gradients is instead
 // reduced with one ncclReduce per rank owning some of it, to that rank, grouped, on a stream of the
 // NCCL calls' own that first waits for an event recorded on the backend's stream (so the part's
@@ -29,7 +30,7 @@ static struct {
     ncclResult_t (*get_id)(ncclUniqueId *);
     ncclResult_t (*init_rank)(ncclComm_t *, int, ncclUniqueId, int);
     ncclResult_t (*reduce_scatter)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
-    ncclResult_t (*all_gather)(const void *, void *, size_t, ncclDataType_t, ncclComm_t, cudaStream_t);
+    ncclResult_t (*broadcast)(const void *, void *, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t);
     ncclResult_t (*all_reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
     ncclResult_t (*reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, int, ncclComm_t, cudaStream_t);
     ncclResult_t (*group_start)(void);
@@ -51,7 +52,7 @@ static int nccl_open(char *err, size_t errlen) {
     nc.get_id = (decltype(nc.get_id))dlsym(nc.lib, "ncclGetUniqueId");
     nc.init_rank = (decltype(nc.init_rank))dlsym(nc.lib, "ncclCommInitRank");
     nc.reduce_scatter = (decltype(nc.reduce_scatter))dlsym(nc.lib, "ncclReduceScatter");
-    nc.all_gather = (decltype(nc.all_gather))dlsym(nc.lib, "ncclAllGather");
+    nc.broadcast = (decltype(nc.broadcast))dlsym(nc.lib, "ncclBroadcast");
     nc.all_reduce = (decltype(nc.all_reduce))dlsym(nc.lib, "ncclAllReduce");
     nc.reduce = (decltype(nc.reduce))dlsym(nc.lib, "ncclReduce");
     nc.group_start = (decltype(nc.group_start))dlsym(nc.lib, "ncclGroupStart");
@@ -60,7 +61,7 @@ static int nccl_open(char *err, size_t errlen) {
     nc.error = (decltype(nc.error))dlsym(nc.lib, "ncclGetErrorString");
     nc.abort = (decltype(nc.abort))dlsym(nc.lib, "ncclCommAbort");
     nc.async_error = (decltype(nc.async_error))dlsym(nc.lib, "ncclCommGetAsyncError");
-    if (!nc.get_id || !nc.init_rank || !nc.reduce_scatter || !nc.all_gather || !nc.reduce || !nc.all_reduce || !nc.group_start ||
+    if (!nc.get_id || !nc.init_rank || !nc.reduce_scatter || !nc.broadcast || !nc.reduce || !nc.all_reduce || !nc.group_start ||
         !nc.group_end || !nc.destroy || !nc.error || !nc.abort || !nc.async_error) {
         snprintf(err, errlen, "libnccl.so.2 lacks the NCCL functions");
         return -1;
@@ -185,11 +186,16 @@ extern "C" int cuda_nccl_allreduce_f64(double *v, int k, CudaNcclWatch watch, vo
     return wait_collective(watch, ctx, err, errlen);  // the copy back is on the stream too
 }
 
-// every rank's chunk to every rank
-extern "C" int cuda_nccl_allgather(float *x, size_t per, CudaNcclWatch watch, void *ctx, char *err, size_t errlen) {
+extern "C" int cuda_nccl_broadcast(void *const *ptr, const size_t *count, const int *root, int n, CudaNcclWatch watch, void *ctx,
+                                   char *err, size_t errlen) {
     if (!nc.comm) { snprintf(err, errlen, "NCCL communicator is gone (aborted earlier)"); return -1; }
-    if (nccl_failed(nc.all_gather(x + (size_t)nc.rank * per, x, per, ncclFloat32, nc.comm, g_stream), "ncclAllGather", err, errlen))
-        return -1;
+    if (nccl_failed(nc.group_start(), "ncclGroupStart", err, errlen)) return -1;
+    for (int i = 0; i < n; i++)
+        if (nccl_failed(nc.broadcast(ptr[i], ptr[i], count[i], ncclBfloat16, root[i], nc.comm, g_stream), "ncclBroadcast", err, errlen)) {
+            nc.group_end();
+            return -1;
+        }
+    if (nccl_failed(nc.group_end(), "ncclGroupEnd", err, errlen)) return -1;
     return wait_collective(watch, ctx, err, errlen);
 }
 

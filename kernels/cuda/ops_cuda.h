@@ -43,7 +43,10 @@ int cuda_nccl_reduce_part_start(float *x, size_t a, size_t b, size_t per, float 
 int cuda_nccl_reduce_part_wait(CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
 // v[0..k) (k <= 16, host) summed over the ranks, in place
 int cuda_nccl_allreduce_f64(double *v, int k, CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
-int cuda_nccl_allgather(float *x, size_t per, CudaNcclWatch watch, void *ctx, char *err, size_t errlen);
+// count[i] bf16 elements at ptr[i] (device) from rank root[i] to every rank, in place: one broadcast
+// each, in one group
+int cuda_nccl_broadcast(void *const *ptr, const size_t *count, const int *root, int n, CudaNcclWatch watch, void *ctx, char *err,
+                        size_t errlen);
 void cuda_nccl_free(void);
 
 // ---- matmul (cuBLASLt, fp32 compute) ----
