@@ -29,7 +29,6 @@ typedef struct Backend {
     void (*download)(void *host, const void *src, size_t bytes);
     void (*from_f32)(Act *dst, const float *host, size_t n);        // host fp32 -> backend storage
     void (*to_f32)(float *host, const Act *src, size_t n);          // backend storage -> host fp32
-    void (*cast_from_f32)(Act *dst, const float *src, size_t n);    // backend fp32 -> backend storage (rounded)
     size_t (*memory_peak)(void);    // the most memory the backend has held at once (0: not tracked, as on cpu)
     // glue
     void (*add)(Act *out, const Act *a, const Act *b, size_t n);

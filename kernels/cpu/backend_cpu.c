@@ -17,7 +17,6 @@ static void cpu_poison(void *p, size_t bytes) { memset(p, 0xFF, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static void cpu_from_f32(Act *dst, const float *host, size_t n) { memcpy(dst, host, n * sizeof(float)); }
 static size_t cpu_memory_peak(void) { return 0; }
-static void cpu_cast_from_f32(Act *dst, const float *src, size_t n) { memmove(dst, src, n * sizeof(float)); }
 static void cpu_to_f32(float *host, const Act *src, size_t n) { memcpy(host, src, n * sizeof(float)); }
 
 static void cpu_add(Act *out, const Act *a, const Act *b, size_t n) {
@@ -116,7 +115,7 @@ static double opt_sum_squares(const float *x, size_t n) {
 const Backend backend_cpu = {
     .name = "cpu", .esize = sizeof(float),
     .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
-    .from_f32 = cpu_from_f32, .to_f32 = cpu_to_f32, .cast_from_f32 = cpu_cast_from_f32, .memory_peak = cpu_memory_peak,
+    .from_f32 = cpu_from_f32, .to_f32 = cpu_to_f32, .memory_peak = cpu_memory_peak,
     .add = cpu_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
     .rope_angle_grad = cpu_rope_angle_grad,
     .matmul_forward = mm_f, .matmul_backward = mm_b, .layernorm_forward = ln_f, .layernorm_backward = ln_b,
@@ -140,7 +139,6 @@ static void round_bf16(Act *x, size_t n) {
     for (size_t i = 0; i < n; i++) f[i] = bf16_to_f32(f32_to_bf16(f[i]));
 }
 static void e_from_f32(Act *dst, const float *host, size_t n) { memcpy(dst, host, n * sizeof(float)); round_bf16(dst, n); }
-static void e_cast_from_f32(Act *dst, const float *src, size_t n) { memmove(dst, src, n * sizeof(float)); round_bf16(dst, n); }
 static void e_add(Act *out, const Act *a, const Act *b, size_t n) { cpu_add(out, a, b, n); round_bf16(out, n); }
 static void e_mm_f(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M) { mm_f(out, inp, w, bias, N, K, M); round_bf16(out, (size_t)N * M); }
 static void e_mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
@@ -210,7 +208,7 @@ static void e_adamw(float *master, Act *param, const float *grad, float *m, floa
 const Backend backend_cpu_bf16 = {
     .name = "cpu-bf16", .esize = sizeof(float),
     .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
-    .from_f32 = e_from_f32, .to_f32 = cpu_to_f32, .cast_from_f32 = e_cast_from_f32, .memory_peak = cpu_memory_peak,
+    .from_f32 = e_from_f32, .to_f32 = cpu_to_f32, .memory_peak = cpu_memory_peak,
     .add = e_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
     .rope_angle_grad = cpu_rope_angle_grad,
     .matmul_forward = e_mm_f, .matmul_backward = e_mm_b, .layernorm_forward = e_ln_f, .layernorm_backward = e_ln_b,

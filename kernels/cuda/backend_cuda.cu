@@ -69,7 +69,6 @@ static void g_to_f32(float *host, const Act *src, size_t n) {
     for (size_t i = 0; i < n; i++) host[i] = __bfloat162float(tmp[i]);
     free(tmp);
 }
-static void g_cast_from_f32(Act *dst, const float *src, size_t n) { cuda_f32_to_bf16(U(dst), src, n); }
 static void g_add(Act *out, const Act *a, const Act *b, size_t n) { if (n) add_k<<<nblocks(n), 256, 0, g_stream>>>(B(out), CB(a), CB(b), n); LAUNCH_CHECK(); }
 static void g_copy2d(Act *dst, size_t dld, const Act *src, size_t sld, size_t rows, size_t cols) {
     if (rows && cols) copy2d_k<<<nblocks(rows * cols), 256, 0, g_stream>>>(B(dst), dld, CB(src), sld, rows, cols);
@@ -165,7 +164,7 @@ static Backend make_table(void) {
     b.name = "cuda";
     b.esize = 2;
     b.alloc = g_alloc; b.release = g_release; b.zero = g_zero; b.poison = g_poison; b.upload = g_upload; b.download = g_download;
-    b.from_f32 = g_from_f32; b.to_f32 = g_to_f32; b.cast_from_f32 = g_cast_from_f32; b.memory_peak = cuda_memory_peak;
+    b.from_f32 = g_from_f32; b.to_f32 = g_to_f32; b.memory_peak = cuda_memory_peak;
     b.add = g_add; b.copy2d = g_copy2d; b.gather_rows = g_gather; b.scatter_rows = g_scatter; b.sum_rows = g_sum_rows;
     b.rope_angle_grad = g_rope_angle_grad;
     b.matmul_forward = mm_f; b.matmul_backward = mm_b; b.layernorm_forward = ln_f; b.layernorm_backward = ln_b;

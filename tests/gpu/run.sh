@@ -147,7 +147,7 @@ print(f"train: 10 steps, worst relative loss difference cuda vs cpu {worst:.2e} 
 same = [(a["loss"], a["grad_norm"]) for a in cuda] == [(b["loss"], b["grad_norm"]) for b in cut]
 print(f"train: cuda resumed run {'repeats' if same else 'DIFFERS FROM'} the uninterrupted losses bit for bit")
 for run, what in (("nccl", "one reduce-scatter"), ("nccl_buckets", "a bucket per tensor during the backward")):
-    try:  # one rank through the NCCL path (gradients reduced, masters all-gathered, bf16 weights rebuilt)
+    try:  # one rank through the NCCL path (gradients reduced, the bf16 weights broadcast from their owner)
         nccl = m(run)
         via = "repeats" if [(a["loss"], a["grad_norm"]) for a in cuda] == [(b["loss"], b["grad_norm"]) for b in nccl] else "DIFFERS FROM"
     except OSError:
