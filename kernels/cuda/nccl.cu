@@ -182,8 +182,12 @@ extern "C" int cuda_nccl_allreduce_f64(double *v, int k, CudaNcclWatch watch, vo
     CUDA_CHECK(cudaMemcpyAsync(nc.f64, v, (size_t)k * sizeof(double), cudaMemcpyHostToDevice, g_stream));
     if (nccl_failed(nc.all_reduce(nc.f64, nc.f64, (size_t)k, ncclFloat64, ncclSum, nc.comm, g_stream), "ncclAllReduce", err, errlen))
         return -1;
-    CUDA_CHECK(cudaMemcpyAsync(v, nc.f64, (size_t)k * sizeof(double), cudaMemcpyDeviceToHost, g_stream));
-    return wait_collective(watch, ctx, err, errlen);  // the copy back is on the stream too
+    // polled first: a copy into pageable memory would block until the all-reduce ends, which a dead
+    // rank would make never
+    if (wait_collective(watch, ctx, err, errlen)) return -1;
+    cudaError_t ce = cudaMemcpy(v, nc.f64, (size_t)k * sizeof(double), cudaMemcpyDeviceToHost);
+    if (ce != cudaSuccess) { snprintf(err, errlen, "NCCL all-reduce result: %s", cudaGetErrorString(ce)); return -1; }
+    return 0;
 }
 
 extern "C" int cuda_nccl_broadcast(void *const *ptr, const size_t *count, const int *root, int n, CudaNcclWatch watch, void *ctx,
