@@ -13,6 +13,8 @@
 # full:   the whole 4B model (4.7B parameters) with images on an H200: one packed sequence of 8192 tokens holding
 #         two 896x896 images (64x64 patches, 1024 image tokens each), every tensor trains, every decoder layer
 #         recomputed (--recompute 36; the peer uses gradient checkpointing on both towers: without it neither fits).
+#         Also ours holding the optimizer state of one of two ZeRO-1 ranks (train_step --zero-shards 2): its peak
+#         memory says whether two 80 GB cards train the model (the issue's claim; the lent machines have one GPU).
 # Checkpoints are random (mkckpt --preset 4b, cut to the slice). Needs a GPU, PyTorch and transformers.
 # BIN (default bin) holds mkckpt, merge and train_step; tests/gpu/run.sh points it at the carried gpu-bin.
 set -uo pipefail
@@ -92,6 +94,11 @@ write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", labels), (
                          ("grid_thw", "I32", np.array([[1, g, g], [1, g, g]], np.int32)),
                          ("image_token_id", "I32", np.array([pad], np.int32))])
 PY
+        # the memory of one of two ZeRO-1 ranks (its half of the optimizer state): must fit an 80 GB card
+        half=$("$TRAIN_STEP" --device cuda --recompute 36 --zero-shards 2 "$W/full/hf" "$W/full.safetensors" 2 2>&1 | tail -1)
+        gib=$(grep -o 'peak [0-9.]* GiB' <<<"$half" | cut -d' ' -f2)
+        echo "gpu_train full: ours as one of 2 ZeRO-1 ranks: $half"
+        echo "gpu_train full: one of 2 ranks holds at most ${gib:-?} GiB: $(awk -v g="${gib:-999}" 'BEGIN { print (g < 78.0 ? "fits" : "does NOT fit") }') an 80 GB card (below 78 GiB: room left for the CUDA context and NCCL buffers)"
         ours=$("$TRAIN_STEP" --device cuda --recompute 36 --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$STEPS" 2>&1 | tail -1)
         peer=$($PY bench/gpu_train_ref.py full "$W/full/vit" "$W/full/llm" "$W/full.safetensors" "$STEPS" 2>&1 | tail -1)
         ;;

@@ -1,11 +1,14 @@
 // bench/train_step.c: training steps per second of a backend on one batch: forward, loss, full
 // backward and an AdamW step, every tensor trainable (what `midtrain` does per micro-batch).
 //   usage: train_step [--device cpu|cpu-bf16|cuda] [--recompute N] [--peak-tflops X] [--vision]
-//                     HF_DIR IN.safetensors STEPS
+//                     [--zero-shards D] HF_DIR IN.safetensors STEPS
 // After WARMUP untimed steps (2; they also size the activation arena) it times STEPS steps and prints
 //   train_step: T tokens, I images, S steps, X ms/step, Y tokens/s, Z model TFLOP/s, MFU M%, peak P GiB, last loss L
 // Model FLOPs are spec/performance.md's (flops.c); MFU is against --peak-tflops (the card's measured
 // bf16 GEMM rate) when given; peak is the most backend memory held at once (not tracked on the cpu).
+// --zero-shards D: the optimizer state (fp32 masters and moments) of rank 0 of D data-parallel ranks
+// only, as ZeRO-1 leaves it (no communication: the steps update that shard), so that one GPU measures
+// the memory each of D ranks needs.
 // --vision: the vision tower and merger alone on the batch's images, forward and backward of
 // ½·Σ image_embeds² (so the gradient handed to the backward is the embeddings themselves), no
 // optimizer; its FLOPs are the tower's part of flops.c (spec/performance.md's ViT formula over the
@@ -15,6 +18,7 @@
 #include <string.h>
 
 #include "../common/cli.h"
+#include "../common/comm.h"
 #include "../common/flops.h"
 #include "../common/model.h"
 #include "../common/model_internal.h"
@@ -34,18 +38,19 @@ int main(int argc, char **argv) {
     util_set_prog(argv[0]);
     char *device = "cpu";
     int vision = 0;
-    int64_t recompute = 0;  // OPT_INT stores int64_t
+    int64_t recompute = 0, shards = 1;  // OPT_INT stores int64_t
     double peak_tflops = 0.0;
     const Opt opts[] = {
         {"device", OPT_STR, &device, "cpu", "Backend: cpu, cpu-bf16 or cuda."},
         {"recompute", OPT_INT, &recompute, "N", "Recompute the activations of the first N decoder layers in the backward."},
         {"peak-tflops", OPT_DOUBLE, &peak_tflops, "X", "MFU denominator in TFLOP/s (the card's measured bf16 GEMM rate)."},
         {"vision", OPT_FLAG, &vision, NULL, "The vision tower and merger alone, forward and backward, no optimizer."},
+        {"zero-shards", OPT_INT, &shards, "D", "Hold the optimizer state of rank 0 of D ZeRO-1 ranks only (the memory of one of D GPUs)."},
     };
     const Cli cli = {
         .name = "train_step",
         .summary = "time training steps of a backend on one batch (a benchmark)",
-        .synopsis = "train_step [--device D] [--recompute N] [--peak-tflops X] [--vision] HF_DIR IN.safetensors STEPS",
+        .synopsis = "train_step [--device D] [--recompute N] [--peak-tflops X] [--vision] [--zero-shards D] HF_DIR IN.safetensors STEPS",
         .description = "Two untimed warm-up steps, then STEPS timed ones; prints one line with tokens/s, model TFLOP/s, MFU "
                        "and peak backend memory (see the head of bench/train_step.c).",
         .opts = opts,
@@ -59,6 +64,7 @@ int main(int argc, char **argv) {
     int steps = atoi(pos[2]);
     free(pos);
     if (steps < 1) die_input("train_step: STEPS must be at least 1");
+    if (shards < 1 || shards > 256) die_input("--zero-shards: expected 1 to 256 ranks, got %lld", (long long)shards);
     Err e;
     const Backend *be = backend_get(device, e.msg, sizeof e.msg);
     if (!be) die_input("--device %s: %s", device, e.msg);
@@ -78,7 +84,9 @@ int main(int argc, char **argv) {
     int *trainable = xcalloc((size_t)m.np, sizeof(int));
     for (int i = 0; i < m.np; i++) trainable[i] = !vision || m.ps[i].part != PART_TEXT;
     Adam opt;
-    adam_init(&opt, &m, trainable, 0, adam_layout_size(&m, trainable));
+    size_t lo, hi;  // rank 0's shard
+    comm_shard_of(adam_layout_size(&m, trainable), (int)shards, 0, &lo, &hi);
+    adam_init(&opt, &m, trainable, lo, hi);
     ModelWork w;
     model_work_init(&w, m.be);
     w.recompute = (int)recompute;
