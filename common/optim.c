@@ -70,7 +70,6 @@ void adam_zero_grad(Adam *o) { o->be->zero(o->flat_grad, o->n * sizeof(float)); 
 // padding is zero: the vector's norm is the tensors' norm
 double adam_shard_sq_norm(const Adam *o) { return o->be->sum_squares(o->flat_grad + o->lo, o->hi - o->lo); }
 
-
 // The part [a, b) of tensor i that lies in the shard, as offsets into the tensor; 0 when none.
 static int in_shard(const Adam *o, const Model *m, int i, size_t *a, size_t *b) {
     if (o->offset[i] == SIZE_MAX) return 0;

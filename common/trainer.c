@@ -96,7 +96,7 @@ int trainer_run(const TrainOptions *o) {
     Comm *comm = comm_init(on_device ? 0 : n, o->comm_timeout, &e);
     if (!comm) die_input("%s", e.msg);
     int rank = comm_rank(comm), world = comm_world(comm);
-    // on the GPU the gradients and masters go through NCCL (LLAVA_NCCL=1 takes that path with one rank too)
+    // on the GPU the gradients and the updated weights go through NCCL (LLAVA_NCCL=1 takes that path with one rank too)
     int nccl = on_device && (world > 1 || getenv("LLAVA_NCCL"));
     if (nccl && comm_use_nccl(comm, &e)) die_input("rank %d: %s", rank, e.msg);
     if (st->global_batch % world) die_input("--global-batch %lld is not a multiple of the %d data-parallel ranks", (long long)st->global_batch, world);
