@@ -90,6 +90,7 @@ int main(int argc, char **argv) {
     ModelWork w;
     model_work_init(&w, m.be);
     w.recompute = (int)recompute;
+    w.logits_scratch = 1;
     AdamHyper h = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f};
     ModelOutput out;
     float loss = 0.0f, sync;

@@ -268,7 +268,9 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
     double total = 0.0;
     for (size_t i = 0; i < n; i++) total += host_rows[i];
     *loss = count ? (float)(total / (double)count) : 0.0f;
-    Act *dlogits = count ? arena_uninit(A, n * V * be->esize) : arena_bytes(A, n * V * be->esize);  // written whole when any counts
+    Act *dlogits = count && w->logits_scratch ? out->logits  // in place: each row is read before it is written
+                   : count ? arena_uninit(A, n * V * be->esize)  // written whole when any position counts
+                           : arena_bytes(A, n * V * be->esize);
     if (count) be->cross_entropy_backward(dlogits, out->logits, targets, (int)n, V, grad_scale / (float)count);
     // what the frozen set leaves to compute: the tower only when one of its tensors trains, the
     // image embeddings' gradient only when the tower or the merger trains

@@ -60,6 +60,8 @@ typedef struct {
     Arena arena;                 // activations, in the backend's memory
     Arena host;                  // host-side index and angle tables of the step
     int recompute;               // decoder layers (from the first) whose activations the backward recomputes
+    int logits_scratch;          // model_loss_grads may overwrite the logits with their gradient (the caller
+                                 // reads only the loss after it: one [T, vocab] buffer less)
     int text_layers_backward;    // decoder layers the last backward went through
     int vision_blocks_backward;  // vision blocks likewise (0 when the whole tower is frozen)
     // When set, the backward calls it as gradients become final: every tensor of table index >= first

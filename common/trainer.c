@@ -153,6 +153,7 @@ int trainer_run(const TrainOptions *o) {
     ModelWork work;
     model_work_init(&work, m.be);
     work.recompute = recompute;
+    work.logits_scratch = 1;  // only the loss is read
     FILE *metrics = rank == 0 ? ckpt_open_metrics(o->save, state.iteration, &e) : NULL;
     if (rank == 0 && !metrics) die_input("%s", e.msg);
     int consecutive_skips = 0, rc = 0;

@@ -71,6 +71,7 @@ typedef struct Backend {
     // ids in host memory here: the GPU groups the tokens by id on the host before adding rows in order
     void (*embedding_backward)(float *dtable, const Act *dout, const int32_t *ids_host, int T, int C);
     void (*cross_entropy_rows)(float *losses, const Act *logits, const int32_t *targets, int T, int V);  // 0 where ignored
+    // dlogits may be logits itself (in place)
     void (*cross_entropy_backward)(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale);
     // optimizer state is fp32 in backend memory; param (the weights in storage type) is rewritten from the
     // master when it is a separate copy (NULL: the master is the weight, as on cpu); the gradients are

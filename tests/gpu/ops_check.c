@@ -309,6 +309,9 @@ static void embedding_loss_case(void) {
     check("cross-entropy mean loss", &got, &want, 1, 1e-4);
     free(h);
     check("cross-entropy dlogits", h = back_bf16(gdl, (size_t)T * V), dl, (size_t)T * V, 2e-2); free(h);
+    cuda_cross_entropy_backward(glog, glog, gtg, T, V, 1.0f / (float)count);  // in place, as the trainer runs it
+    sync_or_die();
+    check("cross-entropy dlogits written over the logits", h = back_bf16(glog, (size_t)T * V), dl, (size_t)T * V, 2e-2); free(h);
     free(ids); free(tg); free(table); free(dy); free(logits); free(out); free(dtab); free(dl);
     cuda_free(gids); cuda_free(gtg); cuda_free(gtab); cuda_free(gdy); cuda_free(gout); cuda_free(glog); cuda_free(gdl);
     cuda_free(gdtab); cuda_free(glosses);
