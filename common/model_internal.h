@@ -47,7 +47,7 @@ int model_forward_check_text(const Model *m, const ModelInput *in, Err *e);
 
 // Activations of one vision block kept for the backward (model_vision.c).
 typedef struct {
-    Act *x_in, *h1, *q, *k, *v, *qr, *kr, *att, *x_mid, *h2, *f1, *f1g;
+    Act *x_in, *h1, *v, *qr, *kr, *att, *x_mid, *h2, *f1, *f1g;
     float *mean1, *rstd1, *lse, *mean2, *rstd2;
 } BlockActs;
 

@@ -81,17 +81,15 @@ void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hid
         BlockActs *a = &tr->B[l];
         a->x_in = x;
         a->mean1 = UF(S); a->rstd1 = UF(S); a->h1 = U((size_t)S * D);
-        a->q = U((size_t)S * D); a->k = U((size_t)S * D); a->v = U((size_t)S * D);
+        a->v = U((size_t)S * D);
         a->qr = U((size_t)S * D); a->kr = U((size_t)S * D); a->att = U((size_t)S * D); a->lse = UF((size_t)S * nh);
         a->x_mid = U((size_t)S * D); a->mean2 = UF(S); a->rstd2 = UF(S); a->h2 = U((size_t)S * D);
         a->f1 = U((size_t)S * F); a->f1g = U((size_t)S * F);
         be->layernorm_forward(a->h1, a->mean1, a->rstd1, x, W(m, "visual.blocks.%d.norm1.weight", l), W(m, "visual.blocks.%d.norm1.bias", l), (int)S, D, eps);
         be->matmul_forward(qkv, a->h1, W(m, "visual.blocks.%d.attn.qkv.weight", l), W(m, "visual.blocks.%d.attn.qkv.bias", l), (int)S, D, 3 * D);
-        be->copy2d(a->q, D, qkv, 3 * (size_t)D, S, D);  // output columns [Q | K | V]
-        be->copy2d(a->k, D, AT_(qkv, D), 3 * (size_t)D, S, D);
+        be->copy2d(a->qr, D, qkv, 3 * (size_t)D, S, D);  // output columns [Q | K | V]; Q and K rotate in place
+        be->copy2d(a->kr, D, AT_(qkv, D), 3 * (size_t)D, S, D);
         be->copy2d(a->v, D, AT_(qkv, 2 * D), 3 * (size_t)D, S, D);
-        be->copy2d(a->qr, D, a->q, D, S, D);
-        be->copy2d(a->kr, D, a->k, D, S, D);
         be->rope_forward(a->qr, tr->ang, (int)S, nh, hd);
         be->rope_forward(a->kr, tr->ang, (int)S, nh, hd);
         be->attention_forward(a->att, a->lse, a->qr, a->kr, a->v, tr->cu, in->nimg, (int)S, tr->max_len, nh, nh, hd, 0);  // per image
