@@ -3,7 +3,8 @@
 # same card in the same run (spec/performance.md §4; issue 7). For each shape it prints our line
 # (build/bench/train_step: tokens/s, model TFLOP/s, MFU against the card's bf16 GEMM rate measured
 # here, peak memory) and the peer's (bench/gpu_train_ref.py), then the ratio.
-#   usage: bench/gpu_train.sh [slice] [vision] [full]   (default: slice vision; STEPS=5 timed steps after 2 warm-up;
+#   usage: bench/gpu_train.sh [slice] [vision] [full]   (default: slice vision; STEPS=5 timed steps after 2 warm-up,
+#          FULL_STEPS=3 for the whole model; each run limited to RUN_TIMEOUT=150 seconds;
 #          FLASH_VARIANTS="3" also times the slice with those attention versions, "" for none)
 # slice:  the 4B language model's width (hidden 2560, 32q/8kv heads of 128, FFN 9728, vocab 151936, tied
 #         embeddings) with 8 layers, one packed sequence of 8192 random tokens, labels = inputs; all
@@ -24,6 +25,9 @@ TRAIN_STEP=${TRAIN_STEP:-build/bench/train_step}
 [ -x "$TRAIN_STEP" ] || TRAIN_STEP=$BIN/train_step
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-5}
+FULL_STEPS=${FULL_STEPS:-3}  # the whole model: fewer timed steps (each takes seconds, the device time is short)
+LOG=${BENCH_LOG:-/dev/null}  # every run's whole output, appended (tests/gpu/run.sh keeps it)
+T() { timeout "${RUN_TIMEOUT:-150}" "$@"; }  # one hung run leaves the other shapes their time
 SHAPES=${*:-slice vision}
 W=$(mktemp -d /tmp/bench_gpu.XXXX)
 trap 'rm -rf "$W"' EXIT
@@ -53,11 +57,11 @@ write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", ids.copy()
 PY
         # the attention kernel versions still in the running (LLAVA_FLASH; the default is 2) side by side
         for v in ${FLASH_VARIANTS-3}; do
-            echo "gpu_train slice: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v "$TRAIN_STEP" --device cuda --peak-tflops "$peak" \
-                "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tail -1)"
+            echo "gpu_train slice: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" --device cuda --peak-tflops "$peak" \
+                "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)"
         done
-        ours=$("$TRAIN_STEP" --device cuda --peak-tflops "$peak" "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tail -1)
-        peer=$($PY bench/gpu_train_ref.py llm "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tail -1)
+        ours=$(T "$TRAIN_STEP" --device cuda --peak-tflops "$peak" "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
+        peer=$(T $PY bench/gpu_train_ref.py llm "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
         ;;
     vision)
         "$BIN/mkckpt" --preset 4b --llm-layers 1 --out "$W/vis" --seed 1 2>/dev/null &&
@@ -71,8 +75,8 @@ g = 72  # 1008 / 14
 px = np.random.default_rng(0).standard_normal((g * g, 588)).astype(np.float32)
 write_file(sys.argv[1], [("pixel_values", "F32", px), ("grid_thw", "I32", np.array([[1, g, g]], np.int32))])
 PY
-        ours=$("$TRAIN_STEP" --device cuda --vision --peak-tflops "$peak" "$W/vis/hf" "$W/vis.safetensors" "$STEPS" 2>&1 | tail -1)
-        peer=$($PY bench/gpu_train_ref.py vision "$W/vis/vit" 1008 "$STEPS" 2>&1 | tail -1)
+        ours=$(T "$TRAIN_STEP" --device cuda --vision --peak-tflops "$peak" "$W/vis/hf" "$W/vis.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
+        peer=$(T $PY bench/gpu_train_ref.py vision "$W/vis/vit" 1008 "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
         ;;
     full)
         "$BIN/mkckpt" --preset 4b --out "$W/full" --seed 1 2>/dev/null &&
@@ -95,12 +99,12 @@ write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", labels), (
                          ("image_token_id", "I32", np.array([pad], np.int32))])
 PY
         # the memory of one of two ZeRO-1 ranks (its half of the optimizer state): must fit an 80 GB card
-        half=$("$TRAIN_STEP" --device cuda --recompute 36 --zero-shards 2 "$W/full/hf" "$W/full.safetensors" 2 2>&1 | tail -1)
+        half=$(T "$TRAIN_STEP" --device cuda --recompute 36 --zero-shards 2 "$W/full/hf" "$W/full.safetensors" 2 2>&1 | tee -a "$LOG" | tail -1)
         gib=$(grep -o 'peak [0-9.]* GiB' <<<"$half" | cut -d' ' -f2)
         echo "gpu_train full: ours as one of 2 ZeRO-1 ranks: $half"
         echo "gpu_train full: one of 2 ranks holds at most ${gib:-?} GiB: $(awk -v g="${gib:-999}" 'BEGIN { print (g < 78.0 ? "fits" : "does NOT fit") }') an 80 GB card (below 78 GiB: room left for the CUDA context and NCCL buffers)"
-        ours=$("$TRAIN_STEP" --device cuda --recompute 36 --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$STEPS" 2>&1 | tail -1)
-        peer=$($PY bench/gpu_train_ref.py full "$W/full/vit" "$W/full/llm" "$W/full.safetensors" "$STEPS" 2>&1 | tail -1)
+        ours=$(T "$TRAIN_STEP" --device cuda --recompute 36 --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$FULL_STEPS" 2>&1 | tee -a "$LOG" | tail -1)
+        peer=$(T $PY bench/gpu_train_ref.py full "$W/full/vit" "$W/full/llm" "$W/full.safetensors" "$FULL_STEPS" 2>&1 | tee -a "$LOG" | tail -1)
         ;;
     *) echo "gpu_train: unknown shape '$shape' (slice, vision, full)"; exit 2 ;;
     esac

@@ -21,12 +21,15 @@ for f in "${GPU_BIN:-gpu-bin}"/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)" 
 PY=${PYTHON:-python3}
 export LLAVA_DATA_SPECS=$PWD/data-specs  # the programs run from a temporary directory
 summary=()
+# every program on the GPU runs under a time limit (G), so that one hang cannot spend the whole device call
+G() { timeout "${STEP_TIMEOUT:-90}" "$@"; }
+section() { echo "==== [$SECONDS s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 "$B/forward" --version
 
 # ONLY_BENCH=1: just bench/gpu_train.sh over BENCH_SHAPES (e.g. "full" on an H200, with kind=nvidia-h200)
 if [ "${ONLY_BENCH:-0}" = 1 ]; then
-    BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 | tee "$OUTDIR/gpu_train.txt"
+    BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 | tee "$OUTDIR/gpu_train.txt"
     rm -rf "$W"
     exit 0
 fi
@@ -38,8 +41,9 @@ export LLAVA_POISON=1
 
 # ---- 0 (section 4 of the list). every CUDA op against the CPU op, then timings at the 4B shapes; first, so
 # that a failing flash v2 leaves the rest of the run on v1 (LLAVA_FLASH=1) instead of spoiling it ----
+section 0: ops_check
 if [ -x "$B/ops_check" ]; then
-    timeout 180 "$B/ops_check" 2>&1 | tee "$OUTDIR/ops_check.txt"
+    timeout "${OPS_TIMEOUT:-150}" "$B/ops_check" 2>&1 | tee "$OUTDIR/ops_check.txt"
     rc=${PIPESTATUS[0]}
     summary+=("CUDA ops vs CPU: $(grep -c ' ok$' "$OUTDIR/ops_check.txt") ok, $(grep -c 'FAIL$' "$OUTDIR/ops_check.txt") failed (exit $rc)")
     while IFS= read -r line; do summary+=("${line#timing: }"); done < <(grep '^timing:' "$OUTDIR/ops_check.txt")
@@ -49,7 +53,9 @@ if [ -x "$B/ops_check" ]; then
     fi
 fi
 
-# ---- 1. the CPU model against transformers ----
+# ---- 1. the CPU model against transformers (HF_PARITY=1; it checks the cpu model, which the first device
+# run found within 1e-4 of transformers: bench/RESULTS.md) and the checkpoints sections 2b uses ----
+section "1: checkpoints${HF_PARITY:+ and transformers parity}"
 $PY - "$W/gqa.json" <<'PY'
 import json, sys
 c = json.load(open("data-specs/models/tiny.json"))
@@ -62,7 +68,8 @@ for preset in tiny "$W/gqa.json"; do
     d=$W/$name
     mkdir -p "$d"
     "$B/mkckpt" --preset "$preset" --out "$d/src" --seed 5 2>/dev/null &&
-    "$B/merge" --vit "$d/src/vit" --llm "$d/src/llm" --out "$d/hf" --image-token-id 1012 --video-token-id 1013 2>/dev/null &&
+    "$B/merge" --vit "$d/src/vit" --llm "$d/src/llm" --out "$d/hf" --image-token-id 1012 --video-token-id 1013 2>/dev/null || summary+=("checkpoint $name: FAILED")
+    [ "${HF_PARITY:-0}" = 1 ] || continue
     $PY tests/gpu/hf_ref.py inputs "$d/src/vit" "$d/src/llm" "$d" &&
     "$B/forward" --model "$d/hf" --in "$d/img.safetensors" --out "$d/vis_ours.safetensors" &&
     "$B/forward" --model "$d/src/llm" --in "$d/text.safetensors" --out "$d/text_ours.safetensors" &&
@@ -72,6 +79,7 @@ for preset in tiny "$W/gqa.json"; do
     summary+=("hf parity $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL)")
 done
 
+section 2: cuda vs cpu model
 # ---- 2. the model on the CUDA backend against the CPU backend (tiny; a mid-size preset on the flash path) ----
 $PY - "$W/mid.json" <<'PY'
 import json, sys
@@ -89,16 +97,17 @@ for preset in tiny "$W/mid.json"; do
     "$B/merge" --vit "$d/src/vit" --llm "$d/src/llm" --out "$d/hf" --image-token-id 1012 --video-token-id 1013 2>/dev/null &&
     $PY tests/ref/model_ref.py inputs "$d/hf" "$d/in.safetensors" 7 packed &&
     "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu.safetensors" --grads --device cpu 2>/dev/null &&
-    "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda.safetensors" --grads --device cuda 2>&1 &&
+    G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda.safetensors" --grads --device cuda 2>&1 &&
     $PY tests/ref/model_ref.py grads-bf16 "$d/hf" "$d/in.safetensors" "$d/peer.safetensors" &&
     COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" "$d/peer.safetensors" 2>&1 |
         tee "$OUTDIR/backends_$name.txt"
     rc=${PIPESTATUS[0]}
-    "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda_rc.safetensors" --grads --device cuda --recompute 99 2>/dev/null
+    G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda_rc.safetensors" --grads --device cuda --recompute 99 2>&1 | tail -1
     summary+=("cuda --recompute (every layer) $name: $(cmp -s "$d/cuda.safetensors" "$d/cuda_rc.safetensors" && echo bit-identical || echo DIFFERS)")
     summary+=("cuda vs cpu model $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends_$name.txt" 2>/dev/null); $(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x' "$OUTDIR/backends_$name.txt" 2>/dev/null))")
 done
 
+section 2b: generation
 # ---- 2b. greedy generation on the GPU (KV cache on the device) against the CPU backend ----
 # tiny (the must-show; its 0.02 initialisation repeats one token) and the GQA preset with weights x15
 # (varied tokens, near ties); tests/ref/gen_agree.py: identical, or parting only at a near tie (bf16).
@@ -106,8 +115,8 @@ for name in tiny gqa; do
     d=$W/$name
     $PY tests/ref/model_ref.py inputs "$d/hf" "$d/prompt.safetensors" 11 prompt &&
     "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/gen_cpu.safetensors" --generate 16 --device cpu 2>/dev/null &&
-    "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/gen_cuda.safetensors" --generate 16 --device cuda 2>&1 &&
-    "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/full_cuda.safetensors" --generate 16 --device cuda --no-cache 2>&1
+    G "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/gen_cuda.safetensors" --generate 16 --device cuda 2>&1 &&
+    G "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/full_cuda.safetensors" --generate 16 --device cuda --no-cache 2>&1
     $PY tests/ref/gen_agree.py "$d/gen_cpu.safetensors" "$d/gen_cuda.safetensors" 2>&1 | tee "$OUTDIR/generate_$name.txt"
     rc1=${PIPESTATUS[0]}
     $PY tests/ref/gen_agree.py "$d/gen_cuda.safetensors" "$d/full_cuda.safetensors" 2>&1 | tee -a "$OUTDIR/generate_$name.txt"
@@ -115,6 +124,7 @@ for name in tiny gqa; do
     summary+=("greedy generation $name: cuda vs cpu $([ "$rc1" -eq 0 ] && echo ok || echo FAIL), cuda cache vs full $([ "$rc2" -eq 0 ] && echo ok || echo FAIL): $(grep -o 'identical[^,]*' "$OUTDIR/generate_$name.txt" | tr '\n' ';')")
 done
 
+section 3: training
 # ---- 3. training on the CUDA backend: 10 steps against the CPU (losses within 2%), and a save/resume ----
 d=$W/train
 mkdir -p "$d"
@@ -125,16 +135,19 @@ C="--global-batch 2 --iterations 10 --lr 1e-3 --warmup-fraction 0.1 --save-inter
 "$B/hf2mcore" "$d/stage0" "$d/release" --tp 1 --pp 1 2>/dev/null &&
 "$B/pack" --tokenizer "$d/data/tokenizer" --out "$d/packed" --max-len 512 --max-pixels 12544 "$d/data/captions/"*.tar 2>/dev/null &&
 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cpu" $C --device cpu 2>/dev/null &&
-"$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cuda" $C --device cuda 2>&1 | tail -2
-LLAVA_NCCL=1 timeout 120 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl" $C --device cuda --no-overlap-grad-reduce 2>&1 | tail -1
+G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cuda" $C --device cuda 2>&1 | tail -2
+LLAVA_NCCL=1 G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl" $C --device cuda --no-overlap-grad-reduce 2>&1 | tail -1
 # the same with a gradient bucket per tensor, each reduced (ncclReduce on the NCCL stream) during the backward
-LLAVA_NCCL=1 timeout 120 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl_buckets" $C --device cuda --ddp-bucket-size 1 2>&1 | grep -E "buckets reduced|iteration 10/" 
+LLAVA_NCCL=1 G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl_buckets" $C --device cuda --ddp-bucket-size 1 2>&1 | grep -E "buckets reduced|iteration 10/" 
 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cut" $C --device cuda 2>/dev/null &
-pid=$!
-while [ "$(wc -l < "$d/cut/metrics.jsonl" 2>/dev/null || echo 0)" -lt 3 ]; do sleep 0.05; done
+pid=$!  # (not under G: the signal goes to midtrain itself; a watchdog ends it instead)
+( sleep "${STEP_TIMEOUT:-90}"; kill -9 "$pid" 2>/dev/null ) &
+watchdog=$!
+while kill -0 "$pid" 2>/dev/null && [ "$(wc -l < "$d/cut/metrics.jsonl" 2>/dev/null || echo 0)" -lt 3 ]; do sleep 0.05; done
 kill -USR1 "$pid"; wait "$pid"
+kill "$watchdog" 2>/dev/null
 echo "stopped at $(cat "$d/cut/latest_checkpointed_iteration.txt")"
-"$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cut" $C --device cuda 2>/dev/null
+G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cut" $C --device cuda 2>/dev/null
 $PY - "$d" <<'PY' 2>&1 | tee "$OUTDIR/train.txt"
 import json, sys
 d = sys.argv[1]
@@ -159,17 +172,20 @@ rc=${PIPESTATUS[0]}
 summary+=("cuda training: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'worst relative loss difference cuda vs cpu [0-9.e+-]*' "$OUTDIR/train.txt"); resume $(grep -o 'resumed run [A-Z a-z]*' "$OUTDIR/train.txt" | head -1))")
 while read -r line; do summary+=("$line"); done < <(grep -o 'one rank through NCCL.*' "$OUTDIR/train.txt")
 
+section 5: GEMM rate
 # ---- 5. the card's bf16 GEMM rate ----
 unset LLAVA_POISON
 gemm=$($PY bench/gemm_rate.py 2>&1)
 summary+=("bf16 GEMM: $gemm")
 
+section 6: bench
 # ---- 6. bench/gpu_train.sh: training steps against PyTorch + transformers on this card ----
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-    BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-300}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
+    BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-300}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
         tee "$OUTDIR/gpu_train.txt"
     while IFS= read -r line; do summary+=("$line"); done < <(grep '^gpu_train' "$OUTDIR/gpu_train.txt")
 fi
 rm -rf "$W"
+section done
 echo "---- summary ----"
 printf '%s\n' "${summary[@]}" | tee "$OUTDIR/summary.txt"
