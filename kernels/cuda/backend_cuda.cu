@@ -51,10 +51,10 @@ __global__ static void rope_angle_grad_k(float *dang, const bf16_t *y, const bf1
 
 static void *g_alloc(size_t bytes) { void *p = cuda_alloc(bytes); cuda_memset0(p, bytes); return p; }
 static void g_release(void *p) { cuda_free(p); }
-static void g_zero(void *p, size_t bytes) { cuda_memset0(p, bytes); }
+static void g_zero(void *p, size_t bytes) { PROF(cuda_memset0(p, bytes), "zero %zu bytes", bytes); }
 static void g_poison(void *p, size_t bytes) { cuda_memset_ff(p, bytes); }
-static void g_upload(void *dst, const void *host, size_t bytes) { cuda_upload(dst, host, bytes); }
-static void g_download(void *host, const void *src, size_t bytes) { cuda_download(host, src, bytes); }
+static void g_upload(void *dst, const void *host, size_t bytes) { PROF(cuda_upload(dst, host, bytes), "upload"); }
+static void g_download(void *host, const void *src, size_t bytes) { PROF(cuda_download(host, src, bytes), "download"); }
 // Host fp32 <-> device bf16 converts on the host (round to nearest even), so no device temporary is
 // allocated per call (the pixels of every step come this way).
 static void g_from_f32(Act *dst, const float *host, size_t n) {
@@ -69,65 +69,68 @@ static void g_to_f32(float *host, const Act *src, size_t n) {
     for (size_t i = 0; i < n; i++) host[i] = __bfloat162float(tmp[i]);
     free(tmp);
 }
-static void g_add(Act *out, const Act *a, const Act *b, size_t n) { if (n) add_k<<<nblocks(n), 256, 0, g_stream>>>(B(out), CB(a), CB(b), n); LAUNCH_CHECK(); }
+static void g_add(Act *out, const Act *a, const Act *b, size_t n) { if (n) PROF((add_k<<<nblocks(n), 256, 0, g_stream>>>(B(out), CB(a), CB(b), n)), "add %zu", n); LAUNCH_CHECK(); }
 static void g_copy2d(Act *dst, size_t dld, const Act *src, size_t sld, size_t rows, size_t cols) {
-    if (rows && cols) copy2d_k<<<nblocks(rows * cols), 256, 0, g_stream>>>(B(dst), dld, CB(src), sld, rows, cols);
+    if (rows && cols) PROF((copy2d_k<<<nblocks(rows * cols), 256, 0, g_stream>>>(B(dst), dld, CB(src), sld, rows, cols)), "copy2d %zux%zu", rows, cols);
     LAUNCH_CHECK();
 }
-static void g_gather(Act *dst, const Act *src, const int32_t *idx, int n, int C) { if (n) gather_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C); LAUNCH_CHECK(); }
-static void g_scatter(Act *dst, const Act *src, const int32_t *idx, int n, int C) { if (n) scatter_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C); LAUNCH_CHECK(); }
-static void g_sum_rows(float *dst, const Act *src, const int32_t *idx, int n, int C) { sum_rows_k<<<(C + 127) / 128, 128, 0, g_stream>>>(dst, CB(src), idx, n, C); LAUNCH_CHECK(); }
+static void g_gather(Act *dst, const Act *src, const int32_t *idx, int n, int C) { if (n) PROF((gather_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C)), "gather_rows %dx%d", n, C); LAUNCH_CHECK(); }
+static void g_scatter(Act *dst, const Act *src, const int32_t *idx, int n, int C) { if (n) PROF((scatter_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C)), "scatter_rows %dx%d", n, C); LAUNCH_CHECK(); }
+static void g_sum_rows(float *dst, const Act *src, const int32_t *idx, int n, int C) { PROF((sum_rows_k<<<(C + 127) / 128, 128, 0, g_stream>>>(dst, CB(src), idx, n, C)), "sum_rows %dx%d", n, C); LAUNCH_CHECK(); }
 static void g_rope_angle_grad(float *dang, const Act *y, const Act *dy, const int32_t *idx, int n, int H, int D) {
-    rope_angle_grad_k<<<(D / 2 + 63) / 64, 64, 0, g_stream>>>(dang, CB(y), CB(dy), idx, n, H, D);
+    PROF((rope_angle_grad_k<<<(D / 2 + 63) / 64, 64, 0, g_stream>>>(dang, CB(y), CB(dy), idx, n, H, D)), "rope_angle_grad %d rows", n);
     LAUNCH_CHECK();
 }
 
-static void mm_f(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M) { cuda_matmul_forward(U(out), CU(inp), CU(w), CU(bias), N, K, M); }
+static void mm_f(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M) { PROF(cuda_matmul_forward(U(out), CU(inp), CU(w), CU(bias), N, K, M), "matmul_forward %dx%d.%dx%d^T%s", N, K, M, K, bias ? " +bias" : ""); }
 static void mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
-    cuda_matmul_backward(U(dinp), dw, dbias, CU(dout), CU(inp), CU(w), N, K, M);
+    PROF(cuda_matmul_backward(U(dinp), dw, dbias, CU(dout), CU(inp), CU(w), N, K, M), "matmul_backward %dx%d.%dx%d^T%s%s", N, K, M, K,
+         dinp ? "" : " (no dinp)", dbias ? " +dbias" : "");
 }
 static void ln_f(Act *out, float *mean, float *rstd, const Act *inp, const Act *w, const Act *b, int N, int C, float eps) {
-    cuda_layernorm_forward(U(out), mean, rstd, CU(inp), CU(w), CU(b), N, C, eps);
+    PROF(cuda_layernorm_forward(U(out), mean, rstd, CU(inp), CU(w), CU(b), N, C, eps), "layernorm_forward %dx%d", N, C);
 }
 static void ln_b(Act *dinp, float *dw, float *db, const Act *dout, const Act *inp, const Act *w, const float *mean, const float *rstd, int N, int C) {
-    cuda_layernorm_backward(U(dinp), dw, db, CU(dout), CU(inp), CU(w), mean, rstd, N, C);
+    PROF(cuda_layernorm_backward(U(dinp), dw, db, CU(dout), CU(inp), CU(w), mean, rstd, N, C), "layernorm_backward %dx%d", N, C);
 }
-static void rms_f(Act *out, float *rstd, const Act *inp, const Act *w, int N, int C, float eps) { cuda_rmsnorm_forward(U(out), rstd, CU(inp), CU(w), N, C, eps); }
+static void rms_f(Act *out, float *rstd, const Act *inp, const Act *w, int N, int C, float eps) { PROF(cuda_rmsnorm_forward(U(out), rstd, CU(inp), CU(w), N, C, eps), "rmsnorm_forward %dx%d", N, C); }
 static void rms_b(Act *dinp, float *dw, const Act *dout, const Act *inp, const Act *w, const float *rstd, int N, int C) {
-    cuda_rmsnorm_backward(U(dinp), dw, CU(dout), CU(inp), CU(w), rstd, N, C);
+    PROF(cuda_rmsnorm_backward(U(dinp), dw, CU(dout), CU(inp), CU(w), rstd, N, C), "rmsnorm_backward %dx%d", N, C);
 }
 static void add_rms_f(Act *sum, Act *out, float *rstd, const Act *a, const Act *b, const Act *w, int N, int C, float eps) {
-    cuda_add_rmsnorm_forward(U(sum), U(out), rstd, CU(a), CU(b), CU(w), N, C, eps);
+    PROF(cuda_add_rmsnorm_forward(U(sum), U(out), rstd, CU(a), CU(b), CU(w), N, C, eps), "add_rmsnorm_forward %dx%d", N, C);
 }
 static void add_ln_f(Act *sum, Act *out, float *mean, float *rstd, const Act *a, const Act *b, const Act *w, const Act *bias, int N,
                      int C, float eps) {
-    cuda_add_layernorm_forward(U(sum), U(out), mean, rstd, CU(a), CU(b), CU(w), CU(bias), N, C, eps);
+    PROF(cuda_add_layernorm_forward(U(sum), U(out), mean, rstd, CU(a), CU(b), CU(w), CU(bias), N, C, eps), "add_layernorm_forward %dx%d", N, C);
 }
 static void rms_rope_f(Act *out, float *rstd, const Act *inp, const Act *w, const float *ang, int T, int H, int D, float eps) {
-    cuda_rmsnorm_rope_forward(U(out), rstd, CU(inp), CU(w), ang, T, H, D, eps);
+    PROF(cuda_rmsnorm_rope_forward(U(out), rstd, CU(inp), CU(w), ang, T, H, D, eps), "rmsnorm_rope_forward %dx%dx%d", T, H, D);
 }
-static void gelu_f(Act *out, const Act *inp, size_t n) { cuda_gelu_forward(U(out), CU(inp), n); }
-static void gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { cuda_gelu_backward(U(dinp), CU(dout), CU(inp), n); }
-static void swi_f(Act *out, const Act *gu, int N, int F) { cuda_swiglu_forward(U(out), CU(gu), N, F); }
-static void swi_b(Act *dgu, const Act *dout, const Act *gu, int N, int F) { cuda_swiglu_backward(U(dgu), CU(dout), CU(gu), N, F); }
-static void rope_f(Act *x, const float *ang, int T, int H, int D) { cuda_rope_forward(U(x), ang, T, H, D); }
-static void rope_b(Act *dx, const float *ang, int T, int H, int D) { cuda_rope_backward(U(dx), ang, T, H, D); }
+static void gelu_f(Act *out, const Act *inp, size_t n) { PROF(cuda_gelu_forward(U(out), CU(inp), n), "gelu_forward %zu", n); }
+static void gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { PROF(cuda_gelu_backward(U(dinp), CU(dout), CU(inp), n), "gelu_backward %zu", n); }
+static void swi_f(Act *out, const Act *gu, int N, int F) { PROF(cuda_swiglu_forward(U(out), CU(gu), N, F), "swiglu_forward %dx%d", N, F); }
+static void swi_b(Act *dgu, const Act *dout, const Act *gu, int N, int F) { PROF(cuda_swiglu_backward(U(dgu), CU(dout), CU(gu), N, F), "swiglu_backward %dx%d", N, F); }
+static void rope_f(Act *x, const float *ang, int T, int H, int D) { PROF(cuda_rope_forward(U(x), ang, T, H, D), "rope_forward %dx%dx%d", T, H, D); }
+static void rope_b(Act *dx, const float *ang, int T, int H, int D) { PROF(cuda_rope_backward(U(dx), ang, T, H, D), "rope_backward %dx%dx%d", T, H, D); }
 static void att_f(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len,
                   int Hq, int Hkv, int D, int causal) {
-    cuda_attention_forward(U(out), lse, CU(q), CU(k), CU(v), cu, nseq, T, max_len, Hq, Hkv, D, causal);
+    PROF(cuda_attention_forward(U(out), lse, CU(q), CU(k), CU(v), cu, nseq, T, max_len, Hq, Hkv, D, causal),
+         "attention_forward T %d (%d seq) %dq/%dkv d%d %s", T, nseq, Hq, Hkv, D, causal ? "causal" : "bidir");
 }
 static void att_b(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, const float *lse, const Act *q, const Act *k, const Act *v,
                   const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
-    cuda_attention_backward(U(dq), U(dk), U(dv), CU(dout), CU(out), lse, CU(q), CU(k), CU(v), cu, nseq, T, max_len, Hq, Hkv, D, causal);
+    PROF(cuda_attention_backward(U(dq), U(dk), U(dv), CU(dout), CU(out), lse, CU(q), CU(k), CU(v), cu, nseq, T, max_len, Hq, Hkv, D, causal),
+         "attention_backward T %d (%d seq) %dq/%dkv d%d %s", T, nseq, Hq, Hkv, D, causal ? "causal" : "bidir");
 }
 static void att_dec(Act *out, const Act *q, const Act *k, const Act *v, int len, int Hq, int Hkv, int D) {
-    cuda_attention_decode(U(out), CU(q), CU(k), CU(v), len, Hq, Hkv, D);
+    PROF(cuda_attention_decode(U(out), CU(q), CU(k), CU(v), len, Hq, Hkv, D), "attention_decode");
 }
-static void emb_f(Act *out, const int32_t *ids, const Act *table, int T, int C) { cuda_embedding_forward(U(out), ids, CU(table), T, C); }
-static void emb_b(float *dtable, const Act *dout, const int32_t *ids_host, int T, int C) { cuda_embedding_backward(dtable, CU(dout), ids_host, T, C); }
-static void ce_rows(float *losses, const Act *logits, const int32_t *targets, int T, int V) { cuda_cross_entropy_forward(losses, CU(logits), targets, T, V); }
+static void emb_f(Act *out, const int32_t *ids, const Act *table, int T, int C) { PROF(cuda_embedding_forward(U(out), ids, CU(table), T, C), "embedding_forward %dx%d", T, C); }
+static void emb_b(float *dtable, const Act *dout, const int32_t *ids_host, int T, int C) { PROF(cuda_embedding_backward(dtable, CU(dout), ids_host, T, C), "embedding_backward %dx%d", T, C); }
+static void ce_rows(float *losses, const Act *logits, const int32_t *targets, int T, int V) { PROF(cuda_cross_entropy_forward(losses, CU(logits), targets, T, V), "cross_entropy_forward %dx%d", T, V); }
 static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
-    cuda_cross_entropy_backward(U(dlogits), CU(logits), targets, T, V, scale);
+    PROF(cuda_cross_entropy_backward(U(dlogits), CU(logits), targets, T, V, scale), "cross_entropy_backward %dx%d", T, V);
 }
 
 __global__ static void sumsq_k(double *part, const float *x, size_t n) {
@@ -145,13 +148,13 @@ __global__ static void sumsq_k(double *part, const float *x, size_t n) {
 
 static void o_adamw(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
                     float eps, float wd, float gs, int64_t t) {
-    cuda_adamw_step(master, U(param), grad, m, v, n, lr, b1, b2, eps, wd, gs, t);
+    PROF(cuda_adamw_step(master, U(param), grad, m, v, n, lr, b1, b2, eps, wd, gs, t), "adamw %zu", n);
 }
 // Fixed grid, per-block partials summed on the host in block order: the same result on every run.
 static double o_sum_squares(const float *x, size_t n) {
     enum { NB = 256 };
     double *part = (double *)cuda_scratch(NB * sizeof(double)), host[NB];
-    sumsq_k<<<NB, 256, 0, g_stream>>>(part, x, n);
+    PROF((sumsq_k<<<NB, 256, 0, g_stream>>>(part, x, n)), "sum_squares %zu", n);
     LAUNCH_CHECK();
     cuda_download(host, part, sizeof host);
     double s = 0.0;

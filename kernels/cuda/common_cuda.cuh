@@ -60,3 +60,14 @@ __device__ __forceinline__ float block_max(float x) {
     x = lane < nw ? part[lane] : -INFINITY;
     return warp_max(x);
 }
+
+// LLAVA_PROFILE=FILE: device time per Backend op (profile.cu). prof_begin returns -1 when profiling is
+// off; PROF wraps one call with a printf-style label (the op and its shape).
+int prof_begin(const char *fmt, ...);
+void prof_end(int pair);
+#define PROF(call, ...)                       \
+    do {                                      \
+        int prof_pair_ = prof_begin(__VA_ARGS__); \
+        call;                                 \
+        prof_end(prof_pair_);                 \
+    } while (0)

@@ -350,14 +350,14 @@ static double time_ms(void (*fn)(void *), void *arg, int reps) {
     return best;
 }
 
-typedef struct { bf16 *a, *b, *c, *q, *k, *v, *o, *dq, *dk, *dv; float *lse, *dw; int32_t *cu; int N, K, M, T, Hq, Hkv, D; } Bench;
+typedef struct { bf16 *a, *b, *c, *q, *k, *v, *o, *dq, *dk, *dv; float *lse, *dw; int32_t *cu; int N, K, M, T, Hq, Hkv, D, causal; } Bench;
 static void run_mm(void *p) { Bench *b = p; cuda_matmul_forward(b->c, b->a, b->b, NULL, b->N, b->K, b->M); }
 static void run_mm_bwd(void *p) { Bench *b = p; cuda_matmul_backward(b->a, b->dw, NULL, b->c, b->a, b->b, b->N, b->K, b->M); }
-static void run_attn(void *p) { Bench *b = p; cuda_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, 1); }
-static void run_attn_bwd(void *p) { Bench *b = p; cuda_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, 1); }
+static void run_attn(void *p) { Bench *b = p; cuda_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
+static void run_attn_bwd(void *p) { Bench *b = p; cuda_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
 
 static void timings(void) {
-    Bench b = {.N = 8192, .K = 2560, .M = 9728, .T = 8192, .Hq = 32, .Hkv = 8, .D = 128};
+    Bench b = {.N = 8192, .K = 2560, .M = 9728, .T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causal = 1};
     size_t big = (size_t)b.M * b.N;
     float *x = host_rand(big, 0.5f);
     b.a = dev_bf16(x, (size_t)b.N * b.K); b.b = dev_bf16(x, (size_t)b.M * b.K); b.c = cuda_alloc(big * 2);
@@ -381,6 +381,18 @@ static void timings(void) {
         double at = time_ms(run_attn, &b, version ? 5 : 2), atb = time_ms(run_attn_bwd, &b, version ? 3 : 1);
         printf("timing: attention T 8192 32q/8kv d128 causal, %-30s forward %7.3f ms %6.1f TFLOP/s, backward %7.3f ms %6.1f TFLOP/s\n",
                what[version], at, afl / at / 1e9, atb, 2.5 * afl / atb / 1e9);
+    }
+    // the vision tower's shape: one 1008x1008 image (5184 patches + CLS), 16 heads of 64, bidirectional
+    Bench vb = b;
+    vb.T = 5185, vb.Hq = vb.Hkv = 16, vb.D = 64, vb.causal = 0;
+    int32_t vcu[2] = {0, vb.T};
+    cuda_upload(b.cu, vcu, 8);
+    double vfl = 4.0 * vb.T * (double)vb.T * vb.Hq * vb.D;
+    for (int version = 3; version >= 1; version--) {
+        cuda_attention_set_flash(version);
+        double at = time_ms(run_attn, &vb, 5), atb = time_ms(run_attn_bwd, &vb, 3);
+        printf("timing: attention T 5185 16 heads d64 bidirectional, %-23s forward %7.3f ms %6.1f TFLOP/s, backward %7.3f ms %6.1f TFLOP/s\n",
+               what[version], at, vfl / at / 1e9, atb, 2.5 * vfl / atb / 1e9);
     }
     cuda_attention_set_flash(2);
     sync_or_die();
