@@ -18,6 +18,8 @@
 #         memory says whether two 80 GB cards train the model (the issue's claim; the lent machines have one GPU).
 # Checkpoints are random (mkckpt --preset 4b, cut to the slice). Needs a GPU, PyTorch and transformers.
 # BIN (default bin) holds mkckpt, merge and train_step; tests/gpu/run.sh points it at the carried gpu-bin.
+# PROFILE_DIR: one more run of ours on the slice and the tower with LLAVA_PROFILE (device time per op) into
+# PROFILE_DIR/profile_SHAPE.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
@@ -60,7 +62,8 @@ PY
             echo "gpu_train slice: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" --device cuda --peak-tflops "$peak" \
                 "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)"
         done
-        ours=$(T "$TRAIN_STEP" --device cuda --peak-tflops "$peak" "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
+        args=(--device cuda --peak-tflops "$peak" "$W/slice/llm" "$W/slice.safetensors")
+        ours=$(T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
         peer=$(T $PY bench/gpu_train_ref.py llm "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
         ;;
     vision)
@@ -75,7 +78,11 @@ g = 72  # 1008 / 14
 px = np.random.default_rng(0).standard_normal((g * g, 588)).astype(np.float32)
 write_file(sys.argv[1], [("pixel_values", "F32", px), ("grid_thw", "I32", np.array([[1, g, g]], np.int32))])
 PY
-        ours=$(T "$TRAIN_STEP" --device cuda --vision --peak-tflops "$peak" "$W/vis/hf" "$W/vis.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
+        args=(--device cuda --vision --peak-tflops "$peak" "$W/vis/hf" "$W/vis.safetensors")
+        for v in ${FLASH_VARIANTS-3}; do
+            echo "gpu_train vision: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)"
+        done
+        ours=$(T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
         peer=$(T $PY bench/gpu_train_ref.py vision "$W/vis/vit" 1008 "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
         ;;
     full)
@@ -99,6 +106,7 @@ write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", labels), (
                          ("image_token_id", "I32", np.array([pad], np.int32))])
 PY
         # the memory of one of two ZeRO-1 ranks (its half of the optimizer state): must fit an 80 GB card
+        args=()
         half=$(T "$TRAIN_STEP" --device cuda --recompute 36 --zero-shards 2 "$W/full/hf" "$W/full.safetensors" 2 2>&1 | tee -a "$LOG" | tail -1)
         gib=$(grep -o 'peak [0-9.]* GiB' <<<"$half" | cut -d' ' -f2)
         echo "gpu_train full: ours as one of 2 ZeRO-1 ranks: $half"
@@ -111,5 +119,8 @@ PY
     echo "gpu_train $shape: ours  $ours"
     echo "gpu_train $shape: $peer"
     echo "gpu_train $shape: speed ours / PyTorch (time per step) = $(ratio "$ours" "$peer") (target 1.3x)"
+    if [ -n "${PROFILE_DIR:-}" ] && [ ${#args[@]} -gt 0 ]; then  # where the time goes: 2 + 3 steps, device time per op
+        LLAVA_PROFILE=$PROFILE_DIR/profile_$shape.txt T "$TRAIN_STEP" "${args[@]}" 3 2>&1 | tee -a "$LOG" | tail -1 | sed "s/^/gpu_train $shape: profiled run: /"
+    fi
     rm -rf "$W/slice" "$W/vis" "$W/full"
 done

@@ -8,7 +8,8 @@ weights are sums with heavy cancellation at these initialisations, and PyTorch's
 values by up to 2.9e-2 on them (measured on the tiny and mid presets); a bound no bf16 recipe meets says
 nothing about the kernels. 1.25 covers our bf16 residual stream (autocast keeps it fp32): measured ratios on
 those tensors were 0.82-1.12.
-usage: compare_backends.py CPU.safetensors OURS.safetensors [PEER.safetensors]"""
+usage: compare_backends.py CPU.safetensors OURS.safetensors [PEER.safetensors]
+COMPARE_VERBOSE=1 prints every gradient's error (and the peer's) too."""
 import os
 import sys
 
@@ -44,6 +45,8 @@ for k in sorted(cpu):
         if p > 1.6e-2:
             tol = max(tol, 1.25 * p)
             widened += rel > 2e-2
+    if os.environ.get("COMPARE_VERBOSE") and k.startswith("grad."):
+        print(f"compare: {k} rel L2 {rel:.3e}" + (f" peer {p:.3e}" if k in peer else "") + f" tolerance {tol:.2e}")
     kind = "grad" if k.startswith("grad.") else k
     worst[kind] = max(worst.get(kind, 0.0), rel)
     if rel > tol:

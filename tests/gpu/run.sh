@@ -12,9 +12,12 @@
 # printed last. ONLY_BENCH=1 BENCH_SHAPES=full runs just the whole-4B bench (an H200). LLAVA_FLASH=1 (or 0) runs the CUDA model on the first flash kernels (or the warp-per-row ones).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUTDIR=${OUT:-/tmp/gpu-out}
-mkdir -p "$OUTDIR"
+# The device tool brings back at most 8 files: the detailed outputs go to $W/out and, at each section,
+# into $OUT/results.tgz (a run stopped at its time limit still returns what it finished)
+OUTROOT=${OUT:-/tmp/gpu-out}
 W=$(mktemp -d)
+OUTDIR=$W/out
+mkdir -p "$OUTROOT" "$OUTDIR"
 B=$W/bin  # gpu-bin/ travels xz-compressed (the working tree may carry 64 MiB)
 mkdir -p "$B"
 for f in "${GPU_BIN:-gpu-bin}"/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)" && chmod +x "$B/$(basename "$f" .xz)"; done
@@ -23,13 +26,14 @@ export LLAVA_DATA_SPECS=$PWD/data-specs  # the programs run from a temporary dir
 summary=()
 # every program on the GPU runs under a time limit (G), so that one hang cannot spend the whole device call
 G() { timeout "${STEP_TIMEOUT:-90}" "$@"; }
-section() { echo "==== [$SECONDS s] $*"; }
+section() { tar czf "$OUTROOT/results.tgz" -C "$OUTDIR" . 2>/dev/null; echo "==== [$SECONDS s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 "$B/forward" --version
 
 # ONLY_BENCH=1: just bench/gpu_train.sh over BENCH_SHAPES (e.g. "full" on an H200, with kind=nvidia-h200)
 if [ "${ONLY_BENCH:-0}" = 1 ]; then
-    BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 | tee "$OUTDIR/gpu_train.txt"
+    PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 | tee "$OUTDIR/gpu_train.txt"
+    section done
     rm -rf "$W"
     exit 0
 fi
@@ -99,12 +103,18 @@ for preset in tiny "$W/mid.json"; do
     "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu.safetensors" --grads --device cpu 2>/dev/null &&
     G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda.safetensors" --grads --device cuda 2>&1 &&
     $PY tests/ref/model_ref.py grads-bf16 "$d/hf" "$d/in.safetensors" "$d/peer.safetensors" &&
-    COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" "$d/peer.safetensors" 2>&1 |
-        tee "$OUTDIR/backends_$name.txt"
+    COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" "$d/peer.safetensors" 2>&1 |
+        tee "$OUTDIR/backends_$name.txt" | grep -v '^compare: grad\.'
     rc=${PIPESTATUS[0]}
+    # the same against PyTorch autocast on this GPU (tensor-core products, as PyTorch trains here) as the peer
+    MODEL_REF_DEVICE=cuda $PY tests/ref/model_ref.py grads-bf16 "$d/hf" "$d/in.safetensors" "$d/peer_gpu.safetensors" &&
+    COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" "$d/peer_gpu.safetensors" 2>&1 |
+        tee "$OUTDIR/backends_gpu_peer_$name.txt" | grep -v '^compare: grad\.'
+    rc_gpu=${PIPESTATUS[0]}
     G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda_rc.safetensors" --grads --device cuda --recompute 99 2>&1 | tail -1
     summary+=("cuda --recompute (every layer) $name: $(cmp -s "$d/cuda.safetensors" "$d/cuda_rc.safetensors" && echo bit-identical || echo DIFFERS)")
     summary+=("cuda vs cpu model $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends_$name.txt" 2>/dev/null); $(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x' "$OUTDIR/backends_$name.txt" 2>/dev/null))")
+    summary+=("  the same with PyTorch autocast on the GPU as the peer: $([ "$rc_gpu" -eq 0 ] && echo ok || echo FAIL) ($(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x.*' "$OUTDIR/backends_gpu_peer_$name.txt" 2>/dev/null))")
 done
 
 section 2b: generation
@@ -181,11 +191,11 @@ summary+=("bf16 GEMM: $gemm")
 section 6: bench
 # ---- 6. bench/gpu_train.sh: training steps against PyTorch + transformers on this card ----
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-    BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-300}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
+    PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-300}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
         tee "$OUTDIR/gpu_train.txt"
     while IFS= read -r line; do summary+=("$line"); done < <(grep '^gpu_train' "$OUTDIR/gpu_train.txt")
 fi
-rm -rf "$W"
-section done
 echo "---- summary ----"
 printf '%s\n' "${summary[@]}" | tee "$OUTDIR/summary.txt"
+section done
+rm -rf "$W"

@@ -13,7 +13,8 @@ usage:
         gradient set must be exactly the tensors they cover
   model_ref.py grads-bf16 MODEL_DIR IN.safetensors OUT.safetensors
         the peer's bf16 mixed precision: the same forward and backward under torch.autocast(bfloat16) with fp32
-        weights (Hugging Face Trainer's bf16=True); writes loss, logits and grad.<name> (fp32) in `forward`'s layout
+        weights (Hugging Face Trainer's bf16=True); writes loss, logits and grad.<name> (fp32) in `forward`'s layout;
+        on the GPU with MODEL_REF_DEVICE=cuda
   model_ref.py steps MODEL_DIR IN.safetensors OURS.safetensors LR WD
         N steps of torch.optim.AdamW (decay on ndim >= 2 only) on the batch; losses within 1e-4 relative
   model_ref.py generate MODEL_DIR IN.safetensors OURS.safetensors
@@ -262,15 +263,21 @@ def check_grads(model_dir, in_path, ours_path, prefixes=None):
 
 
 def grads_bf16(model_dir, in_path, out_path):
+    # MODEL_REF_DEVICE=cuda: autocast on the GPU (bf16 tensor-core products, as PyTorch trains there);
+    # the default is the CPU's autocast
+    dev = os.environ.get("MODEL_REF_DEVICE", "cpu")
+    if dev != "cpu":
+        torch.set_default_device(dev)  # the masks, positions and angles made inside run()
     cfg, W = load(model_dir)
-    inp = read(in_path)
+    W = {k: w.to(dev) for k, w in W.items()}
+    inp = {k: t.to(dev) for k, t in read(in_path).items()}
     for w in W.values():
         w.requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(dev, dtype=torch.bfloat16):
         _, _, logits, loss = run(cfg, W, inp)
     loss.float().backward()
-    out = [("loss", "F32", np.array([loss.item()], np.float32)), ("logits", "F32", logits.detach().float().numpy())]
-    out += [("grad." + n, "F32", w.grad.float().numpy()) for n, w in sorted(W.items()) if w.grad is not None]
+    out = [("loss", "F32", np.array([loss.item()], np.float32)), ("logits", "F32", logits.detach().float().cpu().numpy())]
+    out += [("grad." + n, "F32", w.grad.float().cpu().numpy()) for n, w in sorted(W.items()) if w.grad is not None]
     write_file(out_path, out)
 
 
