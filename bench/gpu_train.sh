@@ -19,7 +19,7 @@
 # Checkpoints are random (mkckpt --preset 4b, cut to the slice). Needs a GPU, PyTorch and transformers.
 # BIN (default bin) holds mkckpt, merge and train_step; tests/gpu/run.sh points it at the carried gpu-bin.
 # PROFILE_DIR: one more run of ours on the slice and the tower with LLAVA_PROFILE (device time per op) into
-# PROFILE_DIR/profile_SHAPE.txt.
+# PROFILE_DIR/profile_SHAPE.txt (the timed steps' ops; ONLY_PROFILE=1: that run alone, no peer).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
@@ -58,12 +58,14 @@ ids = np.random.default_rng(0).integers(0, 151936, 8192).astype(np.int32)
 write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", ids.copy())])
 PY
         # the attention kernel versions still in the running (LLAVA_FLASH; the default is 2) side by side
-        for v in ${FLASH_VARIANTS-3}; do
+        [ "${ONLY_PROFILE:-0}" = 1 ] || for v in ${FLASH_VARIANTS-3}; do
             echo "gpu_train slice: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" --device cuda --peak-tflops "$peak" \
                 "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)"
         done
         args=(--device cuda --peak-tflops "$peak" "$W/slice/llm" "$W/slice.safetensors")
+        [ "${ONLY_PROFILE:-0}" = 1 ] ||
         ours=$(T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
+        [ "${ONLY_PROFILE:-0}" = 1 ] ||
         peer=$(T $PY bench/gpu_train_ref.py llm "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
         ;;
     vision)
@@ -79,10 +81,12 @@ px = np.random.default_rng(0).standard_normal((g * g, 588)).astype(np.float32)
 write_file(sys.argv[1], [("pixel_values", "F32", px), ("grid_thw", "I32", np.array([[1, g, g]], np.int32))])
 PY
         args=(--device cuda --vision --peak-tflops "$peak" "$W/vis/hf" "$W/vis.safetensors")
-        for v in ${FLASH_VARIANTS-3}; do
+        [ "${ONLY_PROFILE:-0}" = 1 ] || for v in ${FLASH_VARIANTS-3}; do
             echo "gpu_train vision: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)"
         done
+        [ "${ONLY_PROFILE:-0}" = 1 ] ||
         ours=$(T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
+        [ "${ONLY_PROFILE:-0}" = 1 ] ||
         peer=$(T $PY bench/gpu_train_ref.py vision "$W/vis/vit" 1008 "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
         ;;
     full)
@@ -116,11 +120,13 @@ PY
         ;;
     *) echo "gpu_train: unknown shape '$shape' (slice, vision, full)"; exit 2 ;;
     esac
-    echo "gpu_train $shape: ours  $ours"
-    echo "gpu_train $shape: $peer"
-    echo "gpu_train $shape: speed ours / PyTorch (time per step) = $(ratio "$ours" "$peer") (target 1.3x)"
+    if [ "${ONLY_PROFILE:-0}" != 1 ]; then
+        echo "gpu_train $shape: ours  $ours"
+        echo "gpu_train $shape: $peer"
+        echo "gpu_train $shape: speed ours / PyTorch (time per step) = $(ratio "$ours" "$peer") (target 1.3x)"
+    fi
     if [ -n "${PROFILE_DIR:-}" ] && [ ${#args[@]} -gt 0 ]; then  # where the time goes: 2 + 3 steps, device time per op
-        LLAVA_PROFILE=$PROFILE_DIR/profile_$shape.txt T "$TRAIN_STEP" "${args[@]}" 3 2>&1 | tee -a "$LOG" | tail -1 | sed "s/^/gpu_train $shape: profiled run: /"
+        LLAVA_PROFILE=$PROFILE_DIR/profile_$shape.txt T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1 | sed "s/^/gpu_train $shape: profiled run: /"
     fi
     rm -rf "$W/slice" "$W/vis" "$W/full"
 done

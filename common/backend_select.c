@@ -12,6 +12,12 @@
 const Backend *backend_cuda(void) { return NULL; }
 #endif
 
+void backend_profile_reset(void) {
+#ifdef WITH_CUDA
+    cuda_profile_reset();
+#endif
+}
+
 const Backend *backend_get(const char *name, char *err, size_t errlen) {
     if (!strcmp(name, "cpu")) return &backend_cpu;
     if (!strcmp(name, "cpu-bf16")) return &backend_cpu_bf16;

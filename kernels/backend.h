@@ -87,6 +87,8 @@ extern const Backend backend_cpu;
 extern const Backend backend_cpu_bf16;
 // The CUDA backend (NULL in a build without it); cuda_init must have succeeded before it is used.
 const Backend *backend_cuda(void);
+// With LLAVA_PROFILE=FILE (CUDA: device time per op, written at exit), forget what was timed so far.
+void backend_profile_reset(void);
 // "cpu" or "cuda" -> the backend, initialising the device; NULL with a message in err otherwise.
 const Backend *backend_get(const char *name, char *err, size_t errlen);
 

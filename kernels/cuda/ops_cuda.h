@@ -91,6 +91,8 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 // ldmatrix operands), 3 (version 2 with 32 query rows per warp in the forward), 1 (the first, synchronous
 // tiles), or 0 for the warp-per-row kernels (tests, timing). LLAVA_FLASH=N sets it for a run.
 void cuda_attention_set_flash(int version);
+// LLAVA_PROFILE (profile.cu): forget the op times recorded so far, e.g. at the end of a warm-up.
+void cuda_profile_reset(void);
 void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
                              const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq, int T,
                              int max_len, int Hq, int Hkv, int D, int causal);

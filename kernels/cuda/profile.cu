@@ -15,7 +15,7 @@ enum { PROF_LABELS = 512, PROF_PAIRS = 8192, PROF_LABEL_LEN = 96 };
 typedef struct {
     char name[PROF_LABEL_LEN];
     long calls;
-    double ms;
+    double ms, min_ms, max_ms;
 } Label;
 static Label labels[PROF_LABELS];
 static int nlabels;
@@ -30,8 +30,11 @@ static void drain(void) {  // adds the recorded pairs' times to their labels
     for (int i = 0; i < npairs; i++) {
         float ms = 0;
         CUDA_CHECK(cudaEventElapsedTime(&ms, pairs[i].start, pairs[i].stop));
-        labels[pairs[i].label].ms += ms;
-        labels[pairs[i].label].calls++;
+        Label *l = &labels[pairs[i].label];
+        if (!l->calls || ms < l->min_ms) l->min_ms = ms;
+        if (!l->calls || ms > l->max_ms) l->max_ms = ms;
+        l->ms += ms;
+        l->calls++;
     }
     npairs = 0;
 }
@@ -48,10 +51,11 @@ static void report(void) {
     if (!f) { fprintf(stderr, "LLAVA_PROFILE: cannot write %s\n", out_path); return; }
     qsort(labels, (size_t)nlabels, sizeof labels[0], by_time);
     for (int i = 0; i < nlabels; i++) sum += labels[i].ms;
-    fprintf(f, "%-64s %7s %11s %9s %6s\n", "op (shape)", "calls", "total ms", "mean ms", "share");
+    fprintf(f, "%-64s %7s %11s %9s %9s %9s %6s\n", "op (shape)", "calls", "total ms", "mean ms", "min ms", "max ms", "share");
     for (int i = 0; i < nlabels; i++)
-        fprintf(f, "%-64s %7ld %11.3f %9.4f %5.1f%%\n", labels[i].name, labels[i].calls, labels[i].ms,
-                labels[i].ms / labels[i].calls, 100 * labels[i].ms / (sum > 0 ? sum : 1));
+        if (labels[i].calls)
+            fprintf(f, "%-64s %7ld %11.3f %9.4f %9.4f %9.4f %5.1f%%\n", labels[i].name, labels[i].calls, labels[i].ms,
+                    labels[i].ms / labels[i].calls, labels[i].min_ms, labels[i].max_ms, 100 * labels[i].ms / (sum > 0 ? sum : 1));
     fprintf(f, "device time in ops: %.3f ms\n", sum);
     fclose(f);
 }
@@ -84,6 +88,13 @@ int prof_begin(const char *fmt, ...) {
     pairs[npairs].label = l;
     CUDA_CHECK(cudaEventRecord(pairs[npairs].start, g_stream));
     return npairs++;
+}
+
+// Forget what was timed so far (a program's warm-up: first calls load kernels and pick algorithms).
+extern "C" void cuda_profile_reset(void) {
+    if (enabled <= 0) return;
+    drain();
+    for (int i = 0; i < nlabels; i++) labels[i].calls = 0, labels[i].ms = 0;
 }
 
 void prof_end(int pair) {
