@@ -20,8 +20,8 @@ int cuda_sync(char *err, size_t errlen);                // 0, or the first CUDA/
 void *cuda_alloc(size_t bytes);                         // dies on failure
 void cuda_free(void *p);
 size_t cuda_memory_peak(void);                          // the most device memory allocated at once, in bytes
-void cuda_upload(void *dst, const void *src, size_t bytes);
-void cuda_download(void *dst, const void *src, size_t bytes);
+void cuda_upload(void *dst, const void *src, size_t bytes);  // stream-ordered; src (pageable) reusable at return
+void cuda_download(void *dst, const void *src, size_t bytes);  // waits for the stream
 void cuda_memset0(void *p, size_t bytes);
 void cuda_memset_ff(void *p, size_t bytes);
 void cuda_f32_to_bf16(bf16 *dst, const float *src, size_t n);   // device to device, round to nearest even

@@ -70,9 +70,12 @@ extern "C" void cuda_free(void *p) {
     cudaFree(p);
 }
 extern "C" size_t cuda_memory_peak(void) { return g_peak; }
+// No stream synchronisation: every host source here is pageable memory, which cudaMemcpyAsync stages
+// before it returns (CUDA's "API synchronization behavior"), so the caller may reuse or free it at once,
+// and the copy runs in stream order. The host may then prepare the next step's tables and pixels while
+// the device still works through the last one (a sync here left the GPU idle for that time).
 extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream));
-    CUDA_CHECK(cudaStreamSynchronize(g_stream));
 }
 extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream));
