@@ -39,6 +39,25 @@ __device__ __forceinline__ float warp_max(float x) {
     return x;
 }
 
+// Eight bf16 in one 16-byte access (the element-wise kernels are bandwidth-bound: one 2-byte load per
+// thread leaves most of the card's bandwidth unused). p must be 16-byte aligned; aligned16 says so.
+struct __align__(16) bf16x8 { __nv_bfloat162 h[4]; };
+__device__ __forceinline__ void load8(float *f, const bf16_t *p) {
+    bf16x8 v = *(const bf16x8 *)p;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 t = __bfloat1622float2(v.h[k]);
+        f[2 * k] = t.x, f[2 * k + 1] = t.y;
+    }
+}
+__device__ __forceinline__ void store8(bf16_t *p, const float *f) {
+    bf16x8 v;
+#pragma unroll
+    for (int k = 0; k < 4; k++) v.h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    *(bf16x8 *)p = v;
+}
+__host__ __device__ __forceinline__ bool aligned16(const void *p) { return ((size_t)p & 15) == 0; }
+
 // Sum over a block of blockDim.x threads (a multiple of 32, at most 1024); every thread gets it.
 __device__ __forceinline__ float block_sum(float x) {
     __shared__ float part[32];

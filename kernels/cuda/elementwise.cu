@@ -11,17 +11,27 @@
 #define B16(p) ((bf16_t *)(p))
 #define CB16(p) ((const bf16_t *)(p))
 
-// out[c] += Σ_parts part[p, c], parts in order.
+// out[c] += Σ_parts part[p, c] in a fixed order: a block takes 32 columns; lane y of 32 sums the parts
+// p ≡ y (mod 32) in order, then the 32 lane sums are added in lane order. (One thread per column summing
+// every part in turn was latency-bound: the per-head QK-norm weights have 128 columns and 4096 parts.)
+enum { RP_LANES = 32 };
 __global__ static void reduce_parts_kernel(float *out, const float *part, int nparts, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
+    __shared__ float lane_sum[RP_LANES][33];
+    int c = blockIdx.x * 32 + threadIdx.x, y = threadIdx.y;
     float s = 0.0f;
-    for (int p = 0; p < nparts; p++) s += part[(size_t)p * C + c];
-    out[c] += s;
+    if (c < C)
+        for (int p = y; p < nparts; p += RP_LANES) s += part[(size_t)p * C + c];
+    lane_sum[y][threadIdx.x] = s;
+    __syncthreads();
+    if (y == 0 && c < C) {
+        float t = 0.0f;
+        for (int l = 0; l < RP_LANES; l++) t += lane_sum[l][threadIdx.x];
+        out[c] += t;
+    }
 }
 
 void reduce_parts(float *out, const float *part, int nparts, int C) {
-    reduce_parts_kernel<<<(C + 255) / 256, 256, 0, g_stream>>>(out, part, nparts, C);
+    reduce_parts_kernel<<<(C + 31) / 32, dim3(32, RP_LANES), 0, g_stream>>>(out, part, nparts, C);
     LAUNCH_CHECK();
 }
 
@@ -184,22 +194,47 @@ extern "C" void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const 
 }
 
 // ---- activations ----
+// Each has a scalar kernel (any size) and one over 8 elements per thread, taken when the sizes are
+// multiples of 8 and the pointers 16-byte aligned; both compute the same float expressions.
+__device__ __forceinline__ float gelu_f(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+__device__ __forceinline__ float gelu_d(float v) {  // d gelu / dv
+    float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f)), pdf = expf(-0.5f * v * v) * 0.3989422804014327f;
+    return cdf + v * pdf;
+}
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
+
 __global__ static void gelu_fwd(bf16_t *out, const bf16_t *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) { float v = ld(x, i); st(out, i, 0.5f * v * (1.0f + erff(v * 0.70710678118654752f))); }
+    if (i < n) st(out, i, gelu_f(ld(x, i)));
 }
 __global__ static void gelu_bwd(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float v = ld(x, i), cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f)), pdf = expf(-0.5f * v * v) * 0.3989422804014327f;
-    st(dinp, i, ld(dinp, i) + ld(dy, i) * (cdf + v * pdf));
+    if (i < n) st(dinp, i, ld(dinp, i) + ld(dy, i) * gelu_d(ld(x, i)));
+}
+__global__ static void gelu_fwd8(bf16_t *out, const bf16_t *x, size_t n8) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    float v[8];
+    load8(v, x + 8 * i);
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = gelu_f(v[k]);
+    store8(out + 8 * i, v);
+}
+__global__ static void gelu_bwd8(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, size_t n8) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    float v[8], d[8], acc[8];
+    load8(v, x + 8 * i), load8(d, dy + 8 * i), load8(acc, dinp + 8 * i);
+#pragma unroll
+    for (int k = 0; k < 8; k++) acc[k] = acc[k] + d[k] * gelu_d(v[k]);
+    store8(dinp + 8 * i, acc);
 }
 __global__ static void swiglu_fwd(bf16_t *out, const bf16_t *gu, int N, int F) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)N * F) return;
     size_t n = i / F, f = i % F;
     float g = ld(gu, n * 2 * F + f), u = ld(gu, n * 2 * F + F + f);
-    st(out, i, g / (1.0f + expf(-g)) * u);
+    st(out, i, silu(g) * u);
 }
 __global__ static void swiglu_bwd(bf16_t *dgu, const bf16_t *dy, const bf16_t *gu, int N, int F) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -209,13 +244,66 @@ __global__ static void swiglu_bwd(bf16_t *dgu, const bf16_t *dy, const bf16_t *g
     st(dgu, ig, ld(dgu, ig) + d * u * s * (1.0f + g * (1.0f - s)));
     st(dgu, iu, ld(dgu, iu) + d * g * s);
 }
+// 8 columns per thread, rows on grid.y (strided past 65535): no 64-bit division per element
+__global__ static void swiglu_fwd8(bf16_t *out, const bf16_t *gu, int N, int F) {
+    int f = 8 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (f >= F) return;
+    for (size_t n = blockIdx.y; n < (size_t)N; n += gridDim.y) {
+        float g[8], u[8];
+        load8(g, gu + n * 2 * F + f), load8(u, gu + n * 2 * F + F + f);
+#pragma unroll
+        for (int k = 0; k < 8; k++) g[k] = silu(g[k]) * u[k];
+        store8(out + n * F + f, g);
+    }
+}
+__global__ static void swiglu_bwd8(bf16_t *dgu, const bf16_t *dy, const bf16_t *gu, int N, int F) {
+    int f = 8 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (f >= F) return;
+    for (size_t n = blockIdx.y; n < (size_t)N; n += gridDim.y) {
+        size_t ig = n * 2 * F + f, iu = ig + F;
+        float g[8], u[8], d[8], dg[8], du[8];
+        load8(g, gu + ig), load8(u, gu + iu), load8(d, dy + n * F + f), load8(dg, dgu + ig), load8(du, dgu + iu);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float s = 1.0f / (1.0f + expf(-g[k]));
+            dg[k] = dg[k] + d[k] * u[k] * s * (1.0f + g[k] * (1.0f - s));
+            du[k] = du[k] + d[k] * g[k] * s;
+        }
+        store8(dgu + ig, dg), store8(dgu + iu, du);
+    }
+}
 
 static unsigned blocks(size_t n) { return (unsigned)((n + 255) / 256); }
 
-extern "C" void cuda_gelu_forward(bf16 *out, const bf16 *inp, size_t n) { if (n) gelu_fwd<<<blocks(n), 256, 0, g_stream>>>(B16(out), CB16(inp), n); LAUNCH_CHECK(); }
-extern "C" void cuda_gelu_backward(bf16 *dinp, const bf16 *dout, const bf16 *inp, size_t n) { if (n) gelu_bwd<<<blocks(n), 256, 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), n); LAUNCH_CHECK(); }
-extern "C" void cuda_swiglu_forward(bf16 *out, const bf16 *gu, int N, int F) { swiglu_fwd<<<blocks((size_t)N * F), 256, 0, g_stream>>>(B16(out), CB16(gu), N, F); LAUNCH_CHECK(); }
-extern "C" void cuda_swiglu_backward(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N, int F) { swiglu_bwd<<<blocks((size_t)N * F), 256, 0, g_stream>>>(B16(dgu), CB16(dout), CB16(gu), N, F); LAUNCH_CHECK(); }
+static bool by8(size_t n, const void *a, const void *b, const void *c) {
+    return n % 8 == 0 && aligned16(a) && aligned16(b) && (!c || aligned16(c));
+}
+static dim3 rows_grid(int N, int F) { return dim3((unsigned)((F / 8 + 255) / 256), (unsigned)(N < 65535 ? N : 65535)); }
+
+extern "C" void cuda_gelu_forward(bf16 *out, const bf16 *inp, size_t n) {
+    if (!n) return;
+    if (by8(n, out, inp, NULL)) gelu_fwd8<<<blocks(n / 8), 256, 0, g_stream>>>(B16(out), CB16(inp), n / 8);
+    else gelu_fwd<<<blocks(n), 256, 0, g_stream>>>(B16(out), CB16(inp), n);
+    LAUNCH_CHECK();
+}
+extern "C" void cuda_gelu_backward(bf16 *dinp, const bf16 *dout, const bf16 *inp, size_t n) {
+    if (!n) return;
+    if (by8(n, dinp, dout, inp)) gelu_bwd8<<<blocks(n / 8), 256, 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), n / 8);
+    else gelu_bwd<<<blocks(n), 256, 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), n);
+    LAUNCH_CHECK();
+}
+extern "C" void cuda_swiglu_forward(bf16 *out, const bf16 *gu, int N, int F) {
+    if (!N || !F) return;
+    if (by8((size_t)F, out, gu, NULL)) swiglu_fwd8<<<rows_grid(N, F), 256, 0, g_stream>>>(B16(out), CB16(gu), N, F);
+    else swiglu_fwd<<<blocks((size_t)N * F), 256, 0, g_stream>>>(B16(out), CB16(gu), N, F);
+    LAUNCH_CHECK();
+}
+extern "C" void cuda_swiglu_backward(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N, int F) {
+    if (!N || !F) return;
+    if (by8((size_t)F, dgu, dout, gu)) swiglu_bwd8<<<rows_grid(N, F), 256, 0, g_stream>>>(B16(dgu), CB16(dout), CB16(gu), N, F);
+    else swiglu_bwd<<<blocks((size_t)N * F), 256, 0, g_stream>>>(B16(dgu), CB16(dout), CB16(gu), N, F);
+    LAUNCH_CHECK();
+}
 
 // ---- RoPE (rotate_half pairs (j, j + D/2)), in place ----
 __global__ static void rope_kernel(bf16_t *x, const float *ang, int T, int H, int D, float sign) {
@@ -288,15 +376,31 @@ extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const i
 }
 
 // ---- cross-entropy: a block per row, max and Σexp in fp32, no probabilities stored ----
-// Every thread of the block gets the row's maximum and Σ exp(x − max).
+// One pass for the statistics: each thread keeps a running maximum m and Σ exp(x − m), rescaled when m
+// grows (the online softmax), over 8 logits per 16-byte load where the row is aligned; then the block
+// combines its threads' pairs. Every thread of the block gets the row's maximum and Σ exp(x − max).
+__device__ __forceinline__ void online_add(float *m, float *s, float x) {
+    if (x > *m) { *s = *s * expf(*m - x) + 1.0f; *m = x; }  // exp(−inf) = 0 for the first element
+    else *s += expf(x - *m);
+}
 __device__ static void row_max_sumexp(const bf16_t *x, int V, float *mx_out, float *sum_out) {
-    float mx = -INFINITY;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, ld(x, i));
-    mx = block_max(mx);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(ld(x, i) - mx);
+    float m = -INFINITY, s = 0.0f;
+    if (V % 8 == 0 && aligned16(x)) {
+        for (int i = 8 * threadIdx.x; i < V; i += 8 * blockDim.x) {
+            float v[8], cm = -INFINITY;
+            load8(v, x + i);
+#pragma unroll
+            for (int k = 0; k < 8; k++) cm = fmaxf(cm, v[k]);
+            if (cm > m) { s *= expf(m - cm); m = cm; }  // one rescale per 8 logits
+#pragma unroll
+            for (int k = 0; k < 8; k++) s += expf(v[k] - m);
+        }
+    } else {
+        for (int i = threadIdx.x; i < V; i += blockDim.x) online_add(&m, &s, ld(x, i));
+    }
+    float mx = block_max(m);
     *mx_out = mx;
-    *sum_out = block_sum(s);
+    *sum_out = block_sum(s > 0.0f ? s * expf(m - mx) : 0.0f);  // a thread without elements adds 0
 }
 __global__ static void ce_fwd(float *losses, const bf16_t *logits, const int32_t *targets, int V) {
     size_t row = blockIdx.x;
@@ -306,16 +410,33 @@ __global__ static void ce_fwd(float *losses, const bf16_t *logits, const int32_t
     row_max_sumexp(x, V, &mx, &s);
     if (threadIdx.x == 0) losses[row] = logf(s) + mx - ld(x, targets[row]);
 }
+// dlogits may be logits: each thread reads its elements before it writes them
 __global__ static void ce_bwd(bf16_t *dlogits, const bf16_t *logits, const int32_t *targets, int V, float scale) {
     size_t row = blockIdx.x;
     bf16_t *d = dlogits + row * V;
-    int tgt = targets[row];
-    if (tgt < 0) { for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, 0.0f); return; }
     const bf16_t *x = logits + row * V;
+    int tgt = targets[row];
+    bool vec = V % 8 == 0 && aligned16(x) && aligned16(d);
+    if (tgt < 0) {
+        float z[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (vec) for (int i = 8 * threadIdx.x; i < V; i += 8 * blockDim.x) store8(d + i, z);
+        else for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, 0.0f);
+        return;
+    }
     float mx, s;
     row_max_sumexp(x, V, &mx, &s);
     float inv = 1.0f / s;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, (expf(ld(x, i) - mx) * inv - (i == tgt ? 1.0f : 0.0f)) * scale);
+    if (vec) {
+        for (int i = 8 * threadIdx.x; i < V; i += 8 * blockDim.x) {
+            float v[8];
+            load8(v, x + i);
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[k] = (expf(v[k] - mx) * inv - (i + k == tgt ? 1.0f : 0.0f)) * scale;
+            store8(d + i, v);
+        }
+    } else {
+        for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, (expf(ld(x, i) - mx) * inv - (i == tgt ? 1.0f : 0.0f)) * scale);
+    }
 }
 extern "C" void cuda_cross_entropy_forward(float *losses, const bf16 *logits, const int32_t *targets, int T, int V) { ce_fwd<<<T, 1024, 0, g_stream>>>(losses, CB16(logits), targets, V); LAUNCH_CHECK(); }
 extern "C" void cuda_cross_entropy_backward(bf16 *dlogits, const bf16 *logits, const int32_t *targets, int T, int V, float scale) { ce_bwd<<<T, 1024, 0, g_stream>>>(B16(dlogits), CB16(logits), targets, V, scale); LAUNCH_CHECK(); }
