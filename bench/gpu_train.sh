@@ -5,7 +5,7 @@
 # here, peak memory) and the peer's (bench/gpu_train_ref.py), then the ratio.
 #   usage: bench/gpu_train.sh [slice] [vision] [full]   (default: slice vision; STEPS=5 timed steps after 2 warm-up,
 #          FULL_STEPS=3 for the whole model; each run limited to RUN_TIMEOUT=150 seconds;
-#          FLASH_VARIANTS="3" also times the slice with those attention versions, "" for none)
+#          FLASH_VARIANTS="2 3" (the default) also times those attention versions, "" for none)
 # slice:  the 4B language model's width (hidden 2560, 32q/8kv heads of 128, FFN 9728, vocab 151936, tied
 #         embeddings) with 8 layers, one packed sequence of 8192 random tokens, labels = inputs; all
 #         tensors train, AdamW (spec: PyTorch 323 model TFLOP/s on an H100).
@@ -57,8 +57,8 @@ from stlib import write_file
 ids = np.random.default_rng(0).integers(0, 151936, 8192).astype(np.int32)
 write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", ids.copy())])
 PY
-        # the attention kernel versions still in the running (LLAVA_FLASH; the default is 2) side by side
-        [ "${ONLY_PROFILE:-0}" = 1 ] || for v in ${FLASH_VARIANTS-3}; do
+        # the attention kernel versions still in the running (LLAVA_FLASH; the default picks per head dim) side by side
+        [ "${ONLY_PROFILE:-0}" = 1 ] || for v in ${FLASH_VARIANTS-2 3}; do
             echo "gpu_train slice: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" --device cuda --peak-tflops "$peak" \
                 "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)"
         done
@@ -81,7 +81,7 @@ px = np.random.default_rng(0).standard_normal((g * g, 588)).astype(np.float32)
 write_file(sys.argv[1], [("pixel_values", "F32", px), ("grid_thw", "I32", np.array([[1, g, g]], np.int32))])
 PY
         args=(--device cuda --vision --peak-tflops "$peak" "$W/vis/hf" "$W/vis.safetensors")
-        [ "${ONLY_PROFILE:-0}" = 1 ] || for v in ${FLASH_VARIANTS-3}; do
+        [ "${ONLY_PROFILE:-0}" = 1 ] || for v in ${FLASH_VARIANTS-2 3}; do
             echo "gpu_train vision: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)"
         done
         [ "${ONLY_PROFILE:-0}" = 1 ] ||

@@ -135,20 +135,24 @@ int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *d
                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                         int D, int causal);
 // LLAVA_FLASH=0|1|2|3 picks the kernels for a whole run (comparisons, or a fallback while a new version
-// is being checked); cuda_attention_set_flash overrides it.
-static int flash_version = -1;
+// is being checked); cuda_attention_set_flash overrides it. Unset: the fastest measured per head dim (H200,
+// bench/RESULTS.md): the forward of v3 at head_dim 128 (2.74 against 3.12 ms at T 8192), v2 at 64 (0.69
+// against 0.91 ms at the tower's shape); v2's backward (v3 shares it).
+static int flash_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset, per head dim
 static int flash_pick(void) {
-    if (flash_version < 0) {
+    if (flash_version == -1) {
         const char *env = getenv("LLAVA_FLASH");
-        flash_version = env && env[0] >= '0' && env[0] <= '3' && !env[1] ? env[0] - '0' : 2;
+        flash_version = env && env[0] >= '0' && env[0] <= '3' && !env[1] ? env[0] - '0' : -2;
     }
     return flash_version;
 }
+static int flash_forward_version(int D) { return flash_pick() == -2 ? (D == 128 ? 3 : 2) : flash_version; }
 extern "C" void cuda_attention_set_flash(int version) { flash_version = version; }
 
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
-    if (flash_pick() && cuda_flash_forward(flash_version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
+    int version = flash_forward_version(D);
+    if (version && cuda_flash_forward(version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
     if (D > MAXD) { cuda_note_error("cuda_attention_forward", "head_dim above 128"); return; }
     attn_fwd<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
                                                                  (const bf16_t *)v, cu_seqlens, nseq, T, Hq, Hkv, D, causal,
@@ -164,7 +168,8 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
     attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
     LAUNCH_CHECK();
-    if (flash_pick() && cuda_flash_backward(flash_version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
+    int version = flash_pick() == -2 ? 2 : flash_version;
+    if (version && cuda_flash_backward(version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (dq) {
         attn_bwd_dq<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)dq, DO, lse, Drow, Q, K, V, cu_seqlens, nseq, T,

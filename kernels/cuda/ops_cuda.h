@@ -87,9 +87,10 @@ void cuda_rope_backward(bf16 *dx, const float *angles, int T, int H, int D);
 // max_len: the longest sub-sequence (sizes the launch).
 void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                             int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal);
-// Head dims 64 and 128 use the tensor-core flash kernels: version 2 (default: cp.async double buffering,
-// ldmatrix operands), 3 (version 2 with 32 query rows per warp in the forward), 1 (the first, synchronous
-// tiles), or 0 for the warp-per-row kernels (tests, timing). LLAVA_FLASH=N sets it for a run.
+// Head dims 64 and 128 use the tensor-core flash kernels: version 2 (cp.async double buffering, ldmatrix
+// operands), 3 (version 2 with 32 query rows per warp in the forward), 1 (the first, synchronous tiles), or
+// 0 for the warp-per-row kernels (tests, timing); -2, the default, takes the faster forward per head dim
+// (3 at 128, 2 at 64) and version 2's backward. LLAVA_FLASH=N sets it for a run.
 void cuda_attention_set_flash(int version);
 // LLAVA_PROFILE (profile.cu): forget the op times recorded so far, e.g. at the end of a warm-up.
 void cuda_profile_reset(void);

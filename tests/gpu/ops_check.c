@@ -247,7 +247,7 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     cuda_attention_set_flash(version);
     cuda_attention_forward(go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
     cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
-    cuda_attention_set_flash(2);
+    cuda_attention_set_flash(-2);
     sync_or_die();
     char name[96];
     float *h;
@@ -404,7 +404,7 @@ static void timings(void) {
         printf("timing: attention T 5185 16 heads d64 bidirectional, %-23s forward %7.3f ms %6.1f TFLOP/s, backward %7.3f ms %6.1f TFLOP/s\n",
                what[version], at, vfl / at / 1e9, atb, 2.5 * vfl / atb / 1e9);
     }
-    cuda_attention_set_flash(2);
+    cuda_attention_set_flash(-2);
     sync_or_die();
     free(x);
 }

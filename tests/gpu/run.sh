@@ -44,16 +44,16 @@ fi
 export LLAVA_POISON=1
 
 # ---- 0 (section 4 of the list). every CUDA op against the CPU op, then timings at the 4B shapes; first, so
-# that a failing flash v2 leaves the rest of the run on v1 (LLAVA_FLASH=1) instead of spoiling it ----
+# that a failing flash v2/v3 leaves the rest of the run on v1 (LLAVA_FLASH=1) instead of spoiling it ----
 section 0: ops_check
 if [ -x "$B/ops_check" ]; then
     timeout "${OPS_TIMEOUT:-150}" "$B/ops_check" 2>&1 | tee "$OUTDIR/ops_check.txt"
     rc=${PIPESTATUS[0]}
     summary+=("CUDA ops vs CPU: $(grep -c ' ok$' "$OUTDIR/ops_check.txt") ok, $(grep -c 'FAIL$' "$OUTDIR/ops_check.txt") failed (exit $rc)")
     while IFS= read -r line; do summary+=("${line#timing: }"); done < <(grep '^timing:' "$OUTDIR/ops_check.txt")
-    if [ -z "${LLAVA_FLASH:-}" ] && grep -q 'flash v2).*FAIL$' "$OUTDIR/ops_check.txt"; then
+    if [ -z "${LLAVA_FLASH:-}" ] && grep -q 'flash v[23]).*FAIL$' "$OUTDIR/ops_check.txt"; then
         export LLAVA_FLASH=1
-        summary+=("flash v2 FAILED its checks: the rest of this run uses flash v1 (LLAVA_FLASH=1)")
+        summary+=("flash v2 or v3 FAILED its checks: the rest of this run uses flash v1 (LLAVA_FLASH=1)")
     fi
 fi
 
