@@ -52,7 +52,8 @@ int main(int argc, char **argv) {
         .summary = "time training steps of a backend on one batch (a benchmark)",
         .synopsis = "train_step [--device D] [--recompute N] [--peak-tflops X] [--vision] [--zero-shards D] HF_DIR IN.safetensors STEPS",
         .description = "Two untimed warm-up steps, then STEPS timed ones; prints one line with tokens/s, model TFLOP/s, MFU "
-                       "and peak backend memory (see the head of bench/train_step.c).",
+                       "and peak backend memory (see the head of bench/train_step.c). With LLAVA_PROFILE=FILE on cuda, FILE gets "
+                       "the device time of every op over the timed steps.",
         .opts = opts,
         .nopts = sizeof opts / sizeof opts[0],
         .min_pos = 3,
