@@ -381,7 +381,7 @@ extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const i
 // combines its threads' pairs. Every thread of the block gets the row's maximum and Σ exp(x − max).
 __device__ __forceinline__ void online_add(float *m, float *s, float x) {
     if (x > *m) { *s = *s * expf(*m - x) + 1.0f; *m = x; }  // exp(−inf) = 0 for the first element
-    else *s += expf(x - *m);
+    else if (x > -INFINITY) *s += expf(x - *m);             // a −inf logit adds nothing (and no NaN)
 }
 __device__ static void row_max_sumexp(const bf16_t *x, int V, float *mx_out, float *sum_out) {
     float m = -INFINITY, s = 0.0f;
@@ -392,8 +392,9 @@ __device__ static void row_max_sumexp(const bf16_t *x, int V, float *mx_out, flo
 #pragma unroll
             for (int k = 0; k < 8; k++) cm = fmaxf(cm, v[k]);
             if (cm > m) { s *= expf(m - cm); m = cm; }  // one rescale per 8 logits
+            if (m > -INFINITY)                            // else every logit so far is −inf: nothing to add
 #pragma unroll
-            for (int k = 0; k < 8; k++) s += expf(v[k] - m);
+                for (int k = 0; k < 8; k++) s += expf(v[k] - m);
         }
     } else {
         for (int i = threadIdx.x; i < V; i += blockDim.x) online_add(&m, &s, ld(x, i));
