@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh: everything checked or timed on a lent GPU machine, in one call (see the device
 # tool's README). Build here first with `make portable` and carry gpu-bin/:
-#   run(command="tests/gpu/run.sh", carry=["gpu-bin"])
-# (1) our fp32 CPU model against the real Hugging Face implementations that only those machines have
-# (transformers: MLCDVisionModel, Qwen3ForCausalLM) at two presets; (2) the model on the CUDA backend
-# against the CPU backend (tiny and mid-size; gradients under compare_backends.py's bf16 rule, with
-# PyTorch autocast as the peer) and --recompute bit-identical; (2b) greedy generation cuda vs cpu;
-# (3) 10 training steps cuda vs cpu and a save/resume; (4) ops_check: every CUDA op against the CPU
-# op, and their timings at the 4B shapes; (5) the card's bf16 GEMM rate, the MFU denominator;
-# (6) bench/gpu_train.sh against PyTorch + transformers (SKIP_BENCH=1 leaves it out). A short table is
-# printed last. ONLY_BENCH=1 BENCH_SHAPES=full runs just the whole-4B bench (an H200). LLAVA_FLASH=1 (or 0) runs the CUDA model on the first flash kernels (or the warp-per-row ones).
+#   run(command="tests/gpu/run.sh 2>&1 | tee $OUT/log", carry=["gpu-bin"])
+# (0) ops_check: every CUDA op against the CPU op, and their timings at the 4B and tower shapes (first, so
+# that a failing flash v2/v3 leaves the rest on v1); (1) with HF_PARITY=1, our fp32 CPU model against the
+# Hugging Face implementations only those machines have (transformers: MLCDVisionModel, Qwen3ForCausalLM);
+# (2) the model on the CUDA backend against the CPU backend (tiny and mid-size; gradients under
+# compare_backends.py's bf16 rule, PyTorch autocast on the CPU and then on the GPU as the peer) and
+# --recompute bit-identical; (2b) greedy generation cuda vs cpu; (3) 10 training steps cuda vs cpu, a
+# save/resume, and one rank through NCCL; (5) the card's bf16 GEMM rate, the MFU denominator; (6)
+# bench/gpu_train.sh against PyTorch + transformers, with a profiled run per shape (SKIP_BENCH=1 leaves it
+# out; BENCH_SHAPES="slice vision full" adds the whole model, an H200). A short table is printed last; the
+# detail files come back as results.tgz. ONLY_BENCH=1 runs just the bench. Limits: STEP_TIMEOUT (each
+# program, 90 s), OPS_TIMEOUT (150), BENCH_TIMEOUT (300). LLAVA_FLASH=N forces one attention version.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 # The device tool brings back at most 8 files: the detailed outputs go to $W/out and, at each section,
