@@ -46,6 +46,7 @@ ratio() {  # OURS_LINE PEER_LINE: the peer's time per step over ours (the same w
 }
 
 for shape in $SHAPES; do
+    steps=$STEPS variants=${FLASH_VARIANTS-2 3} profile=1  # each shape sets args (train_step's) and peer_args
     case $shape in
     slice)
         "$BIN/mkckpt" --preset 4b --llm-layers 8 --vit-layers 1 --out "$W/slice" --seed 1 2>/dev/null || { echo "gpu_train: mkckpt failed"; exit 1; }
@@ -57,16 +58,8 @@ from stlib import write_file
 ids = np.random.default_rng(0).integers(0, 151936, 8192).astype(np.int32)
 write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", ids.copy())])
 PY
-        # the attention kernel versions still in the running (LLAVA_FLASH; the default picks per head dim) side by side
-        [ "${ONLY_PROFILE:-0}" = 1 ] || for v in ${FLASH_VARIANTS-2 3}; do
-            echo "gpu_train slice: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" --device cuda --peak-tflops "$peak" \
-                "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)"
-        done
         args=(--device cuda --peak-tflops "$peak" "$W/slice/llm" "$W/slice.safetensors")
-        [ "${ONLY_PROFILE:-0}" = 1 ] ||
-        ours=$(T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
-        [ "${ONLY_PROFILE:-0}" = 1 ] ||
-        peer=$(T $PY bench/gpu_train_ref.py llm "$W/slice/llm" "$W/slice.safetensors" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
+        peer_args=(llm "$W/slice/llm" "$W/slice.safetensors")
         ;;
     vision)
         "$BIN/mkckpt" --preset 4b --llm-layers 1 --out "$W/vis" --seed 1 2>/dev/null &&
@@ -81,13 +74,7 @@ px = np.random.default_rng(0).standard_normal((g * g, 588)).astype(np.float32)
 write_file(sys.argv[1], [("pixel_values", "F32", px), ("grid_thw", "I32", np.array([[1, g, g]], np.int32))])
 PY
         args=(--device cuda --vision --peak-tflops "$peak" "$W/vis/hf" "$W/vis.safetensors")
-        [ "${ONLY_PROFILE:-0}" = 1 ] || for v in ${FLASH_VARIANTS-2 3}; do
-            echo "gpu_train vision: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)"
-        done
-        [ "${ONLY_PROFILE:-0}" = 1 ] ||
-        ours=$(T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
-        [ "${ONLY_PROFILE:-0}" = 1 ] ||
-        peer=$(T $PY bench/gpu_train_ref.py vision "$W/vis/vit" 1008 "$STEPS" 2>&1 | tee -a "$LOG" | tail -1)
+        peer_args=(vision "$W/vis/vit" 1008)
         ;;
     full)
         "$BIN/mkckpt" --preset 4b --out "$W/full" --seed 1 2>/dev/null &&
@@ -110,23 +97,29 @@ write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", labels), (
                          ("image_token_id", "I32", np.array([pad], np.int32))])
 PY
         # the memory of one of two ZeRO-1 ranks (its half of the optimizer state): must fit an 80 GB card
-        args=()
         half=$(T "$TRAIN_STEP" --device cuda --recompute 36 --zero-shards 2 "$W/full/hf" "$W/full.safetensors" 2 2>&1 | tee -a "$LOG" | tail -1)
         gib=$(grep -o 'peak [0-9.]* GiB' <<<"$half" | cut -d' ' -f2)
         echo "gpu_train full: ours as one of 2 ZeRO-1 ranks: $half"
         echo "gpu_train full: one of 2 ranks holds at most ${gib:-?} GiB: $(awk -v g="${gib:-999}" 'BEGIN { print (g < 78.0 ? "fits" : "does NOT fit") }') an 80 GB card (below 78 GiB: room left for the CUDA context and NCCL buffers)"
-        ours=$(T "$TRAIN_STEP" --device cuda --recompute 36 --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$FULL_STEPS" 2>&1 | tee -a "$LOG" | tail -1)
-        peer=$(T $PY bench/gpu_train_ref.py full "$W/full/vit" "$W/full/llm" "$W/full.safetensors" "$FULL_STEPS" 2>&1 | tee -a "$LOG" | tail -1)
+        args=(--device cuda --recompute 36 --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors")
+        peer_args=(full "$W/full/vit" "$W/full/llm" "$W/full.safetensors")
+        steps=$FULL_STEPS variants= profile=0
         ;;
     *) echo "gpu_train: unknown shape '$shape' (slice, vision, full)"; exit 2 ;;
     esac
     if [ "${ONLY_PROFILE:-0}" != 1 ]; then
+        # the attention versions still in the running (LLAVA_FLASH; the default picks per head dim) side by side
+        for v in $variants; do
+            echo "gpu_train $shape: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+        done
+        ours=$(T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
+        peer=$(T $PY bench/gpu_train_ref.py "${peer_args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
         echo "gpu_train $shape: ours  $ours"
         echo "gpu_train $shape: $peer"
         echo "gpu_train $shape: speed ours / PyTorch (time per step) = $(ratio "$ours" "$peer") (target 1.3x)"
     fi
-    if [ -n "${PROFILE_DIR:-}" ] && [ ${#args[@]} -gt 0 ]; then  # where the time goes: 2 + 3 steps, device time per op
-        LLAVA_PROFILE=$PROFILE_DIR/profile_$shape.txt T "$TRAIN_STEP" "${args[@]}" "$STEPS" 2>&1 | tee -a "$LOG" | tail -1 | sed "s/^/gpu_train $shape: profiled run: /"
+    if [ -n "${PROFILE_DIR:-}" ] && [ "$profile" = 1 ]; then  # where the time goes: device time per op over the timed steps
+        LLAVA_PROFILE=$PROFILE_DIR/profile_$shape.txt T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1 | sed "s/^/gpu_train $shape: profiled run: /"
     fi
     rm -rf "$W/slice" "$W/vis" "$W/full"
 done
