@@ -104,20 +104,20 @@ for preset in tiny "$W/mid.json"; do
     "$B/merge" --vit "$d/src/vit" --llm "$d/src/llm" --out "$d/hf" --image-token-id 1012 --video-token-id 1013 2>/dev/null &&
     $PY tests/ref/model_ref.py inputs "$d/hf" "$d/in.safetensors" 7 packed &&
     "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu.safetensors" --grads --device cpu 2>/dev/null &&
-    G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda.safetensors" --grads --device cuda 2>&1 &&
-    $PY tests/ref/model_ref.py grads-bf16 "$d/hf" "$d/in.safetensors" "$d/peer.safetensors" &&
-    COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" "$d/peer.safetensors" 2>&1 |
-        tee "$OUTDIR/backends_$name.txt" | grep -v '^compare: grad\.'
-    rc=${PIPESTATUS[0]}
-    # the same against PyTorch autocast on this GPU (tensor-core products, as PyTorch trains here) as the peer
-    MODEL_REF_DEVICE=cuda $PY tests/ref/model_ref.py grads-bf16 "$d/hf" "$d/in.safetensors" "$d/peer_gpu.safetensors" &&
-    COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" "$d/peer_gpu.safetensors" 2>&1 |
-        tee "$OUTDIR/backends_gpu_peer_$name.txt" | grep -v '^compare: grad\.'
-    rc_gpu=${PIPESTATUS[0]}
+    G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda.safetensors" --grads --device cuda 2>&1
+    # the peer: PyTorch autocast on the CPU, then on this GPU (tensor-core products, as PyTorch trains here)
+    declare -A peer_rc
+    for peer in cpu cuda; do
+        out=$OUTDIR/backends_$([ $peer = cuda ] && echo gpu_peer_)$name.txt
+        MODEL_REF_DEVICE=$peer $PY tests/ref/model_ref.py grads-bf16 "$d/hf" "$d/in.safetensors" "$d/peer_$peer.safetensors" &&
+        COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" \
+            "$d/peer_$peer.safetensors" 2>&1 | tee "$out" | grep -v '^compare: grad\.'
+        peer_rc[$peer]=${PIPESTATUS[0]}
+    done
     G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda_rc.safetensors" --grads --device cuda --recompute 99 2>&1 | tail -1
     summary+=("cuda --recompute (every layer) $name: $(cmp -s "$d/cuda.safetensors" "$d/cuda_rc.safetensors" && echo bit-identical || echo DIFFERS)")
-    summary+=("cuda vs cpu model $name: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends_$name.txt" 2>/dev/null); $(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x' "$OUTDIR/backends_$name.txt" 2>/dev/null))")
-    summary+=("  the same with PyTorch autocast on the GPU as the peer: $([ "$rc_gpu" -eq 0 ] && echo ok || echo FAIL) ($(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x.*' "$OUTDIR/backends_gpu_peer_$name.txt" 2>/dev/null))")
+    summary+=("cuda vs cpu model $name: $([ "${peer_rc[cpu]}" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends_$name.txt" 2>/dev/null); $(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x' "$OUTDIR/backends_$name.txt" 2>/dev/null))")
+    summary+=("  the same with PyTorch autocast on the GPU as the peer: $([ "${peer_rc[cuda]}" -eq 0 ] && echo ok || echo FAIL) ($(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x.*' "$OUTDIR/backends_gpu_peer_$name.txt" 2>/dev/null))")
 done
 
 section 2b: generation
