@@ -146,12 +146,13 @@ static int flash_pick(void) {
     }
     return flash_version;
 }
-static int flash_forward_version(int D) { return flash_pick() == -2 ? (D == 128 ? 3 : 2) : flash_version; }
+// the version a forward (or a backward) at head dim D runs
+static int flash_for(int D, int forward) { return flash_pick() != -2 ? flash_version : forward && D == 128 ? 3 : 2; }
 extern "C" void cuda_attention_set_flash(int version) { flash_version = version; }
 
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
-    int version = flash_forward_version(D);
+    int version = flash_for(D, 1);
     if (version && cuda_flash_forward(version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
     if (D > MAXD) { cuda_note_error("cuda_attention_forward", "head_dim above 128"); return; }
     attn_fwd<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
@@ -168,7 +169,7 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
     attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
     LAUNCH_CHECK();
-    int version = flash_pick() == -2 ? 2 : flash_version;
+    int version = flash_for(D, 0);
     if (version && cuda_flash_backward(version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (dq) {

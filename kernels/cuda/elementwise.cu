@@ -202,6 +202,12 @@ __device__ __forceinline__ float gelu_d(float v) {  // d gelu / dv
     return cdf + v * pdf;
 }
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
+// d out/d gate and d out/d up of out = silu(g)·u, times the incoming gradient d, added to dg and du
+__device__ __forceinline__ void swiglu_grad(float g, float u, float d, float *dg, float *du) {
+    float s = 1.0f / (1.0f + expf(-g));
+    *dg = *dg + d * u * s * (1.0f + g * (1.0f - s));
+    *du = *du + d * g * s;
+}
 
 __global__ static void gelu_fwd(bf16_t *out, const bf16_t *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -240,9 +246,10 @@ __global__ static void swiglu_bwd(bf16_t *dgu, const bf16_t *dy, const bf16_t *g
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)N * F) return;
     size_t n = i / F, f = i % F, ig = n * 2 * F + f, iu = ig + F;
-    float g = ld(gu, ig), u = ld(gu, iu), s = 1.0f / (1.0f + expf(-g)), d = ld(dy, i);
-    st(dgu, ig, ld(dgu, ig) + d * u * s * (1.0f + g * (1.0f - s)));
-    st(dgu, iu, ld(dgu, iu) + d * g * s);
+    float dg = ld(dgu, ig), du = ld(dgu, iu);
+    swiglu_grad(ld(gu, ig), ld(gu, iu), ld(dy, i), &dg, &du);
+    st(dgu, ig, dg);
+    st(dgu, iu, du);
 }
 // 8 columns per thread, rows on grid.y (strided past 65535): no 64-bit division per element
 __global__ static void swiglu_fwd8(bf16_t *out, const bf16_t *gu, int N, int F) {
@@ -264,11 +271,7 @@ __global__ static void swiglu_bwd8(bf16_t *dgu, const bf16_t *dy, const bf16_t *
         float g[8], u[8], d[8], dg[8], du[8];
         load8(g, gu + ig), load8(u, gu + iu), load8(d, dy + n * F + f), load8(dg, dgu + ig), load8(du, dgu + iu);
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            float s = 1.0f / (1.0f + expf(-g[k]));
-            dg[k] = dg[k] + d[k] * u[k] * s * (1.0f + g[k] * (1.0f - s));
-            du[k] = du[k] + d[k] * g[k] * s;
-        }
+        for (int k = 0; k < 8; k++) swiglu_grad(g[k], u[k], d[k], &dg[k], &du[k]);
         store8(dgu + ig, dg), store8(dgu + iu, du);
     }
 }
@@ -377,7 +380,7 @@ extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const i
 
 // ---- cross-entropy: a block per row, max and Σexp in fp32, no probabilities stored ----
 // One pass for the statistics: each thread keeps a running maximum m and Σ exp(x − m), rescaled when m
-// grows (the online softmax), over 8 logits per 16-byte load where the row is aligned; then the block
+// grows (the online softmax), reading 8 logits per 16-byte load where the row is aligned; then the block
 // combines its threads' pairs. Every thread of the block gets the row's maximum and Σ exp(x − max).
 __device__ __forceinline__ void online_add(float *m, float *s, float x) {
     if (x > *m) { *s = *s * expf(*m - x) + 1.0f; *m = x; }  // exp(−inf) = 0 for the first element
@@ -387,14 +390,10 @@ __device__ static void row_max_sumexp(const bf16_t *x, int V, float *mx_out, flo
     float m = -INFINITY, s = 0.0f;
     if (V % 8 == 0 && aligned16(x)) {
         for (int i = 8 * threadIdx.x; i < V; i += 8 * blockDim.x) {
-            float v[8], cm = -INFINITY;
+            float v[8];
             load8(v, x + i);
 #pragma unroll
-            for (int k = 0; k < 8; k++) cm = fmaxf(cm, v[k]);
-            if (cm > m) { s *= expf(m - cm); m = cm; }  // one rescale per 8 logits
-            if (m > -INFINITY)                            // else every logit so far is −inf: nothing to add
-#pragma unroll
-                for (int k = 0; k < 8; k++) s += expf(v[k] - m);
+            for (int k = 0; k < 8; k++) online_add(&m, &s, v[k]);
         }
     } else {
         for (int i = threadIdx.x; i < V; i += blockDim.x) online_add(&m, &s, ld(x, i));
@@ -410,6 +409,10 @@ __global__ static void ce_fwd(float *losses, const bf16_t *logits, const int32_t
     float mx, s;
     row_max_sumexp(x, V, &mx, &s);
     if (threadIdx.x == 0) losses[row] = logf(s) + mx - ld(x, targets[row]);
+}
+// softmax(x)·scale, less scale at the target
+__device__ __forceinline__ float ce_grad(float x, float mx, float inv, bool target, float scale) {
+    return (expf(x - mx) * inv - (target ? 1.0f : 0.0f)) * scale;
 }
 // dlogits may be logits: each thread reads its elements before it writes them
 __global__ static void ce_bwd(bf16_t *dlogits, const bf16_t *logits, const int32_t *targets, int V, float scale) {
@@ -432,11 +435,11 @@ __global__ static void ce_bwd(bf16_t *dlogits, const bf16_t *logits, const int32
             float v[8];
             load8(v, x + i);
 #pragma unroll
-            for (int k = 0; k < 8; k++) v[k] = (expf(v[k] - mx) * inv - (i + k == tgt ? 1.0f : 0.0f)) * scale;
+            for (int k = 0; k < 8; k++) v[k] = ce_grad(v[k], mx, inv, i + k == tgt, scale);
             store8(d + i, v);
         }
     } else {
-        for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, (expf(ld(x, i) - mx) * inv - (i == tgt ? 1.0f : 0.0f)) * scale);
+        for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, ce_grad(ld(x, i), mx, inv, i == tgt, scale));
     }
 }
 extern "C" void cuda_cross_entropy_forward(float *losses, const bf16 *logits, const int32_t *targets, int T, int V) { ce_fwd<<<T, 1024, 0, g_stream>>>(losses, CB16(logits), targets, V); LAUNCH_CHECK(); }
