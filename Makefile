@@ -56,8 +56,13 @@ $(info cuda: building the CUDA backend for $(CUDA_ARCH) with $(NVCC))
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 CFLAGS  += -DWITH_CUDA -DCUDA_ARCH_NAME='"$(CUDA_ARCH)"'
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,--as-needed -lcublasLt -Wl,--no-as-needed -lcudart_static -ldl -lrt -lpthread -lstdc++
-NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_$(subst sm_,,$(CUDA_ARCH)),code=[$(CUDA_ARCH),compute_$(subst sm_,,$(CUDA_ARCH))] \
-             -Xcompiler -Wall,-Wextra
+NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -Wall,-Wextra
+NVCC_GENCODE ?= -gencode arch=compute_$(subst sm_,,$(CUDA_ARCH)),code=[$(CUDA_ARCH),compute_$(subst sm_,,$(CUDA_ARCH))]
+# flash attention version 4 uses Hopper's wgmma, which exists only in the arch-specific target sm_90a:
+# that one file is built for sm_90a alone (and only used on compute capability 9.0 devices)
+ifneq ($(filter sm_90 sm_90a,$(CUDA_ARCH)),)
+$(BUILD)/kernels/cuda/flash_wgmma.o: NVCC_GENCODE = -gencode arch=compute_90a,code=sm_90a -DWITH_WGMMA
+endif
 else
 $(info cuda: nvcc not found or CUDA=0: building the CPU backend only)
 CUDA_OBJ :=
@@ -75,7 +80,7 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/kernels/cuda/%.o: kernels/cuda/%.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) $(NVCC_GENCODE) -c $< -o $@
 
 $(LIB): $(COMMON_OBJ) $(CUDA_OBJ)
 	@rm -f $@

@@ -10,10 +10,7 @@
 // are rounded to bf16 as operands, as FlashAttention does.
 #include <math.h>
 
-#include "flash_mma.cuh"
-#include "ops_cuda.h"
-
-enum { NW = 4 };
+#include "flash_bwd_tiled.cuh"
 
 template <int D>
 struct BwdSmem {
@@ -134,191 +131,6 @@ flash_dq(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf
     }
 }
 
-// ---- second generation: the per-iteration tiles (Q, dO, lse, D for dkdv; K, V for dq) double-buffered
-// through cp.async so the next one's copy overlaps this one's products, and every mma operand loaded
-// by ldmatrix (the B operands of the P·X products through the transposing form). ----
-template <int D>
-struct Bwd2Smem {
-    bf16_t a[FT][D + 8], b[FT][D + 8];         // fixed: K, V (dkdv) or Q, dO (dq)
-    bf16_t c[2][FT][D + 8], d[2][FT][D + 8];   // streamed: Q, dO (dkdv) or K, V (dq)
-    float lse[2][FT], drow[2][FT];             // dkdv only
-};
-
-// the query tiles (all query heads of the KV group) a dkdv block streams, in order
-struct QTiles {
-    int qfirst, per_head, rep, hk;
-    __device__ int head(int i) const { return hk * rep + i / per_head; }
-    __device__ int q0(int i) const { return qfirst + (i % per_head) * FT; }
-};
-
-template <int D>
-__device__ __forceinline__ void dkdv_fetch(Bwd2Smem<D> &sm, int buf, const QTiles &qt, int i, const bf16_t *q, const bf16_t *dout,
-                                           const float *lse, const float *drow, int end, int Hq) {
-    int h = qt.head(i), q0 = qt.q0(i);
-    flash_load_tile_async<D>(sm.c[buf], q, q0, end, Hq, h);
-    flash_load_tile_async<D>(sm.d[buf], dout, q0, end, Hq, h);
-    for (int r = threadIdx.x; r < FT; r += blockDim.x) {  // plain stores: visible after the next barrier
-        int t = q0 + r;
-        sm.lse[buf][r] = t < end ? lse[(size_t)t * Hq + h] : INFINITY;
-        sm.drow[buf][r] = t < end ? drow[(size_t)t * Hq + h] : 0.0f;
-    }
-}
-
-template <int D>
-__global__ static void __launch_bounds__(NW * 32, 2)
-flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
-            const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
-    extern __shared__ __align__(128) unsigned char raw[];
-    Bwd2Smem<D> &sm = *reinterpret_cast<Bwd2Smem<D> *>(raw);
-    int hk = blockIdx.x, s = blockIdx.z, rep = Hq / Hkv;
-    int start = cu[s], end = cu[s + 1], k0 = start + blockIdx.y * FT;  // causal: the first key tiles see the most queries
-    if (k0 >= end) return;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
-    int j_lo = k0 + row0 + g, j_hi = j_lo + 8;
-    QTiles qt;
-    qt.qfirst = causal ? k0 : start;  // causal: only queries at or after the first key see it
-    qt.per_head = (end - qt.qfirst + FT - 1) / FT;
-    qt.rep = rep;
-    qt.hk = hk;
-    int n = qt.per_head * rep;
-    flash_load_tile_async<D>(sm.a, k, k0, end, Hkv, hk);
-    flash_load_tile_async<D>(sm.b, v, k0, end, Hkv, hk);
-    dkdv_fetch<D>(sm, 0, qt, 0, q, dout, lse, drow, end, Hq);
-    cp_async_commit();
-    float gk[D / 8][4], gv[D / 8][4];
-#pragma unroll
-    for (int i = 0; i < D / 8; i++) gk[i][0] = gk[i][1] = gk[i][2] = gk[i][3] = gv[i][0] = gv[i][1] = gv[i][2] = gv[i][3] = 0.0f;
-    for (int i = 0; i < n; i++) {
-        int buf = i & 1, q0 = qt.q0(i);
-        cp_async_wait_all();
-        __syncthreads();
-        if (i + 1 < n) dkdv_fetch<D>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
-        cp_async_commit();
-        float p[FT / 8][4], ds[FT / 8][4];
-        flash_tile_tileT2<D>(p, sm.a, row0, sm.c[buf], lane);   // Sᵀ = K·Qᵀ (keys × queries)
-        flash_tile_tileT2<D>(ds, sm.b, row0, sm.d[buf], lane);  // dPᵀ = V·dOᵀ
-        int full = k0 + FT <= end && q0 + FT <= end && (!causal || k0 + FT - 1 <= q0);  // every (key, query) pair counts
-#pragma unroll
-        for (int nn = 0; nn < FT / 8; nn++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int col = nn * 8 + 2 * c + (e & 1), t = q0 + col, j = e < 2 ? j_lo : j_hi;
-                int valid = full || (j < end && t < end && (!causal || j <= t));
-                float pv = valid ? __expf(p[nn][e] * scale - sm.lse[buf][col]) : 0.0f;
-                p[nn][e] = pv;
-                ds[nn][e] = pv * (ds[nn][e] - sm.drow[buf][col]) * scale;
-            }
-        flash_p_tile2<D>(gv, p, sm.d[buf], lane);   // dV += Pᵀ·dO
-        flash_p_tile2<D>(gk, ds, sm.c[buf], lane);  // dK += dSᵀ·Q
-    }
-#pragma unroll
-    for (int nn = 0; nn < D / 8; nn++) {
-        int col = nn * 8 + 2 * c;
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            int j = half ? j_hi : j_lo;
-            if (j >= end) continue;
-            size_t e = ((size_t)j * Hkv + hk) * D + col;
-            if (dk) {
-                __nv_bfloat162 *p2 = reinterpret_cast<__nv_bfloat162 *>(dk + e);
-                float2 old = __bfloat1622float2(*p2);
-                *p2 = __floats2bfloat162_rn(old.x + gk[nn][2 * half], old.y + gk[nn][2 * half + 1]);
-            }
-            if (dv) {
-                __nv_bfloat162 *p2 = reinterpret_cast<__nv_bfloat162 *>(dv + e);
-                float2 old = __bfloat1622float2(*p2);
-                *p2 = __floats2bfloat162_rn(old.x + gv[nn][2 * half], old.y + gv[nn][2 * half + 1]);
-            }
-        }
-    }
-}
-
-template <int D>
-__global__ static void __launch_bounds__(NW * 32, 2)
-flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
-          const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
-    extern __shared__ __align__(128) unsigned char raw[];
-    Bwd2Smem<D> &sm = *reinterpret_cast<Bwd2Smem<D> *>(raw);
-    int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
-    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // causal: late queries see the most keys
-    int start = cu[s], end = cu[s + 1], q0 = start + tile * FT;
-    if (q0 >= end) return;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
-    int t_lo = q0 + row0 + g, t_hi = t_lo + 8;
-    int kend = causal ? min(end, q0 + FT) : end, nk = (kend - start + FT - 1) / FT;
-    flash_load_tile_async<D>(sm.a, q, q0, end, Hq, h);
-    flash_load_tile_async<D>(sm.b, dout, q0, end, Hq, h);
-    flash_load_tile_async<D>(sm.c[0], k, start, end, Hkv, hk);
-    flash_load_tile_async<D>(sm.d[0], v, start, end, Hkv, hk);
-    cp_async_commit();
-    float lse_lo = t_lo < end ? lse[(size_t)t_lo * Hq + h] : INFINITY, lse_hi = t_hi < end ? lse[(size_t)t_hi * Hq + h] : INFINITY;
-    float d_lo = t_lo < end ? drow[(size_t)t_lo * Hq + h] : 0.0f, d_hi = t_hi < end ? drow[(size_t)t_hi * Hq + h] : 0.0f;
-    float gq[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) gq[n][0] = gq[n][1] = gq[n][2] = gq[n][3] = 0.0f;
-    for (int it = 0; it < nk; it++) {
-        int k0 = start + it * FT, buf = it & 1;
-        cp_async_wait_all();
-        __syncthreads();
-        if (it + 1 < nk) {
-            flash_load_tile_async<D>(sm.c[buf ^ 1], k, k0 + FT, end, Hkv, hk);
-            flash_load_tile_async<D>(sm.d[buf ^ 1], v, k0 + FT, end, Hkv, hk);
-        }
-        cp_async_commit();
-        float p[FT / 8][4], ds[FT / 8][4];
-        flash_tile_tileT2<D>(p, sm.a, row0, sm.c[buf], lane);   // S = Q·Kᵀ
-        flash_tile_tileT2<D>(ds, sm.b, row0, sm.d[buf], lane);  // dP = dO·Vᵀ
-        int full = k0 + FT <= end && q0 + FT <= end && (!causal || k0 + FT - 1 <= q0);
-#pragma unroll
-        for (int n = 0; n < FT / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int j = k0 + n * 8 + 2 * c + (e & 1), t = e < 2 ? t_lo : t_hi;
-                int valid = full || (j < end && t < end && (!causal || j <= t));
-                float pv = valid ? __expf(p[n][e] * scale - (e < 2 ? lse_lo : lse_hi)) : 0.0f;
-                ds[n][e] = pv * (ds[n][e] - (e < 2 ? d_lo : d_hi)) * scale;
-            }
-        flash_p_tile2<D>(gq, ds, sm.c[buf], lane);  // dQ += dS·K
-    }
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        int col = n * 8 + 2 * c;
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            int t = half ? t_hi : t_lo;
-            if (t >= end) continue;
-            __nv_bfloat162 *p2 = reinterpret_cast<__nv_bfloat162 *>(dq + ((size_t)t * Hq + h) * D + col);
-            float2 old = __bfloat1622float2(*p2);
-            *p2 = __floats2bfloat162_rn(old.x + gq[n][2 * half], old.y + gq[n][2 * half + 1]);
-        }
-    }
-}
-
-template <int D>
-static void launch2(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
-                    const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
-    size_t bytes = sizeof(Bwd2Smem<D>);
-    static int configured;
-    if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dkdv2<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        configured = 1;
-    }
-    float scale = 1.0f / sqrtf((float)D);
-    int tiles = (max_len + FT - 1) / FT;
-    const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
-    if (dk || dv) {
-        flash_dkdv2<D><<<dim3(Hkv, tiles, nseq), NW * 32, bytes, g_stream>>>((bf16_t *)dk, (bf16_t *)dv, Q, K, V, DO, lse, drow,
-                                                                             cu, Hq, Hkv, causal, scale);
-        LAUNCH_CHECK();
-    }
-    if (dq) {
-        flash_dq2<D><<<dim3(Hq, tiles, nseq), NW * 32, bytes, g_stream>>>((bf16_t *)dq, Q, K, V, DO, lse, drow, cu, Hq, Hkv,
-                                                                          causal, scale);
-        LAUNCH_CHECK();
-    }
-}
-
 template <int D>
 static void launch(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                    const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
@@ -348,9 +160,9 @@ static void launch(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *
 int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                         int D, int causal) {
-    // version 3 differs in the forward only
-    if (version >= 2 && D == 64) launch2<64>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (version >= 2 && D == 128) launch2<128>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    // version 3 differs in the forward only; version 4 (wgmma) is flash_wgmma.cu
+    if (version >= 2 && D == 64) flash_bwd_launch<64, MmaSyncTiles>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version >= 2 && D == 128) flash_bwd_launch<128, MmaSyncTiles>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 64) launch<64>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 128) launch<128>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else return -1;

@@ -207,39 +207,8 @@ flash_fwd_tiled(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const
             int full = kb0 + KB <= end && (!causal || kb0 + KB - 1 <= q0 + wrow);
 #pragma unroll
             for (int mi = 0; mi < MR; mi++) {
-                int t_lo = q0 + wrow + 16 * mi + g, t_hi = t_lo + 8;
-                float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-                for (int n = 0; n < KB / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        int j = kb0 + n * 8 + 2 * c + e;
-                        sc[mi][n][e] = full || (j < end && (!causal || j <= t_lo)) ? sc[mi][n][e] * scale : -INFINITY;
-                        sc[mi][n][2 + e] = full || (j < end && (!causal || j <= t_hi)) ? sc[mi][n][2 + e] * scale : -INFINITY;
-                        mx_lo = fmaxf(mx_lo, sc[mi][n][e]);
-                        mx_hi = fmaxf(mx_hi, sc[mi][n][2 + e]);
-                    }
-                float mn_lo = fmaxf(m[mi][0], quad_max(mx_lo)), mn_hi = fmaxf(m[mi][1], quad_max(mx_hi));
-                float base_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
-                float corr_lo = __expf(m[mi][0] - base_lo), corr_hi = __expf(m[mi][1] - base_hi);
-                float sum_lo = 0.0f, sum_hi = 0.0f;
-#pragma unroll
-                for (int n = 0; n < KB / 8; n++) {
-                    sc[mi][n][0] = __expf(sc[mi][n][0] - base_lo);
-                    sc[mi][n][1] = __expf(sc[mi][n][1] - base_lo);
-                    sc[mi][n][2] = __expf(sc[mi][n][2] - base_hi);
-                    sc[mi][n][3] = __expf(sc[mi][n][3] - base_hi);
-                    sum_lo += sc[mi][n][0] + sc[mi][n][1];
-                    sum_hi += sc[mi][n][2] + sc[mi][n][3];
-                }
-                l[mi][0] = l[mi][0] * corr_lo + quad_sum(sum_lo);
-                l[mi][1] = l[mi][1] * corr_hi + quad_sum(sum_hi);
-                m[mi][0] = mn_lo;
-                m[mi][1] = mn_hi;
-#pragma unroll
-                for (int n = 0; n < D / 8; n++) {
-                    o[mi][n][0] *= corr_lo; o[mi][n][1] *= corr_lo; o[mi][n][2] *= corr_hi; o[mi][n][3] *= corr_hi;
-                }
+                int t_lo = q0 + wrow + 16 * mi + g;
+                flash_softmax_step<KB, D>(sc[mi], m[mi], l[mi], o[mi], full, kb0, end, causal, t_lo, t_lo + 8, c, scale);
             }
             // O += P·V for both row blocks, each V fragment loaded once
 #pragma unroll
@@ -267,21 +236,8 @@ flash_fwd_tiled(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const
     }
 #pragma unroll
     for (int mi = 0; mi < MR; mi++) {
-        int t_lo = q0 + wrow + 16 * mi + g, t_hi = t_lo + 8;
-#pragma unroll
-        for (int n = 0; n < D / 8; n++) {
-            int col = n * 8 + 2 * c;
-            if (t_lo < end)
-                *reinterpret_cast<__nv_bfloat162 *>(out + ((size_t)t_lo * Hq + h) * D + col) =
-                    __floats2bfloat162_rn(o[mi][n][0] / l[mi][0], o[mi][n][1] / l[mi][0]);
-            if (t_hi < end)
-                *reinterpret_cast<__nv_bfloat162 *>(out + ((size_t)t_hi * Hq + h) * D + col) =
-                    __floats2bfloat162_rn(o[mi][n][2] / l[mi][1], o[mi][n][3] / l[mi][1]);
-        }
-        if (c == 0) {
-            if (t_lo < end) lse[(size_t)t_lo * Hq + h] = m[mi][0] + logf(l[mi][0]);
-            if (t_hi < end) lse[(size_t)t_hi * Hq + h] = m[mi][1] + logf(l[mi][1]);
-        }
+        int t_lo = q0 + wrow + 16 * mi + g;
+        flash_store_rows<D>(out, lse, o[mi], m[mi], l[mi], t_lo, t_lo + 8, end, Hq, h, c);
     }
 }
 

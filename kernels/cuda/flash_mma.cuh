@@ -7,6 +7,8 @@
 // Two C tiles side by side (columns 0-7 and 8-15) are exactly the registers of one A fragment, so a
 // score tile turns into the A operand of the next product without leaving registers.
 #pragma once
+#include <math.h>
+
 #include "common_cuda.cuh"
 
 enum { FT = 64 };  // rows of a staged tile
@@ -181,3 +183,80 @@ __device__ __forceinline__ void flash_p_tile2(float (*out)[4], const float (*p)[
         }
     }
 }
+
+// ---- the forward's per-row-block steps, shared by the mma.sync (flash_fwd.cu) and wgmma kernels ----
+// One online-softmax step for a warp's 16 query rows t_lo = row g, t_hi = row g + 8 over KB keys from
+// kb0 (scores in sc, C layout): scale and mask (unless `full`: every key is before the end and not after
+// any of the rows), new row maxima m, sums l, O rescaled; sc becomes P = exp(S − m).
+template <int KB, int D>
+__device__ __forceinline__ void flash_softmax_step(float (*sc)[4], float *m, float *l, float (*o)[4], int full, int kb0, int end,
+                                                   int causal, int t_lo, int t_hi, int c, float scale) {
+    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < KB / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            int j = kb0 + n * 8 + 2 * c + e;
+            sc[n][e] = full || (j < end && (!causal || j <= t_lo)) ? sc[n][e] * scale : -INFINITY;
+            sc[n][2 + e] = full || (j < end && (!causal || j <= t_hi)) ? sc[n][2 + e] * scale : -INFINITY;
+            mx_lo = fmaxf(mx_lo, sc[n][e]);
+            mx_hi = fmaxf(mx_hi, sc[n][2 + e]);
+        }
+    float mn_lo = fmaxf(m[0], quad_max(mx_lo)), mn_hi = fmaxf(m[1], quad_max(mx_hi));
+    float base_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
+    float corr_lo = __expf(m[0] - base_lo), corr_hi = __expf(m[1] - base_hi);
+    float sum_lo = 0.0f, sum_hi = 0.0f;
+#pragma unroll
+    for (int n = 0; n < KB / 8; n++) {
+        sc[n][0] = __expf(sc[n][0] - base_lo);
+        sc[n][1] = __expf(sc[n][1] - base_lo);
+        sc[n][2] = __expf(sc[n][2] - base_hi);
+        sc[n][3] = __expf(sc[n][3] - base_hi);
+        sum_lo += sc[n][0] + sc[n][1];
+        sum_hi += sc[n][2] + sc[n][3];
+    }
+    l[0] = l[0] * corr_lo + quad_sum(sum_lo);
+    l[1] = l[1] * corr_hi + quad_sum(sum_hi);
+    m[0] = mn_lo;
+    m[1] = mn_hi;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        o[n][0] *= corr_lo; o[n][1] *= corr_lo; o[n][2] *= corr_hi; o[n][3] *= corr_hi;
+    }
+}
+
+// O / l for a warp's rows t_lo, t_hi into out [T, H, D] (head h), and their log-sum-exp
+template <int D>
+__device__ __forceinline__ void flash_store_rows(bf16_t *out, float *lse, const float (*o)[4], const float *m, const float *l,
+                                                 int t_lo, int t_hi, int end, int H, int h, int c) {
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        int col = n * 8 + 2 * c;
+        if (t_lo < end)
+            *reinterpret_cast<__nv_bfloat162 *>(out + ((size_t)t_lo * H + h) * D + col) = __floats2bfloat162_rn(o[n][0] / l[0], o[n][1] / l[0]);
+        if (t_hi < end)
+            *reinterpret_cast<__nv_bfloat162 *>(out + ((size_t)t_hi * H + h) * D + col) = __floats2bfloat162_rn(o[n][2] / l[1], o[n][3] / l[1]);
+    }
+    if (c == 0) {
+        if (t_lo < end) lse[(size_t)t_lo * H + h] = m[0] + logf(l[0]);
+        if (t_hi < end) lse[(size_t)t_hi * H + h] = m[1] + logf(l[1]);
+    }
+}
+
+// the engine of the tiled backward (flash_bwd_tiled.cuh) on ldmatrix + mma.sync: each warp multiplies its
+// own 16 rows; tiles row-major with 8 elements of padding per row
+struct MmaSyncTiles {
+    template <int D>
+    static __device__ __forceinline__ void load(bf16_t (*tile)[D + 8], const bf16_t *x, int r0, int end, int H, int h) {
+        flash_load_tile_async<D>(tile, x, r0, end, H, h);
+    }
+    static __device__ __forceinline__ void fence_tiles() {}
+    template <int D>
+    static __device__ __forceinline__ void scores(float (*acc)[4], const bf16_t (*A)[D + 8], int row0, const bf16_t (*B)[D + 8], int lane) {
+        flash_tile_tileT2<D>(acc, A, row0, B, lane);
+    }
+    template <int D>
+    static __device__ __forceinline__ void accumulate(float (*out)[4], const float (*p)[4], const bf16_t (*tile)[D + 8], int lane) {
+        flash_p_tile2<D>(out, p, tile, lane);
+    }
+};

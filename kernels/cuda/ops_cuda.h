@@ -88,10 +88,14 @@ void cuda_rope_backward(bf16 *dx, const float *angles, int T, int H, int D);
 void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                             int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal);
 // Head dims 64 and 128 use the tensor-core flash kernels: version 2 (cp.async double buffering, ldmatrix
-// operands), 3 (version 2 with 32 query rows per warp in the forward), 1 (the first, synchronous tiles), or
+// operands), 3 (version 2 with 32 query rows per warp in the forward), 4 (version 2's schedule with the
+// tile products on Hopper's wgmma; version 2 where the GPU is not compute capability 9.0), 1 (the first,
+// synchronous tiles), or
 // 0 for the warp-per-row kernels (tests, timing); -2, the default, takes the faster forward per head dim
 // (3 at 128, 2 at 64) and version 2's backward. LLAVA_FLASH=N sets it for a run.
 void cuda_attention_set_flash(int version);
+// ops_check only: the other reading of the MN-major wgmma descriptor (LBO and SBO swapped) for version 4
+void cuda_flash_wgmma_swap_mn(int on);
 // LLAVA_PROFILE (profile.cu): forget the op times recorded so far, e.g. at the end of a warm-up.
 void cuda_profile_reset(void);
 void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,

@@ -58,6 +58,16 @@ if [ -x "$B/ops_check" ]; then
         export LLAVA_FLASH=1
         summary+=("flash v2 or v3 FAILED its checks: the rest of this run uses flash v1 (LLAVA_FLASH=1)")
     fi
+    # version 4 (wgmma, Hopper only): on for the model checks of sections 2-3 when its 25 checks pass, left
+    # out of the bench when they do not
+    v4_ok=$(grep -c 'flash v4).* ok$' "$OUTDIR/ops_check.txt")
+    if [ "$v4_ok" -lt 25 ] || grep -q 'flash v4).*FAIL$' "$OUTDIR/ops_check.txt"; then
+        export FLASH_VARIANTS="2 3"
+        summary+=("flash v4 (wgmma): $v4_ok checks ok, FAILED or did not finish: left out of the bench")
+    elif [ -z "${LLAVA_FLASH:-}" ]; then
+        export LLAVA_FLASH=4 v4_forced=1
+        summary+=("flash v4 (wgmma) passed its checks: sections 2-3 run on it (LLAVA_FLASH=4)")
+    fi
 fi
 
 # ---- 1. the CPU model against transformers (HF_PARITY=1; it checks the cpu model, which the first device
@@ -105,6 +115,14 @@ for preset in tiny "$W/mid.json"; do
     $PY tests/ref/model_ref.py inputs "$d/hf" "$d/in.safetensors" 7 packed &&
     "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu.safetensors" --grads --device cpu 2>/dev/null &&
     G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda.safetensors" --grads --device cuda 2>&1
+    # the kernels against the CPU backend with the same bf16 storage (--device cpu-bf16: fp32 ops, every
+    # activation and weight rounded where the CUDA backend stores bf16): what the kernels add, without
+    # what the storage costs; every tensor under the plain bounds (no peer)
+    "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu_bf16.safetensors" --grads --device cpu-bf16 2>/dev/null &&
+    COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu_bf16.safetensors" "$d/cuda.safetensors" \
+        > "$OUTDIR/backends_cpubf16_$name.txt" 2>&1
+    rc_bf16=$?
+    summary+=("cuda vs cpu-bf16 (same storage) $name: $([ $rc_bf16 -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'relative diff [0-9.e+-]*' "$OUTDIR/backends_cpubf16_$name.txt"); $(grep -o '[0-9]* gradients; [0-9]* within 2e-2' "$OUTDIR/backends_cpubf16_$name.txt"); worst $(grep '^compare: grad\.' "$OUTDIR/backends_cpubf16_$name.txt" | awk '{print $4, $2}' | sort -g | tail -1))")
     # the peer: PyTorch autocast on the CPU, then on this GPU (tensor-core products, as PyTorch trains here)
     declare -A peer_rc
     for peer in cpu cuda; do
@@ -156,7 +174,7 @@ LLAVA_NCCL=1 G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/n
 pid=$!  # (not under G: the signal goes to midtrain itself; a watchdog ends it instead)
 ( sleep "${STEP_TIMEOUT:-90}"; kill -9 "$pid" 2>/dev/null ) &
 watchdog=$!
-while kill -0 "$pid" 2>/dev/null && [ "$(wc -l < "$d/cut/metrics.jsonl" 2>/dev/null || echo 0)" -lt 3 ]; do sleep 0.05; done
+while kill -0 "$pid" 2>/dev/null && [ "$( (wc -l < "$d/cut/metrics.jsonl") 2>/dev/null || echo 0)" -lt 3 ]; do sleep 0.05; done
 kill -USR1 "$pid"; wait "$pid"
 kill "$watchdog" 2>/dev/null
 echo "stopped at $(cat "$d/cut/latest_checkpointed_iteration.txt")"
@@ -188,6 +206,7 @@ while read -r line; do summary+=("$line"); done < <(grep -o 'one rank through NC
 section 5: GEMM rate
 # ---- 5. the card's bf16 GEMM rate ----
 unset LLAVA_POISON
+[ "${v4_forced:-0}" = 1 ] && unset LLAVA_FLASH  # the bench times the default and each version itself
 gemm=$($PY bench/gemm_rate.py 2>&1)
 summary+=("bf16 GEMM: $gemm")
 

@@ -1,0 +1,120 @@
+// flash_wgmma.cu: flash-attention version 4, the tile products on Hopper's warpgroup MMA (wgmma, sm_90a)
+// instead of per-warp mma.sync. The math and the schedule are version 2's: the forward's block of 4 warps
+// owns 64 query rows, streams 64-key tiles of K and V (double-buffered through cp.async) and keeps S, the
+// softmax statistics and O in registers; S = Q·Kᵀ reads both operands from shared memory, O += P·V takes
+// P from registers. The backward is flash_bwd_tiled.cuh with the wgmma engine. Built for sm_90a only (the
+// Makefile), used when the device is compute capability 9.0; elsewhere the calls return -1 and
+// attention.cu falls back to version 2.
+#include <math.h>
+
+#include "ops_cuda.h"
+
+#if defined(WITH_WGMMA)
+#include "flash_bwd_tiled.cuh"
+#include "flash_wgmma.cuh"
+
+template <int D>
+struct WgFwdSmem {
+    bf16_t q[FT * D], k[2][FT * D], v[2][FT * D];  // the core-matrix layout of flash_wgmma.cuh
+};
+
+template <int D>
+__global__ static void __launch_bounds__(128, 2)
+flash_fwd_wg(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
+             int causal, float scale) {
+    extern __shared__ __align__(128) unsigned char raw[];
+    WgFwdSmem<D> &sm = *reinterpret_cast<WgFwdSmem<D> *>(raw);
+    int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
+    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
+    int start = cu[s], end = cu[s + 1], q0 = start + tile * FT;
+    if (q0 >= end) return;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    int t_lo = q0 + warp * 16 + g, t_hi = t_lo + 8;  // this thread's two query rows
+    int kend = causal ? min(end, q0 + FT) : end, nk = (kend - start + FT - 1) / FT;
+    wg_load_tile_async<D>(sm.q, q, q0, end, Hq, h);
+    wg_load_tile_async<D>(sm.k[0], k, start, end, Hkv, hk);
+    wg_load_tile_async<D>(sm.v[0], v, start, end, Hkv, hk);
+    cp_async_commit();
+    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int it = 0; it < nk; it++) {
+        int k0 = start + it * FT, buf = it & 1;
+        cp_async_wait_all();
+        wg_fence_smem();
+        __syncthreads();  // tile `it` is in buf for everyone, and everyone is done with buf ^ 1
+        if (it + 1 < nk) {
+            wg_load_tile_async<D>(sm.k[buf ^ 1], k, k0 + FT, end, Hkv, hk);
+            wg_load_tile_async<D>(sm.v[buf ^ 1], v, k0 + FT, end, Hkv, hk);
+        }
+        cp_async_commit();
+        float sc[FT / 8][4];
+        wg_scores<D>(sc, sm.q, sm.k[buf]);  // S = Q·Kᵀ
+        int full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
+        flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+        wg_accumulate<D>(o, sc, sm.v[buf]);  // O += P·V
+    }
+    flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
+}
+
+template <int D>
+static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
+                       int Hq, int Hkv, int causal) {
+    size_t bytes = sizeof(WgFwdSmem<D>);
+    static int configured;
+    if (!configured) {
+        CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_wg<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        configured = 1;
+    }
+    dim3 grid(Hq, (max_len + FT - 1) / FT, nseq);  // heads fastest: the heavy tiles of every head go out first
+    flash_fwd_wg<D><<<grid, 128, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu,
+                                                    Hq, Hkv, causal, 1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
+}
+
+// wgmma runs on compute capability 9.0 only (sm_90a code does not run on later GPUs)
+static int hopper(void) {
+    static int answer = -1;
+    if (answer < 0) {
+        int dev = 0, major = 0, minor = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+        answer = major == 9 && minor == 0;
+    }
+    return answer;
+}
+
+int cuda_flash_wgmma_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
+                             int max_len, int Hq, int Hkv, int D, int causal) {
+    if (!hopper()) return -1;
+    if (D == 64) launch_fwd<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (D == 128) launch_fwd<128>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else return -1;
+    return 0;
+}
+
+int cuda_flash_wgmma_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
+                              const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int D,
+                              int causal) {
+    if (!hopper()) return -1;
+    if (D == 64) flash_bwd_launch<64, WgmmaTiles>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (D == 128) flash_bwd_launch<128, WgmmaTiles>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else return -1;
+    return 0;
+}
+
+extern "C" void cuda_flash_wgmma_swap_mn(int on) { CUDA_CHECK(cudaMemcpyToSymbol(g_wg_swap_mn, &on, sizeof on)); }
+
+#else  // built for another architecture: no version 4
+
+extern "C" void cuda_flash_wgmma_swap_mn(int) {}
+
+int cuda_flash_wgmma_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int, int, int) {
+    return -1;
+}
+int cuda_flash_wgmma_backward(bf16 *, bf16 *, bf16 *, const bf16 *, const float *, const float *, const bf16 *, const bf16 *,
+                              const bf16 *, const int32_t *, int, int, int, int, int, int) {
+    return -1;
+}
+#endif
