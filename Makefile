@@ -56,7 +56,7 @@ $(info cuda: building the CUDA backend for $(CUDA_ARCH) with $(NVCC))
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 CFLAGS  += -DWITH_CUDA -DCUDA_ARCH_NAME='"$(CUDA_ARCH)"'
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -Wl,--as-needed -lcublasLt -Wl,--no-as-needed -lcudart_static -ldl -lrt -lpthread -lstdc++
-NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -Wall,-Wextra
+NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -Wall,-Wextra -MMD -MP
 NVCC_GENCODE ?= -gencode arch=compute_$(subst sm_,,$(CUDA_ARCH)),code=[$(CUDA_ARCH),compute_$(subst sm_,,$(CUDA_ARCH))]
 # flash attention version 4 uses Hopper's wgmma, which exists only in the arch-specific target sm_90a:
 # that one file is built for sm_90a alone (and only used on compute capability 9.0 devices)
@@ -154,4 +154,4 @@ reproduce-tiny: all
 clean:
 	rm -rf build build-asan build-portable bin bin-asan bin-portable gpu-bin
 
--include $(COMMON_OBJ:.o=.d) $(PROGRAMS:%=$(BUILD)/cmd/%.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)
+-include $(COMMON_OBJ:.o=.d) $(CUDA_OBJ:.o=.d) $(PROGRAMS:%=$(BUILD)/cmd/%.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)
