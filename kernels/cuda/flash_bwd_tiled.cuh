@@ -2,10 +2,12 @@
 // dQ in two kernels, no atomics), with the per-iteration tiles double-buffered through cp.async. The
 // tile products come from an engine E: MmaSyncTiles (flash_mma.cuh: ldmatrix + mma.sync per warp,
 // version 2) or WgmmaTiles (flash_wgmma.cuh: one wgmma per 64-row tile for the warpgroup, version 4):
-//   E::load<D>(tile, x, r0, end, H, h)     stage 64 rows of head h (cp.async, zeros past end)
-//   E::fence_tiles()                        after cp_async_wait_all: the staged tiles readable by E
-//   E::scores<D>(acc, A, row0, B, lane)     acc[16 × 64] = rows row0.. of A · Bᵀ (the warp's rows)
-//   E::accumulate<D>(out, p, tile, lane)    out[16 × D] += P (16 × 64 in registers) · tile (64 × D)
+//   E::Tile<D>, E::align(raw), E::smem_pad   a staged 64 × D tile; the shared memory base, and its padding
+//   E::load<D>(tile, x, r0, end, H, h)       stage 64 rows of head h (cp.async, zeros past end)
+//   E::fence_tiles()                          after cp_async_wait_all: the staged tiles readable by E
+//   E::scores2<D>(acc1, A1, B1, acc2, A2, B2, row0, lane)   acc[16 × 64] = rows row0.. of A · Bᵀ, twice
+//   E::accumulate<D>(out, p, tile, lane)      out[16 × D] += P (16 × 64 in registers) · tile (64 × D)
+//   E::accumulate2<D>(out1, p1, T1, out2, p2, T2, lane)     the same, twice
 #pragma once
 #include <math.h>
 
@@ -14,10 +16,10 @@
 
 enum { NW = 4 };
 
-template <int D>
+template <int D, class E>
 struct Bwd2Smem {
-    bf16_t a[FT][D + 8], b[FT][D + 8];         // fixed: K, V (dkdv) or Q, dO (dq)
-    bf16_t c[2][FT][D + 8], d[2][FT][D + 8];   // streamed: Q, dO (dkdv) or K, V (dq)
+    typename E::template Tile<D> a, b;         // fixed: K, V (dkdv) or Q, dO (dq)
+    typename E::template Tile<D> c[2], d[2];   // streamed: Q, dO (dkdv) or K, V (dq)
     float lse[2][FT], drow[2][FT];             // dkdv only
 };
 
@@ -29,7 +31,7 @@ struct QTiles {
 };
 
 template <int D, class E>
-__device__ __forceinline__ void dkdv_fetch(Bwd2Smem<D> &sm, int buf, const QTiles &qt, int i, const bf16_t *q, const bf16_t *dout,
+__device__ __forceinline__ void dkdv_fetch(Bwd2Smem<D, E> &sm, int buf, const QTiles &qt, int i, const bf16_t *q, const bf16_t *dout,
                                            const float *lse, const float *drow, int end, int Hq) {
     int h = qt.head(i), q0 = qt.q0(i);
     E::template load<D>(sm.c[buf], q, q0, end, Hq, h);
@@ -46,7 +48,7 @@ __global__ static void __launch_bounds__(NW * 32, 2)
 flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
             const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
-    Bwd2Smem<D> &sm = *reinterpret_cast<Bwd2Smem<D> *>(raw);
+    Bwd2Smem<D, E> &sm = *reinterpret_cast<Bwd2Smem<D, E> *>(E::align(raw));
     int hk = blockIdx.x, s = blockIdx.z, rep = Hq / Hkv;
     int start = cu[s], end = cu[s + 1], k0 = start + blockIdx.y * FT;  // causal: the first key tiles see the most queries
     if (k0 >= end) return;
@@ -73,8 +75,7 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
         if (i + 1 < n) dkdv_fetch<D, E>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
         cp_async_commit();
         float p[FT / 8][4], ds[FT / 8][4];
-        E::template scores<D>(p, sm.a, row0, sm.c[buf], lane);   // Sᵀ = K·Qᵀ (keys × queries)
-        E::template scores<D>(ds, sm.b, row0, sm.d[buf], lane);  // dPᵀ = V·dOᵀ
+        E::template scores2<D>(p, sm.a, sm.c[buf], ds, sm.b, sm.d[buf], row0, lane);  // Sᵀ = K·Qᵀ (keys × queries), dPᵀ = V·dOᵀ
         int full = k0 + FT <= end && q0 + FT <= end && (!causal || k0 + FT - 1 <= q0);  // every (key, query) pair counts
 #pragma unroll
         for (int nn = 0; nn < FT / 8; nn++)
@@ -86,8 +87,7 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
                 p[nn][e] = pv;
                 ds[nn][e] = pv * (ds[nn][e] - sm.drow[buf][col]) * scale;
             }
-        E::template accumulate<D>(gv, p, sm.d[buf], lane);   // dV += Pᵀ·dO
-        E::template accumulate<D>(gk, ds, sm.c[buf], lane);  // dK += dSᵀ·Q
+        E::template accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
     }
 #pragma unroll
     for (int nn = 0; nn < D / 8; nn++) {
@@ -116,7 +116,7 @@ __global__ static void __launch_bounds__(NW * 32, 2)
 flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
           const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
-    Bwd2Smem<D> &sm = *reinterpret_cast<Bwd2Smem<D> *>(raw);
+    Bwd2Smem<D, E> &sm = *reinterpret_cast<Bwd2Smem<D, E> *>(E::align(raw));
     int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
     int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // causal: late queries see the most keys
     int start = cu[s], end = cu[s + 1], q0 = start + tile * FT;
@@ -145,8 +145,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
         }
         cp_async_commit();
         float p[FT / 8][4], ds[FT / 8][4];
-        E::template scores<D>(p, sm.a, row0, sm.c[buf], lane);   // S = Q·Kᵀ
-        E::template scores<D>(ds, sm.b, row0, sm.d[buf], lane);  // dP = dO·Vᵀ
+        E::template scores2<D>(p, sm.a, sm.c[buf], ds, sm.b, sm.d[buf], row0, lane);  // S = Q·Kᵀ, dP = dO·Vᵀ
         int full = k0 + FT <= end && q0 + FT <= end && (!causal || k0 + FT - 1 <= q0);
 #pragma unroll
         for (int n = 0; n < FT / 8; n++)
@@ -176,7 +175,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
 template <int D, class E>
 static void flash_bwd_launch(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                     const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
-    size_t bytes = sizeof(Bwd2Smem<D>);
+    size_t bytes = sizeof(Bwd2Smem<D, E>) + E::smem_pad;
     static int configured;
     if (!configured) {
         CUDA_CHECK(cudaFuncSetAttribute(flash_dkdv2<D, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));

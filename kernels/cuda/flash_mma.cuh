@@ -247,16 +247,29 @@ __device__ __forceinline__ void flash_store_rows(bf16_t *out, float *lse, const 
 // own 16 rows; tiles row-major with 8 elements of padding per row
 struct MmaSyncTiles {
     template <int D>
+    using Tile = bf16_t[FT][D + 8];
+    static constexpr int smem_pad = 0;
+    static __device__ __forceinline__ unsigned char *align(unsigned char *raw) { return raw; }
+    template <int D>
     static __device__ __forceinline__ void load(bf16_t (*tile)[D + 8], const bf16_t *x, int r0, int end, int H, int h) {
         flash_load_tile_async<D>(tile, x, r0, end, H, h);
     }
     static __device__ __forceinline__ void fence_tiles() {}
     template <int D>
-    static __device__ __forceinline__ void scores(float (*acc)[4], const bf16_t (*A)[D + 8], int row0, const bf16_t (*B)[D + 8], int lane) {
-        flash_tile_tileT2<D>(acc, A, row0, B, lane);
+    static __device__ __forceinline__ void scores2(float (*acc1)[4], const bf16_t (*A1)[D + 8], const bf16_t (*B1)[D + 8],
+                                                   float (*acc2)[4], const bf16_t (*A2)[D + 8], const bf16_t (*B2)[D + 8], int row0,
+                                                   int lane) {
+        flash_tile_tileT2<D>(acc1, A1, row0, B1, lane);
+        flash_tile_tileT2<D>(acc2, A2, row0, B2, lane);
     }
     template <int D>
     static __device__ __forceinline__ void accumulate(float (*out)[4], const float (*p)[4], const bf16_t (*tile)[D + 8], int lane) {
         flash_p_tile2<D>(out, p, tile, lane);
+    }
+    template <int D>
+    static __device__ __forceinline__ void accumulate2(float (*out1)[4], const float (*p1)[4], const bf16_t (*T1)[D + 8],
+                                                       float (*out2)[4], const float (*p2)[4], const bf16_t (*T2)[D + 8], int lane) {
+        flash_p_tile2<D>(out1, p1, T1, lane);
+        flash_p_tile2<D>(out2, p2, T2, lane);
     }
 };

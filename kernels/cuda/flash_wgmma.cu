@@ -15,7 +15,7 @@
 
 template <int D>
 struct WgFwdSmem {
-    bf16_t q[FT * D], k[2][FT * D], v[2][FT * D];  // the core-matrix layout of flash_wgmma.cuh
+    bf16_t q[FT * D], k[2][FT * D], v[2][FT * D];  // staged tiles (flash_wgmma.cuh), 1024-byte aligned
 };
 
 template <int D>
@@ -23,7 +23,7 @@ __global__ static void __launch_bounds__(128, 2)
 flash_fwd_wg(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
              int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
-    WgFwdSmem<D> &sm = *reinterpret_cast<WgFwdSmem<D> *>(raw);
+    WgFwdSmem<D> &sm = *reinterpret_cast<WgFwdSmem<D> *>(WgmmaTiles::align(raw));
     int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
     int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
     int start = cu[s], end = cu[s + 1], q0 = start + tile * FT;
@@ -60,7 +60,7 @@ flash_fwd_wg(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
 template <int D>
 static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                        int Hq, int Hkv, int causal) {
-    size_t bytes = sizeof(WgFwdSmem<D>);
+    size_t bytes = sizeof(WgFwdSmem<D>) + WgmmaTiles::smem_pad;
     static int configured;
     if (!configured) {
         CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_wg<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
@@ -104,11 +104,13 @@ int cuda_flash_wgmma_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, co
     return 0;
 }
 
-extern "C" void cuda_flash_wgmma_swap_mn(int on) { CUDA_CHECK(cudaMemcpyToSymbol(g_wg_swap_mn, &on, sizeof on)); }
+extern "C" void cuda_flash_wgmma_layout(int swizzle128) {
+    CUDA_CHECK(cudaMemcpyToSymbol(g_wg_swizzle, &swizzle128, sizeof swizzle128));
+}
 
 #else  // built for another architecture: no version 4
 
-extern "C" void cuda_flash_wgmma_swap_mn(int) {}
+extern "C" void cuda_flash_wgmma_layout(int) {}
 
 int cuda_flash_wgmma_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int, int, int) {
     return -1;

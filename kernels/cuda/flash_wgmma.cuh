@@ -3,39 +3,63 @@
 // in exactly the registers of the mma.sync code (flash_mma.cuh): warp w holds rows 16w..16w+15, lane
 // 4g+c rows g and g+8, columns 8n+2c and 8n+2c+1 in d[n][0..3], so the kernels' softmax code is shared.
 //
-// wgmma reads its shared-memory operands through descriptors, from "core matrices" of 8 rows × 16 bytes
-// stored contiguously (128 bytes). A staged 64 × D tile is kept in that layout (no swizzle):
-//   element (r, col) at byte ((r/8)·(D/8) + col/8)·128 + (r%8)·16 + (col%8)·2
-// so rows are 8-row groups RS = D/8·128 bytes apart and 8-column chunks 128 bytes apart. In a
-// descriptor, the leading byte offset (LBO) is the distance between core matrices along the product's
-// K dimension and the stride byte offset (SBO) along M or N:
-//   operand whose rows are M or N (Q, K, V, dO in S = Q·Kᵀ, dP = dO·Vᵀ): K = columns, LBO 128, SBO RS
-//   operand whose rows are K (V in P·V, dO or Q or K in the backward's P·X): MN-major, LBO RS, SBO 128
+// wgmma reads its shared-memory operands through descriptors (start address, leading and stride byte
+// offsets LBO/SBO, swizzle mode). A staged 64 × D tile (1024-byte aligned) is kept in one of two layouts:
+//  - 128-byte swizzle (the default): 64-column halves of the tile, 64 rows × 128 bytes each, 8 KB apart;
+//    in a row the 16-byte chunk c sits at c ^ (row % 8), so the 8 rows of a group hit different banks:
+//      element (r, col) at (col/64)·8192 + r·128 + ((col%64/8) ^ (r%8))·16 + (col%8)·2
+//  - no swizzle: "core matrices" of 8 rows × 16 bytes stored contiguously,
+//      element (r, col) at ((r/8)·(D/8) + col/8)·128 + (r%8)·16 + (col%8)·2
+// The same tile is read two ways: as an operand whose rows are the product's M or N and whose columns
+// are its K (Q, K, V, dO in S = Q·Kᵀ and dP = dO·Vᵀ: "K-major"), and as one whose rows are K (V in P·V,
+// dO, Q, K in the backward's P·X: "MN-major", transposed by wgmma). Descriptor fields, in bytes:
+//                    K-major                               MN-major
+//   swizzle 128      start +(k/64)·8192 +(k%64)·2, SBO 1024  start + k·128, LBO 8192 (N halves), SBO 1024
+//   none             start + k·16, LBO 128, SBO D/8·128      start + k·D/8·16, LBO D/8·128, SBO 128
+// (CUTLASS's canonical GMMA layouts; k is the first K index of the 16 a wgmma takes.)
 #pragma once
 #include "flash_mma.cuh"
 
-// byte offset of element (r, col) of a staged 64 × D tile
-template <int D>
-__device__ __forceinline__ int wg_offset(int r, int col) {
-    return ((r >> 3) * (D / 8) + (col >> 3)) * 128 + (r & 7) * 16 + (col & 7) * 2;
-}
+// 1: the 128-byte swizzle, 0: none (ops_check times and checks both; set by cuda_flash_wgmma_layout)
+static __device__ int g_wg_swizzle = 1;
 
 // rows [r0, r0 + 64) of a [T, H, D] tensor (head h) into a staged tile through cp.async; rows at or past
 // `end` become zero. Consecutive threads fill consecutive 16-byte pieces of shared memory.
 template <int D>
 __device__ __forceinline__ void wg_load_tile_async(bf16_t *tile, const bf16_t *x, int r0, int end, int H, int h) {
     constexpr int chunks = D / 8;
+    const int swz = g_wg_swizzle;
     for (int i = threadIdx.x; i < FT * chunks; i += blockDim.x) {
-        int rr = i & 7, cc = (i >> 3) % chunks, rg = (i >> 3) / chunks, r = rg * 8 + rr;
+        int r, col;
+        if (swz) {  // piece i: half i/512, row (i/8)%64, stored chunk i%8 = logical chunk ^ (row%8)
+            r = (i >> 3) & 63;
+            col = (i >> 9) * 64 + (((i & 7) ^ (r & 7)) << 3);
+        } else {    // piece i: row group i/8/chunks, chunk (i/8)%chunks, row i%8 of the group
+            r = (i >> 3) / chunks * 8 + (i & 7);
+            col = (i >> 3) % chunks * 8;
+        }
         bool in = r0 + r < end;
-        cp_async16(reinterpret_cast<char *>(tile) + i * 16, x + ((size_t)(in ? r0 + r : 0) * H + h) * D + cc * 8, in);
+        cp_async16(reinterpret_cast<char *>(tile) + i * 16, x + ((size_t)(in ? r0 + r : 0) * H + h) * D + col, in);
     }
 }
 
-// a shared-memory matrix descriptor: start address, LBO and SBO (each in 16-byte units), no swizzle
-__device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lbo, uint32_t sbo) {
+// a shared-memory matrix descriptor: start address, LBO and SBO (each in 16-byte units), swizzle mode
+// (bits 62-63: 1 = 128-byte swizzle, 0 = none)
+__device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lbo, uint32_t sbo, int swizzle128) {
     uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
+    return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
+           ((uint64_t)(swizzle128 ? 1 : 0) << 62);
+}
+// the descriptors of the table above for the 16 K indices from k
+template <int D>
+__device__ __forceinline__ uint64_t wg_desc_kmajor(const bf16_t *tile, int k, int swz) {
+    const char *t = reinterpret_cast<const char *>(tile);
+    return swz ? wg_desc(t + (k / 64) * 8192 + (k % 64) * 2, 16, 1024, 1) : wg_desc(t + k * 16, 128, D / 8 * 128, 0);
+}
+template <int D>
+__device__ __forceinline__ uint64_t wg_desc_mnmajor(const bf16_t *tile, int k, int swz) {
+    const char *t = reinterpret_cast<const char *>(tile);
+    return swz ? wg_desc(t + k * 128, 8192, 1024, 1) : wg_desc(t + k * (D / 8) * 16, D / 8 * 128, 128, 0);
 }
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -67,29 +91,32 @@ __device__ __forceinline__ void wgmma_rs_n128_t(float (*d)[4], const uint32_t *a
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
 
-// acc[16 × 64] per warp (the block: 64 × 64) = A (64 × D staged) · B (64 × D staged)ᵀ
+// issue acc[16 × 64] per warp (the block: 64 × 64) = A (64 × D staged) · B (64 × D staged)ᵀ
 template <int D>
-__device__ __forceinline__ void wg_scores(float (*acc)[4], const bf16_t *A, const bf16_t *B) {
-    constexpr uint32_t RS = D / 8 * 128;
+__device__ __forceinline__ void wg_issue_scores(float (*acc)[4], const bf16_t *A, const bf16_t *B, int swz) {
 #pragma unroll
     for (int n = 0; n < FT / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)  // 16 columns = two 8-column chunks, 256 bytes on
-        wgmma_ss_n64(acc, wg_desc(reinterpret_cast<const char *>(A) + kk * 256, 128, RS),
-                     wg_desc(reinterpret_cast<const char *>(B) + kk * 256, 128, RS));
+    for (int kk = 0; kk < D / 16; kk++) wgmma_ss_n64(acc, wg_desc_kmajor<D>(A, kk * 16, swz), wg_desc_kmajor<D>(B, kk * 16, swz));
     wg_commit();
-    wg_wait_all();
 }
 
-// 1: the MN-major descriptor with LBO and SBO swapped (set by ops_check only, to tell a wrong reading apart)
-static __device__ int g_wg_swap_mn;
-
-// out[16 × D] per warp += P (its 16 rows × 64, C layout in p[8][4], rounded to bf16) · tile (64 × D staged)
+// issue out[16 × D] per warp += P (its 16 rows × 64 as bf16 A fragments a) · tile (64 × D staged)
 template <int D>
-__device__ __forceinline__ void wg_accumulate(float (*out)[4], const float (*p)[4], const bf16_t *tile) {
-    constexpr uint32_t RS = D / 8 * 128;
-    uint32_t a[FT / 16][4];
+__device__ __forceinline__ void wg_issue_accumulate(float (*out)[4], const uint32_t (*a)[4], const bf16_t *tile, int swz) {
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < FT / 16; kk++) {
+        uint64_t b = wg_desc_mnmajor<D>(tile, kk * 16, swz);
+        if constexpr (D == 64) wgmma_rs_n64_t(out, a[kk], b);
+        else wgmma_rs_n128_t(out, a[kk], b);
+    }
+    wg_commit();
+}
+
+// P (16 × 64 per warp, C layout in p[8][4]) rounded to bf16 A fragments, 16 columns each
+__device__ __forceinline__ void wg_a_frags(uint32_t (*a)[4], const float (*p)[4]) {
 #pragma unroll
     for (int kk = 0; kk < FT / 16; kk++) {
         a[kk][0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
@@ -97,32 +124,60 @@ __device__ __forceinline__ void wg_accumulate(float (*out)[4], const float (*p)[
         a[kk][2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
         a[kk][3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
     }
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < FT / 16; kk++) {  // 16 rows of the tile = two 8-row groups, 2·RS bytes on
-        uint64_t b = wg_desc(reinterpret_cast<const char *>(tile) + kk * 2 * RS, g_wg_swap_mn ? 128 : RS, g_wg_swap_mn ? RS : 128);
-        if constexpr (D == 64) wgmma_rs_n64_t(out, a[kk], b);
-        else wgmma_rs_n128_t(out, a[kk], b);
-    }
-    wg_commit();
+}
+
+// the products, each waited for
+template <int D>
+__device__ __forceinline__ void wg_scores(float (*acc)[4], const bf16_t *A, const bf16_t *B) {
+    wg_issue_scores<D>(acc, A, B, g_wg_swizzle);
+    wg_wait_all();
+}
+template <int D>
+__device__ __forceinline__ void wg_accumulate(float (*out)[4], const float (*p)[4], const bf16_t *tile) {
+    uint32_t a[FT / 16][4];
+    wg_a_frags(a, p);
+    wg_issue_accumulate<D>(out, a, tile, g_wg_swizzle);
     wg_wait_all();
 }
 
 // the engine of the tiled backward (flash_bwd_tiled.cuh) on wgmma: the warpgroup multiplies whole 64-row
-// tiles (each warp receives its own 16 rows, row0 = 16·warp); tiles in the core-matrix layout above,
-// inside the same [64][D + 8] arrays as the mma.sync engine's
+// tiles (each warp receives its own 16 rows, row0 = 16·warp); tiles in the layouts above, 1024-byte
+// aligned; two independent products are issued together and waited for once
 struct WgmmaTiles {
     template <int D>
-    static __device__ __forceinline__ void load(bf16_t (*tile)[D + 8], const bf16_t *x, int r0, int end, int H, int h) {
-        wg_load_tile_async<D>(&tile[0][0], x, r0, end, H, h);
+    struct Tile { bf16_t x[FT * D]; };  // 8 or 16 KB: 1024-byte aligned after an aligned base
+    static constexpr int smem_pad = 1024;
+    static __device__ __forceinline__ unsigned char *align(unsigned char *raw) {
+        return reinterpret_cast<unsigned char *>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~(uintptr_t)1023);
+    }
+    template <int D>
+    static __device__ __forceinline__ void load(Tile<D> &tile, const bf16_t *x, int r0, int end, int H, int h) {
+        wg_load_tile_async<D>(tile.x, x, r0, end, H, h);
     }
     static __device__ __forceinline__ void fence_tiles() { wg_fence_smem(); }
+    // acc1 = A1·B1ᵀ and acc2 = A2·B2ᵀ (the warp's 16 rows of each)
     template <int D>
-    static __device__ __forceinline__ void scores(float (*acc)[4], const bf16_t (*A)[D + 8], int, const bf16_t (*B)[D + 8], int) {
-        wg_scores<D>(acc, &A[0][0], &B[0][0]);
+    static __device__ __forceinline__ void scores2(float (*acc1)[4], const Tile<D> &A1, const Tile<D> &B1, float (*acc2)[4],
+                                                   const Tile<D> &A2, const Tile<D> &B2, int, int) {
+        int swz = g_wg_swizzle;
+        wg_issue_scores<D>(acc1, A1.x, B1.x, swz);
+        wg_issue_scores<D>(acc2, A2.x, B2.x, swz);
+        wg_wait_all();
     }
     template <int D>
-    static __device__ __forceinline__ void accumulate(float (*out)[4], const float (*p)[4], const bf16_t (*tile)[D + 8], int) {
-        wg_accumulate<D>(out, p, &tile[0][0]);
+    static __device__ __forceinline__ void accumulate(float (*out)[4], const float (*p)[4], const Tile<D> &tile, int) {
+        wg_accumulate<D>(out, p, tile.x);
+    }
+    // out1 += P1·T1 and out2 += P2·T2
+    template <int D>
+    static __device__ __forceinline__ void accumulate2(float (*out1)[4], const float (*p1)[4], const Tile<D> &T1, float (*out2)[4],
+                                                       const float (*p2)[4], const Tile<D> &T2, int) {
+        int swz = g_wg_swizzle;
+        uint32_t a1[FT / 16][4], a2[FT / 16][4];
+        wg_a_frags(a1, p1);
+        wg_a_frags(a2, p2);
+        wg_issue_accumulate<D>(out1, a1, T1.x, swz);
+        wg_issue_accumulate<D>(out2, a2, T2.x, swz);
+        wg_wait_all();
     }
 };

@@ -94,8 +94,8 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 // 0 for the warp-per-row kernels (tests, timing); -2, the default, takes the faster forward per head dim
 // (3 at 128, 2 at 64) and version 2's backward. LLAVA_FLASH=N sets it for a run.
 void cuda_attention_set_flash(int version);
-// ops_check only: the other reading of the MN-major wgmma descriptor (LBO and SBO swapped) for version 4
-void cuda_flash_wgmma_swap_mn(int on);
+// version 4's shared-memory tiles: 1 (the default) with the 128-byte swizzle, 0 without (ops_check)
+void cuda_flash_wgmma_layout(int swizzle128);
 // LLAVA_PROFILE (profile.cu): forget the op times recorded so far, e.g. at the end of a warm-up.
 void cuda_profile_reset(void);
 void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,

@@ -11,7 +11,7 @@
 # save/resume, and one rank through NCCL; (5) the card's bf16 GEMM rate, the MFU denominator; (6)
 # bench/gpu_train.sh against PyTorch + transformers, with a profiled run per shape (SKIP_BENCH=1 leaves it
 # out; BENCH_SHAPES="slice vision full" adds the whole model, an H200). A short table is printed last; the
-# detail files come back as results.tgz. ONLY_BENCH=1 runs just the bench. Limits: STEP_TIMEOUT (each
+# detail files come back as results.tgz. ONLY_BENCH=1 runs just the bench (WITH_OPS=1: after ops_check). Limits: STEP_TIMEOUT (each
 # program, 90 s), OPS_TIMEOUT (150), BENCH_TIMEOUT (300). LLAVA_FLASH=N forces one attention version.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,6 +35,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 # ONLY_BENCH=1: just bench/gpu_train.sh over BENCH_SHAPES (e.g. "full" on an H200, with kind=nvidia-h200)
 if [ "${ONLY_BENCH:-0}" = 1 ]; then
+    if [ "${WITH_OPS:-0}" = 1 ]; then  # and ops_check first (a kernel change: its checks and timings)
+        timeout "${OPS_TIMEOUT:-150}" "$B/ops_check" > "$OUTDIR/ops_check.txt" 2>&1
+        echo "ops_check: exit $?, $(grep -c ' ok$' "$OUTDIR/ops_check.txt") ok, $(grep -c 'FAIL$' "$OUTDIR/ops_check.txt") failed"
+        grep -E 'FAIL$|^timing:' "$OUTDIR/ops_check.txt"
+        section bench
+    fi
     PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 | tee "$OUTDIR/gpu_train.txt"
     section done
     rm -rf "$W"
