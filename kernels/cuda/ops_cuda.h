@@ -91,8 +91,8 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 // operands), 3 (version 2 with 32 query rows per warp in the forward), 4 (version 2's schedule with the
 // tile products on Hopper's wgmma; version 2 where the GPU is not compute capability 9.0), 1 (the first,
 // synchronous tiles), or
-// 0 for the warp-per-row kernels (tests, timing); -2, the default, takes the faster forward per head dim
-// (3 at 128, 2 at 64) and version 2's backward. LLAVA_FLASH=N sets it for a run.
+// 0 for the warp-per-row kernels (tests, timing); -2, the default, takes the fastest measured per head dim
+// and direction: the forward of 3 at 128 and 4 at 64, the backward of 4. LLAVA_FLASH=N sets it for a run.
 void cuda_attention_set_flash(int version);
 // version 4's shared-memory tiles: 1 (the default) with the 128-byte swizzle, 0 without (ops_check)
 void cuda_flash_wgmma_layout(int swizzle128);
