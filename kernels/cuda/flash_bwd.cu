@@ -63,18 +63,8 @@ flash_dkdv(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_
             flash_p_tile<D>(gv, p, sm.d, g, c);   // dV += Pᵀ·dO
             flash_p_tile<D>(gk, ds, sm.c, g, c);  // dK += dSᵀ·Q
         }
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        int col = n * 8 + 2 * c;
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            int j = half ? j_hi : j_lo;
-            if (j >= end) continue;
-            size_t e = ((size_t)j * Hkv + hk) * D + col;
-            if (dk) { st(dk, e, ld(dk, e) + gk[n][2 * half]); st(dk, e + 1, ld(dk, e + 1) + gk[n][2 * half + 1]); }
-            if (dv) { st(dv, e, ld(dv, e) + gv[n][2 * half]); st(dv, e + 1, ld(dv, e + 1) + gv[n][2 * half + 1]); }
-        }
-    }
+    if (dk) flash_add_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
+    if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
 }
 
 template <int D>
@@ -115,20 +105,7 @@ flash_dq(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf
             }
         flash_p_tile<D>(gq, ds, sm.c, g, c);  // dQ += dS·K
     }
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        int col = n * 8 + 2 * c;
-        if (t_lo < end) {
-            size_t e = ((size_t)t_lo * Hq + h) * D + col;
-            st(dq, e, ld(dq, e) + gq[n][0]);
-            st(dq, e + 1, ld(dq, e + 1) + gq[n][1]);
-        }
-        if (t_hi < end) {
-            size_t e = ((size_t)t_hi * Hq + h) * D + col;
-            st(dq, e, ld(dq, e) + gq[n][2]);
-            st(dq, e + 1, ld(dq, e + 1) + gq[n][3]);
-        }
-    }
+    flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
 }
 
 template <int D>

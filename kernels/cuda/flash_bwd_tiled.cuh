@@ -89,26 +89,8 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
             }
         E::template accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
     }
-#pragma unroll
-    for (int nn = 0; nn < D / 8; nn++) {
-        int col = nn * 8 + 2 * c;
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            int j = half ? j_hi : j_lo;
-            if (j >= end) continue;
-            size_t e = ((size_t)j * Hkv + hk) * D + col;
-            if (dk) {
-                __nv_bfloat162 *p2 = reinterpret_cast<__nv_bfloat162 *>(dk + e);
-                float2 old = __bfloat1622float2(*p2);
-                *p2 = __floats2bfloat162_rn(old.x + gk[nn][2 * half], old.y + gk[nn][2 * half + 1]);
-            }
-            if (dv) {
-                __nv_bfloat162 *p2 = reinterpret_cast<__nv_bfloat162 *>(dv + e);
-                float2 old = __bfloat1622float2(*p2);
-                *p2 = __floats2bfloat162_rn(old.x + gv[nn][2 * half], old.y + gv[nn][2 * half + 1]);
-            }
-        }
-    }
+    if (dk) flash_add_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
+    if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
 }
 
 template <int D, class E>
@@ -158,18 +140,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
             }
         E::template accumulate<D>(gq, ds, sm.c[buf], lane);  // dQ += dS·K
     }
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        int col = n * 8 + 2 * c;
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            int t = half ? t_hi : t_lo;
-            if (t >= end) continue;
-            __nv_bfloat162 *p2 = reinterpret_cast<__nv_bfloat162 *>(dq + ((size_t)t * Hq + h) * D + col);
-            float2 old = __bfloat1622float2(*p2);
-            *p2 = __floats2bfloat162_rn(old.x + gq[n][2 * half], old.y + gq[n][2 * half + 1]);
-        }
-    }
+    flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
 }
 
 template <int D, class E>

@@ -43,7 +43,7 @@ flash_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_
     float o[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.0f, l_hi = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     int kend = causal ? min(end, q0 + BR) : end;
     for (int k0 = start; k0 < kend; k0 += BC) {
         __syncthreads();  // everyone is done with the previous K and V
@@ -61,39 +61,9 @@ flash_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_
                 mma16816(sc[n], qa[kk], b0, b1);
             }
         }
-        // scale, mask, row maxima (a row's 64 scores are spread over the 4 lanes of a quad)
-        float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < BC / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int j = k0 + n * 8 + 2 * c + e;
-                sc[n][e] = (j < end && (!causal || j <= t_lo)) ? sc[n][e] * scale : -INFINITY;
-                sc[n][2 + e] = (j < end && (!causal || j <= t_hi)) ? sc[n][2 + e] * scale : -INFINITY;
-                mx_lo = fmaxf(mx_lo, sc[n][e]);
-                mx_hi = fmaxf(mx_hi, sc[n][2 + e]);
-            }
-        float mn_lo = fmaxf(m_lo, quad_max(mx_lo)), mn_hi = fmaxf(m_hi, quad_max(mx_hi));
-        float corr_lo = mn_lo == -INFINITY ? 1.0f : __expf(m_lo - mn_lo), corr_hi = mn_hi == -INFINITY ? 1.0f : __expf(m_hi - mn_hi);
-        float sum_lo = 0.0f, sum_hi = 0.0f;
+        flash_softmax_step<BC, D>(sc, m, l, o, 0, k0, end, causal, t_lo, t_hi, c, scale);
         uint32_t pa[BC / 16][4];  // P in the A-operand layout of the P·V products
-#pragma unroll
-        for (int n = 0; n < BC / 8; n++) {
-            float p0 = mn_lo == -INFINITY ? 0.0f : __expf(sc[n][0] - mn_lo), p1 = mn_lo == -INFINITY ? 0.0f : __expf(sc[n][1] - mn_lo);
-            float p2 = mn_hi == -INFINITY ? 0.0f : __expf(sc[n][2] - mn_hi), p3 = mn_hi == -INFINITY ? 0.0f : __expf(sc[n][3] - mn_hi);
-            sum_lo += p0 + p1;
-            sum_hi += p2 + p3;
-            pa[n / 2][(n % 2) * 2 + 0] = pack_bf16(p0, p1);  // rows g:   keys 2c.. (n even) or 2c+8.. (n odd)
-            pa[n / 2][(n % 2) * 2 + 1] = pack_bf16(p2, p3);  // rows g+8
-        }
-        l_lo = l_lo * corr_lo + quad_sum(sum_lo);
-        l_hi = l_hi * corr_hi + quad_sum(sum_hi);
-        m_lo = mn_lo;
-        m_hi = mn_hi;
-#pragma unroll
-        for (int n = 0; n < D / 8; n++) {
-            o[n][0] *= corr_lo; o[n][1] *= corr_lo; o[n][2] *= corr_hi; o[n][3] *= corr_hi;
-        }
+        flash_p_frags<BC>(pa, sc);
         // O += P (16 × 64) · V (64 × D): B[k][n] = V[key k][d n], two keys of one column per register
 #pragma unroll
         for (int kk = 0; kk < BC / 16; kk++) {
@@ -108,23 +78,7 @@ flash_fwd(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_
             }
         }
     }
-    // O / l and the log-sum-exp
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        int col = n * 8 + 2 * c;
-        if (t_lo < end) {
-            size_t base = ((size_t)t_lo * Hq + h) * D + col;
-            *reinterpret_cast<__nv_bfloat162 *>(out + base) = __floats2bfloat162_rn(o[n][0] / l_lo, o[n][1] / l_lo);
-        }
-        if (t_hi < end) {
-            size_t base = ((size_t)t_hi * Hq + h) * D + col;
-            *reinterpret_cast<__nv_bfloat162 *>(out + base) = __floats2bfloat162_rn(o[n][2] / l_hi, o[n][3] / l_hi);
-        }
-    }
-    if (c == 0) {
-        if (t_lo < end) lse[(size_t)t_lo * Hq + h] = m_lo + logf(l_lo);
-        if (t_hi < end) lse[(size_t)t_hi * Hq + h] = m_hi + logf(l_hi);
-    }
+    flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);  // O / l and the log-sum-exp
 }
 
 // ---- second and third generations: the same math, with K/V tiles double-buffered through cp.async (the

@@ -225,6 +225,35 @@ __device__ __forceinline__ void flash_softmax_step(float (*sc)[4], float *m, flo
     }
 }
 
+// P (a warp's 16 rows × KB, C layout in p[KB/8][4]) rounded to bf16 as the A fragments of P·X, 16 columns each
+template <int KB>
+__device__ __forceinline__ void flash_p_frags(uint32_t (*a)[4], const float (*p)[4]) {
+#pragma unroll
+    for (int kk = 0; kk < KB / 16; kk++) {
+        a[kk][0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);          // row g,     columns 16kk + 2c..
+        a[kk][1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);          // row g + 8
+        a[kk][2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);  // row g,     columns 16kk + 8 + 2c..
+        a[kk][3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);  // row g + 8
+    }
+}
+
+// dst rows r_lo, r_hi of [T, H, D] (head h) += acc (a warp's C-layout rows), rows at or past end left out
+template <int D>
+__device__ __forceinline__ void flash_add_rows(bf16_t *dst, const float (*acc)[4], int r_lo, int r_hi, int end, int H, int h, int c) {
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        int col = n * 8 + 2 * c;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            int r = half ? r_hi : r_lo;
+            if (r >= end) continue;
+            __nv_bfloat162 *p2 = reinterpret_cast<__nv_bfloat162 *>(dst + ((size_t)r * H + h) * D + col);
+            float2 old = __bfloat1622float2(*p2);
+            *p2 = __floats2bfloat162_rn(old.x + acc[n][2 * half], old.y + acc[n][2 * half + 1]);
+        }
+    }
+}
+
 // O / l for a warp's rows t_lo, t_hi into out [T, H, D] (head h), and their log-sum-exp
 template <int D>
 __device__ __forceinline__ void flash_store_rows(bf16_t *out, float *lse, const float (*o)[4], const float *m, const float *l,

@@ -115,17 +115,6 @@ __device__ __forceinline__ void wg_issue_accumulate(float (*out)[4], const uint3
     wg_commit();
 }
 
-// P (16 × 64 per warp, C layout in p[8][4]) rounded to bf16 A fragments, 16 columns each
-__device__ __forceinline__ void wg_a_frags(uint32_t (*a)[4], const float (*p)[4]) {
-#pragma unroll
-    for (int kk = 0; kk < FT / 16; kk++) {
-        a[kk][0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
-        a[kk][1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
-        a[kk][2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
-        a[kk][3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
-    }
-}
-
 // the products, each waited for
 template <int D>
 __device__ __forceinline__ void wg_scores(float (*acc)[4], const bf16_t *A, const bf16_t *B) {
@@ -135,7 +124,7 @@ __device__ __forceinline__ void wg_scores(float (*acc)[4], const bf16_t *A, cons
 template <int D>
 __device__ __forceinline__ void wg_accumulate(float (*out)[4], const float (*p)[4], const bf16_t *tile) {
     uint32_t a[FT / 16][4];
-    wg_a_frags(a, p);
+    flash_p_frags<FT>(a, p);
     wg_issue_accumulate<D>(out, a, tile, g_wg_swizzle);
     wg_wait_all();
 }
@@ -174,8 +163,8 @@ struct WgmmaTiles {
                                                        const float (*p2)[4], const Tile<D> &T2, int) {
         int swz = g_wg_swizzle;
         uint32_t a1[FT / 16][4], a2[FT / 16][4];
-        wg_a_frags(a1, p1);
-        wg_a_frags(a2, p2);
+        flash_p_frags<FT>(a1, p1);
+        flash_p_frags<FT>(a2, p2);
         wg_issue_accumulate<D>(out1, a1, T1.x, swz);
         wg_issue_accumulate<D>(out2, a2, T2.x, swz);
         wg_wait_all();
