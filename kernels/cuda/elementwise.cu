@@ -76,7 +76,57 @@ __global__ static void rmsnorm_bwd_dw(float *part, const bf16_t *dy, const bf16_
     part[(size_t)p * C + c] = s;
 }
 
+// The same two backward passes with a warp per row and 8 elements per lane and access (rows of C a
+// multiple of 8, 16-byte aligned): a block per row synchronises its warps twice per row, which at
+// C = 128 (the QK norms, 262,144 rows) or 2560 left the kernels at under 1 TB/s. The second pass reads
+// the row again (from L1/L2) instead of holding C/32 values per lane in registers.
+__global__ static void rmsnorm_bwd_dx8(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, const bf16_t *w, const float *rstd, int N,
+                                       int C) {
+    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= (size_t)N) return;
+    const bf16_t *dyr = dy + row * C, *xr = x + row * C;
+    float r = rstd[row], dot = 0.0f, wv[8], dv[8], xv[8], o[8];
+    for (int c = lane * 8; c < C; c += 256) {
+        load8(wv, w + c), load8(dv, dyr + c), load8(xv, xr + c);
+#pragma unroll
+        for (int k = 0; k < 8; k++) dot += wv[k] * dv[k] * xv[k];
+    }
+    dot = warp_sum(dot) / C;
+    for (int c = lane * 8; c < C; c += 256) {
+        load8(wv, w + c), load8(dv, dyr + c), load8(xv, xr + c), load8(o, dinp + row * C + c);
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = o[k] + r * wv[k] * dv[k] - xv[k] * r * r * r * dot;
+        store8(dinp + row * C + c, o);
+    }
+}
+
+// part[p, c..c+7] = Σ over the part's rows of dy·x·r, 8 columns per thread (the scalar kernel's order per column)
+__global__ static void rmsnorm_bwd_dw8(float *part, const bf16_t *dy, const bf16_t *x, const float *rstd, int N, int C) {
+    int p = blockIdx.y, c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (c >= C) return;
+    float s[8] = {0}, dv[8], xv[8];
+    for (int n = p * ROWS_PER_PART; n < N && n < (p + 1) * ROWS_PER_PART; n++) {
+        load8(dv, dy + (size_t)n * C + c), load8(xv, x + (size_t)n * C + c);
+        float r = rstd[n];
+#pragma unroll
+        for (int k = 0; k < 8; k++) s[k] += dv[k] * xv[k] * r;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) part[(size_t)p * C + c + k] = s[k];
+}
+
 static int threads_for(int C) { return C >= 1024 ? 1024 : C >= 256 ? 256 : 128; }
+// rows of C elements at these pointers go through the 8-wide kernels
+static bool rows8(int C, const void *a, const void *b, const void *c, const void *d) {
+    return C % 8 == 0 && aligned16(a) && aligned16(b) && aligned16(c) && aligned16(d);
+}
+static unsigned blocks_of_warps(int rows) { return (unsigned)((rows + 7) / 8); }  // 8 warps (rows) per block of 256
+static dim3 grid8(int C, int parts, int *threads) {  // 8 columns per thread, up to 128 threads per block
+    int t = (C / 8 + 31) / 32 * 32;
+    *threads = t < 128 ? t : 128;
+    return dim3((unsigned)((C / 8 + *threads - 1) / *threads), (unsigned)parts);
+}
 
 extern "C" void cuda_rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C, float eps) {
     rmsnorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), rstd, CB16(inp), CB16(w), C, eps, NULL, NULL);
@@ -113,11 +163,19 @@ extern "C" void cuda_rmsnorm_rope_forward(bf16 *out, float *rstd, const bf16 *in
 
 extern "C" void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
                                       int N, int C) {
-    if (dinp) { rmsnorm_bwd_dx<<<N, threads_for(C), 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), rstd, C); LAUNCH_CHECK(); }
+    bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp);
+    if (dinp && vec) rmsnorm_bwd_dx8<<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), rstd, N, C);
+    else if (dinp) rmsnorm_bwd_dx<<<N, threads_for(C), 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), rstd, C);
+    if (dinp) LAUNCH_CHECK();
     if (dw) {
-        int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
+        int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART, threads;
         float *part = (float *)cuda_scratch((size_t)parts * C * sizeof(float));
-        rmsnorm_bwd_dw<<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, CB16(dout), CB16(inp), rstd, N, C);
+        if (vec) {
+            dim3 grid = grid8(C, parts, &threads);
+            rmsnorm_bwd_dw8<<<grid, threads, 0, g_stream>>>(part, CB16(dout), CB16(inp), rstd, N, C);
+        } else {
+            rmsnorm_bwd_dw<<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, CB16(dout), CB16(inp), rstd, N, C);
+        }
         LAUNCH_CHECK();
         reduce_parts(dw, part, parts, C);
     }
@@ -168,6 +226,54 @@ __global__ static void layernorm_bwd_dwdb(float *part_w, float *part_b, const bf
     part_b[(size_t)p * C + c] = sb;
 }
 
+// the 8-wide, warp-per-row forms of the two kernels above (see rmsnorm_bwd_dx8)
+__global__ static void layernorm_bwd_dx8(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, const bf16_t *w, const float *mean,
+                                         const float *rstd, int N, int C) {
+    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= (size_t)N) return;
+    const bf16_t *dyr = dy + row * C, *xr = x + row * C;
+    float mu = mean[row], r = rstd[row], sg = 0.0f, sgx = 0.0f, wv[8], dv[8], xv[8], o[8];
+    for (int c = lane * 8; c < C; c += 256) {
+        load8(wv, w + c), load8(dv, dyr + c), load8(xv, xr + c);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float g = wv[k] * dv[k];
+            sg += g;
+            sgx += g * ((xv[k] - mu) * r);
+        }
+    }
+    sg = warp_sum(sg) / C;
+    sgx = warp_sum(sgx) / C;
+    for (int c = lane * 8; c < C; c += 256) {
+        load8(wv, w + c), load8(dv, dyr + c), load8(xv, xr + c), load8(o, dinp + row * C + c);
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = o[k] + r * (wv[k] * dv[k] - sg - (xv[k] - mu) * r * sgx);
+        store8(dinp + row * C + c, o);
+    }
+}
+
+__global__ static void layernorm_bwd_dwdb8(float *part_w, float *part_b, const bf16_t *dy, const bf16_t *x, const float *mean,
+                                           const float *rstd, int N, int C) {
+    int p = blockIdx.y, c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (c >= C) return;
+    float sw[8] = {0}, sb[8] = {0}, dv[8], xv[8];
+    for (int n = p * ROWS_PER_PART; n < N && n < (p + 1) * ROWS_PER_PART; n++) {
+        load8(dv, dy + (size_t)n * C + c), load8(xv, x + (size_t)n * C + c);
+        float mu = mean[n], r = rstd[n];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            sw[k] += dv[k] * (xv[k] - mu) * r;
+            sb[k] += dv[k];
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        part_w[(size_t)p * C + c + k] = sw[k];
+        part_b[(size_t)p * C + c + k] = sb[k];
+    }
+}
+
 extern "C" void cuda_layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w, const bf16 *b, int N,
                                        int C, float eps) {
     layernorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), mean, rstd, CB16(inp), CB16(w), CB16(b), C, eps, NULL, NULL);
@@ -182,11 +288,22 @@ extern "C" void cuda_add_layernorm_forward(bf16 *sum, bf16 *out, float *mean, fl
 
 extern "C" void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,
                                         const float *mean, const float *rstd, int N, int C) {
-    if (dinp) { layernorm_bwd_dx<<<N, threads_for(C), 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), mean, rstd, C); LAUNCH_CHECK(); }
+    bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp);
+    if (dinp && vec)
+        layernorm_bwd_dx8<<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), mean, rstd, N, C);
+    else if (dinp)
+        layernorm_bwd_dx<<<N, threads_for(C), 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), mean, rstd, C);
+    if (dinp) LAUNCH_CHECK();
     if (dw || db) {
-        int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
+        int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART, threads;
         float *part = (float *)cuda_scratch((size_t)2 * parts * C * sizeof(float));
-        layernorm_bwd_dwdb<<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout), CB16(inp), mean, rstd, N, C);
+        if (vec) {
+            dim3 grid = grid8(C, parts, &threads);
+            layernorm_bwd_dwdb8<<<grid, threads, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout), CB16(inp), mean, rstd, N, C);
+        } else {
+            layernorm_bwd_dwdb<<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout), CB16(inp),
+                                                                                    mean, rstd, N, C);
+        }
         LAUNCH_CHECK();
         if (dw) reduce_parts(dw, part, parts, C);
         if (db) reduce_parts(db, part + (size_t)parts * C, parts, C);

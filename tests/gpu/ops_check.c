@@ -425,8 +425,12 @@ int main(int argc, char **argv) {
     if (cuda_init(0, err, sizeof err)) { printf("ops_check: %s\n", err); return 1; }
     matmul_case(67, 96, 130, 1);
     matmul_case(256, 512, 384, 0);
-    norm_case(70, 128, 0);
+    norm_case(70, 128, 0);  // rows of a multiple of 8: the 8-wide, warp-per-row backward kernels
     norm_case(500, 24, 0);
+    norm_case(40, 2560, 0);
+    norm_case(40, 1024, 1);
+    norm_case(33, 100, 0);  // and the scalar ones
+    norm_case(33, 100, 1);
     norm_case(70, 256, 1);
     activation_cases(257, 384);
     activation_cases(37, 100);
