@@ -128,15 +128,55 @@ static dim3 grid8(int C, int parts, int *threads) {  // 8 columns per thread, up
     return dim3((unsigned)((C / 8 + *threads - 1) / *threads), (unsigned)parts);
 }
 
-extern "C" void cuda_rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C, float eps) {
-    rmsnorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), rstd, CB16(inp), CB16(w), C, eps, NULL, NULL);
+// 8 elements of a row at i: x, or with a residual b the sum x + b rounded to bf16 (and stored in sum)
+__device__ __forceinline__ void row_piece8(float *v, const bf16_t *x, const bf16_t *b, bf16_t *sum, size_t i) {
+    load8(v, x + i);
+    if (!b) return;
+    float u[8];
+    load8(u, b + i);
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = __bfloat162float(__float2bfloat16_rn(v[k] + u[k]));
+    store8(sum + i, v);
+}
+
+// rmsnorm_fwd with a warp per row and 8 elements per access (see rmsnorm_bwd_dx8)
+__global__ static void rmsnorm_fwd8(bf16_t *out, float *rstd, const bf16_t *x, const bf16_t *w, int N, int C, float eps,
+                                    const bf16_t *b, bf16_t *sum) {
+    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= (size_t)N) return;
+    float ss = 0.0f, v[8], u[8];
+    for (int c = lane * 8; c < C; c += 256) {
+        row_piece8(v, x, b, sum, row * C + c);
+#pragma unroll
+        for (int k = 0; k < 8; k++) ss += v[k] * v[k];
+    }
+    float r = rsqrtf(warp_sum(ss) / C + eps);
+    if (lane == 0) rstd[row] = r;
+    const bf16_t *src = (b ? sum : x) + row * C;  // this lane's own stores of the sum: visible to it
+    for (int c = lane * 8; c < C; c += 256) {
+        load8(v, src + c), load8(u, w + c);
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = v[k] * r * u[k];
+        store8(out + row * C + c, v);
+    }
+}
+
+static void rmsnorm_launch(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, int N, int C, float eps, const bf16 *b, bf16 *sum) {
+    if (rows8(C, out, x, w, b ? (const void *)b : (const void *)x) && (!sum || aligned16(sum)))
+        rmsnorm_fwd8<<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(out), rstd, CB16(x), CB16(w), N, C, eps, CB16(b), B16(sum));
+    else
+        rmsnorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), rstd, CB16(x), CB16(w), C, eps, CB16(b), B16(sum));
     LAUNCH_CHECK();
+}
+
+extern "C" void cuda_rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C, float eps) {
+    rmsnorm_launch(out, rstd, inp, w, N, C, eps, NULL, NULL);
 }
 
 extern "C" void cuda_add_rmsnorm_forward(bf16 *sum, bf16 *out, float *rstd, const bf16 *a, const bf16 *b, const bf16 *w, int N,
                                          int C, float eps) {
-    rmsnorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), rstd, CB16(a), CB16(w), C, eps, CB16(b), B16(sum));
-    LAUNCH_CHECK();
+    rmsnorm_launch(out, rstd, a, w, N, C, eps, b, sum);
 }
 
 // QK-norm and RoPE in one pass: a block per (token, head) row, thread j owns the pair (j, j + D/2)
@@ -154,10 +194,44 @@ __global__ static void rmsnorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
     st(out, row * D + j + half, y1 * c + y0 * s);
 }
 
+// the same with a warp per (token, head) row, lane l owning the pairs (j, j + D/2) for j = 2l, 2l + 1 (+ 64...):
+// a block of D/2 threads per 128-element row left the kernel at under 1 TB/s
+__global__ static void rmsnorm_rope_fwd_warp(bf16_t *out, float *rstd, const bf16_t *x, const bf16_t *w, const float *ang, int N,
+                                             int H, int D, float eps) {
+    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32, half = D / 2;
+    if (row >= (size_t)N) return;
+    const __nv_bfloat162 *xr = reinterpret_cast<const __nv_bfloat162 *>(x + row * D);
+    float ss = 0.0f;
+    for (int j = 2 * lane; j < half; j += 64) {
+        float2 a = __bfloat1622float2(xr[j / 2]), b = __bfloat1622float2(xr[(j + half) / 2]);
+        ss += a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y;
+    }
+    float r = rsqrtf(warp_sum(ss) / D + eps);
+    if (lane == 0) rstd[row] = r;
+    const __nv_bfloat162 *w2 = reinterpret_cast<const __nv_bfloat162 *>(w);
+    __nv_bfloat162 *o2 = reinterpret_cast<__nv_bfloat162 *>(out + row * D);
+    const float2 *ang2 = reinterpret_cast<const float2 *>(ang + (row / H) * half);
+    for (int j = 2 * lane; j < half; j += 64) {
+        float2 a = __bfloat1622float2(xr[j / 2]), b = __bfloat1622float2(xr[(j + half) / 2]);
+        float2 wa = __bfloat1622float2(w2[j / 2]), wb = __bfloat1622float2(w2[(j + half) / 2]), t = ang2[j / 2];
+        float y0 = a.x * r * wa.x, y1 = b.x * r * wb.x, z0 = a.y * r * wa.y, z1 = b.y * r * wb.y;
+        float c0 = cosf(t.x), s0 = sinf(t.x), c1 = cosf(t.y), s1 = sinf(t.y);
+        o2[j / 2] = __floats2bfloat162_rn(y0 * c0 - y1 * s0, z0 * c1 - z1 * s1);
+        o2[(j + half) / 2] = __floats2bfloat162_rn(y1 * c0 + y0 * s0, z1 * c1 + z0 * s1);
+    }
+}
+
 extern "C" void cuda_rmsnorm_rope_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, const float *angles, int T, int H,
                                           int D, float eps) {
-    int threads = (D / 2 + 31) / 32 * 32;  // block_sum wants whole warps
-    rmsnorm_rope_fwd<<<(unsigned)((size_t)T * H), threads, 0, g_stream>>>(B16(out), rstd, CB16(inp), CB16(w), angles, H, D, eps);
+    size_t rows = (size_t)T * H;
+    if (D % 4 == 0 && ((size_t)inp | (size_t)out | (size_t)w) % 4 == 0 && (size_t)angles % 8 == 0) {
+        rmsnorm_rope_fwd_warp<<<blocks_of_warps((int)rows), 256, 0, g_stream>>>(B16(out), rstd, CB16(inp), CB16(w), angles, (int)rows,
+                                                                                H, D, eps);
+    } else {
+        int threads = (D / 2 + 31) / 32 * 32;  // block_sum wants whole warps
+        rmsnorm_rope_fwd<<<(unsigned)rows, threads, 0, g_stream>>>(B16(out), rstd, CB16(inp), CB16(w), angles, H, D, eps);
+    }
     LAUNCH_CHECK();
 }
 
@@ -274,16 +348,54 @@ __global__ static void layernorm_bwd_dwdb8(float *part_w, float *part_b, const b
     }
 }
 
+// layernorm_fwd with a warp per row and 8 elements per access: mean, then the centred variance, then the output
+__global__ static void layernorm_fwd8(bf16_t *out, float *mean, float *rstd, const bf16_t *x, const bf16_t *w, const bf16_t *bias, int N,
+                                      int C, float eps, const bf16_t *res, bf16_t *sum) {
+    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= (size_t)N) return;
+    float s = 0.0f, var = 0.0f, v[8], u[8], bb[8];
+    for (int c = lane * 8; c < C; c += 256) {
+        row_piece8(v, x, res, sum, row * C + c);
+#pragma unroll
+        for (int k = 0; k < 8; k++) s += v[k];
+    }
+    float mu = warp_sum(s) / C;
+    const bf16_t *src = (res ? sum : x) + row * C;
+    for (int c = lane * 8; c < C; c += 256) {
+        load8(v, src + c);
+#pragma unroll
+        for (int k = 0; k < 8; k++) var += (v[k] - mu) * (v[k] - mu);
+    }
+    float r = rsqrtf(warp_sum(var) / C + eps);  // biased variance, as torch
+    if (lane == 0) { mean[row] = mu; rstd[row] = r; }
+    for (int c = lane * 8; c < C; c += 256) {
+        load8(v, src + c), load8(u, w + c), load8(bb, bias + c);
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] = (v[k] - mu) * r * u[k] + bb[k];
+        store8(out + row * C + c, v);
+    }
+}
+
+static void layernorm_launch(bf16 *out, float *mean, float *rstd, const bf16 *x, const bf16 *w, const bf16 *bias, int N, int C,
+                             float eps, const bf16 *res, bf16 *sum) {
+    if (rows8(C, out, x, w, bias) && (!res || (aligned16(res) && aligned16(sum))))
+        layernorm_fwd8<<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(out), mean, rstd, CB16(x), CB16(w), CB16(bias), N, C, eps,
+                                                                 CB16(res), B16(sum));
+    else
+        layernorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), mean, rstd, CB16(x), CB16(w), CB16(bias), C, eps, CB16(res),
+                                                          B16(sum));
+    LAUNCH_CHECK();
+}
+
 extern "C" void cuda_layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w, const bf16 *b, int N,
                                        int C, float eps) {
-    layernorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), mean, rstd, CB16(inp), CB16(w), CB16(b), C, eps, NULL, NULL);
-    LAUNCH_CHECK();
+    layernorm_launch(out, mean, rstd, inp, w, b, N, C, eps, NULL, NULL);
 }
 
 extern "C" void cuda_add_layernorm_forward(bf16 *sum, bf16 *out, float *mean, float *rstd, const bf16 *a, const bf16 *b,
                                            const bf16 *w, const bf16 *bias, int N, int C, float eps) {
-    layernorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), mean, rstd, CB16(a), CB16(w), CB16(bias), C, eps, CB16(b), B16(sum));
-    LAUNCH_CHECK();
+    layernorm_launch(out, mean, rstd, a, w, bias, N, C, eps, b, sum);
 }
 
 extern "C" void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,
@@ -438,8 +550,35 @@ __global__ static void rope_kernel(bf16_t *x, const float *ang, int T, int H, in
     st(x, base + j, x0 * c - x1 * s);
     st(x, base + j + half, x1 * c + x0 * s);
 }
-extern "C" void cuda_rope_forward(bf16 *x, const float *angles, int T, int H, int D) { rope_kernel<<<blocks((size_t)T * H * D / 2), 256, 0, g_stream>>>(B16(x), angles, T, H, D, 1.0f); LAUNCH_CHECK(); }
-extern "C" void cuda_rope_backward(bf16 *dx, const float *angles, int T, int H, int D) { rope_kernel<<<blocks((size_t)T * H * D / 2), 256, 0, g_stream>>>(B16(dx), angles, T, H, D, -1.0f); LAUNCH_CHECK(); }
+// the same over 8 consecutive pairs per thread (16-byte accesses), for D/2 a multiple of 8
+__global__ static void rope_kernel8(bf16_t *x, const float *ang, int T, int H, int D, float sign) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int half = D / 2, per = half / 8;
+    if (i >= (size_t)T * H * per) return;
+    int j = (int)(i % per) * 8;
+    size_t th = i / per, t = th / H;
+    bf16_t *x0p = x + th * D + j, *x1p = x0p + half;
+    float x0[8], x1[8], a[8];
+    load8(x0, x0p), load8(x1, x1p);
+    *reinterpret_cast<float4 *>(a) = *reinterpret_cast<const float4 *>(ang + t * half + j);
+    *reinterpret_cast<float4 *>(a + 4) = *reinterpret_cast<const float4 *>(ang + t * half + j + 4);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        float c = cosf(a[k]), s = sign * sinf(a[k]), y0 = x0[k] * c - x1[k] * s, y1 = x1[k] * c + x0[k] * s;
+        x0[k] = y0, x1[k] = y1;
+    }
+    store8(x0p, x0), store8(x1p, x1);
+}
+
+static void rope_launch(bf16 *x, const float *angles, int T, int H, int D, float sign) {
+    if (D % 16 == 0 && aligned16(x) && aligned16(angles))
+        rope_kernel8<<<blocks((size_t)T * H * D / 16), 256, 0, g_stream>>>(B16(x), angles, T, H, D, sign);
+    else
+        rope_kernel<<<blocks((size_t)T * H * D / 2), 256, 0, g_stream>>>(B16(x), angles, T, H, D, sign);
+    LAUNCH_CHECK();
+}
+extern "C" void cuda_rope_forward(bf16 *x, const float *angles, int T, int H, int D) { rope_launch(x, angles, T, H, D, 1.0f); }
+extern "C" void cuda_rope_backward(bf16 *dx, const float *angles, int T, int H, int D) { rope_launch(dx, angles, T, H, D, -1.0f); }
 
 // ---- embedding ----
 __global__ static void embed_fwd(bf16_t *out, const int32_t *ids, const bf16_t *table, int T, int C) {

@@ -164,8 +164,8 @@ static void activation_cases(int N, int F) {
 }
 
 // the fused forward passes against the separate CPU ops in sequence
-static void fused_cases(void) {
-    int N = 70, C = 256, T = 40, H = 6, D = 128;
+static void fused_cases(int C, int with_rope) {  // C a multiple of 8: the 8-wide kernels; otherwise the scalar ones
+    int N = 70, T = 40, H = 6;
     float *a = host_rand((size_t)N * C, 1), *b = host_rand((size_t)N * C, 1), *w = host_rand(C, 1), *bias = host_rand(C, 0.2f);
     for (int c = 0; c < C; c++) w[c] = bf16_to_f32(f32_to_bf16(1.0f + 0.1f * w[c]));
     float *sum = xcalloc((size_t)N * C, 4), *y = xcalloc((size_t)N * C, 4), *mean = xcalloc(N, 4), *rstd = xcalloc(N, 4), *h;
@@ -176,6 +176,7 @@ static void fused_cases(void) {
     rmsnorm_forward(y, rstd, sum, w, N, C, 1e-6f);
     cuda_add_rmsnorm_forward(gsum, gy, grstd, ga, gb, gw, N, C, 1e-6f);
     sync_or_die();
+    printf("fused norms at C %d:\n", C);
     check("add + rmsnorm forward: sum", h = back_bf16(gsum, (size_t)N * C), sum, (size_t)N * C, 1e-6); free(h);
     check("add + rmsnorm forward: out", h = back_bf16(gy, (size_t)N * C), y, (size_t)N * C, 2e-2); free(h);
     check("add + rmsnorm forward: rstd", h = back_f32(grstd, N), rstd, N, 1e-3); free(h);
@@ -188,7 +189,9 @@ static void fused_cases(void) {
     free(a); free(b); free(bias); free(sum); free(y); free(mean); free(rstd);
     cuda_free(ga); cuda_free(gb); cuda_free(gbias); cuda_free(gsum); cuda_free(gy); cuda_free(gmean); cuda_free(grstd); cuda_free(gw);
     free(w);
-    for (int d = 16; d <= D; d *= 8) {  // head_dim 16 (half a warp of pairs) and 128
+    const int dims[3] = {16, 128, 18};  // head_dim 16 (a warp's first 4 lanes) and 128: warp per row; 18: block per row
+    for (int di = 0; with_rope && di < 3; di++) {
+        int d = dims[di];
         int32_t cu[2] = {0, T};
         float *x = host_rand((size_t)T * H * d, 1), *qw = host_rand(d, 1), *ang = xmalloc((size_t)T * d / 2 * 4),
               *o = xcalloc((size_t)T * H * d, 4), *r = xcalloc((size_t)T * H, 4);
@@ -210,9 +213,8 @@ static void fused_cases(void) {
     }
 }
 
-static void rope_case(void) {
-    int T = 300, H = 6, D = 24;
-    int32_t cu[3] = {0, 120, 300};
+static void rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-wide kernel
+    int32_t cu[3] = {0, T / 3, T};
     float *x = host_rand((size_t)T * H * D, 1), *ang = xmalloc((size_t)T * D / 2 * 4), *h;
     rope_angles_1d(ang, cu, 2, D, 5e6);
     bf16 *gx = dev_bf16(x, (size_t)T * H * D);
@@ -220,11 +222,14 @@ static void rope_case(void) {
     rope_forward(x, ang, T, H, D);
     cuda_rope_forward(gx, gang, T, H, D);
     sync_or_die();
-    check("rope forward", h = back_bf16(gx, (size_t)T * H * D), x, (size_t)T * H * D, 2e-2); free(h);
+    char name[64];
+    snprintf(name, sizeof name, "rope forward d%d", D);
+    check(name, h = back_bf16(gx, (size_t)T * H * D), x, (size_t)T * H * D, 2e-2); free(h);
     rope_backward(x, ang, T, H, D);
     cuda_rope_backward(gx, gang, T, H, D);
     sync_or_die();
-    check("rope backward (undoes forward)", h = back_bf16(gx, (size_t)T * H * D), x, (size_t)T * H * D, 2e-2); free(h);
+    snprintf(name, sizeof name, "rope backward d%d (undoes forward)", D);
+    check(name, h = back_bf16(gx, (size_t)T * H * D), x, (size_t)T * H * D, 2e-2); free(h);
     free(x); free(ang); cuda_free(gx); cuda_free(gang);
 }
 
@@ -434,8 +439,11 @@ int main(int argc, char **argv) {
     norm_case(70, 256, 1);
     activation_cases(257, 384);
     activation_cases(37, 100);
-    rope_case();
-    fused_cases();
+    rope_case(300, 6, 24);
+    rope_case(70, 4, 64);
+    rope_case(70, 4, 128);
+    fused_cases(256, 1);
+    fused_cases(100, 0);
     attention_case(6, 2, 24, 1, 0, 2);
     for (int version = 1; version <= 3; version++) attention_cases(version);
     attention_cases(4);  // v4 (wgmma) last: a fault there leaves the others checked
