@@ -134,13 +134,13 @@ int cuda_flash_forward(int version, bf16 *out, float *lse, const bf16 *q, const 
 int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                         int D, int causal);
-// version 4 (flash_wgmma.cu): -1 where the GPU is not compute capability 9.0 or the build has no sm_90a
-int cuda_flash_wgmma_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
+// versions 4 and 5 (flash_wgmma.cu): -1 where the GPU is not compute capability 9.0 or the build has no sm_90a
+int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
                              int max_len, int Hq, int Hkv, int D, int causal);
 int cuda_flash_wgmma_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                               const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int D,
                               int causal);
-// LLAVA_FLASH=0|1|2|3|4 picks the kernels for a whole run (comparisons, or a fallback while a new version
+// LLAVA_FLASH=0|1|2|3|4|5 picks the kernels for a whole run (comparisons, or a fallback while a new version
 // is being checked); cuda_attention_set_flash overrides it. Unset: the fastest measured per head dim and
 // direction (H100, session 13 in bench/RESULTS.md): the forward of v3 at head_dim 128 (2.65 ms at T 8192
 // against v4's 2.99 and v2's 3.02), v4 at 64 (0.665 against v2's 0.678 ms at the tower's shape); v4's
@@ -150,7 +150,7 @@ static int flash_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset, per 
 static int flash_pick(void) {
     if (flash_version == -1) {
         const char *env = getenv("LLAVA_FLASH");
-        flash_version = env && env[0] >= '0' && env[0] <= '4' && !env[1] ? env[0] - '0' : -2;
+        flash_version = env && env[0] >= '0' && env[0] <= '5' && !env[1] ? env[0] - '0' : -2;
     }
     return flash_version;
 }
@@ -161,8 +161,9 @@ extern "C" void cuda_attention_set_flash(int version) { flash_version = version;
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
     int version = flash_for(D, 1);
-    if (version == 4 && cuda_flash_wgmma_forward(out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
-    if (version == 4) version = 2;  // no wgmma here
+    if (version >= 4 && cuda_flash_wgmma_forward(version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
+        return;
+    if (version >= 4) version = 2;  // no wgmma here
     if (version && cuda_flash_forward(version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
     if (D > MAXD) { cuda_note_error("cuda_attention_forward", "head_dim above 128"); return; }
     attn_fwd<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
@@ -180,10 +181,10 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
     LAUNCH_CHECK();
     int version = flash_for(D, 0);
-    if (version == 4 &&
+    if (version >= 4 &&  // version 5 differs in the forward only
         cuda_flash_wgmma_backward(dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;
-    if (version == 4) version = 2;
+    if (version >= 4) version = 2;
     if (version && cuda_flash_backward(version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (dq) {

@@ -1,8 +1,9 @@
-// flash_wgmma.cu: flash-attention version 4, the tile products on Hopper's warpgroup MMA (wgmma, sm_90a)
+// flash_wgmma.cu: flash-attention versions 4 and 5, the tile products on Hopper's warpgroup MMA (wgmma, sm_90a)
 // instead of per-warp mma.sync. The math and the schedule are version 2's: the forward's block of 4 warps
 // owns 64 query rows, streams 64-key tiles of K and V (double-buffered through cp.async) and keeps S, the
 // softmax statistics and O in registers; S = Q·Kᵀ reads both operands from shared memory, O += P·V takes
-// P from registers. The backward is flash_bwd_tiled.cuh with the wgmma engine. Built for sm_90a only (the
+// P from registers. Version 5 differs in the forward only: the next tile's scores are computed while
+// this tile's softmax runs. The backward is flash_bwd_tiled.cuh with the wgmma engine. Built for sm_90a only (the
 // Makefile), used when the device is compute capability 9.0; elsewhere the calls return -1 and
 // attention.cu falls back to version 2.
 #include <math.h>
@@ -57,18 +58,78 @@ flash_fwd_wg(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
     flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
 }
 
+// Version 5's forward: version 4's, with the next tile's scores in flight during this tile's softmax
+// (FlashAttention-3's intra-warpgroup overlap). K tiles run one ahead of V tiles: at tile i the block
+// holds K_{i+1} (for S_{i+1} = Q·K_{i+1}ᵀ, issued before the softmax of S_i) and V_i (for O += P_i·V_i),
+// K_j in k[j % 2] and V_j in v[j % 2], while K_{i+2} and V_{i+1} arrive through cp.async.
 template <int D>
+__global__ static void __launch_bounds__(128, 2)
+flash_fwd_wg_pipe(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
+                  int causal, float scale) {
+    extern __shared__ __align__(128) unsigned char raw[];
+    WgFwdSmem<D> &sm = *reinterpret_cast<WgFwdSmem<D> *>(WgmmaTiles::align(raw));
+    int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
+    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
+    int start = cu[s], end = cu[s + 1], q0 = start + tile * FT;
+    if (q0 >= end) return;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    int t_lo = q0 + warp * 16 + g, t_hi = t_lo + 8;
+    int kend = causal ? min(end, q0 + FT) : end, nk = (kend - start + FT - 1) / FT;
+    wg_load_tile_async<D>(sm.q, q, q0, end, Hq, h);
+    wg_load_tile_async<D>(sm.k[0], k, start, end, Hkv, hk);
+    wg_load_tile_async<D>(sm.v[0], v, start, end, Hkv, hk);
+    if (nk > 1) wg_load_tile_async<D>(sm.k[1], k, start + FT, end, Hkv, hk);
+    cp_async_commit();
+    cp_async_wait_all();
+    wg_fence_smem();
+    __syncthreads();
+    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, sc[FT / 8][4], sn[FT / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < FT / 8; n++) sn[n][0] = sn[n][1] = sn[n][2] = sn[n][3] = 0.0f;
+    wg_issue_scores<D>(sc, sm.q, sm.k[0]);  // S_0
+    wg_wait_all();
+    wg_hold<FT / 8>(sc);
+    for (int it = 0; it < nk; it++) {
+        int k0 = start + it * FT, next = it + 1 < nk;
+        cp_async_wait_all();
+        wg_fence_smem();
+        __syncthreads();  // K_{it+1} and V_it are here for everyone; everyone is done with K_it and V_{it-1}
+        if (it + 2 < nk) wg_load_tile_async<D>(sm.k[it & 1], k, k0 + 2 * FT, end, Hkv, hk);
+        if (next) wg_load_tile_async<D>(sm.v[(it + 1) & 1], v, k0 + FT, end, Hkv, hk);
+        cp_async_commit();
+        if (next) wg_issue_scores<D>(sn, sm.q, sm.k[(it + 1) & 1]);  // S_{it+1}, in flight during the softmax
+        int full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
+        flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+        uint32_t a[FT / 16][4];
+        flash_p_frags<FT>(a, sc);
+        wg_issue_accumulate<D>(o, a, sm.v[it & 1]);  // O += P_it·V_it
+        wg_wait_all();                                     // both products
+        wg_hold<FT / 8>(sn);
+        wg_hold<D / 8>(o);
+        wg_hold_frags(a);
+        if (next) {
+#pragma unroll
+            for (int n = 0; n < FT / 8; n++) sc[n][0] = sn[n][0], sc[n][1] = sn[n][1], sc[n][2] = sn[n][2], sc[n][3] = sn[n][3];
+        }
+    }
+    flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
+}
+
+template <int D, bool PIPE>
 static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                        int Hq, int Hkv, int causal) {
+    auto kernel = PIPE ? flash_fwd_wg_pipe<D> : flash_fwd_wg<D>;
     size_t bytes = sizeof(WgFwdSmem<D>) + WgmmaTiles::smem_pad;
     static int configured;
     if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_wg<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
         configured = 1;
     }
     dim3 grid(Hq, (max_len + FT - 1) / FT, nseq);  // heads fastest: the heavy tiles of every head go out first
-    flash_fwd_wg<D><<<grid, 128, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu,
-                                                    Hq, Hkv, causal, 1.0f / sqrtf((float)D));
+    kernel<<<grid, 128, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu, Hq, Hkv,
+                                           causal, 1.0f / sqrtf((float)D));
     LAUNCH_CHECK();
 }
 
@@ -85,11 +146,13 @@ static int hopper(void) {
     return answer;
 }
 
-int cuda_flash_wgmma_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
-                             int max_len, int Hq, int Hkv, int D, int causal) {
+int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
+                             int nseq, int max_len, int Hq, int Hkv, int D, int causal) {
     if (!hopper()) return -1;
-    if (D == 64) launch_fwd<64>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (D == 128) launch_fwd<128>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    if (D == 64 && version == 5) launch_fwd<64, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (D == 128 && version == 5) launch_fwd<128, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (D == 64) launch_fwd<64, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (D == 128) launch_fwd<128, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else return -1;
     return 0;
 }
@@ -104,15 +167,11 @@ int cuda_flash_wgmma_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, co
     return 0;
 }
 
-extern "C" void cuda_flash_wgmma_layout(int swizzle128) {
-    CUDA_CHECK(cudaMemcpyToSymbol(g_wg_swizzle, &swizzle128, sizeof swizzle128));
-}
-
 #else  // built for another architecture: no version 4
 
-extern "C" void cuda_flash_wgmma_layout(int) {}
 
-int cuda_flash_wgmma_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int, int, int) {
+int cuda_flash_wgmma_forward(int, bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int, int,
+                             int) {
     return -1;
 }
 int cuda_flash_wgmma_backward(bf16 *, bf16 *, bf16 *, const bf16 *, const float *, const float *, const bf16 *, const bf16 *,

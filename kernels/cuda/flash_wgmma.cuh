@@ -4,62 +4,44 @@
 // 4g+c rows g and g+8, columns 8n+2c and 8n+2c+1 in d[n][0..3], so the kernels' softmax code is shared.
 //
 // wgmma reads its shared-memory operands through descriptors (start address, leading and stride byte
-// offsets LBO/SBO, swizzle mode). A staged 64 × D tile (1024-byte aligned) is kept in one of two layouts:
-//  - 128-byte swizzle (the default): 64-column halves of the tile, 64 rows × 128 bytes each, 8 KB apart;
-//    in a row the 16-byte chunk c sits at c ^ (row % 8), so the 8 rows of a group hit different banks:
-//      element (r, col) at (col/64)·8192 + r·128 + ((col%64/8) ^ (r%8))·16 + (col%8)·2
-//  - no swizzle: "core matrices" of 8 rows × 16 bytes stored contiguously,
-//      element (r, col) at ((r/8)·(D/8) + col/8)·128 + (r%8)·16 + (col%8)·2
-// The same tile is read two ways: as an operand whose rows are the product's M or N and whose columns
-// are its K (Q, K, V, dO in S = Q·Kᵀ and dP = dO·Vᵀ: "K-major"), and as one whose rows are K (V in P·V,
-// dO, Q, K in the backward's P·X: "MN-major", transposed by wgmma). Descriptor fields, in bytes:
-//                    K-major                               MN-major
-//   swizzle 128      start +(k/64)·8192 +(k%64)·2, SBO 1024  start + k·128, LBO 8192 (N halves), SBO 1024
-//   none             start + k·16, LBO 128, SBO D/8·128      start + k·D/8·16, LBO D/8·128, SBO 128
-// (CUTLASS's canonical GMMA layouts; k is the first K index of the 16 a wgmma takes.)
+// offsets LBO/SBO, swizzle mode). A staged 64 × D tile (1024-byte aligned) is kept in the 128-byte
+// swizzle: 64-column halves of the tile, 64 rows × 128 bytes each, 8 KB apart; in a row the 16-byte chunk
+// c sits at c ^ (row % 8), so the 8 rows of a group hit different banks:
+//   element (r, col) at (col/64)·8192 + r·128 + ((col%64/8) ^ (r%8))·16 + (col%8)·2
+// (The layout without swizzle, 8×16-byte core matrices stored contiguously, measured 1.2-1.5x slower on
+// an H100: bench/RESULTS.md, session 13.) The same tile is read two ways: as an operand whose rows are the
+// product's M or N and whose columns are its K (Q, K, V, dO in S = Q·Kᵀ and dP = dO·Vᵀ: "K-major"), and
+// as one whose rows are K (V in P·V, dO, Q, K in the backward's P·X: "MN-major", transposed by wgmma).
+// Descriptors for the 16 K indices from k (CUTLASS's canonical GMMA layouts), in bytes:
+//   K-major:   start + (k/64)·8192 + (k%64)·2, SBO 1024 (8-row groups), LBO unused
+//   MN-major:  start + k·128, LBO 8192 (the two 64-column halves along N), SBO 1024 (8-row groups along K)
 #pragma once
 #include "flash_mma.cuh"
 
-// 1: the 128-byte swizzle, 0: none (ops_check times and checks both; set by cuda_flash_wgmma_layout)
-static __device__ int g_wg_swizzle = 1;
-
 // rows [r0, r0 + 64) of a [T, H, D] tensor (head h) into a staged tile through cp.async; rows at or past
-// `end` become zero. Consecutive threads fill consecutive 16-byte pieces of shared memory.
+// `end` become zero. Consecutive threads fill consecutive 16-byte pieces of shared memory: piece i is in
+// half i/512, row (i/8)%64, stored chunk i%8 = logical chunk ^ (row%8).
 template <int D>
 __device__ __forceinline__ void wg_load_tile_async(bf16_t *tile, const bf16_t *x, int r0, int end, int H, int h) {
-    constexpr int chunks = D / 8;
-    const int swz = g_wg_swizzle;
-    for (int i = threadIdx.x; i < FT * chunks; i += blockDim.x) {
-        int r, col;
-        if (swz) {  // piece i: half i/512, row (i/8)%64, stored chunk i%8 = logical chunk ^ (row%8)
-            r = (i >> 3) & 63;
-            col = (i >> 9) * 64 + (((i & 7) ^ (r & 7)) << 3);
-        } else {    // piece i: row group i/8/chunks, chunk (i/8)%chunks, row i%8 of the group
-            r = (i >> 3) / chunks * 8 + (i & 7);
-            col = (i >> 3) % chunks * 8;
-        }
+    for (int i = threadIdx.x; i < FT * D / 8; i += blockDim.x) {
+        int r = (i >> 3) & 63, col = (i >> 9) * 64 + (((i & 7) ^ (r & 7)) << 3);
         bool in = r0 + r < end;
         cp_async16(reinterpret_cast<char *>(tile) + i * 16, x + ((size_t)(in ? r0 + r : 0) * H + h) * D + col, in);
     }
 }
 
-// a shared-memory matrix descriptor: start address, LBO and SBO (each in 16-byte units), swizzle mode
-// (bits 62-63: 1 = 128-byte swizzle, 0 = none)
-__device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lbo, uint32_t sbo, int swizzle128) {
+// a shared-memory matrix descriptor: start address, LBO and SBO (each in 16-byte units), 128-byte swizzle
+// (mode 1 in bits 62-63)
+__device__ __forceinline__ uint64_t wg_desc(const void *smem, uint32_t lbo, uint32_t sbo) {
     uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
-           ((uint64_t)(swizzle128 ? 1 : 0) << 62);
+    return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) | (1ull << 62);
 }
 // the descriptors of the table above for the 16 K indices from k
-template <int D>
-__device__ __forceinline__ uint64_t wg_desc_kmajor(const bf16_t *tile, int k, int swz) {
-    const char *t = reinterpret_cast<const char *>(tile);
-    return swz ? wg_desc(t + (k / 64) * 8192 + (k % 64) * 2, 16, 1024, 1) : wg_desc(t + k * 16, 128, D / 8 * 128, 0);
+__device__ __forceinline__ uint64_t wg_desc_kmajor(const bf16_t *tile, int k) {
+    return wg_desc(reinterpret_cast<const char *>(tile) + (k / 64) * 8192 + (k % 64) * 2, 16, 1024);
 }
-template <int D>
-__device__ __forceinline__ uint64_t wg_desc_mnmajor(const bf16_t *tile, int k, int swz) {
-    const char *t = reinterpret_cast<const char *>(tile);
-    return swz ? wg_desc(t + k * 128, 8192, 1024, 1) : wg_desc(t + k * (D / 8) * 16, D / 8 * 128, 128, 0);
+__device__ __forceinline__ uint64_t wg_desc_mnmajor(const bf16_t *tile, int k) {
+    return wg_desc(reinterpret_cast<const char *>(tile) + k * 128, 8192, 1024);
 }
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -91,24 +73,46 @@ __device__ __forceinline__ void wgmma_rs_n128_t(float (*d)[4], const uint32_t *a
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
 
+// Pin registers that an asynchronous wgmma reads or writes to this point of the program (an empty asm
+// that "modifies" them): before wg_fence, so that their last ordinary writes precede it, and after
+// wg_wait_all, so that no read of a result (and no reuse of an operand's register) moves above the wait.
+// Without them the compiler may schedule such accesses between the issue and the wait, and ptxas then
+// injects waits of its own (C7517/C7519), serialising the products.
+template <int NT>
+__device__ __forceinline__ void wg_hold(float (*acc)[4]) {
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) asm volatile("" : "+f"(acc[n][e])::"memory");
+}
+__device__ __forceinline__ void wg_hold_frags(uint32_t (*a)[4]) {
+#pragma unroll
+    for (int kk = 0; kk < FT / 16; kk++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[kk][e])::"memory");
+}
+
 // issue acc[16 × 64] per warp (the block: 64 × 64) = A (64 × D staged) · B (64 × D staged)ᵀ
 template <int D>
-__device__ __forceinline__ void wg_issue_scores(float (*acc)[4], const bf16_t *A, const bf16_t *B, int swz) {
+__device__ __forceinline__ void wg_issue_scores(float (*acc)[4], const bf16_t *A, const bf16_t *B) {
 #pragma unroll
     for (int n = 0; n < FT / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    wg_hold<FT / 8>(acc);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) wgmma_ss_n64(acc, wg_desc_kmajor<D>(A, kk * 16, swz), wg_desc_kmajor<D>(B, kk * 16, swz));
+    for (int kk = 0; kk < D / 16; kk++) wgmma_ss_n64(acc, wg_desc_kmajor(A, kk * 16), wg_desc_kmajor(B, kk * 16));
     wg_commit();
 }
 
 // issue out[16 × D] per warp += P (its 16 rows × 64 as bf16 A fragments a) · tile (64 × D staged)
 template <int D>
-__device__ __forceinline__ void wg_issue_accumulate(float (*out)[4], const uint32_t (*a)[4], const bf16_t *tile, int swz) {
+__device__ __forceinline__ void wg_issue_accumulate(float (*out)[4], uint32_t (*a)[4], const bf16_t *tile) {
+    wg_hold<D / 8>(out);
+    wg_hold_frags(a);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < FT / 16; kk++) {
-        uint64_t b = wg_desc_mnmajor<D>(tile, kk * 16, swz);
+        uint64_t b = wg_desc_mnmajor(tile, kk * 16);
         if constexpr (D == 64) wgmma_rs_n64_t(out, a[kk], b);
         else wgmma_rs_n128_t(out, a[kk], b);
     }
@@ -118,19 +122,22 @@ __device__ __forceinline__ void wg_issue_accumulate(float (*out)[4], const uint3
 // the products, each waited for
 template <int D>
 __device__ __forceinline__ void wg_scores(float (*acc)[4], const bf16_t *A, const bf16_t *B) {
-    wg_issue_scores<D>(acc, A, B, g_wg_swizzle);
+    wg_issue_scores<D>(acc, A, B);
     wg_wait_all();
+    wg_hold<FT / 8>(acc);
 }
 template <int D>
 __device__ __forceinline__ void wg_accumulate(float (*out)[4], const float (*p)[4], const bf16_t *tile) {
     uint32_t a[FT / 16][4];
     flash_p_frags<FT>(a, p);
-    wg_issue_accumulate<D>(out, a, tile, g_wg_swizzle);
+    wg_issue_accumulate<D>(out, a, tile);
     wg_wait_all();
+    wg_hold<D / 8>(out);
+    wg_hold_frags(a);
 }
 
 // the engine of the tiled backward (flash_bwd_tiled.cuh) on wgmma: the warpgroup multiplies whole 64-row
-// tiles (each warp receives its own 16 rows, row0 = 16·warp); tiles in the layouts above, 1024-byte
+// tiles (each warp receives its own 16 rows, row0 = 16·warp); tiles in the layout above, 1024-byte
 // aligned; two independent products are issued together and waited for once
 struct WgmmaTiles {
     template <int D>
@@ -148,10 +155,11 @@ struct WgmmaTiles {
     template <int D>
     static __device__ __forceinline__ void scores2(float (*acc1)[4], const Tile<D> &A1, const Tile<D> &B1, float (*acc2)[4],
                                                    const Tile<D> &A2, const Tile<D> &B2, int, int) {
-        int swz = g_wg_swizzle;
-        wg_issue_scores<D>(acc1, A1.x, B1.x, swz);
-        wg_issue_scores<D>(acc2, A2.x, B2.x, swz);
+        wg_issue_scores<D>(acc1, A1.x, B1.x);
+        wg_issue_scores<D>(acc2, A2.x, B2.x);
         wg_wait_all();
+        wg_hold<FT / 8>(acc1);
+        wg_hold<FT / 8>(acc2);
     }
     template <int D>
     static __device__ __forceinline__ void accumulate(float (*out)[4], const float (*p)[4], const Tile<D> &tile, int) {
@@ -161,12 +169,15 @@ struct WgmmaTiles {
     template <int D>
     static __device__ __forceinline__ void accumulate2(float (*out1)[4], const float (*p1)[4], const Tile<D> &T1, float (*out2)[4],
                                                        const float (*p2)[4], const Tile<D> &T2, int) {
-        int swz = g_wg_swizzle;
         uint32_t a1[FT / 16][4], a2[FT / 16][4];
         flash_p_frags<FT>(a1, p1);
         flash_p_frags<FT>(a2, p2);
-        wg_issue_accumulate<D>(out1, a1, T1.x, swz);
-        wg_issue_accumulate<D>(out2, a2, T2.x, swz);
+        wg_issue_accumulate<D>(out1, a1, T1.x);
+        wg_issue_accumulate<D>(out2, a2, T2.x);
         wg_wait_all();
+        wg_hold<D / 8>(out1);
+        wg_hold<D / 8>(out2);
+        wg_hold_frags(a1);
+        wg_hold_frags(a2);
     }
 };

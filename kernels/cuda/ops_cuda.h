@@ -89,13 +89,12 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
                             int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal);
 // Head dims 64 and 128 use the tensor-core flash kernels: version 2 (cp.async double buffering, ldmatrix
 // operands), 3 (version 2 with 32 query rows per warp in the forward), 4 (version 2's schedule with the
-// tile products on Hopper's wgmma; version 2 where the GPU is not compute capability 9.0), 1 (the first,
+// tile products on Hopper's wgmma; version 2 where the GPU is not compute capability 9.0), 5 (version 4
+// with the next tile's scores computed during this tile's softmax in the forward), 1 (the first,
 // synchronous tiles), or
 // 0 for the warp-per-row kernels (tests, timing); -2, the default, takes the fastest measured per head dim
 // and direction: the forward of 3 at 128 and 4 at 64, the backward of 4. LLAVA_FLASH=N sets it for a run.
 void cuda_attention_set_flash(int version);
-// version 4's shared-memory tiles: 1 (the default) with the 128-byte swizzle, 0 without (ops_check)
-void cuda_flash_wgmma_layout(int swizzle128);
 // LLAVA_PROFILE (profile.cu): forget the op times recorded so far, e.g. at the end of a warm-up.
 void cuda_profile_reset(void);
 void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,

@@ -249,14 +249,14 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     int32_t *gcu = cuda_alloc(sizeof cu);
     cuda_upload(gcu, cu, sizeof cu);
     cuda_memset0(gdq, nq * 2); cuda_memset0(gdk, nk * 2); cuda_memset0(gdv, nk * 2);
-    cuda_attention_set_flash(version == 5 ? 4 : version);  // 5: v4 with cuda_flash_wgmma_layout(0) set by the caller
+    cuda_attention_set_flash(version);
     cuda_attention_forward(go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
     cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
     cuda_attention_set_flash(-2);
     sync_or_die();
     char name[96];
     float *h;
-    const char *names[6] = {"warp-per-row", "flash v1", "flash v2", "flash v3", "flash v4", "flash v4 unswizzled"};
+    const char *names[6] = {"warp-per-row", "flash v1", "flash v2", "flash v3", "flash v4", "flash v5"};
     const char *kind = D != 64 && D != 128 ? "warp-per-row" : names[version];
     snprintf(name, sizeof name, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T, kind);
     check(name, h = back_bf16(go, nq), o, nq, 2e-2); free(h);
@@ -399,10 +399,9 @@ static void timings(void) {
     printf("timing: matmul backward (dinp + dw fp32)        %8.3f ms  %6.0f TFLOP/s\n", mmb, 2 * fl / mmb / 1e9);
     double afl = 4.0 * b.T * (double)b.T / 2 * b.Hq * b.D;  // causal: half of QKᵀ and PV
     const char *what[6] = {"warp-per-row", "flash v1 (mma.sync)", "flash v2 (cp.async, ldmatrix)", "flash v3 (v2, 32 rows/warp)",
-                          "flash v4 (v2 on wgmma)", "flash v4, tiles unswizzled"};
-    for (int version = 5; version >= 0; version--) {  // 5: version 4 without the 128-byte swizzle
-        cuda_flash_wgmma_layout(version != 5);
-        cuda_attention_set_flash(version == 5 ? 4 : version);
+                          "flash v4 (v2 on wgmma)", "flash v5 (v4, overlapped fwd)"};
+    for (int version = 5; version >= 0; version--) {
+        cuda_attention_set_flash(version);
         double at = time_ms(run_attn, &b, version ? 5 : 2), atb = time_ms(run_attn_bwd, &b, version ? 3 : 1);
         printf("timing: attention T 8192 32q/8kv d128 causal, %-30s forward %7.3f ms %6.1f TFLOP/s, backward %7.3f ms %6.1f TFLOP/s\n",
                what[version], at, afl / at / 1e9, atb, 2.5 * afl / atb / 1e9);
@@ -414,8 +413,7 @@ static void timings(void) {
     cuda_upload(b.cu, vcu, 8);
     double vfl = 4.0 * vb.T * (double)vb.T * vb.Hq * vb.D;
     for (int version = 5; version >= 1; version--) {
-        cuda_flash_wgmma_layout(version != 5);
-        cuda_attention_set_flash(version == 5 ? 4 : version);
+        cuda_attention_set_flash(version);
         double at = time_ms(run_attn, &vb, 5), atb = time_ms(run_attn_bwd, &vb, 3);
         printf("timing: attention T 5185 16 heads d64 bidirectional, %-23s forward %7.3f ms %6.1f TFLOP/s, backward %7.3f ms %6.1f TFLOP/s\n",
                what[version], at, vfl / at / 1e9, atb, 2.5 * vfl / atb / 1e9);
@@ -446,10 +444,8 @@ int main(int argc, char **argv) {
     fused_cases(100, 0);
     attention_case(6, 2, 24, 1, 0, 2);
     for (int version = 1; version <= 3; version++) attention_cases(version);
-    attention_cases(4);  // v4 (wgmma) last: a fault there leaves the others checked
-    cuda_flash_wgmma_layout(0);  // and its tiles without the swizzle
+    attention_cases(4);  // v4 and v5 (wgmma) last: a fault there leaves the others checked
     attention_cases(5);
-    cuda_flash_wgmma_layout(1);
     attention_case(4, 2, 128, 1, 1, 0);
     decode_case(6, 2, 24, 1);
     decode_case(6, 2, 24, 5);

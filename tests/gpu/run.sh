@@ -64,16 +64,19 @@ if [ -x "$B/ops_check" ]; then
         export LLAVA_FLASH=1
         summary+=("flash v2 or v3 FAILED its checks: the rest of this run uses flash v1 (LLAVA_FLASH=1)")
     fi
-    # version 4 (wgmma, Hopper only): on for the model checks of sections 2-3 when its 25 checks pass, left
-    # out of the bench when they do not
-    v4_ok=$(grep -c 'flash v4).* ok$' "$OUTDIR/ops_check.txt")
-    if [ "$v4_ok" -lt 25 ] || grep -q 'flash v4).*FAIL$' "$OUTDIR/ops_check.txt"; then
-        export FLASH_VARIANTS="2 3"
-        summary+=("flash v4 (wgmma): $v4_ok checks ok, FAILED or did not finish: left out of the bench")
-    elif [ -z "${LLAVA_FLASH:-}" ]; then
-        export LLAVA_FLASH=4 v4_forced=1
-        summary+=("flash v4 (wgmma) passed its checks: sections 2-3 run on it (LLAVA_FLASH=4)")
-    fi
+    # versions 4 and 5 (wgmma, Hopper only; the default runs v4's backward and its forward at head_dim 64):
+    # 25 checks each. A failing v4 sends the rest of the run to v2; a failing version leaves the bench.
+    variants="2 3"
+    for v in 4 5; do
+        ok=$(grep -c "flash v$v).* ok\$" "$OUTDIR/ops_check.txt")
+        if [ "$ok" -lt 25 ] || grep -q "flash v$v).*FAIL\$" "$OUTDIR/ops_check.txt"; then
+            summary+=("flash v$v (wgmma): $ok checks ok, FAILED or did not finish: left out of the bench")
+            if [ "$v" = 4 ] && [ -z "${LLAVA_FLASH:-}" ]; then export LLAVA_FLASH=2; summary+=("  the rest of this run uses flash v2 (LLAVA_FLASH=2)"); fi
+        else
+            variants="$variants $v"
+        fi
+    done
+    export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
 fi
 
 # ---- 1. the CPU model against transformers (HF_PARITY=1; it checks the cpu model, which the first device
@@ -212,7 +215,6 @@ while read -r line; do summary+=("$line"); done < <(grep -o 'one rank through NC
 section 5: GEMM rate
 # ---- 5. the card's bf16 GEMM rate ----
 unset LLAVA_POISON
-[ "${v4_forced:-0}" = 1 ] && unset LLAVA_FLASH  # the bench times the default and each version itself
 gemm=$($PY bench/gemm_rate.py 2>&1)
 summary+=("bf16 GEMM: $gemm")
 
