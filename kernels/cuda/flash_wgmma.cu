@@ -19,7 +19,12 @@ struct WgFwdSmem {
     bf16_t q[FT * D], k[2][FT * D], v[2][FT * D];  // staged tiles (flash_wgmma.cuh), 1024-byte aligned
 };
 
-template <int D>
+// The forward. PIPE (version 5): the next tile's scores in flight during this tile's softmax
+// (FlashAttention-3's intra-warpgroup overlap); K tiles then run one ahead of V tiles: at tile i the block
+// holds K_{i+1} (for S_{i+1} = Q·K_{i+1}ᵀ, issued before the softmax of S_i) and V_i (for O += P_i·V_i),
+// K_j in k[j % 2] and V_j in v[j % 2], while K_{i+2} and V_{i+1} arrive through cp.async. Otherwise
+// (version 4) tile i's K and V are both in buffer i % 2 and each product is waited for.
+template <int D, bool PIPE>
 __global__ static void __launch_bounds__(128, 2)
 flash_fwd_wg(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
              int causal, float scale) {
@@ -35,83 +40,57 @@ flash_fwd_wg(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
     wg_load_tile_async<D>(sm.q, q, q0, end, Hq, h);
     wg_load_tile_async<D>(sm.k[0], k, start, end, Hkv, hk);
     wg_load_tile_async<D>(sm.v[0], v, start, end, Hkv, hk);
+    if (PIPE && nk > 1) wg_load_tile_async<D>(sm.k[1], k, start + FT, end, Hkv, hk);
     cp_async_commit();
-    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, sc[FT / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    for (int it = 0; it < nk; it++) {
-        int k0 = start + it * FT, buf = it & 1;
-        cp_async_wait_all();
-        wg_fence_smem();
-        __syncthreads();  // tile `it` is in buf for everyone, and everyone is done with buf ^ 1
-        if (it + 1 < nk) {
-            wg_load_tile_async<D>(sm.k[buf ^ 1], k, k0 + FT, end, Hkv, hk);
-            wg_load_tile_async<D>(sm.v[buf ^ 1], v, k0 + FT, end, Hkv, hk);
+    if constexpr (!PIPE) {
+        for (int it = 0; it < nk; it++) {
+            int k0 = start + it * FT, buf = it & 1;
+            cp_async_wait_all();
+            wg_fence_smem();
+            __syncthreads();  // tile `it` is in buf for everyone, and everyone is done with buf ^ 1
+            if (it + 1 < nk) {
+                wg_load_tile_async<D>(sm.k[buf ^ 1], k, k0 + FT, end, Hkv, hk);
+                wg_load_tile_async<D>(sm.v[buf ^ 1], v, k0 + FT, end, Hkv, hk);
+            }
+            cp_async_commit();
+            wg_scores<D>(sc, sm.q, sm.k[buf]);  // S = Q·Kᵀ
+            int full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
+            flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+            wg_accumulate<D>(o, sc, sm.v[buf]);  // O += P·V
         }
-        cp_async_commit();
-        float sc[FT / 8][4];
-        wg_scores<D>(sc, sm.q, sm.k[buf]);  // S = Q·Kᵀ
-        int full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
-        flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
-        wg_accumulate<D>(o, sc, sm.v[buf]);  // O += P·V
-    }
-    flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
-}
-
-// Version 5's forward: version 4's, with the next tile's scores in flight during this tile's softmax
-// (FlashAttention-3's intra-warpgroup overlap). K tiles run one ahead of V tiles: at tile i the block
-// holds K_{i+1} (for S_{i+1} = Q·K_{i+1}ᵀ, issued before the softmax of S_i) and V_i (for O += P_i·V_i),
-// K_j in k[j % 2] and V_j in v[j % 2], while K_{i+2} and V_{i+1} arrive through cp.async.
-template <int D>
-__global__ static void __launch_bounds__(128, 2)
-flash_fwd_wg_pipe(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
-                  int causal, float scale) {
-    extern __shared__ __align__(128) unsigned char raw[];
-    WgFwdSmem<D> &sm = *reinterpret_cast<WgFwdSmem<D> *>(WgmmaTiles::align(raw));
-    int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
-    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
-    int start = cu[s], end = cu[s + 1], q0 = start + tile * FT;
-    if (q0 >= end) return;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    int t_lo = q0 + warp * 16 + g, t_hi = t_lo + 8;
-    int kend = causal ? min(end, q0 + FT) : end, nk = (kend - start + FT - 1) / FT;
-    wg_load_tile_async<D>(sm.q, q, q0, end, Hq, h);
-    wg_load_tile_async<D>(sm.k[0], k, start, end, Hkv, hk);
-    wg_load_tile_async<D>(sm.v[0], v, start, end, Hkv, hk);
-    if (nk > 1) wg_load_tile_async<D>(sm.k[1], k, start + FT, end, Hkv, hk);
-    cp_async_commit();
-    cp_async_wait_all();
-    wg_fence_smem();
-    __syncthreads();
-    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, sc[FT / 8][4], sn[FT / 8][4];
+    } else {
+        float sn[FT / 8][4];
 #pragma unroll
-    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-#pragma unroll
-    for (int n = 0; n < FT / 8; n++) sn[n][0] = sn[n][1] = sn[n][2] = sn[n][3] = 0.0f;
-    wg_issue_scores<D>(sc, sm.q, sm.k[0]);  // S_0
-    wg_wait_all();
-    wg_hold<FT / 8>(sc);
-    for (int it = 0; it < nk; it++) {
-        int k0 = start + it * FT, next = it + 1 < nk;
+        for (int n = 0; n < FT / 8; n++) sn[n][0] = sn[n][1] = sn[n][2] = sn[n][3] = 0.0f;
         cp_async_wait_all();
         wg_fence_smem();
-        __syncthreads();  // K_{it+1} and V_it are here for everyone; everyone is done with K_it and V_{it-1}
-        if (it + 2 < nk) wg_load_tile_async<D>(sm.k[it & 1], k, k0 + 2 * FT, end, Hkv, hk);
-        if (next) wg_load_tile_async<D>(sm.v[(it + 1) & 1], v, k0 + FT, end, Hkv, hk);
-        cp_async_commit();
-        if (next) wg_issue_scores<D>(sn, sm.q, sm.k[(it + 1) & 1]);  // S_{it+1}, in flight during the softmax
-        int full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
-        flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
-        uint32_t a[FT / 16][4];
-        flash_p_frags<FT>(a, sc);
-        wg_issue_accumulate<D>(o, a, sm.v[it & 1]);  // O += P_it·V_it
-        wg_wait_all();                                     // both products
-        wg_hold<FT / 8>(sn);
-        wg_hold<D / 8>(o);
-        wg_hold_frags(a);
-        if (next) {
+        __syncthreads();
+        wg_scores<D>(sc, sm.q, sm.k[0]);  // S_0
+        for (int it = 0; it < nk; it++) {
+            int k0 = start + it * FT, next = it + 1 < nk;
+            cp_async_wait_all();
+            wg_fence_smem();
+            __syncthreads();  // K_{it+1} and V_it are here for everyone; everyone is done with K_it and V_{it-1}
+            if (it + 2 < nk) wg_load_tile_async<D>(sm.k[it & 1], k, k0 + 2 * FT, end, Hkv, hk);
+            if (next) wg_load_tile_async<D>(sm.v[(it + 1) & 1], v, k0 + FT, end, Hkv, hk);
+            cp_async_commit();
+            if (next) wg_issue_scores<D>(sn, sm.q, sm.k[(it + 1) & 1]);  // S_{it+1}, in flight during the softmax
+            int full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
+            flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+            uint32_t a[FT / 16][4];
+            flash_p_frags<FT>(a, sc);
+            wg_issue_accumulate<D>(o, a, sm.v[it & 1]);  // O += P_it·V_it
+            wg_wait_all();                                // both products
+            wg_hold<FT / 8>(sn);
+            wg_hold<D / 8>(o);
+            wg_hold_frags(a);
+            if (next) {
 #pragma unroll
-            for (int n = 0; n < FT / 8; n++) sc[n][0] = sn[n][0], sc[n][1] = sn[n][1], sc[n][2] = sn[n][2], sc[n][3] = sn[n][3];
+                for (int n = 0; n < FT / 8; n++) sc[n][0] = sn[n][0], sc[n][1] = sn[n][1], sc[n][2] = sn[n][2], sc[n][3] = sn[n][3];
+            }
         }
     }
     flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
@@ -120,7 +99,7 @@ flash_fwd_wg_pipe(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, con
 template <int D, bool PIPE>
 static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                        int Hq, int Hkv, int causal) {
-    auto kernel = PIPE ? flash_fwd_wg_pipe<D> : flash_fwd_wg<D>;
+    auto kernel = flash_fwd_wg<D, PIPE>;
     size_t bytes = sizeof(WgFwdSmem<D>) + WgmmaTiles::smem_pad;
     static int configured;
     if (!configured) {
