@@ -137,7 +137,7 @@ int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *d
 // versions 4 and 5 (flash_wgmma.cu): -1 where the GPU is not compute capability 9.0 or the build has no sm_90a
 int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
                              int max_len, int Hq, int Hkv, int D, int causal);
-int cuda_flash_wgmma_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
+int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                               const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int D,
                               int causal);
 // LLAVA_FLASH=0|1|2|3|4|5 picks the kernels for a whole run (comparisons, or a fallback while a new version
@@ -181,8 +181,8 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
     LAUNCH_CHECK();
     int version = flash_for(D, 0);
-    if (version >= 4 &&  // version 5 differs in the forward only
-        cuda_flash_wgmma_backward(dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
+    if (version >= 4 &&
+        cuda_flash_wgmma_backward(version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (version >= 4) version = 2;
     if (version && cuda_flash_backward(version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)

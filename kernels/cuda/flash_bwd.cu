@@ -137,9 +137,9 @@ static void launch(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *
 int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                         int D, int causal) {
-    // version 3 differs in the forward only; version 4 (wgmma) is flash_wgmma.cu
-    if (version >= 2 && D == 64) flash_bwd_launch<64, MmaSyncTiles>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (version >= 2 && D == 128) flash_bwd_launch<128, MmaSyncTiles>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    // version 3 differs in the forward only; versions 4 and 5 (wgmma) are flash_wgmma.cu
+    if (version >= 2 && D == 64) flash_bwd_launch<64, MmaSyncTiles, false>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version >= 2 && D == 128) flash_bwd_launch<128, MmaSyncTiles, false>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 64) launch<64>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 128) launch<128>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else return -1;

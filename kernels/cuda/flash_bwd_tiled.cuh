@@ -43,7 +43,41 @@ __device__ __forceinline__ void dkdv_fetch(Bwd2Smem<D, E> &sm, int buf, const QT
     }
 }
 
-template <int D, class E>
+// dkdv's elementwise step on a (key, query) tile pair: p (Sᵀ) becomes Pᵀ = exp(Sᵀ·scale − lse) and ds (dPᵀ)
+// becomes dSᵀ = Pᵀ∘(dPᵀ − D)·scale, masked outside the sequence and (causal) above the diagonal
+__device__ __forceinline__ void dkdv_probs(float (*p)[4], float (*ds)[4], const float *lse_t, const float *drow_t, int k0, int q0,
+                                           int end, int causal, int j_lo, int j_hi, int c, float scale) {
+    int full = k0 + FT <= end && q0 + FT <= end && (!causal || k0 + FT - 1 <= q0);  // every (key, query) pair counts
+#pragma unroll
+    for (int nn = 0; nn < FT / 8; nn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int col = nn * 8 + 2 * c + (e & 1), t = q0 + col, j = e < 2 ? j_lo : j_hi;
+            int valid = full || (j < end && t < end && (!causal || j <= t));
+            float pv = valid ? __expf(p[nn][e] * scale - lse_t[col]) : 0.0f;
+            p[nn][e] = pv;
+            ds[nn][e] = pv * (ds[nn][e] - drow_t[col]) * scale;
+        }
+}
+
+// dq's: ds (dP) becomes dS = P∘(dP − D)·scale with P = exp(S·scale − lse) from p (S), for the thread's rows t_lo, t_hi
+__device__ __forceinline__ void dq_probs(const float (*p)[4], float (*ds)[4], int k0, int q0, int end, int causal, int t_lo, int t_hi,
+                                         float lse_lo, float lse_hi, float d_lo, float d_hi, int c, float scale) {
+    int full = k0 + FT <= end && q0 + FT <= end && (!causal || k0 + FT - 1 <= q0);
+#pragma unroll
+    for (int n = 0; n < FT / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int j = k0 + n * 8 + 2 * c + (e & 1), t = e < 2 ? t_lo : t_hi;
+            int valid = full || (j < end && t < end && (!causal || j <= t));
+            float pv = valid ? __expf(p[n][e] * scale - (e < 2 ? lse_lo : lse_hi)) : 0.0f;
+            ds[n][e] = pv * (ds[n][e] - (e < 2 ? d_lo : d_hi)) * scale;
+        }
+}
+
+// PIPE (version 5, wgmma): the next tile's S and dP are issued while this tile's dV/dK (dQ) products run,
+// so the tensor cores see them back to back; E::issue_* start products, E::settle waits for them all
+template <int D, class E, bool PIPE>
 __global__ static void __launch_bounds__(NW * 32, 2)
 flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
             const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
@@ -67,33 +101,50 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
     float gk[D / 8][4], gv[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; i++) gk[i][0] = gk[i][1] = gk[i][2] = gk[i][3] = gv[i][0] = gv[i][1] = gv[i][2] = gv[i][3] = 0.0f;
-    for (int i = 0; i < n; i++) {
-        int buf = i & 1, q0 = qt.q0(i);
+    float p[FT / 8][4], ds[FT / 8][4];
+    if constexpr (!PIPE) {
+        for (int i = 0; i < n; i++) {
+            int buf = i & 1, q0 = qt.q0(i);
+            cp_async_wait_all();
+            E::fence_tiles();
+            __syncthreads();
+            if (i + 1 < n) dkdv_fetch<D, E>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
+            cp_async_commit();
+            E::template scores2<D>(p, sm.a, sm.c[buf], ds, sm.b, sm.d[buf], row0, lane);  // Sᵀ = K·Qᵀ (keys × queries), dPᵀ = V·dOᵀ
+            dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
+            E::template accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
+        }
+    } else {
+        uint32_t a1[FT / 16][4] = {}, a2[FT / 16][4] = {};  // P and dS as operands, alive until settled
         cp_async_wait_all();
         E::fence_tiles();
         __syncthreads();
-        if (i + 1 < n) dkdv_fetch<D, E>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
-        cp_async_commit();
-        float p[FT / 8][4], ds[FT / 8][4];
-        E::template scores2<D>(p, sm.a, sm.c[buf], ds, sm.b, sm.d[buf], row0, lane);  // Sᵀ = K·Qᵀ (keys × queries), dPᵀ = V·dOᵀ
-        int full = k0 + FT <= end && q0 + FT <= end && (!causal || k0 + FT - 1 <= q0);  // every (key, query) pair counts
-#pragma unroll
-        for (int nn = 0; nn < FT / 8; nn++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int col = nn * 8 + 2 * c + (e & 1), t = q0 + col, j = e < 2 ? j_lo : j_hi;
-                int valid = full || (j < end && t < end && (!causal || j <= t));
-                float pv = valid ? __expf(p[nn][e] * scale - sm.lse[buf][col]) : 0.0f;
-                p[nn][e] = pv;
-                ds[nn][e] = pv * (ds[nn][e] - sm.drow[buf][col]) * scale;
+        E::template issue_scores2<D>(p, sm.a, sm.c[0], ds, sm.b, sm.d[0]);
+        E::settle();
+        E::template hold<FT / 8>(p), E::template hold<FT / 8>(ds);
+        for (int i = 0; i < n; i++) {
+            int buf = i & 1, q0 = qt.q0(i);
+            __syncthreads();  // everyone's products of tile i - 1 are done: its buffers may be refilled
+            if (i + 1 < n) dkdv_fetch<D, E>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
+            cp_async_commit();
+            dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
+            E::template issue_accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], a1, a2);  // dV += Pᵀ·dO, dK += dSᵀ·Q
+            if (i + 1 < n) {
+                cp_async_wait_all();
+                E::fence_tiles();
+                __syncthreads();  // tile i + 1 is here for everyone
+                E::template issue_scores2<D>(p, sm.a, sm.c[buf ^ 1], ds, sm.b, sm.d[buf ^ 1]);
             }
-        E::template accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
+            E::settle();
+            E::template hold<FT / 8>(p), E::template hold<FT / 8>(ds), E::template hold<D / 8>(gv), E::template hold<D / 8>(gk);
+            E::hold_frags(a1), E::hold_frags(a2);
+        }
     }
     if (dk) flash_add_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
     if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
 }
 
-template <int D, class E>
+template <int D, class E, bool PIPE>
 __global__ static void __launch_bounds__(NW * 32, 2)
 flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
           const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
@@ -116,53 +167,74 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
     float gq[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; n++) gq[n][0] = gq[n][1] = gq[n][2] = gq[n][3] = 0.0f;
-    for (int it = 0; it < nk; it++) {
-        int k0 = start + it * FT, buf = it & 1;
+    float p[FT / 8][4], ds[FT / 8][4];
+    if constexpr (!PIPE) {
+        for (int it = 0; it < nk; it++) {
+            int k0 = start + it * FT, buf = it & 1;
+            cp_async_wait_all();
+            E::fence_tiles();
+            __syncthreads();
+            if (it + 1 < nk) {
+                E::template load<D>(sm.c[buf ^ 1], k, k0 + FT, end, Hkv, hk);
+                E::template load<D>(sm.d[buf ^ 1], v, k0 + FT, end, Hkv, hk);
+            }
+            cp_async_commit();
+            E::template scores2<D>(p, sm.a, sm.c[buf], ds, sm.b, sm.d[buf], row0, lane);  // S = Q·Kᵀ, dP = dO·Vᵀ
+            dq_probs(p, ds, k0, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
+            E::template accumulate<D>(gq, ds, sm.c[buf], lane);  // dQ += dS·K
+        }
+    } else {
+        uint32_t a1[FT / 16][4] = {};
         cp_async_wait_all();
         E::fence_tiles();
         __syncthreads();
-        if (it + 1 < nk) {
-            E::template load<D>(sm.c[buf ^ 1], k, k0 + FT, end, Hkv, hk);
-            E::template load<D>(sm.d[buf ^ 1], v, k0 + FT, end, Hkv, hk);
-        }
-        cp_async_commit();
-        float p[FT / 8][4], ds[FT / 8][4];
-        E::template scores2<D>(p, sm.a, sm.c[buf], ds, sm.b, sm.d[buf], row0, lane);  // S = Q·Kᵀ, dP = dO·Vᵀ
-        int full = k0 + FT <= end && q0 + FT <= end && (!causal || k0 + FT - 1 <= q0);
-#pragma unroll
-        for (int n = 0; n < FT / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int j = k0 + n * 8 + 2 * c + (e & 1), t = e < 2 ? t_lo : t_hi;
-                int valid = full || (j < end && t < end && (!causal || j <= t));
-                float pv = valid ? __expf(p[n][e] * scale - (e < 2 ? lse_lo : lse_hi)) : 0.0f;
-                ds[n][e] = pv * (ds[n][e] - (e < 2 ? d_lo : d_hi)) * scale;
+        E::template issue_scores2<D>(p, sm.a, sm.c[0], ds, sm.b, sm.d[0]);
+        E::settle();
+        E::template hold<FT / 8>(p), E::template hold<FT / 8>(ds);
+        for (int it = 0; it < nk; it++) {
+            int k0 = start + it * FT, buf = it & 1;
+            __syncthreads();  // everyone's products of tile it - 1 are done
+            if (it + 1 < nk) {
+                E::template load<D>(sm.c[buf ^ 1], k, k0 + FT, end, Hkv, hk);
+                E::template load<D>(sm.d[buf ^ 1], v, k0 + FT, end, Hkv, hk);
             }
-        E::template accumulate<D>(gq, ds, sm.c[buf], lane);  // dQ += dS·K
+            cp_async_commit();
+            dq_probs(p, ds, k0, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
+            E::template issue_accumulate<D>(gq, ds, sm.c[buf], a1);  // dQ += dS·K
+            if (it + 1 < nk) {
+                cp_async_wait_all();
+                E::fence_tiles();
+                __syncthreads();  // tile it + 1 is here for everyone
+                E::template issue_scores2<D>(p, sm.a, sm.c[buf ^ 1], ds, sm.b, sm.d[buf ^ 1]);
+            }
+            E::settle();
+            E::template hold<FT / 8>(p), E::template hold<FT / 8>(ds), E::template hold<D / 8>(gq);
+            E::hold_frags(a1);
+        }
     }
     flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
 }
 
-template <int D, class E>
+template <int D, class E, bool PIPE>
 static void flash_bwd_launch(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                     const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
     size_t bytes = sizeof(Bwd2Smem<D, E>) + E::smem_pad;
     static int configured;
     if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dkdv2<D, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_dkdv2<D, E, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
         configured = 1;
     }
     float scale = 1.0f / sqrtf((float)D);
     int tiles = (max_len + FT - 1) / FT;
     const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
     if (dk || dv) {
-        flash_dkdv2<D, E><<<dim3(Hkv, tiles, nseq), NW * 32, bytes, g_stream>>>((bf16_t *)dk, (bf16_t *)dv, Q, K, V, DO, lse, drow,
+        flash_dkdv2<D, E, PIPE><<<dim3(Hkv, tiles, nseq), NW * 32, bytes, g_stream>>>((bf16_t *)dk, (bf16_t *)dv, Q, K, V, DO, lse, drow,
                                                                              cu, Hq, Hkv, causal, scale);
         LAUNCH_CHECK();
     }
     if (dq) {
-        flash_dq2<D, E><<<dim3(Hq, tiles, nseq), NW * 32, bytes, g_stream>>>((bf16_t *)dq, Q, K, V, DO, lse, drow, cu, Hq, Hkv,
+        flash_dq2<D, E, PIPE><<<dim3(Hq, tiles, nseq), NW * 32, bytes, g_stream>>>((bf16_t *)dq, Q, K, V, DO, lse, drow, cu, Hq, Hkv,
                                                                           causal, scale);
         LAUNCH_CHECK();
     }

@@ -2,8 +2,9 @@
 // instead of per-warp mma.sync. The math and the schedule are version 2's: the forward's block of 4 warps
 // owns 64 query rows, streams 64-key tiles of K and V (double-buffered through cp.async) and keeps S, the
 // softmax statistics and O in registers; S = Q·Kᵀ reads both operands from shared memory, O += P·V takes
-// P from registers. Version 5 differs in the forward only: the next tile's scores are computed while
-// this tile's softmax runs. The backward is flash_bwd_tiled.cuh with the wgmma engine. Built for sm_90a only (the
+// P from registers. The backward is flash_bwd_tiled.cuh with the wgmma engine. Version 5 overlaps more:
+// in the forward the next tile's scores are computed while this tile's softmax runs, in the backward the
+// next tile's S and dP products are issued behind this tile's dV/dK (dQ) products. Built for sm_90a only (the
 // Makefile), used when the device is compute capability 9.0; elsewhere the calls return -1 and
 // attention.cu falls back to version 2.
 #include <math.h>
@@ -136,12 +137,14 @@ int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, 
     return 0;
 }
 
-int cuda_flash_wgmma_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
-                              const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int D,
-                              int causal) {
+int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
+                              const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
+                              int D, int causal) {
     if (!hopper()) return -1;
-    if (D == 64) flash_bwd_launch<64, WgmmaTiles>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (D == 128) flash_bwd_launch<128, WgmmaTiles>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    if (D == 64 && version == 5) flash_bwd_launch<64, WgmmaTiles, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (D == 128 && version == 5) flash_bwd_launch<128, WgmmaTiles, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (D == 64) flash_bwd_launch<64, WgmmaTiles, false>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (D == 128) flash_bwd_launch<128, WgmmaTiles, false>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else return -1;
     return 0;
 }
@@ -153,7 +156,7 @@ int cuda_flash_wgmma_forward(int, bf16 *, float *, const bf16 *, const bf16 *, c
                              int) {
     return -1;
 }
-int cuda_flash_wgmma_backward(bf16 *, bf16 *, bf16 *, const bf16 *, const float *, const float *, const bf16 *, const bf16 *,
+int cuda_flash_wgmma_backward(int, bf16 *, bf16 *, bf16 *, const bf16 *, const float *, const float *, const bf16 *, const bf16 *,
                               const bf16 *, const int32_t *, int, int, int, int, int, int) {
     return -1;
 }

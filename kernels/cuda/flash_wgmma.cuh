@@ -51,12 +51,14 @@ __device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.s
 // each writing thread fences before the barrier that publishes the tile
 __device__ __forceinline__ void wg_fence_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// d[8][4] (+)= A(64 × 16, smem) · B(64 × 16, smem)ᵀ: m64n64k16, both operands K-major
-__device__ __forceinline__ void wgmma_ss_n64(float (*d)[4], uint64_t a, uint64_t b) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+// d[8][4] = A(64 × 16, smem) · B(64 × 16, smem)ᵀ (+ d when accumulate): m64n64k16, both operands K-major.
+// accumulate = 0 starts a product without zeroing d first: no ordinary instruction writes the
+// accumulators inside a run of wgmmas (ptxas would serialise them, C7515).
+__device__ __forceinline__ void wgmma_ss_n64(float (*d)[4], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
                  : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-                 : "l"(a), "l"(b));
+                 : "l"(a), "l"(b), "r"(accumulate));
 }
 // d[8][4] += A(64 × 16, registers) · B(16 × 64, smem, MN-major): m64n64k16
 __device__ __forceinline__ void wgmma_rs_n64_t(float (*d)[4], const uint32_t *a, uint64_t b) {
@@ -92,15 +94,14 @@ __device__ __forceinline__ void wg_hold_frags(uint32_t (*a)[4]) {
         for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[kk][e])::"memory");
 }
 
-// issue acc[16 × 64] per warp (the block: 64 × 64) = A (64 × D staged) · B (64 × D staged)ᵀ
+// issue acc[16 × 64] per warp (the block: 64 × 64) = A (64 × D staged) · B (64 × D staged)ᵀ (acc's old
+// values are not read)
 template <int D>
 __device__ __forceinline__ void wg_issue_scores(float (*acc)[4], const bf16_t *A, const bf16_t *B) {
-#pragma unroll
-    for (int n = 0; n < FT / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     wg_hold<FT / 8>(acc);
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) wgmma_ss_n64(acc, wg_desc_kmajor(A, kk * 16), wg_desc_kmajor(B, kk * 16));
+    for (int kk = 0; kk < D / 16; kk++) wgmma_ss_n64(acc, wg_desc_kmajor(A, kk * 16), wg_desc_kmajor(B, kk * 16), kk > 0);
     wg_commit();
 }
 
@@ -180,4 +181,30 @@ struct WgmmaTiles {
         wg_hold_frags(a1);
         wg_hold_frags(a2);
     }
+    // the pipelined backward's (version 5) pieces: start products (the caller keeps the P/dS fragments a
+    // alive), wait for all of them, pin registers after the wait
+    template <int D>
+    static __device__ __forceinline__ void issue_scores2(float (*acc1)[4], const Tile<D> &A1, const Tile<D> &B1, float (*acc2)[4],
+                                                         const Tile<D> &A2, const Tile<D> &B2) {
+        wg_issue_scores<D>(acc1, A1.x, B1.x);
+        wg_issue_scores<D>(acc2, A2.x, B2.x);
+    }
+    template <int D>
+    static __device__ __forceinline__ void issue_accumulate(float (*out)[4], const float (*p)[4], const Tile<D> &tile, uint32_t (*a)[4]) {
+        flash_p_frags<FT>(a, p);
+        wg_issue_accumulate<D>(out, a, tile.x);
+    }
+    template <int D>
+    static __device__ __forceinline__ void issue_accumulate2(float (*out1)[4], const float (*p1)[4], const Tile<D> &T1, float (*out2)[4],
+                                                             const float (*p2)[4], const Tile<D> &T2, uint32_t (*a1)[4],
+                                                             uint32_t (*a2)[4]) {
+        flash_p_frags<FT>(a1, p1);
+        flash_p_frags<FT>(a2, p2);
+        wg_issue_accumulate<D>(out1, a1, T1.x);
+        wg_issue_accumulate<D>(out2, a2, T2.x);
+    }
+    static __device__ __forceinline__ void settle() { wg_wait_all(); }
+    template <int NT>
+    static __device__ __forceinline__ void hold(float (*acc)[4]) { wg_hold<NT>(acc); }
+    static __device__ __forceinline__ void hold_frags(uint32_t (*a)[4]) { wg_hold_frags(a); }
 };
