@@ -76,13 +76,16 @@ __global__ static void rmsnorm_bwd_dw(float *part, const bf16_t *dy, const bf16_
     part[(size_t)p * C + c] = s;
 }
 
+// the row of the warp-per-row kernels below (blocks of 8 warps, blocks_of_warps)
+__device__ __forceinline__ size_t warp_row() { return (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; }
+
 // The same two backward passes with a warp per row and 8 elements per lane and access (rows of C a
 // multiple of 8, 16-byte aligned): a block per row synchronises its warps twice per row, which at
 // C = 128 (the QK norms, 262,144 rows) or 2560 left the kernels at under 1 TB/s. The second pass reads
 // the row again (from L1/L2) instead of holding C/32 values per lane in registers.
 __global__ static void rmsnorm_bwd_dx8(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, const bf16_t *w, const float *rstd, int N,
                                        int C) {
-    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    size_t row = warp_row();
     int lane = threadIdx.x % 32;
     if (row >= (size_t)N) return;
     const bf16_t *dyr = dy + row * C, *xr = x + row * C;
@@ -101,19 +104,27 @@ __global__ static void rmsnorm_bwd_dx8(bf16_t *dinp, const bf16_t *dy, const bf1
     }
 }
 
-// part[p, c..c+7] = Σ over the part's rows of dy·x·r, 8 columns per thread (the scalar kernel's order per column)
-__global__ static void rmsnorm_bwd_dw8(float *part, const bf16_t *dy, const bf16_t *x, const float *rstd, int N, int C) {
+// part_w[p, c..c+7] = Σ over the part's rows of dy·(x − mean)·rstd (mean NULL: 0, RMSNorm) and, unless
+// part_b is NULL, part_b[p, c..c+7] = Σ dy; 8 columns per thread, each column in the scalar kernels' order
+__global__ static void norm_bwd_dw8(float *part_w, float *part_b, const bf16_t *dy, const bf16_t *x, const float *mean,
+                                    const float *rstd, int N, int C) {
     int p = blockIdx.y, c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c >= C) return;
-    float s[8] = {0}, dv[8], xv[8];
+    float sw[8] = {0}, sb[8] = {0}, dv[8], xv[8];
     for (int n = p * ROWS_PER_PART; n < N && n < (p + 1) * ROWS_PER_PART; n++) {
         load8(dv, dy + (size_t)n * C + c), load8(xv, x + (size_t)n * C + c);
-        float r = rstd[n];
+        float mu = mean ? mean[n] : 0.0f, r = rstd[n];
 #pragma unroll
-        for (int k = 0; k < 8; k++) s[k] += dv[k] * xv[k] * r;
+        for (int k = 0; k < 8; k++) {
+            sw[k] += dv[k] * (xv[k] - mu) * r;
+            sb[k] += dv[k];
+        }
     }
 #pragma unroll
-    for (int k = 0; k < 8; k++) part[(size_t)p * C + c + k] = s[k];
+    for (int k = 0; k < 8; k++) {
+        part_w[(size_t)p * C + c + k] = sw[k];
+        if (part_b) part_b[(size_t)p * C + c + k] = sb[k];
+    }
 }
 
 static int threads_for(int C) { return C >= 1024 ? 1024 : C >= 256 ? 256 : 128; }
@@ -142,7 +153,7 @@ __device__ __forceinline__ void row_piece8(float *v, const bf16_t *x, const bf16
 // rmsnorm_fwd with a warp per row and 8 elements per access (see rmsnorm_bwd_dx8)
 __global__ static void rmsnorm_fwd8(bf16_t *out, float *rstd, const bf16_t *x, const bf16_t *w, int N, int C, float eps,
                                     const bf16_t *b, bf16_t *sum) {
-    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    size_t row = warp_row();
     int lane = threadIdx.x % 32;
     if (row >= (size_t)N) return;
     float ss = 0.0f, v[8], u[8];
@@ -198,7 +209,7 @@ __global__ static void rmsnorm_rope_fwd(bf16_t *out, float *rstd, const bf16_t *
 // a block of D/2 threads per 128-element row left the kernel at under 1 TB/s
 __global__ static void rmsnorm_rope_fwd_warp(bf16_t *out, float *rstd, const bf16_t *x, const bf16_t *w, const float *ang, int N,
                                              int H, int D, float eps) {
-    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    size_t row = warp_row();
     int lane = threadIdx.x % 32, half = D / 2;
     if (row >= (size_t)N) return;
     const __nv_bfloat162 *xr = reinterpret_cast<const __nv_bfloat162 *>(x + row * D);
@@ -246,7 +257,7 @@ extern "C" void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, c
         float *part = (float *)cuda_scratch((size_t)parts * C * sizeof(float));
         if (vec) {
             dim3 grid = grid8(C, parts, &threads);
-            rmsnorm_bwd_dw8<<<grid, threads, 0, g_stream>>>(part, CB16(dout), CB16(inp), rstd, N, C);
+            norm_bwd_dw8<<<grid, threads, 0, g_stream>>>(part, NULL, CB16(dout), CB16(inp), NULL, rstd, N, C);
         } else {
             rmsnorm_bwd_dw<<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, CB16(dout), CB16(inp), rstd, N, C);
         }
@@ -300,10 +311,10 @@ __global__ static void layernorm_bwd_dwdb(float *part_w, float *part_b, const bf
     part_b[(size_t)p * C + c] = sb;
 }
 
-// the 8-wide, warp-per-row forms of the two kernels above (see rmsnorm_bwd_dx8)
+// the 8-wide, warp-per-row form of layernorm_bwd_dx (see rmsnorm_bwd_dx8; the weight and bias partials: norm_bwd_dw8)
 __global__ static void layernorm_bwd_dx8(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, const bf16_t *w, const float *mean,
                                          const float *rstd, int N, int C) {
-    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    size_t row = warp_row();
     int lane = threadIdx.x % 32;
     if (row >= (size_t)N) return;
     const bf16_t *dyr = dy + row * C, *xr = x + row * C;
@@ -327,31 +338,10 @@ __global__ static void layernorm_bwd_dx8(bf16_t *dinp, const bf16_t *dy, const b
     }
 }
 
-__global__ static void layernorm_bwd_dwdb8(float *part_w, float *part_b, const bf16_t *dy, const bf16_t *x, const float *mean,
-                                           const float *rstd, int N, int C) {
-    int p = blockIdx.y, c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
-    if (c >= C) return;
-    float sw[8] = {0}, sb[8] = {0}, dv[8], xv[8];
-    for (int n = p * ROWS_PER_PART; n < N && n < (p + 1) * ROWS_PER_PART; n++) {
-        load8(dv, dy + (size_t)n * C + c), load8(xv, x + (size_t)n * C + c);
-        float mu = mean[n], r = rstd[n];
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            sw[k] += dv[k] * (xv[k] - mu) * r;
-            sb[k] += dv[k];
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-        part_w[(size_t)p * C + c + k] = sw[k];
-        part_b[(size_t)p * C + c + k] = sb[k];
-    }
-}
-
 // layernorm_fwd with a warp per row and 8 elements per access: mean, then the centred variance, then the output
 __global__ static void layernorm_fwd8(bf16_t *out, float *mean, float *rstd, const bf16_t *x, const bf16_t *w, const bf16_t *bias, int N,
                                       int C, float eps, const bf16_t *res, bf16_t *sum) {
-    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    size_t row = warp_row();
     int lane = threadIdx.x % 32;
     if (row >= (size_t)N) return;
     float s = 0.0f, var = 0.0f, v[8], u[8], bb[8];
@@ -411,7 +401,7 @@ extern "C" void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const 
         float *part = (float *)cuda_scratch((size_t)2 * parts * C * sizeof(float));
         if (vec) {
             dim3 grid = grid8(C, parts, &threads);
-            layernorm_bwd_dwdb8<<<grid, threads, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout), CB16(inp), mean, rstd, N, C);
+            norm_bwd_dw8<<<grid, threads, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout), CB16(inp), mean, rstd, N, C);
         } else {
             layernorm_bwd_dwdb<<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout), CB16(inp),
                                                                                     mean, rstd, N, C);

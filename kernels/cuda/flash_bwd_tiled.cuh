@@ -105,9 +105,7 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
     if constexpr (!PIPE) {
         for (int i = 0; i < n; i++) {
             int buf = i & 1, q0 = qt.q0(i);
-            cp_async_wait_all();
-            E::fence_tiles();
-            __syncthreads();
+            tiles_ready<E>();
             if (i + 1 < n) dkdv_fetch<D, E>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
             cp_async_commit();
             E::template scores2<D>(p, sm.a, sm.c[buf], ds, sm.b, sm.d[buf], row0, lane);  // Sᵀ = K·Qᵀ (keys × queries), dPᵀ = V·dOᵀ
@@ -116,12 +114,8 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
         }
     } else {
         uint32_t a1[FT / 16][4] = {}, a2[FT / 16][4] = {};  // P and dS as operands, alive until settled
-        cp_async_wait_all();
-        E::fence_tiles();
-        __syncthreads();
-        E::template issue_scores2<D>(p, sm.a, sm.c[0], ds, sm.b, sm.d[0]);
-        E::settle();
-        E::template hold<FT / 8>(p), E::template hold<FT / 8>(ds);
+        tiles_ready<E>();
+        E::template scores2<D>(p, sm.a, sm.c[0], ds, sm.b, sm.d[0], row0, lane);  // tile 0's S and dP
         for (int i = 0; i < n; i++) {
             int buf = i & 1, q0 = qt.q0(i);
             __syncthreads();  // everyone's products of tile i - 1 are done: its buffers may be refilled
@@ -130,9 +124,7 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
             dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
             E::template issue_accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], a1, a2);  // dV += Pᵀ·dO, dK += dSᵀ·Q
             if (i + 1 < n) {
-                cp_async_wait_all();
-                E::fence_tiles();
-                __syncthreads();  // tile i + 1 is here for everyone
+                tiles_ready<E>();  // tile i + 1 is here for everyone
                 E::template issue_scores2<D>(p, sm.a, sm.c[buf ^ 1], ds, sm.b, sm.d[buf ^ 1]);
             }
             E::settle();
@@ -171,9 +163,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
     if constexpr (!PIPE) {
         for (int it = 0; it < nk; it++) {
             int k0 = start + it * FT, buf = it & 1;
-            cp_async_wait_all();
-            E::fence_tiles();
-            __syncthreads();
+            tiles_ready<E>();
             if (it + 1 < nk) {
                 E::template load<D>(sm.c[buf ^ 1], k, k0 + FT, end, Hkv, hk);
                 E::template load<D>(sm.d[buf ^ 1], v, k0 + FT, end, Hkv, hk);
@@ -185,12 +175,8 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
         }
     } else {
         uint32_t a1[FT / 16][4] = {};
-        cp_async_wait_all();
-        E::fence_tiles();
-        __syncthreads();
-        E::template issue_scores2<D>(p, sm.a, sm.c[0], ds, sm.b, sm.d[0]);
-        E::settle();
-        E::template hold<FT / 8>(p), E::template hold<FT / 8>(ds);
+        tiles_ready<E>();
+        E::template scores2<D>(p, sm.a, sm.c[0], ds, sm.b, sm.d[0], row0, lane);  // tile 0's S and dP
         for (int it = 0; it < nk; it++) {
             int k0 = start + it * FT, buf = it & 1;
             __syncthreads();  // everyone's products of tile it - 1 are done
@@ -202,9 +188,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
             dq_probs(p, ds, k0, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
             E::template issue_accumulate<D>(gq, ds, sm.c[buf], a1);  // dQ += dS·K
             if (it + 1 < nk) {
-                cp_async_wait_all();
-                E::fence_tiles();
-                __syncthreads();  // tile it + 1 is here for everyone
+                tiles_ready<E>();  // tile it + 1 is here for everyone
                 E::template issue_scores2<D>(p, sm.a, sm.c[buf ^ 1], ds, sm.b, sm.d[buf ^ 1]);
             }
             E::settle();

@@ -124,8 +124,7 @@ flash_fwd_tiled(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const
     }
     for (int it = 0; it < nk; it++) {
         int k0 = start + it * BC, buf = it & 1;
-        cp_async_wait_all();
-        __syncthreads();  // tile `it` is in buf for everyone, and everyone is done with buf ^ 1
+        tiles_ready<MmaSyncTiles>();  // tile `it` is in buf for everyone, and everyone is done with buf ^ 1
         if (it + 1 < nk) {
             flash_load_tile_async<D>(sm.k[buf ^ 1], k, k0 + BC, end, Hkv, hk);
             flash_load_tile_async<D>(sm.v[buf ^ 1], v, k0 + BC, end, Hkv, hk);

@@ -302,3 +302,12 @@ struct MmaSyncTiles {
         flash_p_tile2<D>(out2, p2, T2, lane);
     }
 };
+
+// the tiles whose cp.async copies were started so far are in shared memory for every thread (and, on
+// wgmma, visible to it)
+template <class E>
+__device__ __forceinline__ void tiles_ready() {
+    cp_async_wait_all();
+    E::fence_tiles();
+    __syncthreads();
+}

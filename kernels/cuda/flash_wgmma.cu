@@ -49,9 +49,7 @@ flash_fwd_wg(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
     if constexpr (!PIPE) {
         for (int it = 0; it < nk; it++) {
             int k0 = start + it * FT, buf = it & 1;
-            cp_async_wait_all();
-            wg_fence_smem();
-            __syncthreads();  // tile `it` is in buf for everyone, and everyone is done with buf ^ 1
+            tiles_ready<WgmmaTiles>();  // tile `it` is in buf for everyone, and everyone is done with buf ^ 1
             if (it + 1 < nk) {
                 wg_load_tile_async<D>(sm.k[buf ^ 1], k, k0 + FT, end, Hkv, hk);
                 wg_load_tile_async<D>(sm.v[buf ^ 1], v, k0 + FT, end, Hkv, hk);
@@ -66,15 +64,11 @@ flash_fwd_wg(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
         float sn[FT / 8][4];
 #pragma unroll
         for (int n = 0; n < FT / 8; n++) sn[n][0] = sn[n][1] = sn[n][2] = sn[n][3] = 0.0f;
-        cp_async_wait_all();
-        wg_fence_smem();
-        __syncthreads();
+        tiles_ready<WgmmaTiles>();
         wg_scores<D>(sc, sm.q, sm.k[0]);  // S_0
         for (int it = 0; it < nk; it++) {
             int k0 = start + it * FT, next = it + 1 < nk;
-            cp_async_wait_all();
-            wg_fence_smem();
-            __syncthreads();  // K_{it+1} and V_it are here for everyone; everyone is done with K_it and V_{it-1}
+            tiles_ready<WgmmaTiles>();  // K_{it+1} and V_it are here for everyone; everyone is done with K_it and V_{it-1}
             if (it + 2 < nk) wg_load_tile_async<D>(sm.k[it & 1], k, k0 + 2 * FT, end, Hkv, hk);
             if (next) wg_load_tile_async<D>(sm.v[(it + 1) & 1], v, k0 + FT, end, Hkv, hk);
             cp_async_commit();

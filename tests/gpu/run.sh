@@ -132,7 +132,7 @@ for preset in tiny "$W/mid.json"; do
     COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu_bf16.safetensors" "$d/cuda.safetensors" \
         > "$OUTDIR/backends_cpubf16_$name.txt" 2>&1
     rc_bf16=$?
-    summary+=("cuda vs cpu-bf16 (same storage) $name: $([ $rc_bf16 -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'relative diff [0-9.e+-]*' "$OUTDIR/backends_cpubf16_$name.txt"); $(grep -o '[0-9]* gradients; [0-9]* within 2e-2' "$OUTDIR/backends_cpubf16_$name.txt"); worst $(grep '^compare: grad\.' "$OUTDIR/backends_cpubf16_$name.txt" | awk '{print $4, $2}' | sort -g | tail -1))")
+    summary+=("cuda vs cpu-bf16 (same storage) $name: $([ $rc_bf16 -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'relative diff [0-9.e+-]*' "$OUTDIR/backends_cpubf16_$name.txt"); $(grep -o '[0-9]* gradients; [0-9]* within 2e-2' "$OUTDIR/backends_cpubf16_$name.txt"); worst $(grep '^compare: grad\.' "$OUTDIR/backends_cpubf16_$name.txt" | awk '{print $5, $2}' | sort -g | tail -1))")
     # the peer: PyTorch autocast on the CPU, then on this GPU (tensor-core products, as PyTorch trains here)
     declare -A peer_rc
     for peer in cpu cuda; do
