@@ -140,22 +140,20 @@ int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, 
 int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                               const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int D,
                               int causal);
-// LLAVA_FLASH=0|1|2|3|4|5 picks the kernels for a whole run (comparisons, or a fallback while a new version
-// is being checked); cuda_attention_set_flash overrides it. Unset: the fastest measured per head dim and
-// direction (H100, session 13 in bench/RESULTS.md): the forward of v3 at head_dim 128 (2.65 ms at T 8192
-// against v4's 2.99 and v2's 3.02), v4 at 64 (0.665 against v2's 0.678 ms at the tower's shape); v4's
-// backward at both (6.10 against v2's 7.28 ms; 1.84 against 2.01). v4 falls back to v2 on a GPU other
-// than compute capability 9.0.
+// LLAVA_FLASH=0|1|2|3|4|5|6 picks the kernels for a whole run (comparisons, or a fallback while a new
+// version is being checked); cuda_attention_set_flash overrides it. Unset: version 6 (two warpgroups per
+// block sharing the streamed tiles; bench/RESULTS.md, session 14), which falls back to v2 on a GPU other
+// than compute capability 9.0. Before it: v3's forward at head_dim 128 and v4 otherwise (session 13).
 static int flash_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset, per head dim
 static int flash_pick(void) {
     if (flash_version == -1) {
         const char *env = getenv("LLAVA_FLASH");
-        flash_version = env && env[0] >= '0' && env[0] <= '5' && !env[1] ? env[0] - '0' : -2;
+        flash_version = env && env[0] >= '0' && env[0] <= '6' && !env[1] ? env[0] - '0' : -2;
     }
     return flash_version;
 }
 // the version a forward (or a backward) at head dim D runs
-static int flash_for(int D, int forward) { return flash_pick() != -2 ? flash_version : forward && D == 128 ? 3 : 4; }
+static int flash_for(int D, int forward) { (void)D, (void)forward; return flash_pick() != -2 ? flash_version : 6; }
 extern "C" void cuda_attention_set_flash(int version) { flash_version = version; }
 
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,

@@ -16,9 +16,9 @@
 
 enum { NW = 4 };
 
-template <int D, class E>
+template <int D, class E, int WGS = 1>
 struct Bwd2Smem {
-    typename E::template Tile<D> a, b;         // fixed: K, V (dkdv) or Q, dO (dq)
+    typename E::template Tile<D> a[WGS], b[WGS];  // fixed, one pair per warpgroup: K, V (dkdv) or Q, dO (dq)
     typename E::template Tile<D> c[2], d[2];   // streamed: Q, dO (dkdv) or K, V (dq)
     float lse[2][FT], drow[2][FT];             // dkdv only
 };
@@ -30,8 +30,8 @@ struct QTiles {
     __device__ int q0(int i) const { return qfirst + (i % per_head) * FT; }
 };
 
-template <int D, class E>
-__device__ __forceinline__ void dkdv_fetch(Bwd2Smem<D, E> &sm, int buf, const QTiles &qt, int i, const bf16_t *q, const bf16_t *dout,
+template <int D, class E, int WGS>
+__device__ __forceinline__ void dkdv_fetch(Bwd2Smem<D, E, WGS> &sm, int buf, const QTiles &qt, int i, const bf16_t *q, const bf16_t *dout,
                                            const float *lse, const float *drow, int end, int Hq) {
     int h = qt.head(i), q0 = qt.q0(i);
     E::template load<D>(sm.c[buf], q, q0, end, Hq, h);
@@ -76,26 +76,33 @@ __device__ __forceinline__ void dq_probs(const float (*p)[4], float (*ds)[4], in
 }
 
 // PIPE (version 5, wgmma): the next tile's S and dP are issued while this tile's dV/dK (dQ) products run,
-// so the tensor cores see them back to back; E::issue_* start products, E::settle waits for them all
-template <int D, class E, bool PIPE>
-__global__ static void __launch_bounds__(NW * 32, 2)
+// so the tensor cores see them back to back; E::issue_* start products, E::settle waits for them all.
+// WGS = 2 (version 6, wgmma, not with PIPE): two warpgroups per block share the streamed tiles, which halves
+// the L2 traffic per product: dkdv's block owns 2 × 64 keys, dq's the same 64 rows of two query heads of a
+// KV group (PAIR) or 2 × 64 rows of one head; a warpgroup skips the tiles that are wholly masked for it.
+template <int D, class E, bool PIPE, int WGS = 1>
+__global__ static void __launch_bounds__(NW * 32 * WGS, 3 - WGS)
 flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
             const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
-    Bwd2Smem<D, E> &sm = *reinterpret_cast<Bwd2Smem<D, E> *>(E::align(raw));
+    static_assert(!PIPE || WGS == 1, "the pipelined schedule has one warpgroup");
+    Bwd2Smem<D, E, WGS> &sm = *reinterpret_cast<Bwd2Smem<D, E, WGS> *>(E::align(raw));
     int hk = blockIdx.x, s = blockIdx.z, rep = Hq / Hkv;
-    int start = cu[s], end = cu[s + 1], k0 = start + blockIdx.y * FT;  // causal: the first key tiles see the most queries
-    if (k0 >= end) return;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
+    int start = cu[s], end = cu[s + 1], b0 = start + blockIdx.y * FT * WGS;  // causal: the first key tiles see the most queries
+    if (b0 >= end) return;
+    int wg = threadIdx.x / 128, k0 = b0 + wg * FT;  // this warpgroup's keys
+    int warp = threadIdx.x / 32 % NW, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
     int j_lo = k0 + row0 + g, j_hi = j_lo + 8;
     QTiles qt;
-    qt.qfirst = causal ? k0 : start;  // causal: only queries at or after the first key see it
+    qt.qfirst = causal ? b0 : start;  // causal: only queries at or after the first key see it
     qt.per_head = (end - qt.qfirst + FT - 1) / FT;
     qt.rep = rep;
     qt.hk = hk;
     int n = qt.per_head * rep;
-    E::template load<D>(sm.a, k, k0, end, Hkv, hk);
-    E::template load<D>(sm.b, v, k0, end, Hkv, hk);
+    for (int w = 0; w < WGS; w++) {
+        E::template load<D>(sm.a[w], k, b0 + w * FT, end, Hkv, hk);
+        E::template load<D>(sm.b[w], v, b0 + w * FT, end, Hkv, hk);
+    }
     dkdv_fetch<D, E>(sm, 0, qt, 0, q, dout, lse, drow, end, Hq);
     cp_async_commit();
     float gk[D / 8][4], gv[D / 8][4];
@@ -108,14 +115,15 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
             tiles_ready<E>();
             if (i + 1 < n) dkdv_fetch<D, E>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
             cp_async_commit();
-            E::template scores2<D>(p, sm.a, sm.c[buf], ds, sm.b, sm.d[buf], row0, lane);  // Sᵀ = K·Qᵀ (keys × queries), dPᵀ = V·dOᵀ
+            if (WGS > 1 && (k0 >= end || (causal && q0 + FT <= k0))) continue;  // no key of this warpgroup sees these queries
+            E::template scores2<D>(p, sm.a[wg], sm.c[buf], ds, sm.b[wg], sm.d[buf], row0, lane);  // Sᵀ = K·Qᵀ (keys × queries), dPᵀ = V·dOᵀ
             dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
             E::template accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
         }
     } else {
         uint32_t a1[FT / 16][4] = {}, a2[FT / 16][4] = {};  // P and dS as operands, alive until settled
         tiles_ready<E>();
-        E::template scores2<D>(p, sm.a, sm.c[0], ds, sm.b, sm.d[0], row0, lane);  // tile 0's S and dP
+        E::template scores2<D>(p, sm.a[0], sm.c[0], ds, sm.b[0], sm.d[0], row0, lane);  // tile 0's S and dP
         for (int i = 0; i < n; i++) {
             int buf = i & 1, q0 = qt.q0(i);
             __syncthreads();  // everyone's products of tile i - 1 are done: its buffers may be refilled
@@ -125,32 +133,40 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
             E::template issue_accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], a1, a2);  // dV += Pᵀ·dO, dK += dSᵀ·Q
             if (i + 1 < n) {
                 tiles_ready<E>();  // tile i + 1 is here for everyone
-                E::template issue_scores2<D>(p, sm.a, sm.c[buf ^ 1], ds, sm.b, sm.d[buf ^ 1]);
+                E::template issue_scores2<D>(p, sm.a[0], sm.c[buf ^ 1], ds, sm.b[0], sm.d[buf ^ 1]);
             }
             E::settle();
             E::template hold<FT / 8>(p), E::template hold<FT / 8>(ds), E::template hold<D / 8>(gv), E::template hold<D / 8>(gk);
             E::hold_frags(a1), E::hold_frags(a2);
         }
     }
+    if (k0 >= end) return;
     if (dk) flash_add_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
     if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
 }
 
-template <int D, class E, bool PIPE>
-__global__ static void __launch_bounds__(NW * 32, 2)
+template <int D, class E, bool PIPE, int WGS = 1, bool PAIR = false>
+__global__ static void __launch_bounds__(NW * 32 * WGS, WGS == 1 || D == 64 ? 2 : 1)
 flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
           const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
-    Bwd2Smem<D, E> &sm = *reinterpret_cast<Bwd2Smem<D, E> *>(E::align(raw));
-    int h = blockIdx.x, s = blockIdx.z, hk = h / (Hq / Hkv);
+    static_assert(!PIPE || WGS == 1, "the pipelined schedule has one warpgroup");
+    constexpr int ROWS = PAIR ? FT : FT * WGS;  // query rows of the block per head
+    Bwd2Smem<D, E, WGS> &sm = *reinterpret_cast<Bwd2Smem<D, E, WGS> *>(E::align(raw));
+    int wg = threadIdx.x / 128, s = blockIdx.z;
     int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // causal: late queries see the most keys
-    int start = cu[s], end = cu[s + 1], q0 = start + tile * FT;
-    if (q0 >= end) return;
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
+    int start = cu[s], end = cu[s + 1], b0 = start + tile * ROWS;
+    if (b0 >= end) return;
+    int h = PAIR ? WGS * blockIdx.x + wg : blockIdx.x, hk = h / (Hq / Hkv), q0 = PAIR ? b0 : b0 + wg * FT;  // this warpgroup's
+    int warp = threadIdx.x / 32 % NW, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
     int t_lo = q0 + row0 + g, t_hi = t_lo + 8;
-    int kend = causal ? min(end, q0 + FT) : end, nk = (kend - start + FT - 1) / FT;
-    E::template load<D>(sm.a, q, q0, end, Hq, h);
-    E::template load<D>(sm.b, dout, q0, end, Hq, h);
+    int nk = ((causal ? min(end, b0 + ROWS) : end) - start + FT - 1) / FT;                   // key tiles of the block
+    int mine = q0 >= end ? 0 : ((causal ? min(end, q0 + FT) : end) - start + FT - 1) / FT;  // and of this warpgroup
+    for (int w = 0; w < WGS; w++) {
+        int hw = PAIR ? WGS * blockIdx.x + w : h, qw = PAIR ? b0 : b0 + w * FT;
+        E::template load<D>(sm.a[w], q, qw, end, Hq, hw);
+        E::template load<D>(sm.b[w], dout, qw, end, Hq, hw);
+    }
     E::template load<D>(sm.c[0], k, start, end, Hkv, hk);
     E::template load<D>(sm.d[0], v, start, end, Hkv, hk);
     cp_async_commit();
@@ -169,14 +185,15 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
                 E::template load<D>(sm.d[buf ^ 1], v, k0 + FT, end, Hkv, hk);
             }
             cp_async_commit();
-            E::template scores2<D>(p, sm.a, sm.c[buf], ds, sm.b, sm.d[buf], row0, lane);  // S = Q·Kᵀ, dP = dO·Vᵀ
+            if (it >= mine) continue;  // (causal, two row blocks) the first one's rows end before this tile
+            E::template scores2<D>(p, sm.a[wg], sm.c[buf], ds, sm.b[wg], sm.d[buf], row0, lane);  // S = Q·Kᵀ, dP = dO·Vᵀ
             dq_probs(p, ds, k0, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
             E::template accumulate<D>(gq, ds, sm.c[buf], lane);  // dQ += dS·K
         }
     } else {
         uint32_t a1[FT / 16][4] = {};
         tiles_ready<E>();
-        E::template scores2<D>(p, sm.a, sm.c[0], ds, sm.b, sm.d[0], row0, lane);  // tile 0's S and dP
+        E::template scores2<D>(p, sm.a[0], sm.c[0], ds, sm.b[0], sm.d[0], row0, lane);  // tile 0's S and dP
         for (int it = 0; it < nk; it++) {
             int k0 = start + it * FT, buf = it & 1;
             __syncthreads();  // everyone's products of tile it - 1 are done
@@ -189,38 +206,42 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
             E::template issue_accumulate<D>(gq, ds, sm.c[buf], a1);  // dQ += dS·K
             if (it + 1 < nk) {
                 tiles_ready<E>();  // tile it + 1 is here for everyone
-                E::template issue_scores2<D>(p, sm.a, sm.c[buf ^ 1], ds, sm.b, sm.d[buf ^ 1]);
+                E::template issue_scores2<D>(p, sm.a[0], sm.c[buf ^ 1], ds, sm.b[0], sm.d[buf ^ 1]);
             }
             E::settle();
             E::template hold<FT / 8>(p), E::template hold<FT / 8>(ds), E::template hold<D / 8>(gq);
             E::hold_frags(a1);
         }
     }
-    flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
+    if (mine) flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
 }
 
-template <int D, class E, bool PIPE>
+template <int D, class E, bool PIPE, int WGS = 1>
 static void flash_bwd_launch(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                     const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
-    size_t bytes = sizeof(Bwd2Smem<D, E>) + E::smem_pad;
+    size_t bytes = sizeof(Bwd2Smem<D, E, WGS>) + E::smem_pad;
+    // dq pairs two query heads of a KV group where the group is even (the LLM's GQA), else two row blocks
+    bool pair = WGS > 1 && (Hq / Hkv) % WGS == 0;
+    auto dkdv = flash_dkdv2<D, E, PIPE, WGS>;
+    auto dqk = pair ? flash_dq2<D, E, PIPE, WGS, true> : flash_dq2<D, E, PIPE, WGS, false>;
     static int configured;
     if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dkdv2<D, E, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGS, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGS, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
         configured = 1;
     }
     float scale = 1.0f / sqrtf((float)D);
-    int tiles = (max_len + FT - 1) / FT;
+    int rows = FT * WGS;
     const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
     if (dk || dv) {
-        flash_dkdv2<D, E, PIPE><<<dim3(Hkv, tiles, nseq), NW * 32, bytes, g_stream>>>((bf16_t *)dk, (bf16_t *)dv, Q, K, V, DO, lse, drow,
-                                                                             cu, Hq, Hkv, causal, scale);
+        dkdv<<<dim3(Hkv, (max_len + rows - 1) / rows, nseq), NW * 32 * WGS, bytes, g_stream>>>((bf16_t *)dk, (bf16_t *)dv, Q, K, V, DO,
+                                                                                              lse, drow, cu, Hq, Hkv, causal, scale);
         LAUNCH_CHECK();
     }
     if (dq) {
-        flash_dq2<D, E, PIPE><<<dim3(Hq, tiles, nseq), NW * 32, bytes, g_stream>>>((bf16_t *)dq, Q, K, V, DO, lse, drow, cu, Hq, Hkv,
-                                                                          causal, scale);
+        dim3 grid = pair ? dim3(Hq / WGS, (max_len + FT - 1) / FT, nseq) : dim3(Hq, (max_len + rows - 1) / rows, nseq);
+        dqk<<<grid, NW * 32 * WGS, bytes, g_stream>>>((bf16_t *)dq, Q, K, V, DO, lse, drow, cu, Hq, Hkv, causal, scale);
         LAUNCH_CHECK();
     }
 }
-

@@ -107,6 +107,85 @@ static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, cons
     LAUNCH_CHECK();
 }
 
+// Version 6: two warpgroups per block (256 threads) share the streamed K/V tiles, which halves what each
+// query row pulls through L2 (versions 4 and 5 measured L2-bound: 64 KB per tile step for two 64-row
+// blocks on an SM). The warpgroups take either the same 64 rows of two query heads of one KV group
+// (PAIR: GQA with an even group) or rows q0.. and q0 + 64.. of one head; Q lives in registers (the score
+// product reads only K from shared memory); K/V tiles go through STAGES buffers.
+enum { FWD6_STAGES = 3 };
+template <int D>
+struct Wg2FwdSmem {
+    bf16_t k[FWD6_STAGES][FT * D], v[FWD6_STAGES][FT * D];
+};
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait_pending() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+template <int D, bool PAIR>
+__global__ static void __launch_bounds__(256, D == 64 ? 2 : 1)  // head dim 64: two blocks (16 warps) per SM
+flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
+              int causal, float scale) {
+    extern __shared__ __align__(128) unsigned char raw[];
+    Wg2FwdSmem<D> &sm = *reinterpret_cast<Wg2FwdSmem<D> *>(WgmmaTiles::align(raw));
+    constexpr int S = FWD6_STAGES, ROWS = PAIR ? FT : 2 * FT;  // query rows of the block per head
+    int wg = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, s = blockIdx.z;
+    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
+    int start = cu[s], end = cu[s + 1], b0 = start + tile * ROWS;  // the block's first query row
+    if (b0 >= end) return;
+    int h = PAIR ? 2 * blockIdx.x + wg : blockIdx.x, hk = h / (Hq / Hkv), q0 = PAIR ? b0 : b0 + wg * FT;  // this warpgroup's
+    int t_lo = q0 + warp * 16 + g, t_hi = t_lo + 8;
+    int nk = ((causal ? min(end, b0 + ROWS) : end) - start + FT - 1) / FT;              // key tiles of the block
+    int mine = q0 >= end ? 0 : ((causal ? min(end, q0 + FT) : end) - start + FT - 1) / FT;  // and of this warpgroup
+#pragma unroll
+    for (int j = 0; j < S - 1; j++) {
+        if (j < nk) {
+            wg_load_tile_async<D>(sm.k[j], k, start + j * FT, end, Hkv, hk);
+            wg_load_tile_async<D>(sm.v[j], v, start + j * FT, end, Hkv, hk);
+        }
+        cp_async_commit();
+    }
+    uint32_t qa[D / 16][4];
+    wg_q_frags<D>(qa, q, t_lo, t_hi, end, Hq, h, c);
+    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, sc[FT / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int it = 0; it < nk; it++) {
+        int k0 = start + it * FT, buf = it % S;
+        cp_async_wait_pending<S - 2>();  // tile `it` has landed (for this thread's copies) ...
+        wg_fence_smem();
+        __syncthreads();                 // ... for everyone's, and everyone is done with tile it - 1
+        if (it + S - 1 < nk) {
+            int j = it + S - 1;
+            wg_load_tile_async<D>(sm.k[j % S], k, start + j * FT, end, Hkv, hk);
+            wg_load_tile_async<D>(sm.v[j % S], v, start + j * FT, end, Hkv, hk);
+        }
+        cp_async_commit();
+        if (it >= mine) continue;  // (causal, rows mode) the first warpgroup's rows end before this tile
+        wg_scores_rq<D>(sc, qa, sm.k[buf]);  // S = Q·Kᵀ
+        int full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
+        flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+        wg_accumulate<D>(o, sc, sm.v[buf]);  // O += P·V
+    }
+    if (mine) flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
+}
+
+template <int D, bool PAIR>
+static void launch_fwd6(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
+                        int Hq, int Hkv, int causal) {
+    auto kernel = flash_fwd_wg2<D, PAIR>;
+    size_t bytes = sizeof(Wg2FwdSmem<D>) + WgmmaTiles::smem_pad;
+    static int configured;
+    if (!configured) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        configured = 1;
+    }
+    int rows = PAIR ? FT : 2 * FT;
+    dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
+    kernel<<<grid, 256, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu, Hq, Hkv,
+                                           causal, 1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
+}
+
 // wgmma runs on compute capability 9.0 only (sm_90a code does not run on later GPUs)
 static int hopper(void) {
     static int answer = -1;
@@ -123,6 +202,15 @@ static int hopper(void) {
 int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
                              int nseq, int max_len, int Hq, int Hkv, int D, int causal) {
     if (!hopper()) return -1;
+    if (version == 6) {
+        int pair = (Hq / Hkv) % 2 == 0;
+        if (D == 64 && pair) launch_fwd6<64, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        else if (D == 64) launch_fwd6<64, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        else if (D == 128 && pair) launch_fwd6<128, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        else if (D == 128) launch_fwd6<128, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        else return -1;
+        return 0;
+    }
     if (D == 64 && version == 5) launch_fwd<64, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 128 && version == 5) launch_fwd<128, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 64) launch_fwd<64, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
@@ -135,7 +223,9 @@ int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const b
                               const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                               int D, int causal) {
     if (!hopper()) return -1;
-    if (D == 64 && version == 5) flash_bwd_launch<64, WgmmaTiles, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    if (version == 6 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 6 && D == 128) flash_bwd_launch<128, WgmmaTiles, false, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (D == 64 && version == 5) flash_bwd_launch<64, WgmmaTiles, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 128 && version == 5) flash_bwd_launch<128, WgmmaTiles, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 64) flash_bwd_launch<64, WgmmaTiles, false>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 128) flash_bwd_launch<128, WgmmaTiles, false>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);

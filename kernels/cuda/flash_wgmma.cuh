@@ -60,6 +60,14 @@ __device__ __forceinline__ void wgmma_ss_n64(float (*d)[4], uint64_t a, uint64_t
                  : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
                  : "l"(a), "l"(b), "r"(accumulate));
 }
+// d[8][4] = A(64 × 16, registers) · B(64 × 16, smem, K-major)ᵀ (+ d when accumulate): m64n64k16, the
+// scores with Q held in registers (version 6)
+__device__ __forceinline__ void wgmma_rs_n64(float (*d)[4], const uint32_t *a, uint64_t b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
 // d[8][4] += A(64 × 16, registers) · B(16 × 64, smem, MN-major): m64n64k16
 __device__ __forceinline__ void wgmma_rs_n64_t(float (*d)[4], const uint32_t *a, uint64_t b) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
@@ -118,6 +126,41 @@ __device__ __forceinline__ void wg_issue_accumulate(float (*out)[4], uint32_t (*
         else wgmma_rs_n128_t(out, a[kk], b);
     }
     wg_commit();
+}
+
+// the A fragments (flash_mma.cuh's layout) of a warp's query rows t_lo, t_hi of head h, all D columns,
+// straight from global memory (rows at or past end are zero): the scores' left operand in registers
+template <int D>
+__device__ __forceinline__ void wg_q_frags(uint32_t (*a)[4], const bf16_t *q, int t_lo, int t_hi, int end, int H, int h, int c) {
+    const uint32_t *lo = reinterpret_cast<const uint32_t *>(q + ((size_t)(t_lo < end ? t_lo : 0) * H + h) * D) + c;
+    const uint32_t *hi = reinterpret_cast<const uint32_t *>(q + ((size_t)(t_hi < end ? t_hi : 0) * H + h) * D) + c;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        a[kk][0] = t_lo < end ? lo[kk * 8] : 0u;      // row g,     columns 16kk + 2c..
+        a[kk][1] = t_hi < end ? hi[kk * 8] : 0u;      // row g + 8
+        a[kk][2] = t_lo < end ? lo[kk * 8 + 4] : 0u;  // row g,     columns 16kk + 8 + 2c..
+        a[kk][3] = t_hi < end ? hi[kk * 8 + 4] : 0u;  // row g + 8
+    }
+}
+template <int KK>
+__device__ __forceinline__ void wg_hold_qfrags(uint32_t (*a)[4]) {
+#pragma unroll
+    for (int kk = 0; kk < KK; kk++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[kk][e])::"memory");
+}
+// acc[16 × 64] per warp (the warpgroup: 64 × 64) = Q (registers, D columns) · B (64 × D staged)ᵀ, waited for
+template <int D>
+__device__ __forceinline__ void wg_scores_rq(float (*acc)[4], uint32_t (*qa)[4], const bf16_t *B) {
+    wg_hold<FT / 8>(acc);
+    wg_hold_qfrags<D / 16>(qa);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) wgmma_rs_n64(acc, qa[kk], wg_desc_kmajor(B, kk * 16), kk > 0);
+    wg_commit();
+    wg_wait_all();
+    wg_hold<FT / 8>(acc);
+    wg_hold_qfrags<D / 16>(qa);
 }
 
 // the products, each waited for

@@ -64,16 +64,19 @@ if [ -x "$B/ops_check" ]; then
         export LLAVA_FLASH=1
         summary+=("flash v2 or v3 FAILED its checks: the rest of this run uses flash v1 (LLAVA_FLASH=1)")
     fi
-    # versions 4 and 5 (wgmma, Hopper only; the default runs v4's backward and its forward at head_dim 64):
-    # 25 checks each. A failing v4 sends the rest of the run to v2; the bench times the default and each
-    # version that passed (v2 and v3 were timed in session 13: FLASH_VARIANTS="2 3 4 5" for all).
+    # versions 4, 5 and 6 (wgmma, Hopper only; the default is v6): 30 checks each. A failing v6 sends the
+    # rest of the run to v4, a failing v4 to v2; the bench times the default and v4 when it passed (v2, v3
+    # and v5 were timed in sessions 13-14: FLASH_VARIANTS="2 3 4 5 6" for all).
     variants=""
-    for v in 4 5; do
+    for v in 4 5 6; do
         ok=$(grep -c "flash v$v).* ok\$" "$OUTDIR/ops_check.txt")
-        if [ "$ok" -lt 25 ] || grep -q "flash v$v).*FAIL\$" "$OUTDIR/ops_check.txt"; then
+        if [ "$ok" -lt 30 ] || grep -q "flash v$v).*FAIL\$" "$OUTDIR/ops_check.txt"; then
             summary+=("flash v$v (wgmma): $ok checks ok, FAILED or did not finish: left out of the bench")
-            if [ "$v" = 4 ] && [ -z "${LLAVA_FLASH:-}" ]; then export LLAVA_FLASH=2; summary+=("  the rest of this run uses flash v2 (LLAVA_FLASH=2)"); fi
-        else
+            if [ "$v" = 6 ] && [ -z "${LLAVA_FLASH:-}" ]; then
+                fallback=4; case " $variants " in *" 4 "*) ;; *) fallback=2 ;; esac
+                export LLAVA_FLASH=$fallback; summary+=("  the rest of this run uses flash v$fallback (LLAVA_FLASH=$fallback)")
+            fi
+        elif [ "$v" = 4 ]; then  # (v5, no faster than v4 in session 14, is checked but not timed)
             variants="$variants $v"
         fi
     done
