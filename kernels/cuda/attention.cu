@@ -140,21 +140,27 @@ int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, 
 int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                               const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int D,
                               int causal);
-// LLAVA_FLASH=0|1|2|3|4|5|6 picks the kernels for a whole run (comparisons, or a fallback while a new
-// version is being checked); cuda_attention_set_flash overrides it. Unset: version 6 (two warpgroups per
-// block sharing the streamed tiles; bench/RESULTS.md, session 14), which falls back to v2 on a GPU other
-// than compute capability 9.0. Before it: v3's forward at head_dim 128 and v4 otherwise (session 13).
-static int flash_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset, per head dim
-static int flash_pick(void) {
-    if (flash_version == -1) {
-        const char *env = getenv("LLAVA_FLASH");
-        flash_version = env && env[0] >= '0' && env[0] <= '6' && !env[1] ? env[0] - '0' : -2;
-    }
-    return flash_version;
+// LLAVA_FLASH=N (0..6) picks the kernels for a whole run (comparisons, or a fallback while a new version is
+// being checked), LLAVA_FLASH=FB the forward's version F and the backward's B; cuda_attention_set_flash
+// sets both. Unset: per head dim and direction, the fastest measured (H100, bench/RESULTS.md session 14):
+// version 6's forward (two warpgroups per block sharing the K/V tiles, Q in registers) at both head dims,
+// its backward at head_dim 128 and version 4's at 64. Versions 4-6 fall back to v2 on a GPU other than
+// compute capability 9.0.
+static int flash_fwd_version = -1, flash_bwd_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset, per head dim
+static void flash_pick(void) {
+    if (flash_fwd_version != -1) return;
+    const char *env = getenv("LLAVA_FLASH");
+    int ok = env && env[0] >= '0' && env[0] <= '6' && (!env[1] || (env[1] >= '0' && env[1] <= '6' && !env[2]));
+    flash_fwd_version = ok ? env[0] - '0' : -2;
+    flash_bwd_version = ok ? env[env[1] ? 1 : 0] - '0' : -2;
 }
 // the version a forward (or a backward) at head dim D runs
-static int flash_for(int D, int forward) { (void)D, (void)forward; return flash_pick() != -2 ? flash_version : 6; }
-extern "C" void cuda_attention_set_flash(int version) { flash_version = version; }
+static int flash_for(int D, int forward) {
+    flash_pick();
+    int v = forward ? flash_fwd_version : flash_bwd_version;
+    return v != -2 ? v : forward || D == 128 ? 6 : 4;
+}
+extern "C" void cuda_attention_set_flash(int version) { flash_fwd_version = flash_bwd_version = version; }
 
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {

@@ -16,6 +16,10 @@
 
 enum { NW = 4 };
 
+// the thread's warpgroup (128 threads), read from lane 0 so that the compiler knows it is the same in a
+// warp (as CUTLASS does): the shared-memory addresses made from it stay in uniform registers
+__device__ __forceinline__ int warpgroup_index() { return __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0); }
+
 template <int D, class E, int WGS = 1>
 struct Bwd2Smem {
     typename E::template Tile<D> a[WGS], b[WGS];  // fixed, one pair per warpgroup: K, V (dkdv) or Q, dO (dq)
@@ -90,8 +94,8 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
     int hk = blockIdx.x, s = blockIdx.z, rep = Hq / Hkv;
     int start = cu[s], end = cu[s + 1], b0 = start + blockIdx.y * FT * WGS;  // causal: the first key tiles see the most queries
     if (b0 >= end) return;
-    int wg = threadIdx.x / 128, k0 = b0 + wg * FT;  // this warpgroup's keys
-    int warp = threadIdx.x / 32 % NW, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
+    int wg = WGS > 1 ? warpgroup_index() : 0, k0 = b0 + wg * FT;  // this warpgroup's keys (WGS 1: the old code exactly)
+    int warp = WGS > 1 ? threadIdx.x / 32 % NW : threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
     int j_lo = k0 + row0 + g, j_hi = j_lo + 8;
     QTiles qt;
     qt.qfirst = causal ? b0 : start;  // causal: only queries at or after the first key see it
@@ -140,7 +144,7 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
             E::hold_frags(a1), E::hold_frags(a2);
         }
     }
-    if (k0 >= end) return;
+    if (WGS > 1 && k0 >= end) return;
     if (dk) flash_add_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
     if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
 }
@@ -153,12 +157,12 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
     static_assert(!PIPE || WGS == 1, "the pipelined schedule has one warpgroup");
     constexpr int ROWS = PAIR ? FT : FT * WGS;  // query rows of the block per head
     Bwd2Smem<D, E, WGS> &sm = *reinterpret_cast<Bwd2Smem<D, E, WGS> *>(E::align(raw));
-    int wg = threadIdx.x / 128, s = blockIdx.z;
+    int wg = WGS > 1 ? warpgroup_index() : 0, s = blockIdx.z;
     int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // causal: late queries see the most keys
     int start = cu[s], end = cu[s + 1], b0 = start + tile * ROWS;
     if (b0 >= end) return;
     int h = PAIR ? WGS * blockIdx.x + wg : blockIdx.x, hk = h / (Hq / Hkv), q0 = PAIR ? b0 : b0 + wg * FT;  // this warpgroup's
-    int warp = threadIdx.x / 32 % NW, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
+    int warp = WGS > 1 ? threadIdx.x / 32 % NW : threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
     int t_lo = q0 + row0 + g, t_hi = t_lo + 8;
     int nk = ((causal ? min(end, b0 + ROWS) : end) - start + FT - 1) / FT;                   // key tiles of the block
     int mine = q0 >= end ? 0 : ((causal ? min(end, q0 + FT) : end) - start + FT - 1) / FT;  // and of this warpgroup
@@ -185,7 +189,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
                 E::template load<D>(sm.d[buf ^ 1], v, k0 + FT, end, Hkv, hk);
             }
             cp_async_commit();
-            if (it >= mine) continue;  // (causal, two row blocks) the first one's rows end before this tile
+            if (WGS > 1 && it >= mine) continue;  // (causal, two row blocks) the first one's rows end before this tile
             E::template scores2<D>(p, sm.a[wg], sm.c[buf], ds, sm.b[wg], sm.d[buf], row0, lane);  // S = Q·Kᵀ, dP = dO·Vᵀ
             dq_probs(p, ds, k0, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
             E::template accumulate<D>(gq, ds, sm.c[buf], lane);  // dQ += dS·K
@@ -213,7 +217,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
             E::hold_frags(a1);
         }
     }
-    if (mine) flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
+    if (WGS == 1 || mine) flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
 }
 
 template <int D, class E, bool PIPE, int WGS = 1>

@@ -128,7 +128,7 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
     extern __shared__ __align__(128) unsigned char raw[];
     Wg2FwdSmem<D> &sm = *reinterpret_cast<Wg2FwdSmem<D> *>(WgmmaTiles::align(raw));
     constexpr int S = FWD6_STAGES, ROWS = PAIR ? FT : 2 * FT;  // query rows of the block per head
-    int wg = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, s = blockIdx.z;
+    int wg = warpgroup_index(), warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, s = blockIdx.z;
     int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
     int start = cu[s], end = cu[s + 1], b0 = start + tile * ROWS;  // the block's first query row
     if (b0 >= end) return;

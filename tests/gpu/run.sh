@@ -76,11 +76,21 @@ if [ -x "$B/ops_check" ]; then
                 fallback=4; case " $variants " in *" 4 "*) ;; *) fallback=2 ;; esac
                 export LLAVA_FLASH=$fallback; summary+=("  the rest of this run uses flash v$fallback (LLAVA_FLASH=$fallback)")
             fi
-        elif [ "$v" = 4 ]; then  # (v5, no faster than v4 in session 14, is checked but not timed)
+        elif [ "$v" != 5 ]; then  # (v5, no faster than v4 in session 14, is checked but not timed)
             variants="$variants $v"
         fi
     done
+    # and the mixes (LLAVA_FLASH=FB: forward F, backward B) the per-head-dim default is made of
+    case " $variants " in *" 4 "*) case " $variants " in *" 6 "*) variants="$variants 64" ;; esac ;; esac
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
+fi
+# OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's
+# gpu-bin) in the same run, to tell a code change from a card's variation
+if [ -n "${OPS_AB:-}" ] && [ -f "$OPS_AB/ops_check.xz" ]; then
+    xz -dc "$OPS_AB/ops_check.xz" > "$W/ops_check_ab" && chmod +x "$W/ops_check_ab"
+    timeout "${OPS_TIMEOUT:-150}" "$W/ops_check_ab" > "$OUTDIR/ops_check_ab.txt" 2>&1
+    summary+=("$OPS_AB's ops_check: $(grep -c ' ok$' "$OUTDIR/ops_check_ab.txt") ok, $(grep -c 'FAIL$' "$OUTDIR/ops_check_ab.txt") failed")
+    while IFS= read -r line; do summary+=("  $OPS_AB: ${line#timing: }"); done < <(grep '^timing: attention' "$OUTDIR/ops_check_ab.txt")
 fi
 
 # ---- 1. the CPU model against transformers (HF_PARITY=1; it checks the cpu model, which the first device
