@@ -220,32 +220,33 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
     if (WGS == 1 || mine) flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
 }
 
-template <int D, class E, bool PIPE, int WGS = 1>
+// WGS warpgroups per dkdv block, WGQ per dq block
+template <int D, class E, bool PIPE, int WGS = 1, int WGQ = WGS>
 static void flash_bwd_launch(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                     const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
-    size_t bytes = sizeof(Bwd2Smem<D, E, WGS>) + E::smem_pad;
+    size_t kv_bytes = sizeof(Bwd2Smem<D, E, WGS>) + E::smem_pad, q_bytes = sizeof(Bwd2Smem<D, E, WGQ>) + E::smem_pad;
     // dq pairs two query heads of a KV group where the group is even (the LLM's GQA), else two row blocks
-    bool pair = WGS > 1 && (Hq / Hkv) % WGS == 0;
+    bool pair = WGQ > 1 && (Hq / Hkv) % WGQ == 0;
     auto dkdv = flash_dkdv2<D, E, PIPE, WGS>;
-    auto dqk = pair ? flash_dq2<D, E, PIPE, WGS, true> : flash_dq2<D, E, PIPE, WGS, false>;
+    auto dqk = pair ? flash_dq2<D, E, PIPE, WGQ, true> : flash_dq2<D, E, PIPE, WGQ, false>;
     static int configured;
     if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGS, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGS, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kv_bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGQ, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q_bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGQ, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q_bytes));
         configured = 1;
     }
     float scale = 1.0f / sqrtf((float)D);
-    int rows = FT * WGS;
+    int kv_rows = FT * WGS, q_rows = FT * WGQ;
     const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
     if (dk || dv) {
-        dkdv<<<dim3(Hkv, (max_len + rows - 1) / rows, nseq), NW * 32 * WGS, bytes, g_stream>>>((bf16_t *)dk, (bf16_t *)dv, Q, K, V, DO,
-                                                                                              lse, drow, cu, Hq, Hkv, causal, scale);
+        dkdv<<<dim3(Hkv, (max_len + kv_rows - 1) / kv_rows, nseq), NW * 32 * WGS, kv_bytes, g_stream>>>(
+            (bf16_t *)dk, (bf16_t *)dv, Q, K, V, DO, lse, drow, cu, Hq, Hkv, causal, scale);
         LAUNCH_CHECK();
     }
     if (dq) {
-        dim3 grid = pair ? dim3(Hq / WGS, (max_len + FT - 1) / FT, nseq) : dim3(Hq, (max_len + rows - 1) / rows, nseq);
-        dqk<<<grid, NW * 32 * WGS, bytes, g_stream>>>((bf16_t *)dq, Q, K, V, DO, lse, drow, cu, Hq, Hkv, causal, scale);
+        dim3 grid = pair ? dim3(Hq / WGQ, (max_len + FT - 1) / FT, nseq) : dim3(Hq, (max_len + q_rows - 1) / q_rows, nseq);
+        dqk<<<grid, NW * 32 * WGQ, q_bytes, g_stream>>>((bf16_t *)dq, Q, K, V, DO, lse, drow, cu, Hq, Hkv, causal, scale);
         LAUNCH_CHECK();
     }
 }

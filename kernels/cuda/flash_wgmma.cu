@@ -107,7 +107,7 @@ static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, cons
     LAUNCH_CHECK();
 }
 
-// Version 6: two warpgroups per block (256 threads) share the streamed K/V tiles, which halves what each
+// Versions 6 and 7: two warpgroups per block (256 threads) share the streamed K/V tiles, which halves what each
 // query row pulls through L2 (versions 4 and 5 measured L2-bound: 64 KB per tile step for two 64-row
 // blocks on an SM). The warpgroups take either the same 64 rows of two query heads of one KV group
 // (PAIR: GQA with an even group) or rows q0.. and q0 + 64.. of one head; Q lives in registers (the score
@@ -121,8 +121,12 @@ struct Wg2FwdSmem {
 template <int N>
 __device__ __forceinline__ void cp_async_wait_pending() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-template <int D, bool PAIR>
-__global__ static void __launch_bounds__(256, D == 64 ? 2 : 1)  // head dim 64: two blocks (16 warps) per SM
+// PIPE (version 7): as version 5 does for version 4, the next key tile's scores S_{i+1} are in flight while
+// this tile's softmax runs; this matters more here, where the block's barrier keeps the two warpgroups in
+// step (both would otherwise leave the tensor cores idle during their softmax at the same time). Tile i's
+// K and V share stage i % 3; at step i tiles i and i + 1 are in and tile i + 2 is on its way.
+template <int D, bool PAIR, bool PIPE>
+__global__ static void __launch_bounds__(256, D == 64 && !PIPE ? 2 : 1)  // head dim 64: two blocks (16 warps) per SM
 flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
               int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
@@ -149,11 +153,15 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
     float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, sc[FT / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float sn[FT / 8][4];  // (PIPE) the next tile's scores
+#pragma unroll
+    for (int n = 0; n < FT / 8; n++) sn[n][0] = sn[n][1] = sn[n][2] = sn[n][3] = 0.0f;
     for (int it = 0; it < nk; it++) {
         int k0 = start + it * FT, buf = it % S;
-        cp_async_wait_pending<S - 2>();  // tile `it` has landed (for this thread's copies) ...
+        if constexpr (PIPE) cp_async_wait_pending<0>();  // tiles it and it + 1 have landed (this thread's copies) ...
+        else cp_async_wait_pending<S - 2>();              // tile it has
         wg_fence_smem();
-        __syncthreads();                 // ... for everyone's, and everyone is done with tile it - 1
+        __syncthreads();  // ... for everyone's, and everyone is done with tile it - 1
         if (it + S - 1 < nk) {
             int j = it + S - 1;
             wg_load_tile_async<D>(sm.k[j % S], k, start + j * FT, end, Hkv, hk);
@@ -161,18 +169,37 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
         }
         cp_async_commit();
         if (it >= mine) continue;  // (causal, rows mode) the first warpgroup's rows end before this tile
-        wg_scores_rq<D>(sc, qa, sm.k[buf]);  // S = Q·Kᵀ
         int full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
-        flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
-        wg_accumulate<D>(o, sc, sm.v[buf]);  // O += P·V
+        if constexpr (!PIPE) {
+            wg_scores_rq<D>(sc, qa, sm.k[buf]);  // S = Q·Kᵀ
+            flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+            wg_accumulate<D>(o, sc, sm.v[buf]);  // O += P·V
+        } else {
+            int next = it + 1 < mine;
+            if (it == 0) wg_scores_rq<D>(sc, qa, sm.k[0]);               // S_0
+            if (next) wg_issue_scores_rq<D>(sn, qa, sm.k[(it + 1) % S]);  // S_{it+1}, in flight during the softmax
+            flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+            uint32_t a[FT / 16][4];
+            flash_p_frags<FT>(a, sc);
+            wg_issue_accumulate<D>(o, a, sm.v[buf]);  // O += P_it·V_it
+            wg_wait_all();                            // both products
+            wg_hold<FT / 8>(sn);
+            wg_hold<D / 8>(o);
+            wg_hold_frags(a);
+            wg_hold_qfrags<D / 16>(qa);
+            if (next) {
+#pragma unroll
+                for (int n = 0; n < FT / 8; n++) sc[n][0] = sn[n][0], sc[n][1] = sn[n][1], sc[n][2] = sn[n][2], sc[n][3] = sn[n][3];
+            }
+        }
     }
     if (mine) flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
 }
 
-template <int D, bool PAIR>
+template <int D, bool PAIR, bool PIPE>
 static void launch_fwd6(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                         int Hq, int Hkv, int causal) {
-    auto kernel = flash_fwd_wg2<D, PAIR>;
+    auto kernel = flash_fwd_wg2<D, PAIR, PIPE>;
     size_t bytes = sizeof(Wg2FwdSmem<D>) + WgmmaTiles::smem_pad;
     static int configured;
     if (!configured) {
@@ -202,13 +229,13 @@ static int hopper(void) {
 int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
                              int nseq, int max_len, int Hq, int Hkv, int D, int causal) {
     if (!hopper()) return -1;
-    if (version == 6) {
-        int pair = (Hq / Hkv) % 2 == 0;
-        if (D == 64 && pair) launch_fwd6<64, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-        else if (D == 64) launch_fwd6<64, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-        else if (D == 128 && pair) launch_fwd6<128, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-        else if (D == 128) launch_fwd6<128, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    if (version == 6 || version == 7) {
+        int pair = (Hq / Hkv) % 2 == 0, pipe = version == 7;
+#define FWD6(d, p, pp) if (D == d && pair == p && pipe == pp) launch_fwd6<d, p, pp>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
+        FWD6(64, 1, 0); else FWD6(64, 0, 0); else FWD6(128, 1, 0); else FWD6(128, 0, 0);
+        else FWD6(64, 1, 1); else FWD6(64, 0, 1); else FWD6(128, 1, 1); else FWD6(128, 0, 1);
         else return -1;
+#undef FWD6
         return 0;
     }
     if (D == 64 && version == 5) launch_fwd<64, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
@@ -223,7 +250,10 @@ int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const b
                               const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                               int D, int causal) {
     if (!hopper()) return -1;
-    if (version == 6 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    // version 7: dkdv with one warpgroup per block (v4's), dq with two
+    if (version == 7 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 1, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 7 && D == 128) flash_bwd_launch<128, WgmmaTiles, false, 1, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 6 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (version == 6 && D == 128) flash_bwd_launch<128, WgmmaTiles, false, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 64 && version == 5) flash_bwd_launch<64, WgmmaTiles, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (D == 128 && version == 5) flash_bwd_launch<128, WgmmaTiles, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);

@@ -149,15 +149,20 @@ __device__ __forceinline__ void wg_hold_qfrags(uint32_t (*a)[4]) {
 #pragma unroll
         for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[kk][e])::"memory");
 }
-// acc[16 × 64] per warp (the warpgroup: 64 × 64) = Q (registers, D columns) · B (64 × D staged)ᵀ, waited for
+// issue acc[16 × 64] per warp (the warpgroup: 64 × 64) = Q (registers, D columns) · B (64 × D staged)ᵀ
 template <int D>
-__device__ __forceinline__ void wg_scores_rq(float (*acc)[4], uint32_t (*qa)[4], const bf16_t *B) {
+__device__ __forceinline__ void wg_issue_scores_rq(float (*acc)[4], uint32_t (*qa)[4], const bf16_t *B) {
     wg_hold<FT / 8>(acc);
     wg_hold_qfrags<D / 16>(qa);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) wgmma_rs_n64(acc, qa[kk], wg_desc_kmajor(B, kk * 16), kk > 0);
     wg_commit();
+}
+// the same, waited for
+template <int D>
+__device__ __forceinline__ void wg_scores_rq(float (*acc)[4], uint32_t (*qa)[4], const bf16_t *B) {
+    wg_issue_scores_rq<D>(acc, qa, B);
     wg_wait_all();
     wg_hold<FT / 8>(acc);
     wg_hold_qfrags<D / 16>(qa);

@@ -64,24 +64,32 @@ if [ -x "$B/ops_check" ]; then
         export LLAVA_FLASH=1
         summary+=("flash v2 or v3 FAILED its checks: the rest of this run uses flash v1 (LLAVA_FLASH=1)")
     fi
-    # versions 4, 5 and 6 (wgmma, Hopper only; the default is v6): 30 checks each. A failing v6 sends the
-    # rest of the run to v4, a failing v4 to v2; the bench times the default and v4 when it passed (v2, v3
-    # and v5 were timed in sessions 13-14: FLASH_VARIANTS="2 3 4 5 6" for all).
-    variants=""
-    for v in 4 5 6; do
+    # versions 4-7 (wgmma, Hopper only; the default runs v6's forward and v4's backward): 30 checks each. A
+    # failing v6 sends the rest of the run to v4 (LLAVA_FLASH=4), a failing v4 to v6's forward and v2's
+    # backward (62), both to v2. The bench times the default, all-v4 and v7's forward with v4's backward
+    # (74) when they passed (v2, v3, v5 and v6's backward were timed in sessions 13-14; FLASH_VARIANTS
+    # names others: "2 3 5 6 64").
+    passed=" "
+    for v in 4 5 6 7; do
         ok=$(grep -c "flash v$v).* ok\$" "$OUTDIR/ops_check.txt")
         if [ "$ok" -lt 30 ] || grep -q "flash v$v).*FAIL\$" "$OUTDIR/ops_check.txt"; then
             summary+=("flash v$v (wgmma): $ok checks ok, FAILED or did not finish: left out of the bench")
-            if [ "$v" = 6 ] && [ -z "${LLAVA_FLASH:-}" ]; then
-                fallback=4; case " $variants " in *" 4 "*) ;; *) fallback=2 ;; esac
-                export LLAVA_FLASH=$fallback; summary+=("  the rest of this run uses flash v$fallback (LLAVA_FLASH=$fallback)")
-            fi
-        elif [ "$v" != 5 ]; then  # (v5, no faster than v4 in session 14, is checked but not timed)
-            variants="$variants $v"
+        else
+            passed="$passed$v "
         fi
     done
-    # and the mixes (LLAVA_FLASH=FB: forward F, backward B) the per-head-dim default is made of
-    case " $variants " in *" 4 "*) case " $variants " in *" 6 "*) variants="$variants 64" ;; esac ;; esac
+    has() { case "$passed" in *" $1 "*) return 0 ;; esac; return 1; }
+    if [ -z "${LLAVA_FLASH:-}" ]; then
+        if has 4 && has 6; then :
+        elif has 4; then export LLAVA_FLASH=4
+        elif has 6; then export LLAVA_FLASH=62
+        else export LLAVA_FLASH=2
+        fi
+        [ -n "${LLAVA_FLASH:-}" ] && summary+=("  the rest of this run uses LLAVA_FLASH=$LLAVA_FLASH")
+    fi
+    variants=""
+    has 4 && variants="4"
+    has 4 && has 7 && variants="$variants 74"
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
 fi
 # OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's
