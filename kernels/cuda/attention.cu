@@ -155,8 +155,8 @@ static void flash_pick(void) {
     flash_fwd_version = ok ? env[0] - '0' : -2;
     flash_bwd_version = ok ? env[env[1] ? 1 : 0] - '0' : -2;
 }
-// the version a forward (or a backward) at head dim D runs
-static int flash_for(int D, int forward) {
+// the version a forward (or a backward) runs (at both head dims for now)
+static int flash_for(int forward) {
     flash_pick();
     int v = forward ? flash_fwd_version : flash_bwd_version;
     return v != -2 ? v : forward ? 6 : 4;
@@ -165,7 +165,7 @@ extern "C" void cuda_attention_set_flash(int version) { flash_fwd_version = flas
 
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
-    int version = flash_for(D, 1);
+    int version = flash_for(1);
     if (version >= 4 && cuda_flash_wgmma_forward(version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (version >= 4) version = 2;  // no wgmma here
@@ -185,7 +185,7 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
     attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
     LAUNCH_CHECK();
-    int version = flash_for(D, 0);
+    int version = flash_for(0);
     if (version >= 4 &&
         cuda_flash_wgmma_backward(version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;
