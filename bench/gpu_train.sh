@@ -5,7 +5,7 @@
 # here, peak memory) and the peer's (bench/gpu_train_ref.py), then the ratio.
 #   usage: bench/gpu_train.sh [slice] [vision] [full]   (default: slice vision; STEPS=5 timed steps after 2 warm-up,
 #          FULL_STEPS=3 for the whole model; each run limited to RUN_TIMEOUT=150 seconds;
-#          FLASH_VARIANTS="2 3 4 5 6 7" (the default) also times those attention versions, "" for none)
+#          FLASH_VARIANTS="2 3 4 5 6 7 8" (the default) also times those attention versions, "" for none)
 # slice:  the 4B language model's width (hidden 2560, 32q/8kv heads of 128, FFN 9728, vocab 151936, tied
 #         embeddings) with 8 layers, one packed sequence of 8192 random tokens, labels = inputs; all
 #         tensors train, AdamW (spec: PyTorch 323 model TFLOP/s on an H100).
@@ -46,7 +46,7 @@ ratio() {  # OURS_LINE PEER_LINE: the peer's time per step over ours (the same w
 }
 
 for shape in $SHAPES; do
-    steps=$STEPS variants=${FLASH_VARIANTS-2 3 4 5 6 7} profile=1  # each shape sets args (train_step's) and peer_args
+    steps=$STEPS variants=${FLASH_VARIANTS-2 3 4 5 6 7 8} profile=1  # each shape sets args (train_step's) and peer_args
     case $shape in
     slice)
         "$BIN/mkckpt" --preset 4b --llm-layers 8 --vit-layers 1 --out "$W/slice" --seed 1 2>/dev/null || { echo "gpu_train: mkckpt failed"; exit 1; }

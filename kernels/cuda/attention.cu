@@ -140,18 +140,19 @@ int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, 
 int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                               const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int D,
                               int causal);
-// LLAVA_FLASH=N (0..7) picks the kernels for a whole run (comparisons, or a fallback while a new version is
+// LLAVA_FLASH=N (0..8) picks the kernels for a whole run (comparisons, or a fallback while a new version is
 // being checked), LLAVA_FLASH=FB the forward's version F and the backward's B; cuda_attention_set_flash
 // sets both. Unset: the fastest measured on an H100 (bench/RESULTS.md, session 14): version 6's forward
 // (two warpgroups per block sharing the K/V tiles, Q in registers; 2.44 against v4's 2.64 ms at the
 // slice's shape, 0.56 against 0.61 at the tower's) and version 4's backward (5.45 against v6's 6.37 ms,
-// 1.74 against 2.33). Versions 4-7 fall back to v2 on a GPU other than compute capability 9.0; 7 is 6 with
-// the next tile's scores in flight during the softmax, and its backward v4's dK/dV kernel with v6's dQ.
+// 1.74 against 2.33). Versions 4-8 fall back to v2 on a GPU other than compute capability 9.0; 7 is 6 with
+// the next tile's scores in flight during the softmax, and its backward v4's dK/dV kernel with v6's dQ;
+// 8 is 6 with the second warpgroup half a step behind the first in both directions (not yet measured).
 static int flash_fwd_version = -1, flash_bwd_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset, per head dim
 static void flash_pick(void) {
     if (flash_fwd_version != -1) return;
     const char *env = getenv("LLAVA_FLASH");
-    int ok = env && env[0] >= '0' && env[0] <= '7' && (!env[1] || (env[1] >= '0' && env[1] <= '7' && !env[2]));
+    int ok = env && env[0] >= '0' && env[0] <= '8' && (!env[1] || (env[1] >= '0' && env[1] <= '8' && !env[2]));
     flash_fwd_version = ok ? env[0] - '0' : -2;
     flash_bwd_version = ok ? env[env[1] ? 1 : 0] - '0' : -2;
 }

@@ -108,10 +108,10 @@ static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, cons
 }
 
 // Versions 6 and 7: two warpgroups per block (256 threads) share the streamed K/V tiles, which halves what each
-// query row pulls through L2 (versions 4 and 5 measured L2-bound: 64 KB per tile step for two 64-row
-// blocks on an SM). The warpgroups take either the same 64 rows of two query heads of one KV group
-// (PAIR: GQA with an even group) or rows q0.. and q0 + 64.. of one head; Q lives in registers (the score
-// product reads only K from shared memory); K/V tiles go through STAGES buffers.
+// query row pulls through L2 (the guess was that v4's two 64-row blocks per SM, 64 KB per tile step, were
+// L2-bound; measured, v6's forward is 1.08-1.10x v4's). The warpgroups take either the same 64 rows of two
+// query heads of one KV group (PAIR: GQA with an even group) or rows q0.. and q0 + 64.. of one head; Q
+// lives in registers (the score product reads only K from shared memory); K/V tiles go through STAGES buffers.
 enum { FWD6_STAGES = 3 };
 template <int D>
 struct Wg2FwdSmem {
@@ -213,6 +213,89 @@ static void launch_fwd6(bf16 *out, float *lse, const bf16 *q, const bf16 *k, con
     LAUNCH_CHECK();
 }
 
+// Version 8: v6's forward with the second warpgroup half a step behind the first (ping-pong, as in
+// FlashAttention-3, without its named barriers). In v6 the block's barrier starts both warpgroups on their
+// score products at once, then both run their softmax while the tensor cores idle. Here, in step j, the
+// first warpgroup runs S_j, softmax_j, O += P_j·V_j while the second runs softmax_{j-1}, O += P_{j-1}·V_{j-1},
+// S_j: one's softmax meets the other's products. Tiles j - 1 and j are in use in step j, j + 1 has landed
+// and j + 2 is on its way (four stages); one step more than the tiles, the first warpgroup idles in the last
+// and the second does only S_0 in the first.
+enum { FWD8_STAGES = 4 };
+template <int D>
+struct Wg8FwdSmem {
+    bf16_t k[FWD8_STAGES][FT * D], v[FWD8_STAGES][FT * D];
+};
+
+template <int D, bool PAIR>
+__global__ static void __launch_bounds__(256, D == 64 ? 2 : 1)
+flash_fwd_skew(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
+               int causal, float scale) {
+    extern __shared__ __align__(128) unsigned char raw[];
+    Wg8FwdSmem<D> &sm = *reinterpret_cast<Wg8FwdSmem<D> *>(WgmmaTiles::align(raw));
+    constexpr int S = FWD8_STAGES, ROWS = PAIR ? FT : 2 * FT;  // query rows of the block per head
+    int wg = warpgroup_index(), warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, s = blockIdx.z;
+    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
+    int start = cu[s], end = cu[s + 1], b0 = start + tile * ROWS;  // the block's first query row
+    if (b0 >= end) return;
+    int h = PAIR ? 2 * blockIdx.x + wg : blockIdx.x, hk = h / (Hq / Hkv), q0 = PAIR ? b0 : b0 + wg * FT;  // this warpgroup's
+    int t_lo = q0 + warp * 16 + g, t_hi = t_lo + 8;
+    int nk = ((causal ? min(end, b0 + ROWS) : end) - start + FT - 1) / FT;              // key tiles of the block
+    int mine = q0 >= end ? 0 : ((causal ? min(end, q0 + FT) : end) - start + FT - 1) / FT;  // and of this warpgroup
+#pragma unroll
+    for (int j = 0; j < 2; j++) {  // tiles 0 and 1
+        if (j < nk) {
+            wg_load_tile_async<D>(sm.k[j], k, start + j * FT, end, Hkv, hk);
+            wg_load_tile_async<D>(sm.v[j], v, start + j * FT, end, Hkv, hk);
+        }
+        cp_async_commit();
+    }
+    uint32_t qa[D / 16][4];
+    wg_q_frags<D>(qa, q, t_lo, t_hi, end, Hq, h, c);
+    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, sc[FT / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < FT / 8; n++) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+    for (int j = 0; j <= nk; j++) {
+        cp_async_wait_pending<1>();  // tile j has landed (this thread's copies; j + 1 may be in flight) ...
+        wg_fence_smem();
+        __syncthreads();  // ... everyone's, and everyone is done with tile j - 2
+        if (j + 2 < nk) {
+            wg_load_tile_async<D>(sm.k[(j + 2) % S], k, start + (j + 2) * FT, end, Hkv, hk);
+            wg_load_tile_async<D>(sm.v[(j + 2) % S], v, start + (j + 2) * FT, end, Hkv, hk);
+        }
+        cp_async_commit();
+        // the tile whose softmax and P·V this warpgroup does in this step: j (first), j - 1 (second; its
+        // scores came at the end of the last step)
+        int t = j - wg;
+        if (t >= 0 && t < mine) {
+            if (wg == 0) wg_scores_rq<D>(sc, qa, sm.k[t % S]);  // S_t
+            int k0 = start + t * FT, full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
+            flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+            wg_accumulate<D>(o, sc, sm.v[t % S]);  // O += P_t·V_t
+        }
+        if (wg == 1 && j < mine) wg_scores_rq<D>(sc, qa, sm.k[j % S]);  // S_j, for the next step
+    }
+    if (mine) flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
+}
+
+template <int D, bool PAIR>
+static void launch_fwd8(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
+                        int Hq, int Hkv, int causal) {
+    auto kernel = flash_fwd_skew<D, PAIR>;
+    size_t bytes = sizeof(Wg8FwdSmem<D>) + WgmmaTiles::smem_pad;
+    static int configured;
+    if (!configured) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        configured = 1;
+    }
+    int rows = PAIR ? FT : 2 * FT;
+    dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
+    kernel<<<grid, 256, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu, Hq, Hkv,
+                                           causal, 1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
+}
+
 // wgmma runs on compute capability 9.0 only (sm_90a code does not run on later GPUs)
 static int hopper(void) {
     static int answer = -1;
@@ -229,6 +312,15 @@ static int hopper(void) {
 int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
                              int nseq, int max_len, int Hq, int Hkv, int D, int causal) {
     if (!hopper()) return -1;
+    if (version == 8) {
+        int pair = (Hq / Hkv) % 2 == 0;
+        if (D == 64 && pair) launch_fwd8<64, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        else if (D == 64) launch_fwd8<64, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        else if (D == 128 && pair) launch_fwd8<128, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        else if (D == 128) launch_fwd8<128, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        else return -1;
+        return 0;
+    }
     if (version == 6 || version == 7) {
         int pair = (Hq / Hkv) % 2 == 0, pipe = version == 7;
 #define FWD6(d, p, pp) if (D == d && pair == p && pipe == pp) launch_fwd6<d, p, pp>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
@@ -250,8 +342,11 @@ int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const b
                               const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                               int D, int causal) {
     if (!hopper()) return -1;
-    // version 7: dkdv with one warpgroup per block (v4's), dq with two
-    if (version == 7 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 1, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    // version 8: two warpgroups per block, the second half a step behind; 7: dkdv with one warpgroup per
+    // block (v4's), dq with two
+    if (version == 8 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 2, 2, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 8 && D == 128) flash_bwd_launch<128, WgmmaTiles, false, 2, 2, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else if (version == 7 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 1, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (version == 7 && D == 128) flash_bwd_launch<128, WgmmaTiles, false, 1, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (version == 6 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     else if (version == 6 && D == 128) flash_bwd_launch<128, WgmmaTiles, false, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);

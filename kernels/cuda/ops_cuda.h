@@ -92,7 +92,7 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 // tile products on Hopper's wgmma; version 2 where the GPU is not compute capability 9.0), 5 (version 4
 // overlapping the next tile's products with this tile's softmax or gradient products), 6 (two warpgroups
 // per block sharing the streamed tiles, Q in registers in the forward), 7 (6's forward with 5's overlap;
-// v4's dK/dV kernel with v6's dQ kernel), 1 (the first, synchronous tiles), or 0 for the warp-per-row
+// v4's dK/dV kernel with v6's dQ kernel), 8 (6 with the second warpgroup half a step behind), 1 (the first, synchronous tiles), or 0 for the warp-per-row
 // kernels (tests, timing), for both directions; -2, the default, takes the fastest measured: the forward of
 // 6 and the backward of 4. LLAVA_FLASH=N sets it for a run, LLAVA_FLASH=FB the forward's F and backward's B.
 void cuda_attention_set_flash(int version);
