@@ -91,20 +91,25 @@ flash_fwd_wg(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
     flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
 }
 
+// launch forward kernel K with `bytes` of dynamic shared memory (the limit raised on the first call)
+template <auto K>
+static void fwd_launch(size_t bytes, dim3 grid, int threads, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                       const int32_t *cu, int Hq, int Hkv, int causal, int D) {
+    static int configured;
+    if (!configured) {
+        CUDA_CHECK(cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        configured = 1;
+    }
+    K<<<grid, threads, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu, Hq, Hkv, causal,
+                                         1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
+}
+
 template <int D, bool PIPE>
 static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                        int Hq, int Hkv, int causal) {
-    auto kernel = flash_fwd_wg<D, PIPE>;
-    size_t bytes = sizeof(WgFwdSmem<D>) + WgmmaTiles::smem_pad;
-    static int configured;
-    if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        configured = 1;
-    }
     dim3 grid(Hq, (max_len + FT - 1) / FT, nseq);  // heads fastest: the heavy tiles of every head go out first
-    kernel<<<grid, 128, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu, Hq, Hkv,
-                                           causal, 1.0f / sqrtf((float)D));
-    LAUNCH_CHECK();
+    fwd_launch<flash_fwd_wg<D, PIPE>>(sizeof(WgFwdSmem<D>) + WgmmaTiles::smem_pad, grid, 128, out, lse, q, k, v, cu, Hq, Hkv, causal, D);
 }
 
 // Versions 6 and 7: two warpgroups per block (256 threads) share the streamed K/V tiles, which halves what each
@@ -196,21 +201,18 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
     if (mine) flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
 }
 
+// two warpgroups per block: 64 rows of two heads (PAIR) or 128 rows of one
+template <bool PAIR>
+static dim3 wg2_grid(int Hq, int max_len, int nseq) {
+    int rows = PAIR ? FT : 2 * FT;
+    return dim3(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
+}
+
 template <int D, bool PAIR, bool PIPE>
 static void launch_fwd6(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                         int Hq, int Hkv, int causal) {
-    auto kernel = flash_fwd_wg2<D, PAIR, PIPE>;
-    size_t bytes = sizeof(Wg2FwdSmem<D>) + WgmmaTiles::smem_pad;
-    static int configured;
-    if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        configured = 1;
-    }
-    int rows = PAIR ? FT : 2 * FT;
-    dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
-    kernel<<<grid, 256, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu, Hq, Hkv,
-                                           causal, 1.0f / sqrtf((float)D));
-    LAUNCH_CHECK();
+    fwd_launch<flash_fwd_wg2<D, PAIR, PIPE>>(sizeof(Wg2FwdSmem<D>) + WgmmaTiles::smem_pad, wg2_grid<PAIR>(Hq, max_len, nseq), 256, out,
+                                              lse, q, k, v, cu, Hq, Hkv, causal, D);
 }
 
 // Version 8: v6's forward with the second warpgroup half a step behind the first (ping-pong, as in
@@ -282,18 +284,8 @@ flash_fwd_skew(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const 
 template <int D, bool PAIR>
 static void launch_fwd8(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                         int Hq, int Hkv, int causal) {
-    auto kernel = flash_fwd_skew<D, PAIR>;
-    size_t bytes = sizeof(Wg8FwdSmem<D>) + WgmmaTiles::smem_pad;
-    static int configured;
-    if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        configured = 1;
-    }
-    int rows = PAIR ? FT : 2 * FT;
-    dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
-    kernel<<<grid, 256, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu, Hq, Hkv,
-                                           causal, 1.0f / sqrtf((float)D));
-    LAUNCH_CHECK();
+    fwd_launch<flash_fwd_skew<D, PAIR>>(sizeof(Wg8FwdSmem<D>) + WgmmaTiles::smem_pad, wg2_grid<PAIR>(Hq, max_len, nseq), 256, out, lse,
+                                         q, k, v, cu, Hq, Hkv, causal, D);
 }
 
 // wgmma runs on compute capability 9.0 only (sm_90a code does not run on later GPUs)
