@@ -12,7 +12,8 @@
 # bench/gpu_train.sh against PyTorch + transformers, with a profiled run per shape (SKIP_BENCH=1 leaves it
 # out; BENCH_SHAPES="slice vision full" adds the whole model, an H200). A short table is printed last; the
 # detail files come back as results.tgz. ONLY_BENCH=1 runs just the bench (WITH_OPS=1: after ops_check). Limits: STEP_TIMEOUT (each
-# program, 90 s), OPS_TIMEOUT (150), BENCH_TIMEOUT (300). LLAVA_FLASH=N forces one attention version.
+# program, 90 s), OPS_TIMEOUT (150), BENCH_TIMEOUT (300). LLAVA_FLASH=N forces one attention version (FB: forward F,
+# backward B). OPS_AB=DIR also times DIR/ops_check.xz (another build's) in the same call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 # The device tool brings back at most 8 files: the detailed outputs go to $W/out and, at each section,
