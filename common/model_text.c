@@ -174,34 +174,31 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         dg = U((size_t)T * I);
         du = U((size_t)T * I);
     }
-    // zeroed before each use (the backward ops accumulate)
+    // zeroed before each use (the backward ops accumulate) unless written whole: dgu by the SwiGLU backward,
+    // dact, datt and dh by their first product (matmul_backward_set)
     Act *dact = U((size_t)T * I), *dgu = U((size_t)T * 2 * I),
         *datt = U(T * Q), *dqr = U(T * Q), *dkr = U(T * KV), *dv = U(T * KV), *dq = U(T * Q), *dk = U(T * KV);
     for (int l = c->layers - 1; l >= stop; l--) {
         LayerActs *a = &tr->L[l];
         if (l < tr->recompute) layer_forward(m, tr, l, a, NULL);  // its activations again, into the shared set
         // MLP: x_out = x_mid + act·Wdᵀ (dx is d x_out and becomes d x_mid)
-        be->zero(dact, (size_t)T * I * es);
-        be->matmul_backward(dact, G(m, grads, "model.layers.%d.mlp.down_proj.weight", l), NULL, dx, a->act,
+        be->matmul_backward_set(dact, G(m, grads, "model.layers.%d.mlp.down_proj.weight", l), NULL, dx, a->act,
                             W(m, "model.layers.%d.mlp.down_proj.weight", l), T, I, H);
-        be->zero(dgu, (size_t)T * 2 * I * es);
-        be->swiglu_backward(dgu, dact, a->gu, T, I);
-        be->zero(dh, (size_t)T * H * es);
+        be->swiglu_backward(dgu, dact, a->gu, T, I);  // (overwrites dgu)
         const Act *wg = W(m, "model.layers.%d.mlp.gate_proj.weight", l), *wu = W(m, "model.layers.%d.mlp.up_proj.weight", l);
         float *dwg = G(m, grads, "model.layers.%d.mlp.gate_proj.weight", l), *dwu = G(m, grads, "model.layers.%d.mlp.up_proj.weight", l);
         if (gate_up_fused(m, grads, l)) {
-            be->matmul_backward(dh, dwg, NULL, dgu, a->h2, wg, T, H, 2 * I);
+            be->matmul_backward_set(dh, dwg, NULL, dgu, a->h2, wg, T, H, 2 * I);
         } else {
             be->copy2d(dg, I, dgu, 2 * (size_t)I, T, I);
             be->copy2d(du, I, AT_(dgu, I), 2 * (size_t)I, T, I);
-            be->matmul_backward(dh, dwg, NULL, dg, a->h2, wg, T, H, I);
+            be->matmul_backward_set(dh, dwg, NULL, dg, a->h2, wg, T, H, I);
             be->matmul_backward(dh, dwu, NULL, du, a->h2, wu, T, H, I);
         }
         be->rmsnorm_backward(dx, G(m, grads, "model.layers.%d.post_attention_layernorm.weight", l), dh, a->x_mid,
                              W(m, "model.layers.%d.post_attention_layernorm.weight", l), a->rstd2, T, H);
         // attention: x_mid = x_in + att·Woᵀ (dx becomes d x_in)
-        be->zero(datt, T * Q * es);
-        be->matmul_backward(datt, G(m, grads, "model.layers.%d.self_attn.o_proj.weight", l), NULL, dx, a->att,
+        be->matmul_backward_set(datt, G(m, grads, "model.layers.%d.self_attn.o_proj.weight", l), NULL, dx, a->att,
                             W(m, "model.layers.%d.self_attn.o_proj.weight", l), T, (int)Q, H);
         be->zero(dqr, T * Q * es); be->zero(dkr, T * KV * es); be->zero(dv, T * KV * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nseq, T, tr->max_len, nq, nkv, hd, 1);
@@ -212,8 +209,7 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
                              W(m, "model.layers.%d.self_attn.q_norm.weight", l), a->qrstd, T * nq, hd);
         be->rmsnorm_backward(dk, G(m, grads, "model.layers.%d.self_attn.k_norm.weight", l), dkr, a->k,
                              W(m, "model.layers.%d.self_attn.k_norm.weight", l), a->krstd, T * nkv, hd);
-        be->zero(dh, (size_t)T * H * es);
-        be->matmul_backward(dh, G(m, grads, "model.layers.%d.self_attn.q_proj.weight", l), NULL, dq, a->h1,
+        be->matmul_backward_set(dh, G(m, grads, "model.layers.%d.self_attn.q_proj.weight", l), NULL, dq, a->h1,
                             W(m, "model.layers.%d.self_attn.q_proj.weight", l), T, H, (int)Q);
         be->matmul_backward(dh, G(m, grads, "model.layers.%d.self_attn.k_proj.weight", l), NULL, dk, a->h1,
                             W(m, "model.layers.%d.self_attn.k_proj.weight", l), T, H, (int)KV);

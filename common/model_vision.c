@@ -138,24 +138,21 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     // the CLS rows get no gradient from the output
     Act *dx = Z((size_t)S * D);
     be->scatter_rows(dx, dhid, tr->patch_rows, (int)tr->rows, D);
-    // zeroed before each use (the backward ops accumulate); dqkv is written whole
+    // zeroed before each use (the backward ops accumulate) unless written whole: dqkv, df1 (the GELU backward),
+    // df1g, dh and datt (matmul_backward_set)
     Act *df1g = U((size_t)S * F), *df1 = U((size_t)S * F), *dh = U((size_t)S * D), *datt = U((size_t)S * D),
         *dqr = U((size_t)S * D), *dkr = U((size_t)S * D), *dv = U((size_t)S * D), *dqkv = U((size_t)S * 3 * D);
     float *dcls_ang = G(m, grads, "visual.class_pos_emb", 0);
     for (int l = v->depth - 1; l >= 0; l--) {
         const BlockActs *a = &tr->B[l];
-        be->zero(df1g, (size_t)S * F * es);
-        be->matmul_backward(df1g, G(m, grads, "visual.blocks.%d.mlp.fc2.weight", l), G(m, grads, "visual.blocks.%d.mlp.fc2.bias", l), dx, a->f1g,
+        be->matmul_backward_set(df1g, G(m, grads, "visual.blocks.%d.mlp.fc2.weight", l), G(m, grads, "visual.blocks.%d.mlp.fc2.bias", l), dx, a->f1g,
                             W(m, "visual.blocks.%d.mlp.fc2.weight", l), (int)S, F, D);
-        be->zero(df1, (size_t)S * F * es);
-        be->gelu_backward(df1, df1g, a->f1, (size_t)S * F);
-        be->zero(dh, (size_t)S * D * es);
-        be->matmul_backward(dh, G(m, grads, "visual.blocks.%d.mlp.fc1.weight", l), G(m, grads, "visual.blocks.%d.mlp.fc1.bias", l), df1, a->h2,
+        be->gelu_backward(df1, df1g, a->f1, (size_t)S * F);  // (overwrites df1)
+        be->matmul_backward_set(dh, G(m, grads, "visual.blocks.%d.mlp.fc1.weight", l), G(m, grads, "visual.blocks.%d.mlp.fc1.bias", l), df1, a->h2,
                             W(m, "visual.blocks.%d.mlp.fc1.weight", l), (int)S, D, F);
         be->layernorm_backward(dx, G(m, grads, "visual.blocks.%d.norm2.weight", l), G(m, grads, "visual.blocks.%d.norm2.bias", l), dh, a->x_mid,
                                W(m, "visual.blocks.%d.norm2.weight", l), a->mean2, a->rstd2, (int)S, D);
-        be->zero(datt, (size_t)S * D * es);
-        be->matmul_backward(datt, G(m, grads, "visual.blocks.%d.attn.proj.weight", l), G(m, grads, "visual.blocks.%d.attn.proj.bias", l), dx, a->att,
+        be->matmul_backward_set(datt, G(m, grads, "visual.blocks.%d.attn.proj.weight", l), G(m, grads, "visual.blocks.%d.attn.proj.bias", l), dx, a->att,
                             W(m, "visual.blocks.%d.attn.proj.weight", l), (int)S, D, D);
         be->zero(dqr, (size_t)S * D * es); be->zero(dkr, (size_t)S * D * es); be->zero(dv, (size_t)S * D * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nimg, (int)S, tr->max_len, nh, nh, hd, 0);
@@ -168,8 +165,7 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
         be->copy2d(dqkv, 3 * (size_t)D, dqr, D, S, D);
         be->copy2d(AT_(dqkv, D), 3 * (size_t)D, dkr, D, S, D);
         be->copy2d(AT_(dqkv, 2 * D), 3 * (size_t)D, dv, D, S, D);
-        be->zero(dh, (size_t)S * D * es);
-        be->matmul_backward(dh, G(m, grads, "visual.blocks.%d.attn.qkv.weight", l), G(m, grads, "visual.blocks.%d.attn.qkv.bias", l), dqkv, a->h1,
+        be->matmul_backward_set(dh, G(m, grads, "visual.blocks.%d.attn.qkv.weight", l), G(m, grads, "visual.blocks.%d.attn.qkv.bias", l), dqkv, a->h1,
                             W(m, "visual.blocks.%d.attn.qkv.weight", l), (int)S, D, 3 * D);
         be->layernorm_backward(dx, G(m, grads, "visual.blocks.%d.norm1.weight", l), G(m, grads, "visual.blocks.%d.norm1.bias", l), dh, a->x_in,
                                W(m, "visual.blocks.%d.norm1.weight", l), a->mean1, a->rstd1, (int)S, D);

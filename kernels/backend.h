@@ -42,6 +42,9 @@ typedef struct Backend {
     // ops (math in kernels/ops.h)
     void (*matmul_forward)(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M);
     void (*matmul_backward)(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M);
+    // the same with dinp overwritten instead of accumulated (dw, dbias still accumulate): for an input gradient
+    // that would be zeroed just before (one memory pass and one read of zeros less on the GPU)
+    void (*matmul_backward_set)(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M);
     void (*layernorm_forward)(Act *out, float *mean, float *rstd, const Act *inp, const Act *w, const Act *b, int N, int C, float eps);
     void (*layernorm_backward)(Act *dinp, float *dw, float *db, const Act *dout, const Act *inp, const Act *w, const float *mean,
                                const float *rstd, int N, int C);

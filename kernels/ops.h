@@ -1,8 +1,9 @@
 // ops.h: the backend-neutral operations the model graph is written against (spec/model.md).
 // Row-major tensors; shapes in comments. Backward functions ACCUMULATE (+=) into their gradient
-// outputs, so gradient accumulation over micro-batches and shared inputs need no extra code; a
-// NULL gradient pointer means "not needed" (a frozen input) and skips that work.
-// kernels/cpu/ implements them in fp32 (OpenMP, OpenBLAS); kernels/cuda/ will in bf16.
+// outputs, so gradient accumulation over micro-batches and shared inputs need no extra code (except
+// the activations' backwards, which overwrite: see gelu_backward); a NULL gradient pointer means "not
+// needed" (a frozen input) and skips that work.
+// kernels/cpu/ implements them in fp32 (OpenMP, OpenBLAS); kernels/cuda/ in bf16.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -24,7 +25,8 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, 
 void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, const float *rstd,
                       int N, int C);
 
-// Exact GELU, 0.5·x·(1 + erf(x/√2)), elementwise over n.
+// Exact GELU, 0.5·x·(1 + erf(x/√2)), elementwise over n. Unlike the other backward ops, the two activations'
+// backwards overwrite their input gradient (every caller's buffer would be zeroed first: one memory pass less).
 void gelu_forward(float *out, const float *inp, size_t n);
 void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 

@@ -16,7 +16,7 @@ void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        dinp[i] += dout[i] * (0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x));
+        dinp[i] = dout[i] * (0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x));
     }
 }
 
@@ -35,7 +35,7 @@ void swiglu_backward(float *dgu, const float *dout, const float *gu, int N, int 
         for (int i = 0; i < F; i++) {
             float g = gu[(size_t)n * 2 * F + i], u = gu[(size_t)n * 2 * F + F + i], d = dout[(size_t)n * F + i];
             float sg = 1.0f / (1.0f + expf(-g));
-            dgu[(size_t)n * 2 * F + i] += d * u * sg * (1.0f + g * (1.0f - sg));
-            dgu[(size_t)n * 2 * F + F + i] += d * g * sg;
+            dgu[(size_t)n * 2 * F + i] = d * u * sg * (1.0f + g * (1.0f - sg));
+            dgu[(size_t)n * 2 * F + F + i] = d * g * sg;
         }
 }

@@ -421,11 +421,11 @@ __device__ __forceinline__ float gelu_d(float v) {  // d gelu / dv
     return cdf + v * pdf;
 }
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
-// d out/d gate and d out/d up of out = silu(g)·u, times the incoming gradient d, added to dg and du
+// d out/d gate and d out/d up of out = silu(g)·u, times the incoming gradient d, into dg and du
 __device__ __forceinline__ void swiglu_grad(float g, float u, float d, float *dg, float *du) {
     float s = 1.0f / (1.0f + expf(-g));
-    *dg = *dg + d * u * s * (1.0f + g * (1.0f - s));
-    *du = *du + d * g * s;
+    *dg = d * u * s * (1.0f + g * (1.0f - s));
+    *du = d * g * s;
 }
 
 __global__ static void gelu_fwd(bf16_t *out, const bf16_t *x, size_t n) {
@@ -434,7 +434,7 @@ __global__ static void gelu_fwd(bf16_t *out, const bf16_t *x, size_t n) {
 }
 __global__ static void gelu_bwd(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) st(dinp, i, ld(dinp, i) + ld(dy, i) * gelu_d(ld(x, i)));
+    if (i < n) st(dinp, i, ld(dy, i) * gelu_d(ld(x, i)));
 }
 __global__ static void gelu_fwd8(bf16_t *out, const bf16_t *x, size_t n8) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -448,11 +448,11 @@ __global__ static void gelu_fwd8(bf16_t *out, const bf16_t *x, size_t n8) {
 __global__ static void gelu_bwd8(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, size_t n8) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n8) return;
-    float v[8], d[8], acc[8];
-    load8(v, x + 8 * i), load8(d, dy + 8 * i), load8(acc, dinp + 8 * i);
+    float v[8], d[8];
+    load8(v, x + 8 * i), load8(d, dy + 8 * i);
 #pragma unroll
-    for (int k = 0; k < 8; k++) acc[k] = acc[k] + d[k] * gelu_d(v[k]);
-    store8(dinp + 8 * i, acc);
+    for (int k = 0; k < 8; k++) d[k] = d[k] * gelu_d(v[k]);
+    store8(dinp + 8 * i, d);
 }
 __global__ static void swiglu_fwd(bf16_t *out, const bf16_t *gu, int N, int F) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -465,7 +465,7 @@ __global__ static void swiglu_bwd(bf16_t *dgu, const bf16_t *dy, const bf16_t *g
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)N * F) return;
     size_t n = i / F, f = i % F, ig = n * 2 * F + f, iu = ig + F;
-    float dg = ld(dgu, ig), du = ld(dgu, iu);
+    float dg, du;
     swiglu_grad(ld(gu, ig), ld(gu, iu), ld(dy, i), &dg, &du);
     st(dgu, ig, dg);
     st(dgu, iu, du);
@@ -488,7 +488,7 @@ __global__ static void swiglu_bwd8(bf16_t *dgu, const bf16_t *dy, const bf16_t *
     for (size_t n = blockIdx.y; n < (size_t)N; n += gridDim.y) {
         size_t ig = n * 2 * F + f, iu = ig + F;
         float g[8], u[8], d[8], dg[8], du[8];
-        load8(g, gu + ig), load8(u, gu + iu), load8(d, dy + n * F + f), load8(dg, dgu + ig), load8(du, dgu + iu);
+        load8(g, gu + ig), load8(u, gu + iu), load8(d, dy + n * F + f);
 #pragma unroll
         for (int k = 0; k < 8; k++) swiglu_grad(g[k], u[k], d[k], &dg[k], &du[k]);
         store8(dgu + ig, dg), store8(dgu + iu, du);

@@ -114,9 +114,10 @@ __global__ static void bias_grad_parts(float *part, const bf16_t *dout, int N, i
     part[(size_t)p * M + m] = s;
 }
 
-extern "C" void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w,
-                                     int N, int K, int M) {
-    if (dinp) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, K, N, M, w, K, dout, M, dinp, CUDA_R_16BF, K, 1.0f, NULL);
+// dinp_beta: 1 accumulates into dinp, 0 overwrites it
+static void matmul_backward(bf16 *dinp, float dinp_beta, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w,
+                            int N, int K, int M) {
+    if (dinp) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, K, N, M, w, K, dout, M, dinp, CUDA_R_16BF, K, dinp_beta, NULL);
     if (dw) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_T, K, M, N, inp, K, dout, M, dw, CUDA_R_32F, K, 1.0f, NULL);
     if (dbias) {
         int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
@@ -125,4 +126,12 @@ extern "C" void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const 
         LAUNCH_CHECK();
         reduce_parts(dbias, part, parts, M);
     }
+}
+extern "C" void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w,
+                                     int N, int K, int M) {
+    matmul_backward(dinp, 1.0f, dw, dbias, dout, inp, w, N, K, M);
+}
+extern "C" void cuda_matmul_backward_set(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w,
+                                         int N, int K, int M) {
+    matmul_backward(dinp, 0.0f, dw, dbias, dout, inp, w, N, K, M);
 }

@@ -55,6 +55,9 @@ void cuda_matmul_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *
 // dinp[N,K] += dout·w (bf16); dw[M,K] += doutᵀ·inp (fp32); dbias[M] += Σ_n dout (fp32).
 void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w, int N,
                           int K, int M);
+// the same with dinp = dout·w (overwritten: the product's beta 0, its old contents never read)
+void cuda_matmul_backward_set(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w, int N,
+                              int K, int M);
 
 // ---- norms (statistics in fp32) ----
 void cuda_rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C, float eps);

@@ -90,6 +90,12 @@ static void matmul_case(int N, int K, int M, int bias) {
     check(name, h = back_bf16(gout, (size_t)N * M), out, (size_t)N * M, 2e-2); free(h);
     snprintf(name, sizeof name, "matmul %dx%dx%d dinp (bf16)", N, K, M);
     check(name, h = back_bf16(gdx, (size_t)N * K), dx, (size_t)N * K, 2e-2); free(h);
+    // the overwriting form: dinp starts as NaN, which an accumulation would keep
+    cuda_memset_ff(gdx, (size_t)N * K * 2);
+    cuda_matmul_backward_set(gdx, NULL, NULL, gdy, gx, gw, N, K, M);
+    sync_or_die();
+    snprintf(name, sizeof name, "matmul %dx%dx%d dinp set (bf16)", N, K, M);
+    check(name, h = back_bf16(gdx, (size_t)N * K), dx, (size_t)N * K, 2e-2); free(h);
     snprintf(name, sizeof name, "matmul %dx%dx%d dw (fp32)", N, K, M);
     check(name, h = back_f32(gdw, (size_t)M * K), dw, (size_t)M * K, 1e-3); free(h);
     if (bias) { check("matmul dbias (fp32)", h = back_f32(gdb, M), db, M, 1e-3); free(h); }
@@ -137,9 +143,11 @@ static void activation_cases(int N, int F) {
     float *x = host_rand(2 * n, 1), *dy = host_rand(n, 1), *y = xcalloc(2 * n, 4), *dx = xcalloc(2 * n, 4);
     bf16 *gx = dev_bf16(x, 2 * n), *gdy = dev_bf16(dy, n), *gy = cuda_alloc(2 * n * 2), *gdx = cuda_alloc(2 * n * 2);
     float *h;
+    // the activations' backwards overwrite their output: it starts as garbage (1e3 here, NaN on the GPU)
+    for (size_t i = 0; i < 2 * n; i++) dx[i] = 1e3f;
     gelu_forward(y, x, n);
     gelu_backward(dx, dy, x, n);
-    cuda_memset0(gdx, 2 * n * 2);
+    cuda_memset_ff(gdx, 2 * n * 2);
     cuda_gelu_forward(gy, gx, n);
     cuda_gelu_backward(gdx, gdy, gx, n);
     sync_or_die();
@@ -148,10 +156,10 @@ static void activation_cases(int N, int F) {
     check(what, h = back_bf16(gy, n), y, n, 2e-2); free(h);
     snprintf(what, sizeof what, "gelu backward, %zu elements", n);
     check(what, h = back_bf16(gdx, n), dx, n, 2e-2); free(h);
-    memset(dx, 0, 2 * n * 4);
+    for (size_t i = 0; i < 2 * n; i++) dx[i] = 1e3f;
     swiglu_forward(y, x, N, F);
     swiglu_backward(dx, dy, x, N, F);
-    cuda_memset0(gdx, 2 * n * 2);
+    cuda_memset_ff(gdx, 2 * n * 2);
     cuda_swiglu_forward(gy, gx, N, F);
     cuda_swiglu_backward(gdx, gdy, gx, N, F);
     sync_or_die();

@@ -131,9 +131,11 @@ static void activations_match_and_differentiate(void) {
     double ref[30];
     for (int i = 0; i < 30; i++) ref[i] = 0.5 * g.x[i] * (1 + erf(g.x[i] / sqrt(2.0)));  // exact, not tanh
     CHECK(max_rel(g.out, ref, 30) < 1e-5);
-    float *dx = zeros(30);
+    float *dx = zeros(30), *over = randn(30, 24, 5);
     gelu_backward(dx, g.R, g.x, 30);
     CHECK(fd_check(ac_loss, &g, g.x, 30, dx) < 1e-2);
+    gelu_backward(over, g.R, g.x, 30);  // overwrites: what was there does not matter
+    CHECK(memcmp(over, dx, 30 * sizeof(float)) == 0);
     AC s = {1, randn(30, 22, 2), zeros(15), randn(15, 23, 1)};
     ac_loss(&s);
     for (int n = 0; n < 3; n++)
@@ -142,10 +144,12 @@ static void activations_match_and_differentiate(void) {
             ref[n * 5 + i] = gg / (1 + exp(-gg)) * u;  // first half is the gate
         }
     CHECK(max_rel(s.out, ref, 15) < 1e-5);
-    float *dgu = zeros(30);
+    float *dgu = zeros(30), *dgu_over = randn(30, 25, 5);
     swiglu_backward(dgu, s.R, s.x, 3, 5);
     CHECK(fd_check(ac_loss, &s, s.x, 30, dgu) < 1e-2);
-    free(g.x); free(g.out); free(g.R); free(dx); free(s.x); free(s.out); free(s.R); free(dgu);
+    swiglu_backward(dgu_over, s.R, s.x, 3, 5);
+    CHECK(memcmp(dgu_over, dgu, 30 * sizeof(float)) == 0);
+    free(g.x); free(g.out); free(g.R); free(dx); free(over); free(s.x); free(s.out); free(s.R); free(dgu); free(dgu_over);
 }
 
 // ---- rope --------------------------------------------------------------------------------------
