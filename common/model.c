@@ -263,15 +263,16 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
     int64_t count = shift_labels(labels, B, in->T, shifted);
     int32_t *targets = model_upload(m, A, shifted, n * sizeof(int32_t));
     float *rows = arena_floats(A, n), *host_rows = arena_floats(&w->host, n);
-    be->cross_entropy_rows(rows, out->logits, targets, (int)n, V);
+    Act *dlogits = count && w->logits_scratch ? out->logits  // in place: each row is read before it is written
+                   : count ? arena_uninit(A, n * V * be->esize)  // written whole when any position counts
+                           : arena_bytes(A, n * V * be->esize);
+    // the rows' losses and their gradient in one pass over the logits (when any position counts)
+    if (count) be->cross_entropy_fused(rows, dlogits, out->logits, targets, (int)n, V, grad_scale / (float)count);
+    else be->cross_entropy_rows(rows, out->logits, targets, (int)n, V);
     be->download(host_rows, rows, n * sizeof(float));
     double total = 0.0;
     for (size_t i = 0; i < n; i++) total += host_rows[i];
     *loss = count ? (float)(total / (double)count) : 0.0f;
-    Act *dlogits = count && w->logits_scratch ? out->logits  // in place: each row is read before it is written
-                   : count ? arena_uninit(A, n * V * be->esize)  // written whole when any position counts
-                           : arena_bytes(A, n * V * be->esize);
-    if (count) be->cross_entropy_backward(dlogits, out->logits, targets, (int)n, V, grad_scale / (float)count);
     // what the frozen set leaves to compute: the tower only when one of its tensors trains, the
     // image embeddings' gradient only when the tower or the merger trains
     int tower = 0, merger = 0;

@@ -76,6 +76,9 @@ typedef struct Backend {
     void (*cross_entropy_rows)(float *losses, const Act *logits, const int32_t *targets, int T, int V);  // 0 where ignored
     // dlogits may be logits itself (in place)
     void (*cross_entropy_backward)(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale);
+    // both at once, the rows' losses (0 where ignored) and dlogits (may be logits): on the GPU one pass of
+    // statistics over the logits instead of two
+    void (*cross_entropy_fused)(float *losses, Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale);
     // optimizer state is fp32 in backend memory; param (the weights in storage type) is rewritten from the
     // master when it is a separate copy (NULL: the master is the weight, as on cpu); the gradients are
     // read times grad_scale (gradient clipping)

@@ -103,6 +103,10 @@ static void ce_rows(float *losses, const Act *logits, const int32_t *targets, in
 static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
     cross_entropy_backward(F(dlogits), CF(logits), targets, T, V, scale);
 }
+static void ce_fused(float *losses, Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
+    ce_rows(losses, logits, targets, T, V);  // first: dlogits may be the logits
+    ce_b(dlogits, logits, targets, T, V, scale);
+}
 
 // On the cpu the fp32 weights are the masters: there is no separate copy to rewrite (param is NULL).
 static void opt_adamw(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
@@ -128,7 +132,7 @@ const Backend backend_cpu = {
     .gelu_forward = gelu_f, .gelu_backward = gelu_b,
     .swiglu_forward = swi_f, .swiglu_backward = swi_b, .rope_forward = rope_f, .rope_backward = rope_b,
     .attention_forward = att_f, .attention_backward = att_b, .attention_decode = att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
-    .cross_entropy_rows = ce_rows, .cross_entropy_backward = ce_b,
+    .cross_entropy_rows = ce_rows, .cross_entropy_backward = ce_b, .cross_entropy_fused = ce_fused,
     .adamw = opt_adamw, .sum_squares = opt_sum_squares,
 };
 
@@ -206,6 +210,10 @@ static void e_ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int 
     ce_b(dlogits, logits, targets, T, V, scale);
     round_bf16(dlogits, (size_t)T * V);
 }
+static void e_ce_fused(float *losses, Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
+    ce_rows(losses, logits, targets, T, V);
+    e_ce_b(dlogits, logits, targets, T, V, scale);
+}
 
 static void e_adamw(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float b1, float b2,
                     float eps, float wd, float gs, int64_t t) {
@@ -225,6 +233,6 @@ const Backend backend_cpu_bf16 = {
     .gelu_forward = e_gelu_f, .gelu_backward = e_gelu_b,
     .swiglu_forward = e_swi_f, .swiglu_backward = e_swi_b, .rope_forward = e_rope_f, .rope_backward = e_rope_b,
     .attention_forward = e_att_f, .attention_backward = e_att_b, .attention_decode = e_att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
-    .cross_entropy_rows = ce_rows, .cross_entropy_backward = e_ce_b,
+    .cross_entropy_rows = ce_rows, .cross_entropy_backward = e_ce_b, .cross_entropy_fused = e_ce_fused,
     .adamw = e_adamw, .sum_squares = opt_sum_squares,
 };

@@ -136,6 +136,9 @@ static void ce_rows(float *losses, const Act *logits, const int32_t *targets, in
 static void ce_b(Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
     PROF(cuda_cross_entropy_backward(U(dlogits), CU(logits), targets, T, V, scale), "cross_entropy_backward %dx%d", T, V);
 }
+static void ce_fused(float *losses, Act *dlogits, const Act *logits, const int32_t *targets, int T, int V, float scale) {
+    PROF(cuda_cross_entropy_fused(losses, U(dlogits), CU(logits), targets, T, V, scale), "cross_entropy_fused %dx%d", T, V);
+}
 
 __global__ static void sumsq_k(double *part, const float *x, size_t n) {
     __shared__ double sh[256];
@@ -180,7 +183,7 @@ static Backend make_table(void) {
     b.swiglu_forward = swi_f; b.swiglu_backward = swi_b; b.rope_forward = rope_f; b.rope_backward = rope_b;
     b.attention_forward = att_f; b.attention_backward = att_b; b.attention_decode = att_dec;
     b.embedding_forward = emb_f; b.embedding_backward = emb_b;
-    b.cross_entropy_rows = ce_rows; b.cross_entropy_backward = ce_b;
+    b.cross_entropy_rows = ce_rows; b.cross_entropy_backward = ce_b; b.cross_entropy_fused = ce_fused;
     b.adamw = o_adamw; b.sum_squares = o_sum_squares;
     return b;
 }

@@ -660,8 +660,10 @@ __global__ static void ce_fwd(float *losses, const bf16_t *logits, const int32_t
 __device__ __forceinline__ float ce_grad(float x, float mx, float inv, bool target, float scale) {
     return (expf(x - mx) * inv - (target ? 1.0f : 0.0f)) * scale;
 }
-// dlogits may be logits: each thread reads its elements before it writes them
-__global__ static void ce_bwd(bf16_t *dlogits, const bf16_t *logits, const int32_t *targets, int V, float scale) {
+// dlogits may be logits: each thread reads its elements before it writes them. losses (optional): the row's
+// loss as ce_fwd computes it, its target logit read before the statistics' block barriers, so before any
+// thread overwrites it.
+__global__ static void ce_bwd(float *losses, bf16_t *dlogits, const bf16_t *logits, const int32_t *targets, int V, float scale) {
     size_t row = blockIdx.x;
     bf16_t *d = dlogits + row * V;
     const bf16_t *x = logits + row * V;
@@ -669,12 +671,15 @@ __global__ static void ce_bwd(bf16_t *dlogits, const bf16_t *logits, const int32
     bool vec = V % 8 == 0 && aligned16(x) && aligned16(d);
     if (tgt < 0) {
         float z[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (losses && threadIdx.x == 0) losses[row] = 0.0f;
         if (vec) for (int i = 8 * threadIdx.x; i < V; i += 8 * blockDim.x) store8(d + i, z);
         else for (int i = threadIdx.x; i < V; i += blockDim.x) st(d, i, 0.0f);
         return;
     }
+    float xt = losses && threadIdx.x == 0 ? ld(x, tgt) : 0.0f;
     float mx, s;
     row_max_sumexp(x, V, &mx, &s);
+    if (losses && threadIdx.x == 0) losses[row] = logf(s) + mx - xt;
     float inv = 1.0f / s;
     if (vec) {
         for (int i = 8 * threadIdx.x; i < V; i += 8 * blockDim.x) {
@@ -689,7 +694,11 @@ __global__ static void ce_bwd(bf16_t *dlogits, const bf16_t *logits, const int32
     }
 }
 extern "C" void cuda_cross_entropy_forward(float *losses, const bf16 *logits, const int32_t *targets, int T, int V) { ce_fwd<<<T, 1024, 0, g_stream>>>(losses, CB16(logits), targets, V); LAUNCH_CHECK(); }
-extern "C" void cuda_cross_entropy_backward(bf16 *dlogits, const bf16 *logits, const int32_t *targets, int T, int V, float scale) { ce_bwd<<<T, 1024, 0, g_stream>>>(B16(dlogits), CB16(logits), targets, V, scale); LAUNCH_CHECK(); }
+extern "C" void cuda_cross_entropy_backward(bf16 *dlogits, const bf16 *logits, const int32_t *targets, int T, int V, float scale) { ce_bwd<<<T, 1024, 0, g_stream>>>(NULL, B16(dlogits), CB16(logits), targets, V, scale); LAUNCH_CHECK(); }
+extern "C" void cuda_cross_entropy_fused(float *losses, bf16 *dlogits, const bf16 *logits, const int32_t *targets, int T, int V, float scale) {
+    ce_bwd<<<T, 1024, 0, g_stream>>>(losses, B16(dlogits), CB16(logits), targets, V, scale);
+    LAUNCH_CHECK();
+}
 
 // ---- AdamW in PyTorch's order, fp32 state; the bf16 copy rounded to nearest even ----
 __global__ static void adamw_kernel(float *master, bf16_t *param, const float *grad, float *m, float *v, size_t n, float lr, float b1,

@@ -114,6 +114,8 @@ void cuda_embedding_backward(float *dtable, const bf16 *dout, const int32_t *ids
 // dlogits = (softmax − onehot)·scale for counted rows and 0 elsewhere.
 void cuda_cross_entropy_forward(float *losses, const bf16 *logits, const int32_t *targets, int T, int V);
 void cuda_cross_entropy_backward(bf16 *dlogits, const bf16 *logits, const int32_t *targets, int T, int V, float scale);
+// both: the rows' losses and dlogits (which may be logits) from one pass of row statistics
+void cuda_cross_entropy_fused(float *losses, bf16 *dlogits, const bf16 *logits, const int32_t *targets, int T, int V, float scale);
 
 // ---- optimizer: fp32 masters and moments, fp32 gradients, the bf16 weights rewritten (RNE) ----
 void cuda_adamw_step(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,

@@ -340,10 +340,20 @@ static void embedding_loss_case(int V) {
     free(h);
     snprintf(what, sizeof what, "cross-entropy dlogits, vocabulary %d", V);
     check(what, h = back_bf16(gdl, (size_t)T * V), dl, (size_t)T * V, 2e-2); free(h);
-    cuda_cross_entropy_backward(glog, glog, gtg, T, V, 1.0f / (float)count);  // in place, as the trainer runs it
+    // the fused form (what the trainer runs): the rows' losses and dlogits written over the logits
+    // (the reference from the same bf16 logits the GPU reads: a row's loss moves by its target logit's rounding)
+    float *rows = xcalloc(T, 4), *lr = xcalloc((size_t)T * V, 4);
+    for (size_t i = 0; i < (size_t)T * V; i++) lr[i] = bf16_to_f32(f32_to_bf16(logits[i]));
+    cross_entropy_rows(rows, lr, tg, T, V);
+    free(lr);
+    cuda_memset_ff(glosses, T * 4);
+    cuda_cross_entropy_fused(glosses, glog, glog, gtg, T, V, 1.0f / (float)count);
     sync_or_die();
-    snprintf(what, sizeof what, "cross-entropy dlogits written over the logits, V %d", V);
+    snprintf(what, sizeof what, "cross-entropy fused: row losses, V %d", V);
+    check(what, h = back_f32(glosses, T), rows, T, 1e-5); free(h);
+    snprintf(what, sizeof what, "cross-entropy fused: dlogits over the logits, V %d", V);
     check(what, h = back_bf16(glog, (size_t)T * V), dl, (size_t)T * V, 2e-2); free(h);
+    free(rows);
     free(ids); free(tg); free(table); free(dy); free(logits); free(out); free(dtab); free(dl);
     cuda_free(gids); cuda_free(gtg); cuda_free(gtab); cuda_free(gdy); cuda_free(gout); cuda_free(glog); cuda_free(gdl);
     cuda_free(gdtab); cuda_free(glosses);
