@@ -148,7 +148,7 @@ int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const b
 // 1.74 against 2.33). Versions 4-8 fall back to v2 on a GPU other than compute capability 9.0; 7 is 6 with
 // the next tile's scores in flight during the softmax, and its backward v4's dK/dV kernel with v6's dQ;
 // 8 is 6 with the second warpgroup half a step behind the first in both directions (not yet measured).
-static int flash_fwd_version = -1, flash_bwd_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset, per head dim
+static int flash_fwd_version = -1, flash_bwd_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset (the default)
 static void flash_pick(void) {
     if (flash_fwd_version != -1) return;
     const char *env = getenv("LLAVA_FLASH");
@@ -156,7 +156,7 @@ static void flash_pick(void) {
     flash_fwd_version = ok ? env[0] - '0' : -2;
     flash_bwd_version = ok ? env[env[1] ? 1 : 0] - '0' : -2;
 }
-// the version a forward (or a backward) runs (at both head dims for now)
+// the version a forward (or a backward) runs
 static int flash_for(int forward) {
     flash_pick();
     int v = forward ? flash_fwd_version : flash_bwd_version;

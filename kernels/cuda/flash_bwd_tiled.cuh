@@ -64,6 +64,9 @@ __device__ __forceinline__ void dkdv_probs(float (*p)[4], float (*ds)[4], const 
         }
 }
 
+// does any of the 64 keys from k0 (a warpgroup's) see the 64 queries from q0?
+__device__ __forceinline__ bool keys_see(int k0, int q0, int end, int causal) { return k0 < end && !(causal && q0 + FT <= k0); }
+
 // dq's: ds (dP) becomes dS = P∘(dP − D)·scale with P = exp(S·scale − lse) from p (S), for the thread's rows t_lo, t_hi
 __device__ __forceinline__ void dq_probs(const float (*p)[4], float (*ds)[4], int k0, int q0, int end, int causal, int t_lo, int t_hi,
                                          float lse_lo, float lse_hi, float d_lo, float d_hi, int c, float scale) {
@@ -125,15 +128,13 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
             if (j + 1 < n) dkdv_fetch<D, E>(sm, (j + 1) % 3, qt, j + 1, q, dout, lse, drow, end, Hq);
             cp_async_commit();
             int t = j - wg;
-            // does any key of this warpgroup see query tile i?
-            auto sees = [&](int i) { return k0 < end && !(causal && qt.q0(i) + FT <= k0); };
-            if (t >= 0 && t < n && sees(t)) {
+            if (t >= 0 && t < n && keys_see(k0, qt.q0(t), end, causal)) {
                 int buf = t % 3;
                 if (wg == 0) E::template scores2<D>(p, sm.a[0], sm.c[buf], ds, sm.b[0], sm.d[buf], row0, lane);
                 dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, qt.q0(t), end, causal, j_lo, j_hi, c, scale);
                 E::template accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
             }
-            if (wg == 1 && j < n && sees(j))
+            if (wg == 1 && j < n && keys_see(k0, qt.q0(j), end, causal))
                 E::template scores2<D>(p, sm.a[1], sm.c[j % 3], ds, sm.b[1], sm.d[j % 3], row0, lane);  // for the next step
         }
     } else if constexpr (!PIPE) {
@@ -142,7 +143,7 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
             tiles_ready<E>();
             if (i + 1 < n) dkdv_fetch<D, E>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
             cp_async_commit();
-            if (WGS > 1 && (k0 >= end || (causal && q0 + FT <= k0))) continue;  // no key of this warpgroup sees these queries
+            if (WGS > 1 && !keys_see(k0, q0, end, causal)) continue;  // no key of this warpgroup sees these queries
             E::template scores2<D>(p, sm.a[wg], sm.c[buf], ds, sm.b[wg], sm.d[buf], row0, lane);  // Sᵀ = K·Qᵀ (keys × queries), dPᵀ = V·dOᵀ
             dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
             E::template accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q

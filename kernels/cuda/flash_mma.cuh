@@ -117,6 +117,9 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pr
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+// all but the last N committed groups of this thread's copies have landed
+template <int N>
+__device__ __forceinline__ void cp_async_wait_pending() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // flash_load_tile through cp.async: the copies are in flight until cp_async_wait_all + a barrier
 template <int D>
@@ -303,11 +306,11 @@ struct MmaSyncTiles {
     }
 };
 
-// the tiles whose cp.async copies were started so far are in shared memory for every thread (and, on
-// wgmma, visible to it)
-template <class E>
+// the tiles whose cp.async copies were started so far, all but the last PENDING committed groups, are in
+// shared memory for every thread (and, on wgmma, visible to it)
+template <class E, int PENDING = 0>
 __device__ __forceinline__ void tiles_ready() {
-    cp_async_wait_all();
+    cp_async_wait_pending<PENDING>();
     E::fence_tiles();
     __syncthreads();
 }

@@ -1,10 +1,11 @@
-// flash_wgmma.cu: flash-attention versions 4 and 5, the tile products on Hopper's warpgroup MMA (wgmma, sm_90a)
+// flash_wgmma.cu: flash-attention versions 4-8, the tile products on Hopper's warpgroup MMA (wgmma, sm_90a)
 // instead of per-warp mma.sync. The math and the schedule are version 2's: the forward's block of 4 warps
 // owns 64 query rows, streams 64-key tiles of K and V (double-buffered through cp.async) and keeps S, the
 // softmax statistics and O in registers; S = Q·Kᵀ reads both operands from shared memory, O += P·V takes
 // P from registers. The backward is flash_bwd_tiled.cuh with the wgmma engine. Version 5 overlaps more:
 // in the forward the next tile's scores are computed while this tile's softmax runs, in the backward the
-// next tile's S and dP products are issued behind this tile's dV/dK (dQ) products. Built for sm_90a only (the
+// next tile's S and dP products are issued behind this tile's dV/dK (dQ) products. Versions 6-8 (below) put two
+// warpgroups in a block. Built for sm_90a only (the
 // Makefile), used when the device is compute capability 9.0; elsewhere the calls return -1 and
 // attention.cu falls back to version 2.
 #include <math.h>
@@ -112,31 +113,34 @@ static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, cons
     fwd_launch<flash_fwd_wg<D, PIPE>>(sizeof(WgFwdSmem<D>) + WgmmaTiles::smem_pad, grid, 128, out, lse, q, k, v, cu, Hq, Hkv, causal, D);
 }
 
-// Versions 6 and 7: two warpgroups per block (256 threads) share the streamed K/V tiles, which halves what each
+// Versions 6-8: two warpgroups per block (256 threads) share the streamed K/V tiles, which halves what each
 // query row pulls through L2 (the guess was that v4's two 64-row blocks per SM, 64 KB per tile step, were
 // L2-bound; measured, v6's forward is 1.08-1.10x v4's). The warpgroups take either the same 64 rows of two
 // query heads of one KV group (PAIR: GQA with an even group) or rows q0.. and q0 + 64.. of one head; Q
-// lives in registers (the score product reads only K from shared memory); K/V tiles go through STAGES buffers.
-enum { FWD6_STAGES = 3 };
-template <int D>
-struct Wg2FwdSmem {
-    bf16_t k[FWD6_STAGES][FT * D], v[FWD6_STAGES][FT * D];
+// lives in registers (the score product reads only K from shared memory); tile j's K and V share stage
+// j % STAGES. The schedules:
+//   FWD_PLAIN (v6): each warpgroup S_j, softmax_j, O += P_j·V_j, each product waited for; tile j + 2 on its way.
+//   FWD_PIPE (v7): as version 5 does for version 4, S_{j+1} in flight while softmax_j runs; tiles j and j + 1 in.
+//   FWD_SKEW (v8): the second warpgroup half a step behind the first (ping-pong, as in FlashAttention-3,
+//     without its named barriers). With the block's barrier both warpgroups would start their score products
+//     at once and then both run their softmax while the tensor cores idle; here, in step j, the first runs
+//     S_j, softmax_j, O += P_j·V_j while the second runs softmax_{j-1}, O += P_{j-1}·V_{j-1}, S_j. Tiles j - 1
+//     and j are in use, j + 1 has landed and j + 2 is on its way (four stages); one step more than the tiles.
+enum { FWD_PLAIN, FWD_PIPE, FWD_SKEW };
+template <int D, int STAGES>
+struct WgKvSmem {
+    bf16_t k[STAGES][FT * D], v[STAGES][FT * D];
 };
+template <int SCHED>
+__host__ __device__ constexpr int fwd2_stages() { return SCHED == FWD_SKEW ? 4 : 3; }
 
-template <int N>
-__device__ __forceinline__ void cp_async_wait_pending() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-// PIPE (version 7): as version 5 does for version 4, the next key tile's scores S_{i+1} are in flight while
-// this tile's softmax runs; this matters more here, where the block's barrier keeps the two warpgroups in
-// step (both would otherwise leave the tensor cores idle during their softmax at the same time). Tile i's
-// K and V share stage i % 3; at step i tiles i and i + 1 are in and tile i + 2 is on its way.
-template <int D, bool PAIR, bool PIPE>
-__global__ static void __launch_bounds__(256, D == 64 && !PIPE ? 2 : 1)  // head dim 64: two blocks (16 warps) per SM
+template <int D, bool PAIR, int SCHED>
+__global__ static void __launch_bounds__(256, D == 64 && SCHED != FWD_PIPE ? 2 : 1)  // head dim 64: two blocks (16 warps) per SM
 flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
               int causal, float scale) {
+    constexpr int S = fwd2_stages<SCHED>(), ROWS = PAIR ? FT : 2 * FT;  // query rows of the block per head
     extern __shared__ __align__(128) unsigned char raw[];
-    Wg2FwdSmem<D> &sm = *reinterpret_cast<Wg2FwdSmem<D> *>(WgmmaTiles::align(raw));
-    constexpr int S = FWD6_STAGES, ROWS = PAIR ? FT : 2 * FT;  // query rows of the block per head
+    WgKvSmem<D, S> &sm = *reinterpret_cast<WgKvSmem<D, S> *>(WgmmaTiles::align(raw));
     int wg = warpgroup_index(), warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, s = blockIdx.z;
     int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
     int start = cu[s], end = cu[s + 1], b0 = start + tile * ROWS;  // the block's first query row
@@ -145,12 +149,13 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
     int t_lo = q0 + warp * 16 + g, t_hi = t_lo + 8;
     int nk = ((causal ? min(end, b0 + ROWS) : end) - start + FT - 1) / FT;              // key tiles of the block
     int mine = q0 >= end ? 0 : ((causal ? min(end, q0 + FT) : end) - start + FT - 1) / FT;  // and of this warpgroup
+    auto fetch = [&](int j) {  // tile j into stage j % S
+        wg_load_tile_async<D>(sm.k[j % S], k, start + j * FT, end, Hkv, hk);
+        wg_load_tile_async<D>(sm.v[j % S], v, start + j * FT, end, Hkv, hk);
+    };
 #pragma unroll
-    for (int j = 0; j < S - 1; j++) {
-        if (j < nk) {
-            wg_load_tile_async<D>(sm.k[j], k, start + j * FT, end, Hkv, hk);
-            wg_load_tile_async<D>(sm.v[j], v, start + j * FT, end, Hkv, hk);
-        }
+    for (int j = 0; j < 2; j++) {  // tiles 0 and 1, a group each
+        if (j < nk) fetch(j);
         cp_async_commit();
     }
     uint32_t qa[D / 16][4];
@@ -158,134 +163,104 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
     float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, sc[FT / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float sn[FT / 8][4];  // (PIPE) the next tile's scores
+    // tile t's scaled, masked softmax (its scores in sc), then O += P_t·V_t, waited for
+    auto softmax_pv = [&](int t) {
+        int k0 = start + t * FT, full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
+        flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+        wg_accumulate<D>(o, sc, sm.v[t % S]);
+    };
+    if constexpr (SCHED == FWD_SKEW) {
 #pragma unroll
-    for (int n = 0; n < FT / 8; n++) sn[n][0] = sn[n][1] = sn[n][2] = sn[n][3] = 0.0f;
-    for (int it = 0; it < nk; it++) {
-        int k0 = start + it * FT, buf = it % S;
-        if constexpr (PIPE) cp_async_wait_pending<0>();  // tiles it and it + 1 have landed (this thread's copies) ...
-        else cp_async_wait_pending<S - 2>();              // tile it has
-        wg_fence_smem();
-        __syncthreads();  // ... for everyone's, and everyone is done with tile it - 1
-        if (it + S - 1 < nk) {
-            int j = it + S - 1;
-            wg_load_tile_async<D>(sm.k[j % S], k, start + j * FT, end, Hkv, hk);
-            wg_load_tile_async<D>(sm.v[j % S], v, start + j * FT, end, Hkv, hk);
+        for (int n = 0; n < FT / 8; n++) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+        for (int j = 0; j <= nk; j++) {
+            tiles_ready<WgmmaTiles, 1>();  // tile j is here for everyone (j + 1 may be in flight); all are done with j - 2
+            if (j + 2 < nk) fetch(j + 2);
+            cp_async_commit();
+            int t = j - wg;  // the tile whose softmax and P·V this warpgroup does in this step
+            if (t >= 0 && t < mine) {
+                if (wg == 0) wg_scores_rq<D>(sc, qa, sm.k[t % S]);  // S_t (the second's came at the end of the last step)
+                softmax_pv(t);
+            }
+            if (wg == 1 && j < mine) wg_scores_rq<D>(sc, qa, sm.k[j % S]);  // S_j, for the next step
         }
-        cp_async_commit();
-        if (it >= mine) continue;  // (causal, rows mode) the first warpgroup's rows end before this tile
-        int full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
-        if constexpr (!PIPE) {
-            wg_scores_rq<D>(sc, qa, sm.k[buf]);  // S = Q·Kᵀ
-            flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
-            wg_accumulate<D>(o, sc, sm.v[buf]);  // O += P·V
-        } else {
-            int next = it + 1 < mine;
-            if (it == 0) wg_scores_rq<D>(sc, qa, sm.k[0]);               // S_0
-            if (next) wg_issue_scores_rq<D>(sn, qa, sm.k[(it + 1) % S]);  // S_{it+1}, in flight during the softmax
-            flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
-            uint32_t a[FT / 16][4];
-            flash_p_frags<FT>(a, sc);
-            wg_issue_accumulate<D>(o, a, sm.v[buf]);  // O += P_it·V_it
-            wg_wait_all();                            // both products
-            wg_hold<FT / 8>(sn);
-            wg_hold<D / 8>(o);
-            wg_hold_frags(a);
-            wg_hold_qfrags<D / 16>(qa);
-            if (next) {
+    } else {
+        float sn[FT / 8][4];  // (FWD_PIPE) the next tile's scores
 #pragma unroll
-                for (int n = 0; n < FT / 8; n++) sc[n][0] = sn[n][0], sc[n][1] = sn[n][1], sc[n][2] = sn[n][2], sc[n][3] = sn[n][3];
+        for (int n = 0; n < FT / 8; n++) sn[n][0] = sn[n][1] = sn[n][2] = sn[n][3] = 0.0f;
+        for (int it = 0; it < nk; it++) {
+            // tile it has landed (FWD_PIPE: it + 1 too) for everyone, and everyone is done with tile it - 1
+            tiles_ready<WgmmaTiles, SCHED == FWD_PIPE ? 0 : S - 2>();
+            if (it + S - 1 < nk) fetch(it + S - 1);
+            cp_async_commit();
+            if (it >= mine) continue;  // (causal, rows mode) the first warpgroup's rows end before this tile
+            if constexpr (SCHED == FWD_PLAIN) {
+                wg_scores_rq<D>(sc, qa, sm.k[it % S]);  // S = Q·Kᵀ
+                softmax_pv(it);
+            } else {
+                int k0 = start + it * FT, full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16), next = it + 1 < mine;
+                if (it == 0) wg_scores_rq<D>(sc, qa, sm.k[0]);               // S_0
+                if (next) wg_issue_scores_rq<D>(sn, qa, sm.k[(it + 1) % S]);  // S_{it+1}, in flight during the softmax
+                flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+                uint32_t a[FT / 16][4];
+                flash_p_frags<FT>(a, sc);
+                wg_issue_accumulate<D>(o, a, sm.v[it % S]);  // O += P_it·V_it
+                wg_wait_all();                               // both products
+                wg_hold<FT / 8>(sn);
+                wg_hold<D / 8>(o);
+                wg_hold_frags(a);
+                wg_hold_frags<D / 16>(qa);
+                if (next) {
+#pragma unroll
+                    for (int n = 0; n < FT / 8; n++) sc[n][0] = sn[n][0], sc[n][1] = sn[n][1], sc[n][2] = sn[n][2], sc[n][3] = sn[n][3];
+                }
             }
         }
     }
     if (mine) flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
 }
 
-// two warpgroups per block: 64 rows of two heads (PAIR) or 128 rows of one
-template <bool PAIR>
-static dim3 wg2_grid(int Hq, int max_len, int nseq) {
-    int rows = PAIR ? FT : 2 * FT;
-    return dim3(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
-}
-
-template <int D, bool PAIR, bool PIPE>
-static void launch_fwd6(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
+template <int D, bool PAIR, int SCHED>
+static void launch_fwd2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                         int Hq, int Hkv, int causal) {
-    fwd_launch<flash_fwd_wg2<D, PAIR, PIPE>>(sizeof(Wg2FwdSmem<D>) + WgmmaTiles::smem_pad, wg2_grid<PAIR>(Hq, max_len, nseq), 256, out,
-                                              lse, q, k, v, cu, Hq, Hkv, causal, D);
+    int rows = PAIR ? FT : 2 * FT;  // per head: 64 rows of two heads, or 128 rows of one
+    dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
+    fwd_launch<flash_fwd_wg2<D, PAIR, SCHED>>(sizeof(WgKvSmem<D, fwd2_stages<SCHED>()>) + WgmmaTiles::smem_pad, grid, 256, out, lse, q, k,
+                                               v, cu, Hq, Hkv, causal, D);
 }
 
-// Version 8: v6's forward with the second warpgroup half a step behind the first (ping-pong, as in
-// FlashAttention-3, without its named barriers). In v6 the block's barrier starts both warpgroups on their
-// score products at once, then both run their softmax while the tensor cores idle. Here, in step j, the
-// first warpgroup runs S_j, softmax_j, O += P_j·V_j while the second runs softmax_{j-1}, O += P_{j-1}·V_{j-1},
-// S_j: one's softmax meets the other's products. Tiles j - 1 and j are in use in step j, j + 1 has landed
-// and j + 2 is on its way (four stages); one step more than the tiles, the first warpgroup idles in the last
-// and the second does only S_0 in the first.
-enum { FWD8_STAGES = 4 };
+// the forward of version 4-8 at head dim D (a compile-time constant from here on)
 template <int D>
-struct Wg8FwdSmem {
-    bf16_t k[FWD8_STAGES][FT * D], v[FWD8_STAGES][FT * D];
-};
-
-template <int D, bool PAIR>
-__global__ static void __launch_bounds__(256, D == 64 ? 2 : 1)
-flash_fwd_skew(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
-               int causal, float scale) {
-    extern __shared__ __align__(128) unsigned char raw[];
-    Wg8FwdSmem<D> &sm = *reinterpret_cast<Wg8FwdSmem<D> *>(WgmmaTiles::align(raw));
-    constexpr int S = FWD8_STAGES, ROWS = PAIR ? FT : 2 * FT;  // query rows of the block per head
-    int wg = warpgroup_index(), warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, s = blockIdx.z;
-    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
-    int start = cu[s], end = cu[s + 1], b0 = start + tile * ROWS;  // the block's first query row
-    if (b0 >= end) return;
-    int h = PAIR ? 2 * blockIdx.x + wg : blockIdx.x, hk = h / (Hq / Hkv), q0 = PAIR ? b0 : b0 + wg * FT;  // this warpgroup's
-    int t_lo = q0 + warp * 16 + g, t_hi = t_lo + 8;
-    int nk = ((causal ? min(end, b0 + ROWS) : end) - start + FT - 1) / FT;              // key tiles of the block
-    int mine = q0 >= end ? 0 : ((causal ? min(end, q0 + FT) : end) - start + FT - 1) / FT;  // and of this warpgroup
-#pragma unroll
-    for (int j = 0; j < 2; j++) {  // tiles 0 and 1
-        if (j < nk) {
-            wg_load_tile_async<D>(sm.k[j], k, start + j * FT, end, Hkv, hk);
-            wg_load_tile_async<D>(sm.v[j], v, start + j * FT, end, Hkv, hk);
-        }
-        cp_async_commit();
+static void wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
+                          int max_len, int Hq, int Hkv, int causal) {
+    bool pair = (Hq / Hkv) % 2 == 0;
+    switch (version) {
+    case 5: launch_fwd<D, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal); break;
+#define FWD2(SCHED)                                                                                          \
+    (pair ? launch_fwd2<D, true, SCHED>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)              \
+          : launch_fwd2<D, false, SCHED>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal))
+    case 6: FWD2(FWD_PLAIN); break;
+    case 7: FWD2(FWD_PIPE); break;
+    case 8: FWD2(FWD_SKEW); break;
+#undef FWD2
+    default: launch_fwd<D, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal); break;  // 4
     }
-    uint32_t qa[D / 16][4];
-    wg_q_frags<D>(qa, q, t_lo, t_hi, end, Hq, h, c);
-    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, sc[FT / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-#pragma unroll
-    for (int n = 0; n < FT / 8; n++) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-    for (int j = 0; j <= nk; j++) {
-        cp_async_wait_pending<1>();  // tile j has landed (this thread's copies; j + 1 may be in flight) ...
-        wg_fence_smem();
-        __syncthreads();  // ... everyone's, and everyone is done with tile j - 2
-        if (j + 2 < nk) {
-            wg_load_tile_async<D>(sm.k[(j + 2) % S], k, start + (j + 2) * FT, end, Hkv, hk);
-            wg_load_tile_async<D>(sm.v[(j + 2) % S], v, start + (j + 2) * FT, end, Hkv, hk);
-        }
-        cp_async_commit();
-        // the tile whose softmax and P·V this warpgroup does in this step: j (first), j - 1 (second; its
-        // scores came at the end of the last step)
-        int t = j - wg;
-        if (t >= 0 && t < mine) {
-            if (wg == 0) wg_scores_rq<D>(sc, qa, sm.k[t % S]);  // S_t
-            int k0 = start + t * FT, full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
-            flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
-            wg_accumulate<D>(o, sc, sm.v[t % S]);  // O += P_t·V_t
-        }
-        if (wg == 1 && j < mine) wg_scores_rq<D>(sc, qa, sm.k[j % S]);  // S_j, for the next step
-    }
-    if (mine) flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
 }
 
-template <int D, bool PAIR>
-static void launch_fwd8(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
-                        int Hq, int Hkv, int causal) {
-    fwd_launch<flash_fwd_skew<D, PAIR>>(sizeof(Wg8FwdSmem<D>) + WgmmaTiles::smem_pad, wg2_grid<PAIR>(Hq, max_len, nseq), 256, out, lse,
-                                         q, k, v, cu, Hq, Hkv, causal, D);
+// the backward likewise: 5 pipelined, 6 two warpgroups per block, 7 v4's dK/dV kernel with v6's dQ
+// kernel, 8 two warpgroups with the second half a step behind
+template <int D>
+static void wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
+                           const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
+                           int causal) {
+#define BWD(...) flash_bwd_launch<D, WgmmaTiles, __VA_ARGS__>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
+    switch (version) {
+    case 5: BWD(true); break;
+    case 6: BWD(false, 2); break;
+    case 7: BWD(false, 1, 2); break;
+    case 8: BWD(false, 2, 2, true); break;
+    default: BWD(false); break;  // 4
+    }
+#undef BWD
 }
 
 // wgmma runs on compute capability 9.0 only (sm_90a code does not run on later GPUs)
@@ -303,50 +278,18 @@ static int hopper(void) {
 
 int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
                              int nseq, int max_len, int Hq, int Hkv, int D, int causal) {
-    if (!hopper()) return -1;
-    if (version == 8) {
-        int pair = (Hq / Hkv) % 2 == 0;
-        if (D == 64 && pair) launch_fwd8<64, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-        else if (D == 64) launch_fwd8<64, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-        else if (D == 128 && pair) launch_fwd8<128, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-        else if (D == 128) launch_fwd8<128, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-        else return -1;
-        return 0;
-    }
-    if (version == 6 || version == 7) {
-        int pair = (Hq / Hkv) % 2 == 0, pipe = version == 7;
-#define FWD6(d, p, pp) if (D == d && pair == p && pipe == pp) launch_fwd6<d, p, pp>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
-        FWD6(64, 1, 0); else FWD6(64, 0, 0); else FWD6(128, 1, 0); else FWD6(128, 0, 0);
-        else FWD6(64, 1, 1); else FWD6(64, 0, 1); else FWD6(128, 1, 1); else FWD6(128, 0, 1);
-        else return -1;
-#undef FWD6
-        return 0;
-    }
-    if (D == 64 && version == 5) launch_fwd<64, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (D == 128 && version == 5) launch_fwd<128, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (D == 64) launch_fwd<64, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (D == 128) launch_fwd<128, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else return -1;
+    if (!hopper() || (D != 64 && D != 128)) return -1;
+    if (D == 64) wgmma_forward<64>(version, out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else wgmma_forward<128>(version, out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     return 0;
 }
 
 int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                               const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                               int D, int causal) {
-    if (!hopper()) return -1;
-    // version 8: two warpgroups per block, the second half a step behind; 7: dkdv with one warpgroup per
-    // block (v4's), dq with two
-    if (version == 8 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 2, 2, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (version == 8 && D == 128) flash_bwd_launch<128, WgmmaTiles, false, 2, 2, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (version == 7 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 1, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (version == 7 && D == 128) flash_bwd_launch<128, WgmmaTiles, false, 1, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (version == 6 && D == 64) flash_bwd_launch<64, WgmmaTiles, false, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (version == 6 && D == 128) flash_bwd_launch<128, WgmmaTiles, false, 2>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (D == 64 && version == 5) flash_bwd_launch<64, WgmmaTiles, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (D == 128 && version == 5) flash_bwd_launch<128, WgmmaTiles, true>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (D == 64) flash_bwd_launch<64, WgmmaTiles, false>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else if (D == 128) flash_bwd_launch<128, WgmmaTiles, false>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else return -1;
+    if (!hopper() || (D != 64 && D != 128)) return -1;
+    if (D == 64) wgmma_backward<64>(version, dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    else wgmma_backward<128>(version, dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
     return 0;
 }
 

@@ -95,9 +95,11 @@ __device__ __forceinline__ void wg_hold(float (*acc)[4]) {
 #pragma unroll
         for (int e = 0; e < 4; e++) asm volatile("" : "+f"(acc[n][e])::"memory");
 }
+// (KK fragments: FT / 16 for P or dS, D / 16 for Q)
+template <int KK = FT / 16>
 __device__ __forceinline__ void wg_hold_frags(uint32_t (*a)[4]) {
 #pragma unroll
-    for (int kk = 0; kk < FT / 16; kk++)
+    for (int kk = 0; kk < KK; kk++)
 #pragma unroll
         for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[kk][e])::"memory");
 }
@@ -142,18 +144,11 @@ __device__ __forceinline__ void wg_q_frags(uint32_t (*a)[4], const bf16_t *q, in
         a[kk][3] = t_hi < end ? hi[kk * 8 + 4] : 0u;  // row g + 8
     }
 }
-template <int KK>
-__device__ __forceinline__ void wg_hold_qfrags(uint32_t (*a)[4]) {
-#pragma unroll
-    for (int kk = 0; kk < KK; kk++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[kk][e])::"memory");
-}
 // issue acc[16 × 64] per warp (the warpgroup: 64 × 64) = Q (registers, D columns) · B (64 × D staged)ᵀ
 template <int D>
 __device__ __forceinline__ void wg_issue_scores_rq(float (*acc)[4], uint32_t (*qa)[4], const bf16_t *B) {
     wg_hold<FT / 8>(acc);
-    wg_hold_qfrags<D / 16>(qa);
+    wg_hold_frags<D / 16>(qa);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) wgmma_rs_n64(acc, qa[kk], wg_desc_kmajor(B, kk * 16), kk > 0);
@@ -165,7 +160,7 @@ __device__ __forceinline__ void wg_scores_rq(float (*acc)[4], uint32_t (*qa)[4],
     wg_issue_scores_rq<D>(acc, qa, B);
     wg_wait_all();
     wg_hold<FT / 8>(acc);
-    wg_hold_qfrags<D / 16>(qa);
+    wg_hold_frags<D / 16>(qa);
 }
 
 // the products, each waited for
