@@ -140,19 +140,26 @@ int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, 
 int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                               const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int D,
                               int causal);
-// LLAVA_FLASH=N (0..8) picks the kernels for a whole run (comparisons, or a fallback while a new version is
+// version 9 (flash_bwd_fused.cuh): dK, dV and dQ in one pass, dQ summed with atomics into dq_acc (fp32 [T, Hq, D],
+// the caller's scratch); -1 where version 4 would be
+int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
+                              const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len, int Hq,
+                              int Hkv, int D, int causal);
+// LLAVA_FLASH=N (0..9) picks the kernels for a whole run (comparisons, or a fallback while a new version is
 // being checked), LLAVA_FLASH=FB the forward's version F and the backward's B; cuda_attention_set_flash
 // sets both. Unset: the fastest measured on an H100 (bench/RESULTS.md, session 14): version 6's forward
 // (two warpgroups per block sharing the K/V tiles, Q in registers; 2.44 against v4's 2.64 ms at the
 // slice's shape, 0.56 against 0.61 at the tower's) and version 4's backward (5.45 against v6's 6.37 ms,
 // 1.74 against 2.33). Versions 4-8 fall back to v2 on a GPU other than compute capability 9.0; 7 is 6 with
 // the next tile's scores in flight during the softmax, and its backward v4's dK/dV kernel with v6's dQ;
-// 8 is 6 with the second warpgroup half a step behind the first in both directions (not yet measured).
+// 8 is 6 with the second warpgroup half a step behind the first in both directions; 9 a backward only (its
+// forward is 6's): one pass, 5 tile products instead of 7, dQ summed with atomics, so not bit-reproducible
+// (neither yet measured).
 static int flash_fwd_version = -1, flash_bwd_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset (the default)
 static void flash_pick(void) {
     if (flash_fwd_version != -1) return;
     const char *env = getenv("LLAVA_FLASH");
-    int ok = env && env[0] >= '0' && env[0] <= '8' && (!env[1] || (env[1] >= '0' && env[1] <= '8' && !env[2]));
+    int ok = env && env[0] >= '0' && env[0] <= '9' && (!env[1] || (env[1] >= '0' && env[1] <= '9' && !env[2]));
     flash_fwd_version = ok ? env[0] - '0' : -2;
     flash_bwd_version = ok ? env[env[1] ? 1 : 0] - '0' : -2;
 }
@@ -182,11 +189,18 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
                                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq, int T,
                                         int max_len, int Hq, int Hkv, int D, int causal) {
     if (D > MAXD) { cuda_note_error("cuda_attention_backward", "head_dim above 128"); return; }
-    float scale = 1.0f / sqrtf((float)D), *Drow = (float *)cuda_scratch((size_t)T * Hq * sizeof(float));
+    int version = flash_for(0), fused = version == 9 && dq;  // (version 9 without dq: version 4)
+    // one scratch buffer (a second call could move the first): Drow [T, Hq], then version 9's dq_acc [T, Hq, D]
+    size_t drow_bytes = ((size_t)T * Hq * sizeof(float) + 255) / 256 * 256;
+    float *Drow = (float *)cuda_scratch(drow_bytes + (fused ? (size_t)T * Hq * D * sizeof(float) : 0));
+    float scale = 1.0f / sqrtf((float)D), *dq_acc = (float *)((char *)Drow + drow_bytes);
     const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
     attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
     LAUNCH_CHECK();
-    int version = flash_for(0);
+    if (fused &&
+        cuda_flash_fused_backward(dq_acc, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal) == 0)
+        return;
+    if (version == 9) version = 4;
     if (version >= 4 &&
         cuda_flash_wgmma_backward(version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;

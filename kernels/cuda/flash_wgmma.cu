@@ -1,4 +1,4 @@
-// flash_wgmma.cu: flash-attention versions 4-8, the tile products on Hopper's warpgroup MMA (wgmma, sm_90a)
+// flash_wgmma.cu: flash-attention versions 4-9, the tile products on Hopper's warpgroup MMA (wgmma, sm_90a)
 // instead of per-warp mma.sync. The math and the schedule are version 2's: the forward's block of 4 warps
 // owns 64 query rows, streams 64-key tiles of K and V (double-buffered through cp.async) and keeps S, the
 // softmax statistics and O in registers; S = Q·Kᵀ reads both operands from shared memory, O += P·V takes
@@ -13,6 +13,7 @@
 #include "ops_cuda.h"
 
 #if defined(WITH_WGMMA)
+#include "flash_bwd_fused.cuh"
 #include "flash_bwd_tiled.cuh"
 #include "flash_wgmma.cuh"
 
@@ -238,7 +239,7 @@ static void wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, con
 #define FWD2(SCHED)                                                                                          \
     (pair ? launch_fwd2<D, true, SCHED>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)              \
           : launch_fwd2<D, false, SCHED>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal))
-    case 6: FWD2(FWD_PLAIN); break;
+    case 6: case 9: FWD2(FWD_PLAIN); break;  // (9: a backward version; its forward is 6's)
     case 7: FWD2(FWD_PIPE); break;
     case 8: FWD2(FWD_SKEW); break;
 #undef FWD2
@@ -293,6 +294,15 @@ int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const b
     return 0;
 }
 
+int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
+                              const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len, int Hq,
+                              int Hkv, int D, int causal) {
+    if (!hopper() || (D != 64 && D != 128)) return -1;
+    if (D == 64) flash_bwd_fused_launch<64>(dq_acc, dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, T, Hq, Hkv, causal);
+    else flash_bwd_fused_launch<128>(dq_acc, dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, T, Hq, Hkv, causal);
+    return 0;
+}
+
 #else  // built for another architecture: no version 4
 
 
@@ -302,6 +312,10 @@ int cuda_flash_wgmma_forward(int, bf16 *, float *, const bf16 *, const bf16 *, c
 }
 int cuda_flash_wgmma_backward(int, bf16 *, bf16 *, bf16 *, const bf16 *, const float *, const float *, const bf16 *, const bf16 *,
                               const bf16 *, const int32_t *, int, int, int, int, int, int) {
+    return -1;
+}
+int cuda_flash_fused_backward(float *, bf16 *, bf16 *, bf16 *, const bf16 *, const float *, const float *, const bf16 *, const bf16 *,
+                              const bf16 *, const int32_t *, int, int, int, int, int, int, int) {
     return -1;
 }
 #endif

@@ -264,7 +264,8 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     sync_or_die();
     char name[96];
     float *h;
-    const char *names[9] = {"warp-per-row", "flash v1", "flash v2", "flash v3", "flash v4", "flash v5", "flash v6", "flash v7", "flash v8"};
+    const char *names[10] = {"warp-per-row", "flash v1", "flash v2", "flash v3", "flash v4", "flash v5", "flash v6", "flash v7", "flash v8",
+                             "flash v9"};
     const char *kind = D != 64 && D != 128 ? "warp-per-row" : names[version];
     snprintf(name, sizeof name, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T, kind);
     check(name, h = back_bf16(go, nq), o, nq, 2e-2); free(h);
@@ -417,10 +418,10 @@ static void timings(void) {
     printf("timing: matmul forward 8192x2560 . 9728x2560^T   %8.3f ms  %6.0f TFLOP/s\n", mm, fl / mm / 1e9);
     printf("timing: matmul backward (dinp + dw fp32)        %8.3f ms  %6.0f TFLOP/s\n", mmb, 2 * fl / mmb / 1e9);
     double afl = 4.0 * b.T * (double)b.T / 2 * b.Hq * b.D;  // causal: half of QKᵀ and PV
-    const char *what[9] = {"warp-per-row", "flash v1 (mma.sync)", "flash v2 (cp.async, ldmatrix)", "flash v3 (v2, 32 rows/warp)",
-                          "flash v4 (v2 on wgmma)", "flash v5 (v4, overlapped fwd)", "flash v6 (v4, 2 warpgroups)",
-                          "flash v7 (v6+overlap; v4/v6 bwd)", "flash v8 (v6, ping-pong)"};
-    for (int version = 8; version >= 0; version--) {
+    const char *what[10] = {"warp-per-row", "flash v1 (mma.sync)", "flash v2 (cp.async, ldmatrix)", "flash v3 (v2, 32 rows/warp)",
+                           "flash v4 (v2 on wgmma)", "flash v5 (v4, overlapped fwd)", "flash v6 (v4, 2 warpgroups)",
+                           "flash v7 (v6+overlap; v4/v6 bwd)", "flash v8 (v6, ping-pong)", "flash v9 (v6; bwd one pass)"};
+    for (int version = 9; version >= 0; version--) {
         cuda_attention_set_flash(version);
         double at = time_ms(run_attn, &b, version ? 5 : 2), atb = time_ms(run_attn_bwd, &b, version ? 3 : 1);
         printf("timing: attention T 8192 32q/8kv d128 causal, %-30s forward %7.3f ms %6.1f TFLOP/s, backward %7.3f ms %6.1f TFLOP/s\n",
@@ -432,7 +433,7 @@ static void timings(void) {
     int32_t vcu[2] = {0, vb.T};
     cuda_upload(b.cu, vcu, 8);
     double vfl = 4.0 * vb.T * (double)vb.T * vb.Hq * vb.D;
-    for (int version = 8; version >= 1; version--) {
+    for (int version = 9; version >= 1; version--) {
         cuda_attention_set_flash(version);
         double at = time_ms(run_attn, &vb, 5), atb = time_ms(run_attn_bwd, &vb, 3);
         printf("timing: attention T 5185 16 heads d64 bidirectional, %-23s forward %7.3f ms %6.1f TFLOP/s, backward %7.3f ms %6.1f TFLOP/s\n",
@@ -469,6 +470,7 @@ int main(int argc, char **argv) {
     attention_cases(6);
     attention_cases(7);
     attention_cases(8);
+    attention_cases(9);
     attention_case(4, 2, 128, 1, 1, 0);
     decode_case(6, 2, 24, 1);
     decode_case(6, 2, 24, 5);

@@ -1,0 +1,151 @@
+// flash_bwd_fused.cuh: flash version 9's backward, dK, dV and dQ in one pass over the (key, query) tile
+// pairs (FlashAttention-2's schedule): 5 tile products per pair instead of the two-kernel scheme's 7 (the
+// dQ kernel's recomputed S and dP go). The block is version 4's dK/dV block (one warpgroup, 64 keys of a KV
+// head, every query tile of the KV group's heads streamed through shared memory); after dV += Pᵀ·dO and
+// dK += dSᵀ·Q it also forms this key block's share of dQ for the query tile,
+//   dQ[64 queries × D] = dS · K = (dSᵀ)ᵀ · K,
+// and adds it to an fp32 buffer with vector atomics (red.global.add.v2.f32): other key blocks add theirs to
+// the same rows, so the sum's order, and the last bits of dQ, vary from run to run (as in FlashAttention-2/3's
+// and PyTorch's flash backward); versions 4-8 stay deterministic. dSᵀ goes through shared memory because
+// the product needs it with queries as rows: the warps store their bf16 dSᵀ fragments into a 64 × 64 tile in
+// the 128-byte swizzle of flash_wgmma.cuh (element (key r, query col) at r·128 + ((col/8) ^ (r%8))·16 +
+// (col%8)·2), which wgmma then reads as an MN-major (transposed) A operand, exactly as it reads V as the
+// MN-major B operand of P·V; the block's own K tile is the MN-major B operand, 64 output columns per
+// instruction.
+#pragma once
+#include "flash_bwd_tiled.cuh"
+#include "flash_wgmma.cuh"
+
+// d[8][4] += A(64 × 16, smem, MN-major) · B(16 × 64, smem, MN-major): m64n64k16 with both operands
+// transposed (accumulate = 0 starts a product)
+__device__ __forceinline__ void wgmma_ss_n64_tt(float (*d)[4], uint64_t a, uint64_t b, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 1, 1;\n}\n"
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+                 : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// the warp's dSᵀ (C-layout rows row0 + g and + 8 of 64 keys, 64 query columns) as bf16 into the swizzled tile
+__device__ __forceinline__ void fused_store_dst(bf16_t *tile, const float (*ds)[4], int row0, int g, int c) {
+    char *lo = reinterpret_cast<char *>(tile) + (row0 + g) * 128 + 4 * c, *hi = lo + 8 * 128;  // (row0 + g) % 8 = g
+#pragma unroll
+    for (int nn = 0; nn < FT / 8; nn++) {  // query columns 8nn + 2c, + 1: chunk nn, stored at nn ^ g
+        *reinterpret_cast<uint32_t *>(lo + ((nn ^ g) << 4)) = pack_bf16(ds[nn][0], ds[nn][1]);
+        *reinterpret_cast<uint32_t *>(hi + ((nn ^ g) << 4)) = pack_bf16(ds[nn][2], ds[nn][3]);
+    }
+}
+
+// issue gq[16 × D] per warp (the warpgroup: 64 queries × D) = dS (dSᵀ tile, MN-major) · K (64 × D staged,
+// MN-major), D/64 products of 64 columns, each over the 64 keys in 4 steps
+template <int D>
+__device__ __forceinline__ void fused_issue_dq(float (*gq)[4], const bf16_t *dst, const bf16_t *ktile) {
+    wg_hold<D / 8>(gq);
+    wg_fence();
+#pragma unroll
+    for (int nh = 0; nh < D / 64; nh++)
+#pragma unroll
+        for (int kk = 0; kk < FT / 16; kk++)
+            wgmma_ss_n64_tt(gq + 8 * nh, wg_desc_mnmajor(dst, kk * 16), wg_desc_mnmajor(ktile + nh * FT * 64, kk * 16), kk > 0);
+    wg_commit();
+}
+
+// *p += (a, b) at L2 without a reply (p 8-byte aligned, global memory)
+__device__ __forceinline__ void red_add_f32x2(float *p, float a, float b) {
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+}
+
+// dq_acc rows t_lo, t_hi of [T, H, D] (head h) += the warp's gq (rows at or past end left out)
+template <int D>
+__device__ __forceinline__ void fused_red_rows(float *dq_acc, const float (*gq)[4], int t_lo, int t_hi, int end, int H, int h, int c) {
+    float *lo = dq_acc + ((size_t)t_lo * H + h) * D + 2 * c, *hi = dq_acc + ((size_t)t_hi * H + h) * D + 2 * c;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        if (t_lo < end) red_add_f32x2(lo + 8 * n, gq[n][0], gq[n][1]);
+        if (t_hi < end) red_add_f32x2(hi + 8 * n, gq[n][2], gq[n][3]);
+    }
+}
+
+template <int D>
+struct FusedSmem {
+    Bwd2Smem<D, WgmmaTiles, 1, 2> t;  // version 4's: K, V fixed; Q, dO, lse, D streamed (two stages)
+    bf16_t dst[FT * FT];               // this step's dSᵀ (64 keys × 64 queries), 1024-byte aligned (t's size is)
+};
+
+template <int D>
+__global__ static void __launch_bounds__(NW * 32, 2)
+flash_bwd_fused(float *dq_acc, bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout,
+                const float *lse, const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
+    extern __shared__ __align__(128) unsigned char raw[];
+    FusedSmem<D> &fs = *reinterpret_cast<FusedSmem<D> *>(WgmmaTiles::align(raw));
+    Bwd2Smem<D, WgmmaTiles, 1, 2> &sm = fs.t;
+    int hk = blockIdx.x, s = blockIdx.z, rep = Hq / Hkv;
+    int start = cu[s], end = cu[s + 1], k0 = start + blockIdx.y * FT;  // causal: the first key tiles see the most queries
+    if (k0 >= end) return;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
+    int j_lo = k0 + row0 + g, j_hi = j_lo + 8;
+    QTiles qt;
+    qt.qfirst = causal ? k0 : start;  // causal: only queries at or after the first key see it
+    qt.per_head = (end - qt.qfirst + FT - 1) / FT;
+    qt.rep = rep;
+    qt.hk = hk;
+    int n = qt.per_head * rep;
+    WgmmaTiles::load<D>(sm.a[0], k, k0, end, Hkv, hk);
+    WgmmaTiles::load<D>(sm.b[0], v, k0, end, Hkv, hk);
+    dkdv_fetch<D, WgmmaTiles>(sm, 0, qt, 0, q, dout, lse, drow, end, Hq);
+    cp_async_commit();
+    float gk[D / 8][4], gv[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) gk[i][0] = gk[i][1] = gk[i][2] = gk[i][3] = gv[i][0] = gv[i][1] = gv[i][2] = gv[i][3] = 0.0f;
+    float p[FT / 8][4], ds[FT / 8][4];
+    for (int i = 0; i < n; i++) {
+        int buf = i & 1, q0 = qt.q0(i), h = qt.head(i);
+        tiles_ready<WgmmaTiles>();  // (also: every warp's dQ product of step i - 1 is done with fs.dst)
+        if (i + 1 < n) dkdv_fetch<D, WgmmaTiles>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
+        cp_async_commit();
+        WgmmaTiles::scores2<D>(p, sm.a[0], sm.c[buf], ds, sm.b[0], sm.d[buf], row0, lane);  // Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ
+        dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
+        fused_store_dst(fs.dst, ds, row0, g, c);
+        wg_fence_smem();  // the stores, visible to wgmma after the barrier below
+        WgmmaTiles::accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
+        __syncthreads();  // every warp's dSᵀ rows are in fs.dst
+        float gq[D / 8][4];
+        fused_issue_dq<D>(gq, fs.dst, sm.a[0].x);  // dQ (this key block's share) = dS·K
+        wg_wait_all();
+        wg_hold<D / 8>(gq);
+        fused_red_rows<D>(dq_acc, gq, q0 + row0 + g, q0 + row0 + g + 8, end, Hq, h, c);
+    }
+    if (dk) flash_add_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
+    if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
+}
+
+// dq [T, H, D] (bf16) += dq_acc (fp32), n = T·H·D elements, 4 per thread
+__global__ static void fused_dq_add(bf16_t *dq, const float *dq_acc, size_t n) {
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i >= n) return;
+    float4 a = *reinterpret_cast<const float4 *>(dq_acc + i);
+    __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(dq + i);
+    float2 lo = __bfloat1622float2(d[0]), hi = __bfloat1622float2(d[1]);
+    d[0] = __floats2bfloat162_rn(lo.x + a.x, lo.y + a.y);
+    d[1] = __floats2bfloat162_rn(hi.x + a.z, hi.y + a.w);
+}
+
+// version 9: dq_acc (fp32 [T, Hq, D]) is scratch the caller provides; dq, dk and dv accumulate as in the
+// other versions
+template <int D>
+static void flash_bwd_fused_launch(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
+                                   const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int T,
+                                   int Hq, int Hkv, int causal) {
+    size_t bytes = sizeof(FusedSmem<D>) + WgmmaTiles::smem_pad, n = (size_t)T * Hq * D;
+    static int configured;
+    if (!configured) {
+        CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        configured = 1;
+    }
+    CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, n * sizeof(float), g_stream));
+    flash_bwd_fused<D><<<dim3(Hkv, (max_len + FT - 1) / FT, nseq), NW * 32, bytes, g_stream>>>(
+        dq_acc, (bf16_t *)dk, (bf16_t *)dv, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)dout, lse, drow,
+        cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
+    fused_dq_add<<<(unsigned)((n / 4 + 255) / 256), 256, 0, g_stream>>>((bf16_t *)dq, dq_acc, n);  // n % 4 == 0: D is 64 or 128
+    LAUNCH_CHECK();
+}
