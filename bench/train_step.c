@@ -102,7 +102,7 @@ int main(int argc, char **argv) {
             backend_profile_reset();                            // LLAVA_PROFILE: the timed steps only
             t0 = now_seconds();
         }
-        adam_zero_grad(&opt);
+        model_grads_stale(&m, &w, opt.grad);  // as the trainer: the backward overwrites the gradients
         if (vision) {
             VisionTrace vt;
             TextTrace tr;

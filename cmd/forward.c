@@ -182,7 +182,7 @@ int main(int argc, char **argv) {
     float *margin = xcalloc((size_t)generate + 1, sizeof(float));
     AdamHyper hyper = {(float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd, 1.0f};  // no clipping
     for (int s = 0; s < steps; s++) {  // the weights move; the outputs below are those after the last step
-        adam_zero_grad(&opt);
+        model_grads_stale(&m, &work, opt.grad);  // (as the trainer: overwritten by the backward, not zeroed)
         if (model_loss_grads(&m, &work, &in, lab, 1.0f, opt.grad, &losses[s], &out, &e)) die_input("%s: %s", in_path, e.msg);
         adam_step(&opt, &m, &hyper);
     }
@@ -215,7 +215,7 @@ int main(int argc, char **argv) {
         out_add(&ol, "generated_margin", DT_F32, 1, (int64_t[]){ngen}, margin);
     } else {
         if (want_grads) {
-            adam_zero_grad(&opt);
+            model_grads_stale(&m, &work, opt.grad);
             if (model_loss_grads(&m, &work, &in, lab, 1.0f, opt.grad, &loss, &out, &e)) die_input("%s: %s", in_path, e.msg);
             adam_grads_to_host(&opt, host_grad);
             fprintf(stderr, "forward: backward through %d of %d decoder layers and %d of %d vision blocks\n",

@@ -128,8 +128,65 @@ const Act *model_weight_fmt(const Model *m, const char *fmt, int layer) {
     return m->wb[i];
 }
 
+void model_grads_stale(const Model *m, ModelWork *w, float **grads) {
+    if (w->nstale != m->np) {
+        free(w->stale);
+        w->stale = xmalloc((size_t)m->np);
+        w->nstale = m->np;
+    }
+    memset(w->stale, 1, (size_t)m->np);
+    w->stale_grads = grads;
+    for (int i = 0; w->arena.poisoning && grads && i < m->np; i++)
+        if (grads[i]) m->be->poison(grads[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
+}
+
+// is tensor i's gradient still stale? (and it is not from now on)
+static int take_stale(ModelWork *w, int i) {
+    if (!w->stale || i < 0 || i >= w->nstale || !w->stale[i]) return 0;
+    w->stale[i] = 0;
+    return 1;
+}
+
+// zero the stale gradients of tensors first .. np-1 (they are final without having been written)
+static void settle_stale(const Model *m, ModelWork *w, float **grads, int first) {
+    for (int i = first < 0 ? 0 : first; w->stale && grads && i < w->nstale; i++)
+        if (take_stale(w, i) && grads[i]) m->be->zero(grads[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
+}
+
 void model_grads_final(const Model *m, ModelWork *w, const char *fmt, int layer) {
-    if (w->grads_final) w->grads_final(w->grads_final_ctx, model_param_index(m, fmt, layer));
+    int first = model_param_index(m, fmt, layer);
+    settle_stale(m, w, w->stale_grads, first);
+    if (w->grads_final) w->grads_final(w->grads_final_ctx, first);
+}
+
+float *model_grad_acc(const Model *m, ModelWork *w, float **grads, const char *fmt, int layer) {
+    float *g = model_grad_fmt(m, grads, fmt, layer);
+    if (g && take_stale(w, model_param_index(m, fmt, layer)))
+        m->be->zero(g, (size_t)param_numel(&m->ps[model_param_index(m, fmt, layer)]) * sizeof(float));
+    return g;
+}
+
+void model_matmul_backward(const Model *m, ModelWork *w, float **grads, Act *dinp, int dinp_set, const char *wfmt, const char *bfmt,
+                           int layer, const Act *dout, const Act *inp, int N, int K, int M) {
+    int wi = model_param_index(m, wfmt, layer), bi = bfmt ? model_param_index(m, bfmt, layer) : -1;
+    float *dw = model_grad_fmt(m, grads, wfmt, layer), *db = bfmt ? model_grad_fmt(m, grads, bfmt, layer) : NULL;
+    // the tensors whose gradients this product writes: dW [M, K] spans wi and, where their gradients lie
+    // back to back in the buffer (the gate and up projections as one product), the tensors after it
+    int t[8], nt = 0, set = 0, all = 1, any = 0;
+    if (dw) {
+        t[nt++] = wi;
+        for (int j = wi + 1; nt < 7 && j < m->np && grads[j] > dw && grads[j] < dw + (size_t)M * K; j++) t[nt++] = j;
+    }
+    if (db) t[nt++] = bi;
+    for (int i = 0; i < nt; i++) {
+        int s = w->stale && w->stale[t[i]];
+        all &= s;
+        any |= s;
+    }
+    if (nt && all) set = MM_SET_DW;  // the usual case: all written here first
+    for (int i = 0; i < nt; i++)     // else zero the stale ones (none in this model's graphs), then accumulate
+        if (take_stale(w, t[i]) && !set) m->be->zero(grads[t[i]], (size_t)param_numel(&m->ps[t[i]]) * sizeof(float));
+    m->be->matmul_backward(dinp, dw, db, dout, inp, model_weight_fmt(m, wfmt, layer), N, K, M, set | (dinp_set ? MM_SET_DINP : 0));
 }
 
 float *model_grad_fmt(const Model *m, float **grads, const char *fmt, int layer) {
@@ -144,7 +201,13 @@ void model_work_init(ModelWork *w, const Backend *be) {
     else arena_init_with(&w->arena, be->alloc, be->release, be->zero, be->poison);
     arena_init(&w->host);
 }
-void model_work_free(ModelWork *w) { arena_free(&w->arena); arena_free(&w->host); }
+void model_work_free(ModelWork *w) {
+    arena_free(&w->arena);
+    arena_free(&w->host);
+    free(w->stale);
+    w->stale = NULL;
+    w->nstale = 0;
+}
 
 // Text-side input rules: ids in the vocabulary, one <|image_pad|> per merged embedding, cu_seqlens
 // spanning a single row.
@@ -282,8 +345,11 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
             merger |= m->ps[i].part == PART_MERGER;
         }
     Act *demb = in->nimg && (tower || merger) ? arena_bytes(A, (size_t)(in->rows / 4) * m->cfg.text.hidden * be->esize) : NULL;
+    if (w->stale && w->stale_grads != grads) die_internal("model_loss_grads: the stale gradients are not these");
     w->text_layers_backward = text_backward(m, w, &tr, dlogits, grads, demb);
     w->vision_blocks_backward = demb ? vision_backward(m, w, &vt, demb, grads, tower) : 0;
+    settle_stale(m, w, grads, 0);  // what this backward did not reach holds no gradient: zeros (none stale now:
+                                   // the step's next backwards accumulate)
     return 0;
 }
 

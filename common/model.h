@@ -68,10 +68,23 @@ typedef struct {
     // has its whole gradient of this step (the trainer reduces them over the ranks meanwhile).
     void (*grads_final)(void *ctx, int first);
     void *grads_final_ctx;
+    // model_grads_stale: the gradient buffers hold stale values (not zeroed) until each tensor's first write
+    unsigned char *stale;        // [np]: 1 until tensor i's gradient is first written (NULL: none is stale)
+    int nstale;                  // entries of stale
+    float **stale_grads;         // the gradients model_grads_stale was given
 } ModelWork;
 
 void model_work_init(ModelWork *w, const Backend *be);
 void model_work_free(ModelWork *w);
+// Before the first backward of a step whose gradient buffers were NOT zeroed (the trainer's fp32 buffer:
+// 4 bytes per parameter less to write): in the next model_loss_grads each tensor's first write
+// overwrites its gradient instead of accumulating (a product's dW with beta 0; an op that can only
+// accumulate gets its tensor zeroed first), and a tensor the backward does not write (a frozen part's
+// neighbour, the tower without images) is zeroed when the backward reports it final or ends. The results
+// equal zeroing every buffer first; later backwards of the step accumulate as usual. With LLAVA_POISON=1
+// (the arena's poisoning, `make asan`) the buffers are filled with NaNs first, so a gradient that is
+// accumulated into instead of overwritten shows.
+void model_grads_stale(const Model *m, ModelWork *w, float **grads);
 
 // Errors: image-pad count ≠ merger outputs, grid sizes that do not match the pixel rows, ids
 // outside the vocabulary, cu_seqlens not spanning the row.

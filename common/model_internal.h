@@ -9,8 +9,16 @@ int model_param_index(const Model *m, const char *fmt, int layer);
 // The gradient buffer of that tensor, NULL when grads is NULL or the tensor is frozen.
 float *model_grad_fmt(const Model *m, float **grads, const char *fmt, int layer);
 
-// ModelWork.grads_final, when set, with the index of the tensor fmt/layer.
+// ModelWork.grads_final, when set, with the index of the tensor fmt/layer (stale tensors from that index
+// on zeroed first: model_grads_stale).
 void model_grads_final(const Model *m, ModelWork *w, const char *fmt, int layer);
+// For an op that accumulates into the gradient of tensor fmt/layer: that gradient (NULL when frozen),
+// zeroed first when it is still stale (model_grads_stale).
+float *model_grad_acc(const Model *m, ModelWork *w, float **grads, const char *fmt, int layer);
+// be->matmul_backward for the product with weight wfmt (bias bfmt, NULL: none) of layer `layer`: its dW
+// and dbias accumulate, or are overwritten when still stale; dinp is overwritten when dinp_set.
+void model_matmul_backward(const Model *m, ModelWork *w, float **grads, Act *dinp, int dinp_set, const char *wfmt, const char *bfmt,
+                           int layer, const Act *dout, const Act *inp, int N, int K, int M);
 
 // Activations of one decoder layer kept for the backward (shapes in model_text.c).
 typedef struct {  // activations (Act: backend storage) and statistics (float) of one decoder layer

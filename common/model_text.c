@@ -164,9 +164,10 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     int stop = lowest_layer(m, grads, dembeds);
     float *dnorm = G(m, grads, "model.norm.weight", 0);
     int below = stop < c->layers || dnorm;  // does anything under the head need its input gradient?
-    Act *dh = Z((size_t)T * H), *dx = Z((size_t)T * H);
-    be->matmul_backward(below ? dh : NULL, G(m, grads, head, 0), NULL, dlogits, tr->hf, W(m, head, 0), T, H, c->vocab);
+    Act *dh = U((size_t)T * H), *dx = Z((size_t)T * H);
+    model_matmul_backward(m, w, grads, below ? dh : NULL, 1, head, NULL, 0, dlogits, tr->hf, T, H, c->vocab);
     if (!below) return 0;
+    dnorm = model_grad_acc(m, w, grads, "model.norm.weight", 0);
     be->rmsnorm_backward(stop < c->layers ? dx : NULL, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
     model_grads_final(m, w, "model.norm.weight", 0);  // and the head above it
     Act *dg = NULL, *du = NULL;
@@ -175,54 +176,47 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         du = U((size_t)T * I);
     }
     // zeroed before each use (the backward ops accumulate) unless written whole: dgu by the SwiGLU backward,
-    // dact, datt and dh by their first product (matmul_backward_set)
+    // dact, datt and dh by their first product (MM_SET_DINP)
     Act *dact = U((size_t)T * I), *dgu = U((size_t)T * 2 * I),
         *datt = U(T * Q), *dqr = U(T * Q), *dkr = U(T * KV), *dv = U(T * KV), *dq = U(T * Q), *dk = U(T * KV);
     for (int l = c->layers - 1; l >= stop; l--) {
         LayerActs *a = &tr->L[l];
         if (l < tr->recompute) layer_forward(m, tr, l, a, NULL);  // its activations again, into the shared set
         // MLP: x_out = x_mid + act·Wdᵀ (dx is d x_out and becomes d x_mid)
-        be->matmul_backward_set(dact, G(m, grads, "model.layers.%d.mlp.down_proj.weight", l), NULL, dx, a->act,
-                            W(m, "model.layers.%d.mlp.down_proj.weight", l), T, I, H);
+        model_matmul_backward(m, w, grads, dact, 1, "model.layers.%d.mlp.down_proj.weight", NULL, l, dx, a->act, T, I, H);
         be->swiglu_backward(dgu, dact, a->gu, T, I);  // (overwrites dgu)
-        const Act *wg = W(m, "model.layers.%d.mlp.gate_proj.weight", l), *wu = W(m, "model.layers.%d.mlp.up_proj.weight", l);
-        float *dwg = G(m, grads, "model.layers.%d.mlp.gate_proj.weight", l), *dwu = G(m, grads, "model.layers.%d.mlp.up_proj.weight", l);
-        if (gate_up_fused(m, grads, l)) {
-            be->matmul_backward_set(dh, dwg, NULL, dgu, a->h2, wg, T, H, 2 * I);
+        if (gate_up_fused(m, grads, l)) {  // one product for both (weights and gradients back to back)
+            model_matmul_backward(m, w, grads, dh, 1, "model.layers.%d.mlp.gate_proj.weight", NULL, l, dgu, a->h2, T, H, 2 * I);
         } else {
             be->copy2d(dg, I, dgu, 2 * (size_t)I, T, I);
             be->copy2d(du, I, AT_(dgu, I), 2 * (size_t)I, T, I);
-            be->matmul_backward_set(dh, dwg, NULL, dg, a->h2, wg, T, H, I);
-            be->matmul_backward(dh, dwu, NULL, du, a->h2, wu, T, H, I);
+            model_matmul_backward(m, w, grads, dh, 1, "model.layers.%d.mlp.gate_proj.weight", NULL, l, dg, a->h2, T, H, I);
+            model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.mlp.up_proj.weight", NULL, l, du, a->h2, T, H, I);
         }
-        be->rmsnorm_backward(dx, G(m, grads, "model.layers.%d.post_attention_layernorm.weight", l), dh, a->x_mid,
+        be->rmsnorm_backward(dx, model_grad_acc(m, w, grads, "model.layers.%d.post_attention_layernorm.weight", l), dh, a->x_mid,
                              W(m, "model.layers.%d.post_attention_layernorm.weight", l), a->rstd2, T, H);
         // attention: x_mid = x_in + att·Woᵀ (dx becomes d x_in)
-        be->matmul_backward_set(datt, G(m, grads, "model.layers.%d.self_attn.o_proj.weight", l), NULL, dx, a->att,
-                            W(m, "model.layers.%d.self_attn.o_proj.weight", l), T, (int)Q, H);
+        model_matmul_backward(m, w, grads, datt, 1, "model.layers.%d.self_attn.o_proj.weight", NULL, l, dx, a->att, T, (int)Q, H);
         be->zero(dqr, T * Q * es); be->zero(dkr, T * KV * es); be->zero(dv, T * KV * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nseq, T, tr->max_len, nq, nkv, hd, 1);
         be->rope_backward(dqr, tr->ang, T, nq, hd);
         be->rope_backward(dkr, tr->ang, T, nkv, hd);
         be->zero(dq, T * Q * es); be->zero(dk, T * KV * es);
-        be->rmsnorm_backward(dq, G(m, grads, "model.layers.%d.self_attn.q_norm.weight", l), dqr, a->q,
+        be->rmsnorm_backward(dq, model_grad_acc(m, w, grads, "model.layers.%d.self_attn.q_norm.weight", l), dqr, a->q,
                              W(m, "model.layers.%d.self_attn.q_norm.weight", l), a->qrstd, T * nq, hd);
-        be->rmsnorm_backward(dk, G(m, grads, "model.layers.%d.self_attn.k_norm.weight", l), dkr, a->k,
+        be->rmsnorm_backward(dk, model_grad_acc(m, w, grads, "model.layers.%d.self_attn.k_norm.weight", l), dkr, a->k,
                              W(m, "model.layers.%d.self_attn.k_norm.weight", l), a->krstd, T * nkv, hd);
-        be->matmul_backward_set(dh, G(m, grads, "model.layers.%d.self_attn.q_proj.weight", l), NULL, dq, a->h1,
-                            W(m, "model.layers.%d.self_attn.q_proj.weight", l), T, H, (int)Q);
-        be->matmul_backward(dh, G(m, grads, "model.layers.%d.self_attn.k_proj.weight", l), NULL, dk, a->h1,
-                            W(m, "model.layers.%d.self_attn.k_proj.weight", l), T, H, (int)KV);
-        be->matmul_backward(dh, G(m, grads, "model.layers.%d.self_attn.v_proj.weight", l), NULL, dv, a->h1,
-                            W(m, "model.layers.%d.self_attn.v_proj.weight", l), T, H, (int)KV);
-        be->rmsnorm_backward(dx, G(m, grads, "model.layers.%d.input_layernorm.weight", l), dh, a->x_in,
+        model_matmul_backward(m, w, grads, dh, 1, "model.layers.%d.self_attn.q_proj.weight", NULL, l, dq, a->h1, T, H, (int)Q);
+        model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.self_attn.k_proj.weight", NULL, l, dk, a->h1, T, H, (int)KV);
+        model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.self_attn.v_proj.weight", NULL, l, dv, a->h1, T, H, (int)KV);
+        be->rmsnorm_backward(dx, model_grad_acc(m, w, grads, "model.layers.%d.input_layernorm.weight", l), dh, a->x_in,
                              W(m, "model.layers.%d.input_layernorm.weight", l), a->rstd1, T, H);
         model_grads_final(m, w, "model.layers.%d.input_layernorm.weight", l);  // layer l's first tensor
     }
     if (stop > 0) return c->layers - stop;
     // embedding rows, or the image embeddings where the image pads were
     if (dembeds && tr->npad) be->gather_rows(dembeds, dx, tr->pad_rows, tr->npad, H);
-    float *demb = G(m, grads, "model.embed_tokens.weight", 0);
+    float *demb = model_grad_acc(m, w, grads, "model.embed_tokens.weight", 0);
     if (demb && tr->ntext) {
         Act *drows = U((size_t)tr->ntext * H);
         be->gather_rows(drows, dx, tr->text_rows, tr->ntext, H);

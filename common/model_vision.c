@@ -126,12 +126,11 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     size_t es = be->esize;
     // merger
     Act *dm1g = Z((size_t)R4 * M), *dm1 = Z((size_t)R4 * M), *dln = Z((size_t)tr->rows * D), *dhid = Z((size_t)tr->rows * D);
-    be->matmul_backward(dm1g, G(m, grads, "visual.merger.mlp.2.weight", 0), G(m, grads, "visual.merger.mlp.2.bias", 0), dembeds, tr->m1g,
-                        W(m, "visual.merger.mlp.2.weight", 0), (int)R4, M, H);
+    model_matmul_backward(m, w, grads, dm1g, 0, "visual.merger.mlp.2.weight", "visual.merger.mlp.2.bias", 0, dembeds, tr->m1g, (int)R4, M, H);
     be->gelu_backward(dm1, dm1g, tr->m1, (size_t)R4 * M);
-    be->matmul_backward(dln, G(m, grads, "visual.merger.mlp.0.weight", 0), G(m, grads, "visual.merger.mlp.0.bias", 0), dm1, tr->ln,
-                        W(m, "visual.merger.mlp.0.weight", 0), (int)R4, M, M);
-    be->layernorm_backward(tower ? dhid : NULL, G(m, grads, "visual.merger.ln_q.weight", 0), G(m, grads, "visual.merger.ln_q.bias", 0), dln, tr->hidden,
+    model_matmul_backward(m, w, grads, dln, 0, "visual.merger.mlp.0.weight", "visual.merger.mlp.0.bias", 0, dm1, tr->ln, (int)R4, M, M);
+    be->layernorm_backward(tower ? dhid : NULL, model_grad_acc(m, w, grads, "visual.merger.ln_q.weight", 0),
+                           model_grad_acc(m, w, grads, "visual.merger.ln_q.bias", 0), dln, tr->hidden,
                            W(m, "visual.merger.ln_q.weight", 0), tr->ln_mean, tr->ln_rstd, (int)tr->rows, D);
     model_grads_final(m, w, "visual.merger.ln_q.weight", 0);
     if (!tower) return 0;
@@ -139,21 +138,22 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     Act *dx = Z((size_t)S * D);
     be->scatter_rows(dx, dhid, tr->patch_rows, (int)tr->rows, D);
     // zeroed before each use (the backward ops accumulate) unless written whole: dqkv, df1 (the GELU backward),
-    // df1g, dh and datt (matmul_backward_set)
+    // df1g, dh and datt (MM_SET_DINP)
     Act *df1g = U((size_t)S * F), *df1 = U((size_t)S * F), *dh = U((size_t)S * D), *datt = U((size_t)S * D),
         *dqr = U((size_t)S * D), *dkr = U((size_t)S * D), *dv = U((size_t)S * D), *dqkv = U((size_t)S * 3 * D);
-    float *dcls_ang = G(m, grads, "visual.class_pos_emb", 0);
+    float *dcls_ang = model_grad_acc(m, w, grads, "visual.class_pos_emb", 0);  // (accumulated over the blocks)
     for (int l = v->depth - 1; l >= 0; l--) {
         const BlockActs *a = &tr->B[l];
-        be->matmul_backward_set(df1g, G(m, grads, "visual.blocks.%d.mlp.fc2.weight", l), G(m, grads, "visual.blocks.%d.mlp.fc2.bias", l), dx, a->f1g,
-                            W(m, "visual.blocks.%d.mlp.fc2.weight", l), (int)S, F, D);
+        model_matmul_backward(m, w, grads, df1g, 1, "visual.blocks.%d.mlp.fc2.weight", "visual.blocks.%d.mlp.fc2.bias", l, dx, a->f1g,
+                              (int)S, F, D);
         be->gelu_backward(df1, df1g, a->f1, (size_t)S * F);  // (overwrites df1)
-        be->matmul_backward_set(dh, G(m, grads, "visual.blocks.%d.mlp.fc1.weight", l), G(m, grads, "visual.blocks.%d.mlp.fc1.bias", l), df1, a->h2,
-                            W(m, "visual.blocks.%d.mlp.fc1.weight", l), (int)S, D, F);
-        be->layernorm_backward(dx, G(m, grads, "visual.blocks.%d.norm2.weight", l), G(m, grads, "visual.blocks.%d.norm2.bias", l), dh, a->x_mid,
+        model_matmul_backward(m, w, grads, dh, 1, "visual.blocks.%d.mlp.fc1.weight", "visual.blocks.%d.mlp.fc1.bias", l, df1, a->h2, (int)S,
+                              D, F);
+        be->layernorm_backward(dx, model_grad_acc(m, w, grads, "visual.blocks.%d.norm2.weight", l),
+                               model_grad_acc(m, w, grads, "visual.blocks.%d.norm2.bias", l), dh, a->x_mid,
                                W(m, "visual.blocks.%d.norm2.weight", l), a->mean2, a->rstd2, (int)S, D);
-        be->matmul_backward_set(datt, G(m, grads, "visual.blocks.%d.attn.proj.weight", l), G(m, grads, "visual.blocks.%d.attn.proj.bias", l), dx, a->att,
-                            W(m, "visual.blocks.%d.attn.proj.weight", l), (int)S, D, D);
+        model_matmul_backward(m, w, grads, datt, 1, "visual.blocks.%d.attn.proj.weight", "visual.blocks.%d.attn.proj.bias", l, dx, a->att,
+                              (int)S, D, D);
         be->zero(dqr, (size_t)S * D * es); be->zero(dkr, (size_t)S * D * es); be->zero(dv, (size_t)S * D * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nimg, (int)S, tr->max_len, nh, nh, hd, 0);
         if (dcls_ang) {  // the CLS rows rotate by learned angles: their gradient, before undoing the rotation
@@ -165,22 +165,23 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
         be->copy2d(dqkv, 3 * (size_t)D, dqr, D, S, D);
         be->copy2d(AT_(dqkv, D), 3 * (size_t)D, dkr, D, S, D);
         be->copy2d(AT_(dqkv, 2 * D), 3 * (size_t)D, dv, D, S, D);
-        be->matmul_backward_set(dh, G(m, grads, "visual.blocks.%d.attn.qkv.weight", l), G(m, grads, "visual.blocks.%d.attn.qkv.bias", l), dqkv, a->h1,
-                            W(m, "visual.blocks.%d.attn.qkv.weight", l), (int)S, D, 3 * D);
-        be->layernorm_backward(dx, G(m, grads, "visual.blocks.%d.norm1.weight", l), G(m, grads, "visual.blocks.%d.norm1.bias", l), dh, a->x_in,
+        model_matmul_backward(m, w, grads, dh, 1, "visual.blocks.%d.attn.qkv.weight", "visual.blocks.%d.attn.qkv.bias", l, dqkv, a->h1,
+                              (int)S, D, 3 * D);
+        be->layernorm_backward(dx, model_grad_acc(m, w, grads, "visual.blocks.%d.norm1.weight", l),
+                               model_grad_acc(m, w, grads, "visual.blocks.%d.norm1.bias", l), dh, a->x_in,
                                W(m, "visual.blocks.%d.norm1.weight", l), a->mean1, a->rstd1, (int)S, D);
         model_grads_final(m, w, "visual.blocks.%d.norm1.weight", l);  // the class_pos_emb gradient is still growing, below
     }
     // pre-LayerNorm, then CLS embeddings and the patch projection
     be->zero(dh, (size_t)S * D * es);
-    be->layernorm_backward(dh, G(m, grads, "visual.pre_layernorm.weight", 0), G(m, grads, "visual.pre_layernorm.bias", 0), dx, tr->x0,
+    be->layernorm_backward(dh, model_grad_acc(m, w, grads, "visual.pre_layernorm.weight", 0),
+                           model_grad_acc(m, w, grads, "visual.pre_layernorm.bias", 0), dx, tr->x0,
                            W(m, "visual.pre_layernorm.weight", 0), tr->pre_mean, tr->pre_rstd, (int)S, D);
-    float *dcls = G(m, grads, "visual.class_embedding", 0);
+    float *dcls = model_grad_acc(m, w, grads, "visual.class_embedding", 0);
     if (dcls) be->sum_rows(dcls, dh, tr->cls_rows, tr->nimg, D);
     Act *dpe = U((size_t)tr->rows * D);
     be->gather_rows(dpe, dh, tr->patch_rows, (int)tr->rows, D);
-    be->matmul_backward(NULL, G(m, grads, "visual.patch_embed.proj.weight", 0), NULL, dpe, tr->pixels,
-                        W(m, "visual.patch_embed.proj.weight", 0), (int)tr->rows, P, D);
+    model_matmul_backward(m, w, grads, NULL, 0, "visual.patch_embed.proj.weight", NULL, 0, dpe, tr->pixels, (int)tr->rows, P, D);
     model_grads_final(m, w, "visual.patch_embed.proj.weight", 0);  // the table's first tensor: all
     return v->depth;
 }

@@ -65,7 +65,6 @@ void adam_free(Adam *o) {
     memset(o, 0, sizeof *o);
 }
 
-void adam_zero_grad(Adam *o) { o->be->zero(o->flat_grad, o->n * sizeof(float)); }
 
 // padding is zero: the vector's norm is the tensors' norm
 double adam_shard_sq_norm(const Adam *o) { return o->be->sum_squares(o->flat_grad + o->lo, o->hi - o->lo); }

@@ -49,7 +49,6 @@ typedef struct {
 size_t adam_layout_size(const Model *m, const int *trainable);
 void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t hi);
 void adam_free(Adam *o);
-void adam_zero_grad(Adam *o);
 // Σ g² over the shard (double accumulation): combine the shards' sums for the global norm.
 double adam_shard_sq_norm(const Adam *o);
 // One step on the shard's elements of every trainable tensor (the model's weights there are updated).

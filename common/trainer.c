@@ -163,7 +163,7 @@ int trainer_run(const TrainOptions *o) {
         int64_t it = state.iteration + 1;
         double t0 = now_seconds(), lr = stage_lr(st, (it - 1) * st->global_batch);
         AdamHyper hyper = {(float)lr, (float)st->beta1, (float)st->beta2, (float)st->eps, (float)st->weight_decay, 1.0f};
-        adam_zero_grad(&opt);
+        model_grads_stale(&m, &work, opt.grad);  // the first micro-batch's backward overwrites them: no zeroing pass
         double loss_sum = 0.0, flops = 0.0, tokens = 0.0;
         char keys[256] = "";
         for (int mb = 0; mb < M; mb++) {

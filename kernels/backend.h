@@ -17,6 +17,8 @@ extern "C" {
 typedef struct Act Act;  // opaque: never dereferenced by the graph code
 #define AT(be, x, i) ((Act *)((char *)(x) + (size_t)(i) * (be)->esize))
 
+enum { MM_SET_DINP = 1, MM_SET_DW = 2 };  // Backend.matmul_backward's set flags
+
 typedef struct Backend {
     const char *name;
     size_t esize;
@@ -41,10 +43,10 @@ typedef struct Backend {
     void (*rope_angle_grad)(float *dang, const Act *y, const Act *dy, const int32_t *idx, int n, int H, int D);
     // ops (math in kernels/ops.h)
     void (*matmul_forward)(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M);
-    void (*matmul_backward)(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M);
-    // the same with dinp overwritten instead of accumulated (dw, dbias still accumulate): for an input gradient
-    // that would be zeroed just before (one memory pass and one read of zeros less on the GPU)
-    void (*matmul_backward_set)(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M);
+    // (set: MM_SET_DINP overwrites dinp, MM_SET_DW dw and dbias, instead of accumulating into them: for a
+    // gradient that would be zeroed just before, one memory pass and one read of zeros less on the GPU)
+    void (*matmul_backward)(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M,
+                            int set);
     void (*layernorm_forward)(Act *out, float *mean, float *rstd, const Act *inp, const Act *w, const Act *b, int N, int C, float eps);
     void (*layernorm_backward)(Act *dinp, float *dw, float *db, const Act *dout, const Act *inp, const Act *w, const float *mean,
                                const float *rstd, int N, int C);

@@ -277,6 +277,32 @@ PY
     [[ "$output" == *"NOT a near tie"* ]]
 }
 
+@test "gradients written over NaN-filled buffers (LLAVA_POISON=1; the trainer no longer zeroes them) equal those of zeroed buffers bit for bit: all trainable, some frozen, a text-only batch (the tower's are zeros)" {
+    make_model tiny
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 packed
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/text.safetensors" 7 text
+    for case in "in all" "in model.layers.2.,lm_head.,visual.blocks.1." "in model.layers.1.mlp.gate_proj.,vision" "text all"; do
+        set -- $case
+        for poison in 0 1; do
+            LLAVA_POISON=$poison "$BIN/forward" --model "$T/hf" --in "$T/$1.safetensors" --out "$T/p$poison.safetensors" --grads \
+                --trainable "$2" 2>/dev/null
+        done
+        echo "$case"
+        cmp "$T/p0.safetensors" "$T/p1.safetensors"
+    done
+    # the text-only batch: the tower's gradients are there, and zero (a NaN would also fail cmp above)
+    run $PY -c "
+import sys; sys.path.insert(0, '$REF')
+from stlib import read_file
+import numpy as np
+g = read_file('$T/p1.safetensors')
+v = [k for k in g if k.startswith('grad.visual.blocks.')]
+assert v and all(not np.any(np.asarray(g[k][1])) for k in v), v[:3]
+print(len(v), 'vision block gradients, all zero')"
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
 @test "--recompute N: outputs and gradients bit-identical to storing everything; activation memory falls by N-1 layers" {
     make_model tiny
     $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 packed

@@ -47,12 +47,12 @@ static void cpu_rope_angle_grad(float *dang, const Act *y, const Act *dy, const 
 }
 
 static void mm_f(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M) { matmul_forward(F(out), CF(inp), CF(w), CF(bias), N, K, M); }
-static void mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
+// the set flags: the outputs zeroed, then accumulated into (the same values an overwrite gives)
+static void mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M, int set) {
+    if (dinp && (set & MM_SET_DINP)) memset(dinp, 0, (size_t)N * K * sizeof(float));
+    if (dw && (set & MM_SET_DW)) memset(dw, 0, (size_t)M * K * sizeof(float));
+    if (dbias && (set & MM_SET_DW)) memset(dbias, 0, (size_t)M * sizeof(float));
     matmul_backward(F(dinp), dw, dbias, CF(dout), CF(inp), CF(w), N, K, M);
-}
-static void mm_b_set(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
-    if (dinp) memset(dinp, 0, (size_t)N * K * sizeof(float));
-    mm_b(dinp, dw, dbias, dout, inp, w, N, K, M);
 }
 static void ln_f(Act *out, float *mean, float *rstd, const Act *inp, const Act *w, const Act *b, int N, int C, float eps) {
     layernorm_forward(F(out), mean, rstd, CF(inp), CF(w), CF(b), N, C, eps);
@@ -126,7 +126,7 @@ const Backend backend_cpu = {
     .from_f32 = cpu_from_f32, .to_f32 = cpu_to_f32, .memory_peak = cpu_memory_peak,
     .add = cpu_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
     .rope_angle_grad = cpu_rope_angle_grad,
-    .matmul_forward = mm_f, .matmul_backward = mm_b, .matmul_backward_set = mm_b_set, .layernorm_forward = ln_f, .layernorm_backward = ln_b,
+    .matmul_forward = mm_f, .matmul_backward = mm_b, .layernorm_forward = ln_f, .layernorm_backward = ln_b,
     .rmsnorm_forward = rms_f, .rmsnorm_backward = rms_b,
     .add_rmsnorm_forward = add_rms_f, .add_layernorm_forward = add_ln_f, .rmsnorm_rope_forward = rms_rope_f,
     .gelu_forward = gelu_f, .gelu_backward = gelu_b,
@@ -149,13 +149,9 @@ static void round_bf16(Act *x, size_t n) {
 static void e_from_f32(Act *dst, const float *host, size_t n) { memcpy(dst, host, n * sizeof(float)); round_bf16(dst, n); }
 static void e_add(Act *out, const Act *a, const Act *b, size_t n) { cpu_add(out, a, b, n); round_bf16(out, n); }
 static void e_mm_f(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M) { mm_f(out, inp, w, bias, N, K, M); round_bf16(out, (size_t)N * M); }
-static void e_mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
-    mm_b(dinp, dw, dbias, dout, inp, w, N, K, M);
+static void e_mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M, int set) {
+    mm_b(dinp, dw, dbias, dout, inp, w, N, K, M, set);
     if (dinp) round_bf16(dinp, (size_t)N * K);
-}
-static void e_mm_b_set(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
-    if (dinp) memset(dinp, 0, (size_t)N * K * sizeof(float));
-    e_mm_b(dinp, dw, dbias, dout, inp, w, N, K, M);
 }
 static void e_ln_f(Act *out, float *mean, float *rstd, const Act *inp, const Act *w, const Act *b, int N, int C, float eps) {
     ln_f(out, mean, rstd, inp, w, b, N, C, eps);
@@ -227,7 +223,7 @@ const Backend backend_cpu_bf16 = {
     .from_f32 = e_from_f32, .to_f32 = cpu_to_f32, .memory_peak = cpu_memory_peak,
     .add = e_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
     .rope_angle_grad = cpu_rope_angle_grad,
-    .matmul_forward = e_mm_f, .matmul_backward = e_mm_b, .matmul_backward_set = e_mm_b_set, .layernorm_forward = e_ln_f, .layernorm_backward = e_ln_b,
+    .matmul_forward = e_mm_f, .matmul_backward = e_mm_b, .layernorm_forward = e_ln_f, .layernorm_backward = e_ln_b,
     .rmsnorm_forward = e_rms_f, .rmsnorm_backward = e_rms_b,
     .add_rmsnorm_forward = e_add_rms_f, .add_layernorm_forward = e_add_ln_f, .rmsnorm_rope_forward = e_rms_rope_f,
     .gelu_forward = e_gelu_f, .gelu_backward = e_gelu_b,

@@ -83,13 +83,9 @@ static void g_rope_angle_grad(float *dang, const Act *y, const Act *dy, const in
 }
 
 static void mm_f(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M) { PROF(cuda_matmul_forward(U(out), CU(inp), CU(w), CU(bias), N, K, M), "matmul_forward %dx%d.%dx%d^T%s", N, K, M, K, bias ? " +bias" : ""); }
-static void mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
-    PROF(cuda_matmul_backward(U(dinp), dw, dbias, CU(dout), CU(inp), CU(w), N, K, M), "matmul_backward %dx%d.%dx%d^T%s%s", N, K, M, K,
-         dinp ? "" : " (no dinp)", dbias ? " +dbias" : "");
-}
-static void mm_b_set(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M) {
-    PROF(cuda_matmul_backward_set(U(dinp), dw, dbias, CU(dout), CU(inp), CU(w), N, K, M), "matmul_backward %dx%d.%dx%d^T%s (dinp set)", N, K,
-         M, K, dbias ? " +dbias" : "");
+static void mm_b(Act *dinp, float *dw, float *dbias, const Act *dout, const Act *inp, const Act *w, int N, int K, int M, int set) {
+    PROF(cuda_matmul_backward(U(dinp), dw, dbias, CU(dout), CU(inp), CU(w), N, K, M, set), "matmul_backward %dx%d.%dx%d^T%s%s%s%s", N, K,
+         M, K, dinp ? "" : " (no dinp)", dbias ? " +dbias" : "", set & MM_SET_DINP ? " (dinp set)" : "", set & MM_SET_DW ? " (dw set)" : "");
 }
 static void ln_f(Act *out, float *mean, float *rstd, const Act *inp, const Act *w, const Act *b, int N, int C, float eps) {
     PROF(cuda_layernorm_forward(U(out), mean, rstd, CU(inp), CU(w), CU(b), N, C, eps), "layernorm_forward %dx%d", N, C);
@@ -177,7 +173,7 @@ static Backend make_table(void) {
     b.from_f32 = g_from_f32; b.to_f32 = g_to_f32; b.memory_peak = cuda_memory_peak;
     b.add = g_add; b.copy2d = g_copy2d; b.gather_rows = g_gather; b.scatter_rows = g_scatter; b.sum_rows = g_sum_rows;
     b.rope_angle_grad = g_rope_angle_grad;
-    b.matmul_forward = mm_f; b.matmul_backward = mm_b; b.matmul_backward_set = mm_b_set; b.layernorm_forward = ln_f; b.layernorm_backward = ln_b;
+    b.matmul_forward = mm_f; b.matmul_backward = mm_b; b.layernorm_forward = ln_f; b.layernorm_backward = ln_b;
     b.rmsnorm_forward = rms_f; b.rmsnorm_backward = rms_b;
     b.add_rmsnorm_forward = add_rms_f; b.add_layernorm_forward = add_ln_f; b.rmsnorm_rope_forward = rms_rope_f; b.gelu_forward = gelu_f; b.gelu_backward = gelu_b;
     b.swiglu_forward = swi_f; b.swiglu_backward = swi_b; b.rope_forward = rope_f; b.rope_backward = rope_b;

@@ -114,24 +114,17 @@ __global__ static void bias_grad_parts(float *part, const bf16_t *dout, int N, i
     part[(size_t)p * M + m] = s;
 }
 
-// dinp_beta: 1 accumulates into dinp, 0 overwrites it
-static void matmul_backward(bf16 *dinp, float dinp_beta, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w,
-                            int N, int K, int M) {
+extern "C" void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w,
+                                     int N, int K, int M, int set) {
+    float dinp_beta = set & 1 ? 0.0f : 1.0f, dw_beta = set & 2 ? 0.0f : 1.0f;  // (MM_SET_DINP, MM_SET_DW)
     if (dinp) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, K, N, M, w, K, dout, M, dinp, CUDA_R_16BF, K, dinp_beta, NULL);
-    if (dw) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_T, K, M, N, inp, K, dout, M, dw, CUDA_R_32F, K, 1.0f, NULL);
+    if (dw) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_T, K, M, N, inp, K, dout, M, dw, CUDA_R_32F, K, dw_beta, NULL);
     if (dbias) {
+        if (set & 2) CUDA_CHECK(cudaMemsetAsync(dbias, 0, (size_t)M * sizeof(float), g_stream));
         int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
         float *part = (float *)cuda_scratch((size_t)parts * M * sizeof(float));
         bias_grad_parts<<<dim3((M + 127) / 128, parts), 128, 0, g_stream>>>(part, (const bf16_t *)dout, N, M);
         LAUNCH_CHECK();
         reduce_parts(dbias, part, parts, M);
     }
-}
-extern "C" void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w,
-                                     int N, int K, int M) {
-    matmul_backward(dinp, 1.0f, dw, dbias, dout, inp, w, N, K, M);
-}
-extern "C" void cuda_matmul_backward_set(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w,
-                                         int N, int K, int M) {
-    matmul_backward(dinp, 0.0f, dw, dbias, dout, inp, w, N, K, M);
 }

@@ -52,12 +52,11 @@ void cuda_nccl_free(void);
 // ---- matmul (cuBLASLt, fp32 compute) ----
 // out[N,M] = inp[N,K] · w[M,K]ᵀ (+ bias[M]); bias bf16.
 void cuda_matmul_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int N, int K, int M);
-// dinp[N,K] += dout·w (bf16); dw[M,K] += doutᵀ·inp (fp32); dbias[M] += Σ_n dout (fp32).
+// dinp[N,K] += dout·w (bf16); dw[M,K] += doutᵀ·inp (fp32); dbias[M] += Σ_n dout (fp32). set (backend.h's
+// MM_SET_DINP = 1, MM_SET_DW = 2): dinp, or dw and dbias, overwritten instead (the product's beta 0: the old
+// contents never read)
 void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w, int N,
-                          int K, int M);
-// the same with dinp = dout·w (overwritten: the product's beta 0, its old contents never read)
-void cuda_matmul_backward_set(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w, int N,
-                              int K, int M);
+                          int K, int M, int set);
 
 // ---- norms (statistics in fp32) ----
 void cuda_rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C, float eps);

@@ -13,6 +13,7 @@
 #include "../../common/dtype.h"
 #include "../../common/rng.h"
 #include "../../common/util.h"
+#include "../../kernels/backend.h"
 #include "../../kernels/cuda/ops_cuda.h"
 #include "../../kernels/ops.h"
 
@@ -82,7 +83,7 @@ static void matmul_case(int N, int K, int M, int bias) {
     cuda_memset0(gdx, (size_t)N * K * 2);
     float *gdw = dev_f32(NULL, (size_t)M * K), *gdb = dev_f32(NULL, M);
     cuda_matmul_forward(gout, gx, gw, gb, N, K, M);
-    cuda_matmul_backward(gdx, gdw, bias ? gdb : NULL, gdy, gx, gw, N, K, M);
+    cuda_matmul_backward(gdx, gdw, bias ? gdb : NULL, gdy, gx, gw, N, K, M, 0);
     sync_or_die();
     char name[96];
     float *h;
@@ -90,15 +91,21 @@ static void matmul_case(int N, int K, int M, int bias) {
     check(name, h = back_bf16(gout, (size_t)N * M), out, (size_t)N * M, 2e-2); free(h);
     snprintf(name, sizeof name, "matmul %dx%dx%d dinp (bf16)", N, K, M);
     check(name, h = back_bf16(gdx, (size_t)N * K), dx, (size_t)N * K, 2e-2); free(h);
-    // the overwriting form: dinp starts as NaN, which an accumulation would keep
-    cuda_memset_ff(gdx, (size_t)N * K * 2);
-    cuda_matmul_backward_set(gdx, NULL, NULL, gdy, gx, gw, N, K, M);
-    sync_or_die();
-    snprintf(name, sizeof name, "matmul %dx%dx%d dinp set (bf16)", N, K, M);
-    check(name, h = back_bf16(gdx, (size_t)N * K), dx, (size_t)N * K, 2e-2); free(h);
     snprintf(name, sizeof name, "matmul %dx%dx%d dw (fp32)", N, K, M);
     check(name, h = back_f32(gdw, (size_t)M * K), dw, (size_t)M * K, 1e-3); free(h);
     if (bias) { check("matmul dbias (fp32)", h = back_f32(gdb, M), db, M, 1e-3); free(h); }
+    // the overwriting forms: the outputs start as NaN, which an accumulation would keep
+    cuda_memset_ff(gdx, (size_t)N * K * 2);
+    cuda_memset_ff(gdw, (size_t)M * K * 4);
+    cuda_memset_ff(gdb, (size_t)M * 4);
+    cuda_matmul_backward(gdx, NULL, NULL, gdy, gx, gw, N, K, M, MM_SET_DINP);
+    cuda_matmul_backward(NULL, gdw, bias ? gdb : NULL, gdy, gx, gw, N, K, M, MM_SET_DW);
+    sync_or_die();
+    snprintf(name, sizeof name, "matmul %dx%dx%d dinp set (bf16)", N, K, M);
+    check(name, h = back_bf16(gdx, (size_t)N * K), dx, (size_t)N * K, 2e-2); free(h);
+    snprintf(name, sizeof name, "matmul %dx%dx%d dw set (fp32)", N, K, M);
+    check(name, h = back_f32(gdw, (size_t)M * K), dw, (size_t)M * K, 1e-3); free(h);
+    if (bias) { check("matmul dbias set (fp32)", h = back_f32(gdb, M), db, M, 1e-3); free(h); }
     free(x); free(w); free(b); free(dy); free(out); free(dx); free(dw); free(db);
     cuda_free(gx); cuda_free(gw); cuda_free(gb); cuda_free(gdy); cuda_free(gout); cuda_free(gdx); cuda_free(gdw); cuda_free(gdb);
 }
@@ -395,7 +402,7 @@ static double time_ms(void (*fn)(void *), void *arg, int reps) {
 
 typedef struct { bf16 *a, *b, *c, *q, *k, *v, *o, *dq, *dk, *dv; float *lse, *dw; int32_t *cu; int N, K, M, T, Hq, Hkv, D, causal; } Bench;
 static void run_mm(void *p) { Bench *b = p; cuda_matmul_forward(b->c, b->a, b->b, NULL, b->N, b->K, b->M); }
-static void run_mm_bwd(void *p) { Bench *b = p; cuda_matmul_backward(b->a, b->dw, NULL, b->c, b->a, b->b, b->N, b->K, b->M); }
+static void run_mm_bwd(void *p) { Bench *b = p; cuda_matmul_backward(b->a, b->dw, NULL, b->c, b->a, b->b, b->N, b->K, b->M, 0); }
 static void run_attn(void *p) { Bench *b = p; cuda_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
 static void run_attn_bwd(void *p) { Bench *b = p; cuda_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
 
