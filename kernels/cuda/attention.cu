@@ -150,8 +150,8 @@ int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const
 // sets both. Unset: the fastest measured on an H100 (bench/RESULTS.md, session 14): version 6's forward
 // (two warpgroups per block sharing the K/V tiles, Q in registers; 2.44 against v4's 2.64 ms at the
 // slice's shape, 0.56 against 0.61 at the tower's) and version 4's backward (5.45 against v6's 6.37 ms,
-// 1.74 against 2.33). Versions 4-8 fall back to v2 on a GPU other than compute capability 9.0; 7 is 6 with
-// the next tile's scores in flight during the softmax, and its backward v4's dK/dV kernel with v6's dQ;
+// 1.74 against 2.33). Versions 4-9 fall back to v2 on a GPU other than compute capability 9.0; 7 is 6 with
+// 128 keys a step (not yet measured), and its backward v4's dK/dV kernel with v6's dQ;
 // 8 is 6 with the second warpgroup half a step behind the first in both directions; 9 a backward only (its
 // forward is 6's): one pass, 5 tile products instead of 7, dQ summed with atomics, so not bit-reproducible
 // (neither yet measured).

@@ -121,22 +121,26 @@ static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, cons
 // lives in registers (the score product reads only K from shared memory); tile j's K and V share stage
 // j % STAGES. The schedules:
 //   FWD_PLAIN (v6): each warpgroup S_j, softmax_j, O += P_j·V_j, each product waited for; tile j + 2 on its way.
-//   FWD_PIPE (v7): as version 5 does for version 4, S_{j+1} in flight while softmax_j runs; tiles j and j + 1 in.
+//   FWD_WIDE (v7): FWD_PLAIN over 128 keys a step (two 64-row tiles, FlashAttention-3's key block at head dim
+//     128): each step's barrier, softmax bookkeeping (row maxima and sums across the quad, the rescale of O)
+//     and product waits serve twice the products. Three stages of two tiles (192 KB at head dim 128), so
+//     one block per SM at both head dims. (Version 7 was FWD_PIPE, S_{j+1} in flight during softmax_j, as
+//     version 5 does for 4: no faster at head dim 128, 1.5x slower at 64 (session 14), removed.)
 //   FWD_SKEW (v8): the second warpgroup half a step behind the first (ping-pong, as in FlashAttention-3,
 //     without its named barriers). With the block's barrier both warpgroups would start their score products
 //     at once and then both run their softmax while the tensor cores idle; here, in step j, the first runs
 //     S_j, softmax_j, O += P_j·V_j while the second runs softmax_{j-1}, O += P_{j-1}·V_{j-1}, S_j. Tiles j - 1
 //     and j are in use, j + 1 has landed and j + 2 is on its way (four stages); one step more than the tiles.
-enum { FWD_PLAIN, FWD_PIPE, FWD_SKEW };
+enum { FWD_PLAIN, FWD_WIDE, FWD_SKEW };
 template <int D, int STAGES>
 struct WgKvSmem {
     bf16_t k[STAGES][FT * D], v[STAGES][FT * D];
 };
 template <int SCHED>
-__host__ __device__ constexpr int fwd2_stages() { return SCHED == FWD_SKEW ? 4 : 3; }
+__host__ __device__ constexpr int fwd2_stages() { return SCHED == FWD_SKEW ? 4 : SCHED == FWD_WIDE ? 6 : 3; }  // (64-row tiles)
 
 template <int D, bool PAIR, int SCHED>
-__global__ static void __launch_bounds__(256, D == 64 && SCHED != FWD_PIPE ? 2 : 1)  // head dim 64: two blocks (16 warps) per SM
+__global__ static void __launch_bounds__(256, D == 64 && SCHED != FWD_WIDE ? 2 : 1)  // head dim 64: two blocks (16 warps) per SM
 flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
               int causal, float scale) {
     constexpr int S = fwd2_stages<SCHED>(), ROWS = PAIR ? FT : 2 * FT;  // query rows of the block per head
@@ -155,8 +159,9 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
         wg_load_tile_async<D>(sm.v[j % S], v, start + j * FT, end, Hkv, hk);
     };
 #pragma unroll
-    for (int j = 0; j < 2; j++) {  // tiles 0 and 1, a group each
-        if (j < nk) fetch(j);
+    for (int j = 0; j < 2; j++) {  // tiles 0 and 1 (FWD_WIDE: 0-1 and 2-3), a group each
+        if (SCHED == FWD_WIDE && 2 * j < nk) fetch(2 * j), fetch(2 * j + 1);
+        if (SCHED != FWD_WIDE && j < nk) fetch(j);
         cp_async_commit();
     }
     uint32_t qa[D / 16][4];
@@ -184,37 +189,41 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
             }
             if (wg == 1 && j < mine) wg_scores_rq<D>(sc, qa, sm.k[j % S]);  // S_j, for the next step
         }
+    } else if constexpr (SCHED == FWD_WIDE) {
+        // step w: keys start + 128w.., tiles 2w and 2w + 1 in stages 2(w % 3) and + 1 (a tile past the block's
+        // last is fetched as whatever it holds and masked: its keys are past `end` or after every query row)
+        int nw = (nk + 1) / 2, mw = (mine + 1) / 2;
+        float sw[2 * FT / 8][4];  // 64 rows × 128 keys per warpgroup
+        uint32_t a[2 * FT / 16][4];
+        for (int w = 0; w < nw; w++) {
+            tiles_ready<WgmmaTiles, 1>();  // wide tile w has landed (w + 1 may be in flight); all are done with w - 1
+            if (w + 2 < nw) fetch(2 * (w + 2)), fetch(2 * (w + 2) + 1);
+            cp_async_commit();
+            if (w >= mw) continue;  // (causal, rows mode) the first warpgroup's rows end before this step
+            int st = 2 * (w % 3), k0 = start + w * 2 * FT;
+            int full = k0 + 2 * FT <= end && (!causal || k0 + 2 * FT - 1 <= q0 + warp * 16);
+            wg_issue_scores_rq<D>(sw, qa, sm.k[st]);  // S = Q·Kᵀ over both tiles
+            wg_issue_scores_rq<D>(sw + FT / 8, qa, sm.k[st + 1]);
+            wg_wait_all();
+            wg_hold<2 * FT / 8>(sw);
+            wg_hold_frags<D / 16>(qa);
+            flash_softmax_step<2 * FT, D>(sw, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+            flash_p_frags<2 * FT>(a, sw);
+            wg_issue_accumulate<D>(o, a, sm.v[st]);  // O += P·V, the keys of each tile
+            wg_issue_accumulate<D>(o, a + FT / 16, sm.v[st + 1]);
+            wg_wait_all();
+            wg_hold<D / 8>(o);
+            wg_hold_frags<2 * FT / 16>(a);
+        }
     } else {
-        float sn[FT / 8][4];  // (FWD_PIPE) the next tile's scores
-#pragma unroll
-        for (int n = 0; n < FT / 8; n++) sn[n][0] = sn[n][1] = sn[n][2] = sn[n][3] = 0.0f;
         for (int it = 0; it < nk; it++) {
-            // tile it has landed (FWD_PIPE: it + 1 too) for everyone, and everyone is done with tile it - 1
-            tiles_ready<WgmmaTiles, SCHED == FWD_PIPE ? 0 : S - 2>();
+            // tile it has landed for everyone, and everyone is done with tile it - 1
+            tiles_ready<WgmmaTiles, S - 2>();
             if (it + S - 1 < nk) fetch(it + S - 1);
             cp_async_commit();
             if (it >= mine) continue;  // (causal, rows mode) the first warpgroup's rows end before this tile
-            if constexpr (SCHED == FWD_PLAIN) {
-                wg_scores_rq<D>(sc, qa, sm.k[it % S]);  // S = Q·Kᵀ
-                softmax_pv(it);
-            } else {
-                int k0 = start + it * FT, full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16), next = it + 1 < mine;
-                if (it == 0) wg_scores_rq<D>(sc, qa, sm.k[0]);               // S_0
-                if (next) wg_issue_scores_rq<D>(sn, qa, sm.k[(it + 1) % S]);  // S_{it+1}, in flight during the softmax
-                flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
-                uint32_t a[FT / 16][4];
-                flash_p_frags<FT>(a, sc);
-                wg_issue_accumulate<D>(o, a, sm.v[it % S]);  // O += P_it·V_it
-                wg_wait_all();                               // both products
-                wg_hold<FT / 8>(sn);
-                wg_hold<D / 8>(o);
-                wg_hold_frags(a);
-                wg_hold_frags<D / 16>(qa);
-                if (next) {
-#pragma unroll
-                    for (int n = 0; n < FT / 8; n++) sc[n][0] = sn[n][0], sc[n][1] = sn[n][1], sc[n][2] = sn[n][2], sc[n][3] = sn[n][3];
-                }
-            }
+            wg_scores_rq<D>(sc, qa, sm.k[it % S]);  // S = Q·Kᵀ
+            softmax_pv(it);
         }
     }
     if (mine) flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
@@ -240,7 +249,7 @@ static void wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, con
     (pair ? launch_fwd2<D, true, SCHED>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)              \
           : launch_fwd2<D, false, SCHED>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal))
     case 6: case 9: FWD2(FWD_PLAIN); break;  // (9: a backward version; its forward is 6's)
-    case 7: FWD2(FWD_PIPE); break;
+    case 7: FWD2(FWD_WIDE); break;
     case 8: FWD2(FWD_SKEW); break;
 #undef FWD2
     default: launch_fwd<D, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal); break;  // 4

@@ -427,7 +427,7 @@ static void timings(void) {
     double afl = 4.0 * b.T * (double)b.T / 2 * b.Hq * b.D;  // causal: half of QKᵀ and PV
     const char *what[10] = {"warp-per-row", "flash v1 (mma.sync)", "flash v2 (cp.async, ldmatrix)", "flash v3 (v2, 32 rows/warp)",
                            "flash v4 (v2 on wgmma)", "flash v5 (v4, overlapped fwd)", "flash v6 (v4, 2 warpgroups)",
-                           "flash v7 (v6+overlap; v4/v6 bwd)", "flash v8 (v6, ping-pong)", "flash v9 (v6; bwd one pass)"};
+                           "flash v7 (v6 128 keys; v4/v6 bwd)", "flash v8 (v6, ping-pong)", "flash v9 (v6; bwd one pass)"};
     for (int version = 9; version >= 0; version--) {
         cuda_attention_set_flash(version);
         double at = time_ms(run_attn, &b, version ? 5 : 2), atb = time_ms(run_attn_bwd, &b, version ? 3 : 1);

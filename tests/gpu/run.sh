@@ -68,8 +68,9 @@ if [ -x "$B/ops_check" ]; then
     # versions 4-9 (wgmma, Hopper only; the default runs v6's forward and v4's backward): 30 checks each. A
     # failing v6 sends the rest of the run to v4 (LLAVA_FLASH=4), a failing v4 to v6's forward and v2's
     # backward (62), both to v2. The bench times the default, all-v4, all-v8, v8's forward with v4's
-    # backward (84) and v9 (v6's forward, the one-pass backward) when they passed (v2, v3, v5, v6 and v7
-    # were timed in sessions 13-14; FLASH_VARIANTS names others: "2 3 5 6 7 74").
+    # backward (84), v9 (v6's forward, the one-pass backward) and v7's forward (128 keys a step) with v4's
+    # and v9's backward when they passed (v2, v3, v5 and v6 were timed in sessions 13-14; FLASH_VARIANTS
+    # names others: "2 3 5 6 7").
     passed=" "
     for v in 4 5 6 7 8 9; do
         ok=$(grep -c "flash v$v).* ok\$" "$OUTDIR/ops_check.txt")
@@ -93,6 +94,8 @@ if [ -x "$B/ops_check" ]; then
     has 8 && variants="$variants 8"
     has 4 && has 8 && variants="$variants 84"
     has 6 && has 9 && variants="$variants 9"
+    has 7 && has 4 && variants="$variants 74"      # v7's forward: v6 with 128 keys a step
+    has 7 && has 9 && variants="$variants 79"
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
 fi
 # OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's
