@@ -108,10 +108,6 @@ PY
     *) echo "gpu_train: unknown shape '$shape' (slice, vision, full)"; exit 2 ;;
     esac
     if [ "${ONLY_PROFILE:-0}" != 1 ]; then
-        # the attention versions still in the running (LLAVA_FLASH; the default picks per head dim) side by side
-        for v in $variants; do
-            echo "gpu_train $shape: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
-        done
         ours=$(T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
         peer=$(T $PY bench/gpu_train_ref.py "${peer_args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
         echo "gpu_train $shape: ours  $ours"
@@ -120,6 +116,13 @@ PY
     fi
     if [ -n "${PROFILE_DIR:-}" ] && [ "$profile" = 1 ]; then  # where the time goes: device time per op over the timed steps
         LLAVA_PROFILE=$PROFILE_DIR/profile_$shape.txt T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1 | sed "s/^/gpu_train $shape: profiled run: /"
+    fi
+    if [ "${ONLY_PROFILE:-0}" != 1 ]; then
+        # then the attention versions still in the running (LLAVA_FLASH) side by side (last, so that a time
+        # limit cuts these first)
+        for v in $variants; do
+            echo "gpu_train $shape: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+        done
     fi
     rm -rf "$W/slice" "$W/vis" "$W/full"
 done

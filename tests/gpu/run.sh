@@ -12,7 +12,7 @@
 # bench/gpu_train.sh against PyTorch + transformers, with a profiled run per shape (SKIP_BENCH=1 leaves it
 # out; BENCH_SHAPES="slice vision full" adds the whole model, an H200). A short table is printed last; the
 # detail files come back as results.tgz. ONLY_BENCH=1 runs just the bench (WITH_OPS=1: after ops_check). Limits: STEP_TIMEOUT (each
-# program, 90 s), OPS_TIMEOUT (150), BENCH_TIMEOUT (300). LLAVA_FLASH=N forces one attention version (FB: forward F,
+# program, 90 s), OPS_TIMEOUT (150), BENCH_TIMEOUT (400). LLAVA_FLASH=N forces one attention version (FB: forward F,
 # backward B). OPS_AB=DIR also times DIR/ops_check.xz (another build's) in the same call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -249,7 +249,7 @@ summary+=("bf16 GEMM: $gemm")
 section 6: bench
 # ---- 6. bench/gpu_train.sh: training steps against PyTorch + transformers on this card ----
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-    PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-300}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
+    PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-400}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
         tee "$OUTDIR/gpu_train.txt"
     while IFS= read -r line; do summary+=("$line"); done < <(grep '^gpu_train' "$OUTDIR/gpu_train.txt")
 fi
