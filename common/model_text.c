@@ -176,7 +176,7 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         du = U((size_t)T * I);
     }
     // zeroed before each use (the backward ops accumulate) unless written whole: dgu by the SwiGLU backward,
-    // dact, datt and dh by their first product (MM_SET_DINP)
+    // dact, datt and dh by their first product (MM_SET_DINP), dq and dk by the QK-norm backward
     Act *dact = U((size_t)T * I), *dgu = U((size_t)T * 2 * I),
         *datt = U(T * Q), *dqr = U(T * Q), *dkr = U(T * KV), *dv = U(T * KV), *dq = U(T * Q), *dk = U(T * KV);
     for (int l = c->layers - 1; l >= stop; l--) {
@@ -199,13 +199,11 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         model_matmul_backward(m, w, grads, datt, 1, "model.layers.%d.self_attn.o_proj.weight", NULL, l, dx, a->att, T, (int)Q, H);
         be->zero(dqr, T * Q * es); be->zero(dkr, T * KV * es); be->zero(dv, T * KV * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nseq, T, tr->max_len, nq, nkv, hd, 1);
-        be->rope_backward(dqr, tr->ang, T, nq, hd);
-        be->rope_backward(dkr, tr->ang, T, nkv, hd);
-        be->zero(dq, T * Q * es); be->zero(dk, T * KV * es);
-        be->rmsnorm_backward(dq, model_grad_acc(m, w, grads, "model.layers.%d.self_attn.q_norm.weight", l), dqr, a->q,
-                             W(m, "model.layers.%d.self_attn.q_norm.weight", l), a->qrstd, T * nq, hd);
-        be->rmsnorm_backward(dk, model_grad_acc(m, w, grads, "model.layers.%d.self_attn.k_norm.weight", l), dkr, a->k,
-                             W(m, "model.layers.%d.self_attn.k_norm.weight", l), a->krstd, T * nkv, hd);
+        // QK-norm and RoPE backwards in one pass (dq, dk overwritten; dqr, dkr spent)
+        be->rmsnorm_rope_backward(dq, model_grad_acc(m, w, grads, "model.layers.%d.self_attn.q_norm.weight", l), dqr, a->q,
+                                  W(m, "model.layers.%d.self_attn.q_norm.weight", l), a->qrstd, tr->ang, T, nq, hd);
+        be->rmsnorm_rope_backward(dk, model_grad_acc(m, w, grads, "model.layers.%d.self_attn.k_norm.weight", l), dkr, a->k,
+                                  W(m, "model.layers.%d.self_attn.k_norm.weight", l), a->krstd, tr->ang, T, nkv, hd);
         model_matmul_backward(m, w, grads, dh, 1, "model.layers.%d.self_attn.q_proj.weight", NULL, l, dq, a->h1, T, H, (int)Q);
         model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.self_attn.k_proj.weight", NULL, l, dk, a->h1, T, H, (int)KV);
         model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.self_attn.v_proj.weight", NULL, l, dv, a->h1, T, H, (int)KV);

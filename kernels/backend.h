@@ -59,6 +59,10 @@ typedef struct Backend {
                                   const Act *bias, int N, int C, float eps);
     void (*rmsnorm_rope_forward)(Act *out, float *rstd, const Act *inp, const Act *w, const float *angles, int T, int H, int D,
                                  float eps);
+    // its backward: dinp (overwritten, not accumulated) = d inp from dout, the rotated output's gradient
+    // (dout is scratch: it is left holding the un-rotated gradient or anything else); dw accumulates
+    void (*rmsnorm_rope_backward)(Act *dinp, float *dw, Act *dout, const Act *inp, const Act *w, const float *rstd,
+                                  const float *angles, int T, int H, int D);
     void (*gelu_forward)(Act *out, const Act *inp, size_t n);
     void (*gelu_backward)(Act *dinp, const Act *dout, const Act *inp, size_t n);
     void (*swiglu_forward)(Act *out, const Act *gu, int N, int F);

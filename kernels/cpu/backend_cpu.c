@@ -84,6 +84,12 @@ static void rms_rope_f(Act *out, float *rstd, const Act *inp, const Act *w, cons
     rms_f(out, rstd, inp, w, T * H, D, eps);
     rope_f(out, ang, T, H, D);
 }
+static void rms_rope_b(Act *dinp, float *dw, Act *dout, const Act *inp, const Act *w, const float *rstd, const float *ang, int T, int H,
+                       int D) {
+    rope_b(dout, ang, T, H, D);  // (in place: dout is scratch)
+    memset(dinp, 0, (size_t)T * H * D * sizeof(float));
+    rms_b(dinp, dw, dout, inp, w, rstd, T * H, D);
+}
 static void att_f(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len,
                   int Hq, int Hkv, int D, int causal) {
     (void)T; (void)max_len;
@@ -129,6 +135,7 @@ const Backend backend_cpu = {
     .matmul_forward = mm_f, .matmul_backward = mm_b, .layernorm_forward = ln_f, .layernorm_backward = ln_b,
     .rmsnorm_forward = rms_f, .rmsnorm_backward = rms_b,
     .add_rmsnorm_forward = add_rms_f, .add_layernorm_forward = add_ln_f, .rmsnorm_rope_forward = rms_rope_f,
+    .rmsnorm_rope_backward = rms_rope_b,
     .gelu_forward = gelu_f, .gelu_backward = gelu_b,
     .swiglu_forward = swi_f, .swiglu_backward = swi_b, .rope_forward = rope_f, .rope_backward = rope_b,
     .attention_forward = att_f, .attention_backward = att_b, .attention_decode = att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
@@ -180,6 +187,12 @@ static void e_rms_rope_f(Act *out, float *rstd, const Act *inp, const Act *w, co
     rms_rope_f(out, rstd, inp, w, ang, T, H, D, eps);
     round_bf16(out, (size_t)T * H * D);
 }
+// as the CUDA kernel: the un-rotated gradient kept in fp32, d inp rounded once
+static void e_rms_rope_b(Act *dinp, float *dw, Act *dout, const Act *inp, const Act *w, const float *rstd, const float *ang, int T, int H,
+                         int D) {
+    rms_rope_b(dinp, dw, dout, inp, w, rstd, ang, T, H, D);
+    round_bf16(dinp, (size_t)T * H * D);
+}
 static void e_gelu_f(Act *out, const Act *inp, size_t n) { gelu_f(out, inp, n); round_bf16(out, n); }
 static void e_gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { gelu_b(dinp, dout, inp, n); round_bf16(dinp, n); }
 static void e_swi_f(Act *out, const Act *gu, int N, int Fw) { swi_f(out, gu, N, Fw); round_bf16(out, (size_t)N * Fw); }
@@ -226,6 +239,7 @@ const Backend backend_cpu_bf16 = {
     .matmul_forward = e_mm_f, .matmul_backward = e_mm_b, .layernorm_forward = e_ln_f, .layernorm_backward = e_ln_b,
     .rmsnorm_forward = e_rms_f, .rmsnorm_backward = e_rms_b,
     .add_rmsnorm_forward = e_add_rms_f, .add_layernorm_forward = e_add_ln_f, .rmsnorm_rope_forward = e_rms_rope_f,
+    .rmsnorm_rope_backward = e_rms_rope_b,
     .gelu_forward = e_gelu_f, .gelu_backward = e_gelu_b,
     .swiglu_forward = e_swi_f, .swiglu_backward = e_swi_b, .rope_forward = e_rope_f, .rope_backward = e_rope_b,
     .attention_forward = e_att_f, .attention_backward = e_att_b, .attention_decode = e_att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,

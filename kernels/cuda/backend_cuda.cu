@@ -107,6 +107,10 @@ static void add_ln_f(Act *sum, Act *out, float *mean, float *rstd, const Act *a,
 static void rms_rope_f(Act *out, float *rstd, const Act *inp, const Act *w, const float *ang, int T, int H, int D, float eps) {
     PROF(cuda_rmsnorm_rope_forward(U(out), rstd, CU(inp), CU(w), ang, T, H, D, eps), "rmsnorm_rope_forward %dx%dx%d", T, H, D);
 }
+static void rms_rope_b(Act *dinp, float *dw, Act *dout, const Act *inp, const Act *w, const float *rstd, const float *ang, int T, int H,
+                       int D) {
+    PROF(cuda_rmsnorm_rope_backward(U(dinp), dw, U(dout), CU(inp), CU(w), rstd, ang, T, H, D), "rmsnorm_rope_backward %dx%dx%d", T, H, D);
+}
 static void gelu_f(Act *out, const Act *inp, size_t n) { PROF(cuda_gelu_forward(U(out), CU(inp), n), "gelu_forward %zu", n); }
 static void gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { PROF(cuda_gelu_backward(U(dinp), CU(dout), CU(inp), n), "gelu_backward %zu", n); }
 static void swi_f(Act *out, const Act *gu, int N, int F) { PROF(cuda_swiglu_forward(U(out), CU(gu), N, F), "swiglu_forward %dx%d", N, F); }
@@ -175,7 +179,7 @@ static Backend make_table(void) {
     b.rope_angle_grad = g_rope_angle_grad;
     b.matmul_forward = mm_f; b.matmul_backward = mm_b; b.layernorm_forward = ln_f; b.layernorm_backward = ln_b;
     b.rmsnorm_forward = rms_f; b.rmsnorm_backward = rms_b;
-    b.add_rmsnorm_forward = add_rms_f; b.add_layernorm_forward = add_ln_f; b.rmsnorm_rope_forward = rms_rope_f; b.gelu_forward = gelu_f; b.gelu_backward = gelu_b;
+    b.add_rmsnorm_forward = add_rms_f; b.add_layernorm_forward = add_ln_f; b.rmsnorm_rope_forward = rms_rope_f; b.rmsnorm_rope_backward = rms_rope_b; b.gelu_forward = gelu_f; b.gelu_backward = gelu_b;
     b.swiglu_forward = swi_f; b.swiglu_backward = swi_b; b.rope_forward = rope_f; b.rope_backward = rope_b;
     b.attention_forward = att_f; b.attention_backward = att_b; b.attention_decode = att_dec;
     b.embedding_forward = emb_f; b.embedding_backward = emb_b;

@@ -246,6 +246,73 @@ extern "C" void cuda_rmsnorm_rope_forward(bf16 *out, float *rstd, const bf16 *in
     LAUNCH_CHECK();
 }
 
+// Its backward in one pass (the QK norms: before, RoPE's backward, a zero fill, RMSNorm's dx and then its dw
+// each went over the [T·H, D] rows: ~6 passes, now 3). A warp per row, lane l owning the pairs (j, j + D/2)
+// for j = 2l, 2l + 1 (D ≤ 128); a block's 8 warps take 8 rows each (ROWS_PER_PART = 64 rows a block), so
+// block b writes dw's partial sums part[b, :] (its warps' in order: deterministic) for reduce_parts. With
+// g = dn·w, dn = R(θ)ᵀ·dy and x̂ = x·rstd: dx = (g − x̂·mean(g·x̂))·rstd, dw += Σ dn·x̂.
+enum { RR_WARPS = 8, RR_ROWS = ROWS_PER_PART / RR_WARPS };
+__global__ static void rmsnorm_rope_bwd_warp(bf16_t *dx, float *part, const bf16_t *dy, const bf16_t *x, const bf16_t *w,
+                                             const float *rstd, const float *ang, int N, int H, int D) {
+    __shared__ float wsum[RR_WARPS][128];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, half = D / 2, j = 2 * lane;
+    bool mine = j < half;  // (D = 128: every lane)
+    float s00 = 0.0f, s01 = 0.0f, s10 = 0.0f, s11 = 0.0f;  // dw partials of columns j, j + 1, j + half, j + half + 1
+    float2 wa = mine ? __bfloat1622float2(reinterpret_cast<const __nv_bfloat162 *>(w)[j / 2]) : make_float2(0.0f, 0.0f);
+    float2 wb = mine ? __bfloat1622float2(reinterpret_cast<const __nv_bfloat162 *>(w)[(j + half) / 2]) : make_float2(0.0f, 0.0f);
+    for (int i = 0; i < RR_ROWS; i++) {
+        size_t row = (size_t)blockIdx.x * ROWS_PER_PART + warp * RR_ROWS + i;
+        if (row >= (size_t)N) break;
+        float r = rstd[row];
+        float2 da = make_float2(0.0f, 0.0f), db = da, xa = da, xb = da, t = da;
+        if (mine) {
+            const __nv_bfloat162 *dyr = reinterpret_cast<const __nv_bfloat162 *>(dy + row * D), *xr = reinterpret_cast<const __nv_bfloat162 *>(x + row * D);
+            da = __bfloat1622float2(dyr[j / 2]), db = __bfloat1622float2(dyr[(j + half) / 2]);
+            xa = __bfloat1622float2(xr[j / 2]), xb = __bfloat1622float2(xr[(j + half) / 2]);
+            t = reinterpret_cast<const float2 *>(ang + (row / H) * half)[j / 2];
+        }
+        // dn = R(θ)ᵀ·dy: (dy0·c + dy1·s, dy1·c − dy0·s) per pair
+        float c0 = cosf(t.x), s0 = sinf(t.x), c1 = cosf(t.y), s1 = sinf(t.y);
+        float n0 = da.x * c0 + db.x * s0, m0 = db.x * c0 - da.x * s0;  // columns j, j + half
+        float n1 = da.y * c1 + db.y * s1, m1 = db.y * c1 - da.y * s1;  // columns j + 1, j + half + 1
+        float h0 = xa.x * r, h1 = xa.y * r, k0 = xb.x * r, k1 = xb.y * r;  // x̂
+        float dot = warp_sum(n0 * wa.x * h0 + n1 * wa.y * h1 + m0 * wb.x * k0 + m1 * wb.y * k1) / D;
+        s00 += n0 * h0, s01 += n1 * h1, s10 += m0 * k0, s11 += m1 * k1;
+        if (mine) {
+            __nv_bfloat162 *o = reinterpret_cast<__nv_bfloat162 *>(dx + row * D);
+            o[j / 2] = __floats2bfloat162_rn((n0 * wa.x - h0 * dot) * r, (n1 * wa.y - h1 * dot) * r);
+            o[(j + half) / 2] = __floats2bfloat162_rn((m0 * wb.x - k0 * dot) * r, (m1 * wb.y - k1 * dot) * r);
+        }
+    }
+    if (mine) {
+        wsum[warp][j] = s00, wsum[warp][j + 1] = s01, wsum[warp][j + half] = s10, wsum[warp][j + half + 1] = s11;
+    }
+    __syncthreads();
+    for (int col = threadIdx.x; col < D; col += blockDim.x) {
+        float t = 0.0f;
+        for (int k = 0; k < RR_WARPS; k++) t += wsum[k][col];
+        part[(size_t)blockIdx.x * D + col] = t;
+    }
+}
+
+extern "C" void cuda_rmsnorm_rope_backward(bf16 *dinp, float *dw, bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
+                                           const float *angles, int T, int H, int D) {
+    size_t rows = (size_t)T * H;
+    if (D <= 128 && D % 4 == 0 && ((size_t)inp | (size_t)dout | (size_t)dinp | (size_t)w) % 4 == 0 && (size_t)angles % 8 == 0) {
+        unsigned parts = (unsigned)((rows + ROWS_PER_PART - 1) / ROWS_PER_PART);
+        float *part = (float *)cuda_scratch((size_t)parts * D * sizeof(float));  // (written even without dw)
+        rmsnorm_rope_bwd_warp<<<parts, RR_WARPS * 32, 0, g_stream>>>(B16(dinp), part, CB16(dout), CB16(inp), CB16(w), rstd, angles,
+                                                                    (int)rows, H, D);
+        LAUNCH_CHECK();
+        if (dw) reduce_parts(dw, part, (int)parts, D);
+        return;
+    }
+    // other shapes: the separate ops (dout is scratch)
+    cuda_rope_backward(dout, angles, T, H, D);
+    CUDA_CHECK(cudaMemsetAsync(dinp, 0, rows * D * sizeof(bf16_t), g_stream));
+    cuda_rmsnorm_backward(dinp, dw, dout, inp, w, rstd, (int)rows, D);
+}
+
 extern "C" void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
                                       int N, int C) {
     bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp);

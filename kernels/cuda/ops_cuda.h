@@ -70,6 +70,9 @@ void cuda_add_layernorm_forward(bf16 *sum, bf16 *out, float *mean, float *rstd, 
 // out = RoPE(RMSNorm(inp)·w) per (token, head) row of [T, H, D], angles [T, D/2] (QK-norm then RoPE in one pass)
 void cuda_rmsnorm_rope_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, const float *angles, int T, int H, int D,
                                float eps);
+// its backward: dinp (overwritten) from dout, the rotated output's gradient (dout is scratch); dw += Σ
+void cuda_rmsnorm_rope_backward(bf16 *dinp, float *dw, bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
+                                const float *angles, int T, int H, int D);
 void cuda_layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w, const bf16 *b, int N,
                             int C, float eps);
 void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,

@@ -223,6 +223,22 @@ static void fused_cases(int C, int with_rope) {  // C a multiple of 8: the 8-wid
         check(name, h = back_bf16(go, (size_t)T * H * d), o, (size_t)T * H * d, 2e-2); free(h);
         snprintf(name, sizeof name, "rmsnorm + rope forward d%d: rstd", d);
         check(name, h = back_f32(gr, (size_t)T * H), r, (size_t)T * H, 1e-3); free(h);
+        // the backward: dx overwritten (it starts as NaN on the GPU), dw accumulated (from 0.25), dy scratch
+        float *dy = host_rand((size_t)T * H * d, 1), *dx = xcalloc((size_t)T * H * d, 4), *dw = xmalloc((size_t)d * 4);
+        for (int c = 0; c < d; c++) dw[c] = 0.25f;
+        bf16 *gdy = dev_bf16(dy, (size_t)T * H * d), *gdx = cuda_alloc((size_t)T * H * d * 2);
+        float *gdw = dev_f32(dw, d), *gr_cpu = dev_f32(r, (size_t)T * H);
+        cuda_memset_ff(gdx, (size_t)T * H * d * 2);
+        rope_backward(dy, ang, T, H, d);
+        rmsnorm_backward(dx, dw, dy, x, qw, r, T * H, d);
+        cuda_rmsnorm_rope_backward(gdx, gdw, gdy, gx, gqw, gr_cpu, gang, T, H, d);
+        sync_or_die();
+        snprintf(name, sizeof name, "rmsnorm + rope backward d%d: dx (set)", d);
+        check(name, h = back_bf16(gdx, (size_t)T * H * d), dx, (size_t)T * H * d, 2e-2); free(h);
+        snprintf(name, sizeof name, "rmsnorm + rope backward d%d: dw (+=)", d);
+        check(name, h = back_f32(gdw, d), dw, d, 1e-3); free(h);
+        free(dy); free(dx); free(dw);
+        cuda_free(gdy); cuda_free(gdx); cuda_free(gdw); cuda_free(gr_cpu);
         free(x); free(qw); free(ang); free(o); free(r);
         cuda_free(gx); cuda_free(gqw); cuda_free(go); cuda_free(gang); cuda_free(gr);
     }
