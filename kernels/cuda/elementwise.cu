@@ -127,6 +127,103 @@ __global__ static void norm_bwd_dw8(float *part_w, float *part_b, const bf16_t *
     }
 }
 
+// dx and the weight (and bias) gradients in one pass over the rows, for C = 256·CH (the 4B's 2560, RICE-L's
+// 1024): dx8's two passes over a row (the second from L1), the partial sums of dw (and db) kept per lane
+// meanwhile, so that dy and x are not read from memory again by norm_bwd_dw8. A block's 8 warps take
+// FUSED_RPW rows each; their sums are added in warp order in shared memory (deterministic) and written as the
+// block's part for reduce_parts. LN: LayerNorm (x̂ = (x − mean)·rstd), with part_b = Σ dy unless NULL; else
+// RMSNorm (x̂ = x·rstd). dx accumulates, as in the separate kernels.
+enum { FUSED_RPW = 2, FUSED_ROWS = 8 * FUSED_RPW };
+template <int CH, bool LN>
+__global__ static void __launch_bounds__(256) norm_bwd_fused8(bf16_t *dinp, float *part_w, float *part_b, const bf16_t *dy,
+                                                                const bf16_t *x, const bf16_t *w, const float *mean, const float *rstd,
+                                                                int N) {
+    constexpr int C = 256 * CH;
+    __shared__ float acc_w[C], acc_b[LN ? C : 1];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float sw[CH][8] = {}, sb[LN ? CH : 1][8] = {};
+    for (int i = 0; i < FUSED_RPW; i++) {
+        size_t row = (size_t)blockIdx.x * FUSED_ROWS + warp * FUSED_RPW + i;
+        if (row >= (size_t)N) break;  // (the warp's other rows are past N too)
+        const bf16_t *dyr = dy + row * C, *xr = x + row * C;
+        float mu = LN ? mean[row] : 0.0f, r = rstd[row], sg = 0.0f, sgx = 0.0f, wv[8], dv[8], xv[8], o[8];
+#pragma unroll
+        for (int ch = 0; ch < CH; ch++) {
+            int c = ch * 256 + lane * 8;
+            load8(wv, w + c), load8(dv, dyr + c), load8(xv, xr + c);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                float g = wv[k] * dv[k], xh = (xv[k] - mu) * r;
+                sg += g;
+                sgx += g * xh;
+                sw[ch][k] += dv[k] * xh;
+                if (LN) sb[LN ? ch : 0][k] += dv[k];
+            }
+        }
+        sg = warp_sum(sg) / C;
+        sgx = warp_sum(sgx) / C;
+#pragma unroll
+        for (int ch = 0; ch < CH; ch++) {
+            int c = ch * 256 + lane * 8;
+            load8(wv, w + c), load8(dv, dyr + c), load8(xv, xr + c), load8(o, dinp + row * C + c);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                float xh = (xv[k] - mu) * r;
+                // LayerNorm: r·(w·dy − mean(w·dy) − x̂·mean(w·dy·x̂)); RMSNorm: r·(w·dy − x̂·mean(w·dy·x̂))
+                o[k] = o[k] + r * (wv[k] * dv[k] - (LN ? sg : 0.0f) - xh * sgx);
+            }
+            store8(dinp + row * C + c, o);
+        }
+    }
+    for (int k = 0; k < 8; k++) {  // the warps' sums into shared memory, in warp order
+        if (warp == k)
+#pragma unroll
+            for (int ch = 0; ch < CH; ch++)
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    int c = ch * 256 + lane * 8 + e;
+                    acc_w[c] = (k ? acc_w[c] : 0.0f) + sw[ch][e];
+                    if (LN) acc_b[LN ? c : 0] = (k ? acc_b[LN ? c : 0] : 0.0f) + sb[LN ? ch : 0][e];
+                }
+        __syncthreads();
+    }
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        part_w[(size_t)blockIdx.x * C + c] = acc_w[c];
+        if (LN && part_b) part_b[(size_t)blockIdx.x * C + c] = acc_b[LN ? c : 0];
+    }
+}
+
+template <int CH>
+static void launch_fused8(unsigned parts, bf16 *dinp, float *part, float *part_b, const bf16 *dout, const bf16 *inp, const bf16 *w,
+                          const float *mean, const float *rstd, int N) {
+    if (mean) norm_bwd_fused8<CH, true><<<parts, 256, 0, g_stream>>>(B16(dinp), part, part_b, CB16(dout), CB16(inp), CB16(w), mean, rstd, N);
+    else norm_bwd_fused8<CH, false><<<parts, 256, 0, g_stream>>>(B16(dinp), part, NULL, CB16(dout), CB16(inp), CB16(w), NULL, rstd, N);
+}
+// norm_bwd_fused8 where it applies (dx and dw wanted, C = 256·CH with CH ≤ 10, the 8-wide kernels' alignment):
+// false otherwise, and nothing launched
+static bool norm_bwd_fused(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
+                           const float *rstd, int N, int C, bool vec) {
+    if (!dinp || !dw || !vec || C % 256 || C > 2560 || (db && !mean)) return false;
+    unsigned parts = (unsigned)((N + FUSED_ROWS - 1) / FUSED_ROWS);
+    float *part = (float *)cuda_scratch((size_t)(db ? 2 : 1) * parts * C * sizeof(float)), *part_b = db ? part + (size_t)parts * C : NULL;
+    switch (C / 256) {
+    case 1: launch_fused8<1>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    case 2: launch_fused8<2>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    case 3: launch_fused8<3>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    case 4: launch_fused8<4>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    case 5: launch_fused8<5>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    case 6: launch_fused8<6>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    case 7: launch_fused8<7>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    case 8: launch_fused8<8>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    case 9: launch_fused8<9>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    default: launch_fused8<10>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    }
+    LAUNCH_CHECK();
+    reduce_parts(dw, part, (int)parts, C);
+    if (db) reduce_parts(db, part_b, (int)parts, C);
+    return true;
+}
+
 static int threads_for(int C) { return C >= 1024 ? 1024 : C >= 256 ? 256 : 128; }
 // rows of C elements at these pointers go through the 8-wide kernels
 static bool rows8(int C, const void *a, const void *b, const void *c, const void *d) {
@@ -316,6 +413,7 @@ extern "C" void cuda_rmsnorm_rope_backward(bf16 *dinp, float *dw, bf16 *dout, co
 extern "C" void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
                                       int N, int C) {
     bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp);
+    if (norm_bwd_fused(dinp, dw, NULL, dout, inp, w, NULL, rstd, N, C, vec)) return;
     if (dinp && vec) rmsnorm_bwd_dx8<<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), rstd, N, C);
     else if (dinp) rmsnorm_bwd_dx<<<N, threads_for(C), 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), rstd, C);
     if (dinp) LAUNCH_CHECK();
@@ -458,6 +556,7 @@ extern "C" void cuda_add_layernorm_forward(bf16 *sum, bf16 *out, float *mean, fl
 extern "C" void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,
                                         const float *mean, const float *rstd, int N, int C) {
     bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp);
+    if (norm_bwd_fused(dinp, dw, db, dout, inp, w, mean, rstd, N, C, vec)) return;
     if (dinp && vec)
         layernorm_bwd_dx8<<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), mean, rstd, N, C);
     else if (dinp)
