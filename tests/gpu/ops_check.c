@@ -244,6 +244,28 @@ static void fused_cases(int C, int with_rope) {  // C a multiple of 8: the 8-wid
     }
 }
 
+// the backend's strided copy (a column block of qkv into its own tensor and back), bit for bit
+static void copy2d_case(size_t rows, size_t cols, size_t ld) {
+    const Backend *be = backend_cuda();
+    float *x = host_rand(rows * ld, 1), *want = xcalloc(rows * cols, 4);
+    for (size_t r = 0; r < rows; r++) memcpy(want + r * cols, x + r * ld + cols, cols * 4);  // columns [cols, 2·cols)
+    bf16 *gx = dev_bf16(x, rows * ld), *gy = cuda_alloc(rows * cols * 2), *gz = cuda_alloc(rows * ld * 2);
+    be->copy2d((Act *)gy, cols, (const Act *)(gx + cols), ld, rows, cols);
+    cuda_memset0(gz, rows * ld * 2);
+    be->copy2d((Act *)(gz + cols), ld, (const Act *)gy, cols, rows, cols);
+    sync_or_die();
+    float *h = back_bf16(gy, rows * cols), *hz = back_bf16(gz, rows * ld);
+    int same = !memcmp(h, want, rows * cols * 4), back = 1;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < ld; c++) back &= hz[r * ld + c] == (c >= cols && c < 2 * cols ? x[r * ld + c] : 0.0f);
+    char name[96];
+    snprintf(name, sizeof name, "copy2d %zu rows x %zu of %zu columns, there and back", rows, cols, ld);
+    printf("%-56s bit-identical %s\n", name, same && back ? "ok" : "FAIL");
+    failures += !(same && back);
+    free(x); free(want); free(h); free(hz);
+    cuda_free(gx); cuda_free(gy); cuda_free(gz);
+}
+
 static void rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-wide kernel
     int32_t cu[3] = {0, T / 3, T};
     float *x = host_rand((size_t)T * H * D, 1), *ang = xmalloc((size_t)T * D / 2 * 4), *h;
@@ -483,6 +505,8 @@ int main(int argc, char **argv) {
     norm_case(70, 256, 1);
     activation_cases(257, 384);
     activation_cases(37, 100);
+    copy2d_case(37, 64, 192);  // 16-byte pieces
+    copy2d_case(37, 12, 36);   // element by element
     rope_case(300, 6, 24);
     rope_case(70, 4, 64);
     rope_case(70, 4, 128);
