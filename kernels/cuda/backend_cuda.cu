@@ -38,6 +38,20 @@ __global__ static void scatter_k(bf16_t *dst, const bf16_t *src, const int32_t *
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (size_t)n * C) dst[(size_t)idx[i / C] * C + i % C] = src[i];
 }
+// both over 16-byte pieces (C8 = C / 8 of them a row) with 32-bit index arithmetic; SCATTER: dst[idx[i]] = src[i]
+template <bool SCATTER>
+__global__ static void rows_k8(uint4 *dst, const uint4 *src, const int32_t *idx, unsigned n, unsigned C8) {
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n * C8) return;
+    unsigned r = i / C8, c = i % C8;
+    size_t far = (size_t)idx[r] * C8 + c;
+    if (SCATTER) dst[far] = src[i];
+    else dst[i] = src[far];
+}
+// the 16-byte kernels apply: C a multiple of 8, both pointers 16-byte aligned, n·C/8 under 2³¹
+static bool rows8_ok(const void *a, const void *b, int n, int C) {
+    return C % 8 == 0 && ((uintptr_t)a | (uintptr_t)b) % 16 == 0 && (size_t)n * C / 8 < (1u << 31);
+}
 __global__ static void sum_rows_k(float *dst, const bf16_t *src, const int32_t *idx, int n, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
@@ -88,8 +102,22 @@ static void g_copy2d(Act *dst, size_t dld, const Act *src, size_t sld, size_t ro
     else PROF((copy2d_k<<<nblocks(rows * cols), 256, 0, g_stream>>>(B(dst), dld, CB(src), sld, rows, cols)), "copy2d %zux%zu", rows, cols);
     LAUNCH_CHECK();
 }
-static void g_gather(Act *dst, const Act *src, const int32_t *idx, int n, int C) { if (n) PROF((gather_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C)), "gather_rows %dx%d", n, C); LAUNCH_CHECK(); }
-static void g_scatter(Act *dst, const Act *src, const int32_t *idx, int n, int C) { if (n) PROF((scatter_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C)), "scatter_rows %dx%d", n, C); LAUNCH_CHECK(); }
+static void g_gather(Act *dst, const Act *src, const int32_t *idx, int n, int C) {
+    if (!n) return;
+    if (rows8_ok(dst, src, n, C))
+        PROF((rows_k8<false><<<nblocks((size_t)n * C / 8), 256, 0, g_stream>>>((uint4 *)dst, (const uint4 *)src, idx, (unsigned)n,
+                                                                             (unsigned)C / 8)), "gather_rows %dx%d", n, C);
+    else PROF((gather_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C)), "gather_rows %dx%d", n, C);
+    LAUNCH_CHECK();
+}
+static void g_scatter(Act *dst, const Act *src, const int32_t *idx, int n, int C) {
+    if (!n) return;
+    if (rows8_ok(dst, src, n, C))
+        PROF((rows_k8<true><<<nblocks((size_t)n * C / 8), 256, 0, g_stream>>>((uint4 *)dst, (const uint4 *)src, idx, (unsigned)n,
+                                                                            (unsigned)C / 8)), "scatter_rows %dx%d", n, C);
+    else PROF((scatter_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C)), "scatter_rows %dx%d", n, C);
+    LAUNCH_CHECK();
+}
 static void g_sum_rows(float *dst, const Act *src, const int32_t *idx, int n, int C) { PROF((sum_rows_k<<<(C + 127) / 128, 128, 0, g_stream>>>(dst, CB(src), idx, n, C)), "sum_rows %dx%d", n, C); LAUNCH_CHECK(); }
 static void g_rope_angle_grad(float *dang, const Act *y, const Act *dy, const int32_t *idx, int n, int H, int D) {
     PROF((rope_angle_grad_k<<<(D / 2 + 63) / 64, 64, 0, g_stream>>>(dang, CB(y), CB(dy), idx, n, H, D)), "rope_angle_grad %d rows", n);

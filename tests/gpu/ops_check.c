@@ -266,6 +266,32 @@ static void copy2d_case(size_t rows, size_t cols, size_t ld) {
     cuda_free(gx); cuda_free(gy); cuda_free(gz);
 }
 
+// gather_rows and scatter_rows through the backend table (rows 3·i + 1 of a 3n-row table and back), bit for bit
+static void rows_case(int n, int C) {
+    const Backend *be = backend_cuda();
+    float *x = host_rand((size_t)3 * n * C, 1);
+    int32_t *idx = xmalloc((size_t)n * 4), *gidx = cuda_alloc((size_t)n * 4);
+    for (int i = 0; i < n; i++) idx[i] = 3 * (n - 1 - i) + 1;  // out of order
+    cuda_upload(gidx, idx, (size_t)n * 4);
+    bf16 *gx = dev_bf16(x, (size_t)3 * n * C), *gy = cuda_alloc((size_t)n * C * 2), *gz = cuda_alloc((size_t)3 * n * C * 2);
+    be->gather_rows((Act *)gy, (const Act *)gx, gidx, n, C);
+    cuda_memset0(gz, (size_t)3 * n * C * 2);
+    be->scatter_rows((Act *)gz, (const Act *)gy, gidx, n, C);
+    sync_or_die();
+    float *h = back_bf16(gy, (size_t)n * C), *hz = back_bf16(gz, (size_t)3 * n * C);
+    int ok = 1;
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < C; c++) ok &= h[(size_t)i * C + c] == x[(size_t)idx[i] * C + c];
+    for (int r = 0; r < 3 * n; r++)
+        for (int c = 0; c < C; c++) ok &= hz[(size_t)r * C + c] == (r % 3 == 1 ? x[(size_t)r * C + c] : 0.0f);
+    char name[96];
+    snprintf(name, sizeof name, "gather_rows + scatter_rows %d rows of %d", n, C);
+    printf("%-56s bit-identical %s\n", name, ok ? "ok" : "FAIL");
+    failures += !ok;
+    free(x); free(idx); free(h); free(hz);
+    cuda_free(gidx); cuda_free(gx); cuda_free(gy); cuda_free(gz);
+}
+
 static void rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-wide kernel
     int32_t cu[3] = {0, T / 3, T};
     float *x = host_rand((size_t)T * H * D, 1), *ang = xmalloc((size_t)T * D / 2 * 4), *h;
@@ -507,6 +533,8 @@ int main(int argc, char **argv) {
     activation_cases(37, 100);
     copy2d_case(37, 64, 192);  // 16-byte pieces
     copy2d_case(37, 12, 36);   // element by element
+    rows_case(50, 64);
+    rows_case(50, 12);
     rope_case(300, 6, 24);
     rope_case(70, 4, 64);
     rope_case(70, 4, 128);
