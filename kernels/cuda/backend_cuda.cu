@@ -102,20 +102,16 @@ static void g_copy2d(Act *dst, size_t dld, const Act *src, size_t sld, size_t ro
     else PROF((copy2d_k<<<nblocks(rows * cols), 256, 0, g_stream>>>(B(dst), dld, CB(src), sld, rows, cols)), "copy2d %zux%zu", rows, cols);
     LAUNCH_CHECK();
 }
-static void g_gather(Act *dst, const Act *src, const int32_t *idx, int n, int C) {
+// gather_rows (dst[i] = src[idx[i]]) and scatter_rows (dst[idx[i]] = src[i])
+template <bool SCATTER>
+static void g_rows(Act *dst, const Act *src, const int32_t *idx, int n, int C) {
     if (!n) return;
+    const char *what = SCATTER ? "scatter_rows %dx%d" : "gather_rows %dx%d";
     if (rows8_ok(dst, src, n, C))
-        PROF((rows_k8<false><<<nblocks((size_t)n * C / 8), 256, 0, g_stream>>>((uint4 *)dst, (const uint4 *)src, idx, (unsigned)n,
-                                                                             (unsigned)C / 8)), "gather_rows %dx%d", n, C);
-    else PROF((gather_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C)), "gather_rows %dx%d", n, C);
-    LAUNCH_CHECK();
-}
-static void g_scatter(Act *dst, const Act *src, const int32_t *idx, int n, int C) {
-    if (!n) return;
-    if (rows8_ok(dst, src, n, C))
-        PROF((rows_k8<true><<<nblocks((size_t)n * C / 8), 256, 0, g_stream>>>((uint4 *)dst, (const uint4 *)src, idx, (unsigned)n,
-                                                                            (unsigned)C / 8)), "scatter_rows %dx%d", n, C);
-    else PROF((scatter_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C)), "scatter_rows %dx%d", n, C);
+        PROF((rows_k8<SCATTER><<<nblocks((size_t)n * C / 8), 256, 0, g_stream>>>((uint4 *)dst, (const uint4 *)src, idx, (unsigned)n,
+                                                                               (unsigned)C / 8)), what, n, C);
+    else if (SCATTER) PROF((scatter_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C)), what, n, C);
+    else PROF((gather_k<<<nblocks((size_t)n * C), 256, 0, g_stream>>>(B(dst), CB(src), idx, n, C)), what, n, C);
     LAUNCH_CHECK();
 }
 static void g_sum_rows(float *dst, const Act *src, const int32_t *idx, int n, int C) { PROF((sum_rows_k<<<(C + 127) / 128, 128, 0, g_stream>>>(dst, CB(src), idx, n, C)), "sum_rows %dx%d", n, C); LAUNCH_CHECK(); }
@@ -217,7 +213,7 @@ static Backend make_table(void) {
     b.esize = 2;
     b.alloc = g_alloc; b.release = g_release; b.zero = g_zero; b.poison = g_poison; b.upload = g_upload; b.download = g_download;
     b.from_f32 = g_from_f32; b.to_f32 = g_to_f32; b.memory_peak = cuda_memory_peak;
-    b.add = g_add; b.copy2d = g_copy2d; b.gather_rows = g_gather; b.scatter_rows = g_scatter; b.sum_rows = g_sum_rows;
+    b.add = g_add; b.copy2d = g_copy2d; b.gather_rows = g_rows<false>; b.scatter_rows = g_rows<true>; b.sum_rows = g_sum_rows;
     b.rope_angle_grad = g_rope_angle_grad;
     b.matmul_forward = mm_f; b.matmul_backward = mm_b; b.layernorm_forward = ln_f; b.layernorm_backward = ln_b;
     b.rmsnorm_forward = rms_f; b.rmsnorm_backward = rms_b;

@@ -83,12 +83,8 @@ flash_bwd_fused(float *dq_acc, bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf
     if (k0 >= end) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
     int j_lo = k0 + row0 + g, j_hi = j_lo + 8;
-    QTiles qt;
-    qt.qfirst = causal ? k0 : start;  // causal: only queries at or after the first key see it
-    qt.per_head = (end - qt.qfirst + FT - 1) / FT;
-    qt.rep = rep;
-    qt.hk = hk;
-    int n = qt.per_head * rep;
+    QTiles qt = q_tiles(k0, start, end, causal, rep, hk);
+    int n = qt.count();
     WgmmaTiles::load<D>(sm.a[0], k, k0, end, Hkv, hk);
     WgmmaTiles::load<D>(sm.b[0], v, k0, end, Hkv, hk);
     dkdv_fetch<D, WgmmaTiles>(sm, 0, qt, 0, q, dout, lse, drow, end, Hq);

@@ -32,7 +32,17 @@ struct QTiles {
     int qfirst, per_head, rep, hk;
     __device__ int head(int i) const { return hk * rep + i / per_head; }
     __device__ int q0(int i) const { return qfirst + (i % per_head) * FT; }
+    __device__ int count() const { return per_head * rep; }
 };
+// those of the block whose first key is b0 (causal: only queries at or after it see it)
+__device__ __forceinline__ QTiles q_tiles(int b0, int start, int end, int causal, int rep, int hk) {
+    QTiles qt;
+    qt.qfirst = causal ? b0 : start;
+    qt.per_head = (end - qt.qfirst + FT - 1) / FT;
+    qt.rep = rep;
+    qt.hk = hk;
+    return qt;
+}
 
 template <int D, class E, int WGS, int NB>
 __device__ __forceinline__ void dkdv_fetch(Bwd2Smem<D, E, WGS, NB> &sm, int buf, const QTiles &qt, int i, const bf16_t *q, const bf16_t *dout,
@@ -101,12 +111,8 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
     int wg = WGS > 1 ? warpgroup_index() : 0, k0 = b0 + wg * FT;  // this warpgroup's keys (WGS 1: the old code exactly)
     int warp = WGS > 1 ? threadIdx.x / 32 % NW : threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4, row0 = warp * 16;
     int j_lo = k0 + row0 + g, j_hi = j_lo + 8;
-    QTiles qt;
-    qt.qfirst = causal ? b0 : start;  // causal: only queries at or after the first key see it
-    qt.per_head = (end - qt.qfirst + FT - 1) / FT;
-    qt.rep = rep;
-    qt.hk = hk;
-    int n = qt.per_head * rep;
+    QTiles qt = q_tiles(b0, start, end, causal, rep, hk);
+    int n = qt.count();
     for (int w = 0; w < WGS; w++) {
         E::template load<D>(sm.a[w], k, b0 + w * FT, end, Hkv, hk);
         E::template load<D>(sm.b[w], v, b0 + w * FT, end, Hkv, hk);
