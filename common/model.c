@@ -128,6 +128,16 @@ const Act *model_weight_fmt(const Model *m, const char *fmt, int layer) {
     return m->wb[i];
 }
 
+int model_weight_mark(const Model *m, int i) {
+    const ParamSpec *p = &m->ps[i];
+    int k = p->layer < 0 || p->part == PART_MERGER ? 0 : p->part == PART_VISION ? 1 + p->layer : 1 + m->cfg.vision.depth + p->layer;
+    return k < 255 ? k : 255;
+}
+int model_marks(const Model *m) {
+    int n = 1 + m->cfg.vision.depth + m->cfg.text.layers;
+    return n < 256 ? n : 256;
+}
+
 void model_grads_stale(const Model *m, ModelWork *w, float **grads) {
     if (w->nstale != m->np) {
         free(w->stale);
@@ -136,6 +146,7 @@ void model_grads_stale(const Model *m, ModelWork *w, float **grads) {
     }
     memset(w->stale, 1, (size_t)m->np);
     w->stale_grads = grads;
+    if (w->arena.poisoning) m->be->join();  // (the last step's optimizer may still read them: LLAVA_OVERLAP_OPT)
     for (int i = 0; w->arena.poisoning && grads && i < m->np; i++)
         if (grads[i]) m->be->poison(grads[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
 }
@@ -265,6 +276,7 @@ int model_run_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelO
     arena_reset(&w->arena);
     arena_reset(&w->host);
     if (check_images(m, in, e) || (in->ids && model_forward_check_text(m, in, e))) return -1;
+    m->be->wait_mark(0);  // the tensors outside the blocks and layers, updated (model_weight_mark)
     Arena *A = &w->arena;
     size_t es = m->be->esize;
     if (in->nimg) {

@@ -55,6 +55,7 @@ static int gate_up_fused_from(const Model *m, float **grads, int first) {  // la
 
 // Layer l from a->x_in into a's activations; x_out (NULL: not needed, as when recomputing) gets its output.
 static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs *a, Act *x_out) {
+    m->be->wait_mark(1 + m->cfg.vision.depth + l);  // layer l's weights updated (model_weight_mark)
     const Backend *be = m->be;
     const TextConfig *c = &m->cfg.text;
     int T = tr->T, H = c->hidden, I = c->intermediate, nq = c->heads, nkv = c->kv_heads, hd = c->head_dim;

@@ -78,6 +78,7 @@ void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hid
     tr->B = arena_bytes(Hs, (size_t)v->depth * sizeof(BlockActs));
     Act *qkv = U((size_t)S * 3 * D), *o = U((size_t)S * D);
     for (int l = 0; l < v->depth; l++) {
+        be->wait_mark(1 + l);  // block l's weights updated (model_weight_mark)
         BlockActs *a = &tr->B[l];
         a->x_in = x;
         a->mean1 = UF(S); a->rstd1 = UF(S); a->h1 = U((size_t)S * D);

@@ -27,6 +27,8 @@ void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t 
     o->n = adam_layout_size(m, trainable);
     o->lo = lo;
     o->hi = hi;
+    const char *ov = getenv("LLAVA_OVERLAP_OPT");
+    o->overlap = ov && ov[0] && strcmp(ov, "0");
     size_t shard = (hi > lo ? hi - lo : 1) * sizeof(float);
     o->flat_grad = o->be->alloc((o->n + SLACK) * sizeof(float));
     o->m = xcalloc(1, shard);
@@ -82,15 +84,22 @@ static int in_shard(const Adam *o, const Model *m, int i, size_t *a, size_t *b) 
 
 void adam_step(Adam *o, Model *m, const AdamHyper *h) {
     o->t++;
-    for (int i = 0; i < m->np; i++) {
-        size_t a, b;
-        if (!in_shard(o, m, i, &a, &b)) continue;
-        float wd = m->ps[i].ndim >= 2 ? h->weight_decay : 0.0f;  // no decay on biases and norm weights
-        size_t s = o->offset[i] + a - o->lo;                       // position in the shard's moments
-        float *master = o->master ? o->master + s : m->w[i] + a;
-        Act *param = o->master ? AT(o->be, m->wb[i], a) : NULL;
-        o->be->adamw(master, param, o->grad[i] + a, o->dm + s, o->dv + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd, h->grad_scale, o->t);
+    int nk = o->overlap ? model_marks(m) : 1;
+    if (o->overlap) o->be->side(1);
+    for (int k = 0; k < nk; k++) {  // (overlap: mark k's tensors, then the mark)
+        for (int i = 0; i < m->np; i++) {
+            size_t a, b;
+            if ((o->overlap && model_weight_mark(m, i) != k) || !in_shard(o, m, i, &a, &b)) continue;
+            float wd = m->ps[i].ndim >= 2 ? h->weight_decay : 0.0f;  // no decay on biases and norm weights
+            size_t s = o->offset[i] + a - o->lo;                       // position in the shard's moments
+            float *master = o->master ? o->master + s : m->w[i] + a;
+            Act *param = o->master ? AT(o->be, m->wb[i], a) : NULL;
+            o->be->adamw(master, param, o->grad[i] + a, o->dm + s, o->dv + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd, h->grad_scale,
+                         o->t);
+        }
+        if (o->overlap) o->be->mark(k);
     }
+    if (o->overlap) o->be->side(0);
 }
 
 void adam_params_to_flat(const Adam *o, const Model *m, float *flat) {
@@ -104,6 +113,7 @@ void adam_params_from_flat(const Adam *o, Model *m, const float *flat) {
 }
 
 int adam_gather_params(const Adam *o, Comm *c, Err *e) {
+    o->be->join();  // (the collectives run on the main stream; the step may have run on the side one)
     int world = comm_world(c);  // (one rank: nothing moves, but a one-rank NCCL run still takes the path)
     CommPiece *p = xmalloc(((size_t)o->nruns * (size_t)world + 1) * sizeof(CommPiece));
     int np = 0;

@@ -42,6 +42,7 @@ typedef struct {
     AdamRun *runs;
     int nruns;
     int64_t t;           // optimizer steps taken
+    int overlap;         // LLAVA_OVERLAP_OPT=1: adam_step on the backend's side stream (below)
 } Adam;
 
 // trainable[i] != 0 for the tensors that train (model_trainable); the shard is [lo, hi) of the flat
@@ -52,6 +53,10 @@ void adam_free(Adam *o);
 // Σ g² over the shard (double accumulation): combine the shards' sums for the global norm.
 double adam_shard_sq_norm(const Adam *o);
 // One step on the shard's elements of every trainable tensor (the model's weights there are updated).
+// With o->overlap (LLAVA_OVERLAP_OPT=1 at adam_init) the updates go to the backend's side stream in the
+// order the next forward reads the tensors, each group ending with its mark (model_weight_mark), so that
+// the next forward waits only for the group it is about to use: the optimizer's memory-bound pass runs
+// under the forward's products. The results are the same; only the timing changes.
 void adam_step(Adam *o, Model *m, const AdamHyper *h);
 // Every rank's updated shard of the backend's trainable weights to every rank (after adam_step).
 int adam_gather_params(const Adam *o, Comm *c, Err *e);

@@ -41,6 +41,15 @@ typedef struct Backend {
     void (*sum_rows)(float *dst, const Act *src, const int32_t *idx, int n, int C);    // dst += Σ_i src[idx[i]]
     // d loss / d angle of rotated rows y = R(θ)x (rows idx, all heads), accumulated into dang[D/2]
     void (*rope_angle_grad)(float *dang, const Act *y, const Act *dy, const int32_t *idx, int n, int H, int D);
+    // Overlap (the GPU; no-ops on the cpu, where every op runs in order): side(1) sends the ops that follow
+    // to a second stream, which starts after everything issued so far; side(0) returns to the main one.
+    // mark(k) (0 <= k < 256) records the point the stream in use has reached; wait_mark(k) holds the stream
+    // in use until that point (nothing if k was never recorded); join holds the main stream until the side
+    // stream's work so far is done (download joins first).
+    void (*side)(int on);
+    void (*mark)(int k);
+    void (*wait_mark)(int k);
+    void (*join)(void);
     // ops (math in kernels/ops.h)
     void (*matmul_forward)(Act *out, const Act *inp, const Act *w, const Act *bias, int N, int K, int M);
     // (set: MM_SET_DINP overwrites dinp, MM_SET_DW dw and dbias, instead of accumulating into them: for a

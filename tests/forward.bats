@@ -277,6 +277,17 @@ PY
     [[ "$output" == *"NOT a near tie"* ]]
 }
 
+@test "LLAVA_OVERLAP_OPT=1 (the optimizer's updates grouped in the order the next forward reads the tensors, on the GPU's side stream): the same 3 AdamW steps bit for bit" {
+    make_model tiny
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 packed
+    for dev in cpu cpu-bf16; do
+        "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/a.safetensors" --steps 3 --lr 1e-3 --device $dev --grads 2>/dev/null
+        LLAVA_OVERLAP_OPT=1 "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/b.safetensors" --steps 3 --lr 1e-3 --device $dev \
+            --grads 2>/dev/null
+        cmp "$T/a.safetensors" "$T/b.safetensors"
+    done
+}
+
 @test "gradients written over NaN-filled buffers (LLAVA_POISON=1; the trainer no longer zeroes them) equal those of zeroed buffers bit for bit: all trainable, some frozen, a text-only batch (the tower's are zeros)" {
     make_model tiny
     $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 packed

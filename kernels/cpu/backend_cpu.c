@@ -19,6 +19,9 @@ static void cpu_from_f32(Act *dst, const float *host, size_t n) { memcpy(dst, ho
 static size_t cpu_memory_peak(void) { return 0; }
 static void cpu_to_f32(float *host, const Act *src, size_t n) { memcpy(host, src, n * sizeof(float)); }
 
+static void cpu_side(int on) { (void)on; }
+static void cpu_mark(int k) { (void)k; }
+static void cpu_join(void) {}
 static void cpu_add(Act *out, const Act *a, const Act *b, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) F(out)[i] = CF(a)[i] + CF(b)[i];
@@ -129,6 +132,7 @@ static double opt_sum_squares(const float *x, size_t n) {
 const Backend backend_cpu = {
     .name = "cpu", .esize = sizeof(float),
     .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
+    .side = cpu_side, .mark = cpu_mark, .wait_mark = cpu_mark, .join = cpu_join,
     .from_f32 = cpu_from_f32, .to_f32 = cpu_to_f32, .memory_peak = cpu_memory_peak,
     .add = cpu_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
     .rope_angle_grad = cpu_rope_angle_grad,
@@ -233,6 +237,7 @@ static void e_adamw(float *master, Act *param, const float *grad, float *m, floa
 const Backend backend_cpu_bf16 = {
     .name = "cpu-bf16", .esize = sizeof(float),
     .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
+    .side = cpu_side, .mark = cpu_mark, .wait_mark = cpu_mark, .join = cpu_join,
     .from_f32 = e_from_f32, .to_f32 = cpu_to_f32, .memory_peak = cpu_memory_peak,
     .add = e_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
     .rope_angle_grad = cpu_rope_angle_grad,

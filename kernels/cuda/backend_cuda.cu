@@ -213,6 +213,7 @@ static Backend make_table(void) {
     b.esize = 2;
     b.alloc = g_alloc; b.release = g_release; b.zero = g_zero; b.poison = g_poison; b.upload = g_upload; b.download = g_download;
     b.from_f32 = g_from_f32; b.to_f32 = g_to_f32; b.memory_peak = cuda_memory_peak;
+    b.side = cuda_side; b.mark = cuda_mark; b.wait_mark = cuda_wait_mark; b.join = cuda_join;
     b.add = g_add; b.copy2d = g_copy2d; b.gather_rows = g_rows<false>; b.scatter_rows = g_rows<true>; b.sum_rows = g_sum_rows;
     b.rope_angle_grad = g_rope_angle_grad;
     b.matmul_forward = mm_f; b.matmul_backward = mm_b; b.layernorm_forward = ln_f; b.layernorm_backward = ln_b;

@@ -21,7 +21,16 @@ void *cuda_alloc(size_t bytes);                         // dies on failure
 void cuda_free(void *p);
 size_t cuda_memory_peak(void);                          // the most device memory allocated at once, in bytes
 void cuda_upload(void *dst, const void *src, size_t bytes);  // stream-ordered; src (pageable) reusable at return
-void cuda_download(void *dst, const void *src, size_t bytes);  // waits for the stream
+void cuda_download(void *dst, const void *src, size_t bytes);  // waits for the stream (and the side stream's work)
+// A side stream for work that may overlap the main stream's (Backend.side/mark/wait_mark/join): side(1)
+// sends the calls that follow there, starting after all the main stream has been given; side(0) back.
+// mark(k) (k < 256) records the point reached by the stream in use, wait_mark(k) holds the stream in use
+// until the last recorded point k (nothing when k was never recorded); join holds the main stream until
+// the side stream's work so far is done (cuda_sync and cuda_download join first).
+void cuda_side(int on);
+void cuda_mark(int k);
+void cuda_wait_mark(int k);
+void cuda_join(void);
 void cuda_memset0(void *p, size_t bytes);
 void cuda_memset_ff(void *p, size_t bytes);
 void cuda_f32_to_bf16(bf16 *dst, const float *src, size_t n);   // device to device, round to nearest even

@@ -7,7 +7,8 @@
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
 
-cudaStream_t g_stream;
+cudaStream_t g_stream;  // where ops go: the main stream, or the side stream between cuda_side(1) and cuda_side(0)
+static cudaStream_t g_main, g_side;
 cublasLtHandle_t g_lt;
 void *g_lt_workspace;
 const size_t g_lt_workspace_bytes = 32u << 20;
@@ -18,15 +19,55 @@ void cuda_note_error(const char *what, const char *detail) {
 }
 
 extern "C" int cuda_init(int device, char *err, size_t errlen) {
+    int least = 0, greatest = 0;
     cudaError_t e = cudaSetDevice(device);
-    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaDeviceGetStreamPriorityRange(&least, &greatest);
+    // the main stream first where the side stream's work (the optimizer's, cuda_side) competes for the SMs
+    if (e == cudaSuccess) e = cudaStreamCreateWithPriority(&g_main, cudaStreamNonBlocking, greatest);
+    if (e == cudaSuccess) e = cudaStreamCreateWithPriority(&g_side, cudaStreamNonBlocking, least);
     if (e != cudaSuccess) { snprintf(err, errlen, "CUDA device %d: %s", device, cudaGetErrorString(e)); return -1; }
+    g_stream = g_main;
     if (cublasLtCreate(&g_lt) != CUBLAS_STATUS_SUCCESS) { snprintf(err, errlen, "cublasLtCreate failed"); return -1; }
     g_lt_workspace = cuda_alloc(g_lt_workspace_bytes);
     return 0;
 }
 
+// Two streams: the side stream takes work that may overlap the main stream's (the optimizer's updates during
+// the next forward); marks (CUDA events) order the two where the results meet.
+enum { MARKS = 256 };
+static cudaEvent_t g_marks[MARKS], g_fork, g_joinev;
+static cudaEvent_t make_event(void) {
+    cudaEvent_t ev;
+    CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    return ev;
+}
+extern "C" void cuda_side(int on) {
+    if (on && g_stream == g_main) {  // the side stream starts where the main stream is now
+        if (!g_fork) g_fork = make_event();
+        CUDA_CHECK(cudaEventRecord(g_fork, g_main));
+        CUDA_CHECK(cudaStreamWaitEvent(g_side, g_fork, 0));
+        g_stream = g_side;
+    } else if (!on) {
+        g_stream = g_main;
+    }
+}
+extern "C" void cuda_mark(int k) {
+    if (k < 0 || k >= MARKS) { cuda_note_error("cuda_mark", "mark out of range"); return; }
+    if (!g_marks[k]) g_marks[k] = make_event();
+    CUDA_CHECK(cudaEventRecord(g_marks[k], g_stream));
+}
+extern "C" void cuda_wait_mark(int k) {  // (a mark never recorded: nothing to wait for)
+    if (k >= 0 && k < MARKS && g_marks[k]) CUDA_CHECK(cudaStreamWaitEvent(g_stream, g_marks[k], 0));
+}
+// the main stream waits for everything issued to the side stream so far
+extern "C" void cuda_join(void) {
+    if (!g_joinev) g_joinev = make_event();
+    CUDA_CHECK(cudaEventRecord(g_joinev, g_side));
+    CUDA_CHECK(cudaStreamWaitEvent(g_main, g_joinev, 0));
+}
+
 extern "C" int cuda_sync(char *err, size_t errlen) {
+    cuda_join();
     cudaError_t e = cudaStreamSynchronize(g_stream);
     if (e == cudaSuccess) e = cudaGetLastError();
     if (e != cudaSuccess) cuda_note_error("CUDA", cudaGetErrorString(e));
@@ -78,6 +119,7 @@ extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream));
 }
 extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
+    cuda_join();  // (what the host reads may come from the side stream)
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
 }

@@ -207,6 +207,8 @@ G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cuda" $C --dev
 LLAVA_NCCL=1 G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl" $C --device cuda --no-overlap-grad-reduce 2>&1 | tail -1
 # the same with a gradient bucket per tensor, each reduced (ncclReduce on the NCCL stream) during the backward
 LLAVA_NCCL=1 G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl_buckets" $C --device cuda --ddp-bucket-size 1 2>&1 | grep -E "buckets reduced|iteration 10/" 
+# the optimizer on the side stream, overlapping the next forward (the same arithmetic: any race shows)
+LLAVA_OVERLAP_OPT=1 G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/overlap" $C --device cuda 2>&1 | tail -1
 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cut" $C --device cuda 2>/dev/null &
 pid=$!  # (not under G: the signal goes to midtrain itself; a watchdog ends it instead)
 ( sleep "${STEP_TIMEOUT:-90}"; kill -9 "$pid" 2>/dev/null ) &
@@ -227,18 +229,20 @@ print("train: cuda " + " ".join(f"{x['loss']:.4f}" for x in cuda))
 print(f"train: 10 steps, worst relative loss difference cuda vs cpu {worst:.2e} (tolerance 2e-2)")
 same = [(a["loss"], a["grad_norm"]) for a in cuda] == [(b["loss"], b["grad_norm"]) for b in cut]
 print(f"train: cuda resumed run {'repeats' if same else 'DIFFERS FROM'} the uninterrupted losses bit for bit")
-for run, what in (("nccl", "one reduce-scatter"), ("nccl_buckets", "a bucket per tensor during the backward")):
+for run, what in (("nccl", "one rank through NCCL (one reduce-scatter)"),
+                  ("nccl_buckets", "one rank through NCCL (a bucket per tensor during the backward)"),
+                  ("overlap", "the optimizer overlapping the next forward (LLAVA_OVERLAP_OPT=1)")):
     try:  # one rank through the NCCL path (gradients reduced, the bf16 weights broadcast from their owner)
-        nccl = m(run)
-        via = "repeats" if [(a["loss"], a["grad_norm"]) for a in cuda] == [(b["loss"], b["grad_norm"]) for b in nccl] else "DIFFERS FROM"
+        other = m(run)
+        via = "repeats" if [(a["loss"], a["grad_norm"]) for a in cuda] == [(b["loss"], b["grad_norm"]) for b in other] else "DIFFERS FROM"
     except OSError:
         via = "FAILED TO RUN"
-    print(f"train: one rank through NCCL ({what}) {via} the plain cuda losses bit for bit")
+    print(f"train: {what} {via} the plain cuda losses bit for bit")
 sys.exit(0 if worst <= 2e-2 and same and len(cuda) == len(cpu) == 10 else 1)
 PY
 rc=${PIPESTATUS[0]}
 summary+=("cuda training: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'worst relative loss difference cuda vs cpu [0-9.e+-]*' "$OUTDIR/train.txt"); resume $(grep -o 'resumed run [A-Z a-z]*' "$OUTDIR/train.txt" | head -1))")
-while read -r line; do summary+=("$line"); done < <(grep -o 'one rank through NCCL.*' "$OUTDIR/train.txt")
+while read -r line; do summary+=("$line"); done < <(grep -E 'the plain cuda losses' "$OUTDIR/train.txt" | sed 's/^train: //')
 
 section 5: GEMM rate
 # ---- 5. the card's bf16 GEMM rate ----
