@@ -49,19 +49,27 @@ __device__ __forceinline__ void fused_issue_dq(float (*gq)[4], const bf16_t *dst
     wg_commit();
 }
 
-// *p += (a, b) at L2 without a reply (p 8-byte aligned, global memory)
-__device__ __forceinline__ void red_add_f32x2(float *p, float a, float b) {
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+// *p += (a, b, c, d) at L2 without a reply (p 16-byte aligned, global memory; sm_90)
+__device__ __forceinline__ void red_add_f32x4(float *p, float a, float b, float c, float d) {
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
 }
 
-// dq_acc rows t_lo, t_hi of [T, H, D] (head h) += the warp's gq (rows at or past end left out)
+// dq_acc rows t_lo, t_hi of [T, H, D] (head h) += the warp's gq (rows at or past end left out), 16 bytes a
+// reduction: lanes c and c ^ 1 (same g) swap a pair, so that the even lane holds 4 consecutive columns of row
+// t_lo (its pair, then its partner's) and the odd lane 4 of row t_hi (its partner's pair, then its own)
 template <int D>
 __device__ __forceinline__ void fused_red_rows(float *dq_acc, const float (*gq)[4], int t_lo, int t_hi, int end, int H, int h, int c) {
-    float *lo = dq_acc + ((size_t)t_lo * H + h) * D + 2 * c, *hi = dq_acc + ((size_t)t_hi * H + h) * D + 2 * c;
+    bool odd = c & 1;
+    int t = odd ? t_hi : t_lo;
+    float *row = dq_acc + ((size_t)t * H + h) * D + 2 * (c & ~1);
 #pragma unroll
     for (int n = 0; n < D / 8; n++) {
-        if (t_lo < end) red_add_f32x2(lo + 8 * n, gq[n][0], gq[n][1]);
-        if (t_hi < end) red_add_f32x2(hi + 8 * n, gq[n][2], gq[n][3]);
+        float s0 = odd ? gq[n][0] : gq[n][2], s1 = odd ? gq[n][1] : gq[n][3];  // what the partner needs
+        float r0 = __shfl_xor_sync(0xffffffffu, s0, 1), r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+        if (t < end) {
+            if (odd) red_add_f32x4(row + 8 * n, r0, r1, gq[n][2], gq[n][3]);
+            else red_add_f32x4(row + 8 * n, gq[n][0], gq[n][1], r0, r1);
+        }
     }
 }
 
