@@ -16,28 +16,50 @@
 #include "flash_bwd_tiled.cuh"
 #include "flash_wgmma.cuh"
 
-// d[8][4] += A(64 × 16, smem, MN-major) · B(16 × 64, smem, MN-major): m64n64k16 with both operands
-// transposed (accumulate = 0 starts a product)
-__device__ __forceinline__ void wgmma_ss_n64_tt(float (*d)[4], uint64_t a, uint64_t b, int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 1, 1;\n}\n"
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-                 : "l"(a), "l"(b), "r"(accumulate));
+// d[8][4] += A(64 × 16, smem) · B(16 × 64, smem, MN-major): m64n64k16, A MN-major (TA: transposed by wgmma)
+// or K-major (accumulate = 0 starts a product)
+template <bool TA>
+__device__ __forceinline__ void wgmma_ss_n64_xt(float (*d)[4], uint64_t a, uint64_t b, int accumulate) {
+#define WG_SS_N64_XT(TNSPA)                                                                                                   \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                                \
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, " TNSPA ", 1;\n}\n" \
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]) \
+                 : "l"(a), "l"(b), "r"(accumulate))
+    if constexpr (TA) WG_SS_N64_XT("1");
+    else WG_SS_N64_XT("0");
+#undef WG_SS_N64_XT
 }
 
-// the warp's dSᵀ (C-layout rows row0 + g and + 8 of 64 keys, 64 query columns) as bf16 into the swizzled tile
+// The warp's dSᵀ (C-layout rows row0 + g and + 8 of 64 keys, 64 query columns) as bf16 into the swizzled
+// tile. TA: as it is, rows = keys (an MN-major A operand for dS): 32-bit stores, query columns 8nn + 2c and + 1
+// in chunk nn, stored at nn ^ g. Else transposed, rows = queries (a K-major A operand, as Q is in S = Q·Kᵀ):
+// 16-bit stores, key r of query q at q·128 + ((r/8) ^ (q%8))·16 + (r%8)·2. (The K-major form is the fallback
+// should the transposed-A reading not hold on the device: LLAVA_V9_KMAJOR=1.)
+template <bool TA>
 __device__ __forceinline__ void fused_store_dst(bf16_t *tile, const float (*ds)[4], int row0, int g, int c) {
-    char *lo = reinterpret_cast<char *>(tile) + (row0 + g) * 128 + 4 * c, *hi = lo + 8 * 128;  // (row0 + g) % 8 = g
+    if constexpr (TA) {
+        char *lo = reinterpret_cast<char *>(tile) + (row0 + g) * 128 + 4 * c, *hi = lo + 8 * 128;  // (row0 + g) % 8 = g
 #pragma unroll
-    for (int nn = 0; nn < FT / 8; nn++) {  // query columns 8nn + 2c, + 1: chunk nn, stored at nn ^ g
-        *reinterpret_cast<uint32_t *>(lo + ((nn ^ g) << 4)) = pack_bf16(ds[nn][0], ds[nn][1]);
-        *reinterpret_cast<uint32_t *>(hi + ((nn ^ g) << 4)) = pack_bf16(ds[nn][2], ds[nn][3]);
+        for (int nn = 0; nn < FT / 8; nn++) {
+            *reinterpret_cast<uint32_t *>(lo + ((nn ^ g) << 4)) = pack_bf16(ds[nn][0], ds[nn][1]);
+            *reinterpret_cast<uint32_t *>(hi + ((nn ^ g) << 4)) = pack_bf16(ds[nn][2], ds[nn][3]);
+        }
+    } else {
+        char *base = reinterpret_cast<char *>(tile);
+        int r_lo = row0 + g, r_hi = r_lo + 8;
+#pragma unroll
+        for (int nn = 0; nn < FT / 8; nn++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int q = nn * 8 + 2 * c + (e & 1), r = e < 2 ? r_lo : r_hi;
+                *reinterpret_cast<bf16_t *>(base + q * 128 + (((r >> 3) ^ (q & 7)) << 4) + (r & 7) * 2) = __float2bfloat16_rn(ds[nn][e]);
+            }
     }
 }
 
 // issue gq[16 × D] per warp (the warpgroup: 64 queries × D) = dS (dSᵀ tile, MN-major) · K (64 × D staged,
 // MN-major), D/64 products of 64 columns, each over the 64 keys in 4 steps
-template <int D>
+template <int D, bool TA>
 __device__ __forceinline__ void fused_issue_dq(float (*gq)[4], const bf16_t *dst, const bf16_t *ktile) {
     wg_hold<D / 8>(gq);
     wg_fence();
@@ -45,7 +67,8 @@ __device__ __forceinline__ void fused_issue_dq(float (*gq)[4], const bf16_t *dst
     for (int nh = 0; nh < D / 64; nh++)
 #pragma unroll
         for (int kk = 0; kk < FT / 16; kk++)
-            wgmma_ss_n64_tt(gq + 8 * nh, wg_desc_mnmajor(dst, kk * 16), wg_desc_mnmajor(ktile + nh * FT * 64, kk * 16), kk > 0);
+            wgmma_ss_n64_xt<TA>(gq + 8 * nh, TA ? wg_desc_mnmajor(dst, kk * 16) : wg_desc_kmajor(dst, kk * 16),
+                                wg_desc_mnmajor(ktile + nh * FT * 64, kk * 16), kk > 0);
     wg_commit();
 }
 
@@ -79,7 +102,7 @@ struct FusedSmem {
     bf16_t dst[FT * FT];               // this step's dSᵀ (64 keys × 64 queries), 1024-byte aligned (t's size is)
 };
 
-template <int D>
+template <int D, bool TA>
 __global__ static void __launch_bounds__(NW * 32, 2)
 flash_bwd_fused(float *dq_acc, bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout,
                 const float *lse, const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
@@ -108,12 +131,12 @@ flash_bwd_fused(float *dq_acc, bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf
         cp_async_commit();
         WgmmaTiles::scores2<D>(p, sm.a[0], sm.c[buf], ds, sm.b[0], sm.d[buf], row0, lane);  // Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ
         dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
-        fused_store_dst(fs.dst, ds, row0, g, c);
+        fused_store_dst<TA>(fs.dst, ds, row0, g, c);
         wg_fence_smem();  // the stores, visible to wgmma after the barrier below
         WgmmaTiles::accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
         __syncthreads();  // every warp's dSᵀ rows are in fs.dst
         float gq[D / 8][4];
-        fused_issue_dq<D>(gq, fs.dst, sm.a[0].x);  // dQ (this key block's share) = dS·K
+        fused_issue_dq<D, TA>(gq, fs.dst, sm.a[0].x);  // dQ (this key block's share) = dS·K
         wg_wait_all();
         wg_hold<D / 8>(gq);
         fused_red_rows<D>(dq_acc, gq, q0 + row0 + g, q0 + row0 + g + 8, end, Hq, h, c);
@@ -140,13 +163,17 @@ static void flash_bwd_fused_launch(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, 
                                    const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int T,
                                    int Hq, int Hkv, int causal) {
     size_t bytes = sizeof(FusedSmem<D>) + WgmmaTiles::smem_pad, n = (size_t)T * Hq * D;
-    static int configured;
+    static int configured, kmajor;
     if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused<D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused<D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        const char *env = getenv("LLAVA_V9_KMAJOR");
+        kmajor = env && env[0] == '1';
         configured = 1;
     }
     CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, n * sizeof(float), g_stream));
-    flash_bwd_fused<D><<<dim3(Hkv, (max_len + FT - 1) / FT, nseq), NW * 32, bytes, g_stream>>>(
+    auto kernel = kmajor ? flash_bwd_fused<D, false> : flash_bwd_fused<D, true>;
+    kernel<<<dim3(Hkv, (max_len + FT - 1) / FT, nseq), NW * 32, bytes, g_stream>>>(
         dq_acc, (bf16_t *)dk, (bf16_t *)dv, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)dout, lse, drow,
         cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D));
     LAUNCH_CHECK();
