@@ -50,7 +50,7 @@ __global__ static void rows_k8(uint4 *dst, const uint4 *src, const int32_t *idx,
 }
 // the 16-byte kernels apply: C a multiple of 8, both pointers 16-byte aligned, n·C/8 under 2³¹
 static bool rows8_ok(const void *a, const void *b, int n, int C) {
-    return C % 8 == 0 && ((uintptr_t)a | (uintptr_t)b) % 16 == 0 && (size_t)n * C / 8 < (1u << 31);
+    return C % 8 == 0 && ((uintptr_t)a | (uintptr_t)b) % 16 == 0 && (size_t)n * C / 8 < (1u << 31) && !cuda_safe_kernels();
 }
 __global__ static void sum_rows_k(float *dst, const bf16_t *src, const int32_t *idx, int n, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -95,7 +95,7 @@ static void g_add(Act *out, const Act *a, const Act *b, size_t n) { if (n) PROF(
 static void g_copy2d(Act *dst, size_t dld, const Act *src, size_t sld, size_t rows, size_t cols) {
     if (!rows || !cols) return;
     if (cols % 8 == 0 && dld % 8 == 0 && sld % 8 == 0 && ((uintptr_t)dst | (uintptr_t)src) % 16 == 0 && rows * cols / 8 < (1u << 31) &&
-        dld / 8 < (1u << 31) && sld / 8 < (1u << 31))
+        dld / 8 < (1u << 31) && sld / 8 < (1u << 31) && !cuda_safe_kernels())
         PROF((copy2d_k8<<<nblocks(rows * cols / 8), 256, 0, g_stream>>>((uint4 *)dst, (unsigned)(dld / 8), (const uint4 *)src,
                                                                        (unsigned)(sld / 8), (unsigned)rows, (unsigned)(cols / 8))),
              "copy2d %zux%zu", rows, cols);

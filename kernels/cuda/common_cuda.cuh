@@ -17,6 +17,10 @@ void *cuda_scratch(size_t bytes);
 // reduce_parts adds them to out[c] in part order (elementwise.cu), so a run repeats bit for bit.
 enum { ROWS_PER_PART = 64 };
 void reduce_parts(float *out, const float *part, int nparts, int C);
+// LLAVA_SAFE_KERNELS=1: the kernels of session 15 not yet run on a GPU (the one-pass norm backwards, the QK-norm +
+// RoPE backward kernel, the 16-byte copy/gather/scatter) give way to the earlier ones (tests/gpu/run.sh sets it
+// when ops_check finds them wrong)
+bool cuda_safe_kernels(void);
 
 #define CUDA_CHECK(x)                                                  \
     do {                                                               \

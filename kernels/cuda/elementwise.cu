@@ -203,7 +203,7 @@ static void launch_fused8(unsigned parts, bf16 *dinp, float *part, float *part_b
 // false otherwise, and nothing launched
 static bool norm_bwd_fused(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
                            const float *rstd, int N, int C, bool vec) {
-    if (!dinp || !dw || !vec || C % 256 || C > 2560 || (db && !mean)) return false;
+    if (!dinp || !dw || !vec || C % 256 || C > 2560 || (db && !mean) || cuda_safe_kernels()) return false;
     unsigned parts = (unsigned)((N + FUSED_ROWS - 1) / FUSED_ROWS);
     float *part = (float *)cuda_scratch((size_t)(db ? 2 : 1) * parts * C * sizeof(float)), *part_b = db ? part + (size_t)parts * C : NULL;
     switch (C / 256) {
@@ -395,7 +395,8 @@ __global__ static void rmsnorm_rope_bwd_warp(bf16_t *dx, float *part, const bf16
 extern "C" void cuda_rmsnorm_rope_backward(bf16 *dinp, float *dw, bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
                                            const float *angles, int T, int H, int D) {
     size_t rows = (size_t)T * H;
-    if (D <= 128 && D % 4 == 0 && ((size_t)inp | (size_t)dout | (size_t)dinp | (size_t)w) % 4 == 0 && (size_t)angles % 8 == 0) {
+    if (D <= 128 && D % 4 == 0 && ((size_t)inp | (size_t)dout | (size_t)dinp | (size_t)w) % 4 == 0 && (size_t)angles % 8 == 0 &&
+        !cuda_safe_kernels()) {
         unsigned parts = (unsigned)((rows + ROWS_PER_PART - 1) / ROWS_PER_PART);
         float *part = (float *)cuda_scratch((size_t)parts * D * sizeof(float));  // (written even without dw)
         rmsnorm_rope_bwd_warp<<<parts, RR_WARPS * 32, 0, g_stream>>>(B16(dinp), part, CB16(dout), CB16(inp), CB16(w), rstd, angles,
