@@ -4,7 +4,7 @@
 // head, every query tile of the KV group's heads streamed through shared memory); after dV += Pᵀ·dO and
 // dK += dSᵀ·Q it also forms this key block's share of dQ for the query tile,
 //   dQ[64 queries × D] = dS · K = (dSᵀ)ᵀ · K,
-// and adds it to an fp32 buffer with vector atomics (red.global.add.v2.f32): other key blocks add theirs to
+// and adds it to an fp32 buffer with vector atomics (red.global.add.v4.f32): other key blocks add theirs to
 // the same rows, so the sum's order, and the last bits of dQ, vary from run to run (as in FlashAttention-2/3's
 // and PyTorch's flash backward); versions 4-8 stay deterministic. dSᵀ goes through shared memory because
 // the product needs it with queries as rows: the warps store their bf16 dSᵀ fragments into a 64 × 64 tile in
@@ -57,8 +57,8 @@ __device__ __forceinline__ void fused_store_dst(bf16_t *tile, const float (*ds)[
     }
 }
 
-// issue gq[16 × D] per warp (the warpgroup: 64 queries × D) = dS (dSᵀ tile, MN-major) · K (64 × D staged,
-// MN-major), D/64 products of 64 columns, each over the 64 keys in 4 steps
+// issue gq[16 × D] per warp (the warpgroup: 64 queries × D) = dS (the tile above: MN-major when TA, else
+// K-major) · K (64 × D staged, MN-major), D/64 products of 64 columns, each over the 64 keys in 4 steps
 template <int D, bool TA>
 __device__ __forceinline__ void fused_issue_dq(float (*gq)[4], const bf16_t *dst, const bf16_t *ktile) {
     wg_hold<D / 8>(gq);
