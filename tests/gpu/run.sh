@@ -279,6 +279,13 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-400}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
         tee "$OUTDIR/gpu_train.txt"
     while IFS= read -r line; do summary+=("$line"); done < <(grep '^gpu_train' "$OUTDIR/gpu_train.txt")
+    # each shape's runs of ours, fastest first (what to make the default)
+    for shape in ${BENCH_SHAPES:-slice vision}; do
+        ranked=$(grep "^gpu_train $shape: ours" "$OUTDIR/gpu_train.txt" | grep -v 'profiled' |
+            sed -E 's/^gpu_train [a-z]+: ours( with ([A-Z_]+=[0-9]+))? .* ([0-9.]+) ms\/step.*/\3 \2/' | grep -E '^[0-9.]+ ' |
+            sort -g | awk '{printf "%s%s ms (%s)", (NR > 1 ? ", " : ""), $1, ($2 == "" ? "default" : $2)}')
+        summary+=("$shape, ours fastest first: ${ranked:-none}")
+    done
 fi
 echo "---- summary ----"
 printf '%s\n' "${summary[@]}" | tee "$OUTDIR/summary.txt"
