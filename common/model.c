@@ -133,10 +133,6 @@ int model_weight_mark(const Model *m, int i) {
     int k = p->layer < 0 || p->part == PART_MERGER ? 0 : p->part == PART_VISION ? 1 + p->layer : 1 + m->cfg.vision.depth + p->layer;
     return k < 255 ? k : 255;
 }
-int model_marks(const Model *m) {
-    int n = 1 + m->cfg.vision.depth + m->cfg.text.layers;
-    return n < 256 ? n : 256;
-}
 
 void model_grads_stale(const Model *m, ModelWork *w, float **grads) {
     if (w->nstale != m->np) {
@@ -158,10 +154,14 @@ static int take_stale(ModelWork *w, int i) {
     return 1;
 }
 
+static void zero_grad(const Model *m, float **grads, int i) {
+    m->be->zero(grads[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
+}
+
 // zero the stale gradients of tensors first .. np-1 (they are final without having been written)
 static void settle_stale(const Model *m, ModelWork *w, float **grads, int first) {
     for (int i = first < 0 ? 0 : first; w->stale && grads && i < w->nstale; i++)
-        if (take_stale(w, i) && grads[i]) m->be->zero(grads[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
+        if (take_stale(w, i) && grads[i]) zero_grad(m, grads, i);
 }
 
 void model_grads_final(const Model *m, ModelWork *w, const char *fmt, int layer) {
@@ -171,10 +171,10 @@ void model_grads_final(const Model *m, ModelWork *w, const char *fmt, int layer)
 }
 
 float *model_grad_acc(const Model *m, ModelWork *w, float **grads, const char *fmt, int layer) {
-    float *g = model_grad_fmt(m, grads, fmt, layer);
-    if (g && take_stale(w, model_param_index(m, fmt, layer)))
-        m->be->zero(g, (size_t)param_numel(&m->ps[model_param_index(m, fmt, layer)]) * sizeof(float));
-    return g;
+    int i = model_param_index(m, fmt, layer);
+    if (!grads || i < 0 || !grads[i]) return NULL;
+    if (take_stale(w, i)) zero_grad(m, grads, i);
+    return grads[i];
 }
 
 void model_matmul_backward(const Model *m, ModelWork *w, float **grads, Act *dinp, int dinp_set, const char *wfmt, const char *bfmt,
@@ -196,7 +196,7 @@ void model_matmul_backward(const Model *m, ModelWork *w, float **grads, Act *din
     }
     if (nt && all) set = MM_SET_DW;  // the usual case: all written here first
     for (int i = 0; i < nt; i++)     // else zero the stale ones (none in this model's graphs), then accumulate
-        if (take_stale(w, t[i]) && !set) m->be->zero(grads[t[i]], (size_t)param_numel(&m->ps[t[i]]) * sizeof(float));
+        if (take_stale(w, t[i]) && !set) zero_grad(m, grads, t[i]);
     m->be->matmul_backward(dinp, dw, db, dout, inp, model_weight_fmt(m, wfmt, layer), N, K, M, set | (dinp_set ? MM_SET_DINP : 0));
 }
 
@@ -357,11 +357,11 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
             merger |= m->ps[i].part == PART_MERGER;
         }
     Act *demb = in->nimg && (tower || merger) ? arena_bytes(A, (size_t)(in->rows / 4) * m->cfg.text.hidden * be->esize) : NULL;
-    if (w->stale && w->stale_grads != grads) die_internal("model_loss_grads: the stale gradients are not these");
+    if (w->stale_grads && w->stale_grads != grads) die_internal("model_loss_grads: the stale gradients are not these");
     w->text_layers_backward = text_backward(m, w, &tr, dlogits, grads, demb);
     w->vision_blocks_backward = demb ? vision_backward(m, w, &vt, demb, grads, tower) : 0;
     settle_stale(m, w, grads, 0);  // what this backward did not reach holds no gradient: zeros (none stale now:
-                                   // the step's next backwards accumulate)
+    w->stale_grads = NULL;         // the step's next backwards accumulate)
     return 0;
 }
 

@@ -71,16 +71,15 @@ typedef struct {
     // model_grads_stale: the gradient buffers hold stale values (not zeroed) until each tensor's first write
     unsigned char *stale;        // [np]: 1 until tensor i's gradient is first written (NULL: none is stale)
     int nstale;                  // entries of stale
-    float **stale_grads;         // the gradients model_grads_stale was given
+    float **stale_grads;         // the gradients model_grads_stale was given, until a backward has written them
 } ModelWork;
 
 // The optimizer's overlap with the next forward (optim.h, LLAVA_OVERLAP_OPT): the point of the forward from
 // which tensor i is read, its mark: 0 before the forward starts (embeddings, the tower's stem and merger, the
 // final norm, the head), 1 + b at vision block b, 1 + vision depth + l at decoder layer l (at most 255). The
 // forward waits there for the mark (Backend.wait_mark), which the optimizer records once those tensors are
-// updated; model_marks: how many marks there are.
+// updated.
 int model_weight_mark(const Model *m, int i);
-int model_marks(const Model *m);
 
 void model_work_init(ModelWork *w, const Backend *be);
 void model_work_free(ModelWork *w);

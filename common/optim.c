@@ -29,6 +29,11 @@ void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t 
     o->hi = hi;
     const char *ov = getenv("LLAVA_OVERLAP_OPT");
     o->overlap = ov && ov[0] && strcmp(ov, "0");
+    o->order = xmalloc((size_t)m->np * sizeof(int));  // (overlap: a counting sort by mark, table order within one)
+    int n = 0;
+    for (int k = 0; k < (o->overlap ? 256 : 1); k++)
+        for (int i = 0; i < m->np; i++)
+            if (!o->overlap || model_weight_mark(m, i) == k) o->order[n++] = i;
     size_t shard = (hi > lo ? hi - lo : 1) * sizeof(float);
     o->flat_grad = o->be->alloc((o->n + SLACK) * sizeof(float));
     o->m = xcalloc(1, shard);
@@ -63,10 +68,9 @@ void adam_free(Adam *o) {
     if (o->dv != o->v) o->be->release(o->dv);
     if (o->master) o->be->release(o->master);
     o->be->release(o->flat_grad);
-    free(o->m); free(o->v); free(o->hm); free(o->grad); free(o->offset); free(o->runs);
+    free(o->m); free(o->v); free(o->hm); free(o->grad); free(o->offset); free(o->runs); free(o->order);
     memset(o, 0, sizeof *o);
 }
-
 
 // padding is zero: the vector's norm is the tensors' norm
 double adam_shard_sq_norm(const Adam *o) { return o->be->sum_squares(o->flat_grad + o->lo, o->hi - o->lo); }
@@ -84,12 +88,11 @@ static int in_shard(const Adam *o, const Model *m, int i, size_t *a, size_t *b) 
 
 void adam_step(Adam *o, Model *m, const AdamHyper *h) {
     o->t++;
-    int nk = o->overlap ? model_marks(m) : 1;
     if (o->overlap) o->be->side(1);
-    for (int k = 0; k < nk; k++) {  // (overlap: mark k's tensors, then the mark)
-        for (int i = 0; i < m->np; i++) {
-            size_t a, b;
-            if ((o->overlap && model_weight_mark(m, i) != k) || !in_shard(o, m, i, &a, &b)) continue;
+    for (int j = 0; j < m->np; j++) {
+        int i = o->order[j];
+        size_t a, b;
+        if (in_shard(o, m, i, &a, &b)) {
             float wd = m->ps[i].ndim >= 2 ? h->weight_decay : 0.0f;  // no decay on biases and norm weights
             size_t s = o->offset[i] + a - o->lo;                       // position in the shard's moments
             float *master = o->master ? o->master + s : m->w[i] + a;
@@ -97,7 +100,8 @@ void adam_step(Adam *o, Model *m, const AdamHyper *h) {
             o->be->adamw(master, param, o->grad[i] + a, o->dm + s, o->dv + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd, h->grad_scale,
                          o->t);
         }
-        if (o->overlap) o->be->mark(k);
+        int k = model_weight_mark(m, i);  // (overlap: a mark where the group of tensors ends)
+        if (o->overlap && (j + 1 == m->np || model_weight_mark(m, o->order[j + 1]) != k)) o->be->mark(k);
     }
     if (o->overlap) o->be->side(0);
 }

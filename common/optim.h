@@ -43,6 +43,7 @@ typedef struct {
     int nruns;
     int64_t t;           // optimizer steps taken
     int overlap;         // LLAVA_OVERLAP_OPT=1: adam_step on the backend's side stream (below)
+    int *order;          // [np] the tensors in adam_step's order: by model_weight_mark with overlap, else table order
 } Adam;
 
 // trainable[i] != 0 for the tensors that train (model_trainable); the shard is [lo, hi) of the flat
