@@ -88,11 +88,7 @@ void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hid
         a->f1 = U((size_t)S * F); a->f1g = U((size_t)S * F);
         be->layernorm_forward(a->h1, a->mean1, a->rstd1, x, W(m, "visual.blocks.%d.norm1.weight", l), W(m, "visual.blocks.%d.norm1.bias", l), (int)S, D, eps);
         be->matmul_forward(qkv, a->h1, W(m, "visual.blocks.%d.attn.qkv.weight", l), W(m, "visual.blocks.%d.attn.qkv.bias", l), (int)S, D, 3 * D);
-        be->copy2d(a->qr, D, qkv, 3 * (size_t)D, S, D);  // output columns [Q | K | V]; Q and K rotate in place
-        be->copy2d(a->kr, D, AT_(qkv, D), 3 * (size_t)D, S, D);
-        be->copy2d(a->v, D, AT_(qkv, 2 * D), 3 * (size_t)D, S, D);
-        be->rope_forward(a->qr, tr->ang, (int)S, nh, hd);
-        be->rope_forward(a->kr, tr->ang, (int)S, nh, hd);
+        be->qkv_split_rope(a->qr, a->kr, a->v, qkv, tr->ang, (int)S, nh, hd);  // output columns [Q | K | V], Q and K rotated
         be->attention_forward(a->att, a->lse, a->qr, a->kr, a->v, tr->cu, in->nimg, (int)S, tr->max_len, nh, nh, hd, 0);  // per image
         be->matmul_forward(o, a->att, W(m, "visual.blocks.%d.attn.proj.weight", l), W(m, "visual.blocks.%d.attn.proj.bias", l), (int)S, D, D);
         be->add_layernorm_forward(a->x_mid, a->h2, a->mean2, a->rstd2, x, o, W(m, "visual.blocks.%d.norm2.weight", l),
@@ -161,11 +157,7 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
             be->rope_angle_grad(dcls_ang, a->qr, dqr, tr->cls_rows, tr->nimg, nh, hd);
             be->rope_angle_grad(dcls_ang, a->kr, dkr, tr->cls_rows, tr->nimg, nh, hd);
         }
-        be->rope_backward(dqr, tr->ang, (int)S, nh, hd);
-        be->rope_backward(dkr, tr->ang, (int)S, nh, hd);
-        be->copy2d(dqkv, 3 * (size_t)D, dqr, D, S, D);
-        be->copy2d(AT_(dqkv, D), 3 * (size_t)D, dkr, D, S, D);
-        be->copy2d(AT_(dqkv, 2 * D), 3 * (size_t)D, dv, D, S, D);
+        be->qkv_merge_rope_backward(dqkv, dqr, dkr, dv, tr->ang, (int)S, nh, hd);
         model_matmul_backward(m, w, grads, dh, 1, "visual.blocks.%d.attn.qkv.weight", "visual.blocks.%d.attn.qkv.bias", l, dqkv, a->h1,
                               (int)S, D, 3 * D);
         be->layernorm_backward(dx, model_grad_acc(m, w, grads, "visual.blocks.%d.norm1.weight", l),

@@ -78,6 +78,11 @@ typedef struct Backend {
     void (*swiglu_backward)(Act *dgu, const Act *dout, const Act *gu, int N, int F);
     void (*rope_forward)(Act *x, const float *angles, int T, int H, int D);
     void (*rope_backward)(Act *dx, const float *angles, int T, int H, int D);
+    // the vision tower's split of its fused QKV product qkv [T, 3·H·D] = [Q | K | V]: q = RoPE(Q), k = RoPE(K),
+    // v = V, each [T, H, D] (one pass instead of three strided copies and two in-place rotations); and its
+    // backward, dqkv = [RoPEᵀ(dq) | RoPEᵀ(dk) | dv], written whole
+    void (*qkv_split_rope)(Act *q, Act *k, Act *v, const Act *qkv, const float *angles, int T, int H, int D);
+    void (*qkv_merge_rope_backward)(Act *dqkv, const Act *dq, const Act *dk, const Act *dv, const float *angles, int T, int H, int D);
     void (*attention_forward)(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T,
                               int max_len, int Hq, int Hkv, int D, int causal);
     void (*attention_backward)(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, const float *lse, const Act *q,

@@ -38,6 +38,10 @@ void swiglu_backward(float *dgu, const float *dout, const float *gu, int N, int 
 // (x_j, x_{j+D/2}) -> (x_j·c − x_{j+D/2}·s, x_{j+D/2}·c + x_j·s). The backward rotates by −angle.
 void rope_forward(float *x, const float *angles, int T, int H, int D);
 void rope_backward(float *dx, const float *angles, int T, int H, int D);
+// The same from rows of src into rows of dst, each src_ld / dst_ld floats apart (the vision tower's Q and K
+// columns of its fused [T, 3·H·D] QKV product, and their gradients back into it).
+void rope_forward_strided(float *dst, size_t dst_ld, const float *src, size_t src_ld, const float *angles, int T, int H, int D);
+void rope_backward_strided(float *dst, size_t dst_ld, const float *src, size_t src_ld, const float *angles, int T, int H, int D);
 // 1-D LLM angles: angles[t, i] = pos_t · theta^(−2i/D), positions restarting at each cu_seqlens boundary.
 void rope_angles_1d(float *angles, const int32_t *cu_seqlens, int nseq, int D, double theta);
 

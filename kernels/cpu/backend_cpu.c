@@ -93,6 +93,18 @@ static void rms_rope_b(Act *dinp, float *dw, Act *dout, const Act *inp, const Ac
     memset(dinp, 0, (size_t)T * H * D * sizeof(float));
     rms_b(dinp, dw, dout, inp, w, rstd, T * H, D);
 }
+static void qkv_split(Act *q, Act *k, Act *v, const Act *qkv, const float *ang, int T, int H, int D) {
+    size_t C = (size_t)H * D;
+    rope_forward_strided(F(q), C, CF(qkv), 3 * C, ang, T, H, D);
+    rope_forward_strided(F(k), C, CF(qkv) + C, 3 * C, ang, T, H, D);
+    cpu_copy2d(v, C, (const Act *)(CF(qkv) + 2 * C), 3 * C, (size_t)T, C);
+}
+static void qkv_merge_b(Act *dqkv, const Act *dq, const Act *dk, const Act *dv, const float *ang, int T, int H, int D) {
+    size_t C = (size_t)H * D;
+    rope_backward_strided(F(dqkv), 3 * C, CF(dq), C, ang, T, H, D);
+    rope_backward_strided(F(dqkv) + C, 3 * C, CF(dk), C, ang, T, H, D);
+    cpu_copy2d((Act *)(F(dqkv) + 2 * C), 3 * C, dv, C, (size_t)T, C);
+}
 static void att_f(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len,
                   int Hq, int Hkv, int D, int causal) {
     (void)T; (void)max_len;
@@ -142,6 +154,7 @@ const Backend backend_cpu = {
     .rmsnorm_rope_backward = rms_rope_b,
     .gelu_forward = gelu_f, .gelu_backward = gelu_b,
     .swiglu_forward = swi_f, .swiglu_backward = swi_b, .rope_forward = rope_f, .rope_backward = rope_b,
+    .qkv_split_rope = qkv_split, .qkv_merge_rope_backward = qkv_merge_b,
     .attention_forward = att_f, .attention_backward = att_b, .attention_decode = att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = ce_b, .cross_entropy_fused = ce_fused,
     .adamw = opt_adamw, .sum_squares = opt_sum_squares,
@@ -197,6 +210,16 @@ static void e_rms_rope_b(Act *dinp, float *dw, Act *dout, const Act *inp, const 
     rms_rope_b(dinp, dw, dout, inp, w, rstd, ang, T, H, D);
     round_bf16(dinp, (size_t)T * H * D);
 }
+// (V and dv are copies of rounded values: rounding the rotated parts is enough)
+static void e_qkv_split(Act *q, Act *k, Act *v, const Act *qkv, const float *ang, int T, int H, int D) {
+    qkv_split(q, k, v, qkv, ang, T, H, D);
+    round_bf16(q, (size_t)T * H * D);
+    round_bf16(k, (size_t)T * H * D);
+}
+static void e_qkv_merge_b(Act *dqkv, const Act *dq, const Act *dk, const Act *dv, const float *ang, int T, int H, int D) {
+    qkv_merge_b(dqkv, dq, dk, dv, ang, T, H, D);
+    round_bf16(dqkv, (size_t)T * 3 * H * D);
+}
 static void e_gelu_f(Act *out, const Act *inp, size_t n) { gelu_f(out, inp, n); round_bf16(out, n); }
 static void e_gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { gelu_b(dinp, dout, inp, n); round_bf16(dinp, n); }
 static void e_swi_f(Act *out, const Act *gu, int N, int Fw) { swi_f(out, gu, N, Fw); round_bf16(out, (size_t)N * Fw); }
@@ -247,6 +270,7 @@ const Backend backend_cpu_bf16 = {
     .rmsnorm_rope_backward = e_rms_rope_b,
     .gelu_forward = e_gelu_f, .gelu_backward = e_gelu_b,
     .swiglu_forward = e_swi_f, .swiglu_backward = e_swi_b, .rope_forward = e_rope_f, .rope_backward = e_rope_b,
+    .qkv_split_rope = e_qkv_split, .qkv_merge_rope_backward = e_qkv_merge_b,
     .attention_forward = e_att_f, .attention_backward = e_att_b, .attention_decode = e_att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = e_ce_b, .cross_entropy_fused = e_ce_fused,
     .adamw = e_adamw, .sum_squares = opt_sum_squares,

@@ -4,7 +4,8 @@
 
 #include "../ops.h"
 
-static void rotate(float *x, const float *angles, int T, int H, int D, float sign) {
+// dst rows [T, H·D] (dst_ld floats apart) = the rotation of src's (src_ld apart); in place where they agree
+static void rotate(float *dst, size_t dst_ld, const float *src, size_t src_ld, const float *angles, int T, int H, int D, float sign) {
     int half = D / 2;
 #pragma omp parallel
     {
@@ -14,9 +15,10 @@ static void rotate(float *x, const float *angles, int T, int H, int D, float sig
             const float *a = angles + (size_t)t * half;
             for (int j = 0; j < half; j++) { cs[j] = cosf(a[j]); cs[half + j] = sign * sinf(a[j]); }
             for (int h = 0; h < H; h++) {
-                float *v = x + ((size_t)t * H + h) * D;
+                const float *u = src + (size_t)t * src_ld + (size_t)h * D;
+                float *v = dst + (size_t)t * dst_ld + (size_t)h * D;
                 for (int j = 0; j < half; j++) {
-                    float c = cs[j], s = cs[half + j], x0 = v[j], x1 = v[j + half];
+                    float c = cs[j], s = cs[half + j], x0 = u[j], x1 = u[j + half];
                     v[j] = x0 * c - x1 * s;
                     v[j + half] = x1 * c + x0 * s;
                 }
@@ -26,9 +28,17 @@ static void rotate(float *x, const float *angles, int T, int H, int D, float sig
     }
 }
 
-void rope_forward(float *x, const float *angles, int T, int H, int D) { rotate(x, angles, T, H, D, 1.0f); }
+void rope_forward(float *x, const float *angles, int T, int H, int D) { rotate(x, (size_t)H * D, x, (size_t)H * D, angles, T, H, D, 1.0f); }
 // The rotation is orthogonal: its gradient is the inverse rotation applied to the upstream gradient.
-void rope_backward(float *dx, const float *angles, int T, int H, int D) { rotate(dx, angles, T, H, D, -1.0f); }
+void rope_backward(float *dx, const float *angles, int T, int H, int D) {
+    rotate(dx, (size_t)H * D, dx, (size_t)H * D, angles, T, H, D, -1.0f);
+}
+void rope_forward_strided(float *dst, size_t dst_ld, const float *src, size_t src_ld, const float *angles, int T, int H, int D) {
+    rotate(dst, dst_ld, src, src_ld, angles, T, H, D, 1.0f);
+}
+void rope_backward_strided(float *dst, size_t dst_ld, const float *src, size_t src_ld, const float *angles, int T, int H, int D) {
+    rotate(dst, dst_ld, src, src_ld, angles, T, H, D, -1.0f);
+}
 
 void rope_angles_1d(float *angles, const int32_t *cu_seqlens, int nseq, int D, double theta) {
     int half = D / 2;

@@ -147,14 +147,14 @@ int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const
                               int Hkv, int D, int causal);
 // LLAVA_FLASH=N (0..9) picks the kernels for a whole run (comparisons, or a fallback while a new version is
 // being checked), LLAVA_FLASH=FB the forward's version F and the backward's B; cuda_attention_set_flash
-// sets both. Unset: the fastest measured on an H100 (bench/RESULTS.md, session 14): version 6's forward
-// (two warpgroups per block sharing the K/V tiles, Q in registers; 2.44 against v4's 2.64 ms at the
-// slice's shape, 0.56 against 0.61 at the tower's) and version 4's backward (5.45 against v6's 6.37 ms,
-// 1.74 against 2.33). Versions 4-9 fall back to v2 on a GPU other than compute capability 9.0; 7 is 6 with
-// 128 keys a step (not yet measured), and its backward v4's dK/dV kernel with v6's dQ;
-// 8 is 6 with the second warpgroup half a step behind the first in both directions; 9 a backward only (its
-// forward is 6's): one pass, 5 tile products instead of 7, dQ summed with atomics, so not bit-reproducible
-// (neither yet measured).
+// sets both. Unset: the fastest measured on an H100 (bench/RESULTS.md, sessions 14 and 16): the forward of
+// version 7 at head dim 128 (v6 with 128 keys a step: 2.27 against v6's 2.48 and v4's 2.58 ms at the slice's
+// shape) and of version 6 below it (two warpgroups per block sharing the K/V tiles, Q in registers; 0.56
+// against v7's 0.74 and v4's 0.61 at the tower's), and version 4's backward (5.39 against v6's 6.40 and v9's
+// 6.56 ms; 1.74 against 2.33 and 1.84). Versions 4-9 fall back to v2 on a GPU other than compute capability
+// 9.0; 7's backward is v4's dK/dV kernel with v6's dQ; 8 is 6 with the second warpgroup half a step behind
+// the first in both directions (slower: 2.47/7.94 ms); 9 a backward only (its forward is 6's): one pass, 5
+// tile products instead of 7, dQ summed with atomics, so not bit-reproducible (slower: the reductions).
 static int flash_fwd_version = -1, flash_bwd_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset (the default)
 static void flash_pick(void) {
     if (flash_fwd_version != -1) return;
@@ -164,16 +164,16 @@ static void flash_pick(void) {
     flash_bwd_version = ok ? env[env[1] ? 1 : 0] - '0' : -2;
 }
 // the version a forward (or a backward) runs
-static int flash_for(int forward) {
+static int flash_for(int forward, int D) {
     flash_pick();
     int v = forward ? flash_fwd_version : flash_bwd_version;
-    return v != -2 ? v : forward ? 6 : 4;
+    return v != -2 ? v : forward ? (D == 128 ? 7 : 6) : 4;
 }
 extern "C" void cuda_attention_set_flash(int version) { flash_fwd_version = flash_bwd_version = version; }
 
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
-    int version = flash_for(1);
+    int version = flash_for(1, D);
     if (version >= 4 && cuda_flash_wgmma_forward(version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (version >= 4) version = 2;  // no wgmma here
@@ -189,7 +189,7 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
                                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq, int T,
                                         int max_len, int Hq, int Hkv, int D, int causal) {
     if (D > MAXD) { cuda_note_error("cuda_attention_backward", "head_dim above 128"); return; }
-    int version = flash_for(0), fused = version == 9 && dq;  // (version 9 without dq: version 4)
+    int version = flash_for(0, D), fused = version == 9 && dq;  // (version 9 without dq: version 4)
     // one scratch buffer (a second call could move the first): Drow [T, Hq], then version 9's dq_acc [T, Hq, D]
     size_t drow_bytes = ((size_t)T * Hq * sizeof(float) + 255) / 256 * 256;
     float *Drow = (float *)cuda_scratch(drow_bytes + (fused ? (size_t)T * Hq * D * sizeof(float) : 0));

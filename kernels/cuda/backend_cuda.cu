@@ -155,6 +155,12 @@ static void swi_f(Act *out, const Act *gu, int N, int F) { PROF(cuda_swiglu_forw
 static void swi_b(Act *dgu, const Act *dout, const Act *gu, int N, int F) { PROF(cuda_swiglu_backward(U(dgu), CU(dout), CU(gu), N, F), "swiglu_backward %dx%d", N, F); }
 static void rope_f(Act *x, const float *ang, int T, int H, int D) { PROF(cuda_rope_forward(U(x), ang, T, H, D), "rope_forward %dx%dx%d", T, H, D); }
 static void rope_b(Act *dx, const float *ang, int T, int H, int D) { PROF(cuda_rope_backward(U(dx), ang, T, H, D), "rope_backward %dx%dx%d", T, H, D); }
+static void qkv_split(Act *q, Act *k, Act *v, const Act *qkv, const float *ang, int T, int H, int D) {
+    PROF(cuda_qkv_split_rope(U(q), U(k), U(v), CU(qkv), ang, T, H, D), "qkv_split_rope %dx%dx%d", T, H, D);
+}
+static void qkv_merge_b(Act *dqkv, const Act *dq, const Act *dk, const Act *dv, const float *ang, int T, int H, int D) {
+    PROF(cuda_qkv_merge_rope_backward(U(dqkv), CU(dq), CU(dk), CU(dv), ang, T, H, D), "qkv_merge_rope_backward %dx%dx%d", T, H, D);
+}
 static void att_f(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len,
                   int Hq, int Hkv, int D, int causal) {
     PROF(cuda_attention_forward(U(out), lse, CU(q), CU(k), CU(v), cu, nseq, T, max_len, Hq, Hkv, D, causal),
@@ -220,6 +226,7 @@ static Backend make_table(void) {
     b.rmsnorm_forward = rms_f; b.rmsnorm_backward = rms_b;
     b.add_rmsnorm_forward = add_rms_f; b.add_layernorm_forward = add_ln_f; b.rmsnorm_rope_forward = rms_rope_f; b.rmsnorm_rope_backward = rms_rope_b; b.gelu_forward = gelu_f; b.gelu_backward = gelu_b;
     b.swiglu_forward = swi_f; b.swiglu_backward = swi_b; b.rope_forward = rope_f; b.rope_backward = rope_b;
+    b.qkv_split_rope = qkv_split; b.qkv_merge_rope_backward = qkv_merge_b;
     b.attention_forward = att_f; b.attention_backward = att_b; b.attention_decode = att_dec;
     b.embedding_forward = emb_f; b.embedding_backward = emb_b;
     b.cross_entropy_rows = ce_rows; b.cross_entropy_backward = ce_b; b.cross_entropy_fused = ce_fused;

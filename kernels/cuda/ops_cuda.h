@@ -96,6 +96,8 @@ void cuda_swiglu_backward(bf16 *dgu, const bf16 *dout, const bf16 *gu, int N, in
 // ---- rotary embedding, angles fp32 [T, D/2], in place on x[T, H, D] ----
 void cuda_rope_forward(bf16 *x, const float *angles, int T, int H, int D);
 void cuda_rope_backward(bf16 *dx, const float *angles, int T, int H, int D);
+void cuda_qkv_split_rope(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, const float *angles, int T, int H, int D);
+void cuda_qkv_merge_rope_backward(bf16 *dqkv, const bf16 *dq, const bf16 *dk, const bf16 *dv, const float *angles, int T, int H, int D);
 
 // ---- attention over packed sub-sequences (cu_seqlens device int32 [nseq+1]); lse fp32 [T, Hq] ----
 // max_len: the longest sub-sequence (sizes the launch).

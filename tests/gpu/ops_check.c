@@ -312,6 +312,46 @@ static void rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-wide 
     free(x); free(ang); cuda_free(gx); cuda_free(gang);
 }
 
+// the vision tower's QKV split with RoPE and its backward, through the backend table, against the CPU ops
+// (rope_forward_strided / rope_backward_strided); V and dv are copies, bit for bit
+static void qkv_rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-wide kernel
+    const Backend *be = backend_cuda();
+    size_t C = (size_t)H * D, n = (size_t)T * C;
+    int32_t cu[3] = {0, T / 2, T};
+    float *qkv = host_rand(3 * n, 1), *dq = host_rand(n, 1), *dk = host_rand(n, 1), *dv = host_rand(n, 1);
+    float *ang = xmalloc((size_t)T * D / 2 * 4), *q = xmalloc(n * 4), *k = xmalloc(n * 4), *dqkv = xmalloc(3 * n * 4), *h;
+    rope_angles_1d(ang, cu, 2, D, 1e4);
+    rope_forward_strided(q, C, qkv, 3 * C, ang, T, H, D);
+    rope_forward_strided(k, C, qkv + C, 3 * C, ang, T, H, D);
+    rope_backward_strided(dqkv, 3 * C, dq, C, ang, T, H, D);
+    rope_backward_strided(dqkv + C, 3 * C, dk, C, ang, T, H, D);
+    for (int t = 0; t < T; t++) memcpy(dqkv + (size_t)t * 3 * C + 2 * C, dv + (size_t)t * C, C * 4);
+    bf16 *gqkv = dev_bf16(qkv, 3 * n), *gq = cuda_alloc(n * 2), *gk = cuda_alloc(n * 2), *gv = cuda_alloc(n * 2);
+    bf16 *gdq = dev_bf16(dq, n), *gdk = dev_bf16(dk, n), *gdv = dev_bf16(dv, n), *gdqkv = cuda_alloc(3 * n * 2);
+    float *gang = dev_f32(ang, (size_t)T * D / 2);
+    be->qkv_split_rope((Act *)gq, (Act *)gk, (Act *)gv, (const Act *)gqkv, gang, T, H, D);
+    be->qkv_merge_rope_backward((Act *)gdqkv, (const Act *)gdq, (const Act *)gdk, (const Act *)gdv, gang, T, H, D);
+    sync_or_die();
+    char name[96];
+    snprintf(name, sizeof name, "qkv split + rope d%d: q", D);
+    check(name, h = back_bf16(gq, n), q, n, 2e-2); free(h);
+    snprintf(name, sizeof name, "qkv split + rope d%d: k", D);
+    check(name, h = back_bf16(gk, n), k, n, 2e-2); free(h);
+    snprintf(name, sizeof name, "qkv merge + rope backward d%d: dqkv", D);
+    check(name, h = back_bf16(gdqkv, 3 * n), dqkv, 3 * n, 2e-2);
+    float *hv = back_bf16(gv, n);
+    int same = 1;
+    for (int t = 0; t < T; t++)
+        same &= !memcmp(hv + (size_t)t * C, qkv + (size_t)t * 3 * C + 2 * C, C * 4) &&
+                !memcmp(h + (size_t)t * 3 * C + 2 * C, dv + (size_t)t * C, C * 4);
+    snprintf(name, sizeof name, "qkv split/merge d%d: v and dv", D);
+    printf("%-56s bit-identical %s\n", name, same ? "ok" : "FAIL");
+    failures += !same;
+    free(h); free(hv); free(qkv); free(dq); free(dk); free(dv); free(ang); free(q); free(k); free(dqkv);
+    cuda_free(gqkv); cuda_free(gq); cuda_free(gk); cuda_free(gv); cuda_free(gdq); cuda_free(gdk); cuda_free(gdv); cuda_free(gdqkv);
+    cuda_free(gang);
+}
+
 static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int version) {
     int32_t cu[4] = {0, 37, 101, 180};
     int nseq = 3, T = 180, max_len = 79;
@@ -545,6 +585,8 @@ int main(int argc, char **argv) {
     rope_case(300, 6, 24);
     rope_case(70, 4, 64);
     rope_case(70, 4, 128);
+    qkv_rope_case(70, 4, 64);  // the 8-wide kernel
+    qkv_rope_case(45, 3, 18);  // one pair a thread
     fused_cases(256, 1);
     fused_cases(100, 0);
     attention_case(6, 2, 24, 1, 0, 2);

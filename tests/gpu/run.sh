@@ -80,7 +80,7 @@ if [ -x "$B/ops_check" ]; then
     # and v9's backward when they passed (v2, v3, v5 and v6 were timed in sessions 13-14; FLASH_VARIANTS
     # names others: "2 3 5 6 7").
     # session 15's memory-bound kernels, not run before: if ops_check finds one wrong, the earlier ones for the rest
-    if grep -E "^(rmsnorm|layernorm|copy2d|gather_rows)" "$OUTDIR/ops_check.txt" | grep -q 'FAIL$'; then
+    if grep -E "^(rmsnorm|layernorm|copy2d|gather_rows|qkv)" "$OUTDIR/ops_check.txt" | grep -q 'FAIL$'; then
         export LLAVA_SAFE_KERNELS=1
         summary+=("a norm/copy/gather kernel FAILED its checks: the rest of this run uses LLAVA_SAFE_KERNELS=1")
     fi
