@@ -73,12 +73,11 @@ if [ -x "$B/ops_check" ]; then
         export LLAVA_FLASH=1
         summary+=("flash v2 or v3 FAILED its checks: the rest of this run uses flash v1 (LLAVA_FLASH=1)")
     fi
-    # versions 4-9 (wgmma, Hopper only; the default runs v6's forward and v4's backward): 30 checks each. A
-    # failing v6 sends the rest of the run to v4 (LLAVA_FLASH=4), a failing v4 to v6's forward and v2's
+    # versions 4-9 (wgmma, Hopper only; the default runs v7's forward at head dim 128 and v6's at 64, v4's
+    # backward at 128 and v5's at 64): 30 checks each. A failing v5 or v7 sends the rest of the run to v6's
+    # forward and v4's backward (LLAVA_FLASH=64), a failing v6 to v4, a failing v4 to v6's forward and v2's
     # backward (62), both to v2. The bench times the default, all-v4, all-v8, v8's forward with v4's
     # backward (84), v9 (v6's forward, the one-pass backward) and v7's forward (128 keys a step) with v4's
-    # and v9's backward when they passed (v2, v3, v5 and v6 were timed in sessions 13-14; FLASH_VARIANTS
-    # names others: "2 3 5 6 7").
     # session 15's memory-bound kernels, not run before: if ops_check finds one wrong, the earlier ones for the rest
     if grep -E "^(rmsnorm|layernorm|copy2d|gather_rows|qkv)" "$OUTDIR/ops_check.txt" | grep -q 'FAIL$'; then
         export LLAVA_SAFE_KERNELS=1
@@ -105,20 +104,19 @@ if [ -x "$B/ops_check" ]; then
     done
     has() { case "$passed" in *" $1 "*) return 0 ;; esac; return 1; }
     if [ -z "${LLAVA_FLASH:-}" ]; then
-        if has 4 && has 6; then :
+        if has 4 && has 5 && has 6 && has 7; then :  # the default: v7's forward at d128, v6's at 64; v4's backward at 128, v5's at 64
+        elif has 4 && has 6; then export LLAVA_FLASH=64
         elif has 4; then export LLAVA_FLASH=4
         elif has 6; then export LLAVA_FLASH=62
         else export LLAVA_FLASH=2
         fi
         [ -n "${LLAVA_FLASH:-}" ] && summary+=("  the rest of this run uses LLAVA_FLASH=$LLAVA_FLASH")
     fi
+    # the bench: the default against the previous one (v6's forward, v4's backward: 64) and v9's backward (the
+    # rest measured and lost in session 16: 4, 8, 84, 74, 79; FLASH_VARIANTS names any of them again)
     variants=""
-    has 4 && variants="4"
-    has 8 && variants="$variants 8"
-    has 4 && has 8 && variants="$variants 84"
+    has 4 && has 6 && variants="64"
     has 6 && has 9 && variants="$variants 9"
-    has 7 && has 4 && variants="$variants 74"      # v7's forward: v6 with 128 keys a step
-    has 7 && has 9 && variants="$variants 79"
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
 fi
 # OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's
