@@ -6,6 +6,7 @@
 // 2^-9 ≈ 2e-3 per element; chained ops in bf16 storage add a few), 1e-3 for fp32 outputs computed from
 // bf16-exact inputs with fp32 accumulation (only the order of the sums differs).
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,18 @@ static void check(const char *what, const float *gpu, const float *cpu, size_t n
     int ok = finite && rel <= tol;
     failures += !ok;
     printf("%-56s rel L2 %.2e (tolerance %.0e) %s\n", what, rel, tol, ok ? "ok" : "FAIL");
+}
+
+// check() of n bf16 values on the device against the CPU's, named by a printf format
+static void check_bf16(const bf16 *gpu, const float *cpu, size_t n, double tol, const char *fmt, ...) {
+    char what[96];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    float *h = back_bf16(gpu, n);
+    check(what, h, cpu, n, tol);
+    free(h);
 }
 
 static void sync_or_die(void) {
@@ -149,7 +162,6 @@ static void activation_cases(int N, int F) {
     size_t n = (size_t)N * F;
     float *x = host_rand(2 * n, 1), *dy = host_rand(n, 1), *y = xcalloc(2 * n, 4), *dx = xcalloc(2 * n, 4);
     bf16 *gx = dev_bf16(x, 2 * n), *gdy = dev_bf16(dy, n), *gy = cuda_alloc(2 * n * 2), *gdx = cuda_alloc(2 * n * 2);
-    float *h;
     // the activations' backwards overwrite their output: it starts as garbage (1e3 here, NaN on the GPU)
     for (size_t i = 0; i < 2 * n; i++) dx[i] = 1e3f;
     gelu_forward(y, x, n);
@@ -158,11 +170,8 @@ static void activation_cases(int N, int F) {
     cuda_gelu_forward(gy, gx, n);
     cuda_gelu_backward(gdx, gdy, gx, n);
     sync_or_die();
-    char what[64];
-    snprintf(what, sizeof what, "gelu forward, %zu elements", n);
-    check(what, h = back_bf16(gy, n), y, n, 2e-2); free(h);
-    snprintf(what, sizeof what, "gelu backward, %zu elements", n);
-    check(what, h = back_bf16(gdx, n), dx, n, 2e-2); free(h);
+    check_bf16(gy, y, n, 2e-2, "gelu forward, %zu elements", n);
+    check_bf16(gdx, dx, n, 2e-2, "gelu backward, %zu elements", n);
     for (size_t i = 0; i < 2 * n; i++) dx[i] = 1e3f;
     swiglu_forward(y, x, N, F);
     swiglu_backward(dx, dy, x, N, F);
@@ -170,10 +179,8 @@ static void activation_cases(int N, int F) {
     cuda_swiglu_forward(gy, gx, N, F);
     cuda_swiglu_backward(gdx, gdy, gx, N, F);
     sync_or_die();
-    snprintf(what, sizeof what, "swiglu forward %dx%d", N, F);
-    check(what, h = back_bf16(gy, n), y, n, 2e-2); free(h);
-    snprintf(what, sizeof what, "swiglu backward %dx%d", N, F);
-    check(what, h = back_bf16(gdx, 2 * n), dx, 2 * n, 2e-2); free(h);
+    check_bf16(gy, y, n, 2e-2, "swiglu forward %dx%d", N, F);
+    check_bf16(gdx, dx, 2 * n, 2e-2, "swiglu backward %dx%d", N, F);
     free(x); free(dy); free(y); free(dx);
     cuda_free(gx); cuda_free(gdy); cuda_free(gy); cuda_free(gdx);
 }
@@ -319,7 +326,7 @@ static void qkv_rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-w
     size_t C = (size_t)H * D, n = (size_t)T * C;
     int32_t cu[3] = {0, T / 2, T};
     float *qkv = host_rand(3 * n, 1), *dq = host_rand(n, 1), *dk = host_rand(n, 1), *dv = host_rand(n, 1);
-    float *ang = xmalloc((size_t)T * D / 2 * 4), *q = xmalloc(n * 4), *k = xmalloc(n * 4), *dqkv = xmalloc(3 * n * 4), *h;
+    float *ang = xmalloc((size_t)T * D / 2 * 4), *q = xmalloc(n * 4), *k = xmalloc(n * 4), *dqkv = xmalloc(3 * n * 4);
     rope_angles_1d(ang, cu, 2, D, 1e4);
     rope_forward_strided(q, C, qkv, 3 * C, ang, T, H, D);
     rope_forward_strided(k, C, qkv + C, 3 * C, ang, T, H, D);
@@ -332,20 +339,15 @@ static void qkv_rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-w
     be->qkv_split_rope((Act *)gq, (Act *)gk, (Act *)gv, (const Act *)gqkv, gang, T, H, D);
     be->qkv_merge_rope_backward((Act *)gdqkv, (const Act *)gdq, (const Act *)gdk, (const Act *)gdv, gang, T, H, D);
     sync_or_die();
-    char name[96];
-    snprintf(name, sizeof name, "qkv split + rope d%d: q", D);
-    check(name, h = back_bf16(gq, n), q, n, 2e-2); free(h);
-    snprintf(name, sizeof name, "qkv split + rope d%d: k", D);
-    check(name, h = back_bf16(gk, n), k, n, 2e-2); free(h);
-    snprintf(name, sizeof name, "qkv merge + rope backward d%d: dqkv", D);
-    check(name, h = back_bf16(gdqkv, 3 * n), dqkv, 3 * n, 2e-2);
-    float *hv = back_bf16(gv, n);
+    check_bf16(gq, q, n, 2e-2, "qkv split + rope d%d: q", D);
+    check_bf16(gk, k, n, 2e-2, "qkv split + rope d%d: k", D);
+    check_bf16(gdqkv, dqkv, 3 * n, 2e-2, "qkv merge + rope backward d%d: dqkv", D);
+    float *hv = back_bf16(gv, n), *h = back_bf16(gdqkv, 3 * n);
     int same = 1;
     for (int t = 0; t < T; t++)
         same &= !memcmp(hv + (size_t)t * C, qkv + (size_t)t * 3 * C + 2 * C, C * 4) &&
                 !memcmp(h + (size_t)t * 3 * C + 2 * C, dv + (size_t)t * C, C * 4);
-    snprintf(name, sizeof name, "qkv split/merge d%d: v and dv", D);
-    printf("%-56s bit-identical %s\n", name, same ? "ok" : "FAIL");
+    printf("qkv split/merge d%-2d: v and dv                          bit-identical %s\n", D, same ? "ok" : "FAIL");
     failures += !same;
     free(h); free(hv); free(qkv); free(dq); free(dk); free(dv); free(ang); free(q); free(k); free(dqkv);
     cuda_free(gqkv); cuda_free(gq); cuda_free(gk); cuda_free(gv); cuda_free(gdq); cuda_free(gdk); cuda_free(gdv); cuda_free(gdqkv);
