@@ -564,6 +564,71 @@ static void timings(void) {
     free(x);
 }
 
+// The memory-bound ops at the slice's and the tower's shapes: time per call (each launched `inner` times
+// between synchronisations, the best of 5 such runs, so that launch and sync latency do not count) and the
+// bandwidth of their least traffic (every input read once, every output written once)
+typedef struct { bf16 *a, *b, *c, *d; float *f1, *f2, *f3, *f4; int32_t *ids; int N, C, H, D; } MemBench;
+static void run_rms_bwd(void *p) { MemBench *b = p; cuda_rmsnorm_backward(b->c, b->f2, b->a, b->b, b->d, b->f1, b->N, b->C); }
+static void run_ln_bwd(void *p) { MemBench *b = p; cuda_layernorm_backward(b->c, b->f2, b->f3, b->a, b->b, b->d, b->f4, b->f1, b->N, b->C); }
+static void run_rr_bwd(void *p) { MemBench *b = p; cuda_rmsnorm_rope_backward(b->c, b->f2, b->a, b->b, b->d, b->f1, b->f3, b->N, b->H, b->D); }
+static void run_qkv(void *p) { MemBench *b = p; cuda_qkv_split_rope(b->b, b->c, b->d, b->a, b->f1, b->N, b->H, b->D); }
+static void run_qkv_b(void *p) { MemBench *b = p; cuda_qkv_merge_rope_backward(b->a, b->b, b->c, b->d, b->f1, b->N, b->H, b->D); }
+static void run_swiglu_b(void *p) { MemBench *b = p; cuda_swiglu_backward(b->c, b->a, b->b, b->N, b->C); }
+static void run_ce(void *p) { MemBench *b = p; cuda_cross_entropy_fused(b->f1, b->a, b->a, b->ids, b->N, b->C, 1.0f / b->N); }
+static void run_adamw(void *p) { MemBench *b = p; cuda_adamw_step(b->f1, b->a, b->f2, b->f3, b->f4, (size_t)b->N * b->C, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1); }
+static double time_many(void (*fn)(void *), void *arg, int inner) {
+    char err[256];
+    fn(arg);
+    cuda_sync(err, sizeof err);
+    double best = 1e30;
+    for (int r = 0; r < 5; r++) {
+        double t0 = now_seconds();
+        for (int i = 0; i < inner; i++) fn(arg);
+        cuda_sync(err, sizeof err);
+        double dt = (now_seconds() - t0) * 1e3 / inner;
+        if (dt < best) best = dt;
+    }
+    return best;
+}
+static void memory_timing(const char *what, void (*fn)(void *), MemBench *b, int inner, double bytes) {
+    double ms = time_many(fn, b, inner);
+    printf("timing: %-52s %8.4f ms %7.0f GB/s\n", what, ms, bytes / ms / 1e6);
+}
+static void memory_timings(void) {
+    size_t big = (size_t)8192 * 2 * 9728;  // the largest operand: [gate | up] at the slice's shape
+    float *x = host_rand(big, 0.5f), *ones = xmalloc(big / 2 * sizeof(float));
+    for (size_t i = 0; i < big / 2; i++) ones[i] = 1.0f;
+    MemBench b = {.a = dev_bf16(x, big), .b = dev_bf16(x + 1, big), .c = dev_bf16(x + 2, big), .d = dev_bf16(x + 3, 8192 * 2560),
+                  .f1 = dev_f32(ones, big / 2), .f2 = dev_f32(NULL, big / 2), .f3 = dev_f32(NULL, big / 2), .f4 = dev_f32(NULL, big / 2)};
+    double e = 2.0;  // bytes per bf16
+    b.N = 8192, b.C = 2560;
+    memory_timing("rmsnorm backward 8192x2560 (dx += , dw)", run_rms_bwd, &b, 20, 4 * e * b.N * b.C);
+    b.N = 5185, b.C = 1024;
+    memory_timing("layernorm backward 5185x1024 (dx +=, dw, db)", run_ln_bwd, &b, 20, 4 * e * b.N * b.C);
+    b.N = 8192, b.H = 32, b.D = 128;
+    memory_timing("rmsnorm + rope backward 8192x32x128", run_rr_bwd, &b, 20, 3 * e * b.N * b.H * b.D);
+    b.N = 5185, b.H = 16, b.D = 64;
+    memory_timing("qkv split + rope 5185x16x64", run_qkv, &b, 20, 6 * e * b.N * b.H * b.D);
+    memory_timing("qkv merge + rope backward 5185x16x64", run_qkv_b, &b, 20, 6 * e * b.N * b.H * b.D);
+    b.N = 8192, b.C = 9728;
+    memory_timing("swiglu backward 8192x9728", run_swiglu_b, &b, 10, 5 * e * b.N * b.C);
+    b.N = 1, b.C = 2560 * 9728;
+    memory_timing("adamw 24.9M parameters (30 bytes each)", run_adamw, &b, 10, 30.0 * b.C);
+    free(x); free(ones);
+    cuda_free(b.a); cuda_free(b.b); cuda_free(b.c); cuda_free(b.d);
+    cuda_free(b.f1); cuda_free(b.f2); cuda_free(b.f3); cuda_free(b.f4);
+    // the fused cross-entropy over the slice's logits, in place (as the model runs it): read, then read and write
+    int T = 8192, V = 151936;
+    MemBench cb = {.a = cuda_alloc((size_t)T * V * 2), .f1 = dev_f32(NULL, (size_t)T), .ids = cuda_alloc((size_t)T * 4), .N = T, .C = V};
+    int32_t *ids = xmalloc((size_t)T * 4);
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)((t * 7919u) % (unsigned)V);
+    cuda_upload(cb.ids, ids, (size_t)T * 4);
+    cuda_memset0(cb.a, (size_t)T * V * 2);
+    memory_timing("cross-entropy fused 8192x151936 (in place)", run_ce, &cb, 3, 2 * e * T * (double)V);
+    free(ids);
+    cuda_free(cb.a); cuda_free(cb.f1); cuda_free(cb.ids);
+}
+
 int main(int argc, char **argv) {
     char err[256];
     if (cuda_init(0, err, sizeof err)) { printf("ops_check: %s\n", err); return 1; }
@@ -606,7 +671,7 @@ int main(int argc, char **argv) {
     embedding_loss_case(1153);
     adamw_case();
     // the newest kernels last, after the timings (a fault there, which ends the process, loses nothing else)
-    if (argc < 2 || strcmp(argv[1], "--no-time")) timings();
+    if (argc < 2 || strcmp(argv[1], "--no-time")) timings(), memory_timings();
     attention_cases(9);
     printf("ops_check: %d failure%s\n", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;
