@@ -512,20 +512,42 @@ static void run_mm_bwd(void *p) { Bench *b = p; cuda_matmul_backward(b->a, b->dw
 static void run_attn(void *p) { Bench *b = p; cuda_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
 static void run_attn_bwd(void *p) { Bench *b = p; cuda_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
 
+// q, k, v (random, x's), o, dq, dk, dv, lse and cu_seqlens (one sequence of b->T) at b's attention shape
+static void attention_buffers(Bench *b, const float *x) {
+    size_t nq = (size_t)b->T * b->Hq * b->D, nk = (size_t)b->T * b->Hkv * b->D;
+    b->q = dev_bf16(x, nq); b->k = dev_bf16(x, nk); b->v = dev_bf16(x + 1, nk); b->o = cuda_alloc(nq * 2);
+    b->dq = cuda_alloc(nq * 2); b->dk = cuda_alloc(nk * 2); b->dv = cuda_alloc(nk * 2);
+    cuda_memset0(b->dq, nq * 2); cuda_memset0(b->dk, nk * 2); cuda_memset0(b->dv, nk * 2);
+    b->lse = dev_f32(NULL, (size_t)b->T * b->Hq);
+    int32_t cu[2] = {0, b->T};
+    b->cu = cuda_alloc(8);
+    cuda_upload(b->cu, cu, 8);
+}
+
+// --attention: the attention forward and backward once each at the slice's and the tower's shapes, with the
+// versions LLAVA_FLASH picks (the default unset), and nothing else: a target for a kernel profiler
+// (tests/gpu/ncu.sh), whose kernel filter then sees just these launches
+static void attention_once(void) {
+    Bench shapes[2] = {{.T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causal = 1}, {.T = 5185, .Hq = 16, .Hkv = 16, .D = 64, .causal = 0}};
+    float *x = host_rand((size_t)8192 * 32 * 128 + 1, 0.5f);
+    for (int i = 0; i < 2; i++) {
+        attention_buffers(&shapes[i], x);
+        run_attn(&shapes[i]);
+        run_attn_bwd(&shapes[i]);
+        sync_or_die();
+        printf("ops_check --attention: T %d, %d/%d heads of %d, %s: forward and backward ran\n", shapes[i].T, shapes[i].Hq,
+               shapes[i].Hkv, shapes[i].D, shapes[i].causal ? "causal" : "bidirectional");
+    }
+    free(x);
+}
+
 static void timings(void) {
     Bench b = {.N = 8192, .K = 2560, .M = 9728, .T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causal = 1};
     size_t big = (size_t)b.M * b.N;
     float *x = host_rand(big, 0.5f);
     b.a = dev_bf16(x, (size_t)b.N * b.K); b.b = dev_bf16(x, (size_t)b.M * b.K); b.c = cuda_alloc(big * 2);
     b.dw = dev_f32(NULL, (size_t)b.M * b.K);
-    size_t nq = (size_t)b.T * b.Hq * b.D, nk = (size_t)b.T * b.Hkv * b.D;
-    b.q = dev_bf16(x, nq); b.k = dev_bf16(x, nk); b.v = dev_bf16(x + 1, nk); b.o = cuda_alloc(nq * 2);
-    b.dq = cuda_alloc(nq * 2); b.dk = cuda_alloc(nk * 2); b.dv = cuda_alloc(nk * 2);
-    cuda_memset0(b.dq, nq * 2); cuda_memset0(b.dk, nk * 2); cuda_memset0(b.dv, nk * 2);
-    b.lse = dev_f32(NULL, (size_t)b.T * b.Hq);
-    int32_t cu[2] = {0, b.T};
-    b.cu = cuda_alloc(8);
-    cuda_upload(b.cu, cu, 8);
+    attention_buffers(&b, x);
     double mm = time_ms(run_mm, &b, 5), mmb = time_ms(run_mm_bwd, &b, 3);
     double fl = 2.0 * b.N * b.K * b.M;
     printf("timing: matmul forward 8192x2560 . 9728x2560^T   %8.3f ms  %6.0f TFLOP/s\n", mm, fl / mm / 1e9);
@@ -632,6 +654,10 @@ static void memory_timings(void) {
 int main(int argc, char **argv) {
     char err[256];
     if (cuda_init(0, err, sizeof err)) { printf("ops_check: %s\n", err); return 1; }
+    if (argc > 1 && !strcmp(argv[1], "--attention")) {
+        attention_once();
+        return 0;
+    }
     matmul_case(67, 96, 130, 1);
     matmul_case(256, 512, 384, 0);
     norm_case(70, 128, 0);  // rows of a multiple of 8: the 8-wide, warp-per-row backward kernels

@@ -11,7 +11,8 @@
 # save/resume, and one rank through NCCL; (5) the card's bf16 GEMM rate, the MFU denominator; (6)
 # bench/gpu_train.sh against PyTorch + transformers, with a profiled run per shape (SKIP_BENCH=1 leaves it
 # out; BENCH_SHAPES="slice vision full" adds the whole model, an H200). A short table is printed last; the
-# detail files come back as results.tgz. ONLY_BENCH=1 runs just the bench (WITH_OPS=1: after ops_check). Limits: STEP_TIMEOUT (each
+# detail files come back as results.tgz. ONLY_BENCH=1 runs just the bench (WITH_OPS=1: after ops_check).
+# NCU=1 adds Nsight Compute on the attention kernels after section 0 (tests/gpu/ncu.sh); ONLY_NCU=1 runs just that. Limits: STEP_TIMEOUT (each
 # program, 90 s), OPS_TIMEOUT (150), BENCH_TIMEOUT (400). LLAVA_FLASH=N forces one attention version (FB: forward F,
 # backward B). OPS_AB=DIR also times DIR/ops_check.xz (another build's) in the same call.
 set -uo pipefail
@@ -43,6 +44,14 @@ if [ "${ONLY_BENCH:-0}" = 1 ]; then
         section bench
     fi
     PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 | tee "$OUTDIR/gpu_train.txt"
+    section done
+    rm -rf "$W"
+    exit 0
+fi
+
+# ONLY_NCU=1: just Nsight Compute on the attention kernels (tests/gpu/ncu.sh); NCU=1 adds it after section 0
+if [ "${ONLY_NCU:-0}" = 1 ]; then
+    tests/gpu/ncu.sh "$B/ops_check" "$OUTDIR"
     section done
     rm -rf "$W"
     exit 0
@@ -130,6 +139,11 @@ fi
 
 # ---- 1. the CPU model against transformers (HF_PARITY=1; it checks the cpu model, which the first device
 # run found within 1e-4 of transformers: bench/RESULTS.md) and the checkpoints sections 2b uses ----
+if [ "${NCU:-0}" = 1 ]; then
+    section 0b: ncu
+    tests/gpu/ncu.sh "$B/ops_check" "$OUTDIR"
+fi
+
 section "1: checkpoints${HF_PARITY:+ and transformers parity}"
 $PY - "$W/gqa.json" <<'PY'
 import json, sys
