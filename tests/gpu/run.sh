@@ -78,6 +78,9 @@ if [ -x "$B/ops_check" ]; then
         grep -q 'flash v4)' "$OUTDIR/ops_check.txt" && export LLAVA_SAFE_KERNELS=1
     fi
     while IFS= read -r line; do summary+=("${line#timing: }"); done < <(grep '^timing:' "$OUTDIR/ops_check.txt")
+    # PyTorch's SDPA (flash, cuDNN, memory-efficient) at the same two shapes, the peer of the attention timings
+    timeout 60 $PY bench/attn_ref.py > "$OUTDIR/attn_ref.txt" 2>&1
+    while IFS= read -r line; do summary+=("PyTorch ${line#attn_ref: }"); done < <(grep '^attn_ref:' "$OUTDIR/attn_ref.txt")
     if [ -z "${LLAVA_FLASH:-}" ] && grep -q 'flash v[23]).*FAIL$' "$OUTDIR/ops_check.txt"; then
         export LLAVA_FLASH=1
         summary+=("flash v2 or v3 FAILED its checks: the rest of this run uses flash v1 (LLAVA_FLASH=1)")

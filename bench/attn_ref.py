@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""PyTorch's own attention at our two shapes, the peer of ops_check's attention timings (tests/gpu/run.sh prints both):
+F.scaled_dot_product_attention on bf16 CUDA tensors, forward and forward+backward, with each SDPA backend PyTorch
+has here (flash, cuDNN, memory-efficient), timed with CUDA events (the median of 10 after 3 untimed).
+  slice: causal, T 8192, 32 query heads / 8 KV heads of 128 (enable_gqa)
+  tower: bidirectional, T 5185, 16 heads of 64
+FLOPs as ops_check counts them: forward 4·T²·H·D (half of it causal), backward 2.5x the forward.
+Prints one line per shape and backend: "attn_ref: SHAPE BACKEND forward X ms Y TFLOP/s, backward X ms Y TFLOP/s".
+Exits 1 without a CUDA device."""
+import sys
+
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    print("attn_ref: no CUDA device")
+    sys.exit(1)
+from torch.nn.attention import SDPBackend, sdpa_kernel  # (PyTorch 2.3 and later; the GPU machines have 2.11)
+
+
+def timed(fn):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def shape(name, T, Hq, Hkv, D, causal):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, Hq, T, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    k = torch.randn(1, Hkv, T, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    v = torch.randn(1, Hkv, T, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    dout = torch.randn(1, Hq, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    flops = 4.0 * T * T * Hq * D / (2 if causal else 1)
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        try:
+            with sdpa_kernel(backend):
+                def forward():
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=Hq != Hkv)
+                out = forward()
+                fwd = timed(forward)
+
+                def backward():
+                    q.grad = k.grad = v.grad = None
+                    out.backward(dout, retain_graph=True)
+                bwd = timed(backward)
+        except RuntimeError as e:  # a backend that does not take this shape here
+            print(f"attn_ref: {name} {backend.name.lower()}: not available ({str(e).splitlines()[0][:80]})")
+            continue
+        print(f"attn_ref: {name} {backend.name.lower()} forward {fwd:.3f} ms {flops / fwd / 1e9:.1f} TFLOP/s, "
+              f"backward {bwd:.3f} ms {2.5 * flops / bwd / 1e9:.1f} TFLOP/s")
+
+
+print(f"attn_ref: torch {torch.__version__}, {torch.cuda.get_device_name()}")
+shape("slice T 8192 32q/8kv d128 causal", 8192, 32, 8, 128, True)
+shape("tower T 5185 16 heads d64 bidirectional", 5185, 16, 16, 64, False)
