@@ -188,35 +188,61 @@ __device__ __forceinline__ void flash_p_tile2(float (*out)[4], const float (*p)[
 }
 
 // ---- the forward's per-row-block steps, shared by the mma.sync (flash_fwd.cu) and wgmma kernels ----
+// 2^x in one MUFU.EX2 (inputs below -126 flush to 0, as a softmax may: exp(-87) is already below any weight)
+__device__ __forceinline__ float ex2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+constexpr float LOG2E = 1.4426950408889634f;
+
 // One online-softmax step for a warp's 16 query rows t_lo = row g, t_hi = row g + 8 over KB keys from
 // kb0 (scores in sc, C layout): scale and mask (unless `full`: every key is before the end and not after
 // any of the rows), new row maxima m, sums l, O rescaled; sc becomes P = exp(S − m).
-template <int KB, int D>
+// EXP2: the same as FlashAttention-3 forms it, one FFMA and one ex2 per score, P = 2^(S·scale·log2 e − m·log2 e)
+// with the row maxima taken of the raw scores (scale > 0: the same maxima), against a scaling multiply, a
+// subtraction, exp's own multiply and the non-flushing ex2's range handling; m stays in natural-log units.
+template <int KB, int D, bool EXP2 = false>
 __device__ __forceinline__ void flash_softmax_step(float (*sc)[4], float *m, float *l, float (*o)[4], int full, int kb0, int end,
                                                    int causal, int t_lo, int t_hi, int c, float scale) {
-    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+    float mx_lo = -INFINITY, mx_hi = -INFINITY, sf = EXP2 ? 1.0f : scale;
 #pragma unroll
     for (int n = 0; n < KB / 8; n++)
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             int j = kb0 + n * 8 + 2 * c + e;
-            sc[n][e] = full || (j < end && (!causal || j <= t_lo)) ? sc[n][e] * scale : -INFINITY;
-            sc[n][2 + e] = full || (j < end && (!causal || j <= t_hi)) ? sc[n][2 + e] * scale : -INFINITY;
+            sc[n][e] = full || (j < end && (!causal || j <= t_lo)) ? sc[n][e] * sf : -INFINITY;
+            sc[n][2 + e] = full || (j < end && (!causal || j <= t_hi)) ? sc[n][2 + e] * sf : -INFINITY;
             mx_lo = fmaxf(mx_lo, sc[n][e]);
             mx_hi = fmaxf(mx_hi, sc[n][2 + e]);
         }
+    if (EXP2) mx_lo *= scale, mx_hi *= scale;
     float mn_lo = fmaxf(m[0], quad_max(mx_lo)), mn_hi = fmaxf(m[1], quad_max(mx_hi));
     float base_lo = mn_lo == -INFINITY ? 0.0f : mn_lo, base_hi = mn_hi == -INFINITY ? 0.0f : mn_hi;
-    float corr_lo = __expf(m[0] - base_lo), corr_hi = __expf(m[1] - base_hi);
-    float sum_lo = 0.0f, sum_hi = 0.0f;
+    float corr_lo, corr_hi, sum_lo = 0.0f, sum_hi = 0.0f;
+    if constexpr (EXP2) {
+        float s2 = scale * LOG2E, b2_lo = base_lo * LOG2E, b2_hi = base_hi * LOG2E;
+        corr_lo = ex2_ftz(m[0] * LOG2E - b2_lo), corr_hi = ex2_ftz(m[1] * LOG2E - b2_hi);
 #pragma unroll
-    for (int n = 0; n < KB / 8; n++) {
-        sc[n][0] = __expf(sc[n][0] - base_lo);
-        sc[n][1] = __expf(sc[n][1] - base_lo);
-        sc[n][2] = __expf(sc[n][2] - base_hi);
-        sc[n][3] = __expf(sc[n][3] - base_hi);
-        sum_lo += sc[n][0] + sc[n][1];
-        sum_hi += sc[n][2] + sc[n][3];
+        for (int n = 0; n < KB / 8; n++) {
+            sc[n][0] = ex2_ftz(fmaf(sc[n][0], s2, -b2_lo));
+            sc[n][1] = ex2_ftz(fmaf(sc[n][1], s2, -b2_lo));
+            sc[n][2] = ex2_ftz(fmaf(sc[n][2], s2, -b2_hi));
+            sc[n][3] = ex2_ftz(fmaf(sc[n][3], s2, -b2_hi));
+            sum_lo += sc[n][0] + sc[n][1];
+            sum_hi += sc[n][2] + sc[n][3];
+        }
+    } else {
+        corr_lo = __expf(m[0] - base_lo), corr_hi = __expf(m[1] - base_hi);
+#pragma unroll
+        for (int n = 0; n < KB / 8; n++) {
+            sc[n][0] = __expf(sc[n][0] - base_lo);
+            sc[n][1] = __expf(sc[n][1] - base_lo);
+            sc[n][2] = __expf(sc[n][2] - base_hi);
+            sc[n][3] = __expf(sc[n][3] - base_hi);
+            sum_lo += sc[n][0] + sc[n][1];
+            sum_hi += sc[n][2] + sc[n][3];
+        }
     }
     l[0] = l[0] * corr_lo + quad_sum(sum_lo);
     l[1] = l[1] * corr_hi + quad_sum(sum_hi);

@@ -9,6 +9,7 @@
 // Makefile), used when the device is compute capability 9.0; elsewhere the calls return -1 and
 // attention.cu falls back to version 2.
 #include <math.h>
+#include <stdlib.h>
 
 #include "ops_cuda.h"
 
@@ -139,7 +140,7 @@ struct WgKvSmem {
 template <int SCHED>
 __host__ __device__ constexpr int fwd2_stages() { return SCHED == FWD_SKEW ? 4 : SCHED == FWD_WIDE ? 6 : 3; }  // (64-row tiles)
 
-template <int D, bool PAIR, int SCHED>
+template <int D, bool PAIR, int SCHED, bool EXP2 = false>
 __global__ static void __launch_bounds__(256, D == 64 && SCHED != FWD_WIDE ? 2 : 1)  // head dim 64: two blocks (16 warps) per SM
 flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
               int causal, float scale) {
@@ -172,7 +173,7 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
     // tile t's scaled, masked softmax (its scores in sc), then O += P_t·V_t, waited for
     auto softmax_pv = [&](int t) {
         int k0 = start + t * FT, full = k0 + FT <= end && (!causal || k0 + FT - 1 <= q0 + warp * 16);
-        flash_softmax_step<FT, D>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+        flash_softmax_step<FT, D, EXP2>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
         wg_accumulate<D>(o, sc, sm.v[t % S]);
     };
     if constexpr (SCHED == FWD_SKEW) {
@@ -207,7 +208,7 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
             wg_wait_all();
             wg_hold<2 * FT / 8>(sw);
             wg_hold_frags<D / 16>(qa);
-            flash_softmax_step<2 * FT, D>(sw, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
+            flash_softmax_step<2 * FT, D, EXP2>(sw, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
             flash_p_frags<2 * FT>(a, sw);
             wg_issue_accumulate<D>(o, a, sm.v[st]);  // O += P·V, the keys of each tile
             wg_issue_accumulate<D>(o, a + FT / 16, sm.v[st + 1]);
@@ -229,14 +230,26 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
     if (mine) flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
 }
 
-template <int D, bool PAIR, int SCHED>
+template <int D, bool PAIR, int SCHED, bool EXP2 = false>
 static void launch_fwd2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                         int Hq, int Hkv, int causal) {
     int rows = PAIR ? FT : 2 * FT;  // per head: 64 rows of two heads, or 128 rows of one
     dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
-    fwd_launch<flash_fwd_wg2<D, PAIR, SCHED>>(sizeof(WgKvSmem<D, fwd2_stages<SCHED>()>) + WgmmaTiles::smem_pad, grid, 256, out, lse, q, k,
+    fwd_launch<flash_fwd_wg2<D, PAIR, SCHED, EXP2>>(sizeof(WgKvSmem<D, fwd2_stages<SCHED>()>) + WgmmaTiles::smem_pad, grid, 256, out, lse, q, k,
                                                v, cu, Hq, Hkv, causal, D);
 }
+
+// LLAVA_FLASH_EXP2=1 (or cuda_flash_set_exp2): versions 6 and 7 form the forward's softmax with one FFMA and
+// one ex2 per score (flash_softmax_step's EXP2) — opt-in until measured; -1: not read yet
+static int exp2_mode = -1;
+static bool flash_exp2(void) {
+    if (exp2_mode < 0) {
+        const char *env = getenv("LLAVA_FLASH_EXP2");
+        exp2_mode = env && env[0] == '1';
+    }
+    return exp2_mode;
+}
+extern "C" void cuda_flash_set_exp2(int on) { exp2_mode = on < 0 ? -1 : on != 0; }
 
 // the forward of version 4-8 at head dim D (a compile-time constant from here on)
 template <int D>
@@ -245,12 +258,12 @@ static void wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, con
     bool pair = (Hq / Hkv) % 2 == 0;
     switch (version) {
     case 5: launch_fwd<D, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal); break;
-#define FWD2(SCHED)                                                                                          \
-    (pair ? launch_fwd2<D, true, SCHED>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)              \
-          : launch_fwd2<D, false, SCHED>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal))
-    case 6: case 9: FWD2(FWD_PLAIN); break;  // (9: a backward version; its forward is 6's)
-    case 7: FWD2(FWD_WIDE); break;
-    case 8: FWD2(FWD_SKEW); break;
+#define FWD2(SCHED, EXP2)                                                                                    \
+    (pair ? launch_fwd2<D, true, SCHED, EXP2>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)        \
+          : launch_fwd2<D, false, SCHED, EXP2>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal))
+    case 6: case 9: flash_exp2() ? FWD2(FWD_PLAIN, true) : FWD2(FWD_PLAIN, false); break;  // (9: a backward version; its forward is 6's)
+    case 7: flash_exp2() ? FWD2(FWD_WIDE, true) : FWD2(FWD_WIDE, false); break;
+    case 8: FWD2(FWD_SKEW, false); break;
 #undef FWD2
     default: launch_fwd<D, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal); break;  // 4
     }
@@ -313,7 +326,7 @@ int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const
 }
 
 #else  // built for another architecture: no version 4
-
+extern "C" void cuda_flash_set_exp2(int) {}
 
 int cuda_flash_wgmma_forward(int, bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int, int,
                              int) {

@@ -354,6 +354,8 @@ static void qkv_rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-w
     cuda_free(gang);
 }
 
+static const char *variant = "";  // appended to the kernel's name in attention_case's lines (" exp2")
+
 static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int version) {
     int32_t cu[4] = {0, 37, 101, 180};
     int nseq = 3, T = 180, max_len = 79;
@@ -379,7 +381,8 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     float *h;
     const char *names[10] = {"warp-per-row", "flash v1", "flash v2", "flash v3", "flash v4", "flash v5", "flash v6", "flash v7", "flash v8",
                              "flash v9"};
-    const char *kind = D != 64 && D != 128 ? "warp-per-row" : names[version];
+    char kind[48];
+    snprintf(kind, sizeof kind, "%s%s", D != 64 && D != 128 ? "warp-per-row" : names[version], variant);
     snprintf(name, sizeof name, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T, kind);
     check(name, h = back_bf16(go, nq), o, nq, 2e-2); free(h);
     snprintf(name, sizeof name, "  lse, fp32 (%s)", kind);
@@ -524,6 +527,11 @@ static void attention_buffers(Bench *b, const float *x) {
     cuda_upload(b->cu, cu, 8);
 }
 
+static void attention_buffers_free(Bench *b) {
+    cuda_free(b->q); cuda_free(b->k); cuda_free(b->v); cuda_free(b->o); cuda_free(b->dq); cuda_free(b->dk); cuda_free(b->dv);
+    cuda_free(b->lse); cuda_free(b->cu);
+}
+
 // --attention: the attention forward and backward once each at the slice's and the tower's shapes, with the
 // versions LLAVA_FLASH picks (the default unset), and nothing else: a target for a kernel profiler
 // (tests/gpu/ncu.sh), whose kernel filter then sees just these launches
@@ -537,6 +545,7 @@ static void attention_once(void) {
         sync_or_die();
         printf("ops_check --attention: T %d, %d/%d heads of %d, %s: forward and backward ran\n", shapes[i].T, shapes[i].Hq,
                shapes[i].Hkv, shapes[i].D, shapes[i].causal ? "causal" : "bidirectional");
+        attention_buffers_free(&shapes[i]);
     }
     free(x);
 }
@@ -651,6 +660,29 @@ static void memory_timings(void) {
     cuda_free(cb.a); cuda_free(cb.f1); cuda_free(cb.ids);
 }
 
+// versions 6 and 7's forward with LLAVA_FLASH_EXP2's softmax (one FFMA and ex2 per score), after their checks
+static void exp2_timings(void) {
+    Bench shapes[2] = {{.T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causal = 1}, {.T = 5185, .Hq = 16, .Hkv = 16, .D = 64, .causal = 0}};
+    float *x = host_rand((size_t)8192 * 32 * 128 + 1, 0.5f);
+    for (int i = 0; i < 2; i++) {
+        Bench *b = &shapes[i];
+        attention_buffers(b, x);
+        double flops = 4.0 * b->T * (double)b->T * b->Hq * b->D / (b->causal ? 2 : 1);
+        for (int version = 6; version <= 7; version++) {
+            cuda_attention_set_flash(version);
+            double plain = time_ms(run_attn, b, 5);
+            cuda_flash_set_exp2(1);
+            double fast = time_ms(run_attn, b, 5);
+            cuda_flash_set_exp2(-1);
+            printf("timing: attention T %d %s d%d, flash v%d forward: exp2 softmax %7.3f ms %6.1f TFLOP/s, plain %7.3f ms %6.1f TFLOP/s\n",
+                   b->T, b->causal ? "causal" : "bidir", b->D, version, fast, flops / fast / 1e9, plain, flops / plain / 1e9);
+        }
+        cuda_attention_set_flash(-2);
+        attention_buffers_free(b);
+    }
+    free(x);
+}
+
 int main(int argc, char **argv) {
     char err[256];
     if (cuda_init(0, err, sizeof err)) { printf("ops_check: %s\n", err); return 1; }
@@ -699,6 +731,14 @@ int main(int argc, char **argv) {
     // the newest kernels last, after the timings (a fault there, which ends the process, loses nothing else)
     if (argc < 2 || strcmp(argv[1], "--no-time")) timings(), memory_timings();
     attention_cases(9);
+    // and versions 6 and 7's forward with the exp2 softmax (LLAVA_FLASH_EXP2=1), checked, then timed
+    cuda_flash_set_exp2(1);
+    variant = " exp2";
+    attention_cases(6);
+    attention_cases(7);
+    variant = "";
+    cuda_flash_set_exp2(-1);
+    if (argc < 2 || strcmp(argv[1], "--no-time")) exp2_timings();
     printf("ops_check: %d failure%s\n", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;
 }

@@ -130,6 +130,14 @@ if [ -x "$B/ops_check" ]; then
     has 4 && has 6 && variants="64"
     has 6 && has 9 && variants="$variants 9"
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
+    # versions 6 and 7's forward with the exp2 softmax (LLAVA_FLASH_EXP2=1: one FFMA and ex2 per score), opt-in
+    # until measured: 30 checks each, then a bench variant
+    ok6=$(grep -c "flash v6 exp2).* ok\$" "$OUTDIR/ops_check.txt") ok7=$(grep -c "flash v7 exp2).* ok\$" "$OUTDIR/ops_check.txt")
+    if [ "$ok6" -ge 30 ] && [ "$ok7" -ge 30 ] && ! grep -q "exp2).*FAIL\$" "$OUTDIR/ops_check.txt"; then
+        export ENV_VARIANTS=${ENV_VARIANTS-LLAVA_FLASH_EXP2=1}
+    else
+        summary+=("flash v6/v7 with the exp2 softmax: $ok6 and $ok7 checks ok, FAILED or did not finish: left out of the bench")
+    fi
 fi
 # OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's
 # gpu-bin) in the same run, to tell a code change from a card's variation
@@ -297,7 +305,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # each shape's runs of ours, fastest first (what to make the default)
     for shape in ${BENCH_SHAPES:-slice vision}; do
         ranked=$(grep "^gpu_train $shape: ours" "$OUTDIR/gpu_train.txt" | grep -v 'profiled' |
-            sed -E 's/^gpu_train [a-z]+: ours( with ([A-Z_]+=[0-9]+))? .* ([0-9.]+) ms\/step.*/\3 \2/' | grep -E '^[0-9.]+ ' |
+            sed -E 's/^gpu_train [a-z]+: ours( with ([A-Z_0-9]+=[0-9]+))? .* ([0-9.]+) ms\/step.*/\3 \2/' | grep -E '^[0-9.]+ ' |
             sort -g | awk '{printf "%s%s ms (%s)", (NR > 1 ? ", " : ""), $1, ($2 == "" ? "default" : $2)}')
         summary+=("$shape, ours fastest first: ${ranked:-none}")
     done
