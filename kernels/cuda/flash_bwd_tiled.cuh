@@ -44,21 +44,30 @@ __device__ __forceinline__ QTiles q_tiles(int b0, int start, int end, int causal
     return qt;
 }
 
-template <int D, class E, int WGS, int NB>
+// (EXP2: lse·log2 e and D·scale in shared memory, the forms dkdv_probs<true> reads)
+template <int D, class E, bool EXP2 = false, int WGS, int NB>
 __device__ __forceinline__ void dkdv_fetch(Bwd2Smem<D, E, WGS, NB> &sm, int buf, const QTiles &qt, int i, const bf16_t *q, const bf16_t *dout,
-                                           const float *lse, const float *drow, int end, int Hq) {
+                                           const float *lse, const float *drow, int end, int Hq, float scale = 1.0f) {
     int h = qt.head(i), q0 = qt.q0(i);
     E::template load<D>(sm.c[buf], q, q0, end, Hq, h);
     E::template load<D>(sm.d[buf], dout, q0, end, Hq, h);
     for (int r = threadIdx.x; r < FT; r += blockDim.x) {  // plain stores: visible after the next barrier
         int t = q0 + r;
-        sm.lse[buf][r] = t < end ? lse[(size_t)t * Hq + h] : INFINITY;
-        sm.drow[buf][r] = t < end ? drow[(size_t)t * Hq + h] : 0.0f;
+        if constexpr (EXP2) {
+            sm.lse[buf][r] = t < end ? lse[(size_t)t * Hq + h] * LOG2E : INFINITY;
+            sm.drow[buf][r] = t < end ? drow[(size_t)t * Hq + h] * scale : 0.0f;
+        } else {
+            sm.lse[buf][r] = t < end ? lse[(size_t)t * Hq + h] : INFINITY;
+            sm.drow[buf][r] = t < end ? drow[(size_t)t * Hq + h] : 0.0f;
+        }
     }
 }
 
 // dkdv's elementwise step on a (key, query) tile pair: p (Sᵀ) becomes Pᵀ = exp(Sᵀ·scale − lse) and ds (dPᵀ)
-// becomes dSᵀ = Pᵀ∘(dPᵀ − D)·scale, masked outside the sequence and (causal) above the diagonal
+// becomes dSᵀ = Pᵀ∘(dPᵀ − D)·scale, masked outside the sequence and (causal) above the diagonal. EXP2 (lse_t
+// holding lse·log2 e, drow_t D·scale): Pᵀ = 2^(Sᵀ·scale·log2 e − lse·log2 e) in one FFMA and one ex2, dSᵀ =
+// Pᵀ·(dPᵀ·scale − D·scale) in an FFMA and a multiply, against exp's multiply and range handling and two more
+template <bool EXP2 = false>
 __device__ __forceinline__ void dkdv_probs(float (*p)[4], float (*ds)[4], const float *lse_t, const float *drow_t, int k0, int q0,
                                            int end, int causal, int j_lo, int j_hi, int c, float scale) {
     int full = k0 + FT <= end && q0 + FT <= end && (!causal || k0 + FT - 1 <= q0);  // every (key, query) pair counts
@@ -68,9 +77,15 @@ __device__ __forceinline__ void dkdv_probs(float (*p)[4], float (*ds)[4], const 
         for (int e = 0; e < 4; e++) {
             int col = nn * 8 + 2 * c + (e & 1), t = q0 + col, j = e < 2 ? j_lo : j_hi;
             int valid = full || (j < end && t < end && (!causal || j <= t));
-            float pv = valid ? __expf(p[nn][e] * scale - lse_t[col]) : 0.0f;
-            p[nn][e] = pv;
-            ds[nn][e] = pv * (ds[nn][e] - drow_t[col]) * scale;
+            if constexpr (EXP2) {
+                float pv = valid ? ex2_ftz(fmaf(p[nn][e], scale * LOG2E, -lse_t[col])) : 0.0f;
+                p[nn][e] = pv;
+                ds[nn][e] = pv * fmaf(ds[nn][e], scale, -drow_t[col]);
+            } else {
+                float pv = valid ? __expf(p[nn][e] * scale - lse_t[col]) : 0.0f;
+                p[nn][e] = pv;
+                ds[nn][e] = pv * (ds[nn][e] - drow_t[col]) * scale;
+            }
         }
 }
 
@@ -78,6 +93,8 @@ __device__ __forceinline__ void dkdv_probs(float (*p)[4], float (*ds)[4], const 
 __device__ __forceinline__ bool keys_see(int k0, int q0, int end, int causal) { return k0 < end && !(causal && q0 + FT <= k0); }
 
 // dq's: ds (dP) becomes dS = P∘(dP − D)·scale with P = exp(S·scale − lse) from p (S), for the thread's rows t_lo, t_hi
+// (EXP2: lse_lo, lse_hi times log2 e, d_lo, d_hi times scale, as in dkdv_probs)
+template <bool EXP2 = false>
 __device__ __forceinline__ void dq_probs(const float (*p)[4], float (*ds)[4], int k0, int q0, int end, int causal, int t_lo, int t_hi,
                                          float lse_lo, float lse_hi, float d_lo, float d_hi, int c, float scale) {
     int full = k0 + FT <= end && q0 + FT <= end && (!causal || k0 + FT - 1 <= q0);
@@ -87,8 +104,13 @@ __device__ __forceinline__ void dq_probs(const float (*p)[4], float (*ds)[4], in
         for (int e = 0; e < 4; e++) {
             int j = k0 + n * 8 + 2 * c + (e & 1), t = e < 2 ? t_lo : t_hi;
             int valid = full || (j < end && t < end && (!causal || j <= t));
-            float pv = valid ? __expf(p[n][e] * scale - (e < 2 ? lse_lo : lse_hi)) : 0.0f;
-            ds[n][e] = pv * (ds[n][e] - (e < 2 ? d_lo : d_hi)) * scale;
+            if constexpr (EXP2) {
+                float pv = valid ? ex2_ftz(fmaf(p[n][e], scale * LOG2E, -(e < 2 ? lse_lo : lse_hi))) : 0.0f;
+                ds[n][e] = pv * fmaf(ds[n][e], scale, -(e < 2 ? d_lo : d_hi));
+            } else {
+                float pv = valid ? __expf(p[n][e] * scale - (e < 2 ? lse_lo : lse_hi)) : 0.0f;
+                ds[n][e] = pv * (ds[n][e] - (e < 2 ? d_lo : d_hi)) * scale;
+            }
         }
 }
 
@@ -97,7 +119,7 @@ __device__ __forceinline__ void dq_probs(const float (*p)[4], float (*ds)[4], in
 // WGS = 2 (version 6, wgmma, not with PIPE): two warpgroups per block share the streamed tiles, which halves
 // the L2 traffic per product: dkdv's block owns 2 × 64 keys, dq's the same 64 rows of two query heads of a
 // KV group (PAIR) or 2 × 64 rows of one head; a warpgroup skips the tiles that are wholly masked for it.
-template <int D, class E, bool PIPE, int WGS = 1, bool SKEW = false>
+template <int D, class E, bool PIPE, int WGS = 1, bool SKEW = false, bool EXP2 = false>
 __global__ static void __launch_bounds__(NW * 32 * WGS, 3 - WGS)
 flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
             const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
@@ -117,7 +139,7 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
         E::template load<D>(sm.a[w], k, b0 + w * FT, end, Hkv, hk);
         E::template load<D>(sm.b[w], v, b0 + w * FT, end, Hkv, hk);
     }
-    dkdv_fetch<D, E>(sm, 0, qt, 0, q, dout, lse, drow, end, Hq);
+    dkdv_fetch<D, E, EXP2>(sm, 0, qt, 0, q, dout, lse, drow, end, Hq, scale);
     cp_async_commit();
     float gk[D / 8][4], gv[D / 8][4];
 #pragma unroll
@@ -131,13 +153,13 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
         for (int nn = 0; nn < FT / 8; nn++) p[nn][0] = p[nn][1] = p[nn][2] = p[nn][3] = ds[nn][0] = ds[nn][1] = ds[nn][2] = ds[nn][3] = 0.0f;
         for (int j = 0; j <= n; j++) {
             tiles_ready<E>();  // tile j is here for everyone, and everyone is done with tile j - 2
-            if (j + 1 < n) dkdv_fetch<D, E>(sm, (j + 1) % 3, qt, j + 1, q, dout, lse, drow, end, Hq);
+            if (j + 1 < n) dkdv_fetch<D, E, EXP2>(sm, (j + 1) % 3, qt, j + 1, q, dout, lse, drow, end, Hq, scale);
             cp_async_commit();
             int t = j - wg;
             if (t >= 0 && t < n && keys_see(k0, qt.q0(t), end, causal)) {
                 int buf = t % 3;
                 if (wg == 0) E::template scores2<D>(p, sm.a[0], sm.c[buf], ds, sm.b[0], sm.d[buf], row0, lane);
-                dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, qt.q0(t), end, causal, j_lo, j_hi, c, scale);
+                dkdv_probs<EXP2>(p, ds, sm.lse[buf], sm.drow[buf], k0, qt.q0(t), end, causal, j_lo, j_hi, c, scale);
                 E::template accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
             }
             if (wg == 1 && j < n && keys_see(k0, qt.q0(j), end, causal))
@@ -147,11 +169,11 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
         for (int i = 0; i < n; i++) {
             int buf = i & 1, q0 = qt.q0(i);
             tiles_ready<E>();
-            if (i + 1 < n) dkdv_fetch<D, E>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
+            if (i + 1 < n) dkdv_fetch<D, E, EXP2>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq, scale);
             cp_async_commit();
             if (WGS > 1 && !keys_see(k0, q0, end, causal)) continue;  // no key of this warpgroup sees these queries
             E::template scores2<D>(p, sm.a[wg], sm.c[buf], ds, sm.b[wg], sm.d[buf], row0, lane);  // Sᵀ = K·Qᵀ (keys × queries), dPᵀ = V·dOᵀ
-            dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
+            dkdv_probs<EXP2>(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
             E::template accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
         }
     } else {
@@ -161,9 +183,9 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
         for (int i = 0; i < n; i++) {
             int buf = i & 1, q0 = qt.q0(i);
             __syncthreads();  // everyone's products of tile i - 1 are done: its buffers may be refilled
-            if (i + 1 < n) dkdv_fetch<D, E>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq);
+            if (i + 1 < n) dkdv_fetch<D, E, EXP2>(sm, buf ^ 1, qt, i + 1, q, dout, lse, drow, end, Hq, scale);
             cp_async_commit();
-            dkdv_probs(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
+            dkdv_probs<EXP2>(p, ds, sm.lse[buf], sm.drow[buf], k0, q0, end, causal, j_lo, j_hi, c, scale);
             E::template issue_accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], a1, a2);  // dV += Pᵀ·dO, dK += dSᵀ·Q
             if (i + 1 < n) {
                 tiles_ready<E>();  // tile i + 1 is here for everyone
@@ -179,7 +201,7 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
     if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
 }
 
-template <int D, class E, bool PIPE, int WGS = 1, bool PAIR = false, bool SKEW = false>
+template <int D, class E, bool PIPE, int WGS = 1, bool PAIR = false, bool SKEW = false, bool EXP2 = false>
 __global__ static void __launch_bounds__(NW * 32 * WGS, WGS == 1 || (D == 64 && !SKEW) ? 2 : 1)  // (v8 at d64 spilled at 2)
 flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
           const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
@@ -207,6 +229,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
     cp_async_commit();
     float lse_lo = t_lo < end ? lse[(size_t)t_lo * Hq + h] : INFINITY, lse_hi = t_hi < end ? lse[(size_t)t_hi * Hq + h] : INFINITY;
     float d_lo = t_lo < end ? drow[(size_t)t_lo * Hq + h] : 0.0f, d_hi = t_hi < end ? drow[(size_t)t_hi * Hq + h] : 0.0f;
+    if constexpr (EXP2) lse_lo *= LOG2E, lse_hi *= LOG2E, d_lo *= scale, d_hi *= scale;  // (dq_probs<true>'s forms)
     float gq[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; n++) gq[n][0] = gq[n][1] = gq[n][2] = gq[n][3] = 0.0f;
@@ -226,7 +249,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
             if (t >= 0 && t < mine) {
                 int buf = t % 3;
                 if (wg == 0) E::template scores2<D>(p, sm.a[0], sm.c[buf], ds, sm.b[0], sm.d[buf], row0, lane);  // S = Q·Kᵀ, dP = dO·Vᵀ
-                dq_probs(p, ds, start + t * FT, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
+                dq_probs<EXP2>(p, ds, start + t * FT, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
                 E::template accumulate<D>(gq, ds, sm.c[buf], lane);  // dQ += dS·K
             }
             if (wg == 1 && j < mine) E::template scores2<D>(p, sm.a[1], sm.c[j % 3], ds, sm.b[1], sm.d[j % 3], row0, lane);
@@ -242,7 +265,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
             cp_async_commit();
             if (WGS > 1 && it >= mine) continue;  // (causal, two row blocks) the first one's rows end before this tile
             E::template scores2<D>(p, sm.a[wg], sm.c[buf], ds, sm.b[wg], sm.d[buf], row0, lane);  // S = Q·Kᵀ, dP = dO·Vᵀ
-            dq_probs(p, ds, k0, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
+            dq_probs<EXP2>(p, ds, k0, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
             E::template accumulate<D>(gq, ds, sm.c[buf], lane);  // dQ += dS·K
         }
     } else {
@@ -257,7 +280,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
                 E::template load<D>(sm.d[buf ^ 1], v, k0 + FT, end, Hkv, hk);
             }
             cp_async_commit();
-            dq_probs(p, ds, k0, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
+            dq_probs<EXP2>(p, ds, k0, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
             E::template issue_accumulate<D>(gq, ds, sm.c[buf], a1);  // dQ += dS·K
             if (it + 1 < nk) {
                 tiles_ready<E>();  // tile it + 1 is here for everyone
@@ -272,20 +295,20 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
 }
 
 // WGS warpgroups per dkdv block, WGQ per dq block; SKEW: both two, the second half a step behind (v8)
-template <int D, class E, bool PIPE, int WGS = 1, int WGQ = WGS, bool SKEW = false>
+template <int D, class E, bool PIPE, int WGS = 1, int WGQ = WGS, bool SKEW = false, bool EXP2 = false>
 static void flash_bwd_launch(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                     const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
     constexpr int NB = SKEW ? 3 : 2;
     size_t kv_bytes = sizeof(Bwd2Smem<D, E, WGS, NB>) + E::smem_pad, q_bytes = sizeof(Bwd2Smem<D, E, WGQ, NB>) + E::smem_pad;
     // dq pairs two query heads of a KV group where the group is even (the LLM's GQA), else two row blocks
     bool pair = WGQ > 1 && (Hq / Hkv) % WGQ == 0;
-    auto dkdv = flash_dkdv2<D, E, PIPE, WGS, SKEW>;
-    auto dqk = pair ? flash_dq2<D, E, PIPE, WGQ, true, SKEW> : flash_dq2<D, E, PIPE, WGQ, false, SKEW>;
+    auto dkdv = flash_dkdv2<D, E, PIPE, WGS, SKEW, EXP2>;
+    auto dqk = pair ? flash_dq2<D, E, PIPE, WGQ, true, SKEW, EXP2> : flash_dq2<D, E, PIPE, WGQ, false, SKEW, EXP2>;
     static int configured;
     if (!configured) {
         CUDA_CHECK(cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kv_bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGQ, true, SKEW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q_bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGQ, false, SKEW>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q_bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGQ, true, SKEW, EXP2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q_bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGQ, false, SKEW, EXP2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q_bytes));
         configured = 1;
     }
     float scale = 1.0f / sqrtf((float)D);

@@ -240,7 +240,8 @@ static void launch_fwd2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, con
 }
 
 // LLAVA_FLASH_EXP2=1 (or cuda_flash_set_exp2): versions 6 and 7 form the forward's softmax with one FFMA and
-// one ex2 per score (flash_softmax_step's EXP2) — opt-in until measured; -1: not read yet
+// one ex2 per score (flash_softmax_step's EXP2), versions 4 and 5 the backward's P and dS likewise
+// (dkdv_probs, dq_probs) — opt-in until measured; -1: not read yet
 static int exp2_mode = -1;
 static bool flash_exp2(void) {
     if (exp2_mode < 0) {
@@ -277,11 +278,11 @@ static void wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16
                            int causal) {
 #define BWD(...) flash_bwd_launch<D, WgmmaTiles, __VA_ARGS__>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
     switch (version) {
-    case 5: BWD(true); break;
+    case 5: flash_exp2() ? BWD(true, 1, 1, false, true) : BWD(true); break;
     case 6: BWD(false, 2); break;
     case 7: BWD(false, 1, 2); break;
     case 8: BWD(false, 2, 2, true); break;
-    default: BWD(false); break;  // 4
+    default: flash_exp2() ? BWD(false, 1, 1, false, true) : BWD(false); break;  // 4
     }
 #undef BWD
 }

@@ -660,7 +660,8 @@ static void memory_timings(void) {
     cuda_free(cb.a); cuda_free(cb.f1); cuda_free(cb.ids);
 }
 
-// versions 6 and 7's forward with LLAVA_FLASH_EXP2's softmax (one FFMA and ex2 per score), after their checks
+// LLAVA_FLASH_EXP2's softmax (one FFMA and ex2 per score) against the plain one, after their checks: versions 6
+// and 7's forward, 4 and 5's backward
 static void exp2_timings(void) {
     Bench shapes[2] = {{.T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causal = 1}, {.T = 5185, .Hq = 16, .Hkv = 16, .D = 64, .causal = 0}};
     float *x = host_rand((size_t)8192 * 32 * 128 + 1, 0.5f);
@@ -668,14 +669,19 @@ static void exp2_timings(void) {
         Bench *b = &shapes[i];
         attention_buffers(b, x);
         double flops = 4.0 * b->T * (double)b->T * b->Hq * b->D / (b->causal ? 2 : 1);
-        for (int version = 6; version <= 7; version++) {
+        for (int version = 4; version <= 7; version++) {
+            int backward = version < 6;
+            void (*fn)(void *) = backward ? run_attn_bwd : run_attn;
+            double f = backward ? 2.5 * flops : flops;
             cuda_attention_set_flash(version);
-            double plain = time_ms(run_attn, b, 5);
+            if (backward) run_attn(b);  // (an output and lse for the backward)
+            double plain = time_ms(fn, b, backward ? 3 : 5);
             cuda_flash_set_exp2(1);
-            double fast = time_ms(run_attn, b, 5);
+            double fast = time_ms(fn, b, backward ? 3 : 5);
             cuda_flash_set_exp2(-1);
-            printf("timing: attention T %d %s d%d, flash v%d forward: exp2 softmax %7.3f ms %6.1f TFLOP/s, plain %7.3f ms %6.1f TFLOP/s\n",
-                   b->T, b->causal ? "causal" : "bidir", b->D, version, fast, flops / fast / 1e9, plain, flops / plain / 1e9);
+            printf("timing: attention T %d %s d%d, flash v%d %s: exp2 softmax %7.3f ms %6.1f TFLOP/s, plain %7.3f ms %6.1f TFLOP/s\n",
+                   b->T, b->causal ? "causal" : "bidir", b->D, version, backward ? "backward" : "forward ", fast, f / fast / 1e9, plain,
+                   f / plain / 1e9);
         }
         cuda_attention_set_flash(-2);
         attention_buffers_free(b);
@@ -731,11 +737,10 @@ int main(int argc, char **argv) {
     // the newest kernels last, after the timings (a fault there, which ends the process, loses nothing else)
     if (argc < 2 || strcmp(argv[1], "--no-time")) timings(), memory_timings();
     attention_cases(9);
-    // and versions 6 and 7's forward with the exp2 softmax (LLAVA_FLASH_EXP2=1), checked, then timed
+    // and the exp2 softmax (LLAVA_FLASH_EXP2=1: versions 4 and 5's backward, 6 and 7's forward), checked, then timed
     cuda_flash_set_exp2(1);
     variant = " exp2";
-    attention_cases(6);
-    attention_cases(7);
+    for (int version = 4; version <= 7; version++) attention_cases(version);
     variant = "";
     cuda_flash_set_exp2(-1);
     if (argc < 2 || strcmp(argv[1], "--no-time")) exp2_timings();

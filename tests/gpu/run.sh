@@ -130,13 +130,14 @@ if [ -x "$B/ops_check" ]; then
     has 4 && has 6 && variants="64"
     has 6 && has 9 && variants="$variants 9"
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
-    # versions 6 and 7's forward with the exp2 softmax (LLAVA_FLASH_EXP2=1: one FFMA and ex2 per score), opt-in
-    # until measured: 30 checks each, then a bench variant
-    ok6=$(grep -c "flash v6 exp2).* ok\$" "$OUTDIR/ops_check.txt") ok7=$(grep -c "flash v7 exp2).* ok\$" "$OUTDIR/ops_check.txt")
-    if [ "$ok6" -ge 30 ] && [ "$ok7" -ge 30 ] && ! grep -q "exp2).*FAIL\$" "$OUTDIR/ops_check.txt"; then
+    # the exp2 softmax (LLAVA_FLASH_EXP2=1: one FFMA and ex2 per score; v6/v7's forward, v4/v5's backward),
+    # opt-in until measured: 30 checks per version, then a bench variant
+    okx=""
+    for v in 4 5 6 7; do okx="$okx $(grep -c "flash v$v exp2).* ok\$" "$OUTDIR/ops_check.txt")"; done
+    if [ "$(echo $okx | tr ' ' '\n' | awk '$1 >= 30' | wc -l)" = 4 ] && ! grep -q "exp2).*FAIL\$" "$OUTDIR/ops_check.txt"; then
         export ENV_VARIANTS=${ENV_VARIANTS-LLAVA_FLASH_EXP2=1}
     else
-        summary+=("flash v6/v7 with the exp2 softmax: $ok6 and $ok7 checks ok, FAILED or did not finish: left out of the bench")
+        summary+=("flash v4-v7 with the exp2 softmax: checks ok$okx, FAILED or did not finish: left out of the bench")
     fi
 fi
 # OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's
