@@ -124,11 +124,12 @@ if [ -x "$B/ops_check" ]; then
         fi
         [ -n "${LLAVA_FLASH:-}" ] && summary+=("  the rest of this run uses LLAVA_FLASH=$LLAVA_FLASH")
     fi
-    # the bench: the default against the previous one (v6's forward, v4's backward: 64) and v9's backward (the
-    # rest measured and lost in session 16: 4, 8, 84, 74, 79; FLASH_VARIANTS names any of them again)
+    # the bench: the default against the previous one (v6's forward, v4's backward: 64); the rest were measured
+    # and lost in session 16 (4, 8, 84, 9, 74, 79; FLASH_VARIANTS names any of them again), as did the optimizer's
+    # overlap (OVERLAP_VARIANT=1 times it again)
     variants=""
     has 4 && has 6 && variants="64"
-    has 6 && has 9 && variants="$variants 9"
+    export OVERLAP_VARIANT=${OVERLAP_VARIANT-0}
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
     # the exp2 softmax (LLAVA_FLASH_EXP2=1: one FFMA and ex2 per score; v6/v7's forward, v4/v5's backward),
     # opt-in until measured: 30 checks per version, then a bench variant
