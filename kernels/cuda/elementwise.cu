@@ -804,23 +804,25 @@ __global__ static void qkv_rope_kernel(bf16_t *wide, bf16_t *q, bf16_t *k, bf16_
     float c[W], s[W];
 #pragma unroll
     for (int e = 0; e < W; e++) {
-        float a = ang[t * half + j + e];
-        c[e] = cosf(a), s[e] = MERGE ? -sinf(a) : sinf(a);
+        sincosf(ang[t * half + j + e], &s[e], &c[e]);  // (one range reduction for both)
+        if (MERGE) s[e] = -s[e];
     }
-    bf16_t *narrow[3] = {q, k, v};
+    bf16_t *narrow[3] = {q, k, v}, *src[3], *dst[3];
+    float x0[3][W], x1[3][W];
+#pragma unroll
+    for (int part = 0; part < 3; part++) {  // every load first (the stores might alias them as far as the compiler knows)
+        bf16_t *w0 = wide + t * 3 * C + part * C + (th % H) * D + j, *n0 = narrow[part] + th * D + j;
+        src[part] = MERGE ? n0 : w0, dst[part] = MERGE ? w0 : n0;
+        load_w<W>(x0[part], src[part]), load_w<W>(x1[part], src[part] + half);
+    }
 #pragma unroll
     for (int part = 0; part < 3; part++) {
-        bf16_t *w0 = wide + t * 3 * C + part * C + (th % H) * D + j, *n0 = narrow[part] + th * D + j;
-        const bf16_t *src = MERGE ? n0 : w0;
-        bf16_t *dst = MERGE ? w0 : n0;
-        float x0[W], x1[W];
-        load_w<W>(x0, src), load_w<W>(x1, src + half);
 #pragma unroll
         for (int e = 0; part < 2 && e < W; e++) {
-            float y0 = x0[e] * c[e] - x1[e] * s[e], y1 = x1[e] * c[e] + x0[e] * s[e];
-            x0[e] = y0, x1[e] = y1;
+            float y0 = x0[part][e] * c[e] - x1[part][e] * s[e], y1 = x1[part][e] * c[e] + x0[part][e] * s[e];
+            x0[part][e] = y0, x1[part][e] = y1;
         }
-        store_w<W>(dst, x0), store_w<W>(dst + half, x1);
+        store_w<W>(dst[part], x0[part]), store_w<W>(dst[part] + half, x1[part]);
     }
 }
 template <bool MERGE> static void qkv_rope_launch(bf16 *wide, bf16 *q, bf16 *k, bf16 *v, const float *angles, int T, int H, int D) {
