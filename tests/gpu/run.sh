@@ -12,7 +12,8 @@
 # bench/gpu_train.sh against PyTorch + transformers, with a profiled run per shape (SKIP_BENCH=1 leaves it
 # out; BENCH_SHAPES="slice vision full" adds the whole model, an H200). A short table is printed last; the
 # detail files come back as results.tgz. ONLY_BENCH=1 runs just the bench (WITH_OPS=1: after ops_check).
-# NCU=1 adds Nsight Compute on the attention kernels after section 0 (tests/gpu/ncu.sh); ONLY_NCU=1 runs just that. Limits: STEP_TIMEOUT (each
+# NCU=1 adds Nsight Compute on the attention kernels after section 0 (tests/gpu/ncu.sh); ONLY_NCU=1 runs just that;
+# SKIP_MODEL=1 leaves sections 1-3 out. Limits: STEP_TIMEOUT (each
 # program, 90 s), OPS_TIMEOUT (150), BENCH_TIMEOUT (400). LLAVA_FLASH=N forces one attention version (FB: forward F,
 # backward B). OPS_AB=DIR also times DIR/ops_check.xz (another build's) in the same call.
 set -uo pipefail
@@ -157,6 +158,9 @@ if [ "${NCU:-0}" = 1 ]; then
     tests/gpu/ncu.sh "$B/ops_check" "$OUTDIR"
 fi
 
+# SKIP_MODEL=1 leaves out sections 1-3 (the model against the CPU, generation, training, resume, NCCL): for a
+# call that only times kernels whose defaults did not change since those sections last passed
+if [ "${SKIP_MODEL:-0}" != 1 ]; then
 section "1: checkpoints${HF_PARITY:+ and transformers parity}"
 $PY - "$W/gqa.json" <<'PY'
 import json, sys
@@ -291,6 +295,8 @@ PY
 rc=${PIPESTATUS[0]}
 summary+=("cuda training: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'worst relative loss difference cuda vs cpu [0-9.e+-]*' "$OUTDIR/train.txt"); resume $(grep -o 'resumed run [A-Z a-z]*' "$OUTDIR/train.txt" | head -1))")
 while read -r line; do summary+=("$line"); done < <(grep -E 'the plain cuda losses' "$OUTDIR/train.txt" | sed 's/^train: //')
+
+fi  # SKIP_MODEL
 
 section 5: GEMM rate
 # ---- 5. the card's bf16 GEMM rate ----
