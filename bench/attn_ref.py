@@ -53,7 +53,7 @@ def shape(name, T, Hq, Hkv, D, causal):
                     q.grad = k.grad = v.grad = None
                     out.backward(dout, retain_graph=True)
                 bwd = timed(backward)
-        except RuntimeError as e:  # a backend that does not take this shape here
+        except Exception as e:  # a backend that does not take this shape here (RuntimeError, NotImplementedError)
             print(f"attn_ref: {name} {backend.name.lower()}: not available ({str(e).splitlines()[0][:80]})")
             continue
         print(f"attn_ref: {name} {backend.name.lower()} forward {fwd:.3f} ms {flops / fwd / 1e9:.1f} TFLOP/s, "
