@@ -130,20 +130,19 @@ __global__ static void norm_bwd_dw8(float *part_w, float *part_b, const bf16_t *
 // dx and the weight (and bias) gradients in one pass over the rows, for C = 256·CH (the 4B's 2560, RICE-L's
 // 1024): dx8's two passes over a row (the second from L1), the partial sums of dw (and db) kept per lane
 // meanwhile, so that dy and x are not read from memory again by norm_bwd_dw8. A block's 8 warps take
-// FUSED_RPW rows each; their sums are added in warp order in shared memory (deterministic) and written as the
+// rpw rows each (norm_rows_per_warp); their sums are added in warp order in shared memory (deterministic) and written as the
 // block's part for reduce_parts. LN: LayerNorm (x̂ = (x − mean)·rstd), with part_b = Σ dy unless NULL; else
 // RMSNorm (x̂ = x·rstd). dx accumulates, as in the separate kernels.
-enum { FUSED_RPW = 2, FUSED_ROWS = 8 * FUSED_RPW };
 template <int CH, bool LN>
 __global__ static void __launch_bounds__(256) norm_bwd_fused8(bf16_t *dinp, float *part_w, float *part_b, const bf16_t *dy,
                                                                 const bf16_t *x, const bf16_t *w, const float *mean, const float *rstd,
-                                                                int N) {
+                                                                int N, int rpw) {
     constexpr int C = 256 * CH;
     __shared__ float acc_w[C], acc_b[LN ? C : 1];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float sw[CH][8] = {}, sb[LN ? CH : 1][8] = {};
-    for (int i = 0; i < FUSED_RPW; i++) {
-        size_t row = (size_t)blockIdx.x * FUSED_ROWS + warp * FUSED_RPW + i;
+    for (int i = 0; i < rpw; i++) {
+        size_t row = ((size_t)blockIdx.x * 8 + warp) * rpw + i;
         if (row >= (size_t)N) break;  // (the warp's other rows are past N too)
         const bf16_t *dyr = dy + row * C, *xr = x + row * C;
         float mu = LN ? mean[row] : 0.0f, r = rstd[row], sg = 0.0f, sgx = 0.0f, wv[8], dv[8], xv[8], o[8];
@@ -193,34 +192,61 @@ __global__ static void __launch_bounds__(256) norm_bwd_fused8(bf16_t *dinp, floa
     }
 }
 
+// Rows per warp of norm_bwd_fused8: 2 (measured in session 16: 16 rows a block, e.g. 325 blocks for the tower's
+// 5185 rows, 1.2 waves of two blocks per SM), or with LLAVA_NORM_RPW=0 (cuda_norm_set_rows_per_warp(0)) as few
+// as fill the card once (at least one), or LLAVA_NORM_RPW=n; not yet measured against 2. The row partition
+// decides the order of the dw sums: bit-reproducible on the same card and setting.
+static int rpw_setting = -2;  // -2: the environment not read yet; -1: 2; 0: fill the card once; n: n
+extern "C" void cuda_norm_set_rows_per_warp(int n) { rpw_setting = n; }
+template <class K> static int norm_rows_per_warp(K kernel, int N) {
+    if (rpw_setting == -2) {
+        const char *env = getenv("LLAVA_NORM_RPW");
+        rpw_setting = env && *env ? atoi(env) : -1;
+    }
+    if (rpw_setting > 0) return rpw_setting;
+    if (rpw_setting < 0) return 2;
+    int dev = 0, sms = 0, per_sm = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, 0));
+    long slots = (long)(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1) * 8;  // warps resident at once
+    return (int)((N + slots - 1) / slots);
+}
+template <int CH, bool LN>
+static void launch_fused8_k(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
+                            const float *rstd, int N) {
+    constexpr int C = 256 * CH;
+    int rpw = norm_rows_per_warp(norm_bwd_fused8<CH, LN>, N);
+    unsigned parts = (unsigned)((N + 8 * rpw - 1) / (8 * rpw));
+    float *part = (float *)cuda_scratch((size_t)(db ? 2 : 1) * parts * C * sizeof(float)), *part_b = db ? part + (size_t)parts * C : NULL;
+    norm_bwd_fused8<CH, LN><<<parts, 256, 0, g_stream>>>(B16(dinp), part, part_b, CB16(dout), CB16(inp), CB16(w), mean, rstd, N, rpw);
+    LAUNCH_CHECK();
+    reduce_parts(dw, part, (int)parts, C);
+    if (db) reduce_parts(db, part_b, (int)parts, C);
+}
 template <int CH>
-static void launch_fused8(unsigned parts, bf16 *dinp, float *part, float *part_b, const bf16 *dout, const bf16 *inp, const bf16 *w,
-                          const float *mean, const float *rstd, int N) {
-    if (mean) norm_bwd_fused8<CH, true><<<parts, 256, 0, g_stream>>>(B16(dinp), part, part_b, CB16(dout), CB16(inp), CB16(w), mean, rstd, N);
-    else norm_bwd_fused8<CH, false><<<parts, 256, 0, g_stream>>>(B16(dinp), part, NULL, CB16(dout), CB16(inp), CB16(w), NULL, rstd, N);
+static void launch_fused8(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
+                          const float *rstd, int N) {
+    if (mean) launch_fused8_k<CH, true>(dinp, dw, db, dout, inp, w, mean, rstd, N);
+    else launch_fused8_k<CH, false>(dinp, dw, NULL, dout, inp, w, NULL, rstd, N);
 }
 // norm_bwd_fused8 where it applies (dx and dw wanted, C = 256·CH with CH ≤ 10, the 8-wide kernels' alignment):
 // false otherwise, and nothing launched
 static bool norm_bwd_fused(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
                            const float *rstd, int N, int C, bool vec) {
     if (!dinp || !dw || !vec || C % 256 || C > 2560 || (db && !mean) || cuda_safe_kernels()) return false;
-    unsigned parts = (unsigned)((N + FUSED_ROWS - 1) / FUSED_ROWS);
-    float *part = (float *)cuda_scratch((size_t)(db ? 2 : 1) * parts * C * sizeof(float)), *part_b = db ? part + (size_t)parts * C : NULL;
     switch (C / 256) {
-    case 1: launch_fused8<1>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
-    case 2: launch_fused8<2>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
-    case 3: launch_fused8<3>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
-    case 4: launch_fused8<4>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
-    case 5: launch_fused8<5>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
-    case 6: launch_fused8<6>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
-    case 7: launch_fused8<7>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
-    case 8: launch_fused8<8>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
-    case 9: launch_fused8<9>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
-    default: launch_fused8<10>(parts, dinp, part, part_b, dout, inp, w, mean, rstd, N); break;
+    case 1: launch_fused8<1>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 2: launch_fused8<2>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 3: launch_fused8<3>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 4: launch_fused8<4>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 5: launch_fused8<5>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 6: launch_fused8<6>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 7: launch_fused8<7>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 8: launch_fused8<8>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 9: launch_fused8<9>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    default: launch_fused8<10>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
     }
-    LAUNCH_CHECK();
-    reduce_parts(dw, part, (int)parts, C);
-    if (db) reduce_parts(db, part_b, (int)parts, C);
     return true;
 }
 

@@ -86,6 +86,9 @@ void cuda_layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp
                             int C, float eps);
 void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,
                              const float *mean, const float *rstd, int N, int C);
+// rows per warp of the one-pass norm backwards (C = 256·k): n, 0 (as few as fill the card once), -1 (2, the
+// measured default) or -2 (LLAVA_NORM_RPW's); for ops_check's comparison
+void cuda_norm_set_rows_per_warp(int n);
 
 // ---- activations ----
 void cuda_gelu_forward(bf16 *out, const bf16 *inp, size_t n);

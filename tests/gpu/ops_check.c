@@ -632,10 +632,18 @@ static void memory_timings(void) {
     MemBench b = {.a = dev_bf16(x, big), .b = dev_bf16(x + 1, big), .c = dev_bf16(x + 2, big), .d = dev_bf16(x + 3, 8192 * 2560),
                   .f1 = dev_f32(ones, big / 2), .f2 = dev_f32(NULL, big / 2), .f3 = dev_f32(NULL, big / 2), .f4 = dev_f32(NULL, big / 2)};
     double e = 2.0;  // bytes per bf16
-    b.N = 8192, b.C = 2560;
-    memory_timing("rmsnorm backward 8192x2560 (dx += , dw)", run_rms_bwd, &b, 20, 4 * e * b.N * b.C);
-    b.N = 5185, b.C = 1024;
-    memory_timing("layernorm backward 5185x1024 (dx +=, dw, db)", run_ln_bwd, &b, 20, 4 * e * b.N * b.C);
+    for (int rpw = -1; rpw <= 0; rpw++) {  // 2 rows per warp (the default), then as few as fill the card once
+        cuda_norm_set_rows_per_warp(rpw);
+        const char *how = rpw ? "2 rows a warp" : "rows to fill the card";
+        char what[96];
+        b.N = 8192, b.C = 2560;
+        snprintf(what, sizeof what, "rmsnorm backward 8192x2560 (dx +=, dw), %s", how);
+        memory_timing(what, run_rms_bwd, &b, 20, 4 * e * b.N * b.C);
+        b.N = 5185, b.C = 1024;
+        snprintf(what, sizeof what, "layernorm backward 5185x1024 (dx +=, dw, db), %s", how);
+        memory_timing(what, run_ln_bwd, &b, 20, 4 * e * b.N * b.C);
+    }
+    cuda_norm_set_rows_per_warp(-2);
     b.N = 8192, b.H = 32, b.D = 128;
     memory_timing("rmsnorm + rope backward 8192x32x128", run_rr_bwd, &b, 20, 3 * e * b.N * b.H * b.D);
     b.N = 5185, b.H = 16, b.D = 64;
@@ -704,6 +712,12 @@ int main(int argc, char **argv) {
     norm_case(40, 1024, 1);
     norm_case(1000, 2560, 0);
     norm_case(1000, 1024, 1);
+    for (int rpw = 0; rpw <= 3; rpw += 3) {  // other row partitions of the one-pass kernel (LLAVA_NORM_RPW=0, =3)
+        cuda_norm_set_rows_per_warp(rpw);
+        norm_case(1000, 2560, 0);
+        norm_case(1000, 1024, 1);
+    }
+    cuda_norm_set_rows_per_warp(-2);
     norm_case(33, 100, 0);  // and the scalar ones
     norm_case(33, 100, 1);
     norm_case(70, 256, 1);
