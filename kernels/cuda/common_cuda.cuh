@@ -17,6 +17,11 @@ void *cuda_scratch(size_t bytes);
 // reduce_parts adds them to out[c] in part order (elementwise.cu), so a run repeats bit for bit.
 enum { ROWS_PER_PART = 64 };
 void reduce_parts(float *out, const float *part, int nparts, int C);
+// An integer setting from the environment (LLAVA_FLASH_EXP2, LLAVA_NORM_RPW, ...), read once: *cache starts at
+// ENV_UNREAD and keeps the value (atoi of it), or `unset` where the variable is absent or empty; a setter that
+// stores ENV_UNREAD makes the next call read the environment again.
+enum { ENV_UNREAD = -1000000 };
+int cuda_env_setting(int *cache, const char *name, int unset);
 // LLAVA_SAFE_KERNELS=1: the kernels of session 15 not yet run on a GPU (the one-pass norm backwards, the QK-norm +
 // RoPE backward kernel, the 16-byte copy/gather/scatter) give way to the earlier ones (tests/gpu/run.sh sets it
 // when ops_check finds them wrong)

@@ -130,7 +130,7 @@ __global__ static void norm_bwd_dw8(float *part_w, float *part_b, const bf16_t *
 // dx and the weight (and bias) gradients in one pass over the rows, for C = 256·CH (the 4B's 2560, RICE-L's
 // 1024): dx8's two passes over a row (the second from L1), the partial sums of dw (and db) kept per lane
 // meanwhile, so that dy and x are not read from memory again by norm_bwd_dw8. A block's 8 warps take
-// rpw rows each (norm_rows_per_warp); their sums are added in warp order in shared memory (deterministic) and written as the
+// rpw rows each (launch_fused8_k); their sums are added in warp order in shared memory (deterministic) and written as the
 // block's part for reduce_parts. LN: LayerNorm (x̂ = (x − mean)·rstd), with part_b = Σ dy unless NULL; else
 // RMSNorm (x̂ = x·rstd). dx accumulates, as in the separate kernels.
 template <int CH, bool LN>
@@ -196,27 +196,30 @@ __global__ static void __launch_bounds__(256) norm_bwd_fused8(bf16_t *dinp, floa
 // 5185 rows, 1.2 waves of two blocks per SM), or with LLAVA_NORM_RPW=0 (cuda_norm_set_rows_per_warp(0)) as few
 // as fill the card once (at least one), or LLAVA_NORM_RPW=n; not yet measured against 2. The row partition
 // decides the order of the dw sums: bit-reproducible on the same card and setting.
-static int rpw_setting = -2;  // -2: the environment not read yet; -1: 2; 0: fill the card once; n: n
-extern "C" void cuda_norm_set_rows_per_warp(int n) { rpw_setting = n; }
-template <class K> static int norm_rows_per_warp(K kernel, int N) {
-    if (rpw_setting == -2) {
-        const char *env = getenv("LLAVA_NORM_RPW");
-        rpw_setting = env && *env ? atoi(env) : -1;
+static int rpw_setting = ENV_UNREAD;  // -1: 2; 0: fill the card once; n: n
+extern "C" void cuda_norm_set_rows_per_warp(int n) { rpw_setting = n == -2 ? (int)ENV_UNREAD : n; }
+// warps of norm_bwd_fused8<CH, LN> resident at once on this card (asked once per kernel)
+template <int CH, bool LN> static long fused8_warp_slots(void) {
+    static long slots;
+    if (!slots) {
+        int dev = 0, sms = 0, per_sm = 0;
+        CUDA_CHECK(cudaGetDevice(&dev));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, norm_bwd_fused8<CH, LN>, 256, 0));
+        slots = (long)(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1) * 8;
     }
-    if (rpw_setting > 0) return rpw_setting;
-    if (rpw_setting < 0) return 2;
-    int dev = 0, sms = 0, per_sm = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, 0));
-    long slots = (long)(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1) * 8;  // warps resident at once
-    return (int)((N + slots - 1) / slots);
+    return slots;
 }
 template <int CH, bool LN>
 static void launch_fused8_k(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
                             const float *rstd, int N) {
     constexpr int C = 256 * CH;
-    int rpw = norm_rows_per_warp(norm_bwd_fused8<CH, LN>, N);
+    int setting = cuda_env_setting(&rpw_setting, "LLAVA_NORM_RPW", -1);
+    int rpw = setting > 0 ? setting : 2;
+    if (setting == 0) {
+        long slots = fused8_warp_slots<CH, LN>();
+        rpw = (int)((N + slots - 1) / slots);
+    }
     unsigned parts = (unsigned)((N + 8 * rpw - 1) / (8 * rpw));
     float *part = (float *)cuda_scratch((size_t)(db ? 2 : 1) * parts * C * sizeof(float)), *part_b = db ? part + (size_t)parts * C : NULL;
     norm_bwd_fused8<CH, LN><<<parts, 256, 0, g_stream>>>(B16(dinp), part, part_b, CB16(dout), CB16(inp), CB16(w), mean, rstd, N, rpw);
@@ -375,6 +378,15 @@ extern "C" void cuda_rmsnorm_rope_forward(bf16 *out, float *rstd, const bf16 *in
 // block b writes dw's partial sums part[b, :] (its warps' in order: deterministic) for reduce_parts. With
 // g = dn·w, dn = R(θ)ᵀ·dy and x̂ = x·rstd: dx = (g − x̂·mean(g·x̂))·rstd, dw += Σ dn·x̂.
 enum { RR_WARPS = 8, RR_ROWS = ROWS_PER_PART / RR_WARPS };
+// the block's row of dw partials: its warps' column sums wsum[warp][col] added in warp order (deterministic)
+__device__ __forceinline__ void rr_write_part(float (*wsum)[128], float *part, int D) {
+    __syncthreads();
+    for (int col = threadIdx.x; col < D; col += blockDim.x) {
+        float t = 0.0f;
+        for (int k = 0; k < RR_WARPS; k++) t += wsum[k][col];
+        part[(size_t)blockIdx.x * D + col] = t;
+    }
+}
 __global__ static void rmsnorm_rope_bwd_warp(bf16_t *dx, float *part, const bf16_t *dy, const bf16_t *x, const bf16_t *w,
                                              const float *rstd, const float *ang, int N, int H, int D) {
     __shared__ float wsum[RR_WARPS][128];
@@ -410,12 +422,7 @@ __global__ static void rmsnorm_rope_bwd_warp(bf16_t *dx, float *part, const bf16
     if (mine) {
         wsum[warp][j] = s00, wsum[warp][j + 1] = s01, wsum[warp][j + half] = s10, wsum[warp][j + half + 1] = s11;
     }
-    __syncthreads();
-    for (int col = threadIdx.x; col < D; col += blockDim.x) {
-        float t = 0.0f;
-        for (int k = 0; k < RR_WARPS; k++) t += wsum[k][col];
-        part[(size_t)blockIdx.x * D + col] = t;
-    }
+    rr_write_part(wsum, part, D);
 }
 
 // the same for any even D ≤ 128 (D = 2 mod 4: the tiny presets' odd half), a pair (p, p + D/2) per lane and
@@ -451,12 +458,7 @@ __global__ static void rmsnorm_rope_bwd_pairs(bf16_t *dx, float *part, const bf1
         int p = lane + 32 * e;
         if (p < half) wsum[warp][p] = sa[e], wsum[warp][p + half] = sb[e];
     }
-    __syncthreads();
-    for (int col = threadIdx.x; col < D; col += blockDim.x) {
-        float t = 0.0f;
-        for (int q = 0; q < RR_WARPS; q++) t += wsum[q][col];
-        part[(size_t)blockIdx.x * D + col] = t;
-    }
+    rr_write_part(wsum, part, D);
 }
 
 extern "C" void cuda_rmsnorm_rope_backward(bf16 *dinp, float *dw, bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,

@@ -163,14 +163,13 @@ static void flash_bwd_fused_launch(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, 
                                    const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int T,
                                    int Hq, int Hkv, int causal) {
     size_t bytes = sizeof(FusedSmem<D>) + WgmmaTiles::smem_pad, n = (size_t)T * Hq * D;
-    static int configured, kmajor;
+    static int configured, kmajor_setting = ENV_UNREAD;
     if (!configured) {
         CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused<D, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
         CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused<D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        const char *env = getenv("LLAVA_V9_KMAJOR");
-        kmajor = env && env[0] == '1';
         configured = 1;
     }
+    bool kmajor = cuda_env_setting(&kmajor_setting, "LLAVA_V9_KMAJOR", 0) == 1;
     CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, n * sizeof(float), g_stream));
     auto kernel = kmajor ? flash_bwd_fused<D, false> : flash_bwd_fused<D, true>;
     kernel<<<dim3(Hkv, (max_len + FT - 1) / FT, nseq), NW * 32, bytes, g_stream>>>(

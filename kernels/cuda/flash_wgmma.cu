@@ -9,7 +9,6 @@
 // Makefile), used when the device is compute capability 9.0; elsewhere the calls return -1 and
 // attention.cu falls back to version 2.
 #include <math.h>
-#include <stdlib.h>
 
 #include "ops_cuda.h"
 
@@ -241,16 +240,10 @@ static void launch_fwd2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, con
 
 // LLAVA_FLASH_EXP2=1 (or cuda_flash_set_exp2): versions 6 and 7 form the forward's softmax with one FFMA and
 // one ex2 per score (flash_softmax_step's EXP2), versions 4 and 5 the backward's P and dS likewise
-// (dkdv_probs, dq_probs) — opt-in until measured; -1: not read yet
-static int exp2_mode = -1;
-static bool flash_exp2(void) {
-    if (exp2_mode < 0) {
-        const char *env = getenv("LLAVA_FLASH_EXP2");
-        exp2_mode = env && env[0] == '1';
-    }
-    return exp2_mode;
-}
-extern "C" void cuda_flash_set_exp2(int on) { exp2_mode = on < 0 ? -1 : on != 0; }
+// (dkdv_probs, dq_probs) — opt-in until measured
+static int exp2_mode = ENV_UNREAD;
+static bool flash_exp2(void) { return cuda_env_setting(&exp2_mode, "LLAVA_FLASH_EXP2", 0) == 1; }
+extern "C" void cuda_flash_set_exp2(int on) { exp2_mode = on < 0 ? (int)ENV_UNREAD : on != 0; }
 
 // the forward of version 4-8 at head dim D (a compile-time constant from here on)
 template <int D>

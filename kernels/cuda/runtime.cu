@@ -126,13 +126,17 @@ extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
 extern "C" void cuda_memset0(void *p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_stream)); }
 extern "C" void cuda_memset_ff(void *p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0xFF, bytes, g_stream)); }
 
-bool cuda_safe_kernels(void) {
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("LLAVA_SAFE_KERNELS");
-        v = e && e[0] == '1';
+int cuda_env_setting(int *cache, const char *name, int unset) {
+    if (*cache == ENV_UNREAD) {
+        const char *e = getenv(name);
+        *cache = e && *e ? atoi(e) : unset;
     }
-    return v;
+    return *cache;
+}
+
+bool cuda_safe_kernels(void) {
+    static int v = ENV_UNREAD;
+    return cuda_env_setting(&v, "LLAVA_SAFE_KERNELS", 0) == 1;
 }
 
 // Scratch for deterministic reductions: grown, never shrunk (the step loop stops allocating once
