@@ -35,6 +35,8 @@ bool cuda_safe_kernels(void);
 #define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
 
 typedef __nv_bfloat16 bf16_t;
+#define B16(p) ((bf16_t *)(p))
+#define CB16(p) ((const bf16_t *)(p))
 
 __device__ __forceinline__ float ld(const bf16_t *p, size_t i) { return __bfloat162float(p[i]); }
 __device__ __forceinline__ void st(bf16_t *p, size_t i, float x) { p[i] = __float2bfloat16_rn(x); }
