@@ -68,16 +68,24 @@ static void check(const char *what, const float *gpu, const float *cpu, size_t n
     printf("%-56s rel L2 %.2e (tolerance %.0e) %s\n", what, rel, tol, ok ? "ok" : "FAIL");
 }
 
-// check() of n bf16 values on the device against the CPU's, named by a printf format
-static void check_bf16(const bf16 *gpu, const float *cpu, size_t n, double tol, const char *fmt, ...) {
+// check() of n bf16 (check_bf16) or fp32 (check_f32) values on the device against the CPU's, named by a printf format
+static void check_back(float *host, const float *cpu, size_t n, double tol, const char *fmt, va_list ap) {
     char what[96];
+    vsnprintf(what, sizeof what, fmt, ap);
+    check(what, host, cpu, n, tol);
+    free(host);
+}
+static void check_bf16(const bf16 *gpu, const float *cpu, size_t n, double tol, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(what, sizeof what, fmt, ap);
+    check_back(back_bf16(gpu, n), cpu, n, tol, fmt, ap);
     va_end(ap);
-    float *h = back_bf16(gpu, n);
-    check(what, h, cpu, n, tol);
-    free(h);
+}
+static void check_f32(const float *gpu, const float *cpu, size_t n, double tol, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    check_back(back_f32(gpu, n), cpu, n, tol, fmt, ap);
+    va_end(ap);
 }
 
 static void sync_or_die(void) {
@@ -98,15 +106,10 @@ static void matmul_case(int N, int K, int M, int bias) {
     cuda_matmul_forward(gout, gx, gw, gb, N, K, M);
     cuda_matmul_backward(gdx, gdw, bias ? gdb : NULL, gdy, gx, gw, N, K, M, 0);
     sync_or_die();
-    char name[96];
-    float *h;
-    snprintf(name, sizeof name, "matmul %dx%dx%d%s forward", N, K, M, bias ? " +bias" : "");
-    check(name, h = back_bf16(gout, (size_t)N * M), out, (size_t)N * M, 2e-2); free(h);
-    snprintf(name, sizeof name, "matmul %dx%dx%d dinp (bf16)", N, K, M);
-    check(name, h = back_bf16(gdx, (size_t)N * K), dx, (size_t)N * K, 2e-2); free(h);
-    snprintf(name, sizeof name, "matmul %dx%dx%d dw (fp32)", N, K, M);
-    check(name, h = back_f32(gdw, (size_t)M * K), dw, (size_t)M * K, 1e-3); free(h);
-    if (bias) { check("matmul dbias (fp32)", h = back_f32(gdb, M), db, M, 1e-3); free(h); }
+    check_bf16(gout, out, (size_t)N * M, 2e-2, "matmul %dx%dx%d%s forward", N, K, M, bias ? " +bias" : "");
+    check_bf16(gdx, dx, (size_t)N * K, 2e-2, "matmul %dx%dx%d dinp (bf16)", N, K, M);
+    check_f32(gdw, dw, (size_t)M * K, 1e-3, "matmul %dx%dx%d dw (fp32)", N, K, M);
+    if (bias) check_f32(gdb, db, M, 1e-3, "matmul dbias (fp32)");
     // the overwriting forms: the outputs start as NaN, which an accumulation would keep
     cuda_memset_ff(gdx, (size_t)N * K * 2);
     cuda_memset_ff(gdw, (size_t)M * K * 4);
@@ -114,11 +117,9 @@ static void matmul_case(int N, int K, int M, int bias) {
     cuda_matmul_backward(gdx, NULL, NULL, gdy, gx, gw, N, K, M, MM_SET_DINP);
     cuda_matmul_backward(NULL, gdw, bias ? gdb : NULL, gdy, gx, gw, N, K, M, MM_SET_DW);
     sync_or_die();
-    snprintf(name, sizeof name, "matmul %dx%dx%d dinp set (bf16)", N, K, M);
-    check(name, h = back_bf16(gdx, (size_t)N * K), dx, (size_t)N * K, 2e-2); free(h);
-    snprintf(name, sizeof name, "matmul %dx%dx%d dw set (fp32)", N, K, M);
-    check(name, h = back_f32(gdw, (size_t)M * K), dw, (size_t)M * K, 1e-3); free(h);
-    if (bias) { check("matmul dbias set (fp32)", h = back_f32(gdb, M), db, M, 1e-3); free(h); }
+    check_bf16(gdx, dx, (size_t)N * K, 2e-2, "matmul %dx%dx%d dinp set (bf16)", N, K, M);
+    check_f32(gdw, dw, (size_t)M * K, 1e-3, "matmul %dx%dx%d dw set (fp32)", N, K, M);
+    if (bias) check_f32(gdb, db, M, 1e-3, "matmul dbias set (fp32)");
     free(x); free(w); free(b); free(dy); free(out); free(dx); free(dw); free(db);
     cuda_free(gx); cuda_free(gw); cuda_free(gb); cuda_free(gdy); cuda_free(gout); cuda_free(gdx); cuda_free(gdw); cuda_free(gdb);
 }
@@ -144,14 +145,12 @@ static void norm_case(int N, int C, int layer) {
         cuda_rmsnorm_backward(gdx, gdw, gdy, gx, gw, grstd, N, C);
     }
     sync_or_die();
-    char name[96];
-    float *h;
     const char *k = layer ? "layernorm" : "rmsnorm";
-    snprintf(name, sizeof name, "%s %dx%d forward", k, N, C); check(name, h = back_bf16(gy, (size_t)N * C), y, (size_t)N * C, 2e-2); free(h);
-    snprintf(name, sizeof name, "%s rstd (fp32)", k); check(name, h = back_f32(grstd, N), rstd, N, 1e-3); free(h);
-    snprintf(name, sizeof name, "%s dinp", k); check(name, h = back_bf16(gdx, (size_t)N * C), dx, (size_t)N * C, 2e-2); free(h);
-    snprintf(name, sizeof name, "%s dw (fp32)", k); check(name, h = back_f32(gdw, C), dw, C, 1e-3); free(h);
-    if (layer) { check("layernorm db (fp32)", h = back_f32(gdb, C), db, C, 1e-3); free(h); }
+    check_bf16(gy, y, (size_t)N * C, 2e-2, "%s %dx%d forward", k, N, C);
+    check_f32(grstd, rstd, N, 1e-3, "%s rstd (fp32)", k);
+    check_bf16(gdx, dx, (size_t)N * C, 2e-2, "%s dinp", k);
+    check_f32(gdw, dw, C, 1e-3, "%s dw (fp32)", k);
+    if (layer) check_f32(gdb, db, C, 1e-3, "layernorm db (fp32)");
     free(x); free(w); free(b); free(dy); free(y); free(mean); free(rstd); free(dx); free(dw); free(db);
     cuda_free(gx); cuda_free(gw); cuda_free(gb); cuda_free(gdy); cuda_free(gy); cuda_free(gdx);
     cuda_free(gmean); cuda_free(grstd); cuda_free(gdw); cuda_free(gdb);
@@ -190,7 +189,7 @@ static void fused_cases(int C, int with_rope) {  // C a multiple of 8: the 8-wid
     int N = 70, T = 40, H = 6;
     float *a = host_rand((size_t)N * C, 1), *b = host_rand((size_t)N * C, 1), *w = host_rand(C, 1), *bias = host_rand(C, 0.2f);
     for (int c = 0; c < C; c++) w[c] = bf16_to_f32(f32_to_bf16(1.0f + 0.1f * w[c]));
-    float *sum = xcalloc((size_t)N * C, 4), *y = xcalloc((size_t)N * C, 4), *mean = xcalloc(N, 4), *rstd = xcalloc(N, 4), *h;
+    float *sum = xcalloc((size_t)N * C, 4), *y = xcalloc((size_t)N * C, 4), *mean = xcalloc(N, 4), *rstd = xcalloc(N, 4);
     for (size_t i = 0; i < (size_t)N * C; i++) sum[i] = bf16_to_f32(f32_to_bf16(a[i] + b[i]));  // the kernel rounds the sum
     bf16 *ga = dev_bf16(a, (size_t)N * C), *gb = dev_bf16(b, (size_t)N * C), *gw = dev_bf16(w, C), *gbias = dev_bf16(bias, C),
          *gsum = cuda_alloc((size_t)N * C * 2), *gy = cuda_alloc((size_t)N * C * 2);
@@ -199,15 +198,15 @@ static void fused_cases(int C, int with_rope) {  // C a multiple of 8: the 8-wid
     cuda_add_rmsnorm_forward(gsum, gy, grstd, ga, gb, gw, N, C, 1e-6f);
     sync_or_die();
     printf("fused norms at C %d:\n", C);
-    check("add + rmsnorm forward: sum", h = back_bf16(gsum, (size_t)N * C), sum, (size_t)N * C, 1e-6); free(h);
-    check("add + rmsnorm forward: out", h = back_bf16(gy, (size_t)N * C), y, (size_t)N * C, 2e-2); free(h);
-    check("add + rmsnorm forward: rstd", h = back_f32(grstd, N), rstd, N, 1e-3); free(h);
+    check_bf16(gsum, sum, (size_t)N * C, 1e-6, "add + rmsnorm forward: sum");
+    check_bf16(gy, y, (size_t)N * C, 2e-2, "add + rmsnorm forward: out");
+    check_f32(grstd, rstd, N, 1e-3, "add + rmsnorm forward: rstd");
     layernorm_forward(y, mean, rstd, sum, w, bias, N, C, 1e-5f);
     cuda_add_layernorm_forward(gsum, gy, gmean, grstd, ga, gb, gw, gbias, N, C, 1e-5f);
     sync_or_die();
-    check("add + layernorm forward: sum", h = back_bf16(gsum, (size_t)N * C), sum, (size_t)N * C, 1e-6); free(h);
-    check("add + layernorm forward: out", h = back_bf16(gy, (size_t)N * C), y, (size_t)N * C, 2e-2); free(h);
-    check("add + layernorm forward: mean", h = back_f32(gmean, N), mean, N, 1e-3); free(h);
+    check_bf16(gsum, sum, (size_t)N * C, 1e-6, "add + layernorm forward: sum");
+    check_bf16(gy, y, (size_t)N * C, 2e-2, "add + layernorm forward: out");
+    check_f32(gmean, mean, N, 1e-3, "add + layernorm forward: mean");
     free(a); free(b); free(bias); free(sum); free(y); free(mean); free(rstd);
     cuda_free(ga); cuda_free(gb); cuda_free(gbias); cuda_free(gsum); cuda_free(gy); cuda_free(gmean); cuda_free(grstd); cuda_free(gw);
     free(w);
@@ -225,11 +224,8 @@ static void fused_cases(int C, int with_rope) {  // C a multiple of 8: the 8-wid
         float *gang = dev_f32(ang, (size_t)T * d / 2), *gr = dev_f32(NULL, (size_t)T * H);
         cuda_rmsnorm_rope_forward(go, gr, gx, gqw, gang, T, H, d, 1e-6f);
         sync_or_die();
-        char name[96];
-        snprintf(name, sizeof name, "rmsnorm + rope forward d%d: out", d);
-        check(name, h = back_bf16(go, (size_t)T * H * d), o, (size_t)T * H * d, 2e-2); free(h);
-        snprintf(name, sizeof name, "rmsnorm + rope forward d%d: rstd", d);
-        check(name, h = back_f32(gr, (size_t)T * H), r, (size_t)T * H, 1e-3); free(h);
+        check_bf16(go, o, (size_t)T * H * d, 2e-2, "rmsnorm + rope forward d%d: out", d);
+        check_f32(gr, r, (size_t)T * H, 1e-3, "rmsnorm + rope forward d%d: rstd", d);
         // the backward: dx overwritten (it starts as NaN on the GPU), dw accumulated (from 0.25), dy scratch
         float *dy = host_rand((size_t)T * H * d, 1), *dx = xcalloc((size_t)T * H * d, 4), *dw = xmalloc((size_t)d * 4);
         for (int c = 0; c < d; c++) dw[c] = 0.25f;
@@ -240,10 +236,8 @@ static void fused_cases(int C, int with_rope) {  // C a multiple of 8: the 8-wid
         rmsnorm_backward(dx, dw, dy, x, qw, r, T * H, d);
         cuda_rmsnorm_rope_backward(gdx, gdw, gdy, gx, gqw, gr_cpu, gang, T, H, d);
         sync_or_die();
-        snprintf(name, sizeof name, "rmsnorm + rope backward d%d: dx (set)", d);
-        check(name, h = back_bf16(gdx, (size_t)T * H * d), dx, (size_t)T * H * d, 2e-2); free(h);
-        snprintf(name, sizeof name, "rmsnorm + rope backward d%d: dw (+=)", d);
-        check(name, h = back_f32(gdw, d), dw, d, 1e-3); free(h);
+        check_bf16(gdx, dx, (size_t)T * H * d, 2e-2, "rmsnorm + rope backward d%d: dx (set)", d);
+        check_f32(gdw, dw, d, 1e-3, "rmsnorm + rope backward d%d: dw (+=)", d);
         free(dy); free(dx); free(dw);
         cuda_free(gdy); cuda_free(gdx); cuda_free(gdw); cuda_free(gr_cpu);
         free(x); free(qw); free(ang); free(o); free(r);
@@ -301,21 +295,18 @@ static void rows_case(int n, int C) {
 
 static void rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-wide kernel
     int32_t cu[3] = {0, T / 3, T};
-    float *x = host_rand((size_t)T * H * D, 1), *ang = xmalloc((size_t)T * D / 2 * 4), *h;
+    float *x = host_rand((size_t)T * H * D, 1), *ang = xmalloc((size_t)T * D / 2 * 4);
     rope_angles_1d(ang, cu, 2, D, 5e6);
     bf16 *gx = dev_bf16(x, (size_t)T * H * D);
     float *gang = dev_f32(ang, (size_t)T * D / 2);
     rope_forward(x, ang, T, H, D);
     cuda_rope_forward(gx, gang, T, H, D);
     sync_or_die();
-    char name[64];
-    snprintf(name, sizeof name, "rope forward d%d", D);
-    check(name, h = back_bf16(gx, (size_t)T * H * D), x, (size_t)T * H * D, 2e-2); free(h);
+    check_bf16(gx, x, (size_t)T * H * D, 2e-2, "rope forward d%d", D);
     rope_backward(x, ang, T, H, D);
     cuda_rope_backward(gx, gang, T, H, D);
     sync_or_die();
-    snprintf(name, sizeof name, "rope backward d%d (undoes forward)", D);
-    check(name, h = back_bf16(gx, (size_t)T * H * D), x, (size_t)T * H * D, 2e-2); free(h);
+    check_bf16(gx, x, (size_t)T * H * D, 2e-2, "rope backward d%d (undoes forward)", D);
     free(x); free(ang); cuda_free(gx); cuda_free(gang);
 }
 
@@ -377,22 +368,15 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
     cuda_attention_set_flash(-2);
     sync_or_die();
-    char name[96];
-    float *h;
     const char *names[10] = {"warp-per-row", "flash v1", "flash v2", "flash v3", "flash v4", "flash v5", "flash v6", "flash v7", "flash v8",
                              "flash v9"};
     char kind[48];
     snprintf(kind, sizeof kind, "%s%s", D != 64 && D != 128 ? "warp-per-row" : names[version], variant);
-    snprintf(name, sizeof name, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T, kind);
-    check(name, h = back_bf16(go, nq), o, nq, 2e-2); free(h);
-    snprintf(name, sizeof name, "  lse, fp32 (%s)", kind);
-    check(name, h = back_f32(glse, (size_t)T * Hq), lse, (size_t)T * Hq, 1e-3); free(h);
-    snprintf(name, sizeof name, "  dq (%s)", kind);
-    check(name, h = back_bf16(gdq, nq), dq, nq, 2e-2); free(h);
-    snprintf(name, sizeof name, "  dk (%s)", kind);
-    check(name, h = back_bf16(gdk, nk), dk, nk, 2e-2); free(h);
-    snprintf(name, sizeof name, "  dv (%s)", kind);
-    check(name, h = back_bf16(gdv, nk), dv, nk, 2e-2); free(h);
+    check_bf16(go, o, nq, 2e-2, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T, kind);
+    check_f32(glse, lse, (size_t)T * Hq, 1e-3, "  lse, fp32 (%s)", kind);
+    check_bf16(gdq, dq, nq, 2e-2, "  dq (%s)", kind);
+    check_bf16(gdk, dk, nk, 2e-2, "  dk (%s)", kind);
+    check_bf16(gdv, dv, nk, 2e-2, "  dv (%s)", kind);
     free(q); free(k); free(v); free(dy); free(o); free(lse); free(dq); free(dk); free(dv);
     cuda_free(gq); cuda_free(gk); cuda_free(gv); cuda_free(gdy); cuda_free(go); cuda_free(gdq); cuda_free(gdk); cuda_free(gdv);
     cuda_free(glse); cuda_free(gcu);
@@ -414,10 +398,7 @@ static void decode_case(int Hq, int Hkv, int D, int len) {  // one token against
     bf16 *gq = dev_bf16(q, nq), *gk = dev_bf16(k, nk), *gv = dev_bf16(v, nk), *go = cuda_alloc(nq * 2);
     cuda_attention_decode(go, gq, gk, gv, len, Hq, Hkv, D);
     sync_or_die();
-    char name[96];
-    float *h;
-    snprintf(name, sizeof name, "attention decode %dq/%dkv d%d len %d", Hq, Hkv, D, len);
-    check(name, h = back_bf16(go, nq), o, nq, 1e-2); free(h);
+    check_bf16(go, o, nq, 1e-2, "attention decode %dq/%dkv d%d len %d", Hq, Hkv, D, len);
     free(q); free(k); free(v); free(o);
     cuda_free(gq); cuda_free(gk); cuda_free(gv); cuda_free(go);
 }
@@ -446,8 +427,8 @@ static void embedding_loss_case(int V) {
     cuda_cross_entropy_forward(glosses, glog, gtg, T, V);
     cuda_cross_entropy_backward(gdl, glog, gtg, T, V, 1.0f / (float)count);
     sync_or_die();
-    check("embedding forward", h = back_bf16(gout, (size_t)T * C), out, (size_t)T * C, 1e-6); free(h);
-    check("embedding backward (fp32, repeated ids)", h = back_f32(gdtab, (size_t)V * C), dtab, (size_t)V * C, 1e-5); free(h);
+    check_bf16(gout, out, (size_t)T * C, 1e-6, "embedding forward");
+    check_f32(gdtab, dtab, (size_t)V * C, 1e-5, "embedding backward (fp32, repeated ids)");
     h = back_f32(glosses, T);
     double s = 0;
     for (int t = 0; t < T; t++) s += h[t];
@@ -478,7 +459,7 @@ static void embedding_loss_case(int V) {
 
 static void adamw_case(void) {
     size_t n = 100003;
-    float *p = host_rand(n, 1), *g = host_rand(n, 0.01f), *m = xcalloc(n, 4), *v = xcalloc(n, 4), *h;
+    float *p = host_rand(n, 1), *g = host_rand(n, 0.01f), *m = xcalloc(n, 4), *v = xcalloc(n, 4);
     float *gp = dev_f32(p, n), *gg = dev_f32(g, n), *gm = dev_f32(NULL, n), *gv = dev_f32(NULL, n);
     bf16 *gb = cuda_alloc(n * 2);
     for (int t = 1; t <= 3; t++) {
@@ -487,29 +468,38 @@ static void adamw_case(void) {
         cuda_adamw_step(gp, gb, gg, gm, gv, n, 1e-3f, 0.9f, 0.95f, 1e-5f, 0.01f, clip, t);
     }
     sync_or_die();
-    check("adamw 3 steps: fp32 masters", h = back_f32(gp, n), p, n, 1e-6); free(h);
-    check("adamw: bf16 copy of the masters", h = back_bf16(gb, n), p, n, 4e-3); free(h);
+    check_f32(gp, p, n, 1e-6, "adamw 3 steps: fp32 masters");
+    check_bf16(gb, p, n, 4e-3, "adamw: bf16 copy of the masters");
     free(p); free(g); free(m); free(v);
     cuda_free(gp); cuda_free(gg); cuda_free(gm); cuda_free(gv); cuda_free(gb);
 }
 
 // ---- timings at the 4B shapes ----
-static double time_ms(void (*fn)(void *), void *arg, int reps) {
+// ms per call of fn: one untimed call, then the best of `reps` runs of `inner` calls between synchronisations
+// (inner > 1 for short kernels, so that launch and sync latency do not count)
+static double time_best(void (*fn)(void *), void *arg, int reps, int inner) {
     char err[256];
     fn(arg);
     cuda_sync(err, sizeof err);
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
         double t0 = now_seconds();
-        fn(arg);
+        for (int i = 0; i < inner; i++) fn(arg);
         cuda_sync(err, sizeof err);
-        double dt = (now_seconds() - t0) * 1e3;
+        double dt = (now_seconds() - t0) * 1e3 / inner;
         if (dt < best) best = dt;
     }
     return best;
 }
+static double time_ms(void (*fn)(void *), void *arg, int reps) { return time_best(fn, arg, reps, 1); }
 
 typedef struct { bf16 *a, *b, *c, *q, *k, *v, *o, *dq, *dk, *dv; float *lse, *dw; int32_t *cu; int N, K, M, T, Hq, Hkv, D, causal; } Bench;
+// the attention shapes timed: the slice's (causal T 8192, 32 query / 8 KV heads of 128) and the tower's
+// (bidirectional T 5185, 16 heads of 64)
+static const Bench ATTN_SLICE = {.T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causal = 1},
+                   ATTN_TOWER = {.T = 5185, .Hq = 16, .Hkv = 16, .D = 64, .causal = 0};
+// an attention forward's FLOPs: QKᵀ and PV, half of them when causal (the backward: 2.5x)
+static double attn_flops(const Bench *b) { return 4.0 * b->T * (double)b->T * b->Hq * b->D / (b->causal ? 2 : 1); }
 static void run_mm(void *p) { Bench *b = p; cuda_matmul_forward(b->c, b->a, b->b, NULL, b->N, b->K, b->M); }
 static void run_mm_bwd(void *p) { Bench *b = p; cuda_matmul_backward(b->a, b->dw, NULL, b->c, b->a, b->b, b->N, b->K, b->M, 0); }
 static void run_attn(void *p) { Bench *b = p; cuda_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
@@ -536,7 +526,7 @@ static void attention_buffers_free(Bench *b) {
 // versions LLAVA_FLASH picks (the default unset), and nothing else: a target for a kernel profiler
 // (tests/gpu/ncu.sh), whose kernel filter then sees just these launches
 static void attention_once(void) {
-    Bench shapes[2] = {{.T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causal = 1}, {.T = 5185, .Hq = 16, .Hkv = 16, .D = 64, .causal = 0}};
+    Bench shapes[2] = {ATTN_SLICE, ATTN_TOWER};
     float *x = host_rand((size_t)8192 * 32 * 128 + 1, 0.5f);
     for (int i = 0; i < 2; i++) {
         attention_buffers(&shapes[i], x);
@@ -551,7 +541,8 @@ static void attention_once(void) {
 }
 
 static void timings(void) {
-    Bench b = {.N = 8192, .K = 2560, .M = 9728, .T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causal = 1};
+    Bench b = ATTN_SLICE;
+    b.N = 8192, b.K = 2560, b.M = 9728;
     size_t big = (size_t)b.M * b.N;
     float *x = host_rand(big, 0.5f);
     b.a = dev_bf16(x, (size_t)b.N * b.K); b.b = dev_bf16(x, (size_t)b.M * b.K); b.c = cuda_alloc(big * 2);
@@ -561,15 +552,15 @@ static void timings(void) {
     double fl = 2.0 * b.N * b.K * b.M;
     printf("timing: matmul forward 8192x2560 . 9728x2560^T   %8.3f ms  %6.0f TFLOP/s\n", mm, fl / mm / 1e9);
     printf("timing: matmul backward (dinp + dw fp32)        %8.3f ms  %6.0f TFLOP/s\n", mmb, 2 * fl / mmb / 1e9);
-    double afl = 4.0 * b.T * (double)b.T / 2 * b.Hq * b.D;  // causal: half of QKᵀ and PV
+    double afl = attn_flops(&b);
     const char *what[10] = {"warp-per-row", "flash v1 (mma.sync)", "flash v2 (cp.async, ldmatrix)", "flash v3 (v2, 32 rows/warp)",
                            "flash v4 (v2 on wgmma)", "flash v5 (v4, overlapped fwd)", "flash v6 (v4, 2 warpgroups)",
                            "flash v7 (v6 128 keys; v4/v6 bwd)", "flash v8 (v6, ping-pong)", "flash v9 (v6; bwd one pass)"};
     // the vision tower's shape: one 1008x1008 image (5184 patches + CLS), 16 heads of 64, bidirectional
-    Bench vb = b;
-    vb.T = 5185, vb.Hq = vb.Hkv = 16, vb.D = 64, vb.causal = 0;
+    Bench vb = b;  // (on the slice's larger buffers)
+    vb.T = ATTN_TOWER.T, vb.Hq = ATTN_TOWER.Hq, vb.Hkv = ATTN_TOWER.Hkv, vb.D = ATTN_TOWER.D, vb.causal = ATTN_TOWER.causal;
     int32_t cus[2][2] = {{0, b.T}, {0, vb.T}};
-    double vfl = 4.0 * vb.T * (double)vb.T * vb.Hq * vb.D;
+    double vfl = attn_flops(&vb);
     // versions 8 .. 0 at the slice's shape, 8 .. 1 at the tower's, then the newest, 9, at both (last: a fault
     // there loses no other figure)
     const int order[11] = {8, 7, 6, 5, 4, 3, 2, 1, 0, 9, -1};
@@ -607,22 +598,8 @@ static void run_qkv_b(void *p) { MemBench *b = p; cuda_qkv_merge_rope_backward(b
 static void run_swiglu_b(void *p) { MemBench *b = p; cuda_swiglu_backward(b->c, b->a, b->b, b->N, b->C); }
 static void run_ce(void *p) { MemBench *b = p; cuda_cross_entropy_fused(b->f1, b->a, b->a, b->ids, b->N, b->C, 1.0f / b->N); }
 static void run_adamw(void *p) { MemBench *b = p; cuda_adamw_step(b->f1, b->a, b->f2, b->f3, b->f4, (size_t)b->N * b->C, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f, 1); }
-static double time_many(void (*fn)(void *), void *arg, int inner) {
-    char err[256];
-    fn(arg);
-    cuda_sync(err, sizeof err);
-    double best = 1e30;
-    for (int r = 0; r < 5; r++) {
-        double t0 = now_seconds();
-        for (int i = 0; i < inner; i++) fn(arg);
-        cuda_sync(err, sizeof err);
-        double dt = (now_seconds() - t0) * 1e3 / inner;
-        if (dt < best) best = dt;
-    }
-    return best;
-}
 static void memory_timing(const char *what, void (*fn)(void *), MemBench *b, int inner, double bytes) {
-    double ms = time_many(fn, b, inner);
+    double ms = time_best(fn, b, 5, inner);
     printf("timing: %-52s %8.4f ms %7.0f GB/s\n", what, ms, bytes / ms / 1e6);
 }
 static void memory_timings(void) {
@@ -671,12 +648,12 @@ static void memory_timings(void) {
 // LLAVA_FLASH_EXP2's softmax (one FFMA and ex2 per score) against the plain one, after their checks: versions 6
 // and 7's forward, 4 and 5's backward
 static void exp2_timings(void) {
-    Bench shapes[2] = {{.T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causal = 1}, {.T = 5185, .Hq = 16, .Hkv = 16, .D = 64, .causal = 0}};
+    Bench shapes[2] = {ATTN_SLICE, ATTN_TOWER};
     float *x = host_rand((size_t)8192 * 32 * 128 + 1, 0.5f);
     for (int i = 0; i < 2; i++) {
         Bench *b = &shapes[i];
         attention_buffers(b, x);
-        double flops = 4.0 * b->T * (double)b->T * b->Hq * b->D / (b->causal ? 2 : 1);
+        double flops = attn_flops(b);
         for (int version = 4; version <= 7; version++) {
             int backward = version < 6;
             void (*fn)(void *) = backward ? run_attn_bwd : run_attn;
@@ -749,7 +726,8 @@ int main(int argc, char **argv) {
     embedding_loss_case(1153);
     adamw_case();
     // the newest kernels last, after the timings (a fault there, which ends the process, loses nothing else)
-    if (argc < 2 || strcmp(argv[1], "--no-time")) timings(), memory_timings();
+    int timed = argc < 2 || strcmp(argv[1], "--no-time");
+    if (timed) timings(), memory_timings();
     attention_cases(9);
     // and the exp2 softmax (LLAVA_FLASH_EXP2=1: versions 4 and 5's backward, 6 and 7's forward), checked, then timed
     cuda_flash_set_exp2(1);
@@ -757,7 +735,7 @@ int main(int argc, char **argv) {
     for (int version = 4; version <= 7; version++) attention_cases(version);
     variant = "";
     cuda_flash_set_exp2(-1);
-    if (argc < 2 || strcmp(argv[1], "--no-time")) exp2_timings();
+    if (timed) exp2_timings();
     printf("ops_check: %d failure%s\n", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;
 }

@@ -96,23 +96,23 @@ if [ -x "$B/ops_check" ]; then
         export LLAVA_SAFE_KERNELS=1
         summary+=("a norm/copy/gather kernel FAILED its checks: the rest of this run uses LLAVA_SAFE_KERNELS=1")
     fi
+    # an attention kernel's lines in ops_check's output: how many are ok, and whether all 30 are and none failed
+    # (KERNEL as ops_check names it: "flash v4", "flash v6 exp2"; FILE defaults to ops_check.txt)
+    ok_count() { grep -c "$1).* ok\$" "${2:-$OUTDIR/ops_check.txt}"; }
+    passes() { [ "$(ok_count "$1" "${2:-}")" -ge 30 ] && ! grep -q "$1).*FAIL\$" "${2:-$OUTDIR/ops_check.txt}"; }
     # v9 reads dSᵀ as a transposed A operand; should that fail, its K-major fallback (LLAVA_V9_KMAJOR=1)
     if grep -q "flash v9).*FAIL\$" "$OUTDIR/ops_check.txt"; then
         LLAVA_V9_KMAJOR=1 timeout "${OPS_TIMEOUT:-150}" "$B/ops_check" --no-time > "$OUTDIR/ops_check_v9kmajor.txt" 2>&1
-        ok9=$(grep -c "flash v9).* ok\$" "$OUTDIR/ops_check_v9kmajor.txt")
-        summary+=("flash v9 with LLAVA_V9_KMAJOR=1: $ok9 checks ok, $(grep -c "flash v9).*FAIL\$" "$OUTDIR/ops_check_v9kmajor.txt") failed")
-        if [ "$ok9" -ge 30 ] && ! grep -q "flash v9).*FAIL\$" "$OUTDIR/ops_check_v9kmajor.txt"; then
+        summary+=("flash v9 with LLAVA_V9_KMAJOR=1: $(ok_count "flash v9" "$OUTDIR/ops_check_v9kmajor.txt") checks ok, $(grep -c "flash v9).*FAIL\$" "$OUTDIR/ops_check_v9kmajor.txt") failed")
+        if passes "flash v9" "$OUTDIR/ops_check_v9kmajor.txt"; then
             export LLAVA_V9_KMAJOR=1
             sed -i '/flash v9)/d' "$OUTDIR/ops_check.txt" && grep "flash v9)" "$OUTDIR/ops_check_v9kmajor.txt" >> "$OUTDIR/ops_check.txt"
         fi
     fi
     passed=" "
     for v in 4 5 6 7 8 9; do
-        ok=$(grep -c "flash v$v).* ok\$" "$OUTDIR/ops_check.txt")
-        if [ "$ok" -lt 30 ] || grep -q "flash v$v).*FAIL\$" "$OUTDIR/ops_check.txt"; then
-            summary+=("flash v$v (wgmma): $ok checks ok, FAILED or did not finish: left out of the bench")
-        else
-            passed="$passed$v "
+        if passes "flash v$v"; then passed="$passed$v "
+        else summary+=("flash v$v (wgmma): $(ok_count "flash v$v") checks ok, FAILED or did not finish: left out of the bench")
         fi
     done
     has() { case "$passed" in *" $1 "*) return 0 ;; esac; return 1; }
@@ -134,12 +134,10 @@ if [ -x "$B/ops_check" ]; then
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
     # the exp2 softmax (LLAVA_FLASH_EXP2=1: one FFMA and ex2 per score; v6/v7's forward, v4/v5's backward),
     # opt-in until measured: 30 checks per version, then a bench variant
-    okx=""
-    for v in 4 5 6 7; do okx="$okx $(grep -c "flash v$v exp2).* ok\$" "$OUTDIR/ops_check.txt")"; done
-    if [ "$(echo $okx | tr ' ' '\n' | awk '$1 >= 30' | wc -l)" = 4 ] && ! grep -q "exp2).*FAIL\$" "$OUTDIR/ops_check.txt"; then
+    if passes "flash v4 exp2" && passes "flash v5 exp2" && passes "flash v6 exp2" && passes "flash v7 exp2"; then
         export ENV_VARIANTS=${ENV_VARIANTS-LLAVA_FLASH_EXP2=1}
     else
-        summary+=("flash v4-v7 with the exp2 softmax: checks ok$okx, FAILED or did not finish: left out of the bench")
+        summary+=("flash v4-v7 with the exp2 softmax: $(for v in 4 5 6 7; do printf '%s ' "$(ok_count "flash v$v exp2")"; done)checks ok, FAILED or did not finish: left out of the bench")
     fi
 fi
 # OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's
