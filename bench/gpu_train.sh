@@ -7,7 +7,8 @@
 #          FULL_STEPS=3 for the whole model; each run limited to RUN_TIMEOUT=150 seconds;
 #          FLASH_VARIANTS="2 3 4 5 6 7 8" (the default) also times those attention versions, "" for none;
 #          OVERLAP_VARIANT=1 (the default) also the optimizer overlapping the next forward, LLAVA_OVERLAP_OPT=1;
-#          ENV_VARIANTS="NAME=VALUE ..." also a run with each of those settings, e.g. LLAVA_FLASH_EXP2=1)
+#          ENV_VARIANTS="NAME=VALUE ..." also a run with each of those settings, e.g. LLAVA_FLASH_EXP2=1;
+#          several settings for one run joined by commas: LLAVA_FLASH=8,LLAVA_FLASH_EXP2=1)
 # slice:  the 4B language model's width (hidden 2560, 32q/8kv heads of 128, FFN 9728, vocab 151936, tied
 #         embeddings) with 8 layers, one packed sequence of 8192 random tokens, labels = inputs; all
 #         tensors train, AdamW (spec: PyTorch 323 model TFLOP/s on an H100).
@@ -124,8 +125,9 @@ PY
         # versions still in the running (LLAVA_FLASH) side by side (last, so that a time limit cuts these first)
         [ "${OVERLAP_VARIANT:-1}" = 1 ] && [ "$shape" != vision ] &&  # (the tower's bench has no optimizer)
             echo "gpu_train $shape: ours with LLAVA_OVERLAP_OPT=1  $(LLAVA_OVERLAP_OPT=1 T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
-        for e in ${ENV_VARIANTS:-}; do  # NAME=VALUE settings of the environment, each a run
-            echo "gpu_train $shape: ours with $e  $(T env "$e" "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+        for e in ${ENV_VARIANTS:-}; do  # NAME=VALUE settings of the environment (several joined by commas), each a run
+            IFS=, read -ra settings <<<"$e"
+            echo "gpu_train $shape: ours with $e  $(T env "${settings[@]}" "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
         done
         for v in $variants; do
             echo "gpu_train $shape: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"

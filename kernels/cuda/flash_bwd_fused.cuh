@@ -98,7 +98,7 @@ __device__ __forceinline__ void fused_red_rows(float *dq_acc, const float (*gq)[
 
 template <int D>
 struct FusedSmem {
-    Bwd2Smem<D, WgmmaTiles, 1, 2> t;  // version 4's: K, V fixed; Q, dO, lse, D streamed (two stages)
+    Bwd2Smem<D, WgmmaTiles, 1> t;  // version 4's: K, V fixed; Q, dO, lse, D streamed (two stages)
     bf16_t dst[FT * FT];               // this step's dSᵀ (64 keys × 64 queries), 1024-byte aligned (t's size is)
 };
 
@@ -108,7 +108,7 @@ flash_bwd_fused(float *dq_acc, bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf
                 const float *lse, const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
     FusedSmem<D> &fs = *reinterpret_cast<FusedSmem<D> *>(WgmmaTiles::align(raw));
-    Bwd2Smem<D, WgmmaTiles, 1, 2> &sm = fs.t;
+    Bwd2Smem<D, WgmmaTiles, 1> &sm = fs.t;
     int hk = blockIdx.x, s = blockIdx.z, rep = Hq / Hkv;
     int start = cu[s], end = cu[s + 1], k0 = start + blockIdx.y * FT;  // causal: the first key tiles see the most queries
     if (k0 >= end) return;

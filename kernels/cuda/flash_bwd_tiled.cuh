@@ -20,11 +20,11 @@ enum { NW = 4 };
 // warp (as CUTLASS does): the shared-memory addresses made from it stay in uniform registers
 __device__ __forceinline__ int warpgroup_index() { return __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0); }
 
-template <int D, class E, int WGS = 1, int NB = 2>
+template <int D, class E, int WGS = 1>
 struct Bwd2Smem {
     typename E::template Tile<D> a[WGS], b[WGS];  // fixed, one pair per warpgroup: K, V (dkdv) or Q, dO (dq)
-    typename E::template Tile<D> c[NB], d[NB];    // streamed through NB stages: Q, dO (dkdv) or K, V (dq)
-    float lse[NB][FT], drow[NB][FT];              // dkdv only
+    typename E::template Tile<D> c[2], d[2];      // streamed, double-buffered: Q, dO (dkdv) or K, V (dq)
+    float lse[2][FT], drow[2][FT];                // dkdv only
 };
 
 // the query tiles (all query heads of the KV group) a dkdv block streams, in order
@@ -45,8 +45,8 @@ __device__ __forceinline__ QTiles q_tiles(int b0, int start, int end, int causal
 }
 
 // (EXP2: lse·log2 e and D·scale in shared memory, the forms dkdv_probs<true> reads)
-template <int D, class E, bool EXP2 = false, int WGS, int NB>
-__device__ __forceinline__ void dkdv_fetch(Bwd2Smem<D, E, WGS, NB> &sm, int buf, const QTiles &qt, int i, const bf16_t *q, const bf16_t *dout,
+template <int D, class E, bool EXP2 = false, int WGS>
+__device__ __forceinline__ void dkdv_fetch(Bwd2Smem<D, E, WGS> &sm, int buf, const QTiles &qt, int i, const bf16_t *q, const bf16_t *dout,
                                            const float *lse, const float *drow, int end, int Hq, float scale = 1.0f) {
     int h = qt.head(i), q0 = qt.q0(i);
     E::template load<D>(sm.c[buf], q, q0, end, Hq, h);
@@ -119,14 +119,13 @@ __device__ __forceinline__ void dq_probs(const float (*p)[4], float (*ds)[4], in
 // WGS = 2 (version 6, wgmma, not with PIPE): two warpgroups per block share the streamed tiles, which halves
 // the L2 traffic per product: dkdv's block owns 2 × 64 keys, dq's the same 64 rows of two query heads of a
 // KV group (PAIR) or 2 × 64 rows of one head; a warpgroup skips the tiles that are wholly masked for it.
-template <int D, class E, bool PIPE, int WGS = 1, bool SKEW = false, bool EXP2 = false>
+template <int D, class E, bool PIPE, int WGS = 1, bool EXP2 = false>
 __global__ static void __launch_bounds__(NW * 32 * WGS, 3 - WGS)
 flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
             const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
     static_assert(!PIPE || WGS == 1, "the pipelined schedule has one warpgroup");
-    static_assert(!SKEW || (WGS == 2 && !PIPE), "the skewed schedule has two warpgroups");
-    Bwd2Smem<D, E, WGS, SKEW ? 3 : 2> &sm = *reinterpret_cast<Bwd2Smem<D, E, WGS, SKEW ? 3 : 2> *>(E::align(raw));
+    Bwd2Smem<D, E, WGS> &sm = *reinterpret_cast<Bwd2Smem<D, E, WGS> *>(E::align(raw));
     int hk = blockIdx.x, s = blockIdx.z, rep = Hq / Hkv;
     int start = cu[s], end = cu[s + 1], b0 = start + blockIdx.y * FT * WGS;  // causal: the first key tiles see the most queries
     if (b0 >= end) return;
@@ -145,27 +144,7 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
 #pragma unroll
     for (int i = 0; i < D / 8; i++) gk[i][0] = gk[i][1] = gk[i][2] = gk[i][3] = gv[i][0] = gv[i][1] = gv[i][2] = gv[i][3] = 0.0f;
     float p[FT / 8][4], ds[FT / 8][4];
-    if constexpr (SKEW) {
-        // (version 8) the second warpgroup half a step behind the first, as in v8's forward: in step j the
-        // first does S, dP, the probabilities and dV/dK of query tile j; the second the probabilities and
-        // dV/dK of tile j - 1 (its S and dP came at the end of the last step), then S and dP of tile j.
-        // Tiles j - 1 and j are in use, j + 1 arrives (three stages).
-        for (int nn = 0; nn < FT / 8; nn++) p[nn][0] = p[nn][1] = p[nn][2] = p[nn][3] = ds[nn][0] = ds[nn][1] = ds[nn][2] = ds[nn][3] = 0.0f;
-        for (int j = 0; j <= n; j++) {
-            tiles_ready<E>();  // tile j is here for everyone, and everyone is done with tile j - 2
-            if (j + 1 < n) dkdv_fetch<D, E, EXP2>(sm, (j + 1) % 3, qt, j + 1, q, dout, lse, drow, end, Hq, scale);
-            cp_async_commit();
-            int t = j - wg;
-            if (t >= 0 && t < n && keys_see(k0, qt.q0(t), end, causal)) {
-                int buf = t % 3;
-                if (wg == 0) E::template scores2<D>(p, sm.a[0], sm.c[buf], ds, sm.b[0], sm.d[buf], row0, lane);
-                dkdv_probs<EXP2>(p, ds, sm.lse[buf], sm.drow[buf], k0, qt.q0(t), end, causal, j_lo, j_hi, c, scale);
-                E::template accumulate2<D>(gv, p, sm.d[buf], gk, ds, sm.c[buf], lane);  // dV += Pᵀ·dO, dK += dSᵀ·Q
-            }
-            if (wg == 1 && j < n && keys_see(k0, qt.q0(j), end, causal))
-                E::template scores2<D>(p, sm.a[1], sm.c[j % 3], ds, sm.b[1], sm.d[j % 3], row0, lane);  // for the next step
-        }
-    } else if constexpr (!PIPE) {
+    if constexpr (!PIPE) {
         for (int i = 0; i < n; i++) {
             int buf = i & 1, q0 = qt.q0(i);
             tiles_ready<E>();
@@ -201,15 +180,14 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
     if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
 }
 
-template <int D, class E, bool PIPE, int WGS = 1, bool PAIR = false, bool SKEW = false, bool EXP2 = false>
-__global__ static void __launch_bounds__(NW * 32 * WGS, WGS == 1 || (D == 64 && !SKEW) ? 2 : 1)  // (v8 at d64 spilled at 2)
+template <int D, class E, bool PIPE, int WGS = 1, bool PAIR = false, bool EXP2 = false>
+__global__ static void __launch_bounds__(NW * 32 * WGS, WGS == 1 || D == 64 ? 2 : 1)
 flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
           const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
     extern __shared__ __align__(128) unsigned char raw[];
     static_assert(!PIPE || WGS == 1, "the pipelined schedule has one warpgroup");
-    static_assert(!SKEW || (WGS == 2 && !PIPE), "the skewed schedule has two warpgroups");
     constexpr int ROWS = PAIR ? FT : FT * WGS;  // query rows of the block per head
-    Bwd2Smem<D, E, WGS, SKEW ? 3 : 2> &sm = *reinterpret_cast<Bwd2Smem<D, E, WGS, SKEW ? 3 : 2> *>(E::align(raw));
+    Bwd2Smem<D, E, WGS> &sm = *reinterpret_cast<Bwd2Smem<D, E, WGS> *>(E::align(raw));
     int wg = WGS > 1 ? warpgroup_index() : 0, s = blockIdx.z;
     int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // causal: late queries see the most keys
     int start = cu[s], end = cu[s + 1], b0 = start + tile * ROWS;
@@ -234,27 +212,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
 #pragma unroll
     for (int n = 0; n < D / 8; n++) gq[n][0] = gq[n][1] = gq[n][2] = gq[n][3] = 0.0f;
     float p[FT / 8][4], ds[FT / 8][4];
-    if constexpr (SKEW) {
-        // (version 8) the second warpgroup half a step behind, as in dkdv: in step j the first does S, dP,
-        // dS and dQ of key tile j, the second dS and dQ of tile j - 1, then S and dP of tile j
-        for (int nn = 0; nn < FT / 8; nn++) p[nn][0] = p[nn][1] = p[nn][2] = p[nn][3] = ds[nn][0] = ds[nn][1] = ds[nn][2] = ds[nn][3] = 0.0f;
-        for (int j = 0; j <= nk; j++) {
-            tiles_ready<E>();  // tile j is here for everyone, and everyone is done with tile j - 2
-            if (j + 1 < nk) {
-                E::template load<D>(sm.c[(j + 1) % 3], k, start + (j + 1) * FT, end, Hkv, hk);
-                E::template load<D>(sm.d[(j + 1) % 3], v, start + (j + 1) * FT, end, Hkv, hk);
-            }
-            cp_async_commit();
-            int t = j - wg;
-            if (t >= 0 && t < mine) {
-                int buf = t % 3;
-                if (wg == 0) E::template scores2<D>(p, sm.a[0], sm.c[buf], ds, sm.b[0], sm.d[buf], row0, lane);  // S = Q·Kᵀ, dP = dO·Vᵀ
-                dq_probs<EXP2>(p, ds, start + t * FT, q0, end, causal, t_lo, t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
-                E::template accumulate<D>(gq, ds, sm.c[buf], lane);  // dQ += dS·K
-            }
-            if (wg == 1 && j < mine) E::template scores2<D>(p, sm.a[1], sm.c[j % 3], ds, sm.b[1], sm.d[j % 3], row0, lane);
-        }
-    } else if constexpr (!PIPE) {
+    if constexpr (!PIPE) {
         for (int it = 0; it < nk; it++) {
             int k0 = start + it * FT, buf = it & 1;
             tiles_ready<E>();
@@ -294,21 +252,20 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
     if (WGS == 1 || mine) flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
 }
 
-// WGS warpgroups per dkdv block, WGQ per dq block; SKEW: both two, the second half a step behind (v8)
-template <int D, class E, bool PIPE, int WGS = 1, int WGQ = WGS, bool SKEW = false, bool EXP2 = false>
+// WGS warpgroups per dkdv block, WGQ per dq block
+template <int D, class E, bool PIPE, int WGS = 1, int WGQ = WGS, bool EXP2 = false>
 static void flash_bwd_launch(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
                     const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
-    constexpr int NB = SKEW ? 3 : 2;
-    size_t kv_bytes = sizeof(Bwd2Smem<D, E, WGS, NB>) + E::smem_pad, q_bytes = sizeof(Bwd2Smem<D, E, WGQ, NB>) + E::smem_pad;
+    size_t kv_bytes = sizeof(Bwd2Smem<D, E, WGS>) + E::smem_pad, q_bytes = sizeof(Bwd2Smem<D, E, WGQ>) + E::smem_pad;
     // dq pairs two query heads of a KV group where the group is even (the LLM's GQA), else two row blocks
     bool pair = WGQ > 1 && (Hq / Hkv) % WGQ == 0;
-    auto dkdv = flash_dkdv2<D, E, PIPE, WGS, SKEW, EXP2>;
-    auto dqk = pair ? flash_dq2<D, E, PIPE, WGQ, true, SKEW, EXP2> : flash_dq2<D, E, PIPE, WGQ, false, SKEW, EXP2>;
+    auto dkdv = flash_dkdv2<D, E, PIPE, WGS, EXP2>;
+    auto dqk = pair ? flash_dq2<D, E, PIPE, WGQ, true, EXP2> : flash_dq2<D, E, PIPE, WGQ, false, EXP2>;
     static int configured;
     if (!configured) {
         CUDA_CHECK(cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kv_bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGQ, true, SKEW, EXP2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q_bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGQ, false, SKEW, EXP2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q_bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGQ, true, EXP2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q_bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_dq2<D, E, PIPE, WGQ, false, EXP2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q_bytes));
         configured = 1;
     }
     float scale = 1.0f / sqrtf((float)D);

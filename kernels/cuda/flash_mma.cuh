@@ -202,9 +202,11 @@ constexpr float LOG2E = 1.4426950408889634f;
 // EXP2: the same as FlashAttention-3 forms it, one FFMA and one ex2 per score, P = 2^(S·scale·log2 e − m·log2 e)
 // with the row maxima taken of the raw scores (scale > 0: the same maxima), against a scaling multiply, a
 // subtraction, exp's own multiply and the non-flushing ex2's range handling; m stays in natural-log units.
-template <int KB, int D, bool EXP2 = false>
-__device__ __forceinline__ void flash_softmax_step(float (*sc)[4], float *m, float *l, float (*o)[4], int full, int kb0, int end,
-                                                   int causal, int t_lo, int t_hi, int c, float scale) {
+// flash_softmax_scores is the step without the rescale of O: the factors come back in corr[2] (rows g,
+// g + 8), for flash_rescale_o — now, or (version 8) once the P·V product in flight on O has landed.
+template <int KB, bool EXP2 = false>
+__device__ __forceinline__ void flash_softmax_scores(float (*sc)[4], float *m, float *l, float *corr, int full, int kb0, int end,
+                                                     int causal, int t_lo, int t_hi, int c, float scale) {
     float mx_lo = -INFINITY, mx_hi = -INFINITY, sf = EXP2 ? 1.0f : scale;
 #pragma unroll
     for (int n = 0; n < KB / 8; n++)
@@ -248,10 +250,22 @@ __device__ __forceinline__ void flash_softmax_step(float (*sc)[4], float *m, flo
     l[1] = l[1] * corr_hi + quad_sum(sum_hi);
     m[0] = mn_lo;
     m[1] = mn_hi;
+    corr[0] = corr_lo;
+    corr[1] = corr_hi;
+}
+template <int D>
+__device__ __forceinline__ void flash_rescale_o(float (*o)[4], const float *corr) {
 #pragma unroll
     for (int n = 0; n < D / 8; n++) {
-        o[n][0] *= corr_lo; o[n][1] *= corr_lo; o[n][2] *= corr_hi; o[n][3] *= corr_hi;
+        o[n][0] *= corr[0]; o[n][1] *= corr[0]; o[n][2] *= corr[1]; o[n][3] *= corr[1];
     }
+}
+template <int KB, int D, bool EXP2 = false>
+__device__ __forceinline__ void flash_softmax_step(float (*sc)[4], float *m, float *l, float (*o)[4], int full, int kb0, int end,
+                                                   int causal, int t_lo, int t_hi, int c, float scale) {
+    float corr[2];
+    flash_softmax_scores<KB, EXP2>(sc, m, l, corr, full, kb0, end, causal, t_lo, t_hi, c, scale);
+    flash_rescale_o<D>(o, corr);
 }
 
 // P (a warp's 16 rows × KB, C layout in p[KB/8][4]) rounded to bf16 as the A fragments of P·X, 16 columns each

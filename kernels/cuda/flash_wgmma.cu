@@ -4,8 +4,9 @@
 // softmax statistics and O in registers; S = Q·Kᵀ reads both operands from shared memory, O += P·V takes
 // P from registers. The backward is flash_bwd_tiled.cuh with the wgmma engine. Version 5 overlaps more:
 // in the forward the next tile's scores are computed while this tile's softmax runs, in the backward the
-// next tile's S and dP products are issued behind this tile's dV/dK (dQ) products. Versions 6-8 (below) put two
-// warpgroups in a block. Built for sm_90a only (the
+// next tile's S and dP products are issued behind this tile's dV/dK (dQ) products. Versions 6 and 7 (below) put
+// two warpgroups in a block; version 8's forward (flash_ws.cuh) three, a producer and two consumers. Built for
+// sm_90a only (the
 // Makefile), used when the device is compute capability 9.0; elsewhere the calls return -1 and
 // attention.cu falls back to version 2.
 #include <math.h>
@@ -16,6 +17,7 @@
 #include "flash_bwd_fused.cuh"
 #include "flash_bwd_tiled.cuh"
 #include "flash_wgmma.cuh"
+#include "flash_ws.cuh"
 
 template <int D>
 struct WgFwdSmem {
@@ -114,7 +116,7 @@ static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, cons
     fwd_launch<flash_fwd_wg<D, PIPE>>(sizeof(WgFwdSmem<D>) + WgmmaTiles::smem_pad, grid, 128, out, lse, q, k, v, cu, Hq, Hkv, causal, D);
 }
 
-// Versions 6-8: two warpgroups per block (256 threads) share the streamed K/V tiles, which halves what each
+// Versions 6 and 7: two warpgroups per block (256 threads) share the streamed K/V tiles, which halves what each
 // query row pulls through L2 (the guess was that v4's two 64-row blocks per SM, 64 KB per tile step, were
 // L2-bound; measured, v6's forward is 1.08-1.10x v4's). The warpgroups take either the same 64 rows of two
 // query heads of one KV group (PAIR: GQA with an even group) or rows q0.. and q0 + 64.. of one head; Q
@@ -126,18 +128,16 @@ static void launch_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, cons
 //     and product waits serve twice the products. Three stages of two tiles (192 KB at head dim 128), so
 //     one block per SM at both head dims. (Version 7 was FWD_PIPE, S_{j+1} in flight during softmax_j, as
 //     version 5 does for 4: no faster at head dim 128, 1.5x slower at 64 (session 14), removed.)
-//   FWD_SKEW (v8): the second warpgroup half a step behind the first (ping-pong, as in FlashAttention-3,
-//     without its named barriers). With the block's barrier both warpgroups would start their score products
-//     at once and then both run their softmax while the tensor cores idle; here, in step j, the first runs
-//     S_j, softmax_j, O += P_j·V_j while the second runs softmax_{j-1}, O += P_{j-1}·V_{j-1}, S_j. Tiles j - 1
-//     and j are in use, j + 1 has landed and j + 2 is on its way (four stages); one step more than the tiles.
-enum { FWD_PLAIN, FWD_WIDE, FWD_SKEW };
+// (Version 8 was FWD_SKEW, the second warpgroup half a step behind the first under the block's barrier:
+// 2.47 ms forward, 7.94 backward against v6's 2.48 and v4's 5.39 (session 16), removed; version 8 is now
+// flash_ws.cuh's warp-specialised forward.)
+enum { FWD_PLAIN, FWD_WIDE };
 template <int D, int STAGES>
 struct WgKvSmem {
     bf16_t k[STAGES][FT * D], v[STAGES][FT * D];
 };
 template <int SCHED>
-__host__ __device__ constexpr int fwd2_stages() { return SCHED == FWD_SKEW ? 4 : SCHED == FWD_WIDE ? 6 : 3; }  // (64-row tiles)
+__host__ __device__ constexpr int fwd2_stages() { return SCHED == FWD_WIDE ? 6 : 3; }  // (64-row tiles)
 
 template <int D, bool PAIR, int SCHED, bool EXP2 = false>
 __global__ static void __launch_bounds__(256, D == 64 && SCHED != FWD_WIDE ? 2 : 1)  // head dim 64: two blocks (16 warps) per SM
@@ -175,21 +175,7 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
         flash_softmax_step<FT, D, EXP2>(sc, m, l, o, full, k0, end, causal, t_lo, t_hi, c, scale);
         wg_accumulate<D>(o, sc, sm.v[t % S]);
     };
-    if constexpr (SCHED == FWD_SKEW) {
-#pragma unroll
-        for (int n = 0; n < FT / 8; n++) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-        for (int j = 0; j <= nk; j++) {
-            tiles_ready<WgmmaTiles, 1>();  // tile j is here for everyone (j + 1 may be in flight); all are done with j - 2
-            if (j + 2 < nk) fetch(j + 2);
-            cp_async_commit();
-            int t = j - wg;  // the tile whose softmax and P·V this warpgroup does in this step
-            if (t >= 0 && t < mine) {
-                if (wg == 0) wg_scores_rq<D>(sc, qa, sm.k[t % S]);  // S_t (the second's came at the end of the last step)
-                softmax_pv(t);
-            }
-            if (wg == 1 && j < mine) wg_scores_rq<D>(sc, qa, sm.k[j % S]);  // S_j, for the next step
-        }
-    } else if constexpr (SCHED == FWD_WIDE) {
+    if constexpr (SCHED == FWD_WIDE) {
         // step w: keys start + 128w.., tiles 2w and 2w + 1 in stages 2(w % 3) and + 1 (a tile past the block's
         // last is fetched as whatever it holds and masked: its keys are past `end` or after every query row)
         int nw = (nk + 1) / 2, mw = (mine + 1) / 2;
@@ -238,6 +224,21 @@ static void launch_fwd2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, con
                                                v, cu, Hq, Hkv, causal, D);
 }
 
+// version 8: flash_ws.cuh; whether one of its mbarrier waits gave up since the last call (then cleared)
+extern "C" int cuda_flash_ws_timed_out(void) {
+    int flag = 0, zero = 0;
+    CUDA_CHECK(cudaMemcpyFromSymbol(&flag, ws::timed_out, sizeof flag));
+    if (flag) CUDA_CHECK(cudaMemcpyToSymbol(ws::timed_out, &zero, sizeof zero));
+    return flag;
+}
+template <int D, bool PAIR, bool EXP2>
+static void launch_fwd_ws(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
+                          int Hq, int Hkv, int causal) {
+    int rows = PAIR ? FT : 2 * FT;
+    dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
+    fwd_launch<flash_fwd_ws<D, PAIR, EXP2>>(sizeof(ws::Smem<D>) + WgmmaTiles::smem_pad, grid, 384, out, lse, q, k, v, cu, Hq, Hkv, causal, D);
+}
+
 // LLAVA_FLASH_EXP2=1 (or cuda_flash_set_exp2): versions 6 and 7 form the forward's softmax with one FFMA and
 // one ex2 per score (flash_softmax_step's EXP2), versions 4 and 5 the backward's P and dS likewise
 // (dkdv_probs, dq_probs) — opt-in until measured
@@ -257,25 +258,30 @@ static void wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, con
           : launch_fwd2<D, false, SCHED, EXP2>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal))
     case 6: case 9: flash_exp2() ? FWD2(FWD_PLAIN, true) : FWD2(FWD_PLAIN, false); break;  // (9: a backward version; its forward is 6's)
     case 7: flash_exp2() ? FWD2(FWD_WIDE, true) : FWD2(FWD_WIDE, false); break;
-    case 8: FWD2(FWD_SKEW, false); break;
+    case 8:
+        if (pair) flash_exp2() ? launch_fwd_ws<D, true, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
+                               : launch_fwd_ws<D, true, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        else flash_exp2() ? launch_fwd_ws<D, false, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
+                          : launch_fwd_ws<D, false, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        break;
 #undef FWD2
     default: launch_fwd<D, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal); break;  // 4
     }
 }
 
 // the backward likewise: 5 pipelined, 6 two warpgroups per block, 7 v4's dK/dV kernel with v6's dQ
-// kernel, 8 two warpgroups with the second half a step behind
+// kernel; 8 (a forward version) the default's, 5 at head dim 64 and 4 at 128
 template <int D>
 static void wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                            const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                            int causal) {
 #define BWD(...) flash_bwd_launch<D, WgmmaTiles, __VA_ARGS__>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
+    if (version == 8) version = D == 64 ? 5 : 4;
     switch (version) {
-    case 5: flash_exp2() ? BWD(true, 1, 1, false, true) : BWD(true); break;
+    case 5: flash_exp2() ? BWD(true, 1, 1, true) : BWD(true); break;
     case 6: BWD(false, 2); break;
     case 7: BWD(false, 1, 2); break;
-    case 8: BWD(false, 2, 2, true); break;
-    default: flash_exp2() ? BWD(false, 1, 1, false, true) : BWD(false); break;  // 4
+    default: flash_exp2() ? BWD(false, 1, 1, true) : BWD(false); break;  // 4
     }
 #undef BWD
 }
@@ -321,6 +327,7 @@ int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const
 
 #else  // built for another architecture: no version 4
 extern "C" void cuda_flash_set_exp2(int) {}
+extern "C" int cuda_flash_ws_timed_out(void) { return 0; }
 
 int cuda_flash_wgmma_forward(int, bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int, int,
                              int) {

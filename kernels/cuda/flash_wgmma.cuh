@@ -20,10 +20,11 @@
 
 // rows [r0, r0 + 64) of a [T, H, D] tensor (head h) into a staged tile through cp.async; rows at or past
 // `end` become zero. Consecutive threads fill consecutive 16-byte pieces of shared memory: piece i is in
-// half i/512, row (i/8)%64, stored chunk i%8 = logical chunk ^ (row%8).
-template <int D>
+// half i/512, row (i/8)%64, stored chunk i%8 = logical chunk ^ (row%8). The whole block shares the copies,
+// or (GROUP) each group of GROUP consecutive threads makes all of them (a warpgroup of version 8).
+template <int D, int GROUP = 0>
 __device__ __forceinline__ void wg_load_tile_async(bf16_t *tile, const bf16_t *x, int r0, int end, int H, int h) {
-    for (int i = threadIdx.x; i < FT * D / 8; i += blockDim.x) {
+    for (int i = GROUP ? threadIdx.x % GROUP : threadIdx.x; i < FT * D / 8; i += GROUP ? GROUP : blockDim.x) {
         int r = (i >> 3) & 63, col = (i >> 9) * 64 + (((i & 7) ^ (r & 7)) << 3);
         bool in = r0 + r < end;
         cp_async16(reinterpret_cast<char *>(tile) + i * 16, x + ((size_t)(in ? r0 + r : 0) * H + h) * D + col, in);

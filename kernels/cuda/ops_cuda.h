@@ -111,14 +111,18 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 // tile products on Hopper's wgmma; version 2 where the GPU is not compute capability 9.0), 5 (version 4
 // overlapping the next tile's products with this tile's softmax or gradient products), 6 (two warpgroups
 // per block sharing the streamed tiles, Q in registers in the forward), 7 (6's forward over 128 keys a step;
-// v4's dK/dV kernel with v6's dQ kernel), 8 (6 with the second warpgroup half a step behind), 9 (a backward
+// v4's dK/dV kernel with v6's dQ kernel), 8 (a warp-specialised forward: a producer warpgroup streaming
+// K and V, two consumers taking turns at the tensor cores; the default's backward), 9 (a backward
 // in one pass, dQ by atomics), 1 (the first, synchronous tiles), or 0 for the warp-per-row kernels (tests,
 // timing), for both directions; -2, the default, takes the fastest measured (attention.cu's flash_for: the
 // forward of 7 at head dim 128 and 6 at 64, the backward of 4 at 128 and 5 at 64). LLAVA_FLASH=N sets it for
 // a run, LLAVA_FLASH=FB the forward's F and backward's B.
 void cuda_attention_set_flash(int version);
-// versions 6 and 7's forward with the softmax in one FFMA and ex2 per score (LLAVA_FLASH_EXP2=1); -1: the environment's
+// versions 6-8's forward and 4-5's backward with the softmax in one FFMA and ex2 per score (LLAVA_FLASH_EXP2=1);
+// -1: the environment's
 void cuda_flash_set_exp2(int on);
+// whether one of version 8's mbarrier waits gave up (its outputs wrong) since the last call; clears it
+int cuda_flash_ws_timed_out(void);
 // LLAVA_PROFILE (profile.cu): forget the op times recorded so far, e.g. at the end of a warm-up.
 void cuda_profile_reset(void);
 void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,

@@ -130,12 +130,15 @@ if [ -x "$B/ops_check" ]; then
     # overlap (OVERLAP_VARIANT=1 times it again)
     variants=""
     has 4 && has 6 && variants="64"
+    has 8 && variants="$variants 8"  # (session 17's warp-specialised forward with the default backward)
     export OVERLAP_VARIANT=${OVERLAP_VARIANT-0}
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
     # the exp2 softmax (LLAVA_FLASH_EXP2=1: one FFMA and ex2 per score; v6/v7's forward, v4/v5's backward),
     # opt-in until measured: 30 checks per version, then a bench variant
     if passes "flash v4 exp2" && passes "flash v5 exp2" && passes "flash v6 exp2" && passes "flash v7 exp2"; then
-        export ENV_VARIANTS=${ENV_VARIANTS-LLAVA_FLASH_EXP2=1}
+        exp2_variants="LLAVA_FLASH_EXP2=1"
+        has 8 && passes "flash v8 exp2" && exp2_variants="$exp2_variants LLAVA_FLASH=8,LLAVA_FLASH_EXP2=1"
+        export ENV_VARIANTS=${ENV_VARIANTS-$exp2_variants}
     else
         summary+=("flash v4-v7 with the exp2 softmax: $(for v in 4 5 6 7; do printf '%s ' "$(ok_count "flash v$v exp2")"; done)checks ok, FAILED or did not finish: left out of the bench")
     fi
