@@ -33,6 +33,20 @@ summary=()
 # every program on the GPU runs under a time limit (G), so that one hang cannot spend the whole device call
 G() { timeout "${STEP_TIMEOUT:-90}" "$@"; }
 section() { tar czf "$OUTROOT/results.tgz" -C "$OUTDIR" . 2>/dev/null; echo "==== [$SECONDS s] $*"; }
+# the card's SM clock, power and clock-event reasons, sampled every 250 ms while NAME runs (clocks_start NAME
+# ... clocks_stop NAME): attention ran 20% slower inside the training step than alone in session 16, and the
+# clocks under the step's sustained power were the suspect
+clocks_start() {
+    nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active --format=csv,noheader,nounits -lms 250 \
+        > "$OUTDIR/clocks_$1.csv" 2>/dev/null &
+    clocks_pid=$!
+}
+clocks_stop() {
+    kill "$clocks_pid" 2>/dev/null; wait "$clocks_pid" 2>/dev/null
+    local f=$OUTDIR/clocks_$1.csv
+    grep -q '^[0-9]' "$f" 2>/dev/null || { summary+=("clocks during $1: not sampled"); return; }
+    summary+=("clocks during $1: SM $(grep '^[0-9]' "$f" | cut -d, -f1 | sort -n | awk '{a[NR] = $1} END {printf "median %d MHz (min %d, max %d)", a[int((NR + 1) / 2)], a[1], a[NR]}'), power max $(grep '^[0-9]' "$f" | cut -d, -f2 | tr -d ' ' | sort -g | tail -1) W, temperature max $(grep '^[0-9]' "$f" | cut -d, -f3 | tr -d ' ' | sort -n | tail -1) C, event reasons seen: $(grep '^[0-9]' "$f" | cut -d, -f4 | tr -d ' ' | sort | uniq -c | awk '{printf "%s%s x%d", (NR > 1 ? ", " : ""), $2, $1}') ($(grep -c '^[0-9]' "$f") samples)")
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 "$B/forward" --version
 
@@ -67,8 +81,10 @@ export LLAVA_POISON=1
 # that a failing flash v2/v3 leaves the rest of the run on v1 (LLAVA_FLASH=1) instead of spoiling it ----
 section 0: ops_check
 if [ -x "$B/ops_check" ]; then
+    clocks_start ops_check
     timeout "${OPS_TIMEOUT:-150}" "$B/ops_check" 2>&1 | tee "$OUTDIR/ops_check.txt"
     rc=${PIPESTATUS[0]}
+    clocks_stop ops_check
     summary+=("CUDA ops vs CPU: $(grep -c ' ok$' "$OUTDIR/ops_check.txt") ok, $(grep -c 'FAIL$' "$OUTDIR/ops_check.txt") failed (exit $rc)")
     # a fault before the attention checks (session 15's memory-bound kernels come first): once more with the
     # earlier kernels (LLAVA_SAFE_KERNELS=1), kept for the rest of the run if that one gets to the attention checks
@@ -308,13 +324,15 @@ summary+=("bf16 GEMM: $gemm")
 section 6: bench
 # ---- 6. bench/gpu_train.sh: training steps against PyTorch + transformers on this card ----
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
+    clocks_start bench
     PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-400}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
         tee "$OUTDIR/gpu_train.txt"
+    clocks_stop bench
     while IFS= read -r line; do summary+=("$line"); done < <(grep '^gpu_train' "$OUTDIR/gpu_train.txt")
     # each shape's runs of ours, fastest first (what to make the default)
     for shape in ${BENCH_SHAPES:-slice vision}; do
         ranked=$(grep "^gpu_train $shape: ours" "$OUTDIR/gpu_train.txt" | grep -v 'profiled' |
-            sed -E 's/^gpu_train [a-z]+: ours( with ([A-Z_0-9]+=[0-9]+))? .* ([0-9.]+) ms\/step.*/\3 \2/' | grep -E '^[0-9.]+ ' |
+            sed -E 's/^gpu_train [a-z]+: ours( with ([A-Z_0-9=,]+))? .* ([0-9.]+) ms\/step.*/\3 \2/' | grep -E '^[0-9.]+ ' |
             sort -g | awk '{printf "%s%s ms (%s)", (NR > 1 ? ", " : ""), $1, ($2 == "" ? "default" : $2)}')
         summary+=("$shape, ours fastest first: ${ranked:-none}")
     done
