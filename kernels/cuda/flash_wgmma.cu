@@ -234,9 +234,25 @@ extern "C" int cuda_flash_ws_timed_out(void) {
 template <int D, bool PAIR, bool EXP2>
 static void launch_fwd_ws(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                           int Hq, int Hkv, int causal) {
-    int rows = PAIR ? FT : 2 * FT;
+    int rows = ws::Rows<PAIR>::ROWS;
     dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
-    fwd_launch<flash_fwd_ws<D, PAIR, EXP2>>(sizeof(ws::Smem<D>) + WgmmaTiles::smem_pad, grid, 384, out, lse, q, k, v, cu, Hq, Hkv, causal, D);
+    fwd_launch<flash_fwd_ws<D, PAIR, EXP2>>(sizeof(ws::FwdSmem<D>) + WgmmaTiles::smem_pad, grid, 384, out, lse, q, k, v, cu, Hq, Hkv, causal, D);
+}
+template <int D, bool PAIR, bool EXP2>
+static void launch_dq_ws(bf16 *dq, const bf16 *dout, const float *lse, const float *drow, const bf16 *q, const bf16 *k, const bf16 *v,
+                         const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
+    auto kernel = flash_dq_ws<D, PAIR, EXP2>;
+    size_t bytes = sizeof(ws::DqSmem<D>) + WgmmaTiles::smem_pad;
+    static int configured;
+    if (!configured) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        configured = 1;
+    }
+    int rows = ws::Rows<PAIR>::ROWS;
+    kernel<<<dim3(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq), 384, bytes, g_stream>>>(
+        (bf16_t *)dq, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)dout, lse, drow, cu, Hq, Hkv, causal,
+        1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
 }
 
 // LLAVA_FLASH_EXP2=1 (or cuda_flash_set_exp2): versions 6 and 7 form the forward's softmax with one FFMA and
@@ -270,13 +286,24 @@ static void wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, con
 }
 
 // the backward likewise: 5 pipelined, 6 two warpgroups per block, 7 v4's dK/dV kernel with v6's dQ
-// kernel; 8 (a forward version) the default's, 5 at head dim 64 and 4 at 128
+// kernel, 8 the default's dK/dV kernel (5's at head dim 64, 4's at 128) with flash_ws.cuh's dQ kernel
 template <int D>
 static void wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                            const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                            int causal) {
 #define BWD(...) flash_bwd_launch<D, WgmmaTiles, __VA_ARGS__>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
-    if (version == 8) version = D == 64 ? 5 : 4;
+    if (version == 8) {  // the default's dK/dV (5 at head dim 64, 4 at 128), flash_ws.cuh's dQ
+        bool pair = (Hq / Hkv) % 2 == 0, fast = flash_exp2();
+        bf16 *dq_ws = dq;
+        dq = nullptr;
+        if (D == 64) fast ? BWD(true, 1, 1, true) : BWD(true);
+        else fast ? BWD(false, 1, 1, true) : BWD(false);
+        if (!dq_ws) return;
+#define DQ(PAIR, EXP2) launch_dq_ws<D, PAIR, EXP2>(dq_ws, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
+        pair ? (fast ? DQ(true, true) : DQ(true, false)) : (fast ? DQ(false, true) : DQ(false, false));
+#undef DQ
+        return;
+    }
     switch (version) {
     case 5: flash_exp2() ? BWD(true, 1, 1, true) : BWD(true); break;
     case 6: BWD(false, 2); break;

@@ -1,20 +1,23 @@
-// flash_ws.cuh: the forward of flash version 8, warp-specialised as FlashAttention-3 is (sm_90a only,
-// included by flash_wgmma.cu). Versions 4-7 have every warp load tiles, then wait at a block-wide
-// barrier, then multiply, then run the softmax while the tensor cores idle: on an H100 they reach 222-242
-// TFLOP/s at the slice's shape where FlashAttention-3 reports twice that. Here a block has three
-// warpgroups (384 threads):
-//   the producer (warpgroup 0) streams 128-key steps of K and V (two staged 64-row tiles of each, the
-//     layout of flash_wgmma.cuh) into ST stages through cp.async; each stage has a `full` mbarrier, which
-//     the copies themselves arrive on as they land (cp.async.mbarrier.arrive.noinc), and an `empty` one,
-//     which the consumers arrive on when they are done with it. It keeps 24 registers a thread
-//     (setmaxnreg), so that
-//   the two consumers (warpgroups 1 and 2) get 240: each owns 64 query rows (of two query heads of a KV
-//     group, PAIR, or rows q0 and q0 + 64 of one head), Q in registers, O, P and the scores of one step.
-// Consumer turn w issues S_w = Q·K_wᵀ and O += P_{w-1}·V_{w-1} together, then runs the softmax of S_w
-// while P_{w-1}·V_{w-1} is still running (the intra-warpgroup overlap: O's rescale by step w's factor
-// waits until turn w + 1, before P_w·V_w is issued). The consumers take turns at the tensor cores through
-// two named barriers (the ping-pong): a consumer issues its products only after the other has issued
-// its own and moved on to its softmax, so one's softmax runs under the other's products.
+// flash_ws.cuh: flash version 8, warp-specialised as FlashAttention-3 is (sm_90a only, included by
+// flash_wgmma.cu): the forward, and the backward's dQ kernel (its dK/dV kernel is version 4's, 5's at head
+// dim 64). Versions 4-7 have every warp load tiles, then wait at a block-wide barrier, then multiply, then
+// run the elementwise work while the tensor cores idle: on an H100 they reach 222-255 TFLOP/s at the
+// slice's shape where FlashAttention-3 reports about twice that. Here a block has three warpgroups (384
+// threads):
+//   the producer (warpgroup 0) streams K and V (staged 64-row tiles, the layout of flash_wgmma.cuh; TILES
+//     of each a step: two in the forward, one in dQ) into ST stages through cp.async; each stage has a
+//     `full` mbarrier, which the copies themselves arrive on as they land (cp.async.mbarrier.arrive.noinc),
+//     and an `empty` one, which every consumer thread arrives on when done with it. It keeps 40 registers
+//     a thread (setmaxnreg), so that
+//   the two consumers (warpgroups 1 and 2) get 232: each owns 64 query rows (of two query heads of a KV
+//     group, PAIR, or rows q0 and q0 + 64 of one head), their Q (and dO) tiles in shared memory.
+// Consumer turn w issues step w's score products (S_w = Q·K_wᵀ; in dQ also dP_w = dO·V_wᵀ) and step w - 1's
+// accumulating product (O += P_{w-1}·V_{w-1}; dQ += dS_{w-1}·K_{w-1}) together, then does step w's
+// elementwise work (the softmax; dS) while the accumulation still runs (the intra-warpgroup overlap; in the
+// forward O's rescale by step w's factor waits until turn w + 1, before P_w·V_w is issued). The consumers
+// take turns at the tensor cores through two named barriers (the ping-pong): a consumer issues its products
+// only after the other has issued its own and moved on to its elementwise work, so that one's elementwise
+// work runs under the other's products.
 // Every mbarrier wait gives up after a second or so (ws::timed_out): a schedule error here then leaves
 // wrong outputs and a flag that ops_check reports, rather than a hung GPU.
 #pragma once
@@ -67,156 +70,275 @@ __device__ __forceinline__ void regs_inc() { asm volatile("setmaxnreg.inc.sync.a
 template <int N>
 __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 
-template <int D>
-__host__ __device__ constexpr int stages() { return D == 128 ? 3 : 4; }  // 64 KB a stage at head dim 128, 32 KB at 64
-template <int D>
-struct Smem {
-    bf16_t q[2][FT * D];                                          // each consumer's 64 query rows
-    bf16_t k[stages<D>()][2][FT * D], v[stages<D>()][2][FT * D];  // each 1024-byte aligned (8 or 16 KB)
-    uint64_t full[stages<D>()], empty[stages<D>()];
-};
-
-// issue (one commit group) acc[16 × 128] per warp (the warpgroup: 64 × 128) = Q (64 × D staged) · [K tile 0; K tile 1]ᵀ
-template <int D>
-__device__ __forceinline__ void issue_scores(float (*acc)[4], const bf16_t *q, const bf16_t *k0, const bf16_t *k1) {
-    wg_hold<2 * FT / 8>(acc);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) wgmma_ss_n64(acc, wg_desc_kmajor(q, kk * 16), wg_desc_kmajor(k0, kk * 16), kk > 0);
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) wgmma_ss_n64(acc + FT / 8, wg_desc_kmajor(q, kk * 16), wg_desc_kmajor(k1, kk * 16), kk > 0);
-    wg_commit();
-}
-// issue (one commit group) o[16 × D] per warp += P (a: 16 rows × 128 keys) · [V tile 0; V tile 1]
-template <int D>
-__device__ __forceinline__ void issue_pv(float (*o)[4], uint32_t (*a)[4], const bf16_t *v0, const bf16_t *v1) {
-    wg_hold<D / 8>(o);
-    wg_hold_frags<2 * FT / 16>(a);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < 2 * FT / 16; kk++) {
-        uint64_t b = wg_desc_mnmajor(kk < FT / 16 ? v0 : v1, (kk % (FT / 16)) * 16);
-        if constexpr (D == 64) wgmma_rs_n64_t(o, a[kk], b);
-        else wgmma_rs_n128_t(o, a[kk], b);
+// K and V, ST stages of TILES 64-row tiles each (1024-byte aligned: 8 or 16 KB a tile), and their barriers
+template <int D, int ST, int TILES>
+struct Pipe {
+    bf16_t k[ST][TILES][FT * D], v[ST][TILES][FT * D];
+    uint64_t full[ST], empty[ST];
+    __device__ void init() {  // (one thread; a __syncthreads before any use)
+        for (int st = 0; st < ST; st++) mbar_init(&full[st], 128), mbar_init(&empty[st], 256);
+        mbar_init_fence();
     }
-    wg_commit();
-}
-
-}  // namespace ws
-
-template <int D, bool PAIR, bool EXP2>
-__global__ static void __launch_bounds__(384, 1)
-flash_fwd_ws(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
-             int causal, float scale) {
-    constexpr int ST = ws::stages<D>(), ROWS = PAIR ? FT : 2 * FT;  // query rows of the block per head
-    extern __shared__ __align__(128) unsigned char raw[];
-    ws::Smem<D> &sm = *reinterpret_cast<ws::Smem<D> *>(WgmmaTiles::align(raw));
-    int wg = warpgroup_index(), s = blockIdx.z;
-    int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;  // heavy (late) query tiles first
-    int start = cu[s], end = cu[s + 1], b0 = start + tile * ROWS;  // the block's first query row
-    if (b0 >= end) return;                                        // (the whole block)
-    int nk = ((causal ? min(end, b0 + ROWS) : end) - start + FT - 1) / FT, nw = (nk + 1) / 2;  // 64-key tiles, 128-key steps
-    if (threadIdx.x == 0) {
-        for (int st = 0; st < ST; st++) ws::mbar_init(&sm.full[st], 128), ws::mbar_init(&sm.empty[st], 256);
-        ws::mbar_init_fence();
-    }
-    __syncthreads();
-
-    if (wg == 0) {  // the producer: step w's K and V tiles into stage w % ST once its last use is over
-        ws::regs_dec<40>();
-        int hk = (PAIR ? 2 * blockIdx.x : blockIdx.x) / (Hq / Hkv);
+    // the producer warpgroup: steps 0 .. nw - 1 (keys start + 64·TILES·w ..) of head hk, step w into stage
+    // w % ST once that stage's last use is over; rows at or past end become zeros (a tile past the block's
+    // last holds whatever rows are there: its keys are masked)
+    __device__ void produce(const bf16_t *k_src, const bf16_t *v_src, int start, int end, int nw, int H, int hk) {
         for (int w = 0; w < nw; w++) {
             int st = w % ST;
-            if (w >= ST) ws::mbar_wait(&sm.empty[st], (w / ST - 1) & 1);
-            // (a tile past the block's last holds whatever rows are there: its keys are masked)
-            for (int half = 0; half < 2; half++) {
-                wg_load_tile_async<D, 128>(sm.k[st][half], k, start + (2 * w + half) * FT, end, Hkv, hk);
-                wg_load_tile_async<D, 128>(sm.v[st][half], v, start + (2 * w + half) * FT, end, Hkv, hk);
+            if (w >= ST) mbar_wait(&empty[st], (w / ST - 1) & 1);
+            for (int t = 0; t < TILES; t++) {
+                wg_load_tile_async<D, 128>(k[st][t], k_src, start + (TILES * w + t) * FT, end, H, hk);
+                wg_load_tile_async<D, 128>(v[st][t], v_src, start + (TILES * w + t) * FT, end, H, hk);
             }
-            ws::mbar_arrive_on_copies(&sm.full[st]);
+            mbar_arrive_on_copies(&full[st]);
         }
         cp_async_wait_all();
-        return;
     }
+};
 
-    ws::regs_inc<232>();
-    int cw = wg - 1, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    int h = PAIR ? 2 * blockIdx.x + cw : blockIdx.x, q0 = PAIR ? b0 : b0 + cw * FT;  // this consumer's
-    int t_lo = q0 + warp * 16 + g, t_hi = t_lo + 8;
-    int mine = q0 >= end ? 0 : ((causal ? min(end, q0 + FT) : end) - start + FT - 1) / FT, mw = (mine + 1) / 2;
-    const bf16_t *sq = sm.q[cw];
-    wg_load_tile_async<D, 128>(sm.q[cw], q, q0, end, Hq, h);  // Q, by this consumer's own threads
-    cp_async_commit();
-    cp_async_wait_all();
-    wg_fence_smem();
-    if (cw == 0) ws::bar_sync<3, 128>();
-    else ws::bar_sync<4, 128>();
-    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2] = {1.0f, 1.0f};
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float sw[2 * FT / 8][4];     // S_w, then P_w: 64 rows × 128 keys per warpgroup
-    uint32_t a[2 * FT / 16][4];  // P_{w-1} as bf16 A fragments
-    // Both consumers take nw + 1 turns (turn w: S_w and the P·V of step w - 1), idle ones included, so that
-    // the turn barriers pair up: consumer 0 goes first; each waits for its own barrier (1 + cw) and, after
-    // issuing, arrives on the other's — but for consumer 1's last turn, which nobody waits for. Step w's
-    // stage is released in turn w + 1, by every consumer thread. (The loop issues both products in every
-    // turn: ptxas serialises the wgmmas where the groups outstanding at a wait depend on a branch.)
+// The block's rows and a consumer's share of them: a block covers ROWS query rows of a head (PAIR: the same
+// 64 rows of two heads, a consumer each; else 128 rows of one head, 64 a consumer); causal blocks go out
+// heaviest (latest rows) first. `tiles`: the 64-key tiles the block's rows see, `mine` this consumer's.
+template <bool PAIR>
+struct Rows {
+    static constexpr int ROWS = PAIR ? FT : 2 * FT;
+    int start, end, b0, tiles;
+    int h, q0, mine, t_lo, t_hi;  // (the consumer's)
+    __device__ Rows(const int32_t *cu, int causal) {
+        int tile = causal ? gridDim.y - 1 - blockIdx.y : blockIdx.y;
+        start = cu[blockIdx.z], end = cu[blockIdx.z + 1], b0 = start + tile * ROWS;
+        tiles = ((causal ? min(end, b0 + ROWS) : end) - start + FT - 1) / FT;
+    }
+    __device__ int kv_head(int Hq, int Hkv) const { return (PAIR ? 2 * blockIdx.x : blockIdx.x) / (Hq / Hkv); }
+    __device__ void consumer(int cw, int causal) {
+        int warp = threadIdx.x / 32 % 4, g = threadIdx.x % 32 / 4;
+        h = PAIR ? 2 * blockIdx.x + cw : blockIdx.x, q0 = PAIR ? b0 : b0 + cw * FT;
+        t_lo = q0 + warp * 16 + g, t_hi = t_lo + 8;
+        mine = q0 >= end ? 0 : ((causal ? min(end, q0 + FT) : end) - start + FT - 1) / FT;
+    }
+};
+
+// A consumer's nw + 1 turns (turn w: step w's scores and step w - 1's accumulation), idle ones included, so
+// that the turn barriers pair up: consumer 0 goes first; each waits for its own barrier (1 + cw) and, after
+// issuing, arrives on the other's — but for consumer 1's last turn, which nobody waits for. Step w's stage
+// is released in turn w + 1 by every consumer thread. Its first mw steps are this consumer's; f provides
+//   f.scores(st), f.accum(st)   issue step w's score products / step w - 1's accumulation (stage st), one
+//                               commit group each
+//   f.scores_landed(), f.accum_landed()   pin their registers after the wait (wg_hold)
+//   f.elementwise(w)            step w's softmax or dS, from the landed scores
+//   f.frags()                   step w's operand of the next accumulation, once the last one has landed
+// (Every full turn issues both products: ptxas serialises the wgmmas where the groups outstanding at a
+// wait depend on a branch.)
+template <int D, int ST, int TILES, class F>
+__device__ __forceinline__ void consume(Pipe<D, ST, TILES> &pipe, int cw, int nw, int mw, F &f) {
     auto turn_begin = [&](int w) {
         if (w < nw) {
-            ws::mbar_wait(&sm.full[w % ST], (w / ST) & 1);
+            mbar_wait(&pipe.full[w % ST], (w / ST) & 1);
             wg_fence_smem();  // the landed copies readable by wgmma (the async proxy)
         }
-        if (cw == 0) ws::bar_sync<1>();
-        else ws::bar_sync<2>();
+        if (cw == 0) bar_sync<1>();
+        else bar_sync<2>();
     };
     auto turn_end = [&](int w) {
-        if (cw == 0) ws::bar_arrive<2>();
-        else if (w < nw) ws::bar_arrive<1>();
+        if (cw == 0) bar_arrive<2>();
+        else if (w < nw) bar_arrive<1>();
     };
-    auto softmax = [&](int w) {
-        int k0 = start + w * 2 * FT, full = k0 + 2 * FT <= end && (!causal || k0 + 2 * FT - 1 <= q0 + warp * 16);
-        flash_softmax_scores<2 * FT, EXP2>(sw, m, l, corr, full, k0, end, causal, t_lo, t_hi, c, scale);
-    };
-    if (cw == 1) ws::bar_arrive<1>();
+    if (cw == 1) bar_arrive<1>();
     int w = 0;
     if (mw > 0) {
         turn_begin(0);
-        ws::issue_scores<D>(sw, sq, sm.k[0][0], sm.k[0][1]);
+        f.scores(0);
         turn_end(0);
-        ws::wg_wait<0>();
-        wg_hold<2 * FT / 8>(sw);
-        softmax(0);
-        flash_p_frags<2 * FT>(a, sw);
+        wg_wait<0>();
+        f.scores_landed();
+        f.elementwise(0);
+        f.frags();
         for (w = 1; w < mw; w++) {
-            int st = w % ST, pst = (w - 1) % ST;
             turn_begin(w);
-            ws::issue_scores<D>(sw, sq, sm.k[st][0], sm.k[st][1]);
-            flash_rescale_o<D>(o, corr);  // step w - 1's factor, before its P·V lands on O
-            ws::issue_pv<D>(o, a, sm.v[pst][0], sm.v[pst][1]);
+            f.scores(w % ST);
+            f.accum((w - 1) % ST);
             turn_end(w);
-            ws::wg_wait<1>();  // S_w (P·V may still run)
-            wg_hold<2 * FT / 8>(sw);
-            softmax(w);
-            ws::wg_wait<0>();
-            wg_hold<D / 8>(o);
-            wg_hold_frags<2 * FT / 16>(a);
-            ws::mbar_arrive(&sm.empty[pst]);
-            flash_p_frags<2 * FT>(a, sw);
+            wg_wait<1>();  // the scores (the accumulation may still run)
+            f.scores_landed();
+            f.elementwise(w);
+            wg_wait<0>();
+            f.accum_landed();
+            mbar_arrive(&pipe.empty[(w - 1) % ST]);
+            f.frags();
         }
-        turn_begin(w);  // w = mw: the last P·V
-        flash_rescale_o<D>(o, corr);
-        ws::issue_pv<D>(o, a, sm.v[(w - 1) % ST][0], sm.v[(w - 1) % ST][1]);
+        turn_begin(w);  // w = mw: the last accumulation
+        f.accum((w - 1) % ST);
         turn_end(w);
-        ws::wg_wait<0>();
-        wg_hold<D / 8>(o);
-        wg_hold_frags<2 * FT / 16>(a);
-        ws::mbar_arrive(&sm.empty[(w - 1) % ST]);
+        wg_wait<0>();
+        f.accum_landed();
+        mbar_arrive(&pipe.empty[(w - 1) % ST]);
         w++;
     }
     for (; w <= nw; w++) {  // idle turns (causal, rows mode: this consumer's rows end before the block's)
         turn_begin(w);
         turn_end(w);
-        if (w >= 1) ws::mbar_arrive(&sm.empty[(w - 1) % ST]);
+        if (w >= 1) mbar_arrive(&pipe.empty[(w - 1) % ST]);
     }
-    if (mine) flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
+}
+
+// issue acc[16 × 64·N] per warp (the warpgroup: 64 rows × 64·N) = A (64 × D staged) · [B tile 0; ..; B tile
+// N-1]ᵀ, after a wg_fence, before the wg_commit of the group
+template <int D, int N>
+__device__ __forceinline__ void issue_products(float (*acc)[4], const bf16_t *a, const bf16_t (*b)[FT * D]) {
+#pragma unroll
+    for (int t = 0; t < N; t++)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) wgmma_ss_n64(acc + t * FT / 8, wg_desc_kmajor(a, kk * 16), wg_desc_kmajor(b[t], kk * 16), kk > 0);
+}
+// issue (one commit group) out[16 × D] per warp += X (a: 16 rows × 64·N as A fragments) · [tile 0; ..; tile N-1]
+template <int D, int N>
+__device__ __forceinline__ void issue_accumulate(float (*out)[4], uint32_t (*a)[4], const bf16_t (*tiles)[FT * D]) {
+    wg_hold<D / 8>(out);
+    wg_hold_frags<N * FT / 16>(a);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < N * FT / 16; kk++) {
+        uint64_t b = wg_desc_mnmajor(tiles[kk / (FT / 16)], kk % (FT / 16) * 16);
+        if constexpr (D == 64) wgmma_rs_n64_t(out, a[kk], b);
+        else wgmma_rs_n128_t(out, a[kk], b);
+    }
+    wg_commit();
+}
+
+// The block's start: thread 0 sets up the barriers; then the producer warpgroup streams K and V and gets
+// false, the consumers take their registers and get true
+template <int D, int ST, int TILES>
+__device__ __forceinline__ bool start_roles(Pipe<D, ST, TILES> &pipe, const bf16_t *k, const bf16_t *v, int start, int end, int nw, int H,
+                                            int hk) {
+    if (threadIdx.x == 0) pipe.init();
+    __syncthreads();
+    if (warpgroup_index() == 0) {
+        regs_dec<40>();
+        pipe.produce(k, v, start, end, nw, H, hk);
+        return false;
+    }
+    regs_inc<232>();
+    return true;
+}
+// a consumer's own tiles (Q, dO), loaded by its own threads through cp.async, readable by all of them
+__device__ __forceinline__ void own_tiles_ready(int cw) {
+    cp_async_wait_all();
+    wg_fence_smem();
+    if (cw == 0) bar_sync<3, 128>();
+    else bar_sync<4, 128>();
+}
+
+template <int D>
+__host__ __device__ constexpr int fwd_stages() { return D == 128 ? 3 : 4; }  // 64 KB a stage at head dim 128, 32 KB at 64
+template <int D>
+struct FwdSmem {
+    bf16_t q[2][FT * D];  // each consumer's 64 query rows
+    Pipe<D, fwd_stages<D>(), 2> pipe;
+};
+template <int D>
+__host__ __device__ constexpr int dq_stages() { return 4; }  // 32 KB a stage at head dim 128
+template <int D>
+struct DqSmem {
+    bf16_t q[2][FT * D], dout[2][FT * D];  // each consumer's 64 query rows
+    Pipe<D, dq_stages<D>(), 1> pipe;
+};
+
+}  // namespace ws
+
+// The forward: 128 keys a step
+template <int D, bool PAIR, bool EXP2>
+__global__ static void __launch_bounds__(384, 1)
+flash_fwd_ws(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
+             int causal, float scale) {
+    extern __shared__ __align__(128) unsigned char raw[];
+    ws::FwdSmem<D> &sm = *reinterpret_cast<ws::FwdSmem<D> *>(WgmmaTiles::align(raw));
+    ws::Rows<PAIR> r(cu, causal);
+    if (r.b0 >= r.end) return;  // (the whole block)
+    int nw = (r.tiles + 1) / 2;
+    if (!ws::start_roles(sm.pipe, k, v, r.start, r.end, nw, Hkv, r.kv_head(Hq, Hkv))) return;
+    int cw = warpgroup_index() - 1, warp = threadIdx.x / 32 % 4, c = threadIdx.x % 4;
+    r.consumer(cw, causal);
+    wg_load_tile_async<D, 128>(sm.q[cw], q, r.q0, r.end, Hq, r.h);
+    cp_async_commit();
+    ws::own_tiles_ready(cw);
+    struct Step {
+        ws::FwdSmem<D> &sm;
+        ws::Rows<PAIR> &r;
+        int cw, warp, c, causal;
+        float scale;
+        float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2] = {1.0f, 1.0f};
+        float sw[2 * FT / 8][4];     // S_w, then P_w: 64 rows × 128 keys
+        uint32_t a[2 * FT / 16][4];  // P_{w-1} as bf16 A fragments
+        __device__ void scores(int st) {  // S = Q·Kᵀ
+            wg_hold<2 * FT / 8>(sw);
+            wg_fence();
+            ws::issue_products<D, 2>(sw, sm.q[cw], sm.pipe.k[st]);
+            wg_commit();
+        }
+        __device__ void accum(int st) {
+            flash_rescale_o<D>(o, corr);  // step w - 1's factor, before its P·V lands on O
+            ws::issue_accumulate<D, 2>(o, a, sm.pipe.v[st]);
+        }
+        __device__ void scores_landed() { wg_hold<2 * FT / 8>(sw); }
+        __device__ void accum_landed() { wg_hold<D / 8>(o), wg_hold_frags<2 * FT / 16>(a); }
+        __device__ void elementwise(int w) {
+            int k0 = r.start + w * 2 * FT, full = k0 + 2 * FT <= r.end && (!causal || k0 + 2 * FT - 1 <= r.q0 + warp * 16);
+            flash_softmax_scores<2 * FT, EXP2>(sw, m, l, corr, full, k0, r.end, causal, r.t_lo, r.t_hi, c, scale);
+        }
+        __device__ void frags() { flash_p_frags<2 * FT>(a, sw); }
+    } f{sm, r, cw, warp, c, causal, scale};
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) f.o[n][0] = f.o[n][1] = f.o[n][2] = f.o[n][3] = 0.0f;
+    ws::consume(sm.pipe, cw, nw, (r.mine + 1) / 2, f);
+    if (r.mine) flash_store_rows<D>(out, lse, f.o, f.m, f.l, r.t_lo, r.t_hi, r.end, Hq, r.h, c);
+}
+
+// The backward's dQ (the scheme of flash_bwd_tiled.cuh's dq kernel: dQ = Σ dS·K with dS = P∘(dP − D)·scale,
+// P = exp(S·scale − lse) recomputed from S = Q·Kᵀ and dP = dO·Vᵀ), 64 keys a step; dq += the result
+template <int D, bool PAIR, bool EXP2>
+__global__ static void __launch_bounds__(384, 1)
+flash_dq_ws(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse, const float *drow,
+            const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
+    extern __shared__ __align__(128) unsigned char raw[];
+    ws::DqSmem<D> &sm = *reinterpret_cast<ws::DqSmem<D> *>(WgmmaTiles::align(raw));
+    ws::Rows<PAIR> r(cu, causal);
+    if (r.b0 >= r.end) return;  // (the whole block)
+    int nw = r.tiles;
+    if (!ws::start_roles(sm.pipe, k, v, r.start, r.end, nw, Hkv, r.kv_head(Hq, Hkv))) return;
+    int cw = warpgroup_index() - 1, c = threadIdx.x % 4;
+    r.consumer(cw, causal);
+    wg_load_tile_async<D, 128>(sm.q[cw], q, r.q0, r.end, Hq, r.h);
+    wg_load_tile_async<D, 128>(sm.dout[cw], dout, r.q0, r.end, Hq, r.h);
+    cp_async_commit();
+    struct Step {
+        ws::DqSmem<D> &sm;
+        ws::Rows<PAIR> &r;
+        int cw, c, causal;
+        float scale, lse_lo, lse_hi, d_lo, d_hi;
+        float gq[D / 8][4];
+        float p[FT / 8][4], ds[FT / 8][4];  // S_w and dP_w, then dS_w: 64 rows × 64 keys
+        uint32_t a[FT / 16][4];             // dS_{w-1} as bf16 A fragments
+        __device__ void scores(int st) {  // S = Q·Kᵀ, dP = dO·Vᵀ
+            wg_hold<FT / 8>(p), wg_hold<FT / 8>(ds);
+            wg_fence();
+            ws::issue_products<D, 1>(p, sm.q[cw], sm.pipe.k[st]);
+            ws::issue_products<D, 1>(ds, sm.dout[cw], sm.pipe.v[st]);
+            wg_commit();
+        }
+        __device__ void accum(int st) { ws::issue_accumulate<D, 1>(gq, a, sm.pipe.k[st]); }  // dQ += dS·K
+        __device__ void scores_landed() { wg_hold<FT / 8>(p), wg_hold<FT / 8>(ds); }
+        __device__ void accum_landed() { wg_hold<D / 8>(gq), wg_hold_frags<FT / 16>(a); }
+        __device__ void elementwise(int w) {
+            dq_probs<EXP2>(p, ds, r.start + w * FT, r.q0, r.end, causal, r.t_lo, r.t_hi, lse_lo, lse_hi, d_lo, d_hi, c, scale);
+        }
+        __device__ void frags() { flash_p_frags<FT>(a, ds); }
+    } f{sm, r, cw, c, causal, scale};
+    f.lse_lo = r.t_lo < r.end ? lse[(size_t)r.t_lo * Hq + r.h] : INFINITY, f.lse_hi = r.t_hi < r.end ? lse[(size_t)r.t_hi * Hq + r.h] : INFINITY;
+    f.d_lo = r.t_lo < r.end ? drow[(size_t)r.t_lo * Hq + r.h] : 0.0f, f.d_hi = r.t_hi < r.end ? drow[(size_t)r.t_hi * Hq + r.h] : 0.0f;
+    if constexpr (EXP2) f.lse_lo *= LOG2E, f.lse_hi *= LOG2E, f.d_lo *= scale, f.d_hi *= scale;  // (dq_probs<true>'s forms)
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) f.gq[n][0] = f.gq[n][1] = f.gq[n][2] = f.gq[n][3] = 0.0f;
+    ws::own_tiles_ready(cw);
+    ws::consume(sm.pipe, cw, nw, r.mine, f);
+    if (r.mine) flash_add_rows<D>(dq, f.gq, r.t_lo, r.t_hi, r.end, Hq, r.h, c);
 }

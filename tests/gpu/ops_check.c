@@ -675,21 +675,26 @@ static void exp2_timing(Bench *b, double flops, const int *range) {
     cuda_attention_set_flash(-2);
 }
 
-// version 8's warp-specialised forward against 7's (the default at head dim 128) and 6's (at 64), plain and
+// version 8 (warp-specialised: the forward, and the backward's dQ kernel) against the default (the forward of 7
+// at head dim 128 and 6 at 64; the backward of 4 at 128 and 5 at 64, whose dK/dV kernel 8 shares), plain and
 // with the exp2 softmax: last of all, after 8's checks (a schedule error there loses nothing)
 static void ws_timing(Bench *b, double flops, const int *unused) {
     (void)unused;
-    int old_version = b->D == 128 ? 7 : 6;
+    int fwd = b->D == 128 ? 7 : 6, bwd = b->D == 128 ? 4 : 5;
     for (int exp2 = 0; exp2 <= 1; exp2++) {
         cuda_flash_set_exp2(exp2 ? 1 : -1);
-        cuda_attention_set_flash(old_version);
-        double old = time_ms(run_attn, b, 5);
+        cuda_attention_set_flash(fwd);
+        double old_f = time_ms(run_attn, b, 5);
+        cuda_attention_set_flash(bwd);
+        double old_b = time_ms(run_attn_bwd, b, 3);
         cuda_attention_set_flash(8);
-        double ws = time_ms(run_attn, b, 5);
+        double ws_f = time_ms(run_attn, b, 5), ws_b = time_ms(run_attn_bwd, b, 3);
         int gave_up = cuda_flash_ws_timed_out();
-        printf("timing: attention T %d %s d%d forward%s: flash v8 %7.3f ms %6.1f TFLOP/s, v%d %7.3f ms %6.1f TFLOP/s%s\n", b->T,
-               b->causal ? "causal" : "bidir", b->D, exp2 ? " (exp2 softmax)" : "", ws, flops / ws / 1e9, old_version, old,
-               flops / old / 1e9, gave_up ? " (v8: an mbarrier wait gave up: not a timing)" : "");
+        printf("timing: attention T %d %s d%d%s: flash v8 forward %7.3f ms %6.1f TFLOP/s (v%d %7.3f ms %6.1f), backward %7.3f ms "
+               "%6.1f TFLOP/s (v%d %7.3f ms %6.1f)%s\n",
+               b->T, b->causal ? "causal" : "bidir", b->D, exp2 ? " exp2 softmax" : "", ws_f, flops / ws_f / 1e9, fwd, old_f,
+               flops / old_f / 1e9, ws_b, 2.5 * flops / ws_b / 1e9, bwd, old_b, 2.5 * flops / old_b / 1e9,
+               gave_up ? " (v8: an mbarrier wait gave up: not a timing)" : "");
     }
     cuda_flash_set_exp2(-1);
     cuda_attention_set_flash(-2);
@@ -756,7 +761,8 @@ int main(int argc, char **argv) {
     variant = "";
     cuda_flash_set_exp2(-1);
     if (timed) at_attention_shapes(exp2_timing, (const int[]){4, 7});
-    // version 8 (warp-specialised, session 17: not yet run on a GPU when written), plain and exp2, then timed
+    // version 8 (warp-specialised forward and dQ, session 17: not yet run on a GPU when written), plain and
+    // exp2, then timed
     attention_cases(8);
     cuda_flash_set_exp2(1);
     variant = " exp2";
