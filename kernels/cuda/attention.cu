@@ -153,9 +153,9 @@ int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const
 // against v7's 0.74 and v4's 0.61 at the tower's), and version 4's backward at 128 (5.39 against v5's 5.48, v6's
 // 6.40 and v9's 6.56 ms), version 5's (v4 with the next tile's scores in flight) at 64 (1.683-1.726 against v4's
 // 1.709-1.743 in three runs, v6's 2.33 and v9's 1.84). Versions 4-9 fall back to v2 on a GPU other than compute capability
-// 9.0; 7's backward is v4's dK/dV kernel with v6's dQ; 8 a forward only (flash_ws.cuh: warp-specialised,
-// a producer warpgroup and two consumers in turns; its backward is the default's; until session 16 8 was 6
-// with the second warpgroup half a step behind, slower: 2.47/7.94 ms); 9 a backward only (its forward is 6's): one pass, 5
+// 9.0; 7's backward is v4's dK/dV kernel with v6's dQ; 8 (flash_ws.cuh) is warp-specialised, a producer
+// warpgroup and two consumers in turns, in the forward, dQ and (head dim 64; v4's at 128) dK/dV (until session
+// 16, 8 was 6 with the second warpgroup half a step behind, slower: 2.47/7.94 ms); 9 a backward only (its forward is 6's): one pass, 5
 // tile products instead of 7, dQ summed with atomics, so not bit-reproducible (slower: the reductions).
 static int flash_fwd_version = -1, flash_bwd_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset (the default)
 static void flash_pick(void) {

@@ -5,7 +5,7 @@
 // P from registers. The backward is flash_bwd_tiled.cuh with the wgmma engine. Version 5 overlaps more:
 // in the forward the next tile's scores are computed while this tile's softmax runs, in the backward the
 // next tile's S and dP products are issued behind this tile's dV/dK (dQ) products. Versions 6 and 7 (below) put
-// two warpgroups in a block; version 8's forward (flash_ws.cuh) three, a producer and two consumers. Built for
+// two warpgroups in a block; version 8 (flash_ws.cuh) three, a producer and two consumers. Built for
 // sm_90a only (the
 // Makefile), used when the device is compute capability 9.0; elsewhere the calls return -1 and
 // attention.cu falls back to version 2.
@@ -238,6 +238,21 @@ static void launch_fwd_ws(bf16 *out, float *lse, const bf16 *q, const bf16 *k, c
     dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
     fwd_launch<flash_fwd_ws<D, PAIR, EXP2>>(sizeof(ws::FwdSmem<D>) + WgmmaTiles::smem_pad, grid, 384, out, lse, q, k, v, cu, Hq, Hkv, causal, D);
 }
+template <int D, bool EXP2>
+static void launch_dkdv_ws(bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q, const bf16 *k,
+                           const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
+    auto kernel = flash_dkdv_ws<D, EXP2>;
+    size_t bytes = sizeof(DkdvSmem<D>) + WgmmaTiles::smem_pad;
+    static int configured;
+    if (!configured) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        configured = 1;
+    }
+    kernel<<<dim3(Hkv, (max_len + 2 * FT - 1) / (2 * FT), nseq), 384, bytes, g_stream>>>(
+        (bf16_t *)dk, (bf16_t *)dv, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)dout, lse, drow, cu, Hq, Hkv,
+        causal, 1.0f / sqrtf((float)D));
+    LAUNCH_CHECK();
+}
 template <int D, bool PAIR, bool EXP2>
 static void launch_dq_ws(bf16 *dq, const bf16 *dout, const float *lse, const float *drow, const bf16 *q, const bf16 *k, const bf16 *v,
                          const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
@@ -286,18 +301,20 @@ static void wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, con
 }
 
 // the backward likewise: 5 pipelined, 6 two warpgroups per block, 7 v4's dK/dV kernel with v6's dQ
-// kernel, 8 the default's dK/dV kernel (5's at head dim 64, 4's at 128) with flash_ws.cuh's dQ kernel
+// kernel, 8 flash_ws.cuh's dQ and (at head dim 64; 4's at 128) dK/dV kernels
 template <int D>
 static void wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                            const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                            int causal) {
 #define BWD(...) flash_bwd_launch<D, WgmmaTiles, __VA_ARGS__>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
-    if (version == 8) {  // the default's dK/dV (5 at head dim 64, 4 at 128), flash_ws.cuh's dQ
+    if (version == 8) {  // flash_ws.cuh's dQ, and its dK/dV at head dim 64 (4's at 128)
         bool pair = (Hq / Hkv) % 2 == 0, fast = flash_exp2();
         bf16 *dq_ws = dq;
         dq = nullptr;
-        if (D == 64) fast ? BWD(true, 1, 1, true) : BWD(true);
-        else fast ? BWD(false, 1, 1, true) : BWD(false);
+        if (D == 64) {
+            if (dk || dv) fast ? launch_dkdv_ws<64, true>(dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
+                               : launch_dkdv_ws<64, false>(dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        } else fast ? BWD(false, 1, 1, true) : BWD(false);
         if (!dq_ws) return;
 #define DQ(PAIR, EXP2) launch_dq_ws<D, PAIR, EXP2>(dq_ws, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
         pair ? (fast ? DQ(true, true) : DQ(true, false)) : (fast ? DQ(false, true) : DQ(false, false));

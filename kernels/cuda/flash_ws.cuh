@@ -1,18 +1,20 @@
 // flash_ws.cuh: flash version 8, warp-specialised as FlashAttention-3 is (sm_90a only, included by
-// flash_wgmma.cu): the forward, and the backward's dQ kernel (its dK/dV kernel is version 4's, 5's at head
-// dim 64). Versions 4-7 have every warp load tiles, then wait at a block-wide barrier, then multiply, then
+// flash_wgmma.cu): the forward, and the backward's dQ kernel and (at head dim 64; version 4's at 128) dK/dV
+// kernel. Versions 4-7 have every warp load tiles, then wait at a block-wide barrier, then multiply, then
 // run the elementwise work while the tensor cores idle: on an H100 they reach 222-255 TFLOP/s at the
 // slice's shape where FlashAttention-3 reports about twice that. Here a block has three warpgroups (384
 // threads):
-//   the producer (warpgroup 0) streams K and V (staged 64-row tiles, the layout of flash_wgmma.cuh; TILES
-//     of each a step: two in the forward, one in dQ) into ST stages through cp.async; each stage has a
+//   the producer (warpgroup 0) streams K and V (in dK/dV: Q, dO and their rows' lse and D; staged 64-row
+//     tiles, the layout of flash_wgmma.cuh; TILES of each a step: two in the forward, else one) into ST stages through cp.async; each stage has a
 //     `full` mbarrier, which the copies themselves arrive on as they land (cp.async.mbarrier.arrive.noinc),
 //     and an `empty` one, which every consumer thread arrives on when done with it. It keeps 40 registers
 //     a thread (setmaxnreg), so that
 //   the two consumers (warpgroups 1 and 2) get 232: each owns 64 query rows (of two query heads of a KV
-//     group, PAIR, or rows q0 and q0 + 64 of one head), their Q (and dO) tiles in shared memory.
-// Consumer turn w issues step w's score products (S_w = Q·K_wᵀ; in dQ also dP_w = dO·V_wᵀ) and step w - 1's
-// accumulating product (O += P_{w-1}·V_{w-1}; dQ += dS_{w-1}·K_{w-1}) together, then does step w's
+//     group, PAIR, or rows q0 and q0 + 64 of one head; in dK/dV 64 keys), their Q and dO (K and V) tiles in
+//     shared memory.
+// Consumer turn w issues step w's score products (S_w = Q·K_wᵀ; in dQ also dP_w = dO·V_wᵀ; in dK/dV their
+// transposes) and step w - 1's accumulating products (O += P_{w-1}·V_{w-1}; dQ += dS_{w-1}·K_{w-1}; dV += Pᵀ·dO
+// and dK += dSᵀ·Q) together, then does step w's
 // elementwise work (the softmax; dS) while the accumulation still runs (the intra-warpgroup overlap; in the
 // forward O's rescale by step w's factor waits until turn w + 1, before P_w·V_w is issued). The consumers
 // take turns at the tensor cores through two named barriers (the ping-pong): a consumer issues its products
@@ -70,31 +72,44 @@ __device__ __forceinline__ void regs_inc() { asm volatile("setmaxnreg.inc.sync.a
 template <int N>
 __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 
-// K and V, ST stages of TILES 64-row tiles each (1024-byte aligned: 8 or 16 KB a tile), and their barriers
+// The streamed operands (K and V; in dK/dV Q and dO), ST stages of TILES 64-row tiles of each (1024-byte
+// aligned: 8 or 16 KB a tile), and their barriers
 template <int D, int ST, int TILES>
 struct Pipe {
-    bf16_t k[ST][TILES][FT * D], v[ST][TILES][FT * D];
+    bf16_t a[ST][TILES][FT * D], b[ST][TILES][FT * D];
     uint64_t full[ST], empty[ST];
-    __device__ void init() {  // (one thread; a __syncthreads before any use)
-        for (int st = 0; st < ST; st++) mbar_init(&full[st], 128), mbar_init(&empty[st], 256);
+    // (one thread; a __syncthreads before any use) PLAIN: the producer also stores to shared memory with
+    // ordinary stores, and arrives once more for them
+    template <bool PLAIN>
+    __device__ void init() {
+        for (int st = 0; st < ST; st++) mbar_init(&full[st], PLAIN ? 256 : 128), mbar_init(&empty[st], 256);
         mbar_init_fence();
     }
-    // the producer warpgroup: steps 0 .. nw - 1 (keys start + 64·TILES·w ..) of head hk, step w into stage
-    // w % ST once that stage's last use is over; rows at or past end become zeros (a tile past the block's
-    // last holds whatever rows are there: its keys are masked)
-    __device__ void produce(const bf16_t *k_src, const bf16_t *v_src, int start, int end, int nw, int H, int hk) {
+    // the producer warpgroup: steps 0 .. nw - 1, step w into stage w % ST once that stage's last use is over,
+    // by load(st, w)
+    template <bool PLAIN, class Load>
+    __device__ void produce(int nw, Load load) {
         for (int w = 0; w < nw; w++) {
             int st = w % ST;
             if (w >= ST) mbar_wait(&empty[st], (w / ST - 1) & 1);
-            for (int t = 0; t < TILES; t++) {
-                wg_load_tile_async<D, 128>(k[st][t], k_src, start + (TILES * w + t) * FT, end, H, hk);
-                wg_load_tile_async<D, 128>(v[st][t], v_src, start + (TILES * w + t) * FT, end, H, hk);
-            }
+            load(st, w);
             mbar_arrive_on_copies(&full[st]);
+            if (PLAIN) mbar_arrive(&full[st]);  // (release: the ordinary stores before it)
         }
         cp_async_wait_all();
     }
 };
+// the forward's and dQ's steps: K and V of head hk, keys start + 64·TILES·w ..; rows at or past end become
+// zeros (a tile past the block's last holds whatever rows are there: its keys are masked)
+template <int D, int ST, int TILES>
+__device__ __forceinline__ auto kv_steps(Pipe<D, ST, TILES> &pipe, const bf16_t *k, const bf16_t *v, int start, int end, int H, int hk) {
+    return [=, &pipe](int st, int w) {
+        for (int t = 0; t < TILES; t++) {
+            wg_load_tile_async<D, 128>(pipe.a[st][t], k, start + (TILES * w + t) * FT, end, H, hk);
+            wg_load_tile_async<D, 128>(pipe.b[st][t], v, start + (TILES * w + t) * FT, end, H, hk);
+        }
+    };
+}
 
 // The block's rows and a consumer's share of them: a block covers ROWS query rows of a head (PAIR: the same
 // 64 rows of two heads, a consumer each; else 128 rows of one head, 64 a consumer); causal blocks go out
@@ -190,37 +205,42 @@ __device__ __forceinline__ void issue_products(float (*acc)[4], const bf16_t *a,
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) wgmma_ss_n64(acc + t * FT / 8, wg_desc_kmajor(a, kk * 16), wg_desc_kmajor(b[t], kk * 16), kk > 0);
 }
-// issue (one commit group) out[16 × D] per warp += X (a: 16 rows × 64·N as A fragments) · [tile 0; ..; tile N-1]
+// issue out[16 × D] per warp += X (a: 16 rows × 64·N as A fragments) · [tile 0; ..; tile N-1], after a
+// wg_fence, before the wg_commit of the group
 template <int D, int N>
-__device__ __forceinline__ void issue_accumulate(float (*out)[4], uint32_t (*a)[4], const bf16_t (*tiles)[FT * D]) {
-    wg_hold<D / 8>(out);
-    wg_hold_frags<N * FT / 16>(a);
-    wg_fence();
+__device__ __forceinline__ void accumulate_products(float (*out)[4], uint32_t (*a)[4], const bf16_t (*tiles)[FT * D]) {
 #pragma unroll
     for (int kk = 0; kk < N * FT / 16; kk++) {
         uint64_t b = wg_desc_mnmajor(tiles[kk / (FT / 16)], kk % (FT / 16) * 16);
         if constexpr (D == 64) wgmma_rs_n64_t(out, a[kk], b);
         else wgmma_rs_n128_t(out, a[kk], b);
     }
+}
+// the same as one commit group, its registers pinned and fenced first
+template <int D, int N>
+__device__ __forceinline__ void issue_accumulate(float (*out)[4], uint32_t (*a)[4], const bf16_t (*tiles)[FT * D]) {
+    wg_hold<D / 8>(out);
+    wg_hold_frags<N * FT / 16>(a);
+    wg_fence();
+    accumulate_products<D, N>(out, a, tiles);
     wg_commit();
 }
 
-// The block's start: thread 0 sets up the barriers; then the producer warpgroup streams K and V and gets
-// false, the consumers take their registers and get true
-template <int D, int ST, int TILES>
-__device__ __forceinline__ bool start_roles(Pipe<D, ST, TILES> &pipe, const bf16_t *k, const bf16_t *v, int start, int end, int nw, int H,
-                                            int hk) {
-    if (threadIdx.x == 0) pipe.init();
+// The block's start: thread 0 sets up the barriers; then the producer warpgroup streams (load(st, w), as
+// Pipe::produce) and gets false, the consumers take their registers and get true
+template <bool PLAIN = false, int D, int ST, int TILES, class Load>
+__device__ __forceinline__ bool start_roles(Pipe<D, ST, TILES> &pipe, int nw, Load load) {
+    if (threadIdx.x == 0) pipe.template init<PLAIN>();
     __syncthreads();
     if (warpgroup_index() == 0) {
         regs_dec<40>();
-        pipe.produce(k, v, start, end, nw, H, hk);
+        pipe.template produce<PLAIN>(nw, load);
         return false;
     }
     regs_inc<232>();
     return true;
 }
-// a consumer's own tiles (Q, dO), loaded by its own threads through cp.async, readable by all of them
+// a consumer's own tiles (Q, dO; K, V), loaded by its own threads through cp.async, readable by all of them
 __device__ __forceinline__ void own_tiles_ready(int cw) {
     cp_async_wait_all();
     wg_fence_smem();
@@ -255,7 +275,7 @@ flash_fwd_ws(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
     ws::Rows<PAIR> r(cu, causal);
     if (r.b0 >= r.end) return;  // (the whole block)
     int nw = (r.tiles + 1) / 2;
-    if (!ws::start_roles(sm.pipe, k, v, r.start, r.end, nw, Hkv, r.kv_head(Hq, Hkv))) return;
+    if (!ws::start_roles(sm.pipe, nw, ws::kv_steps(sm.pipe, k, v, r.start, r.end, Hkv, r.kv_head(Hq, Hkv)))) return;
     int cw = warpgroup_index() - 1, warp = threadIdx.x / 32 % 4, c = threadIdx.x % 4;
     r.consumer(cw, causal);
     wg_load_tile_async<D, 128>(sm.q[cw], q, r.q0, r.end, Hq, r.h);
@@ -272,12 +292,12 @@ flash_fwd_ws(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
         __device__ void scores(int st) {  // S = Q·Kᵀ
             wg_hold<2 * FT / 8>(sw);
             wg_fence();
-            ws::issue_products<D, 2>(sw, sm.q[cw], sm.pipe.k[st]);
+            ws::issue_products<D, 2>(sw, sm.q[cw], sm.pipe.a[st]);
             wg_commit();
         }
         __device__ void accum(int st) {
             flash_rescale_o<D>(o, corr);  // step w - 1's factor, before its P·V lands on O
-            ws::issue_accumulate<D, 2>(o, a, sm.pipe.v[st]);
+            ws::issue_accumulate<D, 2>(o, a, sm.pipe.b[st]);
         }
         __device__ void scores_landed() { wg_hold<2 * FT / 8>(sw); }
         __device__ void accum_landed() { wg_hold<D / 8>(o), wg_hold_frags<2 * FT / 16>(a); }
@@ -304,7 +324,7 @@ flash_dq_ws(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const
     ws::Rows<PAIR> r(cu, causal);
     if (r.b0 >= r.end) return;  // (the whole block)
     int nw = r.tiles;
-    if (!ws::start_roles(sm.pipe, k, v, r.start, r.end, nw, Hkv, r.kv_head(Hq, Hkv))) return;
+    if (!ws::start_roles(sm.pipe, nw, ws::kv_steps(sm.pipe, k, v, r.start, r.end, Hkv, r.kv_head(Hq, Hkv)))) return;
     int cw = warpgroup_index() - 1, c = threadIdx.x % 4;
     r.consumer(cw, causal);
     wg_load_tile_async<D, 128>(sm.q[cw], q, r.q0, r.end, Hq, r.h);
@@ -321,11 +341,11 @@ flash_dq_ws(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const
         __device__ void scores(int st) {  // S = Q·Kᵀ, dP = dO·Vᵀ
             wg_hold<FT / 8>(p), wg_hold<FT / 8>(ds);
             wg_fence();
-            ws::issue_products<D, 1>(p, sm.q[cw], sm.pipe.k[st]);
-            ws::issue_products<D, 1>(ds, sm.dout[cw], sm.pipe.v[st]);
+            ws::issue_products<D, 1>(p, sm.q[cw], sm.pipe.a[st]);
+            ws::issue_products<D, 1>(ds, sm.dout[cw], sm.pipe.b[st]);
             wg_commit();
         }
-        __device__ void accum(int st) { ws::issue_accumulate<D, 1>(gq, a, sm.pipe.k[st]); }  // dQ += dS·K
+        __device__ void accum(int st) { ws::issue_accumulate<D, 1>(gq, a, sm.pipe.a[st]); }  // dQ += dS·K
         __device__ void scores_landed() { wg_hold<FT / 8>(p), wg_hold<FT / 8>(ds); }
         __device__ void accum_landed() { wg_hold<D / 8>(gq), wg_hold_frags<FT / 16>(a); }
         __device__ void elementwise(int w) {
@@ -341,4 +361,83 @@ flash_dq_ws(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const
     ws::own_tiles_ready(cw);
     ws::consume(sm.pipe, cw, nw, r.mine, f);
     if (r.mine) flash_add_rows<D>(dq, f.gq, r.t_lo, r.t_hi, r.end, Hq, r.h, c);
+}
+
+// The backward's dK and dV (the scheme of flash_bwd_tiled.cuh's dkdv kernel: dV = Σ Pᵀ·dO, dK = Σ dSᵀ·Q over
+// the query tiles of every query head of the KV group), 64 keys a consumer, one query tile a step (its Q,
+// dO, and the rows' lse and D, which the producer stores with ordinary stores: PLAIN); dk, dv += the result.
+// Head dim 64 only: at 128 dK and dV alone would hold 128 of the 232 registers. (Causal: every consumer
+// takes every tile of the block; one wholly above its keys adds zeros.)
+template <int D>
+struct DkdvSmem {
+    static constexpr int ST = 4;
+    bf16_t k[2][FT * D], v[2][FT * D];  // each consumer's 64 keys
+    ws::Pipe<D, ST, 1> pipe;            // Q (a) and dO (b)
+    float lse[ST][FT], drow[ST][FT];    // and their rows' lse and D, by stage
+};
+template <int D, bool EXP2>
+__global__ static void __launch_bounds__(384, 1)
+flash_dkdv_ws(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse,
+              const float *drow, const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
+    static_assert(D == 64, "dK and dV of 64 keys at head dim 128 do not fit a consumer's registers");
+    extern __shared__ __align__(128) unsigned char raw[];
+    DkdvSmem<D> &sm = *reinterpret_cast<DkdvSmem<D> *>(WgmmaTiles::align(raw));
+    int hk = blockIdx.x, start = cu[blockIdx.z], end = cu[blockIdx.z + 1], b0 = start + blockIdx.y * 2 * FT;  // (causal: heavy first)
+    if (b0 >= end) return;  // (the whole block)
+    QTiles qt = q_tiles(b0, start, end, causal, Hq / Hkv, hk);
+    int nw = qt.count();
+    auto steps = [&](int st, int i) {  // query tile i: Q, dO through cp.async, lse and D (EXP2: dkdv_probs<true>'s forms)
+        int h = qt.head(i), q0 = qt.q0(i), r = threadIdx.x, t = q0 + r;
+        wg_load_tile_async<D, 128>(sm.pipe.a[st][0], q, q0, end, Hq, h);
+        wg_load_tile_async<D, 128>(sm.pipe.b[st][0], dout, q0, end, Hq, h);
+        if (r < FT) {
+            float l = t < end ? lse[(size_t)t * Hq + h] : INFINITY, d = t < end ? drow[(size_t)t * Hq + h] : 0.0f;
+            sm.lse[st][r] = EXP2 ? l * LOG2E : l;
+            sm.drow[st][r] = EXP2 ? d * scale : d;
+        }
+    };
+    if (!ws::start_roles<true>(sm.pipe, nw, steps)) return;
+    int cw = warpgroup_index() - 1, warp = threadIdx.x / 32 % 4, g = threadIdx.x % 32 / 4, c = threadIdx.x % 4;
+    int k0 = b0 + cw * FT, j_lo = k0 + warp * 16 + g, j_hi = j_lo + 8;  // this consumer's keys, the thread's two
+    wg_load_tile_async<D, 128>(sm.k[cw], k, k0, end, Hkv, hk);
+    wg_load_tile_async<D, 128>(sm.v[cw], v, k0, end, Hkv, hk);
+    cp_async_commit();
+    struct Step {
+        DkdvSmem<D> &sm;
+        QTiles &qt;
+        int cw, k0, end, causal, j_lo, j_hi, c;
+        float scale;
+        float gk[D / 8][4], gv[D / 8][4];
+        float p[FT / 8][4], ds[FT / 8][4];   // Sᵀ_w and dPᵀ_w, then Pᵀ_w and dSᵀ_w: 64 keys × 64 queries
+        uint32_t a1[FT / 16][4], a2[FT / 16][4];  // Pᵀ and dSᵀ of step w - 1 as bf16 A fragments
+        __device__ void scores(int st) {  // Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ
+            wg_hold<FT / 8>(p), wg_hold<FT / 8>(ds);
+            wg_fence();
+            ws::issue_products<D, 1>(p, sm.k[cw], sm.pipe.a[st]);
+            ws::issue_products<D, 1>(ds, sm.v[cw], sm.pipe.b[st]);
+            wg_commit();
+        }
+        __device__ void accum(int st) {  // dV += Pᵀ·dO, dK += dSᵀ·Q
+            wg_hold<D / 8>(gv), wg_hold<D / 8>(gk), wg_hold_frags(a1), wg_hold_frags(a2);
+            wg_fence();
+            ws::accumulate_products<D, 1>(gv, a1, sm.pipe.b[st]);
+            ws::accumulate_products<D, 1>(gk, a2, sm.pipe.a[st]);
+            wg_commit();
+        }
+        __device__ void scores_landed() { wg_hold<FT / 8>(p), wg_hold<FT / 8>(ds); }
+        __device__ void accum_landed() { wg_hold<D / 8>(gv), wg_hold<D / 8>(gk), wg_hold_frags(a1), wg_hold_frags(a2); }
+        __device__ void elementwise(int w) {
+            int st = w % DkdvSmem<D>::ST;
+            dkdv_probs<EXP2>(p, ds, sm.lse[st], sm.drow[st], k0, qt.q0(w), end, causal, j_lo, j_hi, c, scale);
+        }
+        __device__ void frags() { flash_p_frags<FT>(a1, p), flash_p_frags<FT>(a2, ds); }
+    } f{sm, qt, cw, k0, end, causal, j_lo, j_hi, c, scale};
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+        f.gk[n][0] = f.gk[n][1] = f.gk[n][2] = f.gk[n][3] = f.gv[n][0] = f.gv[n][1] = f.gv[n][2] = f.gv[n][3] = 0.0f;
+    ws::own_tiles_ready(cw);
+    ws::consume(sm.pipe, cw, nw, k0 < end ? nw : 0, f);
+    if (k0 >= end) return;
+    if (dk) flash_add_rows<D>(dk, f.gk, j_lo, j_hi, end, Hkv, hk, c);
+    if (dv) flash_add_rows<D>(dv, f.gv, j_lo, j_hi, end, Hkv, hk, c);
 }

@@ -111,8 +111,8 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 // tile products on Hopper's wgmma; version 2 where the GPU is not compute capability 9.0), 5 (version 4
 // overlapping the next tile's products with this tile's softmax or gradient products), 6 (two warpgroups
 // per block sharing the streamed tiles, Q in registers in the forward), 7 (6's forward over 128 keys a step;
-// v4's dK/dV kernel with v6's dQ kernel), 8 (a warp-specialised forward: a producer warpgroup streaming
-// K and V, two consumers taking turns at the tensor cores; the default's backward), 9 (a backward
+// v4's dK/dV kernel with v6's dQ kernel), 8 (warp-specialised: a producer warpgroup streaming the tiles,
+// two consumers taking turns at the tensor cores; forward, dQ, and dK/dV at head dim 64), 9 (a backward
 // in one pass, dQ by atomics), 1 (the first, synchronous tiles), or 0 for the warp-per-row kernels (tests,
 // timing), for both directions; -2, the default, takes the fastest measured (attention.cu's flash_for: the
 // forward of 7 at head dim 128 and 6 at 64, the backward of 4 at 128 and 5 at 64). LLAVA_FLASH=N sets it for

@@ -105,9 +105,8 @@ if [ -x "$B/ops_check" ]; then
     # versions 4-9 (wgmma, Hopper only; the default runs v7's forward at head dim 128 and v6's at 64, v4's
     # backward at 128 and v5's at 64): 30 checks each. A failing v5 or v7 sends the rest of the run to v6's
     # forward and v4's backward (LLAVA_FLASH=64), a failing v6 to v4, a failing v4 to v6's forward and v2's
-    # backward (62), both to v2. The bench times the default, all-v4, all-v8, v8's forward with v4's
-    # backward (84), v9 (v6's forward, the one-pass backward) and v7's forward (128 keys a step) with v4's
-    # session 15's memory-bound kernels, not run before: if ops_check finds one wrong, the earlier ones for the rest
+    # backward (62), both to v2. The bench (below) times the default against 64 and, where it passes, v8.
+    # The memory-bound kernels of session 15: if ops_check finds one wrong, the earlier ones for the rest
     if grep -E "^(rmsnorm|layernorm|copy2d|gather_rows|qkv)" "$OUTDIR/ops_check.txt" | grep -q 'FAIL$'; then
         export LLAVA_SAFE_KERNELS=1
         summary+=("a norm/copy/gather kernel FAILED its checks: the rest of this run uses LLAVA_SAFE_KERNELS=1")
