@@ -4,22 +4,21 @@
 // run the elementwise work while the tensor cores idle: on an H100 they reach 222-255 TFLOP/s at the
 // slice's shape where FlashAttention-3 reports about twice that. Here a block has three warpgroups (384
 // threads):
-//   the producer (warpgroup 0) streams K and V (in dK/dV: Q, dO and their rows' lse and D; staged 64-row
-//     tiles, the layout of flash_wgmma.cuh; TILES of each a step: two in the forward, else one) into ST stages through cp.async; each stage has a
-//     `full` mbarrier, which the copies themselves arrive on as they land (cp.async.mbarrier.arrive.noinc),
-//     and an `empty` one, which every consumer thread arrives on when done with it. It keeps 40 registers
-//     a thread (setmaxnreg), so that
+//   the producer (warpgroup 0) streams K and V (in dK/dV: Q, dO and their rows' lse and D) in staged 64-row
+//     tiles (the layout of flash_wgmma.cuh; two of each a step in the forward, else one) into ST stages
+//     through cp.async; each stage has a `full` mbarrier, which the producer threads arrive on once their
+//     copies have landed, and an `empty` one, which every consumer thread arrives on when done with it. It
+//     keeps 40 registers a thread (setmaxnreg), so that
 //   the two consumers (warpgroups 1 and 2) get 232: each owns 64 query rows (of two query heads of a KV
 //     group, PAIR, or rows q0 and q0 + 64 of one head; in dK/dV 64 keys), their Q and dO (K and V) tiles in
 //     shared memory.
 // Consumer turn w issues step w's score products (S_w = Q·K_wᵀ; in dQ also dP_w = dO·V_wᵀ; in dK/dV their
-// transposes) and step w - 1's accumulating products (O += P_{w-1}·V_{w-1}; dQ += dS_{w-1}·K_{w-1}; dV += Pᵀ·dO
-// and dK += dSᵀ·Q) together, then does step w's
-// elementwise work (the softmax; dS) while the accumulation still runs (the intra-warpgroup overlap; in the
-// forward O's rescale by step w's factor waits until turn w + 1, before P_w·V_w is issued). The consumers
-// take turns at the tensor cores through two named barriers (the ping-pong): a consumer issues its products
-// only after the other has issued its own and moved on to its elementwise work, so that one's elementwise
-// work runs under the other's products.
+// transposes) and step w - 1's accumulating products (O += P_{w-1}·V_{w-1}; dQ += dS_{w-1}·K_{w-1}; dV +=
+// Pᵀ·dO and dK += dSᵀ·Q) together, then does step w's elementwise work (the softmax; dS) while the
+// accumulation still runs (the intra-warpgroup overlap; in the forward O's rescale by step w's factor waits
+// until turn w + 1, before P_w·V_w is issued). The consumers take turns at the tensor cores through two named
+// barriers (the ping-pong): a consumer issues its products only after the other has issued its own and
+// moved on to its elementwise work, so that one's elementwise work runs under the other's products.
 // Every mbarrier wait gives up after a second or so (ws::timed_out): a schedule error here then leaves
 // wrong outputs and a flag that ops_check reports, rather than a hung GPU.
 #pragma once
@@ -35,10 +34,6 @@ __device__ __forceinline__ void mbar_init(uint64_t *bar, int count) {
 __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 __device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
-}
-// one arrival on bar once every cp.async this thread has issued so far has landed
-__device__ __forceinline__ void mbar_arrive_on_copies(uint64_t *bar) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 // set by a wait that gave up (about 2^31 clocks, a second or so): that call's outputs are wrong, and every
 // later wait of any block gives up at once, so that the blocks still run to their end (the turn barriers
@@ -76,27 +71,34 @@ __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.
 // aligned: 8 or 16 KB a tile), and their barriers
 template <int D, int ST, int TILES>
 struct Pipe {
+    static_assert(ST >= 3, "the producer signals step w - 1 after issuing step w, which may wait for stage w - ST");
     bf16_t a[ST][TILES][FT * D], b[ST][TILES][FT * D];
     uint64_t full[ST], empty[ST];
-    // (one thread; a __syncthreads before any use) PLAIN: the producer also stores to shared memory with
-    // ordinary stores, and arrives once more for them
-    template <bool PLAIN>
-    __device__ void init() {
-        for (int st = 0; st < ST; st++) mbar_init(&full[st], PLAIN ? 256 : 128), mbar_init(&empty[st], 256);
+    __device__ void init() {  // (one thread; a __syncthreads before any use)
+        for (int st = 0; st < ST; st++) mbar_init(&full[st], 128), mbar_init(&empty[st], 256);
         mbar_init_fence();
     }
-    // the producer warpgroup: steps 0 .. nw - 1, step w into stage w % ST once that stage's last use is over,
-    // by load(st, w)
-    template <bool PLAIN, class Load>
+    // the producer warpgroup: steps 0 .. nw - 1, step w into stage w % ST (by load(st, w): cp.async, and
+    // ordinary stores if any) once that stage's last use is over. A step is published as the other kernels
+    // publish their tiles: each producer thread waits for its copies, fences them for wgmma's async proxy and
+    // arrives (with release: the ordinary stores too) — for step w - 1 once step w's copies are issued, so
+    // that two steps are in flight.
+    template <class Load>
     __device__ void produce(int nw, Load load) {
         for (int w = 0; w < nw; w++) {
             int st = w % ST;
             if (w >= ST) mbar_wait(&empty[st], (w / ST - 1) & 1);
             load(st, w);
-            mbar_arrive_on_copies(&full[st]);
-            if (PLAIN) mbar_arrive(&full[st]);  // (release: the ordinary stores before it)
+            cp_async_commit();
+            if (w >= 1) landed<1>(w - 1);
         }
-        cp_async_wait_all();
+        if (nw >= 1) landed<0>(nw - 1);
+    }
+    template <int PENDING>
+    __device__ void landed(int w) {  // all but this thread's last PENDING groups of copies have landed: step w
+        cp_async_wait_pending<PENDING>();
+        wg_fence_smem();
+        mbar_arrive(&full[w % ST]);
     }
 };
 // the forward's and dQ's steps: K and V of head hk, keys start + 64·TILES·w ..; rows at or past end become
@@ -228,13 +230,13 @@ __device__ __forceinline__ void issue_accumulate(float (*out)[4], uint32_t (*a)[
 
 // The block's start: thread 0 sets up the barriers; then the producer warpgroup streams (load(st, w), as
 // Pipe::produce) and gets false, the consumers take their registers and get true
-template <bool PLAIN = false, int D, int ST, int TILES, class Load>
+template <int D, int ST, int TILES, class Load>
 __device__ __forceinline__ bool start_roles(Pipe<D, ST, TILES> &pipe, int nw, Load load) {
-    if (threadIdx.x == 0) pipe.template init<PLAIN>();
+    if (threadIdx.x == 0) pipe.init();
     __syncthreads();
     if (warpgroup_index() == 0) {
         regs_dec<40>();
-        pipe.template produce<PLAIN>(nw, load);
+        pipe.produce(nw, load);
         return false;
     }
     regs_inc<232>();
@@ -365,7 +367,7 @@ flash_dq_ws(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const
 
 // The backward's dK and dV (the scheme of flash_bwd_tiled.cuh's dkdv kernel: dV = Σ Pᵀ·dO, dK = Σ dSᵀ·Q over
 // the query tiles of every query head of the KV group), 64 keys a consumer, one query tile a step (its Q,
-// dO, and the rows' lse and D, which the producer stores with ordinary stores: PLAIN); dk, dv += the result.
+// dO, and the rows' lse and D, which the producer stores with ordinary stores); dk, dv += the result.
 // Head dim 64 only: at 128 dK and dV alone would hold 128 of the 232 registers. (Causal: every consumer
 // takes every tile of the block; one wholly above its keys adds zeros.)
 template <int D>
@@ -396,7 +398,7 @@ flash_dkdv_ws(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf
             sm.drow[st][r] = EXP2 ? d * scale : d;
         }
     };
-    if (!ws::start_roles<true>(sm.pipe, nw, steps)) return;
+    if (!ws::start_roles(sm.pipe, nw, steps)) return;
     int cw = warpgroup_index() - 1, warp = threadIdx.x / 32 % 4, g = threadIdx.x % 32 / 4, c = threadIdx.x % 4;
     int k0 = b0 + cw * FT, j_lo = k0 + warp * 16 + g, j_hi = j_lo + 8;  // this consumer's keys, the thread's two
     wg_load_tile_async<D, 128>(sm.k[cw], k, k0, end, Hkv, hk);
