@@ -20,7 +20,8 @@
 // barriers (the ping-pong): a consumer issues its products only after the other has issued its own and
 // moved on to its elementwise work, so that one's elementwise work runs under the other's products.
 // Every mbarrier wait gives up after a second or so (ws::timed_out): a schedule error here then leaves
-// wrong outputs and a flag that ops_check reports, rather than a hung GPU.
+// wrong outputs and a flag that ops_check reports, rather than a hung GPU. tests/gpu/ws_schedule.py models
+// the schedule (the waits and arrivals of produce and consume) under random interleavings.
 #pragma once
 #include "flash_wgmma.cuh"
 
