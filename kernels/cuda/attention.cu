@@ -150,9 +150,11 @@ int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const
 // sets both. Unset: the fastest measured on an H100 (bench/RESULTS.md, sessions 14 and 16): the forward of
 // version 7 at head dim 128 (v6 with 128 keys a step: 2.27 against v6's 2.48 and v4's 2.58 ms at the slice's
 // shape) and of version 6 below it (two warpgroups per block sharing the K/V tiles, Q in registers; 0.56
-// against v7's 0.74 and v4's 0.61 at the tower's), and version 4's backward at 128 (5.39 against v5's 5.48, v6's
-// 6.40 and v9's 6.56 ms), version 5's (v4 with the next tile's scores in flight) at 64 (1.683-1.726 against v4's
-// 1.709-1.743 in three runs, v6's 2.33 and v9's 1.84). Versions 4-9 fall back to v2 on a GPU other than compute capability
+// against v7's 0.74 and v4's 0.61 at the tower's), and version 7's backward at 128 (v4's dK/dV kernel with v6's
+// two-warpgroup dQ kernel: 5.20-5.22 ms against v4's 5.39-5.48 in all three runs of sessions 14 and 16 that
+// timed both, v5's 5.48, v6's 6.40 and v9's 6.56; the default from session 17 on, not yet timed in the training
+// step), version 5's (v4 with the next tile's scores in flight) at 64 (1.683-1.726 against v4's 1.709-1.743 in
+// three runs, v7's 1.84-1.85, v6's 2.33 and v9's 1.84). Versions 4-9 fall back to v2 on a GPU other than compute capability
 // 9.0; 7's backward is v4's dK/dV kernel with v6's dQ; 8 (flash_ws.cuh) is warp-specialised, a producer
 // warpgroup and two consumers in turns, in the forward, dQ and (head dim 64; v4's at 128) dK/dV (until session
 // 16, 8 was 6 with the second warpgroup half a step behind, slower: 2.47/7.94 ms); 9 a backward only (its forward is 6's): one pass, 5
@@ -169,7 +171,7 @@ static void flash_pick(void) {
 static int flash_for(int forward, int D) {
     flash_pick();
     int v = forward ? flash_fwd_version : flash_bwd_version;
-    return v != -2 ? v : forward ? (D == 128 ? 7 : 6) : (D == 64 ? 5 : 4);
+    return v != -2 ? v : forward ? (D == 128 ? 7 : 6) : (D == 64 ? 5 : 7);
 }
 extern "C" void cuda_attention_set_flash(int version) { flash_fwd_version = flash_bwd_version = version; }
 

@@ -324,7 +324,7 @@ static void wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     switch (version) {
     case 5: flash_exp2() ? BWD(true, 1, 1, true) : BWD(true); break;
     case 6: BWD(false, 2); break;
-    case 7: BWD(false, 1, 2); break;
+    case 7: flash_exp2() ? BWD(false, 1, 2, true) : BWD(false, 1, 2); break;
     default: flash_exp2() ? BWD(false, 1, 1, true) : BWD(false); break;  // 4
     }
 #undef BWD

@@ -115,10 +115,10 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 // two consumers taking turns at the tensor cores; forward, dQ, and dK/dV at head dim 64), 9 (a backward
 // in one pass, dQ by atomics), 1 (the first, synchronous tiles), or 0 for the warp-per-row kernels (tests,
 // timing), for both directions; -2, the default, takes the fastest measured (attention.cu's flash_for: the
-// forward of 7 at head dim 128 and 6 at 64, the backward of 4 at 128 and 5 at 64). LLAVA_FLASH=N sets it for
+// forward of 7 at head dim 128 and 6 at 64, the backward of 7 at 128 and 5 at 64). LLAVA_FLASH=N sets it for
 // a run, LLAVA_FLASH=FB the forward's F and backward's B.
 void cuda_attention_set_flash(int version);
-// versions 6-8's forward and 4-5's backward with the softmax in one FFMA and ex2 per score (LLAVA_FLASH_EXP2=1);
+// versions 6-8's forward and 4, 5, 7 and 8's backward with the softmax in one FFMA and ex2 per score (LLAVA_FLASH_EXP2=1);
 // -1: the environment's
 void cuda_flash_set_exp2(int on);
 // whether one of version 8's mbarrier waits gave up (its outputs wrong) since the last call; clears it

@@ -102,10 +102,10 @@ if [ -x "$B/ops_check" ]; then
         export LLAVA_FLASH=1
         summary+=("flash v2 or v3 FAILED its checks: the rest of this run uses flash v1 (LLAVA_FLASH=1)")
     fi
-    # versions 4-9 (wgmma, Hopper only; the default runs v7's forward at head dim 128 and v6's at 64, v4's
+    # versions 4-9 (wgmma, Hopper only; the default runs v7's forward at head dim 128 and v6's at 64, v7's
     # backward at 128 and v5's at 64): 30 checks each. A failing v5 or v7 sends the rest of the run to v6's
     # forward and v4's backward (LLAVA_FLASH=64), a failing v6 to v4, a failing v4 to v6's forward and v2's
-    # backward (62), both to v2. The bench (below) times the default against 64 and, where it passes, v8.
+    # backward (62), both to v2. The bench (below) times the default against 64, 74 and, where it passes, v8.
     # The memory-bound kernels of session 15: if ops_check finds one wrong, the earlier ones for the rest
     if grep -E "^(rmsnorm|layernorm|copy2d|gather_rows|qkv)" "$OUTDIR/ops_check.txt" | grep -q 'FAIL$'; then
         export LLAVA_SAFE_KERNELS=1
@@ -132,7 +132,7 @@ if [ -x "$B/ops_check" ]; then
     done
     has() { case "$passed" in *" $1 "*) return 0 ;; esac; return 1; }
     if [ -z "${LLAVA_FLASH:-}" ]; then
-        if has 4 && has 5 && has 6 && has 7; then :  # the default: v7's forward at d128, v6's at 64; v4's backward at 128, v5's at 64
+        if has 4 && has 5 && has 6 && has 7; then :  # the default: v7's forward at d128, v6's at 64; v7's backward at 128, v5's at 64
         elif has 4 && has 6; then export LLAVA_FLASH=64
         elif has 4; then export LLAVA_FLASH=4
         elif has 6; then export LLAVA_FLASH=62
@@ -140,12 +140,13 @@ if [ -x "$B/ops_check" ]; then
         fi
         [ -n "${LLAVA_FLASH:-}" ] && summary+=("  the rest of this run uses LLAVA_FLASH=$LLAVA_FLASH")
     fi
-    # the bench: the default against the previous one (v6's forward, v4's backward: 64); the rest were measured
-    # and lost in session 16 (4, 8, 84, 9, 74, 79; FLASH_VARIANTS names any of them again), as did the optimizer's
-    # overlap (OVERLAP_VARIANT=1 times it again)
+    # the bench: the default against the earlier ones (v6's forward, v4's backward: 64; session 16's at head dim
+    # 128, v7's forward with v4's backward: 74); the rest were measured and lost in session 16 (4, the old 8 and
+    # 84, 9, 79; FLASH_VARIANTS names any of them again), as did the optimizer's overlap (OVERLAP_VARIANT=1 times it again)
     variants=""
     has 4 && has 6 && variants="64"
-    has 8 && variants="$variants 8"  # (session 17's warp-specialised forward with the default backward)
+    has 4 && has 7 && variants="$variants 74"
+    has 8 && variants="$variants 8"  # (session 17's warp-specialised forward, dQ and head-dim-64 dK/dV)
     export OVERLAP_VARIANT=${OVERLAP_VARIANT-0}
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
     # the exp2 softmax (LLAVA_FLASH_EXP2=1: one FFMA and ex2 per score; v6/v7's forward, v4/v5's backward),
