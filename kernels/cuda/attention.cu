@@ -136,9 +136,9 @@ int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *d
                         int D, int causal);
 // versions 4 and 5 (flash_wgmma.cu): -1 where the GPU is not compute capability 9.0 or the build has no sm_90a
 int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
-                             int max_len, int Hq, int Hkv, int D, int causal);
+                             int T, int max_len, int Hq, int Hkv, int D, int causal);
 int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
-                              const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int D,
+                              const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int D,
                               int causal);
 // version 9 (flash_bwd_fused.cuh): dK, dV and dQ in one pass, dQ summed with atomics into dq_acc (fp32 [T, Hq, D],
 // the caller's scratch); -1 where version 4 would be
@@ -178,7 +178,7 @@ extern "C" void cuda_attention_set_flash(int version) { flash_fwd_version = flas
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
     int version = flash_for(1, D);
-    if (version >= 4 && cuda_flash_wgmma_forward(version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
+    if (version >= 4 && cuda_flash_wgmma_forward(version, out, lse, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (version >= 4) version = 2;  // no wgmma here
     if (version && cuda_flash_forward(version, out, lse, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0) return;
@@ -206,7 +206,7 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
         return;
     if (version == 9) version = 4;
     if (version >= 4 &&
-        cuda_flash_wgmma_backward(version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)
+        cuda_flash_wgmma_backward(version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (version >= 4) version = 2;
     if (version && cuda_flash_backward(version, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, max_len, Hq, Hkv, D, causal) == 0)

@@ -14,6 +14,8 @@
 #include "ops_cuda.h"
 
 #if defined(WITH_WGMMA)
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+
 #include "flash_bwd_fused.cuh"
 #include "flash_bwd_tiled.cuh"
 #include "flash_wgmma.cuh"
@@ -95,15 +97,20 @@ flash_fwd_wg(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
     flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
 }
 
+// raise kernel's limit of dynamic shared memory to `bytes` once (*configured: whether done)
+template <class Kernel>
+static void smem_limit(Kernel kernel, size_t bytes, int *configured) {
+    if (*configured) return;
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    *configured = 1;
+}
+
 // launch forward kernel K with `bytes` of dynamic shared memory (the limit raised on the first call)
 template <auto K>
 static void fwd_launch(size_t bytes, dim3 grid, int threads, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                        const int32_t *cu, int Hq, int Hkv, int causal, int D) {
     static int configured;
-    if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(K, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        configured = 1;
-    }
+    smem_limit(K, bytes, &configured);
     K<<<grid, threads, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu, Hq, Hkv, causal,
                                          1.0f / sqrtf((float)D));
     LAUNCH_CHECK();
@@ -231,12 +238,50 @@ extern "C" int cuda_flash_ws_timed_out(void) {
     if (flag) CUDA_CHECK(cudaMemcpyToSymbol(ws::timed_out, &zero, sizeof zero));
     return flag;
 }
+// LLAVA_WS_TMA=1 (or cuda_flash_set_ws_tma): v8's forward and dQ producers load K and V by TMA, a thread
+// issuing whole boxes, instead of 128 threads' cp.async — opt-in until measured
+static int ws_tma_mode = ENV_UNREAD;
+static bool ws_tma(void) { return cuda_env_setting(&ws_tma_mode, "LLAVA_WS_TMA", 0) == 1; }
+extern "C" void cuda_flash_set_ws_tma(int on) { ws_tma_mode = on < 0 ? (int)ENV_UNREAD : on != 0; }
+// a [T, H, D] bf16 tensor for TMA (0 when the driver cannot make it): boxes of 64 rows × 64 columns of one
+// head, in the 128-byte swizzle of the staged tiles; rows past T read as zeros
+static int tile_map(CUtensorMap *map, const bf16 *x, int T, int H, int D) {
+    static PFN_cuTensorMapEncodeTiled_v12000 encode;
+    static int looked;
+    if (!looked) {
+        looked = 1;
+        void *fn = NULL;
+        cudaDriverEntryPointQueryResult found;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) == cudaSuccess &&
+            found == cudaDriverEntryPointSuccess)
+            encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
+    }
+    cuuint64_t dims[3] = {(cuuint64_t)D, (cuuint64_t)H, (cuuint64_t)T}, strides[2] = {(cuuint64_t)D * 2, (cuuint64_t)H * D * 2};
+    cuuint32_t box[3] = {64, 1, FT}, step[3] = {1, 1, 1};
+    return encode && encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, (void *)x, dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+// K's and V's maps where TMA is asked for and possible
+static bool kv_maps(CUtensorMap *kmap, CUtensorMap *vmap, const bf16 *k, const bf16 *v, int T, int Hkv, int D) {
+    memset(kmap, 0, sizeof *kmap);
+    memset(vmap, 0, sizeof *vmap);
+    return ws_tma() && tile_map(kmap, k, T, Hkv, D) && tile_map(vmap, v, T, Hkv, D);
+}
+
 template <int D, bool PAIR, bool EXP2>
-static void launch_fwd_ws(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
+static void launch_fwd_ws(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len,
                           int Hq, int Hkv, int causal) {
+    CUtensorMap kmap, vmap;
+    bool tma = kv_maps(&kmap, &vmap, k, v, T, Hkv, D);
+    auto kernel = tma ? flash_fwd_ws<D, PAIR, EXP2, true> : flash_fwd_ws<D, PAIR, EXP2, false>;
+    size_t bytes = sizeof(ws::FwdSmem<D>) + WgmmaTiles::smem_pad;
+    static int configured[2];
+    smem_limit(kernel, bytes, &configured[tma]);
     int rows = ws::Rows<PAIR>::ROWS;
-    dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
-    fwd_launch<flash_fwd_ws<D, PAIR, EXP2>>(sizeof(ws::FwdSmem<D>) + WgmmaTiles::smem_pad, grid, 384, out, lse, q, k, v, cu, Hq, Hkv, causal, D);
+    kernel<<<dim3(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq), 384, bytes, g_stream>>>(
+        (bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D), kmap,
+        vmap);
+    LAUNCH_CHECK();
 }
 template <int D, bool EXP2>
 static void launch_dkdv_ws(bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q, const bf16 *k,
@@ -244,10 +289,7 @@ static void launch_dkdv_ws(bf16 *dk, bf16 *dv, const bf16 *dout, const float *ls
     auto kernel = flash_dkdv_ws<D, EXP2>;
     size_t bytes = sizeof(DkdvSmem<D>) + WgmmaTiles::smem_pad;
     static int configured;
-    if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        configured = 1;
-    }
+    smem_limit(kernel, bytes, &configured);
     kernel<<<dim3(Hkv, (max_len + 2 * FT - 1) / (2 * FT), nseq), 384, bytes, g_stream>>>(
         (bf16_t *)dk, (bf16_t *)dv, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)dout, lse, drow, cu, Hq, Hkv,
         causal, 1.0f / sqrtf((float)D));
@@ -255,18 +297,17 @@ static void launch_dkdv_ws(bf16 *dk, bf16 *dv, const bf16 *dout, const float *ls
 }
 template <int D, bool PAIR, bool EXP2>
 static void launch_dq_ws(bf16 *dq, const bf16 *dout, const float *lse, const float *drow, const bf16 *q, const bf16 *k, const bf16 *v,
-                         const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
-    auto kernel = flash_dq_ws<D, PAIR, EXP2>;
+                         const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int causal) {
+    CUtensorMap kmap, vmap;
+    bool tma = kv_maps(&kmap, &vmap, k, v, T, Hkv, D);
+    auto kernel = tma ? flash_dq_ws<D, PAIR, EXP2, true> : flash_dq_ws<D, PAIR, EXP2, false>;
     size_t bytes = sizeof(ws::DqSmem<D>) + WgmmaTiles::smem_pad;
-    static int configured;
-    if (!configured) {
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        configured = 1;
-    }
+    static int configured[2];
+    smem_limit(kernel, bytes, &configured[tma]);
     int rows = ws::Rows<PAIR>::ROWS;
     kernel<<<dim3(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq), 384, bytes, g_stream>>>(
         (bf16_t *)dq, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)dout, lse, drow, cu, Hq, Hkv, causal,
-        1.0f / sqrtf((float)D));
+        1.0f / sqrtf((float)D), kmap, vmap);
     LAUNCH_CHECK();
 }
 
@@ -280,7 +321,7 @@ extern "C" void cuda_flash_set_exp2(int on) { exp2_mode = on < 0 ? (int)ENV_UNRE
 // the forward of version 4-8 at head dim D (a compile-time constant from here on)
 template <int D>
 static void wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
-                          int max_len, int Hq, int Hkv, int causal) {
+                          int T, int max_len, int Hq, int Hkv, int causal) {
     bool pair = (Hq / Hkv) % 2 == 0;
     switch (version) {
     case 5: launch_fwd<D, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal); break;
@@ -290,10 +331,10 @@ static void wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, con
     case 6: case 9: flash_exp2() ? FWD2(FWD_PLAIN, true) : FWD2(FWD_PLAIN, false); break;  // (9: a backward version; its forward is 6's)
     case 7: flash_exp2() ? FWD2(FWD_WIDE, true) : FWD2(FWD_WIDE, false); break;
     case 8:
-        if (pair) flash_exp2() ? launch_fwd_ws<D, true, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
-                               : launch_fwd_ws<D, true, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-        else flash_exp2() ? launch_fwd_ws<D, false, true>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
-                          : launch_fwd_ws<D, false, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+        if (pair) flash_exp2() ? launch_fwd_ws<D, true, true>(out, lse, q, k, v, cu, nseq, T, max_len, Hq, Hkv, causal)
+                               : launch_fwd_ws<D, true, false>(out, lse, q, k, v, cu, nseq, T, max_len, Hq, Hkv, causal);
+        else flash_exp2() ? launch_fwd_ws<D, false, true>(out, lse, q, k, v, cu, nseq, T, max_len, Hq, Hkv, causal)
+                          : launch_fwd_ws<D, false, false>(out, lse, q, k, v, cu, nseq, T, max_len, Hq, Hkv, causal);
         break;
 #undef FWD2
     default: launch_fwd<D, false>(out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal); break;  // 4
@@ -304,7 +345,7 @@ static void wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, con
 // kernel, 8 flash_ws.cuh's dQ and (at head dim 64; 4's at 128) dK/dV kernels
 template <int D>
 static void wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
-                           const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
+                           const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv,
                            int causal) {
 #define BWD(...) flash_bwd_launch<D, WgmmaTiles, __VA_ARGS__>(dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
     if (version == 8) {  // flash_ws.cuh's dQ, and its dK/dV at head dim 64 (4's at 128)
@@ -316,7 +357,7 @@ static void wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16
                                : launch_dkdv_ws<64, false>(dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
         } else fast ? BWD(false, 1, 1, true) : BWD(false);
         if (!dq_ws) return;
-#define DQ(PAIR, EXP2) launch_dq_ws<D, PAIR, EXP2>(dq_ws, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal)
+#define DQ(PAIR, EXP2) launch_dq_ws<D, PAIR, EXP2>(dq_ws, dout, lse, drow, q, k, v, cu, nseq, T, max_len, Hq, Hkv, causal)
         pair ? (fast ? DQ(true, true) : DQ(true, false)) : (fast ? DQ(false, true) : DQ(false, false));
 #undef DQ
         return;
@@ -344,19 +385,19 @@ static int hopper(void) {
 }
 
 int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
-                             int nseq, int max_len, int Hq, int Hkv, int D, int causal) {
+                             int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
     if (!hopper() || (D != 64 && D != 128)) return -1;
-    if (D == 64) wgmma_forward<64>(version, out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else wgmma_forward<128>(version, out, lse, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    if (D == 64) wgmma_forward<64>(version, out, lse, q, k, v, cu, nseq, T, max_len, Hq, Hkv, causal);
+    else wgmma_forward<128>(version, out, lse, q, k, v, cu, nseq, T, max_len, Hq, Hkv, causal);
     return 0;
 }
 
 int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
-                              const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
+                              const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv,
                               int D, int causal) {
     if (!hopper() || (D != 64 && D != 128)) return -1;
-    if (D == 64) wgmma_backward<64>(version, dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
-    else wgmma_backward<128>(version, dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, max_len, Hq, Hkv, causal);
+    if (D == 64) wgmma_backward<64>(version, dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, T, max_len, Hq, Hkv, causal);
+    else wgmma_backward<128>(version, dq, dk, dv, dout, lse, drow, q, k, v, cu, nseq, T, max_len, Hq, Hkv, causal);
     return 0;
 }
 
@@ -372,13 +413,14 @@ int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const
 #else  // built for another architecture: no version 4
 extern "C" void cuda_flash_set_exp2(int) {}
 extern "C" int cuda_flash_ws_timed_out(void) { return 0; }
+extern "C" void cuda_flash_set_ws_tma(int) {}
 
 int cuda_flash_wgmma_forward(int, bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int, int,
-                             int) {
+                             int, int) {
     return -1;
 }
 int cuda_flash_wgmma_backward(int, bf16 *, bf16 *, bf16 *, const bf16 *, const float *, const float *, const bf16 *, const bf16 *,
-                              const bf16 *, const int32_t *, int, int, int, int, int, int) {
+                              const bf16 *, const int32_t *, int, int, int, int, int, int, int) {
     return -1;
 }
 int cuda_flash_fused_backward(float *, bf16 *, bf16 *, bf16 *, const bf16 *, const float *, const float *, const bf16 *, const bf16 *,

@@ -23,6 +23,8 @@
 // wrong outputs and a flag that ops_check reports, rather than a hung GPU. tests/gpu/ws_schedule.py models
 // the schedule (the waits and arrivals of produce and consume) under random interleavings.
 #pragma once
+#include <cuda.h>  // CUtensorMap (encoded on the host: flash_wgmma.cu)
+
 #include "flash_wgmma.cuh"
 
 namespace ws {
@@ -36,6 +38,20 @@ __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier
 __device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
+// TMA (the producer's loads with LLAVA_WS_TMA=1): bar expects `bytes` more of incoming copies (and this is the
+// one arrival its phase waits for); one 64-row × 64-column box of head h of a [T, H, D] tensor (map), rows
+// r0.. and columns c0.., into a 1024-byte aligned half of a staged tile, in its 128-byte swizzle (the same
+// layout as wg_load_tile_async's); rows past T arrive as zeros
+__device__ __forceinline__ void mbar_expect_bytes(uint64_t *bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void tma_box(void *dst, const CUtensorMap *map, int c0, int h, int r0, uint64_t *bar) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+                     smem_addr(dst)),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(h), "r"(r0), "r"(smem_addr(bar))
+                 : "memory");
+}
+
 // set by a wait that gave up (about 2^31 clocks, a second or so): that call's outputs are wrong, and every
 // later wait of any block gives up at once, so that the blocks still run to their end (the turn barriers
 // between the consumers do not depend on the data) instead of hanging the GPU. (Not a trap: a trap in
@@ -73,10 +89,12 @@ __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.
 template <int D, int ST, int TILES>
 struct Pipe {
     static_assert(ST >= 3, "the producer signals step w - 1 after issuing step w, which may wait for stage w - ST");
+    static constexpr uint32_t STEP_BYTES = 2 * TILES * FT * D * sizeof(bf16_t);  // a step's a and b tiles
     bf16_t a[ST][TILES][FT * D], b[ST][TILES][FT * D];
     uint64_t full[ST], empty[ST];
+    template <bool TMA>
     __device__ void init() {  // (one thread; a __syncthreads before any use)
-        for (int st = 0; st < ST; st++) mbar_init(&full[st], 128), mbar_init(&empty[st], 256);
+        for (int st = 0; st < ST; st++) mbar_init(&full[st], TMA ? 1 : 128), mbar_init(&empty[st], 256);
         mbar_init_fence();
     }
     // the producer warpgroup: steps 0 .. nw - 1, step w into stage w % ST (by load(st, w): cp.async, and
@@ -101,6 +119,17 @@ struct Pipe {
         wg_fence_smem();
         mbar_arrive(&full[w % ST]);
     }
+    // the same by TMA, from one thread: load(st, w, bar) issues the step's boxes, whose bytes complete the
+    // stage's phase (TMA writes through the async proxy, which wgmma reads: no fence)
+    template <class Load>
+    __device__ void produce_tma(int nw, Load load) {
+        for (int w = 0; w < nw; w++) {
+            int st = w % ST;
+            if (w >= ST) mbar_wait(&empty[st], (w / ST - 1) & 1);
+            mbar_expect_bytes(&full[st], STEP_BYTES);
+            load(st, w, &full[st]);
+        }
+    }
 };
 // the forward's and dQ's steps: K and V of head hk, keys start + 64·TILES·w ..; rows at or past end become
 // zeros (a tile past the block's last holds whatever rows are there: its keys are masked)
@@ -111,6 +140,17 @@ __device__ __forceinline__ auto kv_steps(Pipe<D, ST, TILES> &pipe, const bf16_t 
             wg_load_tile_async<D, 128>(pipe.a[st][t], k, start + (TILES * w + t) * FT, end, H, hk);
             wg_load_tile_async<D, 128>(pipe.b[st][t], v, start + (TILES * w + t) * FT, end, H, hk);
         }
+    };
+}
+template <int D, int ST, int TILES>
+__device__ __forceinline__ auto kv_steps_tma(Pipe<D, ST, TILES> &pipe, const CUtensorMap *kmap, const CUtensorMap *vmap, int start, int hk) {
+    return [=, &pipe](int st, int w, uint64_t *bar) {
+        for (int t = 0; t < TILES; t++)
+            for (int half = 0; half < D / 64; half++) {
+                int r0 = start + (TILES * w + t) * FT;
+                tma_box(pipe.a[st][t] + half * FT * 64, kmap, half * 64, hk, r0, bar);
+                tma_box(pipe.b[st][t] + half * FT * 64, vmap, half * 64, hk, r0, bar);
+            }
     };
 }
 
@@ -229,15 +269,20 @@ __device__ __forceinline__ void issue_accumulate(float (*out)[4], uint32_t (*a)[
     wg_commit();
 }
 
-// The block's start: thread 0 sets up the barriers; then the producer warpgroup streams (load(st, w), as
-// Pipe::produce) and gets false, the consumers take their registers and get true
-template <int D, int ST, int TILES, class Load>
+// The block's start: thread 0 sets up the barriers; then the producer warpgroup streams (load, as
+// Pipe::produce, or with TMA as Pipe::produce_tma, by its first thread) and gets false, the consumers take
+// their registers and get true
+template <bool TMA = false, int D, int ST, int TILES, class Load>
 __device__ __forceinline__ bool start_roles(Pipe<D, ST, TILES> &pipe, int nw, Load load) {
-    if (threadIdx.x == 0) pipe.init();
+    if (threadIdx.x == 0) pipe.template init<TMA>();
     __syncthreads();
     if (warpgroup_index() == 0) {
         regs_dec<40>();
-        pipe.produce(nw, load);
+        if constexpr (TMA) {
+            if (threadIdx.x == 0) pipe.produce_tma(nw, load);
+        } else {
+            pipe.produce(nw, load);
+        }
         return false;
     }
     regs_inc<232>();
@@ -268,17 +313,21 @@ struct DqSmem {
 
 }  // namespace ws
 
-// The forward: 128 keys a step
-template <int D, bool PAIR, bool EXP2>
+// The forward: 128 keys a step (TMA: K and V through kmap and vmap)
+template <int D, bool PAIR, bool EXP2, bool TMA>
 __global__ static void __launch_bounds__(384, 1)
 flash_fwd_ws(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int Hq, int Hkv,
-             int causal, float scale) {
+             int causal, float scale, const __grid_constant__ CUtensorMap kmap, const __grid_constant__ CUtensorMap vmap) {
     extern __shared__ __align__(128) unsigned char raw[];
     ws::FwdSmem<D> &sm = *reinterpret_cast<ws::FwdSmem<D> *>(WgmmaTiles::align(raw));
     ws::Rows<PAIR> r(cu, causal);
     if (r.b0 >= r.end) return;  // (the whole block)
     int nw = (r.tiles + 1) / 2;
-    if (!ws::start_roles(sm.pipe, nw, ws::kv_steps(sm.pipe, k, v, r.start, r.end, Hkv, r.kv_head(Hq, Hkv)))) return;
+    if constexpr (TMA) {
+        if (!ws::start_roles<true>(sm.pipe, nw, ws::kv_steps_tma(sm.pipe, &kmap, &vmap, r.start, r.kv_head(Hq, Hkv)))) return;
+    } else {
+        if (!ws::start_roles(sm.pipe, nw, ws::kv_steps(sm.pipe, k, v, r.start, r.end, Hkv, r.kv_head(Hq, Hkv)))) return;
+    }
     int cw = warpgroup_index() - 1, warp = threadIdx.x / 32 % 4, c = threadIdx.x % 4;
     r.consumer(cw, causal);
     wg_load_tile_async<D, 128>(sm.q[cw], q, r.q0, r.end, Hq, r.h);
@@ -317,17 +366,23 @@ flash_fwd_ws(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
 }
 
 // The backward's dQ (the scheme of flash_bwd_tiled.cuh's dq kernel: dQ = Σ dS·K with dS = P∘(dP − D)·scale,
-// P = exp(S·scale − lse) recomputed from S = Q·Kᵀ and dP = dO·Vᵀ), 64 keys a step; dq += the result
-template <int D, bool PAIR, bool EXP2>
+// P = exp(S·scale − lse) recomputed from S = Q·Kᵀ and dP = dO·Vᵀ), 64 keys a step (TMA: K and V through kmap
+// and vmap); dq += the result
+template <int D, bool PAIR, bool EXP2, bool TMA>
 __global__ static void __launch_bounds__(384, 1)
 flash_dq_ws(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse, const float *drow,
-            const int32_t *cu, int Hq, int Hkv, int causal, float scale) {
+            const int32_t *cu, int Hq, int Hkv, int causal, float scale, const __grid_constant__ CUtensorMap kmap,
+            const __grid_constant__ CUtensorMap vmap) {
     extern __shared__ __align__(128) unsigned char raw[];
     ws::DqSmem<D> &sm = *reinterpret_cast<ws::DqSmem<D> *>(WgmmaTiles::align(raw));
     ws::Rows<PAIR> r(cu, causal);
     if (r.b0 >= r.end) return;  // (the whole block)
     int nw = r.tiles;
-    if (!ws::start_roles(sm.pipe, nw, ws::kv_steps(sm.pipe, k, v, r.start, r.end, Hkv, r.kv_head(Hq, Hkv)))) return;
+    if constexpr (TMA) {
+        if (!ws::start_roles<true>(sm.pipe, nw, ws::kv_steps_tma(sm.pipe, &kmap, &vmap, r.start, r.kv_head(Hq, Hkv)))) return;
+    } else {
+        if (!ws::start_roles(sm.pipe, nw, ws::kv_steps(sm.pipe, k, v, r.start, r.end, Hkv, r.kv_head(Hq, Hkv)))) return;
+    }
     int cw = warpgroup_index() - 1, c = threadIdx.x % 4;
     r.consumer(cw, causal);
     wg_load_tile_async<D, 128>(sm.q[cw], q, r.q0, r.end, Hq, r.h);

@@ -123,6 +123,8 @@ void cuda_attention_set_flash(int version);
 void cuda_flash_set_exp2(int on);
 // whether one of version 8's mbarrier waits gave up (its outputs wrong) since the last call; clears it
 int cuda_flash_ws_timed_out(void);
+// version 8's forward and dQ loading K and V by TMA (LLAVA_WS_TMA=1); -1: the environment's
+void cuda_flash_set_ws_tma(int on);
 // LLAVA_PROFILE (profile.cu): forget the op times recorded so far, e.g. at the end of a warm-up.
 void cuda_profile_reset(void);
 void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,

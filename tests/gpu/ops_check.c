@@ -677,13 +677,14 @@ static void exp2_timing(Bench *b, double flops, const int *range) {
 
 // version 8 (warp-specialised: the forward, the backward's dQ kernel, and its dK/dV kernel at head dim 64)
 // against the default (the forward of 7 at head dim 128 and 6 at 64; the backward of 7 at 128, whose dK/dV
-// kernel 8 shares, and 5 at 64), plain and with the exp2 softmax: last of all, after 8's checks (a schedule
-// error there loses nothing)
+// kernel 8 shares, and 5 at 64), plain, with the exp2 softmax, and with v8's K/V loads by TMA: last of all,
+// after 8's checks (a schedule error there loses nothing)
 static void ws_timing(Bench *b, double flops, const int *unused) {
     (void)unused;
     int fwd = b->D == 128 ? 7 : 6, bwd = b->D == 128 ? 7 : 5;
-    for (int exp2 = 0; exp2 <= 1; exp2++) {
-        cuda_flash_set_exp2(exp2 ? 1 : -1);
+    for (int mode = 0; mode < 3; mode++) {  // plain, exp2 softmax, TMA loads
+        cuda_flash_set_exp2(mode == 1 ? 1 : -1);
+        cuda_flash_set_ws_tma(mode == 2 ? 1 : -1);
         cuda_attention_set_flash(fwd);
         double old_f = time_ms(run_attn, b, 5);
         cuda_attention_set_flash(bwd);
@@ -693,11 +694,12 @@ static void ws_timing(Bench *b, double flops, const int *unused) {
         int gave_up = cuda_flash_ws_timed_out();
         printf("timing: attention T %d %s d%d%s: flash v8 forward %7.3f ms %6.1f TFLOP/s (v%d %7.3f ms %6.1f), backward %7.3f ms "
                "%6.1f TFLOP/s (v%d %7.3f ms %6.1f)%s\n",
-               b->T, b->causal ? "causal" : "bidir", b->D, exp2 ? " exp2 softmax" : "", ws_f, flops / ws_f / 1e9, fwd, old_f,
-               flops / old_f / 1e9, ws_b, 2.5 * flops / ws_b / 1e9, bwd, old_b, 2.5 * flops / old_b / 1e9,
+               b->T, b->causal ? "causal" : "bidir", b->D, mode == 1 ? " exp2 softmax" : mode == 2 ? " v8 TMA loads" : "", ws_f,
+               flops / ws_f / 1e9, fwd, old_f, flops / old_f / 1e9, ws_b, 2.5 * flops / ws_b / 1e9, bwd, old_b, 2.5 * flops / old_b / 1e9,
                gave_up ? " (v8: an mbarrier wait gave up: not a timing)" : "");
     }
     cuda_flash_set_exp2(-1);
+    cuda_flash_set_ws_tma(-1);
     cuda_attention_set_flash(-2);
 }
 
@@ -762,14 +764,18 @@ int main(int argc, char **argv) {
     variant = "";
     cuda_flash_set_exp2(-1);
     if (timed) at_attention_shapes(exp2_timing, (const int[]){4, 7});
-    // version 8 (warp-specialised forward and dQ, session 17: not yet run on a GPU when written), plain and
-    // exp2, then timed
+    // version 8 (warp-specialised forward and dQ, session 17: not yet run on a GPU when written), plain, with
+    // the exp2 softmax and with TMA loads, then timed
     attention_cases(8);
     cuda_flash_set_exp2(1);
     variant = " exp2";
     attention_cases(8);
-    variant = "";
     cuda_flash_set_exp2(-1);
+    cuda_flash_set_ws_tma(1);
+    variant = " tma";
+    attention_cases(8);
+    cuda_flash_set_ws_tma(-1);
+    variant = "";
     if (timed) at_attention_shapes(ws_timing, NULL);
     printf("ops_check: %d failure%s\n", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;

@@ -149,15 +149,18 @@ if [ -x "$B/ops_check" ]; then
     has 8 && variants="$variants 8"  # (session 17's warp-specialised forward, dQ and head-dim-64 dK/dV)
     export OVERLAP_VARIANT=${OVERLAP_VARIANT-0}
     export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
-    # the exp2 softmax (LLAVA_FLASH_EXP2=1: one FFMA and ex2 per score; v6/v7's forward, v4/v5's backward),
-    # opt-in until measured: 30 checks per version, then a bench variant
+    # settings still opt-in until measured, each a bench run where its checks pass (30 per version): the exp2
+    # softmax (LLAVA_FLASH_EXP2=1: one FFMA and ex2 per score; v6-v8's forward, v4, v5, v7 and v8's backward)
+    # and v8's K/V loads by TMA (LLAVA_WS_TMA=1)
+    env_variants=""
     if passes "flash v4 exp2" && passes "flash v5 exp2" && passes "flash v6 exp2" && passes "flash v7 exp2"; then
-        exp2_variants="LLAVA_FLASH_EXP2=1"
-        has 8 && passes "flash v8 exp2" && exp2_variants="$exp2_variants LLAVA_FLASH=8,LLAVA_FLASH_EXP2=1"
-        export ENV_VARIANTS=${ENV_VARIANTS-$exp2_variants}
+        env_variants="LLAVA_FLASH_EXP2=1"
+        has 8 && passes "flash v8 exp2" && env_variants="$env_variants LLAVA_FLASH=8,LLAVA_FLASH_EXP2=1"
     else
         summary+=("flash v4-v7 with the exp2 softmax: $(for v in 4 5 6 7; do printf '%s ' "$(ok_count "flash v$v exp2")"; done)checks ok, FAILED or did not finish: left out of the bench")
     fi
+    has 8 && passes "flash v8 tma" && env_variants="$env_variants LLAVA_FLASH=8,LLAVA_WS_TMA=1"
+    export ENV_VARIANTS=${ENV_VARIANTS-$env_variants}
 fi
 # OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's
 # gpu-bin) in the same run, to tell a code change from a card's variation
