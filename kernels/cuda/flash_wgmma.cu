@@ -21,7 +21,7 @@
 #include "flash_bwd_fused.cuh"
 #include "flash_bwd_tiled.cuh"
 #include "flash_wgmma.cuh"
-#include "flash_ws.cuh"
+#include "flash_ws_kernels.cuh"
 
 template <int D>
 struct WgFwdSmem {
@@ -233,7 +233,7 @@ static void launch_fwd2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, con
                                                v, cu, Hq, Hkv, causal, D);
 }
 
-// version 8: flash_ws.cuh; whether one of its mbarrier waits gave up since the last call (then cleared)
+// version 8: flash_ws_kernels.cuh; whether one of its mbarrier waits gave up since the last call (then cleared)
 extern "C" int cuda_flash_ws_timed_out(void) {
     int flag = 0, zero = 0;
     CUDA_CHECK(cudaMemcpyFromSymbol(&flag, ws::timed_out, sizeof flag));
@@ -295,7 +295,7 @@ template <int D, bool EXP2>
 static void launch_dkdv_ws(bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q, const bf16 *k,
                            const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv, int causal) {
     auto kernel = flash_dkdv_ws<D, EXP2>;
-    size_t bytes = sizeof(DkdvSmem<D>) + WgmmaTiles::smem_pad;
+    size_t bytes = sizeof(ws::DkdvSmem<D>) + WgmmaTiles::smem_pad;
     static int configured;
     smem_limit(kernel, bytes, &configured);
     kernel<<<dim3(Hkv, (max_len + 2 * FT - 1) / (2 * FT), nseq), 384, bytes, g_stream>>>(
