@@ -5,7 +5,7 @@
 # (0) ops_check: every CUDA op against the CPU op, and their timings at the 4B and tower shapes (first, so
 # that a failing flash v2/v3 leaves the rest on v1); (1) with HF_PARITY=1, our fp32 CPU model against the
 # Hugging Face implementations only those machines have (transformers: MLCDVisionModel, Qwen3ForCausalLM);
-# (2) the model on the CUDA backend against the CPU backend (tiny and mid-size; gradients under
+# (2) the model on the CUDA backend against the CPU backend (tiny and two mid-size presets; gradients under
 # compare_backends.py's bf16 rule, PyTorch autocast on the CPU and then on the GPU as the peer) and
 # --recompute bit-identical; (2b) greedy generation cuda vs cpu; (3) 10 training steps cuda vs cpu, a
 # save/resume, and one rank through NCCL; (5) the card's bf16 GEMM rate, the MFU denominator; (6)
@@ -205,16 +205,18 @@ for preset in tiny "$W/gqa.json"; do
 done
 
 section 2: cuda vs cpu model
-# ---- 2. the model on the CUDA backend against the CPU backend (tiny; a mid-size preset on the flash path) ----
-$PY - "$W/mid.json" <<'PY'
+# ---- 2. the model on the CUDA backend against the CPU backend (tiny; mid-size presets on the flash path: mid
+# with the text's heads of 64, mid128 with the 4B's heads of 128 and its GQA group of 4) ----
+$PY - "$W/mid.json" "$W/mid128.json" <<'PY'
 import json, sys
-c = json.load(open("data-specs/models/tiny.json"))
-c["text_config"].update(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
-                        num_key_value_heads=4, head_dim=64)
-c["vision_config"].update(embed_dim=256, hidden_size=256, intermediate_size=1024, num_heads=4, text_hidden_size=1024)
-json.dump(c, open(sys.argv[1], "w"), indent=1)
+for path, heads, kv, hd in ((sys.argv[1], 16, 4, 64), (sys.argv[2], 8, 2, 128)):
+    c = json.load(open("data-specs/models/tiny.json"))
+    c["text_config"].update(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=heads,
+                            num_key_value_heads=kv, head_dim=hd)
+    c["vision_config"].update(embed_dim=256, hidden_size=256, intermediate_size=1024, num_heads=4, text_hidden_size=1024)
+    json.dump(c, open(path, "w"), indent=1)
 PY
-for preset in tiny "$W/mid.json"; do
+for preset in tiny "$W/mid.json" "$W/mid128.json"; do
     name=$(basename "$preset" .json)
     d=$W/dev_$name
     mkdir -p "$d"
