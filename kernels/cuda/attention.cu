@@ -134,7 +134,7 @@ int cuda_flash_forward(int version, bf16 *out, float *lse, const bf16 *q, const 
 int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
                         int D, int causal);
-// versions 4 and 5 (flash_wgmma.cu): -1 where the GPU is not compute capability 9.0 or the build has no sm_90a
+// versions 4-8 (flash_wgmma.cu): -1 where the GPU is not compute capability 9.0 or the build has no sm_90a
 int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
                              int T, int max_len, int Hq, int Hkv, int D, int causal);
 int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,

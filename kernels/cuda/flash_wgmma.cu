@@ -224,13 +224,19 @@ flash_fwd_wg2(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const b
     if (mine) flash_store_rows<D>(out, lse, o, m, l, t_lo, t_hi, end, Hq, h, c);
 }
 
+// the grid of a two-warpgroup forward (versions 6-8) or v8's dQ: per head 64 rows of two heads of a KV group
+// (PAIR), or 128 rows of one (ws::Rows)
+template <bool PAIR>
+static dim3 row_blocks(int Hq, int max_len, int nseq) {
+    return dim3(PAIR ? Hq / 2 : Hq, (max_len + ws::Rows<PAIR>::ROWS - 1) / ws::Rows<PAIR>::ROWS, nseq);
+}
+
 template <int D, bool PAIR, int SCHED, bool EXP2 = false>
 static void launch_fwd2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len,
                         int Hq, int Hkv, int causal) {
-    int rows = PAIR ? FT : 2 * FT;  // per head: 64 rows of two heads, or 128 rows of one
-    dim3 grid(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq);
-    fwd_launch<flash_fwd_wg2<D, PAIR, SCHED, EXP2>>(sizeof(WgKvSmem<D, fwd2_stages<SCHED>()>) + WgmmaTiles::smem_pad, grid, 256, out, lse, q, k,
-                                               v, cu, Hq, Hkv, causal, D);
+    fwd_launch<flash_fwd_wg2<D, PAIR, SCHED, EXP2>>(sizeof(WgKvSmem<D, fwd2_stages<SCHED>()>) + WgmmaTiles::smem_pad,
+                                                    row_blocks<PAIR>(Hq, max_len, nseq), 256, out, lse, q, k,
+                                                    v, cu, Hq, Hkv, causal, D);
 }
 
 // version 8: flash_ws_kernels.cuh; whether one of its mbarrier waits gave up since the last call (then cleared)
@@ -245,9 +251,9 @@ extern "C" int cuda_flash_ws_timed_out(void) {
 static int ws_tma_mode = ENV_UNREAD;
 static bool ws_tma(void) { return cuda_env_setting(&ws_tma_mode, "LLAVA_WS_TMA", 0) == 1; }
 extern "C" void cuda_flash_set_ws_tma(int on) { ws_tma_mode = on < 0 ? (int)ENV_UNREAD : on != 0; }
-// a [T, H, D] bf16 tensor for TMA (0 when the driver cannot make it): boxes of 64 rows × 64 columns of one
+// a [T, H, D] bf16 tensor for TMA (false when the driver cannot make it): boxes of 64 rows × 64 columns of one
 // head, in the 128-byte swizzle of the staged tiles; rows past T read as zeros
-static int tile_map(CUtensorMap *map, const bf16 *x, int T, int H, int D) {
+static bool tile_map(CUtensorMap *map, const bf16 *x, int T, int H, int D) {
     static PFN_cuTensorMapEncodeTiled_v12000 encode;
     static int looked;
     if (!looked) {
@@ -275,20 +281,26 @@ static bool kv_maps(CUtensorMap *kmap, CUtensorMap *vmap, const bf16 *k, const b
     memset(vmap, 0, sizeof *vmap);
     return ws_tma() && tile_map(kmap, k, T, Hkv, D) && tile_map(vmap, v, T, Hkv, D);
 }
+// which of a v8 kernel's two instantiations runs (TMA loads where K's and V's maps were made, else cp.async),
+// its shared-memory limit raised
+template <class Kernel>
+static Kernel ws_pick(Kernel with_tma, Kernel with_cp_async, size_t bytes, int configured[2], bool tma) {
+    Kernel kernel = tma ? with_tma : with_cp_async;
+    smem_limit(kernel, bytes, &configured[tma]);
+    return kernel;
+}
 
 template <int D, bool PAIR, bool EXP2>
 static void launch_fwd_ws(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len,
                           int Hq, int Hkv, int causal) {
     CUtensorMap kmap, vmap;
-    bool tma = kv_maps(&kmap, &vmap, k, v, T, Hkv, D);
-    auto kernel = tma ? flash_fwd_ws<D, PAIR, EXP2, true> : flash_fwd_ws<D, PAIR, EXP2, false>;
     size_t bytes = sizeof(ws::FwdSmem<D>) + WgmmaTiles::smem_pad;
     static int configured[2];
-    smem_limit(kernel, bytes, &configured[tma]);
-    int rows = ws::Rows<PAIR>::ROWS;
-    kernel<<<dim3(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq), 384, bytes, g_stream>>>(
-        (bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D), kmap,
-        vmap);
+    auto kernel = ws_pick(flash_fwd_ws<D, PAIR, EXP2, true>, flash_fwd_ws<D, PAIR, EXP2, false>, bytes, configured,
+                          kv_maps(&kmap, &vmap, k, v, T, Hkv, D));
+    kernel<<<row_blocks<PAIR>(Hq, max_len, nseq), 384, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
+                                                                       (const bf16_t *)v, cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D), kmap,
+                                                                       vmap);
     LAUNCH_CHECK();
 }
 template <int D, bool EXP2>
@@ -307,20 +319,18 @@ template <int D, bool PAIR, bool EXP2>
 static void launch_dq_ws(bf16 *dq, const bf16 *dout, const float *lse, const float *drow, const bf16 *q, const bf16 *k, const bf16 *v,
                          const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int causal) {
     CUtensorMap kmap, vmap;
-    bool tma = kv_maps(&kmap, &vmap, k, v, T, Hkv, D);
-    auto kernel = tma ? flash_dq_ws<D, PAIR, EXP2, true> : flash_dq_ws<D, PAIR, EXP2, false>;
     size_t bytes = sizeof(ws::DqSmem<D>) + WgmmaTiles::smem_pad;
     static int configured[2];
-    smem_limit(kernel, bytes, &configured[tma]);
-    int rows = ws::Rows<PAIR>::ROWS;
-    kernel<<<dim3(PAIR ? Hq / 2 : Hq, (max_len + rows - 1) / rows, nseq), 384, bytes, g_stream>>>(
-        (bf16_t *)dq, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)dout, lse, drow, cu, Hq, Hkv, causal,
-        1.0f / sqrtf((float)D), kmap, vmap);
+    auto kernel = ws_pick(flash_dq_ws<D, PAIR, EXP2, true>, flash_dq_ws<D, PAIR, EXP2, false>, bytes, configured,
+                          kv_maps(&kmap, &vmap, k, v, T, Hkv, D));
+    kernel<<<row_blocks<PAIR>(Hq, max_len, nseq), 384, bytes, g_stream>>>((bf16_t *)dq, (const bf16_t *)q, (const bf16_t *)k,
+                                                                       (const bf16_t *)v, (const bf16_t *)dout, lse, drow, cu, Hq, Hkv,
+                                                                       causal, 1.0f / sqrtf((float)D), kmap, vmap);
     LAUNCH_CHECK();
 }
 
-// LLAVA_FLASH_EXP2=1 (or cuda_flash_set_exp2): versions 6 and 7 form the forward's softmax with one FFMA and
-// one ex2 per score (flash_softmax_step's EXP2), versions 4 and 5 the backward's P and dS likewise
+// LLAVA_FLASH_EXP2=1 (or cuda_flash_set_exp2): versions 6-8 form the forward's softmax with one FFMA and one
+// ex2 per score (flash_softmax_scores' EXP2), versions 4, 5, 7 and 8 the backward's P and dS likewise
 // (dkdv_probs, dq_probs) — opt-in until measured
 static int exp2_mode = ENV_UNREAD;
 static bool flash_exp2(void) { return cuda_env_setting(&exp2_mode, "LLAVA_FLASH_EXP2", 0) == 1; }

@@ -191,10 +191,7 @@ struct Rows {
 template <int D, int ST, int TILES, class F>
 __device__ __forceinline__ void consume(Pipe<D, ST, TILES> &pipe, int cw, int nw, int mw, F &f) {
     auto turn_begin = [&](int w) {
-        if (w < nw) {
-            mbar_wait(&pipe.full[w % ST], (w / ST) & 1);
-            wg_fence_smem();  // the landed copies readable by wgmma (the async proxy)
-        }
+        if (w < nw) mbar_wait(&pipe.full[w % ST], (w / ST) & 1);  // (the producer fenced its copies for wgmma, or TMA wrote them)
         if (cw == 0) bar_sync<1>();
         else bar_sync<2>();
     };
@@ -248,6 +245,17 @@ __device__ __forceinline__ void issue_products(float (*acc)[4], const bf16_t *a,
     for (int t = 0; t < N; t++)
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) wgmma_ss_n64(acc + t * FT / 8, wg_desc_kmajor(a, kk * 16), wg_desc_kmajor(b[t], kk * 16), kk > 0);
+}
+// issue (one commit group) acc1 = A1·B1ᵀ and acc2 = A2·B2ᵀ, 16 × 64 per warp each (A: 64 × D staged, B: one
+// staged tile): the backward's two score products (S and dP, or their transposes)
+template <int D>
+__device__ __forceinline__ void issue_scores2(float (*acc1)[4], const bf16_t *a1, const bf16_t (*b1)[FT * D], float (*acc2)[4],
+                                              const bf16_t *a2, const bf16_t (*b2)[FT * D]) {
+    wg_hold<FT / 8>(acc1), wg_hold<FT / 8>(acc2);
+    wg_fence();
+    issue_products<D, 1>(acc1, a1, b1);
+    issue_products<D, 1>(acc2, a2, b2);
+    wg_commit();
 }
 // issue out[16 × D] per warp += X (a: 16 rows × 64·N as A fragments) · [tile 0; ..; tile N-1], after a
 // wg_fence, before the wg_commit of the group

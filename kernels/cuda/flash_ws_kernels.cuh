@@ -114,13 +114,7 @@ flash_dq_ws(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const
         float gq[D / 8][4];
         float p[FT / 8][4], ds[FT / 8][4];  // S_w and dP_w, then dS_w: 64 rows × 64 keys
         uint32_t a[FT / 16][4];             // dS_{w-1} as bf16 A fragments
-        __device__ void scores(int st) {  // S = Q·Kᵀ, dP = dO·Vᵀ
-            wg_hold<FT / 8>(p), wg_hold<FT / 8>(ds);
-            wg_fence();
-            ws::issue_products<D, 1>(p, sm.q[cw], sm.pipe.a[st]);
-            ws::issue_products<D, 1>(ds, sm.dout[cw], sm.pipe.b[st]);
-            wg_commit();
-        }
+        __device__ void scores(int st) { ws::issue_scores2<D>(p, sm.q[cw], sm.pipe.a[st], ds, sm.dout[cw], sm.pipe.b[st]); }  // S = Q·Kᵀ, dP = dO·Vᵀ
         __device__ void accum(int st) { ws::issue_accumulate<D, 1>(gq, a, sm.pipe.a[st]); }  // dQ += dS·K
         __device__ void scores_landed() { wg_hold<FT / 8>(p), wg_hold<FT / 8>(ds); }
         __device__ void accum_landed() { wg_hold<D / 8>(gq), wg_hold_frags<FT / 16>(a); }
@@ -179,13 +173,7 @@ flash_dkdv_ws(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf
         float gk[D / 8][4], gv[D / 8][4];
         float p[FT / 8][4], ds[FT / 8][4];   // Sᵀ_w and dPᵀ_w, then Pᵀ_w and dSᵀ_w: 64 keys × 64 queries
         uint32_t a1[FT / 16][4], a2[FT / 16][4];  // Pᵀ and dSᵀ of step w - 1 as bf16 A fragments
-        __device__ void scores(int st) {  // Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ
-            wg_hold<FT / 8>(p), wg_hold<FT / 8>(ds);
-            wg_fence();
-            ws::issue_products<D, 1>(p, sm.k[cw], sm.pipe.a[st]);
-            ws::issue_products<D, 1>(ds, sm.v[cw], sm.pipe.b[st]);
-            wg_commit();
-        }
+        __device__ void scores(int st) { ws::issue_scores2<D>(p, sm.k[cw], sm.pipe.a[st], ds, sm.v[cw], sm.pipe.b[st]); }  // Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ
         __device__ void accum(int st) {  // dV += Pᵀ·dO, dK += dSᵀ·Q
             wg_hold<D / 8>(gv), wg_hold<D / 8>(gk), wg_hold_frags(a1), wg_hold_frags(a2);
             wg_fence();

@@ -395,6 +395,16 @@ static void attention_cases(int version) {
     attention_case(3, 3, 128, 1, 1, version);  // an odd group: v6 pairs row blocks, not heads, causal
 }
 
+// versions first .. last's attention cases again with a setting on (set(1), then set(-1): the environment's),
+// their lines named with `name` after the kernel's (" exp2")
+static void attention_cases_with(void (*set)(int), const char *name, int first, int last) {
+    set(1);
+    variant = name;
+    for (int version = first; version <= last; version++) attention_cases(version);
+    variant = "";
+    set(-1);
+}
+
 static void decode_case(int Hq, int Hkv, int D, int len) {  // one token against a cache of len positions
     size_t nq = (size_t)Hq * D, nk = (size_t)len * Hkv * D;
     float *q = host_rand(nq, 1), *k = host_rand(nk, 1), *v = host_rand(nk, 1), *o = xcalloc(nq, 4);
@@ -656,9 +666,10 @@ static void memory_timings(void) {
 }
 
 // LLAVA_FLASH_EXP2's softmax (one FFMA and ex2 per score) against the plain one, after their checks: versions 6
-// and 7's forward, 4 and 5's backward (range[0] .. range[1] of them)
-static void exp2_timing(Bench *b, double flops, const int *range) {
-    for (int version = range[0]; version <= range[1]; version++) {
+// and 7's forward, 4 and 5's backward (8's: ws_timing)
+static void exp2_timing(Bench *b, double flops, const int *unused) {
+    (void)unused;
+    for (int version = 4; version <= 7; version++) {
         int backward = version < 6;
         void (*fn)(void *) = backward ? run_attn_bwd : run_attn;
         double f = backward ? 2.5 * flops : flops;
@@ -758,24 +769,13 @@ int main(int argc, char **argv) {
     if (timed) timings(), memory_timings();
     attention_cases(9);
     // and the exp2 softmax (LLAVA_FLASH_EXP2=1: versions 4 and 5's backward, 6 and 7's forward), checked, then timed
-    cuda_flash_set_exp2(1);
-    variant = " exp2";
-    for (int version = 4; version <= 7; version++) attention_cases(version);
-    variant = "";
-    cuda_flash_set_exp2(-1);
-    if (timed) at_attention_shapes(exp2_timing, (const int[]){4, 7});
-    // version 8 (warp-specialised forward and dQ, session 17: not yet run on a GPU when written), plain, with
-    // the exp2 softmax and with TMA loads, then timed
+    attention_cases_with(cuda_flash_set_exp2, " exp2", 4, 7);
+    if (timed) at_attention_shapes(exp2_timing, NULL);
+    // version 8 (warp-specialised forward, dQ and head-dim-64 dK/dV, session 17: not yet run on a GPU when
+    // written), plain, with the exp2 softmax and with TMA loads, then timed
     attention_cases(8);
-    cuda_flash_set_exp2(1);
-    variant = " exp2";
-    attention_cases(8);
-    cuda_flash_set_exp2(-1);
-    cuda_flash_set_ws_tma(1);
-    variant = " tma";
-    attention_cases(8);
-    cuda_flash_set_ws_tma(-1);
-    variant = "";
+    attention_cases_with(cuda_flash_set_exp2, " exp2", 8, 8);
+    attention_cases_with(cuda_flash_set_ws_tma, " tma", 8, 8);
     if (timed) at_attention_shapes(ws_timing, NULL);
     printf("ops_check: %d failure%s\n", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;

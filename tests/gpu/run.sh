@@ -43,9 +43,16 @@ clocks_start() {
 }
 clocks_stop() {
     kill "$clocks_pid" 2>/dev/null; wait "$clocks_pid" 2>/dev/null
-    local f=$OUTDIR/clocks_$1.csv
-    grep -q '^[0-9]' "$f" 2>/dev/null || { summary+=("clocks during $1: not sampled"); return; }
-    summary+=("clocks during $1: SM $(grep '^[0-9]' "$f" | cut -d, -f1 | sort -n | awk '{a[NR] = $1} END {printf "median %d MHz (min %d, max %d)", a[int((NR + 1) / 2)], a[1], a[NR]}'), power max $(grep '^[0-9]' "$f" | cut -d, -f2 | tr -d ' ' | sort -g | tail -1) W, temperature max $(grep '^[0-9]' "$f" | cut -d, -f3 | tr -d ' ' | sort -n | tail -1) C, event reasons seen: $(grep '^[0-9]' "$f" | cut -d, -f4 | tr -d ' ' | sort | uniq -c | awk '{printf "%s%s x%d", (NR > 1 ? ", " : ""), $2, $1}') ($(grep -c '^[0-9]' "$f") samples)")
+    local seen  # one pass over the samples, in order of SM clock (the median's)
+    seen=$(grep '^[0-9]' "$OUTDIR/clocks_$1.csv" 2>/dev/null | tr -d ' ' | sort -t, -k1,1n | awk -F, '
+        { sm[NR] = $1; if ($2 + 0 > power) power = $2 + 0; if ($3 + 0 > temp) temp = $3 + 0; reasons[$4]++ }
+        END {
+            if (!NR) exit
+            printf "SM median %d MHz (min %d, max %d), power max %.1f W, temperature max %d C, event reasons seen:", sm[int((NR + 1) / 2)], sm[1], sm[NR], power, temp
+            for (r in reasons) printf " %s x%d", r, reasons[r]
+            printf " (%d samples)", NR
+        }')
+    summary+=("clocks during $1: ${seen:-not sampled}")
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 "$B/forward" --version
