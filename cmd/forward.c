@@ -55,7 +55,7 @@ static const StTensor *get(const StFile *f, const char *name, DType dt) {
 
 int main(int argc, char **argv) {
     char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *device = "cpu", *trainable_spec = "all", *grad_names = "hf";
-    int want_grads = 0, no_cache = 0;
+    int want_grads = 0, no_cache = 0, fp32_residual = 0;
     int64_t steps = 0, generate = 0, eos = -1, recompute = 0;  // OPT_INT stores int64_t
     double lr = 1e-3, wd = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
     const Opt opts[] = {
@@ -68,6 +68,9 @@ int main(int argc, char **argv) {
         {"recompute", OPT_INT, &recompute, "N", "Keep only the input of the first N decoder layers and run their forward again "
                                                 "in the backward (N >= the layer count: all). The outputs do not change; a line on "
                                                 "stderr gives the activation memory of the step."},
+        {"fp32-residual-connection", OPT_FLAG, &fp32_residual, NULL,
+         "Keep the residual stream (each layer's input and sum, and their gradients) in fp32 on a bf16 backend, as Megatron's "
+         "flag of that name and PyTorch autocast do; the norms' outputs and the products stay bf16. No effect on cpu."},
         {"grads", OPT_FLAG, &want_grads, NULL,
          "Also write grad.<HF name> of the loss for every trainable tensor; needs labels."},
         {"grad-names", OPT_STR, &grad_names, "hf",
@@ -170,6 +173,7 @@ int main(int argc, char **argv) {
     ModelWork work;
     model_work_init(&work, m.be);
     work.recompute = (int)recompute;
+    work.fp32_residual = fp32_residual;
     // gradients live in the backend's memory; they come back to the host for writing
     float *host_grad = xcalloc(opt.n + 1, sizeof(float)), **grads = xcalloc((size_t)m.np, sizeof(float *));
     for (int i = 0; i < m.np; i++) if (opt.grad[i]) grads[i] = host_grad + (opt.grad[i] - opt.flat_grad);

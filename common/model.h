@@ -60,6 +60,7 @@ typedef struct {
     Arena arena;                 // activations, in the backend's memory
     Arena host;                  // host-side index and angle tables of the step
     int recompute;               // decoder layers (from the first) whose activations the backward recomputes
+    int fp32_residual;           // the residual stream in fp32 on a bf16 backend (--fp32-residual-connection)
     int logits_scratch;          // model_loss_grads may overwrite the logits with their gradient (the caller
                                  // reads only the loss after it: one [T, vocab] buffer less)
     int text_layers_backward;    // decoder layers the last backward went through
@@ -125,6 +126,8 @@ typedef struct {
     Act *k, *v;                  // [layers, cap, nkv, hd]
     float *ang;                  // [cap, hd/2] RoPE angles of every position, as the full forward computes them
     Act *act;                    // one token's activations
+    float *res;                  // its residual rows x and x_mid [2, H] when the stream is fp32
+    int fp32_residual;           // ModelWork.fp32_residual of the prefill
     float *stats;                // and its norm statistics
     int32_t *id;                 // [1] the token being decoded
 } KvCache;

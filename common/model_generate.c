@@ -19,6 +19,7 @@ void kv_cache_free(KvCache *kv) {
         be->release(kv->v);
         be->release(kv->ang);
         be->release(kv->act);
+        be->release(kv->res);
         be->release(kv->stats);
         be->release(kv->id);
     }
@@ -59,6 +60,8 @@ int model_prefill(const Model *m, ModelWork *w, const ModelInput *in, KvCache *k
     kv->k = be->alloc((size_t)c->layers * cap * KV * be->esize);
     kv->v = be->alloc((size_t)c->layers * cap * KV * be->esize);
     kv->act = be->alloc(token_acts(c) * be->esize);
+    kv->fp32_residual = w->fp32_residual != 0;  // the prompt's forward kept the residual stream so: the tokens too
+    kv->res = be->alloc(2 * (size_t)c->hidden * sizeof(float));
     kv->stats = be->alloc((2 + (size_t)c->heads + c->kv_heads) * sizeof(float));
     kv->id = be->alloc(sizeof(int32_t));
     kv->ang = be->alloc((size_t)cap * half * sizeof(float));
@@ -85,17 +88,23 @@ int model_decode(const Model *m, KvCache *kv, int32_t id, float *logits, Err *e)
     if (id < 0 || id >= c->vocab) { err_set(e, "token %d is outside the vocabulary", id); return -1; }
     if (m->cfg.vision.present && id == m->cfg.image_token_id) { err_set(e, "an <|image_pad|> token cannot be decoded without its image"); return -1; }
     // one token's activations, carved from the cache's block (layout of token_acts)
-    Act *x = kv->act, *h = AT(be, x, H), *o = AT(be, h, H), *x_mid = AT(be, o, H), *q = AT(be, x_mid, H), *qr = AT(be, q, Q),
+    Act *xs = kv->act, *h = AT(be, xs, H), *o = AT(be, h, H), *x_mids = AT(be, o, H), *q = AT(be, x_mids, H), *qr = AT(be, q, Q),
         *att = AT(be, qr, Q), *k = AT(be, att, Q), *gu = AT(be, k, KV), *act = AT(be, gu, 2 * I), *out = AT(be, act, I);
     float *rstd = kv->stats, *qrstd = rstd + 2, *krstd = qrstd + nq;
     int pos = kv->len;
     const float *ang = kv->ang + (size_t)pos * (hd / 2);
     be->upload(kv->id, &id, sizeof id);
-    be->embedding_forward(x, kv->id, W(m, "model.embed_tokens.weight", 0), 1, H);
+    be->embedding_forward(xs, kv->id, W(m, "model.embed_tokens.weight", 0), 1, H);
+    Resid r = {be, kv->fp32_residual};  // the residual rows: xs and x_mids, or fp32 ones
+    Res *x = (Res *)xs, *x_mid = (Res *)x_mids;
+    if (r.f32) {
+        x = (Res *)kv->res, x_mid = (Res *)(kv->res + H);
+        be->widen(kv->res, xs, (size_t)H);
+    }
     for (int l = 0; l < c->layers; l++) {
         Act *kc = AT(be, kv->k, l * kv_layer_stride(m, kv)), *vc = AT(be, kv->v, l * kv_layer_stride(m, kv));
         Act *k_pos = AT(be, kc, (size_t)pos * KV);
-        be->rmsnorm_forward(h, rstd, x, W(m, "model.layers.%d.input_layernorm.weight", l), 1, H, eps);
+        res_rmsnorm(&r, h, rstd, x, W(m, "model.layers.%d.input_layernorm.weight", l), 1, H, eps);
         be->matmul_forward(q, h, W(m, "model.layers.%d.self_attn.q_proj.weight", l), NULL, 1, H, Q);
         be->matmul_forward(k, h, W(m, "model.layers.%d.self_attn.k_proj.weight", l), NULL, 1, H, KV);
         be->matmul_forward(AT(be, vc, (size_t)pos * KV), h, W(m, "model.layers.%d.self_attn.v_proj.weight", l), NULL, 1, H, KV);
@@ -103,15 +112,15 @@ int model_decode(const Model *m, KvCache *kv, int32_t id, float *logits, Err *e)
         be->rmsnorm_rope_forward(k_pos, krstd, k, W(m, "model.layers.%d.self_attn.k_norm.weight", l), ang, 1, nkv, hd, eps);
         be->attention_decode(att, qr, kc, vc, pos + 1, nq, nkv, hd);
         be->matmul_forward(o, att, W(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL, 1, Q, H);
-        be->add_rmsnorm_forward(x_mid, h, rstd, x, o, W(m, "model.layers.%d.post_attention_layernorm.weight", l), 1, H, eps);
+        res_add_rmsnorm(&r, x_mid, h, rstd, x, o, W(m, "model.layers.%d.post_attention_layernorm.weight", l), 1, H, eps);
         // one row: [gate | up] is the two products side by side
         be->matmul_forward(gu, h, W(m, "model.layers.%d.mlp.gate_proj.weight", l), NULL, 1, H, I);
         be->matmul_forward(AT(be, gu, I), h, W(m, "model.layers.%d.mlp.up_proj.weight", l), NULL, 1, H, I);
         be->swiglu_forward(act, gu, 1, I);
         be->matmul_forward(o, act, W(m, "model.layers.%d.mlp.down_proj.weight", l), NULL, 1, I, H);
-        be->add(x, x_mid, o, (size_t)H);
+        res_add(&r, x, x_mid, o, (size_t)H);
     }
-    be->rmsnorm_forward(h, rstd, x, W(m, "model.norm.weight", 0), 1, H, eps);
+    res_rmsnorm(&r, h, rstd, x, W(m, "model.norm.weight", 0), 1, H, eps);
     int head = model_param_id(m, "lm_head.weight");
     be->matmul_forward(out, h, head >= 0 ? m->wb[head] : W(m, "model.embed_tokens.weight", 0), NULL, 1, H, c->vocab);
     be->to_f32(logits, out, (size_t)c->vocab);

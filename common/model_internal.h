@@ -20,9 +20,39 @@ float *model_grad_acc(const Model *m, ModelWork *w, float **grads, const char *f
 void model_matmul_backward(const Model *m, ModelWork *w, float **grads, Act *dinp, int dinp_set, const char *wfmt, const char *bfmt,
                            int layer, const Act *dout, const Act *inp, int N, int K, int M);
 
+// The residual stream -- each layer's input x_in, its x_mid, and the gradient flowing back along them -- in the
+// backend's storage type, or in fp32 with ModelWork.fp32_residual (Megatron's --fp32-residual-connection; PyTorch
+// autocast keeps it fp32 too, since the embeddings and the sums are fp32 there). A bf16 stream rounds every
+// layer's sum, and the errors pile up over the layers: in the cpu-bf16 emulation the fp32 stream takes the mid
+// presets from 68 gradients within 2e-2 of fp32 to 77-82 of 82. Res points at rows of either kind; the res_
+// functions pick the backend's op for it.
+typedef struct Res Res;
+typedef struct {
+    const Backend *be;
+    int f32;
+} Resid;
+Resid model_resid(const Model *m, const ModelWork *w);
+Res *res_alloc(const Resid *r, Arena *A, size_t n);   // uninitialised
+Res *res_zeros(const Resid *r, Arena *A, size_t n);
+// x (storage type) as residual rows: x itself, or an fp32 copy from A
+Res *res_of(const Resid *r, Arena *A, Act *x, size_t n);
+// the rows of x in the storage type, for the ops that read no other: x itself, or rounded into buf
+const Act *res_stored(const Resid *r, Act *buf, const Res *x, size_t n);
+void res_add(const Resid *r, Res *out, const Res *a, const Act *b, size_t n);
+void res_rmsnorm(const Resid *r, Act *out, float *rstd, const Res *x, const Act *w, int N, int C, float eps);
+void res_add_rmsnorm(const Resid *r, Res *sum, Act *out, float *rstd, const Res *a, const Act *b, const Act *w, int N, int C, float eps);
+void res_rmsnorm_backward(const Resid *r, Res *dinp, float *dw, const Act *dout, const Res *inp, const Act *w, const float *rstd, int N,
+                          int C);
+void res_layernorm(const Resid *r, Act *out, float *mean, float *rstd, const Res *x, const Act *w, const Act *b, int N, int C, float eps);
+void res_add_layernorm(const Resid *r, Res *sum, Act *out, float *mean, float *rstd, const Res *a, const Act *b, const Act *w,
+                       const Act *bias, int N, int C, float eps);
+void res_layernorm_backward(const Resid *r, Res *dinp, float *dw, float *db, const Act *dout, const Res *inp, const Act *w,
+                            const float *mean, const float *rstd, int N, int C);
+
 // Activations of one decoder layer kept for the backward (shapes in model_text.c).
-typedef struct {  // activations (Act: backend storage) and statistics (float) of one decoder layer
-    Act *x_in, *h1, *q, *k, *v, *qr, *kr, *att, *x_mid, *h2, *gu, *act;
+typedef struct {  // activations (Act: backend storage), residual rows (Res) and statistics (float) of one decoder layer
+    Res *x_in, *x_mid;
+    Act *h1, *q, *k, *v, *qr, *kr, *att, *h2, *gu, *act;
     float *rstd1, *qrstd, *krstd, *lse, *rstd2;
 } LayerActs;
 
@@ -39,7 +69,9 @@ typedef struct {
     int recompute;            // layers 0 .. recompute-1 keep only x_in; their other activations are in shared
     LayerActs shared;
     Act *g, *u, *o;           // a layer's temporaries [T, I], [T, I], [T, H]
-    Act *x_final, *hf;
+    Resid res;                // how the residual stream is kept
+    Res *x_final;
+    Act *hf;
     float *rstdf;
 } TextTrace;
 
@@ -55,7 +87,8 @@ int model_forward_check_text(const Model *m, const ModelInput *in, Err *e);
 
 // Activations of one vision block kept for the backward (model_vision.c).
 typedef struct {
-    Act *x_in, *h1, *v, *qr, *kr, *att, *x_mid, *h2, *f1, *f1g;
+    Res *x_in, *x_mid;
+    Act *h1, *v, *qr, *kr, *att, *h2, *f1, *f1g;
     float *mean1, *rstd1, *lse, *mean2, *rstd2;
 } BlockActs;
 
@@ -68,7 +101,8 @@ typedef struct {
     Act *x0;                  // pre-LayerNorm input
     float *pre_mean, *pre_rstd;
     BlockActs *B;
-    Act *x_last;              // output of the last block
+    Resid res;
+    Res *x_last;              // output of the last block
     Act *ln, *m1, *m1g;       // merger
     float *ln_mean, *ln_rstd;
     const Act *pixels, *hidden;

@@ -25,7 +25,7 @@ int32_t *text_blocks(const ModelInput *in, Arena *H, int *nseq) {
 }
 
 // One decoder layer's activations (all but x_in) from the arena.
-static void layer_acts_alloc(const Model *m, Arena *A, int T, LayerActs *a) {
+static void layer_acts_alloc(const Model *m, const TextTrace *tr, Arena *A, int T, LayerActs *a) {
     const Backend *be = m->be;
     const TextConfig *c = &m->cfg.text;
     size_t H = c->hidden, I = c->intermediate, Q = (size_t)c->heads * c->head_dim, KV = (size_t)c->kv_heads * c->head_dim;
@@ -33,7 +33,7 @@ static void layer_acts_alloc(const Model *m, Arena *A, int T, LayerActs *a) {
     a->q = U(T * Q); a->k = U(T * KV); a->v = U(T * KV);
     a->qrstd = UF((size_t)T * c->heads); a->krstd = UF((size_t)T * c->kv_heads);
     a->qr = U(T * Q); a->kr = U(T * KV); a->att = U(T * Q); a->lse = UF((size_t)T * c->heads);
-    a->x_mid = U(T * H); a->rstd2 = UF(T); a->h2 = U(T * H);
+    a->x_mid = res_alloc(&tr->res, A, T * H); a->rstd2 = UF(T); a->h2 = U(T * H);
     a->gu = U(T * 2 * I); a->act = U(T * I);
 }
 
@@ -54,7 +54,7 @@ static int gate_up_fused_from(const Model *m, float **grads, int first) {  // la
 }
 
 // Layer l from a->x_in into a's activations; x_out (NULL: not needed, as when recomputing) gets its output.
-static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs *a, Act *x_out) {
+static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs *a, Res *x_out) {
     m->be->wait_mark(1 + m->cfg.vision.depth + l);  // layer l's weights updated (model_weight_mark)
     const Backend *be = m->be;
     const TextConfig *c = &m->cfg.text;
@@ -62,7 +62,8 @@ static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs 
     int Q = nq * hd, KV = nkv * hd;
     float eps = (float)c->rms_eps;
     Act *g = tr->g, *u = tr->u, *o = tr->o;
-    be->rmsnorm_forward(a->h1, a->rstd1, a->x_in, W(m, "model.layers.%d.input_layernorm.weight", l), T, H, eps);
+    const Resid *r = &tr->res;
+    res_rmsnorm(r, a->h1, a->rstd1, a->x_in, W(m, "model.layers.%d.input_layernorm.weight", l), T, H, eps);
     be->matmul_forward(a->q, a->h1, W(m, "model.layers.%d.self_attn.q_proj.weight", l), NULL, T, H, Q);
     be->matmul_forward(a->k, a->h1, W(m, "model.layers.%d.self_attn.k_proj.weight", l), NULL, T, H, KV);
     be->matmul_forward(a->v, a->h1, W(m, "model.layers.%d.self_attn.v_proj.weight", l), NULL, T, H, KV);
@@ -71,8 +72,8 @@ static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs 
     be->rmsnorm_rope_forward(a->kr, a->krstd, a->k, W(m, "model.layers.%d.self_attn.k_norm.weight", l), tr->ang, T, nkv, hd, eps);
     be->attention_forward(a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nseq, T, tr->max_len, nq, nkv, hd, 1);
     be->matmul_forward(o, a->att, W(m, "model.layers.%d.self_attn.o_proj.weight", l), NULL, T, Q, H);
-    be->add_rmsnorm_forward(a->x_mid, a->h2, a->rstd2, a->x_in, o, W(m, "model.layers.%d.post_attention_layernorm.weight", l), T, H,
-                            eps);  // x_mid = x_in + attention, h2 = RMSNorm(x_mid)
+    res_add_rmsnorm(r, a->x_mid, a->h2, a->rstd2, a->x_in, o, W(m, "model.layers.%d.post_attention_layernorm.weight", l), T, H,
+                    eps);  // x_mid = x_in + attention, h2 = RMSNorm(x_mid)
     const Act *wg = W(m, "model.layers.%d.mlp.gate_proj.weight", l), *wu = W(m, "model.layers.%d.mlp.up_proj.weight", l);
     if (gate_up_fused(m, NULL, l)) {
         be->matmul_forward(a->gu, a->h2, wg, NULL, T, H, 2 * I);  // [gate; up] is one [2I, H] matrix: rows [gate | up]
@@ -85,7 +86,7 @@ static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs 
     be->swiglu_forward(a->act, a->gu, T, I);
     if (!x_out) return;
     be->matmul_forward(o, a->act, W(m, "model.layers.%d.mlp.down_proj.weight", l), NULL, T, I, H);
-    be->add(x_out, a->x_mid, o, (size_t)T * H);
+    res_add(r, x_out, a->x_mid, o, (size_t)T * H);
 }
 
 void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act *image_embeds, Act *logits, TextTrace *tr) {
@@ -96,6 +97,7 @@ void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act 
     float eps = (float)c->rms_eps;
     memset(tr, 0, sizeof *tr);
     tr->T = T;
+    tr->res = model_resid(m, w);
     // host tables: attention blocks, RoPE angles, where the image pads are
     int32_t *cu = text_blocks(in, Hs, &tr->nseq);
     tr->max_len = 1;
@@ -115,9 +117,10 @@ void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act 
     tr->text_rows = model_upload(m, A, text, (size_t)(tr->ntext ? tr->ntext : 1) * sizeof(int32_t));
     tr->text_ids = text_ids;  // host arena: valid until the next step
 
-    Act *x = U((size_t)T * H);
-    be->embedding_forward(x, tr->ids, W(m, "model.embed_tokens.weight", 0), T, H);
-    if (tr->npad) be->scatter_rows(x, image_embeds, tr->pad_rows, tr->npad, H);  // image pads take the merger outputs in order
+    Act *emb = U((size_t)T * H);
+    be->embedding_forward(emb, tr->ids, W(m, "model.embed_tokens.weight", 0), T, H);
+    if (tr->npad) be->scatter_rows(emb, image_embeds, tr->pad_rows, tr->npad, H);  // image pads take the merger outputs in order
+    Res *x = res_of(&tr->res, A, emb, (size_t)T * H);
     tr->L = arena_bytes(Hs, (size_t)c->layers * sizeof(LayerActs));
     tr->o = U((size_t)T * H);
     if (!gate_up_fused_from(m, NULL, 0)) {  // separate gate and up products where they are not fused
@@ -127,19 +130,19 @@ void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act 
     // The recomputed layers (the first w->recompute) share one set of activations: the backward runs
     // each one's forward again from its kept input just before its backward.
     tr->recompute = w->recompute < c->layers ? w->recompute : c->layers;
-    if (tr->recompute > 0) layer_acts_alloc(m, A, T, &tr->shared);
+    if (tr->recompute > 0) layer_acts_alloc(m, tr, A, T, &tr->shared);
     for (int l = 0; l < c->layers; l++) {
         LayerActs *a = &tr->L[l];
         if (l < tr->recompute) *a = tr->shared;
-        else layer_acts_alloc(m, A, T, a);
+        else layer_acts_alloc(m, tr, A, T, a);
         a->x_in = x;
-        x = U((size_t)T * H);  // the next layer's input; this layer keeps its own
+        x = res_alloc(&tr->res, A, (size_t)T * H);  // the next layer's input; this layer keeps its own
         layer_forward(m, tr, l, a, x);
     }
     tr->x_final = x;
     tr->rstdf = UF(T);
     tr->hf = U((size_t)T * H);
-    be->rmsnorm_forward(tr->hf, tr->rstdf, x, W(m, "model.norm.weight", 0), T, H, eps);
+    res_rmsnorm(&tr->res, tr->hf, tr->rstdf, x, W(m, "model.norm.weight", 0), T, H, eps);
     int head = model_param_id(m, "lm_head.weight");
     be->matmul_forward(logits, tr->hf, head >= 0 ? m->wb[head] : W(m, "model.embed_tokens.weight", 0), NULL, T, H, c->vocab);
 }
@@ -165,11 +168,13 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     int stop = lowest_layer(m, grads, dembeds);
     float *dnorm = G(m, grads, "model.norm.weight", 0);
     int below = stop < c->layers || dnorm;  // does anything under the head need its input gradient?
-    Act *dh = U((size_t)T * H), *dx = Z((size_t)T * H);
+    const Resid *r = &tr->res;
+    Act *dh = U((size_t)T * H), *dxs = r->f32 ? U((size_t)T * H) : NULL;  // dxs: dx rounded, for the products (fp32 stream)
+    Res *dx = res_zeros(r, A, (size_t)T * H);
     model_matmul_backward(m, w, grads, below ? dh : NULL, 1, head, NULL, 0, dlogits, tr->hf, T, H, c->vocab);
     if (!below) return 0;
     dnorm = model_grad_acc(m, w, grads, "model.norm.weight", 0);
-    be->rmsnorm_backward(stop < c->layers ? dx : NULL, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
+    res_rmsnorm_backward(r, stop < c->layers ? dx : NULL, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
     model_grads_final(m, w, "model.norm.weight", 0);  // and the head above it
     Act *dg = NULL, *du = NULL;
     if (!gate_up_fused_from(m, grads, stop)) {
@@ -184,7 +189,8 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         LayerActs *a = &tr->L[l];
         if (l < tr->recompute) layer_forward(m, tr, l, a, NULL);  // its activations again, into the shared set
         // MLP: x_out = x_mid + act·Wdᵀ (dx is d x_out and becomes d x_mid)
-        model_matmul_backward(m, w, grads, dact, 1, "model.layers.%d.mlp.down_proj.weight", NULL, l, dx, a->act, T, I, H);
+        model_matmul_backward(m, w, grads, dact, 1, "model.layers.%d.mlp.down_proj.weight", NULL, l, res_stored(r, dxs, dx, (size_t)T * H),
+                              a->act, T, I, H);
         be->swiglu_backward(dgu, dact, a->gu, T, I);  // (overwrites dgu)
         if (gate_up_fused(m, grads, l)) {  // one product for both (weights and gradients back to back)
             model_matmul_backward(m, w, grads, dh, 1, "model.layers.%d.mlp.gate_proj.weight", NULL, l, dgu, a->h2, T, H, 2 * I);
@@ -194,10 +200,11 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
             model_matmul_backward(m, w, grads, dh, 1, "model.layers.%d.mlp.gate_proj.weight", NULL, l, dg, a->h2, T, H, I);
             model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.mlp.up_proj.weight", NULL, l, du, a->h2, T, H, I);
         }
-        be->rmsnorm_backward(dx, model_grad_acc(m, w, grads, "model.layers.%d.post_attention_layernorm.weight", l), dh, a->x_mid,
+        res_rmsnorm_backward(r, dx, model_grad_acc(m, w, grads, "model.layers.%d.post_attention_layernorm.weight", l), dh, a->x_mid,
                              W(m, "model.layers.%d.post_attention_layernorm.weight", l), a->rstd2, T, H);
         // attention: x_mid = x_in + att·Woᵀ (dx becomes d x_in)
-        model_matmul_backward(m, w, grads, datt, 1, "model.layers.%d.self_attn.o_proj.weight", NULL, l, dx, a->att, T, (int)Q, H);
+        model_matmul_backward(m, w, grads, datt, 1, "model.layers.%d.self_attn.o_proj.weight", NULL, l, res_stored(r, dxs, dx, (size_t)T * H),
+                              a->att, T, (int)Q, H);
         be->zero(dqr, T * Q * es); be->zero(dkr, T * KV * es); be->zero(dv, T * KV * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nseq, T, tr->max_len, nq, nkv, hd, 1);
         // QK-norm and RoPE backwards in one pass (dq, dk overwritten; dqr, dkr spent)
@@ -208,17 +215,18 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         model_matmul_backward(m, w, grads, dh, 1, "model.layers.%d.self_attn.q_proj.weight", NULL, l, dq, a->h1, T, H, (int)Q);
         model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.self_attn.k_proj.weight", NULL, l, dk, a->h1, T, H, (int)KV);
         model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.self_attn.v_proj.weight", NULL, l, dv, a->h1, T, H, (int)KV);
-        be->rmsnorm_backward(dx, model_grad_acc(m, w, grads, "model.layers.%d.input_layernorm.weight", l), dh, a->x_in,
+        res_rmsnorm_backward(r, dx, model_grad_acc(m, w, grads, "model.layers.%d.input_layernorm.weight", l), dh, a->x_in,
                              W(m, "model.layers.%d.input_layernorm.weight", l), a->rstd1, T, H);
         model_grads_final(m, w, "model.layers.%d.input_layernorm.weight", l);  // layer l's first tensor
     }
     if (stop > 0) return c->layers - stop;
     // embedding rows, or the image embeddings where the image pads were
-    if (dembeds && tr->npad) be->gather_rows(dembeds, dx, tr->pad_rows, tr->npad, H);
     float *demb = model_grad_acc(m, w, grads, "model.embed_tokens.weight", 0);
+    const Act *dxo = (dembeds && tr->npad) || (demb && tr->ntext) ? res_stored(r, dxs, dx, (size_t)T * H) : NULL;
+    if (dembeds && tr->npad) be->gather_rows(dembeds, dxo, tr->pad_rows, tr->npad, H);
     if (demb && tr->ntext) {
         Act *drows = U((size_t)tr->ntext * H);
-        be->gather_rows(drows, dx, tr->text_rows, tr->ntext, H);
+        be->gather_rows(drows, dxo, tr->text_rows, tr->ntext, H);
         be->embedding_backward(demb, drows, tr->text_ids, tr->ntext, H);
     }
     model_grads_final(m, w, "model.embed_tokens.weight", 0);

@@ -73,34 +73,38 @@ void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hid
     tr->x0 = x;
     tr->pre_mean = UF(S);
     tr->pre_rstd = UF(S);
-    x = U((size_t)S * D);
-    be->layernorm_forward(x, tr->pre_mean, tr->pre_rstd, tr->x0, W(m, "visual.pre_layernorm.weight", 0), W(m, "visual.pre_layernorm.bias", 0), (int)S, D, eps);
+    tr->res = model_resid(m, w);
+    const Resid *r = &tr->res;
+    Act *pre = U((size_t)S * D);
+    be->layernorm_forward(pre, tr->pre_mean, tr->pre_rstd, tr->x0, W(m, "visual.pre_layernorm.weight", 0), W(m, "visual.pre_layernorm.bias", 0), (int)S, D, eps);
+    Res *xr = res_of(r, A, pre, (size_t)S * D);  // the residual stream from here to the last block
     tr->B = arena_bytes(Hs, (size_t)v->depth * sizeof(BlockActs));
     Act *qkv = U((size_t)S * 3 * D), *o = U((size_t)S * D);
     for (int l = 0; l < v->depth; l++) {
         be->wait_mark(1 + l);  // block l's weights updated (model_weight_mark)
         BlockActs *a = &tr->B[l];
-        a->x_in = x;
+        a->x_in = xr;
         a->mean1 = UF(S); a->rstd1 = UF(S); a->h1 = U((size_t)S * D);
         a->v = U((size_t)S * D);
         a->qr = U((size_t)S * D); a->kr = U((size_t)S * D); a->att = U((size_t)S * D); a->lse = UF((size_t)S * nh);
-        a->x_mid = U((size_t)S * D); a->mean2 = UF(S); a->rstd2 = UF(S); a->h2 = U((size_t)S * D);
+        a->x_mid = res_alloc(r, A, (size_t)S * D); a->mean2 = UF(S); a->rstd2 = UF(S); a->h2 = U((size_t)S * D);
         a->f1 = U((size_t)S * F); a->f1g = U((size_t)S * F);
-        be->layernorm_forward(a->h1, a->mean1, a->rstd1, x, W(m, "visual.blocks.%d.norm1.weight", l), W(m, "visual.blocks.%d.norm1.bias", l), (int)S, D, eps);
+        res_layernorm(r, a->h1, a->mean1, a->rstd1, xr, W(m, "visual.blocks.%d.norm1.weight", l), W(m, "visual.blocks.%d.norm1.bias", l), (int)S, D, eps);
         be->matmul_forward(qkv, a->h1, W(m, "visual.blocks.%d.attn.qkv.weight", l), W(m, "visual.blocks.%d.attn.qkv.bias", l), (int)S, D, 3 * D);
         be->qkv_split_rope(a->qr, a->kr, a->v, qkv, tr->ang, (int)S, nh, hd);  // output columns [Q | K | V], Q and K rotated
         be->attention_forward(a->att, a->lse, a->qr, a->kr, a->v, tr->cu, in->nimg, (int)S, tr->max_len, nh, nh, hd, 0);  // per image
         be->matmul_forward(o, a->att, W(m, "visual.blocks.%d.attn.proj.weight", l), W(m, "visual.blocks.%d.attn.proj.bias", l), (int)S, D, D);
-        be->add_layernorm_forward(a->x_mid, a->h2, a->mean2, a->rstd2, x, o, W(m, "visual.blocks.%d.norm2.weight", l),
-                                  W(m, "visual.blocks.%d.norm2.bias", l), (int)S, D, eps);  // x_mid = x + attention, h2 = LN(x_mid)
+        res_add_layernorm(r, a->x_mid, a->h2, a->mean2, a->rstd2, xr, o, W(m, "visual.blocks.%d.norm2.weight", l),
+                          W(m, "visual.blocks.%d.norm2.bias", l), (int)S, D, eps);  // x_mid = x + attention, h2 = LN(x_mid)
         be->matmul_forward(a->f1, a->h2, W(m, "visual.blocks.%d.mlp.fc1.weight", l), W(m, "visual.blocks.%d.mlp.fc1.bias", l), (int)S, D, F);
         be->gelu_forward(a->f1g, a->f1, (size_t)S * F);
         be->matmul_forward(o, a->f1g, W(m, "visual.blocks.%d.mlp.fc2.weight", l), W(m, "visual.blocks.%d.mlp.fc2.bias", l), (int)S, F, D);
-        x = U((size_t)S * D);
-        be->add(x, a->x_mid, o, (size_t)S * D);
+        xr = res_alloc(r, A, (size_t)S * D);
+        res_add(r, xr, a->x_mid, o, (size_t)S * D);
     }
-    tr->x_last = x;
-    be->gather_rows(hidden_out, x, tr->patch_rows, (int)in->rows, D);  // drop the CLS rows
+    tr->x_last = xr;
+    const Act *last = res_stored(r, r->f32 ? U((size_t)S * D) : NULL, xr, (size_t)S * D);
+    be->gather_rows(hidden_out, last, tr->patch_rows, (int)in->rows, D);  // drop the CLS rows
     // merger: LayerNorm per row, 4 rows as one, Linear-GELU-Linear
     int64_t R4 = in->rows / 4;
     int M = 4 * D, H = m->cfg.text.hidden;
@@ -132,8 +136,10 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     model_grads_final(m, w, "visual.merger.ln_q.weight", 0);
     if (!tower) return 0;
     // the CLS rows get no gradient from the output
-    Act *dx = Z((size_t)S * D);
-    be->scatter_rows(dx, dhid, tr->patch_rows, (int)tr->rows, D);
+    const Resid *r = &tr->res;
+    Act *dlast = Z((size_t)S * D), *dxs = r->f32 ? U((size_t)S * D) : NULL;  // dxs: dx rounded, for the products (fp32 stream)
+    be->scatter_rows(dlast, dhid, tr->patch_rows, (int)tr->rows, D);
+    Res *dx = res_of(r, A, dlast, (size_t)S * D);
     // zeroed before each use (the backward ops accumulate) unless written whole: dqkv, df1 (the GELU backward),
     // df1g, dh and datt (MM_SET_DINP)
     Act *df1g = U((size_t)S * F), *df1 = U((size_t)S * F), *dh = U((size_t)S * D), *datt = U((size_t)S * D),
@@ -141,16 +147,16 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     float *dcls_ang = model_grad_acc(m, w, grads, "visual.class_pos_emb", 0);  // (accumulated over the blocks)
     for (int l = v->depth - 1; l >= 0; l--) {
         const BlockActs *a = &tr->B[l];
-        model_matmul_backward(m, w, grads, df1g, 1, "visual.blocks.%d.mlp.fc2.weight", "visual.blocks.%d.mlp.fc2.bias", l, dx, a->f1g,
-                              (int)S, F, D);
+        model_matmul_backward(m, w, grads, df1g, 1, "visual.blocks.%d.mlp.fc2.weight", "visual.blocks.%d.mlp.fc2.bias", l,
+                              res_stored(r, dxs, dx, (size_t)S * D), a->f1g, (int)S, F, D);
         be->gelu_backward(df1, df1g, a->f1, (size_t)S * F);  // (overwrites df1)
         model_matmul_backward(m, w, grads, dh, 1, "visual.blocks.%d.mlp.fc1.weight", "visual.blocks.%d.mlp.fc1.bias", l, df1, a->h2, (int)S,
                               D, F);
-        be->layernorm_backward(dx, model_grad_acc(m, w, grads, "visual.blocks.%d.norm2.weight", l),
+        res_layernorm_backward(r, dx, model_grad_acc(m, w, grads, "visual.blocks.%d.norm2.weight", l),
                                model_grad_acc(m, w, grads, "visual.blocks.%d.norm2.bias", l), dh, a->x_mid,
                                W(m, "visual.blocks.%d.norm2.weight", l), a->mean2, a->rstd2, (int)S, D);
-        model_matmul_backward(m, w, grads, datt, 1, "visual.blocks.%d.attn.proj.weight", "visual.blocks.%d.attn.proj.bias", l, dx, a->att,
-                              (int)S, D, D);
+        model_matmul_backward(m, w, grads, datt, 1, "visual.blocks.%d.attn.proj.weight", "visual.blocks.%d.attn.proj.bias", l,
+                              res_stored(r, dxs, dx, (size_t)S * D), a->att, (int)S, D, D);
         be->zero(dqr, (size_t)S * D * es); be->zero(dkr, (size_t)S * D * es); be->zero(dv, (size_t)S * D * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nimg, (int)S, tr->max_len, nh, nh, hd, 0);
         if (dcls_ang) {  // the CLS rows rotate by learned angles: their gradient, before undoing the rotation
@@ -160,7 +166,7 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
         be->qkv_merge_rope_backward(dqkv, dqr, dkr, dv, tr->ang, (int)S, nh, hd);
         model_matmul_backward(m, w, grads, dh, 1, "visual.blocks.%d.attn.qkv.weight", "visual.blocks.%d.attn.qkv.bias", l, dqkv, a->h1,
                               (int)S, D, 3 * D);
-        be->layernorm_backward(dx, model_grad_acc(m, w, grads, "visual.blocks.%d.norm1.weight", l),
+        res_layernorm_backward(r, dx, model_grad_acc(m, w, grads, "visual.blocks.%d.norm1.weight", l),
                                model_grad_acc(m, w, grads, "visual.blocks.%d.norm1.bias", l), dh, a->x_in,
                                W(m, "visual.blocks.%d.norm1.weight", l), a->mean1, a->rstd1, (int)S, D);
         model_grads_final(m, w, "visual.blocks.%d.norm1.weight", l);  // the class_pos_emb gradient is still growing, below
@@ -168,7 +174,7 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     // pre-LayerNorm, then CLS embeddings and the patch projection
     be->zero(dh, (size_t)S * D * es);
     be->layernorm_backward(dh, model_grad_acc(m, w, grads, "visual.pre_layernorm.weight", 0),
-                           model_grad_acc(m, w, grads, "visual.pre_layernorm.bias", 0), dx, tr->x0,
+                           model_grad_acc(m, w, grads, "visual.pre_layernorm.bias", 0), res_stored(r, dxs, dx, (size_t)S * D), tr->x0,
                            W(m, "visual.pre_layernorm.weight", 0), tr->pre_mean, tr->pre_rstd, (int)S, D);
     float *dcls = model_grad_acc(m, w, grads, "visual.class_embedding", 0);
     if (dcls) be->sum_rows(dcls, dh, tr->cls_rows, tr->nimg, D);

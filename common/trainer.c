@@ -139,11 +139,11 @@ int trainer_run(const TrainOptions *o) {
     if (rank == 0)
         fprintf(stderr, "%s: %s %s iteration %lld; %lld of %lld parameters train (%s minus %s); %d rank%s x %d micro-batches; "
                 "%lld packed sequences per rank per epoch; device %s, MFU against %.1f GFLOP/s; %d of %d decoder layers "
-                "recomputed; gradients reduced %s\n",
+                "recomputed%s; gradients reduced %s\n",
                 P, resume ? "resuming" : "starting from", from, (long long)state.iteration, (long long)ntrain,
                 (long long)nall, st->trainable, st->frozen[0] ? st->frozen : "nothing", world, world > 1 ? "s" : "", M,
                 (long long)loader_epoch_size(loader), be->name, peak / 1e9,
-                recompute, m.cfg.text.layers, reduce_text);
+                recompute, m.cfg.text.layers, o->fp32_residual ? "; residual stream in fp32" : "", reduce_text);
     struct sigaction sa = {0};
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, NULL);
@@ -153,6 +153,7 @@ int trainer_run(const TrainOptions *o) {
     ModelWork work;
     model_work_init(&work, m.be);
     work.recompute = recompute;
+    work.fp32_residual = o->fp32_residual;
     work.logits_scratch = 1;  // only the loss is read
     FILE *metrics = rank == 0 ? ckpt_open_metrics(o->save, state.iteration, &e) : NULL;
     if (rank == 0 && !metrics) die_input("%s", e.msg);

@@ -16,6 +16,7 @@ typedef struct {
     double peak_tflops;        // MFU denominator; 0: a measured sgemm rate on the cpu, none elsewhere
     int64_t seed, workers, keep, max_skips;
     int64_t recompute;         // decoder layers (from the first) recomputed in the backward; >= the layer count: all
+    int fp32_residual;         // --fp32-residual-connection: the residual stream in fp32 on a bf16 backend
     double comm_timeout;
     int overlap_grad_reduce;   // 1: reduce gradients in buckets during the backward; 0: after it; -1: on with NCCL
     int64_t ddp_bucket_size;   // elements per bucket (0: Megatron's max(40M, 1M · ranks))

@@ -93,6 +93,30 @@ static void rms_rope_b(Act *dinp, float *dw, Act *dout, const Act *inp, const Ac
     memset(dinp, 0, (size_t)T * H * D * sizeof(float));
     rms_b(dinp, dw, dout, inp, w, rstd, T * H, D);
 }
+// the fp32 residual forms: on the cpu the residual already is fp32, so the plain ops on the same rows
+#define A_(x) ((Act *)(x))
+#define CA_(x) ((const Act *)(x))
+static void widen(float *dst, const Act *src, size_t n) { memcpy(dst, src, n * sizeof(float)); }
+static void narrow(Act *dst, const float *src, size_t n) { memcpy(dst, src, n * sizeof(float)); }
+static void add_r32(float *out, const float *a, const Act *b, size_t n) { cpu_add(A_(out), CA_(a), b, n); }
+static void rms_f32(Act *out, float *rstd, const float *inp, const Act *w, int N, int C, float eps) { rms_f(out, rstd, CA_(inp), w, N, C, eps); }
+static void add_rms_f32(float *sum, Act *out, float *rstd, const float *a, const Act *b, const Act *w, int N, int C, float eps) {
+    add_rms_f(A_(sum), out, rstd, CA_(a), b, w, N, C, eps);
+}
+static void rms_b32(float *dinp, float *dw, const Act *dout, const float *inp, const Act *w, const float *rstd, int N, int C) {
+    rms_b(A_(dinp), dw, dout, CA_(inp), w, rstd, N, C);
+}
+static void ln_f32(Act *out, float *mean, float *rstd, const float *inp, const Act *w, const Act *b, int N, int C, float eps) {
+    ln_f(out, mean, rstd, CA_(inp), w, b, N, C, eps);
+}
+static void add_ln_f32(float *sum, Act *out, float *mean, float *rstd, const float *a, const Act *b, const Act *w, const Act *bias,
+                       int N, int C, float eps) {
+    add_ln_f(A_(sum), out, mean, rstd, CA_(a), b, w, bias, N, C, eps);
+}
+static void ln_b32(float *dinp, float *dw, float *db, const Act *dout, const float *inp, const Act *w, const float *mean,
+                   const float *rstd, int N, int C) {
+    ln_b(A_(dinp), dw, db, dout, CA_(inp), w, mean, rstd, N, C);
+}
 static void qkv_split(Act *q, Act *k, Act *v, const Act *qkv, const float *ang, int T, int H, int D) {
     size_t C = (size_t)H * D;
     rope_forward_strided(F(q), C, CF(qkv), 3 * C, ang, T, H, D);
@@ -152,6 +176,9 @@ const Backend backend_cpu = {
     .rmsnorm_forward = rms_f, .rmsnorm_backward = rms_b,
     .add_rmsnorm_forward = add_rms_f, .add_layernorm_forward = add_ln_f, .rmsnorm_rope_forward = rms_rope_f,
     .rmsnorm_rope_backward = rms_rope_b,
+    .widen = widen, .narrow = narrow, .add_r32 = add_r32, .rmsnorm_forward_r32 = rms_f32, .add_rmsnorm_forward_r32 = add_rms_f32,
+    .rmsnorm_backward_r32 = rms_b32, .layernorm_forward_r32 = ln_f32, .add_layernorm_forward_r32 = add_ln_f32,
+    .layernorm_backward_r32 = ln_b32,
     .gelu_forward = gelu_f, .gelu_backward = gelu_b,
     .swiglu_forward = swi_f, .swiglu_backward = swi_b, .rope_forward = rope_f, .rope_backward = rope_b,
     .qkv_split_rope = qkv_split, .qkv_merge_rope_backward = qkv_merge_b,
@@ -209,6 +236,21 @@ static void e_rms_rope_b(Act *dinp, float *dw, Act *dout, const Act *inp, const 
                          int D) {
     rms_rope_b(dinp, dw, dout, inp, w, rstd, ang, T, H, D);
     round_bf16(dinp, (size_t)T * H * D);
+}
+// the fp32 residual: the residual rows (sums, dinp) left unrounded, the norms' outputs rounded as before
+static void e_narrow(Act *dst, const float *src, size_t n) { narrow(dst, src, n); round_bf16(dst, n); }
+static void e_rms_f32(Act *out, float *rstd, const float *inp, const Act *w, int N, int C, float eps) { e_rms_f(out, rstd, CA_(inp), w, N, C, eps); }
+static void e_add_rms_f32(float *sum, Act *out, float *rstd, const float *a, const Act *b, const Act *w, int N, int C, float eps) {
+    add_r32(sum, a, b, (size_t)N * C);
+    e_rms_f32(out, rstd, sum, w, N, C, eps);
+}
+static void e_ln_f32(Act *out, float *mean, float *rstd, const float *inp, const Act *w, const Act *b, int N, int C, float eps) {
+    e_ln_f(out, mean, rstd, CA_(inp), w, b, N, C, eps);
+}
+static void e_add_ln_f32(float *sum, Act *out, float *mean, float *rstd, const float *a, const Act *b, const Act *w, const Act *bias,
+                         int N, int C, float eps) {
+    add_r32(sum, a, b, (size_t)N * C);
+    e_ln_f32(out, mean, rstd, sum, w, bias, N, C, eps);
 }
 // (V and dv are copies of rounded values: rounding the rotated parts is enough)
 static void e_qkv_split(Act *q, Act *k, Act *v, const Act *qkv, const float *ang, int T, int H, int D) {
@@ -268,6 +310,9 @@ const Backend backend_cpu_bf16 = {
     .rmsnorm_forward = e_rms_f, .rmsnorm_backward = e_rms_b,
     .add_rmsnorm_forward = e_add_rms_f, .add_layernorm_forward = e_add_ln_f, .rmsnorm_rope_forward = e_rms_rope_f,
     .rmsnorm_rope_backward = e_rms_rope_b,
+    .widen = widen, .narrow = e_narrow, .add_r32 = add_r32, .rmsnorm_forward_r32 = e_rms_f32, .add_rmsnorm_forward_r32 = e_add_rms_f32,
+    .rmsnorm_backward_r32 = rms_b32, .layernorm_forward_r32 = e_ln_f32, .add_layernorm_forward_r32 = e_add_ln_f32,
+    .layernorm_backward_r32 = ln_b32,
     .gelu_forward = e_gelu_f, .gelu_backward = e_gelu_b,
     .swiglu_forward = e_swi_f, .swiglu_backward = e_swi_b, .rope_forward = e_rope_f, .rope_backward = e_rope_b,
     .qkv_split_rope = e_qkv_split, .qkv_merge_rope_backward = e_qkv_merge_b,
