@@ -6,6 +6,7 @@
 #   usage: bench/gpu_train.sh [slice] [vision] [full]   (default: slice vision; STEPS=5 timed steps after 2 warm-up,
 #          FULL_STEPS=3 for the whole model; each run limited to RUN_TIMEOUT=150 seconds;
 #          FLASH_VARIANTS="2 3 4 5 6 7 8" (the default) also times those attention versions, "" for none;
+#          RESIDUAL_VARIANT=1 (the default) also the fp32 residual stream, --fp32-residual-connection (slice, vision);
 #          OVERLAP_VARIANT=1 (the default) also the optimizer overlapping the next forward, LLAVA_OVERLAP_OPT=1;
 #          ENV_VARIANTS="NAME=VALUE ..." also a run with each of those settings, e.g. LLAVA_FLASH_EXP2=1;
 #          several settings for one run joined by commas: LLAVA_FLASH=8,LLAVA_FLASH_EXP2=1)
@@ -123,6 +124,9 @@ PY
     if [ "${ONLY_PROFILE:-0}" != 1 ]; then
         # then the optimizer overlapping the next forward (LLAVA_OVERLAP_OPT=1, optim.h), and the attention
         # versions still in the running (LLAVA_FLASH) side by side (last, so that a time limit cuts these first)
+        # the fp32 residual stream (--fp32-residual-connection): what its accuracy costs in time and memory
+        [ "${RESIDUAL_VARIANT:-1}" = 1 ] && [ "$shape" != full ] &&
+            echo "gpu_train $shape: ours with --fp32-residual-connection  $(T "$TRAIN_STEP" --fp32-residual-connection "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
         [ "${OVERLAP_VARIANT:-1}" = 1 ] && [ "$shape" != vision ] &&  # (the tower's bench has no optimizer)
             echo "gpu_train $shape: ours with LLAVA_OVERLAP_OPT=1  $(LLAVA_OVERLAP_OPT=1 T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
         for e in ${ENV_VARIANTS:-}; do  # NAME=VALUE settings of the environment (several joined by commas), each a run

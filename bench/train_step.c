@@ -37,7 +37,7 @@ static const void *need(const StFile *f, const char *name) {
 int main(int argc, char **argv) {
     util_set_prog(argv[0]);
     char *device = "cpu";
-    int vision = 0;
+    int vision = 0, fp32_residual = 0;
     int64_t recompute = 0, shards = 1;  // OPT_INT stores int64_t
     double peak_tflops = 0.0;
     const Opt opts[] = {
@@ -45,12 +45,13 @@ int main(int argc, char **argv) {
         {"recompute", OPT_INT, &recompute, "N", "Recompute the activations of the first N decoder layers in the backward."},
         {"peak-tflops", OPT_DOUBLE, &peak_tflops, "X", "MFU denominator in TFLOP/s (the card's measured bf16 GEMM rate)."},
         {"vision", OPT_FLAG, &vision, NULL, "The vision tower and merger alone, forward and backward, no optimizer."},
+        {"fp32-residual-connection", OPT_FLAG, &fp32_residual, NULL, "The residual stream in fp32 (as the trainers' flag)."},
         {"zero-shards", OPT_INT, &shards, "D", "Hold the optimizer state of rank 0 of D ZeRO-1 ranks only (the memory of one of D GPUs)."},
     };
     const Cli cli = {
         .name = "train_step",
         .summary = "time training steps of a backend on one batch (a benchmark)",
-        .synopsis = "train_step [--device D] [--recompute N] [--peak-tflops X] [--vision] [--zero-shards D] HF_DIR IN.safetensors STEPS",
+        .synopsis = "train_step [--device D] [--recompute N] [--peak-tflops X] [--vision] [--zero-shards D] [--fp32-residual-connection] HF_DIR IN.safetensors STEPS",
         .description = "Two untimed warm-up steps, then STEPS timed ones; prints one line with tokens/s, model TFLOP/s, MFU "
                        "and peak backend memory (see the head of bench/train_step.c). With LLAVA_PROFILE=FILE on cuda, FILE gets "
                        "the device time of every op over the timed steps.",
@@ -91,6 +92,7 @@ int main(int argc, char **argv) {
     ModelWork w;
     model_work_init(&w, m.be);
     w.recompute = (int)recompute;
+    w.fp32_residual = fp32_residual;
     w.logits_scratch = 1;
     AdamHyper h = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f};
     ModelOutput out;

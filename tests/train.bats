@@ -126,3 +126,24 @@ PY
     [ "$status" -eq 2 ]
     [[ "$output" == *"--recompute"* ]]
 }
+
+@test "--fp32-residual-connection: announced; on cpu (fp32 already) the same losses; on cpu-bf16 other losses, and a SIGTERM + resume repeats the uninterrupted run" {
+    train midtrain "$T/plain" --iterations 4 --save-interval 4 2>/dev/null
+    train midtrain "$T/r32" --iterations 4 --save-interval 4 --fp32-residual-connection 2>"$T/r32.log"
+    grep -q "residual stream in fp32" "$T/r32.log"
+    [ "$(losses "$T/plain")" = "$(losses "$T/r32")" ]
+    # cpu-bf16: the flag changes the arithmetic (the stream is no longer rounded) ...
+    train midtrain "$T/b16" --iterations 6 --device cpu-bf16 2>/dev/null
+    train midtrain "$T/b16r" --iterations 6 --device cpu-bf16 --fp32-residual-connection 2>/dev/null
+    [ "$(losses "$T/b16")" != "$(losses "$T/b16r")" ]
+    # ... and a run stopped after iteration 2 and resumed repeats it
+    "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/cut" $COMMON --iterations 6 --device cpu-bf16 \
+        --fp32-residual-connection 2>/dev/null &
+    pid=$!
+    while [ "$(wc -l < "$T/cut/metrics.jsonl" 2>/dev/null || echo 0)" -lt 2 ]; do sleep 0.05; done
+    kill -TERM "$pid"
+    wait "$pid"
+    [ "$(cat "$T/cut/latest_checkpointed_iteration.txt")" -lt 6 ]
+    train midtrain "$T/cut" --iterations 6 --device cpu-bf16 --fp32-residual-connection 2>/dev/null
+    diff <(losses "$T/b16r") <(losses "$T/cut")
+}

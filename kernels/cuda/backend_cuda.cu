@@ -18,6 +18,10 @@ __global__ static void add_k(bf16_t *out, const bf16_t *a, const bf16_t *b, size
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) st(out, i, ld(a, i) + ld(b, i));
 }
+__global__ static void add_r32_k(float *out, const float *a, const bf16_t *b, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = a[i] + ld(b, i);
+}
 __global__ static void copy2d_k(bf16_t *dst, size_t dld, const bf16_t *src, size_t sld, size_t rows, size_t cols) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < rows * cols) dst[(i / cols) * dld + i % cols] = src[(i / cols) * sld + i % cols];
@@ -149,6 +153,34 @@ static void rms_rope_b(Act *dinp, float *dw, Act *dout, const Act *inp, const Ac
                        int D) {
     PROF(cuda_rmsnorm_rope_backward(U(dinp), dw, U(dout), CU(inp), CU(w), rstd, ang, T, H, D), "rmsnorm_rope_backward %dx%dx%d", T, H, D);
 }
+// the fp32 residual stream's forms (backend.h)
+static void g_widen(float *dst, const Act *src, size_t n) { PROF(cuda_bf16_to_f32(dst, CU(src), n), "widen %zu", n); }
+static void g_narrow(Act *dst, const float *src, size_t n) { PROF(cuda_f32_to_bf16(U(dst), src, n), "narrow %zu", n); }
+static void g_add_r32(float *out, const float *a, const Act *b, size_t n) {
+    if (n) PROF((add_r32_k<<<nblocks(n), 256, 0, g_stream>>>(out, a, CB(b), n)), "add_r32 %zu", n);
+    LAUNCH_CHECK();
+}
+static void rms_f32(Act *out, float *rstd, const float *inp, const Act *w, int N, int C, float eps) {
+    PROF(cuda_rmsnorm_forward_r32(U(out), rstd, inp, CU(w), N, C, eps), "rmsnorm_forward_r32 %dx%d", N, C);
+}
+static void add_rms_f32(float *sum, Act *out, float *rstd, const float *a, const Act *b, const Act *w, int N, int C, float eps) {
+    PROF(cuda_add_rmsnorm_forward_r32(sum, U(out), rstd, a, CU(b), CU(w), N, C, eps), "add_rmsnorm_forward_r32 %dx%d", N, C);
+}
+static void rms_b32(float *dinp, float *dw, const Act *dout, const float *inp, const Act *w, const float *rstd, int N, int C) {
+    PROF(cuda_rmsnorm_backward_r32(dinp, dw, CU(dout), inp, CU(w), rstd, N, C), "rmsnorm_backward_r32 %dx%d", N, C);
+}
+static void ln_f32(Act *out, float *mean, float *rstd, const float *inp, const Act *w, const Act *b, int N, int C, float eps) {
+    PROF(cuda_layernorm_forward_r32(U(out), mean, rstd, inp, CU(w), CU(b), N, C, eps), "layernorm_forward_r32 %dx%d", N, C);
+}
+static void add_ln_f32(float *sum, Act *out, float *mean, float *rstd, const float *a, const Act *b, const Act *w, const Act *bias,
+                       int N, int C, float eps) {
+    PROF(cuda_add_layernorm_forward_r32(sum, U(out), mean, rstd, a, CU(b), CU(w), CU(bias), N, C, eps), "add_layernorm_forward_r32 %dx%d",
+         N, C);
+}
+static void ln_b32(float *dinp, float *dw, float *db, const Act *dout, const float *inp, const Act *w, const float *mean,
+                   const float *rstd, int N, int C) {
+    PROF(cuda_layernorm_backward_r32(dinp, dw, db, CU(dout), inp, CU(w), mean, rstd, N, C), "layernorm_backward_r32 %dx%d", N, C);
+}
 static void gelu_f(Act *out, const Act *inp, size_t n) { PROF(cuda_gelu_forward(U(out), CU(inp), n), "gelu_forward %zu", n); }
 static void gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { PROF(cuda_gelu_backward(U(dinp), CU(dout), CU(inp), n), "gelu_backward %zu", n); }
 static void swi_f(Act *out, const Act *gu, int N, int F) { PROF(cuda_swiglu_forward(U(out), CU(gu), N, F), "swiglu_forward %dx%d", N, F); }
@@ -225,6 +257,9 @@ static Backend make_table(void) {
     b.matmul_forward = mm_f; b.matmul_backward = mm_b; b.layernorm_forward = ln_f; b.layernorm_backward = ln_b;
     b.rmsnorm_forward = rms_f; b.rmsnorm_backward = rms_b;
     b.add_rmsnorm_forward = add_rms_f; b.add_layernorm_forward = add_ln_f; b.rmsnorm_rope_forward = rms_rope_f; b.rmsnorm_rope_backward = rms_rope_b; b.gelu_forward = gelu_f; b.gelu_backward = gelu_b;
+    b.widen = g_widen; b.narrow = g_narrow; b.add_r32 = g_add_r32; b.rmsnorm_forward_r32 = rms_f32; b.add_rmsnorm_forward_r32 = add_rms_f32;
+    b.rmsnorm_backward_r32 = rms_b32; b.layernorm_forward_r32 = ln_f32; b.add_layernorm_forward_r32 = add_ln_f32;
+    b.layernorm_backward_r32 = ln_b32;
     b.swiglu_forward = swi_f; b.swiglu_backward = swi_b; b.rope_forward = rope_f; b.rope_backward = rope_b;
     b.qkv_split_rope = qkv_split; b.qkv_merge_rope_backward = qkv_merge_b;
     b.attention_forward = att_f; b.attention_backward = att_b; b.attention_decode = att_dec;

@@ -69,6 +69,21 @@ __device__ __forceinline__ void store8(bf16_t *p, const float *f) {
 }
 __host__ __device__ __forceinline__ bool aligned16(const void *p) { return ((size_t)p & 15) == 0; }
 
+// The same accesses on fp32 rows (the fp32 residual stream: kernels templated on the row type R take either),
+// and what a row of each type keeps of a value it stores: the bf16 rounding, or the value.
+__device__ __forceinline__ float ld(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ void st(float *p, size_t i, float x) { p[i] = x; }
+__device__ __forceinline__ void load8(float *f, const float *p) {
+    float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+__device__ __forceinline__ void store8(float *p, const float *f) {
+    ((float4 *)p)[0] = make_float4(f[0], f[1], f[2], f[3]);
+    ((float4 *)p)[1] = make_float4(f[4], f[5], f[6], f[7]);
+}
+__device__ __forceinline__ float kept(float x, const bf16_t *) { return __bfloat162float(__float2bfloat16_rn(x)); }
+__device__ __forceinline__ float kept(float x, const float *) { return x; }
+
 // Sum over a block of blockDim.x threads (a multiple of 32, at most 1024); every thread gets it.
 __device__ __forceinline__ float block_sum(float x) {
     __shared__ float part[32];

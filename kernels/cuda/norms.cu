@@ -1,25 +1,28 @@
 // norms.cu: RMSNorm and LayerNorm on the GPU (ops_cuda.h), forward and backward, with the residual add fused
 // into the forward (add + norm) and the QK-norm fused with RoPE (the LLM's per-head q/k norms). A row per block
 // or per warp; statistics fp32; the weight (and bias) gradients go through per-block partial sums that
-// reduce_parts adds in a fixed order, never atomics, so a run repeats bit for bit.
+// reduce_parts adds in a fixed order, never atomics, so a run repeats bit for bit. The residual rows -- the input,
+// the fused sum and its input a, and dinp -- are of type R: bf16, or fp32 for the fp32 residual stream (the _r32
+// entry points); outputs, dout, the branch input b and the weights are bf16 either way.
 #include <math.h>
 
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
 
-// With b: the row is first sum = x + b (rounded to bf16, written), and the norm is taken of it; the later
+// With b: the row is first sum = x + b (rounded to R, written), and the norm is taken of it; the later
 // passes read it back from sum (the thread's own elements: no barrier needed).
-__device__ __forceinline__ const bf16_t *row_with_residual(const bf16_t *xr, const bf16_t *br, bf16_t *sr, int C) {
+template <typename R>
+__device__ __forceinline__ const R *row_with_residual(const R *xr, const bf16_t *br, R *sr, int C) {
     if (!br) return xr;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) sr[c] = __float2bfloat16_rn(ld(xr, c) + ld(br, c));
+    for (int c = threadIdx.x; c < C; c += blockDim.x) st(sr, c, ld(xr, c) + ld(br, c));
     return sr;
 }
 
 // ---- RMSNorm ----
-__global__ static void rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, const bf16_t *w, int C, float eps, const bf16_t *b,
-                                   bf16_t *sum) {
+template <typename R>
+__global__ static void rmsnorm_fwd(bf16_t *out, float *rstd, const R *x, const bf16_t *w, int C, float eps, const bf16_t *b, R *sum) {
     size_t row = blockIdx.x;
-    const bf16_t *xr = row_with_residual(x + row * C, b ? b + row * C : NULL, sum ? sum + row * C : NULL, C);
+    const R *xr = row_with_residual(x + row * C, b ? b + row * C : NULL, sum ? sum + row * C : NULL, C);
     float ss = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) { float v = ld(xr, c); ss += v * v; }
     float r = rsqrtf(block_sum(ss) / C + eps);
@@ -28,7 +31,8 @@ __global__ static void rmsnorm_fwd(bf16_t *out, float *rstd, const bf16_t *x, co
 }
 
 // dx = r·w·dy − x·r³·mean(w·dy·x)
-__global__ static void rmsnorm_bwd_dx(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, const bf16_t *w, const float *rstd, int C) {
+template <typename R>
+__global__ static void rmsnorm_bwd_dx(R *dinp, const bf16_t *dy, const R *x, const bf16_t *w, const float *rstd, int C) {
     size_t row = blockIdx.x;
     float r = rstd[row], dot = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) dot += ld(w, c) * ld(dy, row * C + c) * ld(x, row * C + c);
@@ -40,7 +44,8 @@ __global__ static void rmsnorm_bwd_dx(bf16_t *dinp, const bf16_t *dy, const bf16
 }
 
 // part[p, c] = Σ over the part's rows of dy·x·r
-__global__ static void rmsnorm_bwd_dw(float *part, const bf16_t *dy, const bf16_t *x, const float *rstd, int N, int C) {
+template <typename R>
+__global__ static void rmsnorm_bwd_dw(float *part, const bf16_t *dy, const R *x, const float *rstd, int N, int C) {
     int p = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     float s = 0.0f;
@@ -55,12 +60,13 @@ __device__ __forceinline__ size_t warp_row() { return (size_t)blockIdx.x * (bloc
 // multiple of 8, 16-byte aligned): a block per row synchronises its warps twice per row, which at
 // C = 128 (the QK norms, 262,144 rows) or 2560 left the kernels at under 1 TB/s. The second pass reads
 // the row again (from L1/L2) instead of holding C/32 values per lane in registers.
-__global__ static void rmsnorm_bwd_dx8(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, const bf16_t *w, const float *rstd, int N,
-                                       int C) {
+template <typename R>
+__global__ static void rmsnorm_bwd_dx8(R *dinp, const bf16_t *dy, const R *x, const bf16_t *w, const float *rstd, int N, int C) {
     size_t row = warp_row();
     int lane = threadIdx.x % 32;
     if (row >= (size_t)N) return;
-    const bf16_t *dyr = dy + row * C, *xr = x + row * C;
+    const bf16_t *dyr = dy + row * C;
+    const R *xr = x + row * C;
     float r = rstd[row], dot = 0.0f, wv[8], dv[8], xv[8], o[8];
     for (int c = lane * 8; c < C; c += 256) {
         load8(wv, w + c), load8(dv, dyr + c), load8(xv, xr + c);
@@ -78,8 +84,9 @@ __global__ static void rmsnorm_bwd_dx8(bf16_t *dinp, const bf16_t *dy, const bf1
 
 // part_w[p, c..c+7] = Σ over the part's rows of dy·(x − mean)·rstd (mean NULL: 0, RMSNorm) and, unless
 // part_b is NULL, part_b[p, c..c+7] = Σ dy; 8 columns per thread, each column in the scalar kernels' order
-__global__ static void norm_bwd_dw8(float *part_w, float *part_b, const bf16_t *dy, const bf16_t *x, const float *mean,
-                                    const float *rstd, int N, int C) {
+template <typename R>
+__global__ static void norm_bwd_dw8(float *part_w, float *part_b, const bf16_t *dy, const R *x, const float *mean, const float *rstd,
+                                    int N, int C) {
     int p = blockIdx.y, c = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c >= C) return;
     float sw[8] = {0}, sb[8] = {0}, dv[8], xv[8];
@@ -105,10 +112,9 @@ __global__ static void norm_bwd_dw8(float *part_w, float *part_b, const bf16_t *
 // rpw rows each (launch_fused8_k); their sums are added in warp order in shared memory (deterministic) and written as the
 // block's part for reduce_parts. LN: LayerNorm (x̂ = (x − mean)·rstd), with part_b = Σ dy unless NULL; else
 // RMSNorm (x̂ = x·rstd). dx accumulates, as in the separate kernels.
-template <int CH, bool LN>
-__global__ static void __launch_bounds__(256) norm_bwd_fused8(bf16_t *dinp, float *part_w, float *part_b, const bf16_t *dy,
-                                                                const bf16_t *x, const bf16_t *w, const float *mean, const float *rstd,
-                                                                int N, int rpw) {
+template <int CH, bool LN, typename R>
+__global__ static void __launch_bounds__(256) norm_bwd_fused8(R *dinp, float *part_w, float *part_b, const bf16_t *dy, const R *x,
+                                                                const bf16_t *w, const float *mean, const float *rstd, int N, int rpw) {
     constexpr int C = 256 * CH;
     __shared__ float acc_w[C], acc_b[LN ? C : 1];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -116,7 +122,8 @@ __global__ static void __launch_bounds__(256) norm_bwd_fused8(bf16_t *dinp, floa
     for (int i = 0; i < rpw; i++) {
         size_t row = ((size_t)blockIdx.x * 8 + warp) * rpw + i;
         if (row >= (size_t)N) break;  // (the warp's other rows are past N too)
-        const bf16_t *dyr = dy + row * C, *xr = x + row * C;
+        const bf16_t *dyr = dy + row * C;
+        const R *xr = x + row * C;
         float mu = LN ? mean[row] : 0.0f, r = rstd[row], sg = 0.0f, sgx = 0.0f, wv[8], dv[8], xv[8], o[8];
 #pragma unroll
         for (int ch = 0; ch < CH; ch++) {
@@ -171,56 +178,58 @@ __global__ static void __launch_bounds__(256) norm_bwd_fused8(bf16_t *dinp, floa
 static int rpw_setting = ENV_UNREAD;  // -1: 2; 0: fill the card once; n: n
 extern "C" void cuda_norm_set_rows_per_warp(int n) { rpw_setting = n == -2 ? (int)ENV_UNREAD : n; }
 // warps of norm_bwd_fused8<CH, LN> resident at once on this card (asked once per kernel)
-template <int CH, bool LN> static long fused8_warp_slots(void) {
+template <int CH, bool LN, typename R> static long fused8_warp_slots(void) {
     static long slots;
     if (!slots) {
         int dev = 0, sms = 0, per_sm = 0;
         CUDA_CHECK(cudaGetDevice(&dev));
         CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, norm_bwd_fused8<CH, LN>, 256, 0));
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, norm_bwd_fused8<CH, LN, R>, 256, 0));
         slots = (long)(sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1) * 8;
     }
     return slots;
 }
-template <int CH, bool LN>
-static void launch_fused8_k(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
+template <int CH, bool LN, typename R>
+static void launch_fused8_k(void *dinp, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
                             const float *rstd, int N) {
     constexpr int C = 256 * CH;
     int setting = cuda_env_setting(&rpw_setting, "LLAVA_NORM_RPW", -1);
     int rpw = setting > 0 ? setting : 2;
     if (setting == 0) {
-        long slots = fused8_warp_slots<CH, LN>();
+        long slots = fused8_warp_slots<CH, LN, R>();
         rpw = (int)((N + slots - 1) / slots);
     }
     unsigned parts = (unsigned)((N + 8 * rpw - 1) / (8 * rpw));
     float *part = (float *)cuda_scratch((size_t)(db ? 2 : 1) * parts * C * sizeof(float)), *part_b = db ? part + (size_t)parts * C : NULL;
-    norm_bwd_fused8<CH, LN><<<parts, 256, 0, g_stream>>>(B16(dinp), part, part_b, CB16(dout), CB16(inp), CB16(w), mean, rstd, N, rpw);
+    norm_bwd_fused8<CH, LN, R><<<parts, 256, 0, g_stream>>>((R *)dinp, part, part_b, CB16(dout), (const R *)inp, CB16(w), mean, rstd, N,
+                                                           rpw);
     LAUNCH_CHECK();
     reduce_parts(dw, part, (int)parts, C);
     if (db) reduce_parts(db, part_b, (int)parts, C);
 }
-template <int CH>
-static void launch_fused8(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
+template <int CH, typename R>
+static void launch_fused8(void *dinp, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
                           const float *rstd, int N) {
-    if (mean) launch_fused8_k<CH, true>(dinp, dw, db, dout, inp, w, mean, rstd, N);
-    else launch_fused8_k<CH, false>(dinp, dw, NULL, dout, inp, w, NULL, rstd, N);
+    if (mean) launch_fused8_k<CH, true, R>(dinp, dw, db, dout, inp, w, mean, rstd, N);
+    else launch_fused8_k<CH, false, R>(dinp, dw, NULL, dout, inp, w, NULL, rstd, N);
 }
 // norm_bwd_fused8 where it applies (dx and dw wanted, C = 256·CH with CH ≤ 10, the 8-wide kernels' alignment):
 // false otherwise, and nothing launched
-static bool norm_bwd_fused(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *mean,
+template <typename R>
+static bool norm_bwd_fused(void *dinp, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
                            const float *rstd, int N, int C, bool vec) {
     if (!dinp || !dw || !vec || C % 256 || C > 2560 || (db && !mean) || cuda_safe_kernels()) return false;
     switch (C / 256) {
-    case 1: launch_fused8<1>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 2: launch_fused8<2>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 3: launch_fused8<3>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 4: launch_fused8<4>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 5: launch_fused8<5>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 6: launch_fused8<6>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 7: launch_fused8<7>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 8: launch_fused8<8>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 9: launch_fused8<9>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    default: launch_fused8<10>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 1: launch_fused8<1, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 2: launch_fused8<2, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 3: launch_fused8<3, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 4: launch_fused8<4, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 5: launch_fused8<5, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 6: launch_fused8<6, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 7: launch_fused8<7, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 8: launch_fused8<8, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 9: launch_fused8<9, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    default: launch_fused8<10, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
     }
     return true;
 }
@@ -237,20 +246,22 @@ static dim3 grid8(int C, int parts, int *threads) {  // 8 columns per thread, up
     return dim3((unsigned)((C / 8 + *threads - 1) / *threads), (unsigned)parts);
 }
 
-// 8 elements of a row at i: x, or with a residual b the sum x + b rounded to bf16 (and stored in sum)
-__device__ __forceinline__ void row_piece8(float *v, const bf16_t *x, const bf16_t *b, bf16_t *sum, size_t i) {
+// 8 elements of a row at i: x, or with a residual b the sum x + b as R keeps it (and stored in sum)
+template <typename R>
+__device__ __forceinline__ void row_piece8(float *v, const R *x, const bf16_t *b, R *sum, size_t i) {
     load8(v, x + i);
     if (!b) return;
     float u[8];
     load8(u, b + i);
 #pragma unroll
-    for (int k = 0; k < 8; k++) v[k] = __bfloat162float(__float2bfloat16_rn(v[k] + u[k]));
+    for (int k = 0; k < 8; k++) v[k] = kept(v[k] + u[k], sum);
     store8(sum + i, v);
 }
 
 // rmsnorm_fwd with a warp per row and 8 elements per access (see rmsnorm_bwd_dx8)
-__global__ static void rmsnorm_fwd8(bf16_t *out, float *rstd, const bf16_t *x, const bf16_t *w, int N, int C, float eps,
-                                    const bf16_t *b, bf16_t *sum) {
+template <typename R>
+__global__ static void rmsnorm_fwd8(bf16_t *out, float *rstd, const R *x, const bf16_t *w, int N, int C, float eps, const bf16_t *b,
+                                    R *sum) {
     size_t row = warp_row();
     int lane = threadIdx.x % 32;
     if (row >= (size_t)N) return;
@@ -262,7 +273,7 @@ __global__ static void rmsnorm_fwd8(bf16_t *out, float *rstd, const bf16_t *x, c
     }
     float r = rsqrtf(warp_sum(ss) / C + eps);
     if (lane == 0) rstd[row] = r;
-    const bf16_t *src = (b ? sum : x) + row * C;  // this lane's own stores of the sum: visible to it
+    const R *src = (b ? sum : x) + row * C;  // this lane's own stores of the sum: visible to it
     for (int c = lane * 8; c < C; c += 256) {
         load8(v, src + c), load8(u, w + c);
 #pragma unroll
@@ -271,21 +282,29 @@ __global__ static void rmsnorm_fwd8(bf16_t *out, float *rstd, const bf16_t *x, c
     }
 }
 
-static void rmsnorm_launch(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, int N, int C, float eps, const bf16 *b, bf16 *sum) {
+template <typename R>
+static void rmsnorm_launch(bf16 *out, float *rstd, const void *x, const bf16 *w, int N, int C, float eps, const bf16 *b, void *sum) {
     if (rows8(C, out, x, w, b ? (const void *)b : (const void *)x) && (!sum || aligned16(sum)))
-        rmsnorm_fwd8<<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(out), rstd, CB16(x), CB16(w), N, C, eps, CB16(b), B16(sum));
+        rmsnorm_fwd8<R><<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(out), rstd, (const R *)x, CB16(w), N, C, eps, CB16(b), (R *)sum);
     else
-        rmsnorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), rstd, CB16(x), CB16(w), C, eps, CB16(b), B16(sum));
+        rmsnorm_fwd<R><<<N, threads_for(C), 0, g_stream>>>(B16(out), rstd, (const R *)x, CB16(w), C, eps, CB16(b), (R *)sum);
     LAUNCH_CHECK();
 }
 
 extern "C" void cuda_rmsnorm_forward(bf16 *out, float *rstd, const bf16 *inp, const bf16 *w, int N, int C, float eps) {
-    rmsnorm_launch(out, rstd, inp, w, N, C, eps, NULL, NULL);
+    rmsnorm_launch<bf16_t>(out, rstd, inp, w, N, C, eps, NULL, NULL);
+}
+extern "C" void cuda_rmsnorm_forward_r32(bf16 *out, float *rstd, const float *inp, const bf16 *w, int N, int C, float eps) {
+    rmsnorm_launch<float>(out, rstd, inp, w, N, C, eps, NULL, NULL);
 }
 
 extern "C" void cuda_add_rmsnorm_forward(bf16 *sum, bf16 *out, float *rstd, const bf16 *a, const bf16 *b, const bf16 *w, int N,
                                          int C, float eps) {
-    rmsnorm_launch(out, rstd, a, w, N, C, eps, b, sum);
+    rmsnorm_launch<bf16_t>(out, rstd, a, w, N, C, eps, b, sum);
+}
+extern "C" void cuda_add_rmsnorm_forward_r32(float *sum, bf16 *out, float *rstd, const float *a, const bf16 *b, const bf16 *w, int N,
+                                             int C, float eps) {
+    rmsnorm_launch<float>(out, rstd, a, w, N, C, eps, b, sum);
 }
 
 // QK-norm and RoPE in one pass: a block per (token, head) row, thread j owns the pair (j, j + D/2)
@@ -455,32 +474,42 @@ extern "C" void cuda_rmsnorm_rope_backward(bf16 *dinp, float *dw, bf16 *dout, co
     cuda_rmsnorm_backward(dinp, dw, dout, inp, w, rstd, (int)rows, D);
 }
 
-extern "C" void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
-                                      int N, int C) {
+template <typename R>
+static void rmsnorm_backward(void *dinp, float *dw, const bf16 *dout, const void *inp, const bf16 *w, const float *rstd, int N, int C) {
     bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp);
-    if (norm_bwd_fused(dinp, dw, NULL, dout, inp, w, NULL, rstd, N, C, vec)) return;
-    if (dinp && vec) rmsnorm_bwd_dx8<<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), rstd, N, C);
-    else if (dinp) rmsnorm_bwd_dx<<<N, threads_for(C), 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), rstd, C);
+    if (norm_bwd_fused<R>(dinp, dw, NULL, dout, inp, w, NULL, rstd, N, C, vec)) return;
+    if (dinp && vec)
+        rmsnorm_bwd_dx8<R><<<blocks_of_warps(N), 256, 0, g_stream>>>((R *)dinp, CB16(dout), (const R *)inp, CB16(w), rstd, N, C);
+    else if (dinp) rmsnorm_bwd_dx<R><<<N, threads_for(C), 0, g_stream>>>((R *)dinp, CB16(dout), (const R *)inp, CB16(w), rstd, C);
     if (dinp) LAUNCH_CHECK();
     if (dw) {
         int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART, threads;
         float *part = (float *)cuda_scratch((size_t)parts * C * sizeof(float));
         if (vec) {
             dim3 grid = grid8(C, parts, &threads);
-            norm_bwd_dw8<<<grid, threads, 0, g_stream>>>(part, NULL, CB16(dout), CB16(inp), NULL, rstd, N, C);
+            norm_bwd_dw8<R><<<grid, threads, 0, g_stream>>>(part, NULL, CB16(dout), (const R *)inp, NULL, rstd, N, C);
         } else {
-            rmsnorm_bwd_dw<<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, CB16(dout), CB16(inp), rstd, N, C);
+            rmsnorm_bwd_dw<R><<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, CB16(dout), (const R *)inp, rstd, N, C);
         }
         LAUNCH_CHECK();
         reduce_parts(dw, part, parts, C);
     }
 }
+extern "C" void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
+                                      int N, int C) {
+    rmsnorm_backward<bf16_t>(dinp, dw, dout, inp, w, rstd, N, C);
+}
+extern "C" void cuda_rmsnorm_backward_r32(float *dinp, float *dw, const bf16 *dout, const float *inp, const bf16 *w, const float *rstd,
+                                          int N, int C) {
+    rmsnorm_backward<float>(dinp, dw, dout, inp, w, rstd, N, C);
+}
 
 // ---- LayerNorm ----
-__global__ static void layernorm_fwd(bf16_t *out, float *mean, float *rstd, const bf16_t *x, const bf16_t *w, const bf16_t *b, int C,
-                                     float eps, const bf16_t *res, bf16_t *sum) {
+template <typename R>
+__global__ static void layernorm_fwd(bf16_t *out, float *mean, float *rstd, const R *x, const bf16_t *w, const bf16_t *b, int C,
+                                     float eps, const bf16_t *res, R *sum) {
     size_t row = blockIdx.x;
-    const bf16_t *xr = row_with_residual(x + row * C, res ? res + row * C : NULL, sum ? sum + row * C : NULL, C);
+    const R *xr = row_with_residual(x + row * C, res ? res + row * C : NULL, sum ? sum + row * C : NULL, C);
     float s = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) s += ld(xr, c);
     float mu = block_sum(s) / C, v = 0.0f;
@@ -491,7 +520,8 @@ __global__ static void layernorm_fwd(bf16_t *out, float *mean, float *rstd, cons
 }
 
 // dx = r·(g − mean(g) − xhat·mean(g·xhat)), g = w·dy
-__global__ static void layernorm_bwd_dx(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, const bf16_t *w, const float *mean, const float *rstd, int C) {
+template <typename R>
+__global__ static void layernorm_bwd_dx(R *dinp, const bf16_t *dy, const R *x, const bf16_t *w, const float *mean, const float *rstd, int C) {
     size_t row = blockIdx.x;
     float mu = mean[row], r = rstd[row], sg = 0.0f, sgx = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -508,7 +538,8 @@ __global__ static void layernorm_bwd_dx(bf16_t *dinp, const bf16_t *dy, const bf
     }
 }
 
-__global__ static void layernorm_bwd_dwdb(float *part_w, float *part_b, const bf16_t *dy, const bf16_t *x, const float *mean, const float *rstd, int N, int C) {
+template <typename R>
+__global__ static void layernorm_bwd_dwdb(float *part_w, float *part_b, const bf16_t *dy, const R *x, const float *mean, const float *rstd, int N, int C) {
     int p = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     float sw = 0.0f, sb = 0.0f;
@@ -522,12 +553,14 @@ __global__ static void layernorm_bwd_dwdb(float *part_w, float *part_b, const bf
 }
 
 // the 8-wide, warp-per-row form of layernorm_bwd_dx (see rmsnorm_bwd_dx8; the weight and bias partials: norm_bwd_dw8)
-__global__ static void layernorm_bwd_dx8(bf16_t *dinp, const bf16_t *dy, const bf16_t *x, const bf16_t *w, const float *mean,
-                                         const float *rstd, int N, int C) {
+template <typename R>
+__global__ static void layernorm_bwd_dx8(R *dinp, const bf16_t *dy, const R *x, const bf16_t *w, const float *mean, const float *rstd,
+                                         int N, int C) {
     size_t row = warp_row();
     int lane = threadIdx.x % 32;
     if (row >= (size_t)N) return;
-    const bf16_t *dyr = dy + row * C, *xr = x + row * C;
+    const bf16_t *dyr = dy + row * C;
+    const R *xr = x + row * C;
     float mu = mean[row], r = rstd[row], sg = 0.0f, sgx = 0.0f, wv[8], dv[8], xv[8], o[8];
     for (int c = lane * 8; c < C; c += 256) {
         load8(wv, w + c), load8(dv, dyr + c), load8(xv, xr + c);
@@ -549,8 +582,9 @@ __global__ static void layernorm_bwd_dx8(bf16_t *dinp, const bf16_t *dy, const b
 }
 
 // layernorm_fwd with a warp per row and 8 elements per access: mean, then the centred variance, then the output
-__global__ static void layernorm_fwd8(bf16_t *out, float *mean, float *rstd, const bf16_t *x, const bf16_t *w, const bf16_t *bias, int N,
-                                      int C, float eps, const bf16_t *res, bf16_t *sum) {
+template <typename R>
+__global__ static void layernorm_fwd8(bf16_t *out, float *mean, float *rstd, const R *x, const bf16_t *w, const bf16_t *bias, int N,
+                                      int C, float eps, const bf16_t *res, R *sum) {
     size_t row = warp_row();
     int lane = threadIdx.x % 32;
     if (row >= (size_t)N) return;
@@ -561,7 +595,7 @@ __global__ static void layernorm_fwd8(bf16_t *out, float *mean, float *rstd, con
         for (int k = 0; k < 8; k++) s += v[k];
     }
     float mu = warp_sum(s) / C;
-    const bf16_t *src = (res ? sum : x) + row * C;
+    const R *src = (res ? sum : x) + row * C;
     for (int c = lane * 8; c < C; c += 256) {
         load8(v, src + c);
 #pragma unroll
@@ -577,48 +611,66 @@ __global__ static void layernorm_fwd8(bf16_t *out, float *mean, float *rstd, con
     }
 }
 
-static void layernorm_launch(bf16 *out, float *mean, float *rstd, const bf16 *x, const bf16 *w, const bf16 *bias, int N, int C,
-                             float eps, const bf16 *res, bf16 *sum) {
+template <typename R>
+static void layernorm_launch(bf16 *out, float *mean, float *rstd, const void *x, const bf16 *w, const bf16 *bias, int N, int C,
+                             float eps, const bf16 *res, void *sum) {
     if (rows8(C, out, x, w, bias) && (!res || (aligned16(res) && aligned16(sum))))
-        layernorm_fwd8<<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(out), mean, rstd, CB16(x), CB16(w), CB16(bias), N, C, eps,
-                                                                 CB16(res), B16(sum));
+        layernorm_fwd8<R><<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(out), mean, rstd, (const R *)x, CB16(w), CB16(bias), N, C, eps,
+                                                                    CB16(res), (R *)sum);
     else
-        layernorm_fwd<<<N, threads_for(C), 0, g_stream>>>(B16(out), mean, rstd, CB16(x), CB16(w), CB16(bias), C, eps, CB16(res),
-                                                          B16(sum));
+        layernorm_fwd<R><<<N, threads_for(C), 0, g_stream>>>(B16(out), mean, rstd, (const R *)x, CB16(w), CB16(bias), C, eps, CB16(res),
+                                                             (R *)sum);
     LAUNCH_CHECK();
 }
 
 extern "C" void cuda_layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp, const bf16 *w, const bf16 *b, int N,
                                        int C, float eps) {
-    layernorm_launch(out, mean, rstd, inp, w, b, N, C, eps, NULL, NULL);
+    layernorm_launch<bf16_t>(out, mean, rstd, inp, w, b, N, C, eps, NULL, NULL);
+}
+extern "C" void cuda_layernorm_forward_r32(bf16 *out, float *mean, float *rstd, const float *inp, const bf16 *w, const bf16 *b, int N,
+                                           int C, float eps) {
+    layernorm_launch<float>(out, mean, rstd, inp, w, b, N, C, eps, NULL, NULL);
 }
 
 extern "C" void cuda_add_layernorm_forward(bf16 *sum, bf16 *out, float *mean, float *rstd, const bf16 *a, const bf16 *b,
                                            const bf16 *w, const bf16 *bias, int N, int C, float eps) {
-    layernorm_launch(out, mean, rstd, a, w, bias, N, C, eps, b, sum);
+    layernorm_launch<bf16_t>(out, mean, rstd, a, w, bias, N, C, eps, b, sum);
+}
+extern "C" void cuda_add_layernorm_forward_r32(float *sum, bf16 *out, float *mean, float *rstd, const float *a, const bf16 *b,
+                                               const bf16 *w, const bf16 *bias, int N, int C, float eps) {
+    layernorm_launch<float>(out, mean, rstd, a, w, bias, N, C, eps, b, sum);
 }
 
-extern "C" void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,
-                                        const float *mean, const float *rstd, int N, int C) {
+template <typename R>
+static void layernorm_backward(void *dinp, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
+                               const float *rstd, int N, int C) {
     bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp);
-    if (norm_bwd_fused(dinp, dw, db, dout, inp, w, mean, rstd, N, C, vec)) return;
+    if (norm_bwd_fused<R>(dinp, dw, db, dout, inp, w, mean, rstd, N, C, vec)) return;
     if (dinp && vec)
-        layernorm_bwd_dx8<<<blocks_of_warps(N), 256, 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), mean, rstd, N, C);
+        layernorm_bwd_dx8<R><<<blocks_of_warps(N), 256, 0, g_stream>>>((R *)dinp, CB16(dout), (const R *)inp, CB16(w), mean, rstd, N, C);
     else if (dinp)
-        layernorm_bwd_dx<<<N, threads_for(C), 0, g_stream>>>(B16(dinp), CB16(dout), CB16(inp), CB16(w), mean, rstd, C);
+        layernorm_bwd_dx<R><<<N, threads_for(C), 0, g_stream>>>((R *)dinp, CB16(dout), (const R *)inp, CB16(w), mean, rstd, C);
     if (dinp) LAUNCH_CHECK();
     if (dw || db) {
         int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART, threads;
         float *part = (float *)cuda_scratch((size_t)2 * parts * C * sizeof(float));
         if (vec) {
             dim3 grid = grid8(C, parts, &threads);
-            norm_bwd_dw8<<<grid, threads, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout), CB16(inp), mean, rstd, N, C);
+            norm_bwd_dw8<R><<<grid, threads, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout), (const R *)inp, mean, rstd, N, C);
         } else {
-            layernorm_bwd_dwdb<<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout), CB16(inp),
-                                                                                    mean, rstd, N, C);
+            layernorm_bwd_dwdb<R><<<dim3((C + 127) / 128, parts), 128, 0, g_stream>>>(part, part + (size_t)parts * C, CB16(dout),
+                                                                                       (const R *)inp, mean, rstd, N, C);
         }
         LAUNCH_CHECK();
         if (dw) reduce_parts(dw, part, parts, C);
         if (db) reduce_parts(db, part + (size_t)parts * C, parts, C);
     }
+}
+extern "C" void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,
+                                        const float *mean, const float *rstd, int N, int C) {
+    layernorm_backward<bf16_t>(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+}
+extern "C" void cuda_layernorm_backward_r32(float *dinp, float *dw, float *db, const bf16 *dout, const float *inp, const bf16 *w,
+                                            const float *mean, const float *rstd, int N, int C) {
+    layernorm_backward<float>(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
 }

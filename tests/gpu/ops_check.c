@@ -124,37 +124,58 @@ static void matmul_case(int N, int K, int M, int bias) {
     cuda_free(gx); cuda_free(gw); cuda_free(gb); cuda_free(gdy); cuda_free(gout); cuda_free(gdx); cuda_free(gdw); cuda_free(gdb);
 }
 
-static void norm_case(int N, int C, int layer) {
+// off the bf16 grid: what fp32 residual rows hold (a kernel that rounds them to bf16 misses by ~1e-3)
+static void off_grid(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] += x[i] * 1e-3f * (float)(i % 7 + 1);
+}
+
+// r32: the residual rows (input, dinp) in fp32, the _r32 entry points; dinp must then be as exact as fp32 (1e-5)
+static void norm_case_r(int N, int C, int layer, int r32) {
     float *x = host_rand((size_t)N * C, 1), *w = host_rand(C, 1), *b = host_rand(C, 0.2f), *dy = host_rand((size_t)N * C, 1);
     for (int c = 0; c < C; c++) w[c] = bf16_to_f32(f32_to_bf16(1.0f + 0.1f * w[c]));
     // dx starts as a residual gradient (the backward adds to it), dw and db from zero
     float *y = xcalloc((size_t)N * C, 4), *mean = xcalloc(N, 4), *rstd = xcalloc(N, 4), *dx = host_rand((size_t)N * C, 1),
           *dw = xcalloc(C, 4), *db = xcalloc(C, 4);
+    if (r32) off_grid(x, (size_t)N * C), off_grid(dx, (size_t)N * C);
     bf16 *gx = dev_bf16(x, (size_t)N * C), *gw = dev_bf16(w, C), *gb = dev_bf16(b, C), *gdy = dev_bf16(dy, (size_t)N * C),
          *gy = cuda_alloc((size_t)N * C * 2), *gdx = dev_bf16(dx, (size_t)N * C);
     float *gmean = dev_f32(NULL, N), *grstd = dev_f32(NULL, N), *gdw = dev_f32(NULL, C), *gdb = dev_f32(NULL, C);
+    float *gx32 = r32 ? dev_f32(x, (size_t)N * C) : NULL, *gdx32 = r32 ? dev_f32(dx, (size_t)N * C) : NULL;
     if (layer) {
         layernorm_forward(y, mean, rstd, x, w, b, N, C, 1e-5f);
         layernorm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C);
-        cuda_layernorm_forward(gy, gmean, grstd, gx, gw, gb, N, C, 1e-5f);
-        cuda_layernorm_backward(gdx, gdw, gdb, gdy, gx, gw, gmean, grstd, N, C);
+        if (r32) {
+            cuda_layernorm_forward_r32(gy, gmean, grstd, gx32, gw, gb, N, C, 1e-5f);
+            cuda_layernorm_backward_r32(gdx32, gdw, gdb, gdy, gx32, gw, gmean, grstd, N, C);
+        } else {
+            cuda_layernorm_forward(gy, gmean, grstd, gx, gw, gb, N, C, 1e-5f);
+            cuda_layernorm_backward(gdx, gdw, gdb, gdy, gx, gw, gmean, grstd, N, C);
+        }
     } else {
         rmsnorm_forward(y, rstd, x, w, N, C, 1e-6f);
         rmsnorm_backward(dx, dw, dy, x, w, rstd, N, C);
-        cuda_rmsnorm_forward(gy, grstd, gx, gw, N, C, 1e-6f);
-        cuda_rmsnorm_backward(gdx, gdw, gdy, gx, gw, grstd, N, C);
+        if (r32) {
+            cuda_rmsnorm_forward_r32(gy, grstd, gx32, gw, N, C, 1e-6f);
+            cuda_rmsnorm_backward_r32(gdx32, gdw, gdy, gx32, gw, grstd, N, C);
+        } else {
+            cuda_rmsnorm_forward(gy, grstd, gx, gw, N, C, 1e-6f);
+            cuda_rmsnorm_backward(gdx, gdw, gdy, gx, gw, grstd, N, C);
+        }
     }
     sync_or_die();
-    const char *k = layer ? "layernorm" : "rmsnorm";
-    check_bf16(gy, y, (size_t)N * C, 2e-2, "%s %dx%d forward", k, N, C);
+    const char *k = layer ? "layernorm" : "rmsnorm", *form = r32 ? " (fp32 rows)" : "";
+    check_bf16(gy, y, (size_t)N * C, 2e-2, "%s %dx%d%s forward", k, N, C, form);
     check_f32(grstd, rstd, N, 1e-3, "%s rstd (fp32)", k);
-    check_bf16(gdx, dx, (size_t)N * C, 2e-2, "%s dinp", k);
+    if (r32) check_f32(gdx32, dx, (size_t)N * C, 1e-5, "%s dinp (fp32)", k);
+    else check_bf16(gdx, dx, (size_t)N * C, 2e-2, "%s dinp", k);
     check_f32(gdw, dw, C, 1e-3, "%s dw (fp32)", k);
     if (layer) check_f32(gdb, db, C, 1e-3, "layernorm db (fp32)");
     free(x); free(w); free(b); free(dy); free(y); free(mean); free(rstd); free(dx); free(dw); free(db);
     cuda_free(gx); cuda_free(gw); cuda_free(gb); cuda_free(gdy); cuda_free(gy); cuda_free(gdx);
     cuda_free(gmean); cuda_free(grstd); cuda_free(gdw); cuda_free(gdb);
+    if (r32) cuda_free(gx32), cuda_free(gdx32);
 }
+static void norm_case(int N, int C, int layer) { norm_case_r(N, C, layer, 0); }
 
 // F a multiple of 8 takes the kernels over 8 elements per thread; other sizes the scalar ones
 static void activation_cases(int N, int F) {
@@ -207,8 +228,25 @@ static void fused_cases(int C, int with_rope) {  // C a multiple of 8: the 8-wid
     check_bf16(gsum, sum, (size_t)N * C, 1e-6, "add + layernorm forward: sum");
     check_bf16(gy, y, (size_t)N * C, 2e-2, "add + layernorm forward: out");
     check_f32(gmean, mean, N, 1e-3, "add + layernorm forward: mean");
+    // the fp32 residual forms: a and the sum fp32 (a off the bf16 grid, the sum not rounded), b bf16
+    off_grid(a, (size_t)N * C);
+    for (size_t i = 0; i < (size_t)N * C; i++) sum[i] = a[i] + b[i];
+    float *ga32 = dev_f32(a, (size_t)N * C), *gsum32 = dev_f32(NULL, (size_t)N * C);
+    rmsnorm_forward(y, rstd, sum, w, N, C, 1e-6f);
+    cuda_add_rmsnorm_forward_r32(gsum32, gy, grstd, ga32, gb, gw, N, C, 1e-6f);
+    sync_or_die();
+    check_f32(gsum32, sum, (size_t)N * C, 1e-7, "add + rmsnorm forward (fp32 rows): sum");
+    check_bf16(gy, y, (size_t)N * C, 2e-2, "add + rmsnorm forward (fp32 rows): out");
+    check_f32(grstd, rstd, N, 1e-3, "add + rmsnorm forward (fp32 rows): rstd");
+    layernorm_forward(y, mean, rstd, sum, w, bias, N, C, 1e-5f);
+    cuda_add_layernorm_forward_r32(gsum32, gy, gmean, grstd, ga32, gb, gw, gbias, N, C, 1e-5f);
+    sync_or_die();
+    check_f32(gsum32, sum, (size_t)N * C, 1e-7, "add + layernorm forward (fp32 rows): sum");
+    check_bf16(gy, y, (size_t)N * C, 2e-2, "add + layernorm forward (fp32 rows): out");
+    check_f32(gmean, mean, N, 1e-3, "add + layernorm forward (fp32 rows): mean");
     free(a); free(b); free(bias); free(sum); free(y); free(mean); free(rstd);
     cuda_free(ga); cuda_free(gb); cuda_free(gbias); cuda_free(gsum); cuda_free(gy); cuda_free(gmean); cuda_free(grstd); cuda_free(gw);
+    cuda_free(ga32); cuda_free(gsum32);
     free(w);
     const int dims[3] = {16, 128, 18};  // head_dim 16 (a warp's first 4 lanes) and 128: warp per row; 18: block per row
     for (int di = 0; with_rope && di < 3; di++) {
@@ -738,6 +776,13 @@ int main(int argc, char **argv) {
     norm_case(33, 100, 0);  // and the scalar ones
     norm_case(33, 100, 1);
     norm_case(70, 256, 1);
+    // the fp32 residual stream's forms: the one-pass backward (C = 256·k), the 8-wide and the scalar kernels
+    norm_case_r(40, 2560, 0, 1);
+    norm_case_r(40, 1024, 1, 1);
+    norm_case_r(70, 128, 0, 1);
+    norm_case_r(70, 136, 1, 1);
+    norm_case_r(33, 100, 0, 1);
+    norm_case_r(33, 100, 1, 1);
     activation_cases(257, 384);
     activation_cases(37, 100);
     copy2d_case(37, 64, 192);  // 16-byte pieces

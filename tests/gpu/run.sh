@@ -230,29 +230,40 @@ for preset in tiny "$W/mid.json" "$W/mid128.json"; do
     "$B/mkckpt" --preset "$preset" --out "$d/src" --seed 5 2>/dev/null &&
     "$B/merge" --vit "$d/src/vit" --llm "$d/src/llm" --out "$d/hf" --image-token-id 1012 --video-token-id 1013 2>/dev/null &&
     $PY tests/ref/model_ref.py inputs "$d/hf" "$d/in.safetensors" 7 packed &&
-    "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu.safetensors" --grads --device cpu 2>/dev/null &&
-    G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda.safetensors" --grads --device cuda 2>&1
-    # the kernels against the CPU backend with the same bf16 storage (--device cpu-bf16: fp32 ops, every
-    # activation and weight rounded where the CUDA backend stores bf16): what the kernels add, without
-    # what the storage costs; every tensor under the plain bounds (no peer)
-    "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu_bf16.safetensors" --grads --device cpu-bf16 2>/dev/null &&
-    COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu_bf16.safetensors" "$d/cuda.safetensors" \
-        > "$OUTDIR/backends_cpubf16_$name.txt" 2>&1
-    rc_bf16=$?
-    summary+=("cuda vs cpu-bf16 (same storage) $name: $([ $rc_bf16 -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'relative diff [0-9.e+-]*' "$OUTDIR/backends_cpubf16_$name.txt"); $(grep -o '[0-9]* gradients; [0-9]* within 2e-2' "$OUTDIR/backends_cpubf16_$name.txt"); worst $(grep '^compare: grad\.' "$OUTDIR/backends_cpubf16_$name.txt" | awk '{print $5, $2}' | sort -g | tail -1))")
-    # the peer: PyTorch autocast on the CPU, then on this GPU (tensor-core products, as PyTorch trains here)
-    declare -A peer_rc
-    for peer in cpu cuda; do
-        out=$OUTDIR/backends_$([ $peer = cuda ] && echo gpu_peer_)$name.txt
-        MODEL_REF_DEVICE=$peer $PY tests/ref/model_ref.py grads-bf16 "$d/hf" "$d/in.safetensors" "$d/peer_$peer.safetensors" &&
-        COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda.safetensors" \
-            "$d/peer_$peer.safetensors" 2>&1 | tee "$out" | grep -v '^compare: grad\.'
-        peer_rc[$peer]=${PIPESTATUS[0]}
+    "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu.safetensors" --grads --device cpu 2>/dev/null
+    for peer in cpu cuda; do  # the peer: PyTorch autocast on the CPU, then on this GPU (tensor-core products, as PyTorch trains here)
+        MODEL_REF_DEVICE=$peer $PY tests/ref/model_ref.py grads-bf16 "$d/hf" "$d/in.safetensors" "$d/peer_$peer.safetensors"
+    done
+    # the bf16 residual stream (Megatron's default), then the fp32 one (--fp32-residual-connection)
+    for res in bf16 fp32; do
+        flag=$([ $res = fp32 ] && echo --fp32-residual-connection)
+        sfx=$([ $res = fp32 ] && echo _r32)
+        label=$([ $res = fp32 ] && echo " --fp32-residual-connection")
+        G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda$sfx.safetensors" --grads --device cuda $flag 2>&1
+        # the kernels against the CPU backend with the same storage (--device cpu-bf16: fp32 ops, every activation
+        # and weight rounded where the CUDA backend stores bf16): what the kernels add, without what the storage
+        # costs; every tensor under the plain bounds (no peer)
+        f=$OUTDIR/backends_cpubf16${sfx}_$name.txt
+        "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cpu_bf16$sfx.safetensors" --grads --device cpu-bf16 $flag 2>/dev/null &&
+        COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu_bf16$sfx.safetensors" "$d/cuda$sfx.safetensors" \
+            > "$f" 2>&1
+        rc_bf16=$?
+        summary+=("cuda$label vs cpu-bf16 (same storage) $name: $([ $rc_bf16 -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'relative diff [0-9.e+-]*' "$f"); $(grep -o '[0-9]* gradients; [0-9]* within 2e-2' "$f"); worst $(grep '^compare: grad\.' "$f" | awk '{print $5, $2}' | sort -g | tail -1))")
+        declare -A peer_rc
+        for peer in cpu cuda; do
+            out=$OUTDIR/backends${sfx}_$([ $peer = cuda ] && echo gpu_peer_)$name.txt
+            COMPARE_VERBOSE=1 COMPARE_NAME=cuda $PY tests/gpu/compare_backends.py "$d/cpu.safetensors" "$d/cuda$sfx.safetensors" \
+                "$d/peer_$peer.safetensors" 2>&1 | tee "$out" | grep -v '^compare: grad\.'
+            peer_rc[$peer]=${PIPESTATUS[0]}
+        done
+        summary+=("cuda$label vs cpu model $name: $([ "${peer_rc[cpu]}" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends${sfx}_$name.txt" 2>/dev/null); $(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x' "$OUTDIR/backends${sfx}_$name.txt" 2>/dev/null))")
+        summary+=("  the same with PyTorch autocast on the GPU as the peer: $([ "${peer_rc[cuda]}" -eq 0 ] && echo ok || echo FAIL) ($(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x.*' "$OUTDIR/backends${sfx}_gpu_peer_$name.txt" 2>/dev/null))")
     done
     G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda_rc.safetensors" --grads --device cuda --recompute 99 2>&1 | tail -1
     summary+=("cuda --recompute (every layer) $name: $(cmp -s "$d/cuda.safetensors" "$d/cuda_rc.safetensors" && echo bit-identical || echo DIFFERS)")
-    summary+=("cuda vs cpu model $name: $([ "${peer_rc[cpu]}" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'loss cpu.*diff [0-9.e+-]*' "$OUTDIR/backends_$name.txt" 2>/dev/null); $(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x' "$OUTDIR/backends_$name.txt" 2>/dev/null))")
-    summary+=("  the same with PyTorch autocast on the GPU as the peer: $([ "${peer_rc[cuda]}" -eq 0 ] && echo ok || echo FAIL) ($(grep -o '[0-9]* within 2e-2, [0-9]* within 1.25x.*' "$OUTDIR/backends_gpu_peer_$name.txt" 2>/dev/null))")
+    G "$B/forward" --model "$d/hf" --in "$d/in.safetensors" --out "$d/cuda_r32_rc.safetensors" --grads --device cuda --recompute 99 \
+        --fp32-residual-connection 2>&1 | tail -1
+    summary+=("cuda --recompute --fp32-residual-connection $name: $(cmp -s "$d/cuda_r32.safetensors" "$d/cuda_r32_rc.safetensors" && echo bit-identical || echo DIFFERS)")
 done
 
 section 2b: generation
@@ -271,6 +282,15 @@ for name in tiny gqa; do
     rc2=${PIPESTATUS[0]}
     summary+=("greedy generation $name: cuda vs cpu $([ "$rc1" -eq 0 ] && echo ok || echo FAIL), cuda cache vs full $([ "$rc2" -eq 0 ] && echo ok || echo FAIL): $(grep -o 'identical[^,]*' "$OUTDIR/generate_$name.txt" | tr '\n' ';')")
 done
+# the fp32 residual stream's decode path (fp32 rows of one token): the cache against full forwards, and fp32
+d=$W/tiny
+G "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/gen_cuda_r32.safetensors" --generate 16 --device cuda --fp32-residual-connection 2>&1 &&
+G "$B/forward" --model "$d/hf" --in "$d/prompt.safetensors" --out "$d/full_cuda_r32.safetensors" --generate 16 --device cuda --no-cache --fp32-residual-connection 2>&1
+$PY tests/ref/gen_agree.py "$d/gen_cpu.safetensors" "$d/gen_cuda_r32.safetensors" > "$OUTDIR/generate_tiny_r32.txt" 2>&1
+rc1=$?
+$PY tests/ref/gen_agree.py "$d/gen_cuda_r32.safetensors" "$d/full_cuda_r32.safetensors" >> "$OUTDIR/generate_tiny_r32.txt" 2>&1
+rc2=$?
+summary+=("greedy generation tiny --fp32-residual-connection: cuda vs cpu $([ "$rc1" -eq 0 ] && echo ok || echo FAIL), cuda cache vs full $([ "$rc2" -eq 0 ] && echo ok || echo FAIL)")
 
 section 3: training
 # ---- 3. training on the CUDA backend: 10 steps against the CPU (losses within 2%), and a save/resume ----
