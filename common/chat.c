@@ -228,7 +228,7 @@ static int image_token_counts(json_t *j, const ChatOptions *o, int **counts, int
             return -1;
         }
         int oh, ow;
-        char name[32];
+        char name[48];  // "image_sizes[" + up to 20 digits + "]"
         snprintf(name, sizeof name, "image_sizes[%zu]", i);
         if (smart_resize((int)json_integer_value(h), (int)json_integer_value(w), o->min_pixels, o->max_pixels, &oh, &ow,
                          name, e))
