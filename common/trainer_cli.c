@@ -66,8 +66,8 @@ int trainer_main(const char *program, int argc, char **argv) {
                                                    "layers of activations for one more forward of N layers."},
         {"fp32-residual-connection", OPT_FLAG, &o.fp32_residual, NULL,
          "Keep the residual stream (each layer's input and sum, and their gradients) in fp32 on a bf16 device, as Megatron's "
-         "flag of that name: closer to fp32 training (the errors of a bf16 stream add up over the layers) for 6 bytes more "
-         "per token and hidden unit and layer kept. No effect on cpu."},
+         "flag of that name: closer to fp32 training (the errors of a bf16 stream add up over the layers) for 4 bytes more "
+         "per token and hidden unit in each layer whose activations are kept. No effect on cpu."},
         {"peak-tflops", OPT_DOUBLE, &o.peak_tflops, "X", "MFU denominator in TFLOP/s (default: a measured sgemm rate on the cpu; "
                                                           "none on other devices)."},
     };
