@@ -307,6 +307,8 @@ G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cuda" $C --dev
 LLAVA_NCCL=1 G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl" $C --device cuda --no-overlap-grad-reduce 2>&1 | tail -1
 # the same with a gradient bucket per tensor, each reduced (ncclReduce on the NCCL stream) during the backward
 LLAVA_NCCL=1 G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/nccl_buckets" $C --device cuda --ddp-bucket-size 1 2>&1 | grep -E "buckets reduced|iteration 10/" 
+# the fp32 residual stream: 10 steps against the same cpu losses
+G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cuda_r32" $C --device cuda --fp32-residual-connection 2>&1 | tail -1
 # the optimizer on the side stream, overlapping the next forward (the same arithmetic: any race shows)
 LLAVA_OVERLAP_OPT=1 G "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/overlap" $C --device cuda 2>&1 | tail -1
 "$B/midtrain" --load "$d/release" --data "$d/packed" --save "$d/cut" $C --device cuda 2>/dev/null &
@@ -338,11 +340,18 @@ for run, what in (("nccl", "one rank through NCCL (one reduce-scatter)"),
     except OSError:
         via = "FAILED TO RUN"
     print(f"train: {what} {via} the plain cuda losses bit for bit")
+try:
+    r32 = m("cuda_r32")
+    worst_r32 = max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(cpu, r32)) if len(r32) == len(cpu) else float("inf")
+    print("train: cuda --fp32-residual-connection " + " ".join(f"{x['loss']:.4f}" for x in r32))
+    print(f"train: --fp32-residual-connection: worst relative loss difference cuda vs cpu {worst_r32:.2e} (tolerance 2e-2)")
+except OSError:
+    print("train: --fp32-residual-connection: FAILED TO RUN")
 sys.exit(0 if worst <= 2e-2 and same and len(cuda) == len(cpu) == 10 else 1)
 PY
 rc=${PIPESTATUS[0]}
-summary+=("cuda training: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'worst relative loss difference cuda vs cpu [0-9.e+-]*' "$OUTDIR/train.txt"); resume $(grep -o 'resumed run [A-Z a-z]*' "$OUTDIR/train.txt" | head -1))")
-while read -r line; do summary+=("$line"); done < <(grep -E 'the plain cuda losses' "$OUTDIR/train.txt" | sed 's/^train: //')
+summary+=("cuda training: $([ "$rc" -eq 0 ] && echo ok || echo FAIL) ($(grep -o 'worst relative loss difference cuda vs cpu [0-9.e+-]*' "$OUTDIR/train.txt" | head -1); resume $(grep -o 'resumed run [A-Z a-z]*' "$OUTDIR/train.txt" | head -1))")
+while read -r line; do summary+=("$line"); done < <(grep -E 'the plain cuda losses|^train: --fp32-residual' "$OUTDIR/train.txt" | sed 's/^train: //')
 
 fi  # SKIP_MODEL
 
