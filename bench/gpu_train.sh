@@ -6,6 +6,7 @@
 #   usage: bench/gpu_train.sh [slice] [vision] [full]   (default: slice vision; STEPS=5 timed steps after 2 warm-up,
 #          FULL_STEPS=3 for the whole model; each run limited to RUN_TIMEOUT=150 seconds;
 #          FLASH_VARIANTS="2 3 4 5 6 7 8" (the default) also times those attention versions, "" for none;
+#          FULL_RECOMPUTE_VARIANTS="18 0" (the default) also the whole model with fewer layers recomputed;
 #          RESIDUAL_VARIANT=1 (the default) also the fp32 residual stream, --fp32-residual-connection (slice, vision);
 #          OVERLAP_VARIANT=1 (the default) also the optimizer overlapping the next forward, LLAVA_OVERLAP_OPT=1;
 #          ENV_VARIANTS="NAME=VALUE ..." also a run with each of those settings, e.g. LLAVA_FLASH_EXP2=1;
@@ -124,6 +125,14 @@ PY
     if [ "${ONLY_PROFILE:-0}" != 1 ]; then
         # then the optimizer overlapping the next forward (LLAVA_OVERLAP_OPT=1, optim.h), and the attention
         # versions still in the running (LLAVA_FLASH) side by side (last, so that a time limit cuts these first)
+        # the whole model keeping more activations: recomputing all 36 layers costs a second forward of each, and
+        # the H200 may hold the activations of some (ours took 91.5 GiB with all recomputed; a layer keeps ~0.85 GB
+        # at 8192 tokens): fewer recomputed layers where they fit (a run that does not fit fails on its own)
+        if [ "$shape" = full ]; then
+            for n in ${FULL_RECOMPUTE_VARIANTS-18 0}; do
+                echo "gpu_train full: ours with --recompute $n  $(T "$TRAIN_STEP" --device cuda --recompute "$n" --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+            done
+        fi
         # the fp32 residual stream (--fp32-residual-connection): what its accuracy costs in time and memory
         [ "${RESIDUAL_VARIANT:-1}" = 1 ] && [ "$shape" != full ] &&
             echo "gpu_train $shape: ours with --fp32-residual-connection  $(T "$TRAIN_STEP" --fp32-residual-connection "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
