@@ -41,13 +41,15 @@ const Act *res_stored(const Resid *r, Act *buf, const Res *x, size_t n);
 void res_add(const Resid *r, Res *out, const Res *a, const Act *b, size_t n);
 void res_rmsnorm(const Resid *r, Act *out, float *rstd, const Res *x, const Act *w, int N, int C, float eps);
 void res_add_rmsnorm(const Resid *r, Res *sum, Act *out, float *rstd, const Res *a, const Act *b, const Act *w, int N, int C, float eps);
-void res_rmsnorm_backward(const Resid *r, Res *dinp, float *dw, const Act *dout, const Res *inp, const Act *w, const float *rstd, int N,
-                          int C);
+// The backwards: dinp += the input's gradient; they return dinp's rows in the storage type for the products that
+// read it (dinp itself, or the rounded copy written into buf in the same pass; NULL when dinp is)
+const Act *res_rmsnorm_backward(const Resid *r, Res *dinp, Act *buf, float *dw, const Act *dout, const Res *inp, const Act *w,
+                                const float *rstd, int N, int C);
 void res_layernorm(const Resid *r, Act *out, float *mean, float *rstd, const Res *x, const Act *w, const Act *b, int N, int C, float eps);
 void res_add_layernorm(const Resid *r, Res *sum, Act *out, float *mean, float *rstd, const Res *a, const Act *b, const Act *w,
                        const Act *bias, int N, int C, float eps);
-void res_layernorm_backward(const Resid *r, Res *dinp, float *dw, float *db, const Act *dout, const Res *inp, const Act *w,
-                            const float *mean, const float *rstd, int N, int C);
+const Act *res_layernorm_backward(const Resid *r, Res *dinp, Act *buf, float *dw, float *db, const Act *dout, const Res *inp,
+                                  const Act *w, const float *mean, const float *rstd, int N, int C);
 
 // Activations of one decoder layer kept for the backward (shapes in model_text.c).
 typedef struct {  // activations (Act: backend storage), residual rows (Res) and statistics (float) of one decoder layer

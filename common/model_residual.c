@@ -40,10 +40,14 @@ void res_add_rmsnorm(const Resid *r, Res *sum, Act *out, float *rstd, const Res 
     else r->be->add_rmsnorm_forward(ACT(sum), out, rstd, CACT(a), b, w, N, C, eps);
 }
 
-void res_rmsnorm_backward(const Resid *r, Res *dinp, float *dw, const Act *dout, const Res *inp, const Act *w, const float *rstd, int N,
-                          int C) {
-    if (r->f32) r->be->rmsnorm_backward_r32(F32(dinp), dw, dout, CF32(inp), w, rstd, N, C);
-    else r->be->rmsnorm_backward(ACT(dinp), dw, dout, CACT(inp), w, rstd, N, C);
+const Act *res_rmsnorm_backward(const Resid *r, Res *dinp, Act *buf, float *dw, const Act *dout, const Res *inp, const Act *w,
+                                const float *rstd, int N, int C) {
+    if (!r->f32) {
+        r->be->rmsnorm_backward(ACT(dinp), dw, dout, CACT(inp), w, rstd, N, C);
+        return CACT(dinp);
+    }
+    r->be->rmsnorm_backward_r32(F32(dinp), dinp ? buf : NULL, dw, dout, CF32(inp), w, rstd, N, C);
+    return dinp ? buf : NULL;
 }
 
 void res_layernorm(const Resid *r, Act *out, float *mean, float *rstd, const Res *x, const Act *w, const Act *b, int N, int C, float eps) {
@@ -57,8 +61,12 @@ void res_add_layernorm(const Resid *r, Res *sum, Act *out, float *mean, float *r
     else r->be->add_layernorm_forward(ACT(sum), out, mean, rstd, CACT(a), b, w, bias, N, C, eps);
 }
 
-void res_layernorm_backward(const Resid *r, Res *dinp, float *dw, float *db, const Act *dout, const Res *inp, const Act *w,
-                            const float *mean, const float *rstd, int N, int C) {
-    if (r->f32) r->be->layernorm_backward_r32(F32(dinp), dw, db, dout, CF32(inp), w, mean, rstd, N, C);
-    else r->be->layernorm_backward(ACT(dinp), dw, db, dout, CACT(inp), w, mean, rstd, N, C);
+const Act *res_layernorm_backward(const Resid *r, Res *dinp, Act *buf, float *dw, float *db, const Act *dout, const Res *inp, const Act *w,
+                                  const float *mean, const float *rstd, int N, int C) {
+    if (!r->f32) {
+        r->be->layernorm_backward(ACT(dinp), dw, db, dout, CACT(inp), w, mean, rstd, N, C);
+        return CACT(dinp);
+    }
+    r->be->layernorm_backward_r32(F32(dinp), dinp ? buf : NULL, dw, db, dout, CF32(inp), w, mean, rstd, N, C);
+    return dinp ? buf : NULL;
 }

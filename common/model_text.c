@@ -170,11 +170,12 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     int below = stop < c->layers || dnorm;  // does anything under the head need its input gradient?
     const Resid *r = &tr->res;
     Act *dh = U((size_t)T * H), *dxs = r->f32 ? U((size_t)T * H) : NULL;  // dxs: dx rounded, for the products (fp32 stream)
+    const Act *dxo;  // dx's rows as the products read them (dx itself, or dxs)
     Res *dx = res_zeros(r, A, (size_t)T * H);
     model_matmul_backward(m, w, grads, below ? dh : NULL, 1, head, NULL, 0, dlogits, tr->hf, T, H, c->vocab);
     if (!below) return 0;
     dnorm = model_grad_acc(m, w, grads, "model.norm.weight", 0);
-    res_rmsnorm_backward(r, stop < c->layers ? dx : NULL, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
+    dxo = res_rmsnorm_backward(r, stop < c->layers ? dx : NULL, dxs, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
     model_grads_final(m, w, "model.norm.weight", 0);  // and the head above it
     Act *dg = NULL, *du = NULL;
     if (!gate_up_fused_from(m, grads, stop)) {
@@ -189,8 +190,7 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         LayerActs *a = &tr->L[l];
         if (l < tr->recompute) layer_forward(m, tr, l, a, NULL);  // its activations again, into the shared set
         // MLP: x_out = x_mid + act·Wdᵀ (dx is d x_out and becomes d x_mid)
-        model_matmul_backward(m, w, grads, dact, 1, "model.layers.%d.mlp.down_proj.weight", NULL, l, res_stored(r, dxs, dx, (size_t)T * H),
-                              a->act, T, I, H);
+        model_matmul_backward(m, w, grads, dact, 1, "model.layers.%d.mlp.down_proj.weight", NULL, l, dxo, a->act, T, I, H);
         be->swiglu_backward(dgu, dact, a->gu, T, I);  // (overwrites dgu)
         if (gate_up_fused(m, grads, l)) {  // one product for both (weights and gradients back to back)
             model_matmul_backward(m, w, grads, dh, 1, "model.layers.%d.mlp.gate_proj.weight", NULL, l, dgu, a->h2, T, H, 2 * I);
@@ -200,11 +200,10 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
             model_matmul_backward(m, w, grads, dh, 1, "model.layers.%d.mlp.gate_proj.weight", NULL, l, dg, a->h2, T, H, I);
             model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.mlp.up_proj.weight", NULL, l, du, a->h2, T, H, I);
         }
-        res_rmsnorm_backward(r, dx, model_grad_acc(m, w, grads, "model.layers.%d.post_attention_layernorm.weight", l), dh, a->x_mid,
-                             W(m, "model.layers.%d.post_attention_layernorm.weight", l), a->rstd2, T, H);
+        dxo = res_rmsnorm_backward(r, dx, dxs, model_grad_acc(m, w, grads, "model.layers.%d.post_attention_layernorm.weight", l), dh,
+                                   a->x_mid, W(m, "model.layers.%d.post_attention_layernorm.weight", l), a->rstd2, T, H);
         // attention: x_mid = x_in + att·Woᵀ (dx becomes d x_in)
-        model_matmul_backward(m, w, grads, datt, 1, "model.layers.%d.self_attn.o_proj.weight", NULL, l, res_stored(r, dxs, dx, (size_t)T * H),
-                              a->att, T, (int)Q, H);
+        model_matmul_backward(m, w, grads, datt, 1, "model.layers.%d.self_attn.o_proj.weight", NULL, l, dxo, a->att, T, (int)Q, H);
         be->zero(dqr, T * Q * es); be->zero(dkr, T * KV * es); be->zero(dv, T * KV * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nseq, T, tr->max_len, nq, nkv, hd, 1);
         // QK-norm and RoPE backwards in one pass (dq, dk overwritten; dqr, dkr spent)
@@ -215,14 +214,13 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         model_matmul_backward(m, w, grads, dh, 1, "model.layers.%d.self_attn.q_proj.weight", NULL, l, dq, a->h1, T, H, (int)Q);
         model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.self_attn.k_proj.weight", NULL, l, dk, a->h1, T, H, (int)KV);
         model_matmul_backward(m, w, grads, dh, 0, "model.layers.%d.self_attn.v_proj.weight", NULL, l, dv, a->h1, T, H, (int)KV);
-        res_rmsnorm_backward(r, dx, model_grad_acc(m, w, grads, "model.layers.%d.input_layernorm.weight", l), dh, a->x_in,
-                             W(m, "model.layers.%d.input_layernorm.weight", l), a->rstd1, T, H);
+        dxo = res_rmsnorm_backward(r, dx, dxs, model_grad_acc(m, w, grads, "model.layers.%d.input_layernorm.weight", l), dh, a->x_in,
+                                   W(m, "model.layers.%d.input_layernorm.weight", l), a->rstd1, T, H);
         model_grads_final(m, w, "model.layers.%d.input_layernorm.weight", l);  // layer l's first tensor
     }
     if (stop > 0) return c->layers - stop;
     // embedding rows, or the image embeddings where the image pads were
     float *demb = model_grad_acc(m, w, grads, "model.embed_tokens.weight", 0);
-    const Act *dxo = (dembeds && tr->npad) || (demb && tr->ntext) ? res_stored(r, dxs, dx, (size_t)T * H) : NULL;
     if (dembeds && tr->npad) be->gather_rows(dembeds, dxo, tr->pad_rows, tr->npad, H);
     if (demb && tr->ntext) {
         Act *drows = U((size_t)tr->ntext * H);

@@ -140,6 +140,7 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     Act *dlast = Z((size_t)S * D), *dxs = r->f32 ? U((size_t)S * D) : NULL;  // dxs: dx rounded, for the products (fp32 stream)
     be->scatter_rows(dlast, dhid, tr->patch_rows, (int)tr->rows, D);
     Res *dx = res_of(r, A, dlast, (size_t)S * D);
+    const Act *dxo = dlast;  // dx's rows as the products read them (dlast: dx itself, or its rounded copy; then dxs)
     // zeroed before each use (the backward ops accumulate) unless written whole: dqkv, df1 (the GELU backward),
     // df1g, dh and datt (MM_SET_DINP)
     Act *df1g = U((size_t)S * F), *df1 = U((size_t)S * F), *dh = U((size_t)S * D), *datt = U((size_t)S * D),
@@ -148,15 +149,15 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     for (int l = v->depth - 1; l >= 0; l--) {
         const BlockActs *a = &tr->B[l];
         model_matmul_backward(m, w, grads, df1g, 1, "visual.blocks.%d.mlp.fc2.weight", "visual.blocks.%d.mlp.fc2.bias", l,
-                              res_stored(r, dxs, dx, (size_t)S * D), a->f1g, (int)S, F, D);
+                              dxo, a->f1g, (int)S, F, D);
         be->gelu_backward(df1, df1g, a->f1, (size_t)S * F);  // (overwrites df1)
         model_matmul_backward(m, w, grads, dh, 1, "visual.blocks.%d.mlp.fc1.weight", "visual.blocks.%d.mlp.fc1.bias", l, df1, a->h2, (int)S,
                               D, F);
-        res_layernorm_backward(r, dx, model_grad_acc(m, w, grads, "visual.blocks.%d.norm2.weight", l),
-                               model_grad_acc(m, w, grads, "visual.blocks.%d.norm2.bias", l), dh, a->x_mid,
-                               W(m, "visual.blocks.%d.norm2.weight", l), a->mean2, a->rstd2, (int)S, D);
+        dxo = res_layernorm_backward(r, dx, dxs, model_grad_acc(m, w, grads, "visual.blocks.%d.norm2.weight", l),
+                                     model_grad_acc(m, w, grads, "visual.blocks.%d.norm2.bias", l), dh, a->x_mid,
+                                     W(m, "visual.blocks.%d.norm2.weight", l), a->mean2, a->rstd2, (int)S, D);
         model_matmul_backward(m, w, grads, datt, 1, "visual.blocks.%d.attn.proj.weight", "visual.blocks.%d.attn.proj.bias", l,
-                              res_stored(r, dxs, dx, (size_t)S * D), a->att, (int)S, D, D);
+                              dxo, a->att, (int)S, D, D);
         be->zero(dqr, (size_t)S * D * es); be->zero(dkr, (size_t)S * D * es); be->zero(dv, (size_t)S * D * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nimg, (int)S, tr->max_len, nh, nh, hd, 0);
         if (dcls_ang) {  // the CLS rows rotate by learned angles: their gradient, before undoing the rotation
@@ -166,15 +167,15 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
         be->qkv_merge_rope_backward(dqkv, dqr, dkr, dv, tr->ang, (int)S, nh, hd);
         model_matmul_backward(m, w, grads, dh, 1, "visual.blocks.%d.attn.qkv.weight", "visual.blocks.%d.attn.qkv.bias", l, dqkv, a->h1,
                               (int)S, D, 3 * D);
-        res_layernorm_backward(r, dx, model_grad_acc(m, w, grads, "visual.blocks.%d.norm1.weight", l),
-                               model_grad_acc(m, w, grads, "visual.blocks.%d.norm1.bias", l), dh, a->x_in,
-                               W(m, "visual.blocks.%d.norm1.weight", l), a->mean1, a->rstd1, (int)S, D);
+        dxo = res_layernorm_backward(r, dx, dxs, model_grad_acc(m, w, grads, "visual.blocks.%d.norm1.weight", l),
+                                     model_grad_acc(m, w, grads, "visual.blocks.%d.norm1.bias", l), dh, a->x_in,
+                                     W(m, "visual.blocks.%d.norm1.weight", l), a->mean1, a->rstd1, (int)S, D);
         model_grads_final(m, w, "visual.blocks.%d.norm1.weight", l);  // the class_pos_emb gradient is still growing, below
     }
     // pre-LayerNorm, then CLS embeddings and the patch projection
     be->zero(dh, (size_t)S * D * es);
     be->layernorm_backward(dh, model_grad_acc(m, w, grads, "visual.pre_layernorm.weight", 0),
-                           model_grad_acc(m, w, grads, "visual.pre_layernorm.bias", 0), res_stored(r, dxs, dx, (size_t)S * D), tr->x0,
+                           model_grad_acc(m, w, grads, "visual.pre_layernorm.bias", 0), dxo, tr->x0,
                            W(m, "visual.pre_layernorm.weight", 0), tr->pre_mean, tr->pre_rstd, (int)S, D);
     float *dcls = model_grad_acc(m, w, grads, "visual.class_embedding", 0);
     if (dcls) be->sum_rows(dcls, dh, tr->cls_rows, tr->nimg, D);

@@ -75,21 +75,23 @@ typedef struct Backend {
     // The fp32 residual stream (ModelWork.fp32_residual; Megatron's --fp32-residual-connection): the norms with
     // the residual rows in fp32 instead of the storage type -- inp, the fused forms' sum and their input a, and
     // dinp -- while out, dout and the branch input b stay Act; the add likewise; and the conversions between the
-    // two (narrow rounds to nearest even). On cpu, where Act is fp32, they are the plain ops.
+    // two (narrow rounds to nearest even). The backwards also write dinp rounded to the storage type into
+    // dinp_stored unless it is NULL (the copy the next products read, without a pass of its own). On cpu, where
+    // Act is fp32, they are the plain ops.
     void (*widen)(float *dst, const Act *src, size_t n);
     void (*narrow)(Act *dst, const float *src, size_t n);
     void (*add_r32)(float *out, const float *a, const Act *b, size_t n);
     void (*rmsnorm_forward_r32)(Act *out, float *rstd, const float *inp, const Act *w, int N, int C, float eps);
     void (*add_rmsnorm_forward_r32)(float *sum, Act *out, float *rstd, const float *a, const Act *b, const Act *w, int N, int C,
                                     float eps);
-    void (*rmsnorm_backward_r32)(float *dinp, float *dw, const Act *dout, const float *inp, const Act *w, const float *rstd, int N,
-                                 int C);
+    void (*rmsnorm_backward_r32)(float *dinp, Act *dinp_stored, float *dw, const Act *dout, const float *inp, const Act *w,
+                                 const float *rstd, int N, int C);
     void (*layernorm_forward_r32)(Act *out, float *mean, float *rstd, const float *inp, const Act *w, const Act *b, int N, int C,
                                   float eps);
     void (*add_layernorm_forward_r32)(float *sum, Act *out, float *mean, float *rstd, const float *a, const Act *b, const Act *w,
                                       const Act *bias, int N, int C, float eps);
-    void (*layernorm_backward_r32)(float *dinp, float *dw, float *db, const Act *dout, const float *inp, const Act *w,
-                                   const float *mean, const float *rstd, int N, int C);
+    void (*layernorm_backward_r32)(float *dinp, Act *dinp_stored, float *dw, float *db, const Act *dout, const float *inp,
+                                   const Act *w, const float *mean, const float *rstd, int N, int C);
     void (*gelu_forward)(Act *out, const Act *inp, size_t n);
     void (*gelu_backward)(Act *dinp, const Act *dout, const Act *inp, size_t n);
     void (*swiglu_forward)(Act *out, const Act *gu, int N, int F);

@@ -103,8 +103,10 @@ static void rms_f32(Act *out, float *rstd, const float *inp, const Act *w, int N
 static void add_rms_f32(float *sum, Act *out, float *rstd, const float *a, const Act *b, const Act *w, int N, int C, float eps) {
     add_rms_f(A_(sum), out, rstd, CA_(a), b, w, N, C, eps);
 }
-static void rms_b32(float *dinp, float *dw, const Act *dout, const float *inp, const Act *w, const float *rstd, int N, int C) {
+static void rms_b32(float *dinp, Act *dinp_stored, float *dw, const Act *dout, const float *inp, const Act *w, const float *rstd, int N,
+                    int C) {
     rms_b(A_(dinp), dw, dout, CA_(inp), w, rstd, N, C);
+    if (dinp && dinp_stored) narrow(dinp_stored, dinp, (size_t)N * C);
 }
 static void ln_f32(Act *out, float *mean, float *rstd, const float *inp, const Act *w, const Act *b, int N, int C, float eps) {
     ln_f(out, mean, rstd, CA_(inp), w, b, N, C, eps);
@@ -113,9 +115,10 @@ static void add_ln_f32(float *sum, Act *out, float *mean, float *rstd, const flo
                        int N, int C, float eps) {
     add_ln_f(A_(sum), out, mean, rstd, CA_(a), b, w, bias, N, C, eps);
 }
-static void ln_b32(float *dinp, float *dw, float *db, const Act *dout, const float *inp, const Act *w, const float *mean,
-                   const float *rstd, int N, int C) {
+static void ln_b32(float *dinp, Act *dinp_stored, float *dw, float *db, const Act *dout, const float *inp, const Act *w,
+                   const float *mean, const float *rstd, int N, int C) {
     ln_b(A_(dinp), dw, db, dout, CA_(inp), w, mean, rstd, N, C);
+    if (dinp && dinp_stored) narrow(dinp_stored, dinp, (size_t)N * C);
 }
 static void qkv_split(Act *q, Act *k, Act *v, const Act *qkv, const float *ang, int T, int H, int D) {
     size_t C = (size_t)H * D;
@@ -247,6 +250,16 @@ static void e_add_rms_f32(float *sum, Act *out, float *rstd, const float *a, con
 static void e_ln_f32(Act *out, float *mean, float *rstd, const float *inp, const Act *w, const Act *b, int N, int C, float eps) {
     e_ln_f(out, mean, rstd, CA_(inp), w, b, N, C, eps);
 }
+static void e_rms_b32(float *dinp, Act *dinp_stored, float *dw, const Act *dout, const float *inp, const Act *w, const float *rstd,
+                      int N, int C) {
+    rms_b32(dinp, NULL, dw, dout, inp, w, rstd, N, C);
+    if (dinp && dinp_stored) e_narrow(dinp_stored, dinp, (size_t)N * C);
+}
+static void e_ln_b32(float *dinp, Act *dinp_stored, float *dw, float *db, const Act *dout, const float *inp, const Act *w,
+                     const float *mean, const float *rstd, int N, int C) {
+    ln_b32(dinp, NULL, dw, db, dout, inp, w, mean, rstd, N, C);
+    if (dinp && dinp_stored) e_narrow(dinp_stored, dinp, (size_t)N * C);
+}
 static void e_add_ln_f32(float *sum, Act *out, float *mean, float *rstd, const float *a, const Act *b, const Act *w, const Act *bias,
                          int N, int C, float eps) {
     add_r32(sum, a, b, (size_t)N * C);
@@ -311,8 +324,8 @@ const Backend backend_cpu_bf16 = {
     .add_rmsnorm_forward = e_add_rms_f, .add_layernorm_forward = e_add_ln_f, .rmsnorm_rope_forward = e_rms_rope_f,
     .rmsnorm_rope_backward = e_rms_rope_b,
     .widen = widen, .narrow = e_narrow, .add_r32 = add_r32, .rmsnorm_forward_r32 = e_rms_f32, .add_rmsnorm_forward_r32 = e_add_rms_f32,
-    .rmsnorm_backward_r32 = rms_b32, .layernorm_forward_r32 = e_ln_f32, .add_layernorm_forward_r32 = e_add_ln_f32,
-    .layernorm_backward_r32 = ln_b32,
+    .rmsnorm_backward_r32 = e_rms_b32, .layernorm_forward_r32 = e_ln_f32, .add_layernorm_forward_r32 = e_add_ln_f32,
+    .layernorm_backward_r32 = e_ln_b32,
     .gelu_forward = e_gelu_f, .gelu_backward = e_gelu_b,
     .swiglu_forward = e_swi_f, .swiglu_backward = e_swi_b, .rope_forward = e_rope_f, .rope_backward = e_rope_b,
     .qkv_split_rope = e_qkv_split, .qkv_merge_rope_backward = e_qkv_merge_b,

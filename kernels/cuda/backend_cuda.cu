@@ -166,8 +166,9 @@ static void rms_f32(Act *out, float *rstd, const float *inp, const Act *w, int N
 static void add_rms_f32(float *sum, Act *out, float *rstd, const float *a, const Act *b, const Act *w, int N, int C, float eps) {
     PROF(cuda_add_rmsnorm_forward_r32(sum, U(out), rstd, a, CU(b), CU(w), N, C, eps), "add_rmsnorm_forward_r32 %dx%d", N, C);
 }
-static void rms_b32(float *dinp, float *dw, const Act *dout, const float *inp, const Act *w, const float *rstd, int N, int C) {
-    PROF(cuda_rmsnorm_backward_r32(dinp, dw, CU(dout), inp, CU(w), rstd, N, C), "rmsnorm_backward_r32 %dx%d", N, C);
+static void rms_b32(float *dinp, Act *dinp_stored, float *dw, const Act *dout, const float *inp, const Act *w, const float *rstd, int N,
+                    int C) {
+    PROF(cuda_rmsnorm_backward_r32(dinp, U(dinp_stored), dw, CU(dout), inp, CU(w), rstd, N, C), "rmsnorm_backward_r32 %dx%d", N, C);
 }
 static void ln_f32(Act *out, float *mean, float *rstd, const float *inp, const Act *w, const Act *b, int N, int C, float eps) {
     PROF(cuda_layernorm_forward_r32(U(out), mean, rstd, inp, CU(w), CU(b), N, C, eps), "layernorm_forward_r32 %dx%d", N, C);
@@ -177,9 +178,10 @@ static void add_ln_f32(float *sum, Act *out, float *mean, float *rstd, const flo
     PROF(cuda_add_layernorm_forward_r32(sum, U(out), mean, rstd, a, CU(b), CU(w), CU(bias), N, C, eps), "add_layernorm_forward_r32 %dx%d",
          N, C);
 }
-static void ln_b32(float *dinp, float *dw, float *db, const Act *dout, const float *inp, const Act *w, const float *mean,
-                   const float *rstd, int N, int C) {
-    PROF(cuda_layernorm_backward_r32(dinp, dw, db, CU(dout), inp, CU(w), mean, rstd, N, C), "layernorm_backward_r32 %dx%d", N, C);
+static void ln_b32(float *dinp, Act *dinp_stored, float *dw, float *db, const Act *dout, const float *inp, const Act *w,
+                   const float *mean, const float *rstd, int N, int C) {
+    PROF(cuda_layernorm_backward_r32(dinp, U(dinp_stored), dw, db, CU(dout), inp, CU(w), mean, rstd, N, C), "layernorm_backward_r32 %dx%d",
+         N, C);
 }
 static void gelu_f(Act *out, const Act *inp, size_t n) { PROF(cuda_gelu_forward(U(out), CU(inp), n), "gelu_forward %zu", n); }
 static void gelu_b(Act *dinp, const Act *dout, const Act *inp, size_t n) { PROF(cuda_gelu_backward(U(dinp), CU(dout), CU(inp), n), "gelu_backward %zu", n); }

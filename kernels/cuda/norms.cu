@@ -3,7 +3,8 @@
 // or per warp; statistics fp32; the weight (and bias) gradients go through per-block partial sums that
 // reduce_parts adds in a fixed order, never atomics, so a run repeats bit for bit. The residual rows -- the input,
 // the fused sum and its input a, and dinp -- are of type R: bf16, or fp32 for the fp32 residual stream (the _r32
-// entry points); outputs, dout, the branch input b and the weights are bf16 either way.
+// entry points); outputs, dout, the branch input b and the weights are bf16 either way. The fp32 backwards also
+// write dinp rounded to bf16 into dinp16 when it is not NULL: the copy the next products read, in the same pass.
 #include <math.h>
 
 #include "common_cuda.cuh"
@@ -32,14 +33,16 @@ __global__ static void rmsnorm_fwd(bf16_t *out, float *rstd, const R *x, const b
 
 // dx = r·w·dy − x·r³·mean(w·dy·x)
 template <typename R>
-__global__ static void rmsnorm_bwd_dx(R *dinp, const bf16_t *dy, const R *x, const bf16_t *w, const float *rstd, int C) {
+__global__ static void rmsnorm_bwd_dx(R *dinp, bf16_t *dinp16, const bf16_t *dy, const R *x, const bf16_t *w, const float *rstd, int C) {
     size_t row = blockIdx.x;
     float r = rstd[row], dot = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) dot += ld(w, c) * ld(dy, row * C + c) * ld(x, row * C + c);
     dot = block_sum(dot) / C;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         size_t i = row * C + c;
-        st(dinp, i, ld(dinp, i) + r * ld(w, c) * ld(dy, i) - ld(x, i) * r * r * r * dot);
+        float v = ld(dinp, i) + r * ld(w, c) * ld(dy, i) - ld(x, i) * r * r * r * dot;
+        st(dinp, i, v);
+        if (sizeof(R) == 4 && dinp16) st(dinp16, i, v);
     }
 }
 
@@ -61,7 +64,8 @@ __device__ __forceinline__ size_t warp_row() { return (size_t)blockIdx.x * (bloc
 // C = 128 (the QK norms, 262,144 rows) or 2560 left the kernels at under 1 TB/s. The second pass reads
 // the row again (from L1/L2) instead of holding C/32 values per lane in registers.
 template <typename R>
-__global__ static void rmsnorm_bwd_dx8(R *dinp, const bf16_t *dy, const R *x, const bf16_t *w, const float *rstd, int N, int C) {
+__global__ static void rmsnorm_bwd_dx8(R *dinp, bf16_t *dinp16, const bf16_t *dy, const R *x, const bf16_t *w, const float *rstd, int N,
+                                       int C) {
     size_t row = warp_row();
     int lane = threadIdx.x % 32;
     if (row >= (size_t)N) return;
@@ -79,6 +83,7 @@ __global__ static void rmsnorm_bwd_dx8(R *dinp, const bf16_t *dy, const R *x, co
 #pragma unroll
         for (int k = 0; k < 8; k++) o[k] = o[k] + r * wv[k] * dv[k] - xv[k] * r * r * r * dot;
         store8(dinp + row * C + c, o);
+        if (sizeof(R) == 4 && dinp16) store8(dinp16 + row * C + c, o);
     }
 }
 
@@ -113,8 +118,9 @@ __global__ static void norm_bwd_dw8(float *part_w, float *part_b, const bf16_t *
 // block's part for reduce_parts. LN: LayerNorm (x̂ = (x − mean)·rstd), with part_b = Σ dy unless NULL; else
 // RMSNorm (x̂ = x·rstd). dx accumulates, as in the separate kernels.
 template <int CH, bool LN, typename R>
-__global__ static void __launch_bounds__(256) norm_bwd_fused8(R *dinp, float *part_w, float *part_b, const bf16_t *dy, const R *x,
-                                                                const bf16_t *w, const float *mean, const float *rstd, int N, int rpw) {
+__global__ static void __launch_bounds__(256) norm_bwd_fused8(R *dinp, bf16_t *dinp16, float *part_w, float *part_b, const bf16_t *dy,
+                                                                const R *x, const bf16_t *w, const float *mean, const float *rstd, int N,
+                                                                int rpw) {
     constexpr int C = 256 * CH;
     __shared__ float acc_w[C], acc_b[LN ? C : 1];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -151,6 +157,7 @@ __global__ static void __launch_bounds__(256) norm_bwd_fused8(R *dinp, float *pa
                 o[k] = o[k] + r * (wv[k] * dv[k] - (LN ? sg : 0.0f) - xh * sgx);
             }
             store8(dinp + row * C + c, o);
+            if (sizeof(R) == 4 && dinp16) store8(dinp16 + row * C + c, o);
         }
     }
     for (int k = 0; k < 8; k++) {  // the warps' sums into shared memory, in warp order
@@ -190,7 +197,7 @@ template <int CH, bool LN, typename R> static long fused8_warp_slots(void) {
     return slots;
 }
 template <int CH, bool LN, typename R>
-static void launch_fused8_k(void *dinp, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
+static void launch_fused8_k(void *dinp, bf16 *dinp16, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
                             const float *rstd, int N) {
     constexpr int C = 256 * CH;
     int setting = cuda_env_setting(&rpw_setting, "LLAVA_NORM_RPW", -1);
@@ -201,35 +208,35 @@ static void launch_fused8_k(void *dinp, float *dw, float *db, const bf16 *dout, 
     }
     unsigned parts = (unsigned)((N + 8 * rpw - 1) / (8 * rpw));
     float *part = (float *)cuda_scratch((size_t)(db ? 2 : 1) * parts * C * sizeof(float)), *part_b = db ? part + (size_t)parts * C : NULL;
-    norm_bwd_fused8<CH, LN, R><<<parts, 256, 0, g_stream>>>((R *)dinp, part, part_b, CB16(dout), (const R *)inp, CB16(w), mean, rstd, N,
+    norm_bwd_fused8<CH, LN, R><<<parts, 256, 0, g_stream>>>((R *)dinp, B16(dinp16), part, part_b, CB16(dout), (const R *)inp, CB16(w), mean, rstd, N,
                                                            rpw);
     LAUNCH_CHECK();
     reduce_parts(dw, part, (int)parts, C);
     if (db) reduce_parts(db, part_b, (int)parts, C);
 }
 template <int CH, typename R>
-static void launch_fused8(void *dinp, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
-                          const float *rstd, int N) {
-    if (mean) launch_fused8_k<CH, true, R>(dinp, dw, db, dout, inp, w, mean, rstd, N);
-    else launch_fused8_k<CH, false, R>(dinp, dw, NULL, dout, inp, w, NULL, rstd, N);
+static void launch_fused8(void *dinp, bf16 *dinp16, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w,
+                          const float *mean, const float *rstd, int N) {
+    if (mean) launch_fused8_k<CH, true, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N);
+    else launch_fused8_k<CH, false, R>(dinp, dinp16, dw, NULL, dout, inp, w, NULL, rstd, N);
 }
 // norm_bwd_fused8 where it applies (dx and dw wanted, C = 256·CH with CH ≤ 10, the 8-wide kernels' alignment):
 // false otherwise, and nothing launched
 template <typename R>
-static bool norm_bwd_fused(void *dinp, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
+static bool norm_bwd_fused(void *dinp, bf16 *dinp16, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
                            const float *rstd, int N, int C, bool vec) {
     if (!dinp || !dw || !vec || C % 256 || C > 2560 || (db && !mean) || cuda_safe_kernels()) return false;
     switch (C / 256) {
-    case 1: launch_fused8<1, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 2: launch_fused8<2, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 3: launch_fused8<3, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 4: launch_fused8<4, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 5: launch_fused8<5, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 6: launch_fused8<6, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 7: launch_fused8<7, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 8: launch_fused8<8, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    case 9: launch_fused8<9, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
-    default: launch_fused8<10, R>(dinp, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 1: launch_fused8<1, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 2: launch_fused8<2, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 3: launch_fused8<3, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 4: launch_fused8<4, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 5: launch_fused8<5, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 6: launch_fused8<6, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 7: launch_fused8<7, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 8: launch_fused8<8, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
+    case 9: launch_fused8<9, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
+    default: launch_fused8<10, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
     }
     return true;
 }
@@ -475,12 +482,15 @@ extern "C" void cuda_rmsnorm_rope_backward(bf16 *dinp, float *dw, bf16 *dout, co
 }
 
 template <typename R>
-static void rmsnorm_backward(void *dinp, float *dw, const bf16 *dout, const void *inp, const bf16 *w, const float *rstd, int N, int C) {
-    bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp);
-    if (norm_bwd_fused<R>(dinp, dw, NULL, dout, inp, w, NULL, rstd, N, C, vec)) return;
+static void rmsnorm_backward(void *dinp, bf16 *dinp16, float *dw, const bf16 *dout, const void *inp, const bf16 *w, const float *rstd,
+                             int N, int C) {
+    bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp) && (!dinp16 || aligned16(dinp16));
+    if (norm_bwd_fused<R>(dinp, dinp16, dw, NULL, dout, inp, w, NULL, rstd, N, C, vec)) return;
     if (dinp && vec)
-        rmsnorm_bwd_dx8<R><<<blocks_of_warps(N), 256, 0, g_stream>>>((R *)dinp, CB16(dout), (const R *)inp, CB16(w), rstd, N, C);
-    else if (dinp) rmsnorm_bwd_dx<R><<<N, threads_for(C), 0, g_stream>>>((R *)dinp, CB16(dout), (const R *)inp, CB16(w), rstd, C);
+        rmsnorm_bwd_dx8<R><<<blocks_of_warps(N), 256, 0, g_stream>>>((R *)dinp, B16(dinp16), CB16(dout), (const R *)inp, CB16(w), rstd, N,
+                                                                     C);
+    else if (dinp)
+        rmsnorm_bwd_dx<R><<<N, threads_for(C), 0, g_stream>>>((R *)dinp, B16(dinp16), CB16(dout), (const R *)inp, CB16(w), rstd, C);
     if (dinp) LAUNCH_CHECK();
     if (dw) {
         int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART, threads;
@@ -497,11 +507,11 @@ static void rmsnorm_backward(void *dinp, float *dw, const bf16 *dout, const void
 }
 extern "C" void cuda_rmsnorm_backward(bf16 *dinp, float *dw, const bf16 *dout, const bf16 *inp, const bf16 *w, const float *rstd,
                                       int N, int C) {
-    rmsnorm_backward<bf16_t>(dinp, dw, dout, inp, w, rstd, N, C);
+    rmsnorm_backward<bf16_t>(dinp, NULL, dw, dout, inp, w, rstd, N, C);
 }
-extern "C" void cuda_rmsnorm_backward_r32(float *dinp, float *dw, const bf16 *dout, const float *inp, const bf16 *w, const float *rstd,
-                                          int N, int C) {
-    rmsnorm_backward<float>(dinp, dw, dout, inp, w, rstd, N, C);
+extern "C" void cuda_rmsnorm_backward_r32(float *dinp, bf16 *dinp16, float *dw, const bf16 *dout, const float *inp, const bf16 *w,
+                                          const float *rstd, int N, int C) {
+    rmsnorm_backward<float>(dinp, dinp16, dw, dout, inp, w, rstd, N, C);
 }
 
 // ---- LayerNorm ----
@@ -521,7 +531,7 @@ __global__ static void layernorm_fwd(bf16_t *out, float *mean, float *rstd, cons
 
 // dx = r·(g − mean(g) − xhat·mean(g·xhat)), g = w·dy
 template <typename R>
-__global__ static void layernorm_bwd_dx(R *dinp, const bf16_t *dy, const R *x, const bf16_t *w, const float *mean, const float *rstd, int C) {
+__global__ static void layernorm_bwd_dx(R *dinp, bf16_t *dinp16, const bf16_t *dy, const R *x, const bf16_t *w, const float *mean, const float *rstd, int C) {
     size_t row = blockIdx.x;
     float mu = mean[row], r = rstd[row], sg = 0.0f, sgx = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -534,7 +544,9 @@ __global__ static void layernorm_bwd_dx(R *dinp, const bf16_t *dy, const R *x, c
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         size_t i = row * C + c;
         float g = ld(w, c) * ld(dy, i), xh = (ld(x, i) - mu) * r;
-        st(dinp, i, ld(dinp, i) + r * (g - sg - xh * sgx));
+        float v = ld(dinp, i) + r * (g - sg - xh * sgx);
+        st(dinp, i, v);
+        if (sizeof(R) == 4 && dinp16) st(dinp16, i, v);
     }
 }
 
@@ -554,8 +566,8 @@ __global__ static void layernorm_bwd_dwdb(float *part_w, float *part_b, const bf
 
 // the 8-wide, warp-per-row form of layernorm_bwd_dx (see rmsnorm_bwd_dx8; the weight and bias partials: norm_bwd_dw8)
 template <typename R>
-__global__ static void layernorm_bwd_dx8(R *dinp, const bf16_t *dy, const R *x, const bf16_t *w, const float *mean, const float *rstd,
-                                         int N, int C) {
+__global__ static void layernorm_bwd_dx8(R *dinp, bf16_t *dinp16, const bf16_t *dy, const R *x, const bf16_t *w, const float *mean,
+                                         const float *rstd, int N, int C) {
     size_t row = warp_row();
     int lane = threadIdx.x % 32;
     if (row >= (size_t)N) return;
@@ -578,6 +590,7 @@ __global__ static void layernorm_bwd_dx8(R *dinp, const bf16_t *dy, const R *x, 
 #pragma unroll
         for (int k = 0; k < 8; k++) o[k] = o[k] + r * (wv[k] * dv[k] - sg - (xv[k] - mu) * r * sgx);
         store8(dinp + row * C + c, o);
+        if (sizeof(R) == 4 && dinp16) store8(dinp16 + row * C + c, o);
     }
 }
 
@@ -642,14 +655,16 @@ extern "C" void cuda_add_layernorm_forward_r32(float *sum, bf16 *out, float *mea
 }
 
 template <typename R>
-static void layernorm_backward(void *dinp, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
-                               const float *rstd, int N, int C) {
-    bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp);
-    if (norm_bwd_fused<R>(dinp, dw, db, dout, inp, w, mean, rstd, N, C, vec)) return;
+static void layernorm_backward(void *dinp, bf16 *dinp16, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w,
+                               const float *mean, const float *rstd, int N, int C) {
+    bool vec = rows8(C, dout, inp, w, dinp ? (const void *)dinp : (const void *)inp) && (!dinp16 || aligned16(dinp16));
+    if (norm_bwd_fused<R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N, C, vec)) return;
     if (dinp && vec)
-        layernorm_bwd_dx8<R><<<blocks_of_warps(N), 256, 0, g_stream>>>((R *)dinp, CB16(dout), (const R *)inp, CB16(w), mean, rstd, N, C);
+        layernorm_bwd_dx8<R><<<blocks_of_warps(N), 256, 0, g_stream>>>((R *)dinp, B16(dinp16), CB16(dout), (const R *)inp, CB16(w), mean,
+                                                                       rstd, N, C);
     else if (dinp)
-        layernorm_bwd_dx<R><<<N, threads_for(C), 0, g_stream>>>((R *)dinp, CB16(dout), (const R *)inp, CB16(w), mean, rstd, C);
+        layernorm_bwd_dx<R><<<N, threads_for(C), 0, g_stream>>>((R *)dinp, B16(dinp16), CB16(dout), (const R *)inp, CB16(w), mean, rstd,
+                                                                C);
     if (dinp) LAUNCH_CHECK();
     if (dw || db) {
         int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART, threads;
@@ -668,9 +683,9 @@ static void layernorm_backward(void *dinp, float *dw, float *db, const bf16 *dou
 }
 extern "C" void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,
                                         const float *mean, const float *rstd, int N, int C) {
-    layernorm_backward<bf16_t>(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+    layernorm_backward<bf16_t>(dinp, NULL, dw, db, dout, inp, w, mean, rstd, N, C);
 }
-extern "C" void cuda_layernorm_backward_r32(float *dinp, float *dw, float *db, const bf16 *dout, const float *inp, const bf16 *w,
-                                            const float *mean, const float *rstd, int N, int C) {
-    layernorm_backward<float>(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+extern "C" void cuda_layernorm_backward_r32(float *dinp, bf16 *dinp16, float *dw, float *db, const bf16 *dout, const float *inp,
+                                            const bf16 *w, const float *mean, const float *rstd, int N, int C) {
+    layernorm_backward<float>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N, C);
 }

@@ -86,18 +86,19 @@ void cuda_layernorm_forward(bf16 *out, float *mean, float *rstd, const bf16 *inp
                             int C, float eps);
 void cuda_layernorm_backward(bf16 *dinp, float *dw, float *db, const bf16 *dout, const bf16 *inp, const bf16 *w,
                              const float *mean, const float *rstd, int N, int C);
-// the same with the residual rows in fp32 (inp, sum and a, dinp; the fp32 residual stream): the same kernels on float rows
+// the same with the residual rows in fp32 (inp, sum and a, dinp; the fp32 residual stream): the same kernels on float rows;
+// the backwards also write dinp rounded to bf16 into dinp16 unless it is NULL
 void cuda_rmsnorm_forward_r32(bf16 *out, float *rstd, const float *inp, const bf16 *w, int N, int C, float eps);
-void cuda_rmsnorm_backward_r32(float *dinp, float *dw, const bf16 *dout, const float *inp, const bf16 *w, const float *rstd,
-                               int N, int C);
+void cuda_rmsnorm_backward_r32(float *dinp, bf16 *dinp16, float *dw, const bf16 *dout, const float *inp, const bf16 *w,
+                               const float *rstd, int N, int C);
 void cuda_add_rmsnorm_forward_r32(float *sum, bf16 *out, float *rstd, const float *a, const bf16 *b, const bf16 *w, int N, int C,
                                   float eps);
 void cuda_layernorm_forward_r32(bf16 *out, float *mean, float *rstd, const float *inp, const bf16 *w, const bf16 *b, int N,
                                 int C, float eps);
 void cuda_add_layernorm_forward_r32(float *sum, bf16 *out, float *mean, float *rstd, const float *a, const bf16 *b,
                                     const bf16 *w, const bf16 *bias, int N, int C, float eps);
-void cuda_layernorm_backward_r32(float *dinp, float *dw, float *db, const bf16 *dout, const float *inp, const bf16 *w,
-                                 const float *mean, const float *rstd, int N, int C);
+void cuda_layernorm_backward_r32(float *dinp, bf16 *dinp16, float *dw, float *db, const bf16 *dout, const float *inp,
+                                 const bf16 *w, const float *mean, const float *rstd, int N, int C);
 // rows per warp of the one-pass norm backwards (C = 256·k): n, 0 (as few as fill the card once), -1 (2, the
 // measured default) or -2 (LLAVA_NORM_RPW's); for ops_check's comparison
 void cuda_norm_set_rows_per_warp(int n);

@@ -141,12 +141,14 @@ static void norm_case_r(int N, int C, int layer, int r32) {
          *gy = cuda_alloc((size_t)N * C * 2), *gdx = dev_bf16(dx, (size_t)N * C);
     float *gmean = dev_f32(NULL, N), *grstd = dev_f32(NULL, N), *gdw = dev_f32(NULL, C), *gdb = dev_f32(NULL, C);
     float *gx32 = r32 ? dev_f32(x, (size_t)N * C) : NULL, *gdx32 = r32 ? dev_f32(dx, (size_t)N * C) : NULL;
+    bf16 *gdx16 = cuda_alloc((size_t)N * C * 2);  // the fp32 backward's rounded copy of dinp (NaN until written)
+    cuda_memset_ff(gdx16, (size_t)N * C * 2);
     if (layer) {
         layernorm_forward(y, mean, rstd, x, w, b, N, C, 1e-5f);
         layernorm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C);
         if (r32) {
             cuda_layernorm_forward_r32(gy, gmean, grstd, gx32, gw, gb, N, C, 1e-5f);
-            cuda_layernorm_backward_r32(gdx32, gdw, gdb, gdy, gx32, gw, gmean, grstd, N, C);
+            cuda_layernorm_backward_r32(gdx32, gdx16, gdw, gdb, gdy, gx32, gw, gmean, grstd, N, C);
         } else {
             cuda_layernorm_forward(gy, gmean, grstd, gx, gw, gb, N, C, 1e-5f);
             cuda_layernorm_backward(gdx, gdw, gdb, gdy, gx, gw, gmean, grstd, N, C);
@@ -156,7 +158,7 @@ static void norm_case_r(int N, int C, int layer, int r32) {
         rmsnorm_backward(dx, dw, dy, x, w, rstd, N, C);
         if (r32) {
             cuda_rmsnorm_forward_r32(gy, grstd, gx32, gw, N, C, 1e-6f);
-            cuda_rmsnorm_backward_r32(gdx32, gdw, gdy, gx32, gw, grstd, N, C);
+            cuda_rmsnorm_backward_r32(gdx32, gdx16, gdw, gdy, gx32, gw, grstd, N, C);
         } else {
             cuda_rmsnorm_forward(gy, grstd, gx, gw, N, C, 1e-6f);
             cuda_rmsnorm_backward(gdx, gdw, gdy, gx, gw, grstd, N, C);
@@ -167,6 +169,7 @@ static void norm_case_r(int N, int C, int layer, int r32) {
     check_bf16(gy, y, (size_t)N * C, 2e-2, "%s %dx%d%s forward", k, N, C, form);
     check_f32(grstd, rstd, N, 1e-3, "%s rstd (fp32)", k);
     if (r32) check_f32(gdx32, dx, (size_t)N * C, 1e-5, "%s dinp (fp32)", k);
+    if (r32) check_bf16(gdx16, dx, (size_t)N * C, 5e-3, "%s dinp's bf16 copy", k);
     else check_bf16(gdx, dx, (size_t)N * C, 2e-2, "%s dinp", k);
     check_f32(gdw, dw, C, 1e-3, "%s dw (fp32)", k);
     if (layer) check_f32(gdb, db, C, 1e-3, "layernorm db (fp32)");
@@ -174,6 +177,7 @@ static void norm_case_r(int N, int C, int layer, int r32) {
     cuda_free(gx); cuda_free(gw); cuda_free(gb); cuda_free(gdy); cuda_free(gy); cuda_free(gdx);
     cuda_free(gmean); cuda_free(grstd); cuda_free(gdw); cuda_free(gdb);
     if (r32) cuda_free(gx32), cuda_free(gdx32);
+    cuda_free(gdx16);
 }
 static void norm_case(int N, int C, int layer) { norm_case_r(N, C, layer, 0); }
 
