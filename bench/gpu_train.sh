@@ -130,7 +130,7 @@ PY
         # at 8192 tokens): fewer recomputed layers where they fit (a run that does not fit fails on its own)
         if [ "$shape" = full ]; then
             for n in ${FULL_RECOMPUTE_VARIANTS-18 0}; do
-                echo "gpu_train full: ours with --recompute $n  $(T "$TRAIN_STEP" --device cuda --recompute "$n" --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+                echo "gpu_train full: ours with --recompute=$n  $(T "$TRAIN_STEP" --device cuda --recompute "$n" --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
             done
         fi
         # the fp32 residual stream (--fp32-residual-connection): what its accuracy costs in time and memory

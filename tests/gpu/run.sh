@@ -372,7 +372,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # each shape's runs of ours, fastest first (what to make the default)
     for shape in ${BENCH_SHAPES:-slice vision}; do
         ranked=$(grep "^gpu_train $shape: ours" "$OUTDIR/gpu_train.txt" | grep -v 'profiled' |
-            sed -E 's/^gpu_train [a-z]+: ours( with ([A-Z_0-9=,]+))? .* ([0-9.]+) ms\/step.*/\3 \2/' | grep -E '^[0-9.]+ ' |
+            sed -E 's/^gpu_train [a-z]+: ours( with ([-A-Za-z_0-9=,]+))? .* ([0-9.]+) ms\/step.*/\3 \2/' | grep -E '^[0-9.]+ ' |
             sort -g | awk '{printf "%s%s ms (%s)", (NR > 1 ? ", " : ""), $1, ($2 == "" ? "default" : $2)}')
         summary+=("$shape, ours fastest first: ${ranked:-none}")
     done
