@@ -215,39 +215,32 @@ static void fused_cases(int C, int with_rope) {  // C a multiple of 8: the 8-wid
     float *a = host_rand((size_t)N * C, 1), *b = host_rand((size_t)N * C, 1), *w = host_rand(C, 1), *bias = host_rand(C, 0.2f);
     for (int c = 0; c < C; c++) w[c] = bf16_to_f32(f32_to_bf16(1.0f + 0.1f * w[c]));
     float *sum = xcalloc((size_t)N * C, 4), *y = xcalloc((size_t)N * C, 4), *mean = xcalloc(N, 4), *rstd = xcalloc(N, 4);
-    for (size_t i = 0; i < (size_t)N * C; i++) sum[i] = bf16_to_f32(f32_to_bf16(a[i] + b[i]));  // the kernel rounds the sum
-    bf16 *ga = dev_bf16(a, (size_t)N * C), *gb = dev_bf16(b, (size_t)N * C), *gw = dev_bf16(w, C), *gbias = dev_bf16(bias, C),
-         *gsum = cuda_alloc((size_t)N * C * 2), *gy = cuda_alloc((size_t)N * C * 2);
-    float *gmean = dev_f32(NULL, N), *grstd = dev_f32(NULL, N);
-    rmsnorm_forward(y, rstd, sum, w, N, C, 1e-6f);
-    cuda_add_rmsnorm_forward(gsum, gy, grstd, ga, gb, gw, N, C, 1e-6f);
-    sync_or_die();
+    size_t n = (size_t)N * C;
+    bf16 *ga = dev_bf16(a, n), *gb = dev_bf16(b, n), *gw = dev_bf16(w, C), *gbias = dev_bf16(bias, C), *gsum = cuda_alloc(n * 2),
+         *gy = cuda_alloc(n * 2);
+    float *gmean = dev_f32(NULL, N), *grstd = dev_f32(NULL, N), *ga32 = NULL, *gsum32 = dev_f32(NULL, n);
     printf("fused norms at C %d:\n", C);
-    check_bf16(gsum, sum, (size_t)N * C, 1e-6, "add + rmsnorm forward: sum");
-    check_bf16(gy, y, (size_t)N * C, 2e-2, "add + rmsnorm forward: out");
-    check_f32(grstd, rstd, N, 1e-3, "add + rmsnorm forward: rstd");
-    layernorm_forward(y, mean, rstd, sum, w, bias, N, C, 1e-5f);
-    cuda_add_layernorm_forward(gsum, gy, gmean, grstd, ga, gb, gw, gbias, N, C, 1e-5f);
-    sync_or_die();
-    check_bf16(gsum, sum, (size_t)N * C, 1e-6, "add + layernorm forward: sum");
-    check_bf16(gy, y, (size_t)N * C, 2e-2, "add + layernorm forward: out");
-    check_f32(gmean, mean, N, 1e-3, "add + layernorm forward: mean");
-    // the fp32 residual forms: a and the sum fp32 (a off the bf16 grid, the sum not rounded), b bf16
-    off_grid(a, (size_t)N * C);
-    for (size_t i = 0; i < (size_t)N * C; i++) sum[i] = a[i] + b[i];
-    float *ga32 = dev_f32(a, (size_t)N * C), *gsum32 = dev_f32(NULL, (size_t)N * C);
-    rmsnorm_forward(y, rstd, sum, w, N, C, 1e-6f);
-    cuda_add_rmsnorm_forward_r32(gsum32, gy, grstd, ga32, gb, gw, N, C, 1e-6f);
-    sync_or_die();
-    check_f32(gsum32, sum, (size_t)N * C, 1e-7, "add + rmsnorm forward (fp32 rows): sum");
-    check_bf16(gy, y, (size_t)N * C, 2e-2, "add + rmsnorm forward (fp32 rows): out");
-    check_f32(grstd, rstd, N, 1e-3, "add + rmsnorm forward (fp32 rows): rstd");
-    layernorm_forward(y, mean, rstd, sum, w, bias, N, C, 1e-5f);
-    cuda_add_layernorm_forward_r32(gsum32, gy, gmean, grstd, ga32, gb, gw, gbias, N, C, 1e-5f);
-    sync_or_die();
-    check_f32(gsum32, sum, (size_t)N * C, 1e-7, "add + layernorm forward (fp32 rows): sum");
-    check_bf16(gy, y, (size_t)N * C, 2e-2, "add + layernorm forward (fp32 rows): out");
-    check_f32(gmean, mean, N, 1e-3, "add + layernorm forward (fp32 rows): mean");
+    for (int r32 = 0; r32 <= 1; r32++) {  // bf16 rows, then the fp32 residual's: a off the bf16 grid, the sum not rounded
+        if (r32) off_grid(a, n), ga32 = dev_f32(a, n);
+        for (size_t i = 0; i < n; i++) sum[i] = r32 ? a[i] + b[i] : bf16_to_f32(f32_to_bf16(a[i] + b[i]));
+        const char *form = r32 ? " (fp32 rows)" : "";
+        rmsnorm_forward(y, rstd, sum, w, N, C, 1e-6f);
+        if (r32) cuda_add_rmsnorm_forward_r32(gsum32, gy, grstd, ga32, gb, gw, N, C, 1e-6f);
+        else cuda_add_rmsnorm_forward(gsum, gy, grstd, ga, gb, gw, N, C, 1e-6f);
+        sync_or_die();
+        if (r32) check_f32(gsum32, sum, n, 1e-7, "add + rmsnorm forward%s: sum", form);
+        else check_bf16(gsum, sum, n, 1e-6, "add + rmsnorm forward: sum");
+        check_bf16(gy, y, n, 2e-2, "add + rmsnorm forward%s: out", form);
+        check_f32(grstd, rstd, N, 1e-3, "add + rmsnorm forward%s: rstd", form);
+        layernorm_forward(y, mean, rstd, sum, w, bias, N, C, 1e-5f);
+        if (r32) cuda_add_layernorm_forward_r32(gsum32, gy, gmean, grstd, ga32, gb, gw, gbias, N, C, 1e-5f);
+        else cuda_add_layernorm_forward(gsum, gy, gmean, grstd, ga, gb, gw, gbias, N, C, 1e-5f);
+        sync_or_die();
+        if (r32) check_f32(gsum32, sum, n, 1e-7, "add + layernorm forward%s: sum", form);
+        else check_bf16(gsum, sum, n, 1e-6, "add + layernorm forward: sum");
+        check_bf16(gy, y, n, 2e-2, "add + layernorm forward%s: out", form);
+        check_f32(gmean, mean, N, 1e-3, "add + layernorm forward%s: mean", form);
+    }
     free(a); free(b); free(bias); free(sum); free(y); free(mean); free(rstd);
     cuda_free(ga); cuda_free(gb); cuda_free(gbias); cuda_free(gsum); cuda_free(gy); cuda_free(gmean); cuda_free(grstd); cuda_free(gw);
     cuda_free(ga32); cuda_free(gsum32);
