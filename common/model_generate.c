@@ -61,7 +61,7 @@ int model_prefill(const Model *m, ModelWork *w, const ModelInput *in, KvCache *k
     kv->v = be->alloc((size_t)c->layers * cap * KV * be->esize);
     kv->act = be->alloc(token_acts(c) * be->esize);
     kv->fp32_residual = w->fp32_residual != 0;  // the prompt's forward kept the residual stream so: the tokens too
-    kv->res = be->alloc(2 * (size_t)c->hidden * sizeof(float));
+    if (kv->fp32_residual) kv->res = be->alloc(2 * (size_t)c->hidden * sizeof(float));
     kv->stats = be->alloc((2 + (size_t)c->heads + c->kv_heads) * sizeof(float));
     kv->id = be->alloc(sizeof(int32_t));
     kv->ang = be->alloc((size_t)cap * half * sizeof(float));

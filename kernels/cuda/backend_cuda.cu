@@ -14,13 +14,11 @@
 
 static unsigned nblocks(size_t n) { return (unsigned)((n + 255) / 256); }
 
-__global__ static void add_k(bf16_t *out, const bf16_t *a, const bf16_t *b, size_t n) {
+// out = a + b, the residual add: R bf16, or fp32 for the fp32 residual stream (b, the branch, is bf16 either way)
+template <typename R>
+__global__ static void add_k(R *out, const R *a, const bf16_t *b, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) st(out, i, ld(a, i) + ld(b, i));
-}
-__global__ static void add_r32_k(float *out, const float *a, const bf16_t *b, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = a[i] + ld(b, i);
 }
 __global__ static void copy2d_k(bf16_t *dst, size_t dld, const bf16_t *src, size_t sld, size_t rows, size_t cols) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -95,7 +93,7 @@ static void g_to_f32(float *host, const Act *src, size_t n) {
     for (size_t i = 0; i < n; i++) host[i] = __bfloat162float(tmp[i]);
     free(tmp);
 }
-static void g_add(Act *out, const Act *a, const Act *b, size_t n) { if (n) PROF((add_k<<<nblocks(n), 256, 0, g_stream>>>(B(out), CB(a), CB(b), n)), "add %zu", n); LAUNCH_CHECK(); }
+static void g_add(Act *out, const Act *a, const Act *b, size_t n) { if (n) PROF((add_k<bf16_t><<<nblocks(n), 256, 0, g_stream>>>(B(out), CB(a), CB(b), n)), "add %zu", n); LAUNCH_CHECK(); }
 static void g_copy2d(Act *dst, size_t dld, const Act *src, size_t sld, size_t rows, size_t cols) {
     if (!rows || !cols) return;
     if (cols % 8 == 0 && dld % 8 == 0 && sld % 8 == 0 && ((uintptr_t)dst | (uintptr_t)src) % 16 == 0 && rows * cols / 8 < (1u << 31) &&
@@ -157,7 +155,7 @@ static void rms_rope_b(Act *dinp, float *dw, Act *dout, const Act *inp, const Ac
 static void g_widen(float *dst, const Act *src, size_t n) { PROF(cuda_bf16_to_f32(dst, CU(src), n), "widen %zu", n); }
 static void g_narrow(Act *dst, const float *src, size_t n) { PROF(cuda_f32_to_bf16(U(dst), src, n), "narrow %zu", n); }
 static void g_add_r32(float *out, const float *a, const Act *b, size_t n) {
-    if (n) PROF((add_r32_k<<<nblocks(n), 256, 0, g_stream>>>(out, a, CB(b), n)), "add_r32 %zu", n);
+    if (n) PROF((add_k<float><<<nblocks(n), 256, 0, g_stream>>>(out, a, CB(b), n)), "add_r32 %zu", n);
     LAUNCH_CHECK();
 }
 static void rms_f32(Act *out, float *rstd, const float *inp, const Act *w, int N, int C, float eps) {
