@@ -162,7 +162,7 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     Arena *A = &w->arena;
     const TextConfig *c = &m->cfg.text;
     int T = tr->T, H = c->hidden, I = c->intermediate, nq = c->heads, nkv = c->kv_heads, hd = c->head_dim;
-    size_t Q = (size_t)nq * hd, KV = (size_t)nkv * hd, es = be->esize;
+    size_t Q = (size_t)nq * hd, KV = (size_t)nkv * hd;
     int tied = model_param_id(m, "lm_head.weight") < 0;
     const char *head = tied ? "model.embed_tokens.weight" : "lm_head.weight";
     int stop = lowest_layer(m, grads, dembeds);
@@ -182,8 +182,8 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
         dg = U((size_t)T * I);
         du = U((size_t)T * I);
     }
-    // zeroed before each use (the backward ops accumulate) unless written whole: dgu by the SwiGLU backward,
-    // dact, datt and dh by their first product (MM_SET_DINP), dq and dk by the QK-norm backward
+    // all written whole, none zeroed: dgu by the SwiGLU backward, dact, datt and dh by their first product
+    // (MM_SET_DINP), dqr, dkr and dv by the attention backward, dq and dk by the QK-norm backward
     Act *dact = U((size_t)T * I), *dgu = U((size_t)T * 2 * I),
         *datt = U(T * Q), *dqr = U(T * Q), *dkr = U(T * KV), *dv = U(T * KV), *dq = U(T * Q), *dk = U(T * KV);
     for (int l = c->layers - 1; l >= stop; l--) {
@@ -204,7 +204,6 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
                                    a->x_mid, W(m, "model.layers.%d.post_attention_layernorm.weight", l), a->rstd2, T, H);
         // attention: x_mid = x_in + att·Woᵀ (dx becomes d x_in)
         model_matmul_backward(m, w, grads, datt, 1, "model.layers.%d.self_attn.o_proj.weight", NULL, l, dxo, a->att, T, (int)Q, H);
-        be->zero(dqr, T * Q * es); be->zero(dkr, T * KV * es); be->zero(dv, T * KV * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nseq, T, tr->max_len, nq, nkv, hd, 1);
         // QK-norm and RoPE backwards in one pass (dq, dk overwritten; dqr, dkr spent)
         be->rmsnorm_rope_backward(dq, model_grad_acc(m, w, grads, "model.layers.%d.self_attn.q_norm.weight", l), dqr, a->q,

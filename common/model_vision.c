@@ -141,8 +141,8 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
     be->scatter_rows(dlast, dhid, tr->patch_rows, (int)tr->rows, D);
     Res *dx = res_of(r, A, dlast, (size_t)S * D);
     const Act *dxo = dlast;  // dx's rows as the products read them (dlast: dx itself, or its rounded copy; then dxs)
-    // zeroed before each use (the backward ops accumulate) unless written whole: dqkv, df1 (the GELU backward),
-    // df1g, dh and datt (MM_SET_DINP)
+    // all written whole, none zeroed: dqkv, df1 (the GELU backward), df1g, dh and datt (MM_SET_DINP), dqr, dkr
+    // and dv (the attention backward)
     Act *df1g = U((size_t)S * F), *df1 = U((size_t)S * F), *dh = U((size_t)S * D), *datt = U((size_t)S * D),
         *dqr = U((size_t)S * D), *dkr = U((size_t)S * D), *dv = U((size_t)S * D), *dqkv = U((size_t)S * 3 * D);
     float *dcls_ang = model_grad_acc(m, w, grads, "visual.class_pos_emb", 0);  // (accumulated over the blocks)
@@ -158,7 +158,6 @@ int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const A
                                      W(m, "visual.blocks.%d.norm2.weight", l), a->mean2, a->rstd2, (int)S, D);
         model_matmul_backward(m, w, grads, datt, 1, "visual.blocks.%d.attn.proj.weight", "visual.blocks.%d.attn.proj.bias", l,
                               dxo, a->att, (int)S, D, D);
-        be->zero(dqr, (size_t)S * D * es); be->zero(dkr, (size_t)S * D * es); be->zero(dv, (size_t)S * D * es);
         be->attention_backward(dqr, dkr, dv, datt, a->att, a->lse, a->qr, a->kr, a->v, tr->cu, tr->nimg, (int)S, tr->max_len, nh, nh, hd, 0);
         if (dcls_ang) {  // the CLS rows rotate by learned angles: their gradient, before undoing the rotation
             be->rope_angle_grad(dcls_ang, a->qr, dqr, tr->cls_rows, tr->nimg, nh, hd);

@@ -105,6 +105,7 @@ typedef struct Backend {
     void (*qkv_merge_rope_backward)(Act *dqkv, const Act *dq, const Act *dk, const Act *dv, const float *angles, int T, int H, int D);
     void (*attention_forward)(Act *out, float *lse, const Act *q, const Act *k, const Act *v, const int32_t *cu, int nseq, int T,
                               int max_len, int Hq, int Hkv, int D, int causal);
+    // dq, dk, dv written whole (no zeroing before: see ops.h)
     void (*attention_backward)(Act *dq, Act *dk, Act *dv, const Act *dout, const Act *out, const float *lse, const Act *q,
                                const Act *k, const Act *v, const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv,
                                int D, int causal);

@@ -47,7 +47,8 @@ void rope_angles_1d(float *angles, const int32_t *cu_seqlens, int nseq, int D, d
 
 // Attention over packed sub-sequences (cu_seqlens[nseq+1]): causal (LLM) or bidirectional (ViT)
 // block-diagonal, GQA (query head h reads kv head h / (Hq/Hkv)), scale 1/√D. Saves lse[T, Hq]
-// (log-sum-exp of each softmax row) for the backward.
+// (log-sum-exp of each softmax row) for the backward, which writes dq, dk and dv whole (any of them
+// NULL: not wanted; every row of [0, cu_seqlens[nseq]) belongs to a sub-sequence, so none is left as it was).
 // q[T,Hq,D], k/v[T,Hkv,D], out[T,Hq,D]
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *cu_seqlens,
                        int nseq, int Hq, int Hkv, int D, int causal);

@@ -68,9 +68,10 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         int Hkv, int D, int causal) {
     int L = max_len(cu_seqlens, nseq), rep = Hq / Hkv;
     float scale = 1.0f / sqrtf((float)D);
-    // A task = (sub-sequence, kv head): it alone writes those rows of dk and dv. Per block of query
-    // rows: P = exp(S − lse) rebuilt from the saved log-sum-exp, dP = dO·Vᵀ, dS = P∘(dP − rowsum(dO∘O))·scale,
-    // then dQ += dS·K, dK += dSᵀ·Q, dV += Pᵀ·dO.
+    // A task = (sub-sequence, kv head): it alone writes those rows of dk and dv, and of dq for the heads of
+    // the group; it zeroes them first (the outputs are written whole). Per block of query rows: P = exp(S − lse)
+    // rebuilt from the saved log-sum-exp, dP = dO·Vᵀ, dS = P∘(dP − rowsum(dO∘O))·scale, then dQ += dS·K,
+    // dK += dSᵀ·Q, dV += Pᵀ·dO.
 #pragma omp parallel
     {
         float *P = malloc((size_t)BQ * L * sizeof(float)), *dP = malloc((size_t)BQ * L * sizeof(float));
@@ -79,6 +80,11 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
             for (int hk = 0; hk < Hkv; hk++) {
                 int start = cu_seqlens[s], stop = cu_seqlens[s + 1];
                 const float *ks = k + ((size_t)start * Hkv + hk) * D, *vs = v + ((size_t)start * Hkv + hk) * D;
+                for (int t = start; t < stop; t++) {
+                    if (dq) memset(dq + ((size_t)t * Hq + hk * rep) * D, 0, (size_t)rep * D * sizeof(float));  // the group's heads
+                    if (dk) memset(dk + ((size_t)t * Hkv + hk) * D, 0, (size_t)D * sizeof(float));
+                    if (dv) memset(dv + ((size_t)t * Hkv + hk) * D, 0, (size_t)D * sizeof(float));
+                }
                 for (int h = hk * rep; h < (hk + 1) * rep; h++)
                     for (int r0 = start; r0 < stop; r0 += BQ) {
                         int m = stop - r0 < BQ ? stop - r0 : BQ, n = row_end(r0 + m - 1, stop, causal) - start;

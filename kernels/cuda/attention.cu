@@ -73,7 +73,7 @@ __global__ static void attn_bwd_d(float *Drow, const bf16_t *dout, const bf16_t 
     if (lane == 0) Drow[warp] = d;
 }
 
-// dQ[t, h] += Σ_j ds_j · k_j, ds_j = p_j (dO·v_j − D_t)·scale
+// dQ[t, h] = Σ_j ds_j · k_j, ds_j = p_j (dO·v_j − D_t)·scale
 __global__ static void attn_bwd_dq(bf16_t *dq, const bf16_t *dout, const float *lse, const float *Drow, const bf16_t *q,
                                    const bf16_t *k, const bf16_t *v, const int32_t *cu, int nseq, int T, int Hq, int Hkv,
                                    int D, int causal, float scale) {
@@ -92,10 +92,10 @@ __global__ static void attn_bwd_dq(bf16_t *dq, const bf16_t *dout, const float *
     }
     bf16_t *o = dq + (size_t)warp * D;
 #pragma unroll
-    for (int i = 0; i < PER_LANE; i++) if (lane + 32 * i < D) st(o, lane + 32 * i, ld(o, lane + 32 * i) + acc[i]);
+    for (int i = 0; i < PER_LANE; i++) if (lane + 32 * i < D) st(o, lane + 32 * i, acc[i]);
 }
 
-// dK[j, hk] += Σ_{h in group} Σ_t ds·q_t;  dV[j, hk] += Σ p·dO_t   (t over the queries that see key j)
+// dK[j, hk] = Σ_{h in group} Σ_t ds·q_t;  dV[j, hk] = Σ p·dO_t   (t over the queries that see key j)
 __global__ static void attn_bwd_dkv(bf16_t *dk, bf16_t *dv, const bf16_t *dout, const float *lse, const float *Drow,
                                     const bf16_t *q, const bf16_t *k, const bf16_t *v, const int32_t *cu, int nseq, int T,
                                     int Hq, int Hkv, int D, int causal, float scale) {
@@ -122,8 +122,8 @@ __global__ static void attn_bwd_dkv(bf16_t *dk, bf16_t *dv, const bf16_t *dout, 
     for (int i = 0; i < PER_LANE; i++)
         if (lane + 32 * i < D) {
             size_t e = (size_t)warp * D + lane + 32 * i;
-            if (dk) st(dk, e, ld(dk, e) + ak[i]);
-            if (dv) st(dv, e, ld(dv, e) + av[i]);
+            if (dk) st(dk, e, ak[i]);
+            if (dv) st(dv, e, av[i]);
         }
 }
 

@@ -63,8 +63,8 @@ flash_dkdv(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16_
             flash_p_tile<D>(gv, p, sm.d, g, c);   // dV += Pᵀ·dO
             flash_p_tile<D>(gk, ds, sm.c, g, c);  // dK += dSᵀ·Q
         }
-    if (dk) flash_add_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
-    if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
+    if (dk) flash_put_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
+    if (dv) flash_put_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
 }
 
 template <int D>
@@ -105,7 +105,7 @@ flash_dq(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf
             }
         flash_p_tile<D>(gq, ds, sm.c, g, c);  // dQ += dS·K
     }
-    flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
+    flash_put_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
 }
 
 template <int D>

@@ -141,23 +141,22 @@ flash_bwd_fused(float *dq_acc, bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf
         wg_hold<D / 8>(gq);
         fused_red_rows<D>(dq_acc, gq, q0 + row0 + g, q0 + row0 + g + 8, end, Hq, h, c);
     }
-    if (dk) flash_add_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
-    if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
+    if (dk) flash_put_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
+    if (dv) flash_put_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
 }
 
-// dq [T, H, D] (bf16) += dq_acc (fp32), n = T·H·D elements, 4 per thread
-__global__ static void fused_dq_add(bf16_t *dq, const float *dq_acc, size_t n) {
+// dq [T, H, D] (bf16) = dq_acc (fp32), n = T·H·D elements, 4 per thread
+__global__ static void fused_dq_put(bf16_t *dq, const float *dq_acc, size_t n) {
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (i >= n) return;
     float4 a = *reinterpret_cast<const float4 *>(dq_acc + i);
     __nv_bfloat162 *d = reinterpret_cast<__nv_bfloat162 *>(dq + i);
-    float2 lo = __bfloat1622float2(d[0]), hi = __bfloat1622float2(d[1]);
-    d[0] = __floats2bfloat162_rn(lo.x + a.x, lo.y + a.y);
-    d[1] = __floats2bfloat162_rn(hi.x + a.z, hi.y + a.w);
+    d[0] = __floats2bfloat162_rn(a.x, a.y);
+    d[1] = __floats2bfloat162_rn(a.z, a.w);
 }
 
-// version 9: dq_acc (fp32 [T, Hq, D]) is scratch the caller provides; dq, dk and dv accumulate as in the
-// other versions
+// version 9: dq_acc (fp32 [T, Hq, D]) is scratch the caller provides; dq, dk and dv are written whole as in
+// the other versions
 template <int D>
 static void flash_bwd_fused_launch(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
                                    const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int T,
@@ -176,6 +175,6 @@ static void flash_bwd_fused_launch(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, 
         dq_acc, (bf16_t *)dk, (bf16_t *)dv, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)dout, lse, drow,
         cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D));
     LAUNCH_CHECK();
-    fused_dq_add<<<(unsigned)((n / 4 + 255) / 256), 256, 0, g_stream>>>((bf16_t *)dq, dq_acc, n);  // n % 4 == 0: D is 64 or 128
+    fused_dq_put<<<(unsigned)((n / 4 + 255) / 256), 256, 0, g_stream>>>((bf16_t *)dq, dq_acc, n);  // n % 4 == 0: D is 64 or 128
     LAUNCH_CHECK();
 }

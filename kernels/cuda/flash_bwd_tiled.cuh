@@ -176,8 +176,8 @@ flash_dkdv2(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf16
         }
     }
     if (WGS > 1 && k0 >= end) return;
-    if (dk) flash_add_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
-    if (dv) flash_add_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
+    if (dk) flash_put_rows<D>(dk, gk, j_lo, j_hi, end, Hkv, hk, c);
+    if (dv) flash_put_rows<D>(dv, gv, j_lo, j_hi, end, Hkv, hk, c);
 }
 
 template <int D, class E, bool PIPE, int WGS = 1, bool PAIR = false, bool EXP2 = false>
@@ -249,7 +249,7 @@ flash_dq2(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const b
             E::hold_frags(a1);
         }
     }
-    if (WGS == 1 || mine) flash_add_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
+    if (WGS == 1 || mine) flash_put_rows<D>(dq, gq, t_lo, t_hi, end, Hq, h, c);
 }
 
 // WGS warpgroups per dkdv block, WGQ per dq block

@@ -280,9 +280,10 @@ __device__ __forceinline__ void flash_p_frags(uint32_t (*a)[4], const float (*p)
     }
 }
 
-// dst rows r_lo, r_hi of [T, H, D] (head h) += acc (a warp's C-layout rows), rows at or past end left out
+// dst rows r_lo, r_hi of [T, H, D] (head h) = acc (a warp's C-layout rows), rows at or past end left out. The
+// backward kernels' outputs are written whole (ops.h): each row of dq, dk, dv is stored once, by the warp that owns it.
 template <int D>
-__device__ __forceinline__ void flash_add_rows(bf16_t *dst, const float (*acc)[4], int r_lo, int r_hi, int end, int H, int h, int c) {
+__device__ __forceinline__ void flash_put_rows(bf16_t *dst, const float (*acc)[4], int r_lo, int r_hi, int end, int H, int h, int c) {
 #pragma unroll
     for (int n = 0; n < D / 8; n++) {
         int col = n * 8 + 2 * c;
@@ -290,9 +291,8 @@ __device__ __forceinline__ void flash_add_rows(bf16_t *dst, const float (*acc)[4
         for (int half = 0; half < 2; half++) {
             int r = half ? r_hi : r_lo;
             if (r >= end) continue;
-            __nv_bfloat162 *p2 = reinterpret_cast<__nv_bfloat162 *>(dst + ((size_t)r * H + h) * D + col);
-            float2 old = __bfloat1622float2(*p2);
-            *p2 = __floats2bfloat162_rn(old.x + acc[n][2 * half], old.y + acc[n][2 * half + 1]);
+            *reinterpret_cast<__nv_bfloat162 *>(dst + ((size_t)r * H + h) * D + col) =
+                __floats2bfloat162_rn(acc[n][2 * half], acc[n][2 * half + 1]);
         }
     }
 }

@@ -130,7 +130,7 @@ flash_dq_ws(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const
     for (int n = 0; n < D / 8; n++) f.gq[n][0] = f.gq[n][1] = f.gq[n][2] = f.gq[n][3] = 0.0f;
     ws::own_tiles_ready(cw);
     ws::consume(sm.pipe, cw, nw, r.mine, f);
-    if (r.mine) flash_add_rows<D>(dq, f.gq, r.t_lo, r.t_hi, r.end, Hq, r.h, c);
+    if (r.mine) flash_put_rows<D>(dq, f.gq, r.t_lo, r.t_hi, r.end, Hq, r.h, c);
 }
 
 // The backward's dK and dV (the scheme of flash_bwd_tiled.cuh's dkdv kernel: dV = Σ Pᵀ·dO, dK = Σ dSᵀ·Q over
@@ -195,6 +195,6 @@ flash_dkdv_ws(bf16_t *dk, bf16_t *dv, const bf16_t *q, const bf16_t *k, const bf
     ws::own_tiles_ready(cw);
     ws::consume(sm.pipe, cw, nw, k0 < end ? nw : 0, f);
     if (k0 >= end) return;
-    if (dk) flash_add_rows<D>(dk, f.gk, j_lo, j_hi, end, Hkv, hk, c);
-    if (dv) flash_add_rows<D>(dv, f.gv, j_lo, j_hi, end, Hkv, hk, c);
+    if (dk) flash_put_rows<D>(dk, f.gk, j_lo, j_hi, end, Hkv, hk, c);
+    if (dv) flash_put_rows<D>(dv, f.gv, j_lo, j_hi, end, Hkv, hk, c);
 }

@@ -397,7 +397,8 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     float *glse = dev_f32(NULL, (size_t)T * Hq);
     int32_t *gcu = cuda_alloc(sizeof cu);
     cuda_upload(gcu, cu, sizeof cu);
-    cuda_memset0(gdq, nq * 2); cuda_memset0(gdk, nk * 2); cuda_memset0(gdv, nk * 2);
+    // NaN (0xFFFF) where the backward must write: its outputs are written whole, no row left as it was
+    cuda_memset_ff(gdq, nq * 2); cuda_memset_ff(gdk, nk * 2); cuda_memset_ff(gdv, nk * 2);
     cuda_attention_set_flash(version);
     cuda_attention_forward(go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
     cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);

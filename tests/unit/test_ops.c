@@ -16,6 +16,11 @@ static float *randn(size_t n, uint64_t seed, float std) {
     return x;
 }
 static float *zeros(size_t n) { return calloc(n, sizeof(float)); }
+static float *filled(size_t n, float v) {
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = v;
+    return x;
+}
 
 static double max_rel(const float *a, const double *ref, size_t n) {
     double m = 0, d = 0;
@@ -220,7 +225,8 @@ static void attention_matches_and_differentiates(void) {
                 }
             }
         CHECK(max_rel(a.out, ref, AT * HQ * AD) < 1e-5);
-        float *dq = zeros(AT * HQ * AD), *dk = zeros(AT * HKV * AD), *dv = zeros(AT * HKV * AD);
+        // written whole: what the buffers held before (NaN here) must not reach the gradients
+        float *dq = filled(AT * HQ * AD, NAN), *dk = filled(AT * HKV * AD, NAN), *dv = filled(AT * HKV * AD, NAN);
         attention_backward(dq, dk, dv, a.R, a.out, a.lse, a.q, a.k, a.v, a.cu, 2, HQ, HKV, AD, causal);
         CHECK(fd_check(at_loss, &a, a.q, AT * HQ * AD, dq) < 1e-2);
         CHECK(fd_check(at_loss, &a, a.k, AT * HKV * AD, dk) < 1e-2);
