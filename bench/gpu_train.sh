@@ -10,7 +10,8 @@
 #          PEER_AGAIN=1 (the default) runs the peer again after ours' variants (slice, vision) and compares with its faster run;
 #          RESIDUAL_VARIANT=1 (the default) also the fp32 residual stream, --fp32-residual-connection (slice, vision);
 #          OVERLAP_VARIANT=1 (the default) also the optimizer overlapping the next forward, LLAVA_OVERLAP_OPT=1;
-#          ENV_VARIANTS="NAME=VALUE ..." also a run with each of those settings, e.g. LLAVA_FLASH_EXP2=1;
+#          ENV_VARIANTS="NAME=VALUE ..." also a run with each of those settings, e.g. LLAVA_FLASH_EXP2=1 (with
+#          LLAVA_FLASH=tune, the tuner's lines: every attention candidate's time in the step, and its pick);
 #          several settings for one run joined by commas: LLAVA_FLASH=8,LLAVA_FLASH_EXP2=1)
 # slice:  the 4B language model's width (hidden 2560, 32q/8kv heads of 128, FFN 9728, vocab 151936, tied
 #         embeddings) with 8 layers, one packed sequence of 8192 random tokens, labels = inputs; all
@@ -150,7 +151,10 @@ PY
             echo "gpu_train $shape: ours with LLAVA_OVERLAP_OPT=1  $(LLAVA_OVERLAP_OPT=1 T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
         for e in ${ENV_VARIANTS:-}; do  # NAME=VALUE settings of the environment (several joined by commas), each a run
             IFS=, read -ra settings <<<"$e"
-            echo "gpu_train $shape: ours with $e  $(T env "${settings[@]}" "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+            run_out=$(T env "${settings[@]}" "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG")
+            echo "gpu_train $shape: ours with $e  $(tail -1 <<<"$run_out")"
+            # LLAVA_FLASH=tune: each attention shape's candidates timed inside the step, and the pick
+            grep '^flash tune:' <<<"$run_out" | sed "s/^flash tune:/gpu_train $shape:   tuned/"
         done
         for v in $variants; do
             echo "gpu_train $shape: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"

@@ -5,8 +5,10 @@
 // issue 7 asks for will replace it behind the same interface.
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common_cuda.cuh"
+#include "flash_versions.h"
 #include "ops_cuda.h"
 
 enum { MAXD = 128, PER_LANE = MAXD / 32 };
@@ -129,22 +131,6 @@ __global__ static void attn_bwd_dkv(bf16_t *dk, bf16_t *dv, const bf16_t *dout, 
 
 static unsigned warps_grid(size_t warps) { return (unsigned)((warps * 32 + 255) / 256); }
 
-int cuda_flash_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
-                       int nseq, int max_len, int Hq, int Hkv, int D, int causal);
-int cuda_flash_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
-                        const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int max_len, int Hq, int Hkv,
-                        int D, int causal);
-// versions 4-8 (flash_wgmma.cu): -1 where the GPU is not compute capability 9.0 or the build has no sm_90a
-int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq,
-                             int T, int max_len, int Hq, int Hkv, int D, int causal);
-int cuda_flash_wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
-                              const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int D,
-                              int causal);
-// version 9 (flash_bwd_fused.cuh): dK, dV and dQ in one pass, dQ summed with atomics into dq_acc (fp32 [T, Hq, D],
-// the caller's scratch); -1 where version 4 would be
-int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow,
-                              const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len, int Hq,
-                              int Hkv, int D, int causal);
 // LLAVA_FLASH=N (0..9) picks the kernels for a whole run (comparisons, or a fallback while a new version is
 // being checked), LLAVA_FLASH=FB the forward's version F and the backward's B; cuda_attention_set_flash
 // sets both. Unset: the fastest measured on an H100 (bench/RESULTS.md, sessions 14 and 16): the forward of
@@ -159,25 +145,31 @@ int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const
 // warpgroup and two consumers in turns, in the forward, dQ and (head dim 64; v4's at 128) dK/dV (until session
 // 16, 8 was 6 with the second warpgroup half a step behind, slower: 2.47/7.94 ms); 9 a backward only (its forward is 6's): one pass, 5
 // tile products instead of 7, dQ summed with atomics, so not bit-reproducible (slower: the reductions).
+// LLAVA_FLASH=tune (or cuda_attention_set_flash(FLASH_TUNE)) picks per shape by timing (flash_tune.cu).
 static int flash_fwd_version = -1, flash_bwd_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset (the default)
 static void flash_pick(void) {
     if (flash_fwd_version != -1) return;
     const char *env = getenv("LLAVA_FLASH");
     int ok = env && env[0] >= '0' && env[0] <= '9' && (!env[1] || (env[1] >= '0' && env[1] <= '9' && !env[2]));
-    flash_fwd_version = ok ? env[0] - '0' : -2;
-    flash_bwd_version = ok ? env[env[1] ? 1 : 0] - '0' : -2;
+    flash_fwd_version = ok ? env[0] - '0' : env && !strcmp(env, "tune") ? FLASH_TUNE : -2;
+    flash_bwd_version = ok ? env[env[1] ? 1 : 0] - '0' : flash_fwd_version;
 }
-// the version a forward (or a backward) runs
+int flash_default_version(int forward, int D) { return forward ? (D == 128 ? 7 : 6) : (D == 64 ? 5 : 7); }
+// the version a forward (or a backward) runs (FLASH_TUNE: the tuner's, where it tunes)
 static int flash_for(int forward, int D) {
     flash_pick();
     int v = forward ? flash_fwd_version : flash_bwd_version;
-    return v != -2 ? v : forward ? (D == 128 ? 7 : 6) : (D == 64 ? 5 : 7);
+    return v >= 0 || v == FLASH_TUNE ? v : flash_default_version(forward, D);
 }
 extern "C" void cuda_attention_set_flash(int version) { flash_fwd_version = flash_bwd_version = version; }
 
 extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens,
                                        int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
     int version = flash_for(1, D);
+    if (version == FLASH_TUNE) {
+        if (flash_tuned_forward(out, lse, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal)) return;
+        version = flash_default_version(1, D);
+    }
     if (version >= 4 && cuda_flash_wgmma_forward(version, out, lse, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal) == 0)
         return;
     if (version >= 4) version = 2;  // no wgmma here
@@ -193,7 +185,8 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
                                         const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq, int T,
                                         int max_len, int Hq, int Hkv, int D, int causal) {
     if (D > MAXD) { cuda_note_error("cuda_attention_backward", "head_dim above 128"); return; }
-    int version = flash_for(0, D), fused = version == 9 && dq;  // (version 9 without dq: version 4)
+    int asked = flash_for(0, D), tune = asked == FLASH_TUNE;  // (tune: the tuner's pick once Drow is there, where it tunes)
+    int version = tune ? flash_default_version(0, D) : asked, fused = version == 9 && dq;  // (version 9 without dq: version 4)
     // one scratch buffer (a second call could move the first): Drow [T, Hq], then version 9's dq_acc [T, Hq, D]
     size_t drow_bytes = ((size_t)T * Hq * sizeof(float) + 255) / 256 * 256;
     float *Drow = (float *)cuda_scratch(drow_bytes + (fused ? (size_t)T * Hq * D * sizeof(float) : 0));
@@ -201,6 +194,9 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     const bf16_t *Q = (const bf16_t *)q, *K = (const bf16_t *)k, *V = (const bf16_t *)v, *DO = (const bf16_t *)dout;
     attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
     LAUNCH_CHECK();
+    if (tune &&
+        flash_tuned_backward(dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal))
+        return;
     if (fused &&
         cuda_flash_fused_backward(dq_acc, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal) == 0)
         return;

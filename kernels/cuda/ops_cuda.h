@@ -129,7 +129,10 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 // in one pass, dQ by atomics), 1 (the first, synchronous tiles), or 0 for the warp-per-row kernels (tests,
 // timing), for both directions; -2, the default, takes the fastest measured (attention.cu's flash_for: the
 // forward of 7 at head dim 128 and 6 at 64, the backward of 7 at 128 and 5 at 64). LLAVA_FLASH=N sets it for
-// a run, LLAVA_FLASH=FB the forward's F and backward's B.
+// a run, LLAVA_FLASH=FB the forward's F and backward's B. FLASH_TUNE (LLAVA_FLASH=tune): each shape's first
+// call times the candidate versions on its own inputs and keeps the fastest whose outputs agree with the
+// default's (flash_tune.cu; for benchmarks: timings decide, so runs may differ in the last bits).
+enum { FLASH_TUNE = -3 };
 void cuda_attention_set_flash(int version);
 // versions 6-8's forward and 4, 5, 7 and 8's backward with the softmax in one FFMA and ex2 per score (LLAVA_FLASH_EXP2=1);
 // -1: the environment's

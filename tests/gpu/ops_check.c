@@ -407,7 +407,7 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     const char *names[10] = {"warp-per-row", "flash v1", "flash v2", "flash v3", "flash v4", "flash v5", "flash v6", "flash v7", "flash v8",
                              "flash v9"};
     char kind[48];
-    snprintf(kind, sizeof kind, "%s%s", D != 64 && D != 128 ? "warp-per-row" : names[version], variant);
+    snprintf(kind, sizeof kind, "%s%s", D != 64 && D != 128 ? "warp-per-row" : version == FLASH_TUNE ? "tuned" : names[version], variant);
     check_bf16(go, o, nq, 2e-2, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T, kind);
     check_f32(glse, lse, (size_t)T * Hq, 1e-3, "  lse, fp32 (%s)", kind);
     check_bf16(gdq, dq, nq, 2e-2, "  dq (%s)", kind);
@@ -820,6 +820,8 @@ int main(int argc, char **argv) {
     attention_cases_with(cuda_flash_set_exp2, " exp2", 8, 8);
     attention_cases_with(cuda_flash_set_ws_tma, " tma", 8, 8);
     if (timed) at_attention_shapes(ws_timing, NULL);
+    // LLAVA_FLASH=tune: each shape's pick (its timings on stderr), checked as the versions are
+    attention_cases(FLASH_TUNE);
     printf("ops_check: %d failure%s\n", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;
 }
