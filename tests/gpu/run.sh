@@ -112,7 +112,8 @@ if [ -x "$B/ops_check" ]; then
     # versions 4-9 (wgmma, Hopper only; the default runs v7's forward at head dim 128 and v6's at 64, v7's
     # backward at 128 and v5's at 64): 30 checks each. A failing v5 or v7 sends the rest of the run to v6's
     # forward and v4's backward (LLAVA_FLASH=64), a failing v6 to v4, a failing v4 to v6's forward and v2's
-    # backward (62), both to v2. The bench (below) times the default against 74 and, where it passes, v8.
+    # backward (62), both to v2. The bench (below) times the default against the tuner (LLAVA_FLASH=tune) where
+    # every candidate passes, else against 74, v8 and the exp2/TMA settings that pass.
     # The memory-bound kernels of session 15: if ops_check finds one wrong, the earlier ones for the rest
     if grep -E "^(rmsnorm|layernorm|copy2d|gather_rows|qkv)" "$OUTDIR/ops_check.txt" | grep -q 'FAIL$'; then
         export LLAVA_SAFE_KERNELS=1
@@ -154,7 +155,6 @@ if [ -x "$B/ops_check" ]; then
     has 4 && has 7 && variants="74"
     has 8 && variants="$variants 8"  # (session 17's warp-specialised forward, dQ and head-dim-64 dK/dV)
     export OVERLAP_VARIANT=${OVERLAP_VARIANT-0}
-    export FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
     # settings still opt-in until measured, each a bench run where its checks pass (30 per version): the exp2
     # softmax (LLAVA_FLASH_EXP2=1: one FFMA and ex2 per score; v6-v8's forward, v4, v5, v7 and v8's backward)
     # and v8's K/V loads by TMA (LLAVA_WS_TMA=1)
@@ -170,12 +170,14 @@ if [ -x "$B/ops_check" ]; then
     # inside the step per shape and direction, the fastest of those agreeing with the default kept -- the
     # combinations the runs above cannot make (e.g. one version's forward with another's backward). Where the
     # tuner's own checks pass and so do all of v4-v8's with every setting (a candidate that faults ends the run).
+    # Then the separate runs above add nothing the tuner's lines do not say (each candidate's time in the step),
+    # and are left out to save device time unless FLASH_VARIANTS / ENV_VARIANTS name them.
     if passes "tuned" && has 4 && has 5 && has 6 && has 7 && has 8 && passes "flash v8 exp2" && passes "flash v8 tma" &&
         passes "flash v4 exp2" && passes "flash v5 exp2" && passes "flash v6 exp2" && passes "flash v7 exp2"; then
-        env_variants="LLAVA_FLASH=tune $env_variants"
+        env_variants="LLAVA_FLASH=tune" variants=""
     fi
     grep -q '^flash tune:' "$OUTDIR/ops_check.txt" && summary+=("flash tune in ops_check: $(grep -c '^flash tune:' "$OUTDIR/ops_check.txt") shapes tuned, $(ok_count tuned) checks ok")
-    export ENV_VARIANTS=${ENV_VARIANTS-$env_variants}
+    export ENV_VARIANTS=${ENV_VARIANTS-$env_variants} FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
 fi
 # OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's
 # gpu-bin) in the same run, to tell a code change from a card's variation
