@@ -21,6 +21,10 @@ void *cuda_alloc(size_t bytes);                         // dies on failure
 void cuda_free(void *p);
 size_t cuda_memory_peak(void);                          // the most device memory allocated at once, in bytes
 void cuda_upload(void *dst, const void *src, size_t bytes);  // stream-ordered; src (pageable) reusable at return
+// The pinned staging ring behind cuda_upload (runtime.cu): room for bytes (NULL: too large, copy directly), to
+// be filled and handed to cuda_stage_upload before the next cuda_stage or cuda_upload.
+void *cuda_stage(size_t bytes);
+void cuda_stage_upload(void *dst, const void *p, size_t bytes);
 void cuda_download(void *dst, const void *src, size_t bytes);  // waits for the stream (and the side stream's work)
 // A side stream for work that may overlap the main stream's (Backend.side/mark/wait_mark/join): side(1)
 // sends the calls that follow there, starting after all the main stream has been given; side(0) back.

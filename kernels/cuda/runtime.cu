@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
@@ -111,12 +112,73 @@ extern "C" void cuda_free(void *p) {
     cudaFree(p);
 }
 extern "C" size_t cuda_memory_peak(void) { return g_peak; }
-// No stream synchronisation: every host source here is pageable memory, which cudaMemcpyAsync stages
-// before it returns (CUDA's "API synchronization behavior"), so the caller may reuse or free it at once,
-// and the copy runs in stream order. The host may then prepare the next step's tables and pixels while
-// the device still works through the last one (a sync here left the GPU idle for that time).
+// Uploads go through a ring of pinned host memory. From pageable memory cudaMemcpyAsync may return only once
+// the copy is done (CUDA's "API synchronization behavior"), that is once the stream has reached it: the host
+// then waits for all the device's earlier work, and the device idles while the host stages the copy and
+// launches what follows -- each step's first uploads (its tables, the pixels: 6 MB a 1008x1008 image) came
+// after the last step's work. From pinned memory the copy is queued and the call returns at once; the
+// caller's source is copied into the ring first, so it may be reused or freed on return. A region of the
+// ring is written again only after the copy that last read it has run (an event per copy; in a ring of
+// STAGE_BYTES that is a step or more ago, so the wait is nearly always over). Larger copies go directly.
+enum { STAGE_BYTES = 64 << 20, STAGE_COPIES = 256 };
+static char *g_stage;  // pinned, STAGE_BYTES
+static size_t g_stage_head;
+static struct { size_t lo, hi; cudaEvent_t done; } g_copies[STAGE_COPIES];  // in flight, oldest at g_copy_first
+static int g_copy_first, g_ncopies;
+static cudaEvent_t g_copy_events[STAGE_COPIES];
+
+// room for bytes in the ring (NULL: too large, or no pinned memory), once the copies that read it are done
+extern "C" void *cuda_stage(size_t bytes) {
+    if (bytes > STAGE_BYTES) return NULL;
+    if (!g_stage) {
+        if (cudaHostAlloc((void **)&g_stage, STAGE_BYTES, cudaHostAllocDefault) != cudaSuccess) {
+            g_stage = NULL;
+            (void)cudaGetLastError();  // (not an error of the run: the copies go directly)
+            return NULL;
+        }
+        for (int i = 0; i < STAGE_COPIES; i++) g_copy_events[i] = make_event();
+    }
+    size_t lo = (g_stage_head + 255) / 256 * 256;
+    if (lo + bytes > STAGE_BYTES) lo = 0;  // wrap
+    size_t hi = lo + bytes;
+    // the oldest copies in flight first: wait for (and forget) those that overlap [lo, hi), or any while full
+    while (g_ncopies > 0) {
+        int i = g_copy_first;
+        int overlaps = g_copies[i].lo < hi && lo < g_copies[i].hi;
+        if (!overlaps && g_ncopies < STAGE_COPIES) {
+            // copies are queued in ring order: once the oldest does not overlap, a later one could (after a
+            // wrap), so look on while any in flight lies in [lo, hi)
+            int any = 0;
+            for (int n = 1; n < g_ncopies && !any; n++) {
+                int j = (g_copy_first + n) % STAGE_COPIES;
+                any = g_copies[j].lo < hi && lo < g_copies[j].hi;
+            }
+            if (!any) break;
+        }
+        CUDA_CHECK(cudaEventSynchronize(g_copies[i].done));
+        g_copy_first = (g_copy_first + 1) % STAGE_COPIES;
+        g_ncopies--;
+    }
+    g_stage_head = hi;
+    return g_stage + lo;
+}
+// the copy of bytes at p (from cuda_stage, just filled) to dst, queued on the stream
+extern "C" void cuda_stage_upload(void *dst, const void *p, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, p, bytes, cudaMemcpyHostToDevice, g_stream));
+    int i = (g_copy_first + g_ncopies) % STAGE_COPIES;
+    size_t lo = (size_t)((const char *)p - g_stage);
+    g_copies[i].lo = lo, g_copies[i].hi = lo + bytes, g_copies[i].done = g_copy_events[i];
+    CUDA_CHECK(cudaEventRecord(g_copies[i].done, g_stream));
+    g_ncopies++;
+}
 extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream));
+    void *p = cuda_stage(bytes);
+    if (!p) {
+        CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_stream));
+        return;
+    }
+    memcpy(p, src, bytes);
+    cuda_stage_upload(dst, p, bytes);
 }
 extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
     cuda_join();  // (what the host reads may come from the side stream)

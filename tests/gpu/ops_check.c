@@ -328,6 +328,34 @@ static void rows_case(int n, int C) {
     cuda_free(gidx); cuda_free(gx); cuda_free(gy); cuda_free(gz);
 }
 
+// the learned CLS angles' gradient (the tower's class_pos_emb): dang[j] (starting at 0.5) += Σ over rows idx and
+// heads of −dy_j·y_{j+D/2} + dy_{j+D/2}·y_j, against a double-precision sum
+static void rope_angle_grad_case(int rows, int n, int H, int D) {
+    const Backend *be = backend_cuda();
+    size_t m = (size_t)rows * H * D;
+    float *y = host_rand(m, 1), *dy = host_rand(m, 1), *ref = xmalloc((size_t)D / 2 * sizeof(float)), *init = xmalloc((size_t)D / 2 * sizeof(float));
+    int32_t *idx = xmalloc((size_t)n * 4), *gidx = cuda_alloc((size_t)n * 4);
+    for (int i = 0; i < n; i++) idx[i] = (7 * i + 3) % rows;
+    for (int j = 0; j < D / 2; j++) {
+        double a = 0.5;
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < H; h++) {
+                size_t b = ((size_t)idx[i] * H + h) * D;
+                a += -(double)dy[b + j] * y[b + j + D / 2] + (double)dy[b + j + D / 2] * y[b + j];
+            }
+        ref[j] = (float)a;
+        init[j] = 0.5f;
+    }
+    cuda_upload(gidx, idx, (size_t)n * 4);
+    bf16 *gy = dev_bf16(y, m), *gdy = dev_bf16(dy, m);
+    float *gang = dev_f32(init, (size_t)D / 2);
+    be->rope_angle_grad(gang, (const Act *)gy, (const Act *)gdy, gidx, n, H, D);
+    sync_or_die();
+    check_f32(gang, ref, (size_t)D / 2, 1e-5, "rope_angle_grad %d rows of %dx%d (+=)", n, H, D);
+    free(y); free(dy); free(ref); free(init); free(idx);
+    cuda_free(gidx); cuda_free(gy); cuda_free(gdy); cuda_free(gang);
+}
+
 static void rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-wide kernel
     int32_t cu[3] = {0, T / 3, T};
     float *x = host_rand((size_t)T * H * D, 1), *ang = xmalloc((size_t)T * D / 2 * 4);
@@ -787,6 +815,9 @@ int main(int argc, char **argv) {
     copy2d_case(37, 12, 36);   // element by element
     rows_case(50, 64);
     rows_case(50, 12);
+    rope_angle_grad_case(40, 1, 16, 64);  // the tower's: one image, 16 heads of 64
+    rope_angle_grad_case(40, 3, 5, 128);  // heads not a multiple of the kernel's 8 groups
+    rope_angle_grad_case(40, 2, 2, 200);  // more than 64 angles: two blocks
     rope_case(300, 6, 24);
     rope_case(70, 4, 64);
     rope_case(70, 4, 128);
