@@ -129,11 +129,12 @@ static cudaEvent_t g_copy_events[STAGE_COPIES];
 
 // room for bytes in the ring (NULL: too large, or no pinned memory), once the copies that read it are done
 extern "C" void *cuda_stage(size_t bytes) {
-    if (bytes > STAGE_BYTES) return NULL;
+    static bool unpinned;  // no pinned memory to be had: every copy goes directly
+    if (bytes > STAGE_BYTES || unpinned) return NULL;
     if (!g_stage) {
         if (cudaHostAlloc((void **)&g_stage, STAGE_BYTES, cudaHostAllocDefault) != cudaSuccess) {
-            g_stage = NULL;
-            (void)cudaGetLastError();  // (not an error of the run: the copies go directly)
+            g_stage = NULL, unpinned = true;
+            (void)cudaGetLastError();  // (not an error of the run)
             return NULL;
         }
         for (int i = 0; i < STAGE_COPIES; i++) g_copy_events[i] = make_event();
