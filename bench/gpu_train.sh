@@ -11,7 +11,8 @@
 #          RESIDUAL_VARIANT=1 (the default) also the fp32 residual stream, --fp32-residual-connection (slice, vision);
 #          OVERLAP_VARIANT=1 (the default) also the optimizer overlapping the next forward, LLAVA_OVERLAP_OPT=1;
 #          ENV_VARIANTS="NAME=VALUE ..." also a run with each of those settings, e.g. LLAVA_FLASH_EXP2=1 (with
-#          LLAVA_FLASH=tune, the tuner's lines: every attention candidate's time in the step, and its pick);
+#          LLAVA_FLASH=tune, the tuner's lines: every attention candidate's time in the step, and its pick; with
+#          LLAVA_GEMM=tune, the products where a cuBLASLt candidate beat the heuristic's first choice);
 #          several settings for one run joined by commas: LLAVA_FLASH=8,LLAVA_FLASH_EXP2=1)
 # slice:  the 4B language model's width (hidden 2560, 32q/8kv heads of 128, FFN 9728, vocab 151936, tied
 #         embeddings) with 8 layers, one packed sequence of 8192 random tokens, labels = inputs; all
@@ -153,8 +154,10 @@ PY
             IFS=, read -ra settings <<<"$e"
             run_out=$(T env "${settings[@]}" "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG")
             echo "gpu_train $shape: ours with $e  $(tail -1 <<<"$run_out")"
-            # LLAVA_FLASH=tune: each attention shape's candidates timed inside the step, and the pick
+            # LLAVA_FLASH=tune: each attention shape's candidates timed inside the step, and the pick; LLAVA_GEMM=tune:
+            # the products whose pick is not cuBLASLt's first choice (the rest are in the log)
             grep '^flash tune:' <<<"$run_out" | sed "s/^flash tune:/gpu_train $shape:   tuned/"
+            grep '^gemm tune:' <<<"$run_out" | grep -v ' candidate 1 of' | sed "s/^gemm tune:/gpu_train $shape:   tuned gemm/"
         done
         for v in $variants; do
             echo "gpu_train $shape: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"

@@ -3,7 +3,9 @@
 //   out[N,M] = inp[N,K]·w[M,K]ᵀ     <=>  outᵀ(M×N) = (w-buffer, K×M)ᵀ · (inp-buffer, K×N)
 //   dinp[N,K] += dout[N,M]·w[M,K]   <=>  dinpᵀ(K×N) = (w-buffer, K×M) · (dout-buffer, M×N)
 //   dw[M,K] += dout[N,M]ᵀ·inp[N,K]  <=>  dwᵀ(K×M) = (inp-buffer, K×N) · (dout-buffer, M×N)ᵀ
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +24,12 @@
 
 // A shape's descriptors and the heuristic's algorithm, built on its first call and kept: a training
 // step repeats the same few shapes, and the heuristic query costs more than a small product.
+// LLAVA_GEMM=tune: the heuristic's first TUNE_ALGOS candidates are timed on the shape's first call that
+// overwrites its output (beta 0: the trials may write it), and the fastest kept -- cuBLASLt's first choice
+// is a model's guess (the tower's products, 5185 rows, ran at 515-710 TFLOP/s where the card does 777). One
+// line on stderr per tuned shape. For benchmarks: timings decide, so two runs may pick differently and then
+// differ in the last bits; without it the heuristic's first choice repeats bit for bit.
+enum { TUNE_ALGOS = 8 };
 typedef struct {
     cublasOperation_t ta, tb;
     int m, n, k, lda, ldb, ldd, bias;
@@ -31,7 +39,18 @@ typedef struct {
     cublasLtMatrixLayout_t la, lb, ld;
     cublasLtMatmulAlgo_t algo;
     int found;
+    cublasLtMatmulAlgo_t candidates[TUNE_ALGOS];  // (LLAVA_GEMM=tune: the heuristic's first ones, until timed)
+    int ncandidates, tuned;
 } LtPlan;
+static int gemm_tune = ENV_UNREAD;
+extern "C" void cuda_matmul_set_tune(int on) { gemm_tune = on < 0 ? (int)ENV_UNREAD : on != 0; }
+static bool gemm_tuning(void) {
+    if (gemm_tune == ENV_UNREAD) {
+        const char *e = getenv("LLAVA_GEMM");
+        gemm_tune = e && !strcmp(e, "tune");
+    }
+    return gemm_tune == 1;
+}
 enum { MAX_PLANS = 256 };
 static LtPlan plans[MAX_PLANS];
 static int nplans;
@@ -83,11 +102,49 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
     LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b));
     LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof align_d));
     LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof align_d));
-    cublasLtMatmulHeuristicResult_t h;
-    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->la, p->lb, p->ld, p->ld, pref, 1, &h, &p->found));
-    if (p->found) p->algo = h.algo;
+    cublasLtMatmulHeuristicResult_t h[TUNE_ALGOS];
+    int want = gemm_tuning() ? TUNE_ALGOS : 1;
+    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->la, p->lb, p->ld, p->ld, pref, want, h, &p->found));
+    if (p->found) p->algo = h[0].algo;
+    for (int i = 0; i < p->found && i < want; i++)
+        if (h[i].state == CUBLAS_STATUS_SUCCESS) p->candidates[p->ncandidates++] = h[i].algo;
+    p->tuned = p->ncandidates < 2;  // (one candidate: nothing to choose)
     cublasLtMatmulPreferenceDestroy(pref);
     return p;
+}
+
+// LLAVA_GEMM=tune: each candidate run once (its first launch), then timed over 3 runs; p->algo becomes the
+// fastest (D, overwritten by every run, is rewritten by the caller's run after)
+static void tune_plan(LtPlan *p, const void *A, const void *B, void *D) {
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    float alpha = 1.0f, beta = 0.0f, best = INFINITY, first = 0.0f;
+    int pick = 0;
+    for (int i = 0; i < p->ncandidates; i++) {
+        cublasStatus_t st = cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->candidates[i],
+                                           g_lt_workspace, g_lt_workspace_bytes, g_stream);
+        if (st != CUBLAS_STATUS_SUCCESS) continue;  // (a candidate that will not run here is no candidate)
+        CUDA_CHECK(cudaEventRecord(e0, g_stream));
+        for (int r = 0; r < 3; r++)
+            LT_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->candidates[i],
+                                    g_lt_workspace, g_lt_workspace_bytes, g_stream));
+        CUDA_CHECK(cudaEventRecord(e1, g_stream));
+        CUDA_CHECK(cudaEventSynchronize(e1));
+        float ms = 0.0f;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        ms /= 3;
+        if (i == 0) first = ms;
+        if (ms < best) best = ms, pick = i;
+    }
+    p->algo = p->candidates[pick];
+    p->tuned = 1;
+    fprintf(stderr, "gemm tune: %c%c m %d n %d k %d %s%s: heuristic's first %.1f us, candidate %d of %d %.1f us\n",
+            p->ta == CUBLAS_OP_T ? 'T' : 'N', p->tb == CUBLAS_OP_T ? 'T' : 'N', p->m, p->n, p->k,
+            p->dtype == CUDA_R_32F ? "fp32 out" : "bf16 out", p->bias ? " +bias" : "", 1e3 * first, pick + 1, p->ncandidates,
+            1e3 * best);
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
 }
 
 // D(m×n) = op(A)·op(B) + beta·D, column-major; an optional bias (bf16, length m) epilogue.
@@ -97,6 +154,7 @@ static void lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, 
     if (!p->found) { cuda_note_error("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this shape"); return; }
     if (bias) LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float alpha = 1.0f;
+    if (!p->tuned && beta == 0.0f) tune_plan(p, A, B, D);
     LT_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->algo, g_lt_workspace,
                             g_lt_workspace_bytes, g_stream));
 }

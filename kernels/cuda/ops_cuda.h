@@ -20,6 +20,9 @@ int cuda_sync(char *err, size_t errlen);                // 0, or the first CUDA/
 void *cuda_alloc(size_t bytes);                         // dies on failure
 void cuda_free(void *p);
 size_t cuda_memory_peak(void);                          // the most device memory allocated at once, in bytes
+// LLAVA_GEMM=tune (matmul.cu): each product shape's first cuBLASLt candidates timed, the fastest kept; 1 on, 0 off,
+// -1 the environment's
+void cuda_matmul_set_tune(int on);
 void cuda_upload(void *dst, const void *src, size_t bytes);  // stream-ordered; src (pageable) reusable at return
 // The pinned staging ring behind cuda_upload (runtime.cu): room for bytes (NULL: too large, copy directly), to
 // be filled and handed to cuda_stage_upload before the next cuda_stage or cuda_upload.

@@ -93,6 +93,8 @@ static void sync_or_die(void) {
     if (cuda_sync(err, sizeof err)) { printf("CUDA error: %s\n", err); exit(1); }
 }
 
+static const char *variant = "";  // appended to the kernel's name in attention_case's and matmul_case's lines (" exp2")
+
 static void matmul_case(int N, int K, int M, int bias) {
     float *x = host_rand((size_t)N * K, 1), *w = host_rand((size_t)M * K, 0.05f), *b = bias ? host_rand(M, 0.1f) : NULL;
     float *dy = host_rand((size_t)N * M, 1);
@@ -106,10 +108,10 @@ static void matmul_case(int N, int K, int M, int bias) {
     cuda_matmul_forward(gout, gx, gw, gb, N, K, M);
     cuda_matmul_backward(gdx, gdw, bias ? gdb : NULL, gdy, gx, gw, N, K, M, 0);
     sync_or_die();
-    check_bf16(gout, out, (size_t)N * M, 2e-2, "matmul %dx%dx%d%s forward", N, K, M, bias ? " +bias" : "");
-    check_bf16(gdx, dx, (size_t)N * K, 2e-2, "matmul %dx%dx%d dinp (bf16)", N, K, M);
-    check_f32(gdw, dw, (size_t)M * K, 1e-3, "matmul %dx%dx%d dw (fp32)", N, K, M);
-    if (bias) check_f32(gdb, db, M, 1e-3, "matmul dbias (fp32)");
+    check_bf16(gout, out, (size_t)N * M, 2e-2, "matmul %dx%dx%d%s forward%s", N, K, M, bias ? " +bias" : "", variant);
+    check_bf16(gdx, dx, (size_t)N * K, 2e-2, "matmul %dx%dx%d dinp (bf16)%s", N, K, M, variant);
+    check_f32(gdw, dw, (size_t)M * K, 1e-3, "matmul %dx%dx%d dw (fp32)%s", N, K, M, variant);
+    if (bias) check_f32(gdb, db, M, 1e-3, "matmul dbias (fp32)%s", variant);
     // the overwriting forms: the outputs start as NaN, which an accumulation would keep
     cuda_memset_ff(gdx, (size_t)N * K * 2);
     cuda_memset_ff(gdw, (size_t)M * K * 4);
@@ -117,9 +119,9 @@ static void matmul_case(int N, int K, int M, int bias) {
     cuda_matmul_backward(gdx, NULL, NULL, gdy, gx, gw, N, K, M, MM_SET_DINP);
     cuda_matmul_backward(NULL, gdw, bias ? gdb : NULL, gdy, gx, gw, N, K, M, MM_SET_DW);
     sync_or_die();
-    check_bf16(gdx, dx, (size_t)N * K, 2e-2, "matmul %dx%dx%d dinp set (bf16)", N, K, M);
-    check_f32(gdw, dw, (size_t)M * K, 1e-3, "matmul %dx%dx%d dw set (fp32)", N, K, M);
-    if (bias) check_f32(gdb, db, M, 1e-3, "matmul dbias set (fp32)");
+    check_bf16(gdx, dx, (size_t)N * K, 2e-2, "matmul %dx%dx%d dinp set (bf16)%s", N, K, M, variant);
+    check_f32(gdw, dw, (size_t)M * K, 1e-3, "matmul %dx%dx%d dw set (fp32)%s", N, K, M, variant);
+    if (bias) check_f32(gdb, db, M, 1e-3, "matmul dbias set (fp32)%s", variant);
     free(x); free(w); free(b); free(dy); free(out); free(dx); free(dw); free(db);
     cuda_free(gx); cuda_free(gw); cuda_free(gb); cuda_free(gdy); cuda_free(gout); cuda_free(gdx); cuda_free(gdw); cuda_free(gdb);
 }
@@ -408,8 +410,6 @@ static void qkv_rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-w
     cuda_free(gang);
 }
 
-static const char *variant = "";  // appended to the kernel's name in attention_case's lines (" exp2")
-
 static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int version) {
     int32_t cu[4] = {0, 37, 101, 180};
     int nseq = 3, T = 180, max_len = 79;
@@ -435,7 +435,7 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     const char *names[10] = {"warp-per-row", "flash v1", "flash v2", "flash v3", "flash v4", "flash v5", "flash v6", "flash v7", "flash v8",
                              "flash v9"};
     char kind[48];
-    snprintf(kind, sizeof kind, "%s%s", D != 64 && D != 128 ? "warp-per-row" : version == FLASH_TUNE ? "tuned" : names[version], variant);
+    snprintf(kind, sizeof kind, "%s%s", D != 64 && D != 128 ? "warp-per-row" : version == FLASH_TUNE ? "flash tuned" : names[version], variant);
     check_bf16(go, o, nq, 2e-2, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T, kind);
     check_f32(glse, lse, (size_t)T * Hq, 1e-3, "  lse, fp32 (%s)", kind);
     check_bf16(gdq, dq, nq, 2e-2, "  dq (%s)", kind);
@@ -787,6 +787,14 @@ int main(int argc, char **argv) {
     }
     matmul_case(67, 96, 130, 1);
     matmul_case(256, 512, 384, 0);
+    // LLAVA_GEMM=tune: new shapes, each product's cuBLASLt candidates timed on its first overwriting call (the
+    // picks on stderr), then checked as above
+    cuda_matmul_set_tune(1);
+    variant = " (gemm tuned)";
+    matmul_case(333, 192, 320, 1);
+    matmul_case(1029, 256, 768, 0);
+    variant = "";
+    cuda_matmul_set_tune(-1);
     norm_case(70, 128, 0);  // rows of a multiple of 8: the 8-wide, warp-per-row backward kernels
     norm_case(500, 24, 0);
     norm_case(40, 2560, 0);  // C = 256·k: the one-pass dx + dw kernel (16 rows a block; here a part-filled last one)

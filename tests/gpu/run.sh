@@ -166,17 +166,25 @@ if [ -x "$B/ops_check" ]; then
         summary+=("flash v4-v7 with the exp2 softmax: $(for v in 4 5 6 7; do printf '%s ' "$(ok_count "flash v$v exp2")"; done)checks ok, FAILED or did not finish: left out of the bench")
     fi
     has 8 && passes "flash v8 tma" && env_variants="$env_variants LLAVA_FLASH=8,LLAVA_WS_TMA=1"
-    # LLAVA_FLASH=tune first (a time limit cuts the last runs): every candidate above, and v4-v7 plain, timed
+    # LLAVA_FLASH=tune first (a time limit cuts the last runs), with LLAVA_GEMM=tune (each product's first 8
+    # cuBLASLt candidates timed, matmul.cu): every attention candidate above, and v4-v7 plain, timed
     # inside the step per shape and direction, the fastest of those agreeing with the default kept -- the
     # combinations the runs above cannot make (e.g. one version's forward with another's backward). Where the
     # tuner's own checks pass and so do all of v4-v8's with every setting (a candidate that faults ends the run).
     # Then the separate runs above add nothing the tuner's lines do not say (each candidate's time in the step),
     # and are left out to save device time unless FLASH_VARIANTS / ENV_VARIANTS name them.
-    if passes "tuned" && has 4 && has 5 && has 6 && has 7 && has 8 && passes "flash v8 exp2" && passes "flash v8 tma" &&
+    if passes "flash tuned" && has 4 && has 5 && has 6 && has 7 && has 8 && passes "flash v8 exp2" && passes "flash v8 tma" &&
         passes "flash v4 exp2" && passes "flash v5 exp2" && passes "flash v6 exp2" && passes "flash v7 exp2"; then
         env_variants="LLAVA_FLASH=tune" variants=""
     fi
-    grep -q '^flash tune:' "$OUTDIR/ops_check.txt" && summary+=("flash tune in ops_check: $(grep -c '^flash tune:' "$OUTDIR/ops_check.txt") shapes tuned, $(ok_count tuned) checks ok")
+    # (ops_check's tuned products: 8 checks)
+    if [ "$(grep -c '(gemm tuned) .* ok$' "$OUTDIR/ops_check.txt")" -ge 8 ] && ! grep -q '(gemm tuned) .*FAIL$' "$OUTDIR/ops_check.txt"; then
+        case "$env_variants" in
+        LLAVA_FLASH=tune) env_variants="LLAVA_FLASH=tune,LLAVA_GEMM=tune" ;;
+        *) env_variants="LLAVA_GEMM=tune $env_variants" ;;
+        esac
+    fi
+    grep -q '^flash tune:' "$OUTDIR/ops_check.txt" && summary+=("flash tune in ops_check: $(grep -c '^flash tune:' "$OUTDIR/ops_check.txt") shapes tuned, $(ok_count "flash tuned") checks ok")
     export ENV_VARIANTS=${ENV_VARIANTS-$env_variants} FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
 fi
 # OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's
