@@ -129,8 +129,8 @@ static cudaEvent_t g_copy_events[STAGE_COPIES];
 
 // room for bytes in the ring (NULL: too large, or no pinned memory), once the copies that read it are done
 extern "C" void *cuda_stage(size_t bytes) {
-    static bool unpinned;  // no pinned memory to be had: every copy goes directly
-    if (bytes > STAGE_BYTES || unpinned) return NULL;
+    static bool unpinned;  // no pinned memory to be had: every copy goes directly (as with LLAVA_SAFE_KERNELS=1)
+    if (bytes > STAGE_BYTES || unpinned || cuda_safe_kernels()) return NULL;
     if (!g_stage) {
         if (cudaHostAlloc((void **)&g_stage, STAGE_BYTES, cudaHostAllocDefault) != cudaSuccess) {
             g_stage = NULL, unpinned = true;
