@@ -4,6 +4,7 @@
 //   dinp[N,K] += dout[N,M]·w[M,K]   <=>  dinpᵀ(K×N) = (w-buffer, K×M) · (dout-buffer, M×N)
 //   dw[M,K] += dout[N,M]ᵀ·inp[N,K]  <=>  dwᵀ(K×M) = (inp-buffer, K×N) · (dout-buffer, M×N)ᵀ
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -32,7 +33,7 @@
 enum { TUNE_ALGOS = 8 };
 typedef struct {
     cublasOperation_t ta, tb;
-    int m, n, k, lda, ldb, ldd, bias;
+    int m, n, k, lda, ldb, ldd, epi;  // epi: EPI_NONE, EPI_BIAS, EPI_BGRADB
     uint32_t align_a, align_b, align_d;  // of the pointers, up to 256: the heuristic must not assume more
     cudaDataType_t dtype;
     cublasLtMatmulDesc_t op;
@@ -60,12 +61,15 @@ static uint32_t alignment(const void *p) {
     return a == 0 || a > 256 ? 256 : (uint32_t)a;
 }
 
+// the epilogue of a product: none, a bias added (bf16, length m), or the bias gradient of B's columns written
+// (fp32, length n: Σ over k of op(B), the dW product's Σ_rows dout)
+enum { EPI_NONE, EPI_BIAS, EPI_BGRADB };
 static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int lda, int ldb, cudaDataType_t dtype,
-                       int ldd, int bias, uint32_t align_a, uint32_t align_b, uint32_t align_d) {
+                       int ldd, int epi, uint32_t align_a, uint32_t align_b, uint32_t align_d) {
     for (int i = 0; i < nplans; i++) {
         LtPlan *p = &plans[i];
         if (p->ta == ta && p->tb == tb && p->m == m && p->n == n && p->k == k && p->lda == lda && p->ldb == ldb &&
-            p->ldd == ldd && p->dtype == dtype && p->bias == bias && p->align_a == align_a && p->align_b == align_b &&
+            p->ldd == ldd && p->dtype == dtype && p->epi == epi && p->align_a == align_a && p->align_b == align_b &&
             p->align_d == align_d)
             return p;
     }
@@ -77,7 +81,7 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
         cublasLtMatmulDescDestroy(p->op);
     }
     memset(p, 0, sizeof *p);
-    p->ta = ta; p->tb = tb; p->m = m; p->n = n; p->k = k; p->lda = lda; p->ldb = ldb; p->ldd = ldd; p->bias = bias;
+    p->ta = ta; p->tb = tb; p->m = m; p->n = n; p->k = k; p->lda = lda; p->ldb = ldb; p->ldd = ldd; p->epi = epi;
     p->dtype = dtype;
     p->align_a = align_a;
     p->align_b = align_b;
@@ -85,9 +89,9 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
     LT_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    if (bias) {
-        cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
-        cudaDataType_t bt = CUDA_R_16BF;
+    if (epi != EPI_NONE) {
+        cublasLtEpilogue_t ep = epi == EPI_BIAS ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_BGRADB;
+        cudaDataType_t bt = epi == EPI_BIAS ? CUDA_R_16BF : CUDA_R_32F;
         LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
         LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
     }
@@ -104,7 +108,11 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
     LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof align_d));
     cublasLtMatmulHeuristicResult_t h[TUNE_ALGOS];
     int want = gemm_tuning() ? TUNE_ALGOS : 1;
-    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->la, p->lb, p->ld, p->ld, pref, want, h, &p->found));
+    cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->la, p->lb, p->ld, p->ld, pref, want, h, &p->found);
+    if (hs != CUBLAS_STATUS_SUCCESS) {
+        p->found = 0;  // (the fused bias gradient is optional: its caller falls back; elsewhere lt_matmul reports it)
+        if (epi != EPI_BGRADB) LT_CHECK(hs);
+    }
     if (p->found) p->algo = h[0].algo;
     for (int i = 0; i < p->found && i < want; i++)
         if (h[i].state == CUBLAS_STATUS_SUCCESS) p->candidates[p->ncandidates++] = h[i].algo;
@@ -141,26 +149,32 @@ static void tune_plan(LtPlan *p, const void *A, const void *B, void *D) {
     p->tuned = 1;
     fprintf(stderr, "gemm tune: %c%c m %d n %d k %d %s%s: heuristic's first %.1f us, candidate %d of %d %.1f us\n",
             p->ta == CUBLAS_OP_T ? 'T' : 'N', p->tb == CUBLAS_OP_T ? 'T' : 'N', p->m, p->n, p->k,
-            p->dtype == CUDA_R_32F ? "fp32 out" : "bf16 out", p->bias ? " +bias" : "", 1e3 * first, pick + 1, p->ncandidates,
+            p->dtype == CUDA_R_32F ? "fp32 out" : "bf16 out", p->epi == EPI_BIAS ? " +bias" : p->epi == EPI_BGRADB ? " +dbias" : "",
+            1e3 * first, pick + 1, p->ncandidates,
             1e3 * best);
     CUDA_CHECK(cudaEventDestroy(e0));
     CUDA_CHECK(cudaEventDestroy(e1));
 }
 
-// D(m×n) = op(A)·op(B) + beta·D, column-major; an optional bias (bf16, length m) epilogue.
-static void lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A, int lda,
-                      const void *B, int ldb, void *D, cudaDataType_t dtype, int ldd, float beta, const void *bias) {
-    LtPlan *p = lt_plan(ta, tb, m, n, k, lda, ldb, dtype, ldd, bias != NULL, alignment(A), alignment(B), alignment(D));
-    if (!p->found) { cuda_note_error("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this shape"); return; }
-    if (bias) LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+// D(m×n) = op(A)·op(B) + beta·D, column-major, with epilogue epi on vector bias (see EPI_*). -1 (nothing run)
+// where cuBLASLt has no algorithm for it: an error, except for EPI_BGRADB, whose caller then sums dbias itself.
+static int lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
+                     void *D, cudaDataType_t dtype, int ldd, float beta, int epi, const void *bias) {
+    LtPlan *p = lt_plan(ta, tb, m, n, k, lda, ldb, dtype, ldd, epi, alignment(A), alignment(B), alignment(D));
+    if (!p->found) {
+        if (epi != EPI_BGRADB) cuda_note_error("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this shape");
+        return -1;
+    }
+    if (epi != EPI_NONE) LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float alpha = 1.0f;
     if (!p->tuned && beta == 0.0f) tune_plan(p, A, B, D);
     LT_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->algo, g_lt_workspace,
                             g_lt_workspace_bytes, g_stream));
+    return 0;
 }
 
 extern "C" void cuda_matmul_forward(bf16 *out, const bf16 *inp, const bf16 *w, const bf16 *bias, int N, int K, int M) {
-    lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, w, K, inp, K, out, CUDA_R_16BF, M, 0.0f, bias);
+    lt_matmul(CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, w, K, inp, K, out, CUDA_R_16BF, M, 0.0f, bias ? EPI_BIAS : EPI_NONE, bias);
 }
 
 // dbias[m] += Σ_n dout[n, m]: partial sums over ROWS_PER_PART rows, added in order by reduce_parts
@@ -172,12 +186,20 @@ __global__ static void bias_grad_parts(float *part, const bf16_t *dout, int N, i
     part[(size_t)p * M + m] = s;
 }
 
+static int fused_dbias_mode = ENV_UNREAD;
+static bool fused_dbias(void) { return !cuda_safe_kernels() && cuda_env_setting(&fused_dbias_mode, "LLAVA_FUSED_DBIAS", 1) == 1; }
+extern "C" void cuda_matmul_set_fused_dbias(int on) { fused_dbias_mode = on < 0 ? (int)ENV_UNREAD : on != 0; }
+
 extern "C" void cuda_matmul_backward(bf16 *dinp, float *dw, float *dbias, const bf16 *dout, const bf16 *inp, const bf16 *w,
                                      int N, int K, int M, int set) {
     float dinp_beta = set & 1 ? 0.0f : 1.0f, dw_beta = set & 2 ? 0.0f : 1.0f;  // (MM_SET_DINP, MM_SET_DW)
-    if (dinp) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, K, N, M, w, K, dout, M, dinp, CUDA_R_16BF, K, dinp_beta, NULL);
-    if (dw) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_T, K, M, N, inp, K, dout, M, dw, CUDA_R_32F, K, dw_beta, NULL);
-    if (dbias) {
+    if (dinp) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_N, K, N, M, w, K, dout, M, dinp, CUDA_R_16BF, K, dinp_beta, EPI_NONE, NULL);
+    // dbias in the dW product's epilogue (it reads dout already) where both are written over (MM_SET_DW: the epilogue
+    // writes, it does not add) and cuBLASLt has an algorithm for it; else summed by bias_grad_parts
+    bool fused_db = dw && dbias && (set & 2) && fused_dbias() && alignment(dbias) >= 16 &&  // (the epilogue's vector: 16 bytes)
+                    lt_matmul(CUBLAS_OP_N, CUBLAS_OP_T, K, M, N, inp, K, dout, M, dw, CUDA_R_32F, K, 0.0f, EPI_BGRADB, dbias) == 0;
+    if (dw && !fused_db) lt_matmul(CUBLAS_OP_N, CUBLAS_OP_T, K, M, N, inp, K, dout, M, dw, CUDA_R_32F, K, dw_beta, EPI_NONE, NULL);
+    if (dbias && !fused_db) {
         if (set & 2) CUDA_CHECK(cudaMemsetAsync(dbias, 0, (size_t)M * sizeof(float), g_stream));
         int parts = (N + ROWS_PER_PART - 1) / ROWS_PER_PART;
         float *part = (float *)cuda_scratch((size_t)parts * M * sizeof(float));

@@ -23,6 +23,9 @@ size_t cuda_memory_peak(void);                          // the most device memor
 // LLAVA_GEMM=tune (matmul.cu): each product shape's first cuBLASLt candidates timed, the fastest kept; 1 on, 0 off,
 // -1 the environment's
 void cuda_matmul_set_tune(int on);
+// the bias gradient in the dW product's epilogue (cuBLASLt's BGRADB) where dW and dbias are written over (1, the
+// default) or summed by a kernel of ours (0, LLAVA_FUSED_DBIAS=0); -1 the environment's
+void cuda_matmul_set_fused_dbias(int on);
 void cuda_upload(void *dst, const void *src, size_t bytes);  // stream-ordered; src (pageable) reusable at return
 // The pinned staging ring behind cuda_upload (runtime.cu): room for bytes (NULL: too large, copy directly), to
 // be filled and handed to cuda_stage_upload before the next cuda_stage or cuda_upload.

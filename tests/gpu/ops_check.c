@@ -571,7 +571,7 @@ static double time_best(void (*fn)(void *), void *arg, int reps, int inner) {
 }
 static double time_ms(void (*fn)(void *), void *arg, int reps) { return time_best(fn, arg, reps, 1); }
 
-typedef struct { bf16 *a, *b, *c, *q, *k, *v, *o, *dq, *dk, *dv; float *lse, *dw; int32_t *cu; int N, K, M, T, Hq, Hkv, D, causal; } Bench;
+typedef struct { bf16 *a, *b, *c, *q, *k, *v, *o, *dq, *dk, *dv; float *lse, *dw, *db; int32_t *cu; int N, K, M, T, Hq, Hkv, D, causal; } Bench;
 // the attention shapes timed: the slice's (causal T 8192, 32 query / 8 KV heads of 128) and the tower's
 // (bidirectional T 5185, 16 heads of 64)
 static const Bench ATTN_SLICE = {.T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causal = 1},
@@ -580,6 +580,10 @@ static const Bench ATTN_SLICE = {.T = 8192, .Hq = 32, .Hkv = 8, .D = 128, .causa
 static double attn_flops(const Bench *b) { return 4.0 * b->T * (double)b->T * b->Hq * b->D / (b->causal ? 2 : 1); }
 static void run_mm(void *p) { Bench *b = p; cuda_matmul_forward(b->c, b->a, b->b, NULL, b->N, b->K, b->M); }
 static void run_mm_bwd(void *p) { Bench *b = p; cuda_matmul_backward(b->a, b->dw, NULL, b->c, b->a, b->b, b->N, b->K, b->M, 0); }
+static void run_mm_bwd_bias(void *p) {  // as the tower runs its products' backward: dinp, dW and dbias written over
+    Bench *b = p;
+    cuda_matmul_backward(b->a, b->dw, b->db, b->c, b->a, b->b, b->N, b->K, b->M, MM_SET_DINP | MM_SET_DW);
+}
 static void run_attn(void *p) { Bench *b = p; cuda_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
 static void run_attn_bwd(void *p) { Bench *b = p; cuda_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
 
@@ -636,6 +640,27 @@ static void timings(void) {
     double fl = 2.0 * b.N * b.K * b.M;
     printf("timing: matmul forward 8192x2560 . 9728x2560^T   %8.3f ms  %6.0f TFLOP/s\n", mm, fl / mm / 1e9);
     printf("timing: matmul backward (dinp + dw fp32)        %8.3f ms  %6.0f TFLOP/s\n", mmb, 2 * fl / mmb / 1e9);
+    // the tower's four products' backward (5185 rows; qkv, proj, fc1, fc2) with their bias gradient in the dW
+    // product's epilogue (the default) and summed apart (LLAVA_FUSED_DBIAS=0, the earlier way)
+    const int tower_mm[4][2] = {{1024, 3072}, {1024, 1024}, {1024, 4096}, {4096, 1024}};  // K, M
+    Bench tb = b;  // (b's buffers but the input: 5185 x 4096 is more than its 8192 x 2560)
+    tb.N = 5185;
+    tb.a = cuda_alloc((size_t)5185 * 4096 * 2);
+    cuda_memset0(tb.a, (size_t)5185 * 4096 * 2);
+    tb.db = dev_f32(NULL, 4096);
+    for (int i = 0; i < 4; i++) {
+        tb.K = tower_mm[i][0], tb.M = tower_mm[i][1];
+        double f = 4.0 * tb.N * tb.K * tb.M, t[2];
+        for (int fused = 1; fused >= 0; fused--) {
+            cuda_matmul_set_fused_dbias(fused);
+            t[fused] = time_ms(run_mm_bwd_bias, &tb, 5);
+        }
+        cuda_matmul_set_fused_dbias(-1);
+        printf("timing: matmul backward 5185x%dx%d +dbias: dbias in the epilogue %7.4f ms %4.0f TFLOP/s, apart %7.4f ms %4.0f TFLOP/s\n",
+               tb.K, tb.M, t[1], f / t[1] / 1e9, t[0], f / t[0] / 1e9);
+    }
+    cuda_free(tb.db);
+    cuda_free(tb.a);
     double afl = attn_flops(&b);
     const char *what[10] = {"warp-per-row", "flash v1 (mma.sync)", "flash v2 (cp.async, ldmatrix)", "flash v3 (v2, 32 rows/warp)",
                            "flash v4 (v2 on wgmma)", "flash v5 (v4, overlapped fwd)", "flash v6 (v4, 2 warpgroups)",
