@@ -127,6 +127,14 @@ static struct { size_t lo, hi; cudaEvent_t done; } g_copies[STAGE_COPIES];  // i
 static int g_copy_first, g_ncopies;
 static cudaEvent_t g_copy_events[STAGE_COPIES];
 
+// whether a copy still in flight reads some of [lo, hi) of the ring
+static bool stage_busy(size_t lo, size_t hi) {
+    for (int n = 0; n < g_ncopies; n++) {
+        int j = (g_copy_first + n) % STAGE_COPIES;
+        if (g_copies[j].lo < hi && lo < g_copies[j].hi) return true;
+    }
+    return false;
+}
 // room for bytes in the ring (NULL: too large, or no pinned memory), once the copies that read it are done
 extern "C" void *cuda_stage(size_t bytes) {
     static bool unpinned;  // no pinned memory to be had: every copy goes directly (as with LLAVA_SAFE_KERNELS=1)
@@ -142,21 +150,10 @@ extern "C" void *cuda_stage(size_t bytes) {
     size_t lo = (g_stage_head + 255) / 256 * 256;
     if (lo + bytes > STAGE_BYTES) lo = 0;  // wrap
     size_t hi = lo + bytes;
-    // the oldest copies in flight first: wait for (and forget) those that overlap [lo, hi), or any while full
-    while (g_ncopies > 0) {
-        int i = g_copy_first;
-        int overlaps = g_copies[i].lo < hi && lo < g_copies[i].hi;
-        if (!overlaps && g_ncopies < STAGE_COPIES) {
-            // copies are queued in ring order: once the oldest does not overlap, a later one could (after a
-            // wrap), so look on while any in flight lies in [lo, hi)
-            int any = 0;
-            for (int n = 1; n < g_ncopies && !any; n++) {
-                int j = (g_copy_first + n) % STAGE_COPIES;
-                any = g_copies[j].lo < hi && lo < g_copies[j].hi;
-            }
-            if (!any) break;
-        }
-        CUDA_CHECK(cudaEventSynchronize(g_copies[i].done));
+    // the copies finish in the order they were queued: wait for the oldest until none in flight reads the
+    // region (and one slot is free)
+    while (g_ncopies > 0 && (g_ncopies == STAGE_COPIES || stage_busy(lo, hi))) {
+        CUDA_CHECK(cudaEventSynchronize(g_copies[g_copy_first].done));
         g_copy_first = (g_copy_first + 1) % STAGE_COPIES;
         g_ncopies--;
     }
