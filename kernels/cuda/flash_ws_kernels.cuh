@@ -85,7 +85,7 @@ flash_fwd_ws(bf16_t *out, float *lse, const bf16_t *q, const bf16_t *k, const bf
 
 // The backward's dQ (the scheme of flash_bwd_tiled.cuh's dq kernel: dQ = Σ dS·K with dS = P∘(dP − D)·scale,
 // P = exp(S·scale − lse) recomputed from S = Q·Kᵀ and dP = dO·Vᵀ), 64 keys a step (TMA: K and V through kmap
-// and vmap); dq += the result
+// and vmap); dq = the result
 template <int D, bool PAIR, bool EXP2, bool TMA>
 __global__ static void __launch_bounds__(384, 1)
 flash_dq_ws(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const bf16_t *dout, const float *lse, const float *drow,
@@ -135,7 +135,7 @@ flash_dq_ws(bf16_t *dq, const bf16_t *q, const bf16_t *k, const bf16_t *v, const
 
 // The backward's dK and dV (the scheme of flash_bwd_tiled.cuh's dkdv kernel: dV = Σ Pᵀ·dO, dK = Σ dSᵀ·Q over
 // the query tiles of every query head of the KV group), 64 keys a consumer, one query tile a step (its Q,
-// dO, and the rows' lse and D, which the producer stores with ordinary stores); dk, dv += the result.
+// dO, and the rows' lse and D, which the producer stores with ordinary stores); dk, dv = the result.
 // Head dim 64 only: at 128 dK and dV alone would hold 128 of the 232 registers. (Causal: every consumer
 // takes every tile of the block; one wholly above its keys adds zeros.)
 template <int D, bool EXP2>
