@@ -30,6 +30,8 @@ void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t 
     const char *ov = getenv("LLAVA_OVERLAP_OPT");
     o->overlap = ov && ov[0] && strcmp(ov, "0");
     o->order = xmalloc((size_t)m->np * sizeof(int));  // (overlap: a counting sort by mark, table order within one)
+    const char *sg = getenv("LLAVA_ADAM_SEGMENTS");
+    if (!o->overlap && o->be->adamw_segments && !(sg && !strcmp(sg, "0"))) o->seg = xmalloc((size_t)m->np * sizeof(AdamSeg));
     int n = 0;
     for (int k = 0; k < (o->overlap ? 256 : 1); k++)
         for (int i = 0; i < m->np; i++)
@@ -68,7 +70,7 @@ void adam_free(Adam *o) {
     if (o->dv != o->v) o->be->release(o->dv);
     if (o->master) o->be->release(o->master);
     o->be->release(o->flat_grad);
-    free(o->m); free(o->v); free(o->hm); free(o->grad); free(o->offset); free(o->runs); free(o->order);
+    free(o->m); free(o->v); free(o->hm); free(o->grad); free(o->offset); free(o->runs); free(o->order); free(o->seg);
     memset(o, 0, sizeof *o);
 }
 
@@ -86,9 +88,14 @@ static int in_shard(const Adam *o, const Model *m, int i, size_t *a, size_t *b) 
     return 1;
 }
 
+// Tensors of fewer elements than this go into one adamw_segments call (o->seg): a launch each took a few
+// microseconds for a few thousand elements (the norm weights and biases: ~170 calls a step of the 4B slice).
+enum { SMALL_TENSOR = 1 << 20 };
+
 void adam_step(Adam *o, Model *m, const AdamHyper *h) {
     o->t++;
     if (o->overlap) o->be->side(1);
+    int nseg = 0;
     for (int j = 0; j < m->np; j++) {
         int i = o->order[j];
         size_t a, b;
@@ -97,12 +104,17 @@ void adam_step(Adam *o, Model *m, const AdamHyper *h) {
             size_t s = o->offset[i] + a - o->lo;                       // position in the shard's moments
             float *master = o->master ? o->master + s : m->w[i] + a;
             Act *param = o->master ? AT(o->be, m->wb[i], a) : NULL;
-            o->be->adamw(master, param, o->grad[i] + a, o->dm + s, o->dv + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd, h->grad_scale,
-                         o->t);
+            if (o->seg && o->master && b - a < SMALL_TENSOR) o->seg[nseg++] = (AdamSeg){s, b - a, param, wd};
+            else
+                o->be->adamw(master, param, o->grad[i] + a, o->dm + s, o->dv + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd,
+                             h->grad_scale, o->t);
         }
         int k = model_weight_mark(m, i);  // (overlap: a mark where the group of tensors ends)
         if (o->overlap && (j + 1 == m->np || model_weight_mark(m, o->order[j + 1]) != k)) o->be->mark(k);
     }
+    if (nseg)  // (the gradients' flat vector is indexed from 0, the shard's vectors from lo)
+        o->be->adamw_segments(o->master, o->flat_grad + o->lo, o->dm, o->dv, o->seg, nseg, h->lr, h->beta1, h->beta2, h->eps, h->grad_scale,
+                              o->t);
     if (o->overlap) o->be->side(0);
 }
 

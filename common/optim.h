@@ -43,6 +43,8 @@ typedef struct {
     int nruns;
     int64_t t;           // optimizer steps taken
     int overlap;         // LLAVA_OVERLAP_OPT=1: adam_step on the backend's side stream (below)
+    AdamSeg *seg;        // [np] the small tensors' updates gathered into one adamw_segments call (NULL: none; see
+                         // adam_step), unless LLAVA_ADAM_SEGMENTS=0
     int *order;          // [np] the tensors in adam_step's order: by model_weight_mark with overlap, else table order
 } Adam;
 

@@ -5,7 +5,8 @@
 // Act is an activation or weight element of the backend's storage type (fp32 on cpu, bf16 on cuda);
 // its size is esize, so a row offset is AT(x, i). Statistics (mean, rstd, lse), RoPE angles, losses
 // and weight gradients are float on both. ids, targets and cu_seqlens are int32 in backend memory.
-// Backward ops accumulate into their gradient outputs; a NULL gradient skips that work.
+// Backward ops accumulate into their gradient outputs (the attention backward writes its own whole); a NULL
+// gradient skips that work.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -18,6 +19,11 @@ typedef struct Act Act;  // opaque: never dereferenced by the graph code
 #define AT(be, x, i) ((Act *)((char *)(x) + (size_t)(i) * (be)->esize))
 
 enum { MM_SET_DINP = 1, MM_SET_DW = 2 };  // Backend.matmul_backward's set flags
+typedef struct {  // Backend.adamw_segments' segment: n elements at off of the flat vectors, weights at param
+    size_t off, n;
+    Act *param;
+    float wd;
+} AdamSeg;
 
 typedef struct Backend {
     const char *name;
@@ -125,6 +131,12 @@ typedef struct Backend {
     // read times grad_scale (gradient clipping)
     void (*adamw)(float *master, Act *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, float grad_scale, int64_t t);
+    // the same for several tensors of a flat optimizer vector in one pass (NULL: one adamw call each): segment s
+    // updates seg[s].n elements at offset seg[s].off of master, grad, m and v, its weights at seg[s].param, with
+    // weight decay seg[s].wd (the optimizer's small tensors: one launch for the ~100-200 norm weights and biases
+    // that each took a launch of a few microseconds)
+    void (*adamw_segments)(float *master, const float *grad, float *m, float *v, const AdamSeg *seg, int nseg, float lr, float beta1,
+                           float beta2, float eps, float grad_scale, int64_t t);
     double (*sum_squares)(const float *x, size_t n);  // in a fixed order: the same on every run
 } Backend;
 

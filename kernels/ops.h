@@ -1,8 +1,8 @@
 // ops.h: the backend-neutral operations the model graph is written against (spec/model.md).
 // Row-major tensors; shapes in comments. Backward functions ACCUMULATE (+=) into their gradient
 // outputs, so gradient accumulation over micro-batches and shared inputs need no extra code (except
-// the activations' backwards, which overwrite: see gelu_backward); a NULL gradient pointer means "not
-// needed" (a frozen input) and skips that work.
+// the activations' and attention's backwards, which overwrite: see gelu_backward, attention_backward); a
+// NULL gradient pointer means "not needed" (a frozen input) and skips that work.
 // kernels/cpu/ implements them in fp32 (OpenMP, OpenBLAS); kernels/cuda/ in bf16.
 #pragma once
 #include <stddef.h>

@@ -312,6 +312,15 @@ static void e_adamw(float *master, Act *param, const float *grad, float *m, floa
     if (param) { memcpy(param, master, n * sizeof(float)); round_bf16(param, n); }
 }
 
+// one e_adamw per segment: the same results as the optimizer's calls one by one (tested: the segments cover
+// what those calls did)
+static void e_adamw_segments(float *master, const float *grad, float *m, float *v, const AdamSeg *seg, int nseg, float lr, float b1,
+                             float b2, float eps, float gs, int64_t t) {
+    for (int s = 0; s < nseg; s++)
+        e_adamw(master + seg[s].off, seg[s].param, grad + seg[s].off, m + seg[s].off, v + seg[s].off, seg[s].n, lr, b1, b2, eps, seg[s].wd,
+                gs, t);
+}
+
 const Backend backend_cpu_bf16 = {
     .name = "cpu-bf16", .esize = sizeof(float),
     .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
@@ -331,5 +340,5 @@ const Backend backend_cpu_bf16 = {
     .qkv_split_rope = e_qkv_split, .qkv_merge_rope_backward = e_qkv_merge_b,
     .attention_forward = e_att_f, .attention_backward = e_att_b, .attention_decode = e_att_dec, .embedding_forward = emb_f, .embedding_backward = emb_b,
     .cross_entropy_rows = ce_rows, .cross_entropy_backward = e_ce_b, .cross_entropy_fused = e_ce_fused,
-    .adamw = e_adamw, .sum_squares = opt_sum_squares,
+    .adamw = e_adamw, .adamw_segments = e_adamw_segments, .sum_squares = opt_sum_squares,
 };

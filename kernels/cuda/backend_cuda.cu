@@ -249,6 +249,10 @@ static void o_adamw(float *master, Act *param, const float *grad, float *m, floa
                     float eps, float wd, float gs, int64_t t) {
     PROF(cuda_adamw_step(master, U(param), grad, m, v, n, lr, b1, b2, eps, wd, gs, t), "adamw %zu", n);
 }
+static void o_adamw_segments(float *master, const float *grad, float *m, float *v, const AdamSeg *seg, int nseg, float lr, float b1,
+                             float b2, float eps, float gs, int64_t t) {
+    PROF(cuda_adamw_segments(master, grad, m, v, seg, nseg, lr, b1, b2, eps, gs, t), "adamw %d small tensors", nseg);
+}
 // Fixed grid, per-block partials summed on the host in block order: the same result on every run.
 static double o_sum_squares(const float *x, size_t n) {
     enum { NB = 256 };
@@ -281,7 +285,7 @@ static Backend make_table(void) {
     b.attention_forward = att_f; b.attention_backward = att_b; b.attention_decode = att_dec;
     b.embedding_forward = emb_f; b.embedding_backward = emb_b;
     b.cross_entropy_rows = ce_rows; b.cross_entropy_backward = ce_b; b.cross_entropy_fused = ce_fused;
-    b.adamw = o_adamw; b.sum_squares = o_sum_squares;
+    b.adamw = o_adamw; b.adamw_segments = o_adamw_segments; b.sum_squares = o_sum_squares;
     return b;
 }
 

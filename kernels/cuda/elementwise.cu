@@ -383,23 +383,71 @@ extern "C" void cuda_cross_entropy_fused(float *losses, bf16 *dlogits, const bf1
 }
 
 // ---- AdamW in PyTorch's order, fp32 state; the bf16 copy rounded to nearest even ----
-__global__ static void adamw_kernel(float *master, bf16_t *param, const float *grad, float *m, float *v, size_t n, float lr, float b1,
-                                    float b2, float eps, float wd, float gs, float step, float bc2_sqrt) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float g = __fmul_rn(grad[i], gs), p = master[i] * (1.0f - lr * wd);
-    float mi = m[i] + (1.0f - b1) * (g - m[i]), vi = b2 * v[i] + (1.0f - b2) * g * g;
-    p -= step * mi / (sqrtf(vi) / bc2_sqrt + eps);
+struct AdamwHyper {
+    float lr, b1, b2, eps, gs, step, bc2_sqrt;  // step = lr / (1 − β1ᵗ), bc2_sqrt = √(1 − β2ᵗ)
+};
+// element i of master, grad, m, v; its weight at *param (NULL: none)
+__device__ __forceinline__ void adamw_at(size_t i, float *master, bf16_t *param, const float *grad, float *m, float *v, float wd,
+                                         const AdamwHyper &h) {
+    float g = __fmul_rn(grad[i], h.gs), p = master[i] * (1.0f - h.lr * wd);
+    float mi = m[i] + (1.0f - h.b1) * (g - m[i]), vi = h.b2 * v[i] + (1.0f - h.b2) * g * g;
+    p -= h.step * mi / (sqrtf(vi) / h.bc2_sqrt + h.eps);
     m[i] = mi;
     v[i] = vi;
     master[i] = p;
-    if (param) param[i] = __float2bfloat16_rn(p);
+    if (param) *param = __float2bfloat16_rn(p);
+}
+static AdamwHyper adamw_hyper(float lr, float beta1, float beta2, float eps, float grad_scale, int64_t t) {
+    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
+    return AdamwHyper{lr, beta1, beta2, eps, grad_scale, lr / bc1, sqrtf(bc2)};
+}
+__global__ static void adamw_kernel(float *master, bf16_t *param, const float *grad, float *m, float *v, size_t n, float wd, AdamwHyper h) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) adamw_at(i, master, param ? param + i : NULL, grad, m, v, wd, h);
+}
+// adamw_segments: a block per chunk of at most ADAM_CHUNK elements of one segment
+enum { ADAM_CHUNK = 16384 };
+struct AdamChunk {
+    size_t off;      // of the chunk's first element in the flat vectors
+    bf16_t *param;   // its weight (NULL: none)
+    int n;
+    float wd;
+};
+__global__ static void adamw_chunks_kernel(float *master, const float *grad, float *m, float *v, const AdamChunk *chunks, AdamwHyper h) {
+    AdamChunk c = chunks[blockIdx.x];
+    for (int e = threadIdx.x; e < c.n; e += blockDim.x) adamw_at(c.off + e, master, c.param ? c.param + e : NULL, grad, m, v, c.wd, h);
 }
 extern "C" void cuda_adamw_step(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                                 float beta2, float eps, float weight_decay, float grad_scale, int64_t t) {
-    float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
     if (n)
-        adamw_kernel<<<blocks(n), 256, 0, g_stream>>>(master, B16(param), grad, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale,
-                                                      lr / bc1, sqrtf(bc2));
+        adamw_kernel<<<blocks(n), 256, 0, g_stream>>>(master, B16(param), grad, m, v, n, weight_decay,
+                                                      adamw_hyper(lr, beta1, beta2, eps, grad_scale, t));
+    LAUNCH_CHECK();
+}
+// The segments cut into chunks on the host, the chunk table uploaded (stream-ordered, through the staging
+// ring) into a device buffer kept from call to call, then one launch.
+extern "C" void cuda_adamw_segments(float *master, const float *grad, float *m, float *v, const AdamSeg *seg, int nseg, float lr,
+                                    float beta1, float beta2, float eps, float grad_scale, int64_t t) {
+    static AdamChunk *host, *dev;
+    static size_t cap;
+    size_t n = 0;
+    for (int s = 0; s < nseg; s++) n += (seg[s].n + ADAM_CHUNK - 1) / ADAM_CHUNK;
+    if (!n) return;
+    if (n > cap) {
+        cuda_free(dev);  // (cudaFree waits for the device: the old table is no longer read)
+        free(host);
+        cap = n;
+        host = (AdamChunk *)malloc(cap * sizeof *host);
+        dev = (AdamChunk *)cuda_alloc(cap * sizeof *dev);
+        if (!host) { cuda_note_error("cuda_adamw_segments", "out of host memory"); return; }
+    }
+    size_t c = 0;
+    for (int s = 0; s < nseg; s++)
+        for (size_t e = 0; e < seg[s].n; e += ADAM_CHUNK) {
+            bf16_t *p = (bf16_t *)seg[s].param;
+            host[c++] = AdamChunk{seg[s].off + e, p ? p + e : NULL, (int)(seg[s].n - e < (size_t)ADAM_CHUNK ? seg[s].n - e : (size_t)ADAM_CHUNK), seg[s].wd};
+        }
+    cuda_upload(dev, host, n * sizeof *host);
+    adamw_chunks_kernel<<<(unsigned)n, 256, 0, g_stream>>>(master, grad, m, v, dev, adamw_hyper(lr, beta1, beta2, eps, grad_scale, t));
     LAUNCH_CHECK();
 }

@@ -2,11 +2,14 @@
 // activations (stored as uint16_t bit patterns in this C interface), fp32 accumulation, fp32 norm and
 // softmax statistics, fp32 gradient buffers for the weights and fp32 master weights in the optimizer.
 // Every pointer is device memory. Backward functions ACCUMULATE into weight gradients (fp32) and
-// into input gradients (bf16), like the CPU ops; a NULL gradient pointer skips that work. All calls
+// into input gradients (bf16), like the CPU ops (but the attention backward, which writes dq, dk and dv
+// whole); a NULL gradient pointer skips that work. All calls
 // are asynchronous on the backend's stream; cuda_sync() waits and reports the first error.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+
+#include "../backend.h"  // (AdamSeg)
 
 #ifdef __cplusplus
 extern "C" {
@@ -170,6 +173,9 @@ void cuda_cross_entropy_backward(bf16 *dlogits, const bf16 *logits, const int32_
 void cuda_cross_entropy_fused(float *losses, bf16 *dlogits, const bf16 *logits, const int32_t *targets, int T, int V, float scale);
 
 // ---- optimizer: fp32 masters and moments, fp32 gradients, the bf16 weights rewritten (RNE) ----
+// AdamW over segments of flat vectors in one launch (Backend.adamw_segments); the same bits as cuda_adamw_step per segment
+void cuda_adamw_segments(float *master, const float *grad, float *m, float *v, const AdamSeg *seg, int nseg, float lr, float beta1,
+                         float beta2, float eps, float grad_scale, int64_t t);
 void cuda_adamw_step(float *master, bf16 *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                      float beta2, float eps, float weight_decay, float grad_scale, int64_t t);
 

@@ -548,6 +548,29 @@ static void adamw_case(void) {
     sync_or_die();
     check_f32(gp, p, n, 1e-6, "adamw 3 steps: fp32 masters");
     check_bf16(gb, p, n, 4e-3, "adamw: bf16 copy of the masters");
+    // adamw_segments (the optimizer's small tensors in one launch) against one cuda_adamw_step per segment:
+    // bit for bit, over segments of several chunks, of one element, without weights, with and without decay
+    const AdamSeg shape[] = {{0, 40000, NULL, 0.01f}, {40000, 1, NULL, 0.0f}, {40001, 37000, NULL, 0.0f}, {77001, 23002, NULL, 0.01f}};
+    int ns = (int)(sizeof shape / sizeof *shape);
+    float *gp2 = dev_f32(p, n), *gm2 = dev_f32(NULL, n), *gv2 = dev_f32(NULL, n);
+    bf16 *gb2 = cuda_alloc(n * 2);
+    cuda_memset0(gb, n * 2), cuda_memset0(gb2, n * 2);
+    cuda_upload(gp, p, n * 4), cuda_memset0(gm, n * 4), cuda_memset0(gv, n * 4);
+    AdamSeg seg[4];
+    for (int i = 0; i < ns; i++) seg[i] = shape[i], seg[i].param = i == 2 ? NULL : (Act *)(gb2 + shape[i].off);
+    for (int t = 1; t <= 2; t++) {
+        for (int i = 0; i < ns; i++)
+            cuda_adamw_step(gp + seg[i].off, i == 2 ? NULL : gb + seg[i].off, gg + seg[i].off, gm + seg[i].off, gv + seg[i].off, seg[i].n,
+                            1e-3f, 0.9f, 0.95f, 1e-5f, seg[i].wd, 0.7f, t);
+        cuda_adamw_segments(gp2, gg, gm2, gv2, seg, ns, 1e-3f, 0.9f, 0.95f, 1e-5f, 0.7f, t);
+    }
+    sync_or_die();
+    float *h1 = back_f32(gp, n), *h2 = back_f32(gp2, n), *b1 = back_bf16(gb, n), *b2 = back_bf16(gb2, n);
+    int same = !memcmp(h1, h2, n * 4) && !memcmp(b1, b2, n * 4);
+    printf("%-56s bit-identical %s\n", "adamw_segments against adamw per segment", same ? "ok" : "FAIL");
+    failures += !same;
+    free(h1); free(h2); free(b1); free(b2);
+    cuda_free(gp2); cuda_free(gm2); cuda_free(gv2); cuda_free(gb2);
     free(p); free(g); free(m); free(v);
     cuda_free(gp); cuda_free(gg); cuda_free(gm); cuda_free(gv); cuda_free(gb);
 }
