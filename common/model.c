@@ -137,14 +137,36 @@ int model_weight_mark(const Model *m, int i) {
 void model_grads_stale(const Model *m, ModelWork *w, float **grads) {
     if (w->nstale != m->np) {
         free(w->stale);
+        free(w->zeroed);
         w->stale = xmalloc((size_t)m->np);
+        w->zeroed = xcalloc((size_t)m->np, 1);
         w->nstale = m->np;
     }
     memset(w->stale, 1, (size_t)m->np);
     w->stale_grads = grads;
+    w->zero_pending = 1;
     if (w->arena.poisoning) m->be->join();  // (the last step's optimizer may still read them: LLAVA_OVERLAP_OPT)
     for (int i = 0; w->arena.poisoning && grads && i < m->np; i++)
         if (grads[i]) m->be->poison(grads[i], (size_t)param_numel(&m->ps[i]) * sizeof(float));
+}
+
+// At the step's first accumulation: what the last step zeroed before accumulating into it (the norm weights and
+// biases), zeroed now in one call, no longer stale. (Not in model_grads_stale: with LLAVA_OVERLAP_OPT the last
+// optimizer step may still read them there; by the backward the forward has waited for all of it.)
+static void zero_accumulated(const Model *m, ModelWork *w, float **grads) {
+    w->zero_pending = 0;
+    float **p = xmalloc((size_t)m->np * sizeof(float *));
+    size_t *n = xmalloc((size_t)m->np * sizeof(size_t));
+    int k = 0;
+    for (int i = 0; i < m->np; i++)
+        if (w->zeroed[i] && w->stale[i] && grads[i]) {
+            p[k] = grads[i], n[k++] = (size_t)param_numel(&m->ps[i]);
+            w->stale[i] = 0;
+        }
+    if (k && m->be->zero_floats) m->be->zero_floats(p, n, k);
+    else for (int i = 0; i < k; i++) m->be->zero(p[i], n[i] * sizeof(float));
+    free(p);
+    free(n);
 }
 
 // is tensor i's gradient still stale? (and it is not from now on)
@@ -173,7 +195,11 @@ void model_grads_final(const Model *m, ModelWork *w, const char *fmt, int layer)
 float *model_grad_acc(const Model *m, ModelWork *w, float **grads, const char *fmt, int layer) {
     int i = model_param_index(m, fmt, layer);
     if (!grads || i < 0 || !grads[i]) return NULL;
-    if (take_stale(w, i)) zero_grad(m, grads, i);
+    if (w->zero_pending && grads == w->stale_grads) zero_accumulated(m, w, grads);
+    if (take_stale(w, i)) {
+        zero_grad(m, grads, i);
+        w->zeroed[i] = 1;  // (the next step zeroes it with the others, first thing: model_grads_stale)
+    }
     return grads[i];
 }
 
@@ -216,7 +242,8 @@ void model_work_free(ModelWork *w) {
     arena_free(&w->arena);
     arena_free(&w->host);
     free(w->stale);
-    w->stale = NULL;
+    free(w->zeroed);
+    w->stale = w->zeroed = NULL;
     w->nstale = 0;
 }
 

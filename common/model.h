@@ -73,6 +73,9 @@ typedef struct {
     unsigned char *stale;        // [np]: 1 until tensor i's gradient is first written (NULL: none is stale)
     int nstale;                  // entries of stale
     float **stale_grads;         // the gradients model_grads_stale was given, until a backward has written them
+    unsigned char *zeroed;       // [np]: zeroed by a backward before its first accumulation (model_grad_acc): the
+                                 // next step zeroes them all in one call at its first (the graph is the same each step)
+    int zero_pending;            // that call is still to come this step
 } ModelWork;
 
 // The optimizer's overlap with the next forward (optim.h, LLAVA_OVERLAP_OPT): the point of the forward from

@@ -13,6 +13,9 @@
 static void *cpu_alloc(size_t bytes) { return xcalloc(bytes ? bytes : 1, 1); }
 static void cpu_release(void *p) { free(p); }
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+static void cpu_zero_floats(float *const *p, const size_t *n, int k) {
+    for (int i = 0; i < k; i++) memset(p[i], 0, n[i] * sizeof(float));
+}
 static void cpu_poison(void *p, size_t bytes) { memset(p, 0xFF, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static void cpu_from_f32(Act *dst, const float *host, size_t n) { memcpy(dst, host, n * sizeof(float)); }
@@ -170,7 +173,7 @@ static double opt_sum_squares(const float *x, size_t n) {
 
 const Backend backend_cpu = {
     .name = "cpu", .esize = sizeof(float),
-    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
+    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .zero_floats = cpu_zero_floats, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
     .side = cpu_side, .mark = cpu_mark, .wait_mark = cpu_mark, .join = cpu_join,
     .from_f32 = cpu_from_f32, .to_f32 = cpu_to_f32, .memory_peak = cpu_memory_peak,
     .add = cpu_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,
@@ -323,7 +326,7 @@ static void e_adamw_segments(float *master, const float *grad, float *m, float *
 
 const Backend backend_cpu_bf16 = {
     .name = "cpu-bf16", .esize = sizeof(float),
-    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
+    .alloc = cpu_alloc, .release = cpu_release, .zero = cpu_zero, .zero_floats = cpu_zero_floats, .poison = cpu_poison, .upload = cpu_copy, .download = cpu_copy,
     .side = cpu_side, .mark = cpu_mark, .wait_mark = cpu_mark, .join = cpu_join,
     .from_f32 = e_from_f32, .to_f32 = cpu_to_f32, .memory_peak = cpu_memory_peak,
     .add = e_add, .copy2d = cpu_copy2d, .gather_rows = cpu_gather, .scatter_rows = cpu_scatter, .sum_rows = cpu_sum_rows,

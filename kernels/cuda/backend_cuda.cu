@@ -87,6 +87,7 @@ static void *g_alloc(size_t bytes) { void *p = cuda_alloc(bytes); cuda_memset0(p
 static void g_release(void *p) { cuda_free(p); }
 static void g_zero(void *p, size_t bytes) { PROF(cuda_memset0(p, bytes), "zero %zu bytes", bytes); }
 static void g_poison(void *p, size_t bytes) { cuda_memset_ff(p, bytes); }
+static void g_zero_floats(float *const *p, const size_t *n, int k) { PROF(cuda_zero_floats(p, n, k), "zero %d small arrays", k); }
 static void g_upload(void *dst, const void *host, size_t bytes) { PROF(cuda_upload(dst, host, bytes), "upload"); }
 static void g_download(void *host, const void *src, size_t bytes) { PROF(cuda_download(host, src, bytes), "download"); }
 // Host fp32 <-> device bf16 converts on the host (round to nearest even), so no device temporary is
@@ -269,7 +270,7 @@ static Backend make_table(void) {
     Backend b = {};
     b.name = "cuda";
     b.esize = 2;
-    b.alloc = g_alloc; b.release = g_release; b.zero = g_zero; b.poison = g_poison; b.upload = g_upload; b.download = g_download;
+    b.alloc = g_alloc; b.release = g_release; b.zero = g_zero; b.zero_floats = g_zero_floats; b.poison = g_poison; b.upload = g_upload; b.download = g_download;
     b.from_f32 = g_from_f32; b.to_f32 = g_to_f32; b.memory_peak = cuda_memory_peak;
     b.side = cuda_side; b.mark = cuda_mark; b.wait_mark = cuda_wait_mark; b.join = cuda_join;
     b.add = g_add; b.copy2d = g_copy2d; b.gather_rows = g_rows<false>; b.scatter_rows = g_rows<true>; b.sum_rows = g_sum_rows;

@@ -424,30 +424,63 @@ extern "C" void cuda_adamw_step(float *master, bf16 *param, const float *grad, f
                                                       adamw_hyper(lr, beta1, beta2, eps, grad_scale, t));
     LAUNCH_CHECK();
 }
+// Many small fp32 arrays zeroed in one launch (Backend.zero_floats): a block per chunk of at most ADAM_CHUNK floats
+struct ZeroChunk {
+    float *p;
+    int n;
+};
+__global__ static void zero_chunks_kernel(const ZeroChunk *chunks) {
+    ZeroChunk c = chunks[blockIdx.x];
+    for (int e = threadIdx.x; e < c.n; e += blockDim.x) c.p[e] = 0.0f;
+}
+// a device table of n entries of T, kept from call to call (grown, never shrunk: the step loop stops allocating)
+template <class T>
+static T *chunk_table(T **dev, size_t *cap, size_t n) {
+    if (n > *cap) {
+        cuda_free(*dev);  // (cudaFree waits for the device: the old table is no longer read)
+        *cap = n;
+        *dev = (T *)cuda_alloc(n * sizeof(T));
+    }
+    return *dev;
+}
+extern "C" void cuda_zero_floats(float *const *p, const size_t *n, int k) {
+    static ZeroChunk *dev;
+    static size_t cap;
+    size_t count = 0;
+    for (int i = 0; i < k; i++) count += (n[i] + ADAM_CHUNK - 1) / ADAM_CHUNK;
+    if (!count) return;
+    ZeroChunk *host = (ZeroChunk *)malloc(count * sizeof *host);
+    if (!host) { cuda_note_error("cuda_zero_floats", "out of host memory"); return; }
+    size_t c = 0;
+    for (int i = 0; i < k; i++)
+        for (size_t e = 0; e < n[i]; e += ADAM_CHUNK) host[c++] = ZeroChunk{p[i] + e, (int)(n[i] - e < (size_t)ADAM_CHUNK ? n[i] - e : (size_t)ADAM_CHUNK)};
+    ZeroChunk *table = chunk_table(&dev, &cap, count);
+    cuda_upload(table, host, count * sizeof *host);  // (copied into the staging ring: host may go)
+    free(host);
+    zero_chunks_kernel<<<(unsigned)count, 256, 0, g_stream>>>(table);
+    LAUNCH_CHECK();
+}
+
 // The segments cut into chunks on the host, the chunk table uploaded (stream-ordered, through the staging
 // ring) into a device buffer kept from call to call, then one launch.
 extern "C" void cuda_adamw_segments(float *master, const float *grad, float *m, float *v, const AdamSeg *seg, int nseg, float lr,
                                     float beta1, float beta2, float eps, float grad_scale, int64_t t) {
-    static AdamChunk *host, *dev;
+    static AdamChunk *dev;
     static size_t cap;
     size_t n = 0;
     for (int s = 0; s < nseg; s++) n += (seg[s].n + ADAM_CHUNK - 1) / ADAM_CHUNK;
     if (!n) return;
-    if (n > cap) {
-        cuda_free(dev);  // (cudaFree waits for the device: the old table is no longer read)
-        free(host);
-        cap = n;
-        host = (AdamChunk *)malloc(cap * sizeof *host);
-        dev = (AdamChunk *)cuda_alloc(cap * sizeof *dev);
-        if (!host) { cuda_note_error("cuda_adamw_segments", "out of host memory"); return; }
-    }
+    AdamChunk *host = (AdamChunk *)malloc(n * sizeof *host);
+    if (!host) { cuda_note_error("cuda_adamw_segments", "out of host memory"); return; }
     size_t c = 0;
     for (int s = 0; s < nseg; s++)
         for (size_t e = 0; e < seg[s].n; e += ADAM_CHUNK) {
             bf16_t *p = (bf16_t *)seg[s].param;
             host[c++] = AdamChunk{seg[s].off + e, p ? p + e : NULL, (int)(seg[s].n - e < (size_t)ADAM_CHUNK ? seg[s].n - e : (size_t)ADAM_CHUNK), seg[s].wd};
         }
-    cuda_upload(dev, host, n * sizeof *host);
-    adamw_chunks_kernel<<<(unsigned)n, 256, 0, g_stream>>>(master, grad, m, v, dev, adamw_hyper(lr, beta1, beta2, eps, grad_scale, t));
+    AdamChunk *table = chunk_table(&dev, &cap, n);
+    cuda_upload(table, host, n * sizeof *host);  // (copied into the staging ring: host may go)
+    free(host);
+    adamw_chunks_kernel<<<(unsigned)n, 256, 0, g_stream>>>(master, grad, m, v, table, adamw_hyper(lr, beta1, beta2, eps, grad_scale, t));
     LAUNCH_CHECK();
 }

@@ -173,6 +173,8 @@ void cuda_cross_entropy_backward(bf16 *dlogits, const bf16 *logits, const int32_
 void cuda_cross_entropy_fused(float *losses, bf16 *dlogits, const bf16 *logits, const int32_t *targets, int T, int V, float scale);
 
 // ---- optimizer: fp32 masters and moments, fp32 gradients, the bf16 weights rewritten (RNE) ----
+// n[i] floats at p[i] zeroed, for i < k, in one launch (Backend.zero_floats)
+void cuda_zero_floats(float *const *p, const size_t *n, int k);
 // AdamW over segments of flat vectors in one launch (Backend.adamw_segments); the same bits as cuda_adamw_step per segment
 void cuda_adamw_segments(float *master, const float *grad, float *m, float *v, const AdamSeg *seg, int nseg, float lr, float beta1,
                          float beta2, float eps, float grad_scale, int64_t t);

@@ -575,6 +575,28 @@ static void adamw_case(void) {
     cuda_free(gp); cuda_free(gg); cuda_free(gm); cuda_free(gv); cuda_free(gb);
 }
 
+// zero_floats: three arrays of one buffer (one of several chunks) zeroed in one launch, the floats between
+// them left as they were (0xFF bytes: NaN)
+static void zero_floats_case(void) {
+    size_t n = 50000;
+    float *g = cuda_alloc(n * 4);
+    cuda_memset_ff(g, n * 4);
+    float *p[3] = {g + 10, g + 1000, g + 20000};
+    size_t len[3] = {1, 17000, 29999};
+    cuda_zero_floats(p, len, 3);
+    sync_or_die();
+    float *h = back_f32(g, n);
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) {
+        int zeroed = i == 10 || (i >= 1000 && i < 18000) || (i >= 20000 && i < 49999);
+        ok &= zeroed ? h[i] == 0.0f : isnan(h[i]);
+    }
+    printf("%-56s exact %s\n", "zero_floats: 3 arrays, the rest untouched", ok ? "ok" : "FAIL");
+    failures += !ok;
+    free(h);
+    cuda_free(g);
+}
+
 // ---- timings at the 4B shapes ----
 // ms per call of fn: one untimed call, then the best of `reps` runs of `inner` calls between synchronisations
 // (inner > 1 for short kernels, so that launch and sync latency do not count)
@@ -894,6 +916,7 @@ int main(int argc, char **argv) {
     embedding_loss_case(1152);
     embedding_loss_case(1153);
     adamw_case();
+    zero_floats_case();
     // the newest kernels last, after the timings (a fault there, which ends the process, loses nothing else)
     int timed = argc < 2 || strcmp(argv[1], "--no-time");
     if (timed) timings(), memory_timings();
