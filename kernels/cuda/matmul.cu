@@ -168,8 +168,13 @@ static int lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, i
     if (epi != EPI_NONE) LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float alpha = 1.0f;
     if (!p->tuned && beta == 0.0f) tune_plan(p, A, B, D);
-    LT_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->algo, g_lt_workspace,
-                            g_lt_workspace_bytes, g_stream));
+    cublasStatus_t st = cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->algo, g_lt_workspace,
+                                       g_lt_workspace_bytes, g_stream);
+    if (st != CUBLAS_STATUS_SUCCESS && epi == EPI_BGRADB) {  // (refused at launch: the caller sums dbias, now and from now on)
+        p->found = 0;
+        return -1;
+    }
+    LT_CHECK(st);
     return 0;
 }
 
