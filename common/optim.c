@@ -90,7 +90,9 @@ static int in_shard(const Adam *o, const Model *m, int i, size_t *a, size_t *b) 
 
 // Tensors of fewer elements than this go into one adamw_segments call (o->seg): a launch each took a few
 // microseconds for a few thousand elements (the norm weights and biases: ~170 calls a step of the 4B slice).
-enum { SMALL_TENSOR = 1 << 20 };
+// Larger ones keep a launch of their own, which spreads them over the whole GPU (the segments' blocks take
+// a few thousand elements each).
+enum { SMALL_TENSOR = 1 << 16 };
 
 void adam_step(Adam *o, Model *m, const AdamHyper *h) {
     o->t++;

@@ -406,7 +406,7 @@ __global__ static void adamw_kernel(float *master, bf16_t *param, const float *g
     if (i < n) adamw_at(i, master, param ? param + i : NULL, grad, m, v, wd, h);
 }
 // adamw_segments: a block per chunk of at most ADAM_CHUNK elements of one segment
-enum { ADAM_CHUNK = 16384 };
+enum { ADAM_CHUNK = 4096 };
 struct AdamChunk {
     size_t off;      // of the chunk's first element in the flat vectors
     bf16_t *param;   // its weight (NULL: none)
