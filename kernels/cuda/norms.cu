@@ -183,6 +183,11 @@ __global__ static void __launch_bounds__(256) norm_bwd_fused8(R *dinp, bf16_t *d
 // as fill the card once (at least one), or LLAVA_NORM_RPW=n; not yet measured against 2. The row partition
 // decides the order of the dw sums: bit-reproducible on the same card and setting.
 static int rpw_setting = ENV_UNREAD;  // -1: 2; 0: fill the card once; n: n
+// LLAVA_NORM_FUSED=0 (cuda_norm_set_fused(0)): the two-pass form instead (dx8 with no dw sums, so more warps a SM;
+// then norm_bwd_dw8 over the rows again), to time against the one-pass kernel (ops_check's memory timings)
+static int fused_setting = ENV_UNREAD;
+static bool norm_fused(void) { return cuda_env_setting(&fused_setting, "LLAVA_NORM_FUSED", 1) == 1; }
+extern "C" void cuda_norm_set_fused(int on) { fused_setting = on < 0 ? (int)ENV_UNREAD : on != 0; }
 extern "C" void cuda_norm_set_rows_per_warp(int n) { rpw_setting = n == -2 ? (int)ENV_UNREAD : n; }
 // warps of norm_bwd_fused8<CH, LN> resident at once on this card (asked once per kernel)
 template <int CH, bool LN, typename R> static long fused8_warp_slots(void) {
@@ -225,7 +230,7 @@ static void launch_fused8(void *dinp, bf16 *dinp16, float *dw, float *db, const 
 template <typename R>
 static bool norm_bwd_fused(void *dinp, bf16 *dinp16, float *dw, float *db, const bf16 *dout, const void *inp, const bf16 *w, const float *mean,
                            const float *rstd, int N, int C, bool vec) {
-    if (!dinp || !dw || !vec || C % 256 || C > 2560 || (db && !mean) || cuda_safe_kernels()) return false;
+    if (!dinp || !dw || !vec || C % 256 || C > 2560 || (db && !mean) || cuda_safe_kernels() || !norm_fused()) return false;
     switch (C / 256) {
     case 1: launch_fused8<1, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;
     case 2: launch_fused8<2, R>(dinp, dinp16, dw, db, dout, inp, w, mean, rstd, N); break;

@@ -115,6 +115,8 @@ void cuda_layernorm_backward_r32(float *dinp, bf16 *dinp16, float *dw, float *db
 // rows per warp of the one-pass norm backwards (C = 256·k): n, 0 (as few as fill the card once), -1 (2, the
 // measured default) or -2 (LLAVA_NORM_RPW's); for ops_check's comparison
 void cuda_norm_set_rows_per_warp(int n);
+// the norm backwards' one-pass kernel (1, the default) or the two-pass form (0, LLAVA_NORM_FUSED=0); -1 the environment's
+void cuda_norm_set_fused(int on);
 
 // ---- activations ----
 void cuda_gelu_forward(bf16 *out, const bf16 *inp, size_t n);

@@ -763,9 +763,10 @@ static void memory_timings(void) {
     MemBench b = {.a = dev_bf16(x, big), .b = dev_bf16(x + 1, big), .c = dev_bf16(x + 2, big), .d = dev_bf16(x + 3, 8192 * 2560),
                   .f1 = dev_f32(ones, big / 2), .f2 = dev_f32(NULL, big / 2), .f3 = dev_f32(NULL, big / 2), .f4 = dev_f32(NULL, big / 2)};
     double e = 2.0;  // bytes per bf16
-    for (int rpw = -1; rpw <= 0; rpw++) {  // 2 rows per warp (the default), then as few as fill the card once
-        cuda_norm_set_rows_per_warp(rpw);
-        const char *how = rpw ? "2 rows a warp" : "rows to fill the card";
+    for (int rpw = -1; rpw <= 1; rpw++) {  // 2 rows per warp (the default), as few as fill the card once, two passes
+        cuda_norm_set_rows_per_warp(rpw < 1 ? rpw : -2);
+        cuda_norm_set_fused(rpw < 1 ? 1 : 0);
+        const char *how = rpw < 0 ? "2 rows a warp" : rpw == 0 ? "rows to fill the card" : "two passes (LLAVA_NORM_FUSED=0)";
         char what[96];
         b.N = 8192, b.C = 2560;
         snprintf(what, sizeof what, "rmsnorm backward 8192x2560 (dx +=, dw), %s", how);
@@ -775,6 +776,7 @@ static void memory_timings(void) {
         memory_timing(what, run_ln_bwd, &b, 20, 4 * e * b.N * b.C);
     }
     cuda_norm_set_rows_per_warp(-2);
+    cuda_norm_set_fused(-1);
     b.N = 8192, b.H = 32, b.D = 128;
     memory_timing("rmsnorm + rope backward 8192x32x128", run_rr_bwd, &b, 20, 3 * e * b.N * b.H * b.D);
     b.N = 5185, b.H = 16, b.D = 64;
@@ -877,6 +879,10 @@ int main(int argc, char **argv) {
         norm_case(1000, 1024, 1);
     }
     cuda_norm_set_rows_per_warp(-2);
+    cuda_norm_set_fused(0);  // the two-pass form at the same shapes (LLAVA_NORM_FUSED=0)
+    norm_case(1000, 2560, 0);
+    norm_case(1000, 1024, 1);
+    cuda_norm_set_fused(-1);
     norm_case(33, 100, 0);  // and the scalar ones
     norm_case(33, 100, 1);
     norm_case(70, 256, 1);
