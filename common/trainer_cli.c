@@ -101,6 +101,7 @@ int trainer_main(const char *program, int argc, char **argv) {
                  "LLAVA_OVERLAP_OPT=1  (cuda) the optimizer's updates on a second stream under the next forward (same results)\n"
                  "LLAVA_FLASH=N, FB or tune  (cuda) the attention kernels' version (README; 9 and tune: not bit-reproducible)\n"
                  "LLAVA_GEMM=tune  (cuda) each product's cuBLASLt algorithm timed on first use (not bit-reproducible)\n"
+                 "LLAVA_TUNE_FILE=PATH  (cuda) the tuners' picks kept from run to run: with it, tuned runs repeat bit for bit\n"
                  "LLAVA_SAVE_PAUSE=SECONDS  (tests) wait this long before committing a checkpoint",
         .examples = "align --load runs/stage0-mcore --data runs/packed/captions --save runs/align\n"
                     "srun --mpi=pmi2 -n 2 midtrain --load runs/align-release --data packed --save runs/mid --global-batch 16",

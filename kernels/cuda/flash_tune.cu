@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdio.h>
 
+#include "../../common/tune_file.h"
 #include "common_cuda.cuh"
 #include "flash_versions.h"
 
@@ -156,14 +157,30 @@ bool tune(const Call &c, Pick *best) {
     return true;
 }
 
-// the pick for c's shape (tuned now if it is new; then c's outputs are written); false: not tuned here
+// the pick for c's shape: the one made before in this run, or kept in LLAVA_TUNE_FILE, or tuned now (then
+// kept there); c's outputs are written. false: not tuned here
 bool tuned_run(const Call &c) {
     if (c.s.D != 64 && c.s.D != 128) return false;
     for (int i = 0; i < ntuned; i++)
         if (tuned[i].shape == c.s) return run(tuned[i].pick, c);
+    char key[256], value[32], what[32];
+    snprintf(key, sizeof key, "flash %s %s T%d %dq/%dkv d%d %s", cuda_device_tag(), c.s.forward ? "forward" : "backward", c.s.T, c.s.Hq,
+             c.s.Hkv, c.s.D, c.s.causal ? "causal" : "bidir");
+    const char *kept = tune_file_get(key);
     Pick p;
-    if (!tune(c, &p)) return false;
-    if (ntuned < (int)(sizeof tuned / sizeof *tuned)) tuned[ntuned++] = {c.s, p};  // (beyond: tuned again each time)
+    char end;
+    if (kept && sscanf(kept, "%d %d %d %c", &p.version, &p.exp2, &p.tma, &end) == 3 && p.version >= 4 && p.version <= 8 &&
+        (p.exp2 == 0 || p.exp2 == 1) && (p.tma == 0 || p.tma == 1)) {
+        if (!run(p, c)) return false;
+        name(what, sizeof what, p);
+        fprintf(stderr, "flash tune: %s: %s (LLAVA_TUNE_FILE)\n", key + 6, what);
+    } else {
+        if (kept) fprintf(stderr, "flash tune: %s: the kept pick \"%s\" is not one, tuned again\n", key + 6, kept);
+        if (!tune(c, &p)) return false;
+        snprintf(value, sizeof value, "%d %d %d", p.version, p.exp2, p.tma);
+        tune_file_put(key, value);
+    }
+    if (ntuned < (int)(sizeof tuned / sizeof *tuned)) tuned[ntuned++] = {c.s, p};  // (beyond: looked up again each time)
     return true;
 }
 

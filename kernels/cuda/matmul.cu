@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../../common/tune_file.h"
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
 
@@ -121,9 +122,40 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
     return p;
 }
 
-// LLAVA_GEMM=tune: each candidate run once (its first launch), then timed over 3 runs; p->algo becomes the
-// fastest (D, overwritten by every run, is rewritten by the caller's run after)
+// the plan's key in LLAVA_TUNE_FILE: the device, cuBLASLt's version (an algorithm is kept as its bytes, which
+// the same version reads back) and everything the plan is keyed by
+static void plan_key(const LtPlan *p, char *key, size_t len) {
+    snprintf(key, len, "gemm %s cublasLt%zu %c%c m%d n%d k%d lda%d ldb%d ldd%d %s epi%d align%u/%u/%u", cuda_device_tag(),
+             cublasLtGetVersion(), p->ta == CUBLAS_OP_T ? 'T' : 'N', p->tb == CUBLAS_OP_T ? 'T' : 'N', p->m, p->n, p->k, p->lda, p->ldb,
+             p->ldd, p->dtype == CUDA_R_32F ? "f32" : "bf16", p->epi, p->align_a, p->align_b, p->align_d);
+}
+// the algorithm kept for the plan in LLAVA_TUNE_FILE, if there is one that cuBLASLt still takes for it
+static bool kept_algo(LtPlan *p, const char *key) {
+    const char *hex = tune_file_get(key);
+    cublasLtMatmulAlgo_t algo;
+    unsigned char *b = (unsigned char *)&algo;
+    if (!hex || strlen(hex) != 2 * sizeof algo) return false;
+    for (size_t i = 0; i < sizeof algo; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1) return false;
+        b[i] = (unsigned char)v;
+    }
+    cublasLtMatmulHeuristicResult_t check;
+    if (cublasLtMatmulAlgoCheck(g_lt, p->op, p->la, p->lb, p->ld, p->ld, &algo, &check) != CUBLAS_STATUS_SUCCESS ||
+        check.state != CUBLAS_STATUS_SUCCESS || check.workspaceSize > g_lt_workspace_bytes)
+        return false;
+    p->algo = algo;
+    return true;
+}
+
+// LLAVA_GEMM=tune: the algorithm kept in LLAVA_TUNE_FILE, or each candidate run once (its first launch), then
+// timed over 3 runs, and the fastest kept (there too); D, overwritten by every run, is rewritten by the
+// caller's run after
 static void tune_plan(LtPlan *p, const void *A, const void *B, void *D) {
+    char key[320];
+    plan_key(p, key, sizeof key);
+    p->tuned = 1;
+    if (kept_algo(p, key)) return;
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0));
     CUDA_CHECK(cudaEventCreate(&e1));
@@ -146,7 +178,9 @@ static void tune_plan(LtPlan *p, const void *A, const void *B, void *D) {
         if (ms < best) best = ms, pick = i;
     }
     p->algo = p->candidates[pick];
-    p->tuned = 1;
+    char hex[2 * sizeof p->algo + 1];
+    for (size_t i = 0; i < sizeof p->algo; i++) snprintf(hex + 2 * i, 3, "%02x", ((const unsigned char *)&p->algo)[i]);
+    tune_file_put(key, hex);
     fprintf(stderr, "gemm tune: %c%c m %d n %d k %d %s%s: heuristic's first %.1f us, candidate %d of %d %.1f us\n",
             p->ta == CUBLAS_OP_T ? 'T' : 'N', p->tb == CUBLAS_OP_T ? 'T' : 'N', p->m, p->n, p->k,
             p->dtype == CUDA_R_32F ? "fp32 out" : "bf16 out", p->epi == EPI_BIAS ? " +bias" : p->epi == EPI_BGRADB ? " +dbias" : "",

@@ -23,6 +23,8 @@ int cuda_sync(char *err, size_t errlen);                // 0, or the first CUDA/
 void *cuda_alloc(size_t bytes);                         // dies on failure
 void cuda_free(void *p);
 size_t cuda_memory_peak(void);                          // the most device memory allocated at once, in bytes
+// the device's name with '_' for blanks ("NVIDIA_H100_80GB_HBM3"): the tuners' keys in LLAVA_TUNE_FILE
+const char *cuda_device_tag(void);
 // LLAVA_GEMM=tune (matmul.cu): each product shape's first cuBLASLt candidates timed, the fastest kept; 1 on, 0 off,
 // -1 the environment's
 void cuda_matmul_set_tune(int on);

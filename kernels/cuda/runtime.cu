@@ -112,6 +112,17 @@ extern "C" void cuda_free(void *p) {
     cudaFree(p);
 }
 extern "C" size_t cuda_memory_peak(void) { return g_peak; }
+extern "C" const char *cuda_device_tag(void) {
+    static char tag[256];
+    if (!tag[0]) {
+        int dev = 0;
+        cudaDeviceProp p;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) return "unknown-gpu";
+        snprintf(tag, sizeof tag, "%s", p.name);
+        for (char *c = tag; *c; c++) if (*c == ' ' || *c == '=') *c = '_';
+    }
+    return tag;
+}
 // Uploads go through a ring of pinned host memory. From pageable memory cudaMemcpyAsync may return only once
 // the copy is done (CUDA's "API synchronization behavior"), that is once the stream has reached it: the host
 // then waits for all the device's earlier work, and the device idles while the host stages the copy and

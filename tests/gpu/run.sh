@@ -383,6 +383,8 @@ summary+=("bf16 GEMM: $gemm")
 section 6: bench
 # ---- 6. bench/gpu_train.sh: training steps against PyTorch + transformers on this card ----
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
+    # the tuners' picks (LLAVA_FLASH=tune, LLAVA_GEMM=tune runs) come back in results.tgz: the card's tune file
+    export LLAVA_TUNE_FILE=${LLAVA_TUNE_FILE:-$OUTDIR/tune.txt}
     clocks_start bench
     PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-400}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
         tee "$OUTDIR/gpu_train.txt"
