@@ -163,8 +163,7 @@ static void zero_accumulated(const Model *m, ModelWork *w, float **grads) {
             p[k] = grads[i], n[k++] = (size_t)param_numel(&m->ps[i]);
             w->stale[i] = 0;
         }
-    if (k && m->be->zero_floats) m->be->zero_floats(p, n, k);
-    else for (int i = 0; i < k; i++) m->be->zero(p[i], n[i] * sizeof(float));
+    if (k) m->be->zero_floats(p, n, k);
     free(p);
     free(n);
 }
@@ -198,7 +197,7 @@ float *model_grad_acc(const Model *m, ModelWork *w, float **grads, const char *f
     if (w->zero_pending && grads == w->stale_grads) zero_accumulated(m, w, grads);
     if (take_stale(w, i)) {
         zero_grad(m, grads, i);
-        w->zeroed[i] = 1;  // (the next step zeroes it with the others, first thing: model_grads_stale)
+        w->zeroed[i] = 1;  // (the next step zeroes it with the others at its first accumulation: zero_accumulated)
     }
     return grads[i];
 }

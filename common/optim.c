@@ -30,8 +30,6 @@ void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t 
     const char *ov = getenv("LLAVA_OVERLAP_OPT");
     o->overlap = ov && ov[0] && strcmp(ov, "0");
     o->order = xmalloc((size_t)m->np * sizeof(int));  // (overlap: a counting sort by mark, table order within one)
-    const char *sg = getenv("LLAVA_ADAM_SEGMENTS");
-    if (!o->overlap && o->be->adamw_segments && !(sg && !strcmp(sg, "0"))) o->seg = xmalloc((size_t)m->np * sizeof(AdamSeg));
     int n = 0;
     for (int k = 0; k < (o->overlap ? 256 : 1); k++)
         for (int i = 0; i < m->np; i++)
@@ -61,6 +59,8 @@ void adam_init(Adam *o, const Model *m, const int *trainable, size_t lo, size_t 
     if (!on_cpu) {
         o->master = o->be->alloc(shard);
         o->hm = xcalloc(1, shard);
+        const char *sg = getenv("LLAVA_ADAM_SEGMENTS");  // (the segments index the flat masters: off the cpu only)
+        if (!o->overlap && o->be->adamw_segments && !(sg && !strcmp(sg, "0"))) o->seg = xmalloc((size_t)m->np * sizeof(AdamSeg));
         adam_sync_backend(o, (Model *)m);
     }
 }
@@ -106,7 +106,7 @@ void adam_step(Adam *o, Model *m, const AdamHyper *h) {
             size_t s = o->offset[i] + a - o->lo;                       // position in the shard's moments
             float *master = o->master ? o->master + s : m->w[i] + a;
             Act *param = o->master ? AT(o->be, m->wb[i], a) : NULL;
-            if (o->seg && o->master && b - a < SMALL_TENSOR) o->seg[nseg++] = (AdamSeg){s, b - a, param, wd};
+            if (o->seg && b - a < SMALL_TENSOR) o->seg[nseg++] = (AdamSeg){s, b - a, param, wd};
             else
                 o->be->adamw(master, param, o->grad[i] + a, o->dm + s, o->dv + s, b - a, h->lr, h->beta1, h->beta2, h->eps, wd,
                              h->grad_scale, o->t);

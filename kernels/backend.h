@@ -32,8 +32,8 @@ typedef struct Backend {
     void *(*alloc)(size_t bytes);
     void (*release)(void *p);
     void (*zero)(void *p, size_t bytes);
-    // zero[i] = 0 for n[i] floats at each of k arrays, in one pass (NULL: one zero call each): the small
-    // gradients the backward accumulates into, ~100-250 of them a step
+    // n[i] floats at p[i] zeroed for each of k arrays, in one pass: the small gradients the backward
+    // accumulates into, ~100-250 of them a step
     void (*zero_floats)(float *const *p, const size_t *n, int k);
     void (*poison)(void *p, size_t bytes);                          // 0xFF bytes: NaN as fp32 and bf16
     void (*upload)(void *dst, const void *host, size_t bytes);      // raw bytes

@@ -433,54 +433,52 @@ __global__ static void zero_chunks_kernel(const ZeroChunk *chunks) {
     ZeroChunk c = chunks[blockIdx.x];
     for (int e = threadIdx.x; e < c.n; e += blockDim.x) c.p[e] = 0.0f;
 }
-// a device table of n entries of T, kept from call to call (grown, never shrunk: the step loop stops allocating)
-template <class T>
-static T *chunk_table(T **dev, size_t *cap, size_t n) {
+// The chunks of k arrays of len(i) elements each (at most ADAM_CHUNK a chunk), made on the host by
+// make(i, first element, elements) and uploaded (stream-ordered, through the staging ring) into a device table
+// kept from call to call (grown, never shrunk: the step loop stops allocating); *count gets their number (0:
+// nothing to launch, NULL returned).
+template <class T, class Len, class Make>
+static const T *chunk_table(T **dev, size_t *cap, int k, Len len, Make make, size_t *count) {
+    size_t n = 0;
+    for (int i = 0; i < k; i++) n += (len(i) + ADAM_CHUNK - 1) / ADAM_CHUNK;
+    *count = n;
+    if (!n) return NULL;
+    T *host = (T *)malloc(n * sizeof(T));
+    if (!host) { cuda_note_error("chunk_table", "out of host memory"); *count = 0; return NULL; }
+    size_t c = 0;
+    for (int i = 0; i < k; i++)
+        for (size_t e = 0; e < len(i); e += ADAM_CHUNK) host[c++] = make(i, e, (int)(len(i) - e < (size_t)ADAM_CHUNK ? len(i) - e : (size_t)ADAM_CHUNK));
     if (n > *cap) {
         cuda_free(*dev);  // (cudaFree waits for the device: the old table is no longer read)
         *cap = n;
         *dev = (T *)cuda_alloc(n * sizeof(T));
     }
+    cuda_upload(*dev, host, n * sizeof(T));  // (copied into the staging ring: host may go)
+    free(host);
     return *dev;
 }
 extern "C" void cuda_zero_floats(float *const *p, const size_t *n, int k) {
     static ZeroChunk *dev;
     static size_t cap;
-    size_t count = 0;
-    for (int i = 0; i < k; i++) count += (n[i] + ADAM_CHUNK - 1) / ADAM_CHUNK;
+    size_t count;
+    const ZeroChunk *table = chunk_table(&dev, &cap, k, [&](int i) { return n[i]; },
+                                         [&](int i, size_t e, int len) { return ZeroChunk{p[i] + e, len}; }, &count);
     if (!count) return;
-    ZeroChunk *host = (ZeroChunk *)malloc(count * sizeof *host);
-    if (!host) { cuda_note_error("cuda_zero_floats", "out of host memory"); return; }
-    size_t c = 0;
-    for (int i = 0; i < k; i++)
-        for (size_t e = 0; e < n[i]; e += ADAM_CHUNK) host[c++] = ZeroChunk{p[i] + e, (int)(n[i] - e < (size_t)ADAM_CHUNK ? n[i] - e : (size_t)ADAM_CHUNK)};
-    ZeroChunk *table = chunk_table(&dev, &cap, count);
-    cuda_upload(table, host, count * sizeof *host);  // (copied into the staging ring: host may go)
-    free(host);
     zero_chunks_kernel<<<(unsigned)count, 256, 0, g_stream>>>(table);
     LAUNCH_CHECK();
 }
-
-// The segments cut into chunks on the host, the chunk table uploaded (stream-ordered, through the staging
-// ring) into a device buffer kept from call to call, then one launch.
 extern "C" void cuda_adamw_segments(float *master, const float *grad, float *m, float *v, const AdamSeg *seg, int nseg, float lr,
                                     float beta1, float beta2, float eps, float grad_scale, int64_t t) {
     static AdamChunk *dev;
     static size_t cap;
-    size_t n = 0;
-    for (int s = 0; s < nseg; s++) n += (seg[s].n + ADAM_CHUNK - 1) / ADAM_CHUNK;
-    if (!n) return;
-    AdamChunk *host = (AdamChunk *)malloc(n * sizeof *host);
-    if (!host) { cuda_note_error("cuda_adamw_segments", "out of host memory"); return; }
-    size_t c = 0;
-    for (int s = 0; s < nseg; s++)
-        for (size_t e = 0; e < seg[s].n; e += ADAM_CHUNK) {
-            bf16_t *p = (bf16_t *)seg[s].param;
-            host[c++] = AdamChunk{seg[s].off + e, p ? p + e : NULL, (int)(seg[s].n - e < (size_t)ADAM_CHUNK ? seg[s].n - e : (size_t)ADAM_CHUNK), seg[s].wd};
-        }
-    AdamChunk *table = chunk_table(&dev, &cap, n);
-    cuda_upload(table, host, n * sizeof *host);  // (copied into the staging ring: host may go)
-    free(host);
-    adamw_chunks_kernel<<<(unsigned)n, 256, 0, g_stream>>>(master, grad, m, v, table, adamw_hyper(lr, beta1, beta2, eps, grad_scale, t));
+    size_t count;
+    const AdamChunk *table = chunk_table(&dev, &cap, nseg, [&](int s) { return seg[s].n; },
+                                         [&](int s, size_t e, int len) {
+                                             bf16_t *p = (bf16_t *)seg[s].param;
+                                             return AdamChunk{seg[s].off + e, p ? p + e : NULL, len, seg[s].wd};
+                                         },
+                                         &count);
+    if (!count) return;
+    adamw_chunks_kernel<<<(unsigned)count, 256, 0, g_stream>>>(master, grad, m, v, table, adamw_hyper(lr, beta1, beta2, eps, grad_scale, t));
     LAUNCH_CHECK();
 }

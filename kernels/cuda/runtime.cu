@@ -134,9 +134,9 @@ extern "C" const char *cuda_device_tag(void) {
 enum { STAGE_BYTES = 64 << 20, STAGE_COPIES = 256 };
 static char *g_stage;  // pinned, STAGE_BYTES
 static size_t g_stage_head;
-static struct { size_t lo, hi; cudaEvent_t done; } g_copies[STAGE_COPIES];  // in flight, oldest at g_copy_first
+static struct { size_t lo, hi; } g_copies[STAGE_COPIES];  // in flight, oldest at g_copy_first
+static cudaEvent_t g_copy_done[STAGE_COPIES];           // recorded after copy slot i's
 static int g_copy_first, g_ncopies;
-static cudaEvent_t g_copy_events[STAGE_COPIES];
 
 // whether a copy still in flight reads some of [lo, hi) of the ring
 static bool stage_busy(size_t lo, size_t hi) {
@@ -156,7 +156,7 @@ extern "C" void *cuda_stage(size_t bytes) {
             (void)cudaGetLastError();  // (not an error of the run)
             return NULL;
         }
-        for (int i = 0; i < STAGE_COPIES; i++) g_copy_events[i] = make_event();
+        for (int i = 0; i < STAGE_COPIES; i++) g_copy_done[i] = make_event();
     }
     size_t lo = (g_stage_head + 255) / 256 * 256;
     if (lo + bytes > STAGE_BYTES) lo = 0;  // wrap
@@ -164,7 +164,7 @@ extern "C" void *cuda_stage(size_t bytes) {
     // the copies finish in the order they were queued: wait for the oldest until none in flight reads the
     // region (and one slot is free)
     while (g_ncopies > 0 && (g_ncopies == STAGE_COPIES || stage_busy(lo, hi))) {
-        CUDA_CHECK(cudaEventSynchronize(g_copies[g_copy_first].done));
+        CUDA_CHECK(cudaEventSynchronize(g_copy_done[g_copy_first]));
         g_copy_first = (g_copy_first + 1) % STAGE_COPIES;
         g_ncopies--;
     }
@@ -176,8 +176,8 @@ extern "C" void cuda_stage_upload(void *dst, const void *p, size_t bytes) {
     CUDA_CHECK(cudaMemcpyAsync(dst, p, bytes, cudaMemcpyHostToDevice, g_stream));
     int i = (g_copy_first + g_ncopies) % STAGE_COPIES;
     size_t lo = (size_t)((const char *)p - g_stage);
-    g_copies[i].lo = lo, g_copies[i].hi = lo + bytes, g_copies[i].done = g_copy_events[i];
-    CUDA_CHECK(cudaEventRecord(g_copies[i].done, g_stream));
+    g_copies[i].lo = lo, g_copies[i].hi = lo + bytes;
+    CUDA_CHECK(cudaEventRecord(g_copy_done[i], g_stream));
     g_ncopies++;
 }
 extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {
