@@ -55,7 +55,7 @@ static const StTensor *get(const StFile *f, const char *name, DType dt) {
 
 int main(int argc, char **argv) {
     char *model_dir = NULL, *in_path = NULL, *out_path = NULL, *device = "cpu", *trainable_spec = "all", *grad_names = "hf";
-    int want_grads = 0, no_cache = 0, fp32_residual = 0;
+    int want_grads = 0, no_cache = 0, fp32_residual = 0, no_logits = 0;
     int64_t steps = 0, generate = 0, eos = -1, recompute = 0;  // OPT_INT stores int64_t
     double lr = 1e-3, wd = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
     const Opt opts[] = {
@@ -73,6 +73,9 @@ int main(int argc, char **argv) {
          "flag of that name and PyTorch autocast do; the norms' outputs and the products stay bf16. No effect on cpu."},
         {"grads", OPT_FLAG, &want_grads, NULL,
          "Also write grad.<HF name> of the loss for every trainable tensor; needs labels."},
+        {"no-logits", OPT_FLAG, &no_logits, NULL,
+         "With --grads: leave the logits out of OUT, and run the head and the cross-entropy over the counted positions "
+         "(labels != -100) only, as the trainer and --steps do. The loss and the gradients are the same up to rounding."},
         {"grad-names", OPT_STR, &grad_names, "hf",
          "With --grads: hf writes grad.<HF name>; mcore writes grad.<Megatron name> in the layout of a TP 1, PP 1 release "
          "checkpoint (fused linear_qkv and linear_fc1, padded vocabulary), through the same map as hf2mcore."},
@@ -105,7 +108,8 @@ int main(int argc, char **argv) {
             "input_ids only the vision tower and merger run.\n"
             "With --grads, grad.<name> for each trainable tensor; the backward goes no lower than the lowest trainable "
             "layer, and a line on stderr says how many decoder layers and vision blocks it went through. With --steps, "
-            "the losses of N AdamW steps on the batch (the final weights are not saved). With --generate, the greedy "
+            "the losses of N AdamW steps on the batch (the final weights are not saved; the head runs over the counted "
+            "positions only, as in the trainer). With --generate, the greedy "
             "continuation of a one-row prompt.",
         .opts = opts,
         .nopts = sizeof opts / sizeof opts[0],
@@ -117,6 +121,7 @@ int main(int argc, char **argv) {
     cli_require(&cli, "in", in_path);
     cli_require(&cli, "out", out_path);
     if (!str_ends_with(out_path, ".safetensors")) die_input("--out: %s: expected a file name ending in .safetensors", out_path);
+    if (no_logits && !want_grads) die_input("--no-logits: only with --grads");
     if (strcmp(grad_names, "hf") && strcmp(grad_names, "mcore")) die_input("--grad-names: expected hf or mcore, got '%s'", grad_names);
     if (steps < 0 || generate < 0 || steps > 1000000 || generate > 1000000) die_input("--steps and --generate take a count from 0 to 1000000");
     if (recompute < 0 || recompute > 1000000) die_input("--recompute: expected a layer count from 0 to 1000000, got %lld", (long long)recompute);
@@ -185,6 +190,7 @@ int main(int argc, char **argv) {
     int32_t *gen = xcalloc((size_t)generate + 1, sizeof(int32_t));
     float *margin = xcalloc((size_t)generate + 1, sizeof(float));
     AdamHyper hyper = {(float)lr, (float)beta1, (float)beta2, (float)eps, (float)wd, 1.0f};  // no clipping
+    work.logits_scratch = 1;  // the steps read only the loss (as the trainer)
     for (int s = 0; s < steps; s++) {  // the weights move; the outputs below are those after the last step
         model_grads_stale(&m, &work, opt.grad);  // (as the trainer: overwritten by the backward, not zeroed)
         if (model_loss_grads(&m, &work, &in, lab, 1.0f, opt.grad, &losses[s], &out, &e)) die_input("%s: %s", in_path, e.msg);
@@ -219,6 +225,7 @@ int main(int argc, char **argv) {
         out_add(&ol, "generated_margin", DT_F32, 1, (int64_t[]){ngen}, margin);
     } else {
         if (want_grads) {
+            work.logits_scratch = no_logits;
             model_grads_stale(&m, &work, opt.grad);
             if (model_loss_grads(&m, &work, &in, lab, 1.0f, opt.grad, &loss, &out, &e)) die_input("%s: %s", in_path, e.msg);
             adam_grads_to_host(&opt, host_grad);
@@ -229,12 +236,14 @@ int main(int argc, char **argv) {
         } else if (model_forward(&m, &work, &in, &out, &e)) {
             die_input("%s: %s", in_path, e.msg);
         }
-        if (out.logits) {  // outputs come back to the host in fp32 (the backend's values, widened)
+        if (out.logits && !no_logits) {  // outputs come back to the host in fp32 (the backend's values, widened)
             size_t n = (size_t)(in.B ? in.B : 1) * in.T;
             be->to_f32(host_logits = xmalloc(n * V * sizeof(float)), out.logits, n * V);
             out_add(&ol, "logits", DT_F32, 2, (int64_t[]){(int64_t)n, V}, host_logits);
             if (lab && !want_grads) loss = (float)model_shifted_loss(host_logits, lab, in.B, in.T, V, NULL, NULL, 1.0f);
             if (lab) out_add(&ol, "loss", DT_F32, 1, (int64_t[]){1}, &loss);
+        } else if (no_logits) {
+            out_add(&ol, "loss", DT_F32, 1, (int64_t[]){1}, &loss);
         }
         if (out.vision_hidden) {
             be->to_f32(host_hidden = xmalloc((size_t)in.rows * m.cfg.vision.hidden * sizeof(float)), out.vision_hidden, (size_t)in.rows * m.cfg.vision.hidden);

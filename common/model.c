@@ -293,15 +293,21 @@ static int check_images(const Model *m, const ModelInput *in, Err *e) {
     return 0;
 }
 
-// The forward of both parts into the work's arena, keeping their activations in vt and tr.
-int model_run_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelOutput *out, VisionTrace *vt,
-                       TextTrace *tr, Err *e) {
+// A forward's start: the outputs, traces and arenas cleared, the input checked.
+static int forward_begin(const Model *m, ModelWork *w, const ModelInput *in, ModelOutput *out, VisionTrace *vt,
+                         TextTrace *tr, Err *e) {
     memset(out, 0, sizeof *out);
     memset(vt, 0, sizeof *vt);
     memset(tr, 0, sizeof *tr);
     arena_reset(&w->arena);
     arena_reset(&w->host);
-    if (check_images(m, in, e) || (in->ids && model_forward_check_text(m, in, e))) return -1;
+    return check_images(m, in, e) || (in->ids && model_forward_check_text(m, in, e)) ? -1 : 0;
+}
+
+// The forward of both parts into the work's arena, keeping their activations in vt and tr; the logits of
+// the nhead positions head_rows (host; NULL: every position, in order).
+static void forward_parts(const Model *m, ModelWork *w, const ModelInput *in, ModelOutput *out, VisionTrace *vt,
+                          TextTrace *tr, const int32_t *head_rows, int nhead) {
     m->be->wait_mark(0);  // the tensors outside the blocks and layers, updated (model_weight_mark)
     Arena *A = &w->arena;
     size_t es = m->be->esize;
@@ -311,16 +317,23 @@ int model_run_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelO
         vision_forward(m, w, in, out->vision_hidden, out->image_embeds, vt);
     }
     if (in->ids) {
-        out->logits = arena_uninit(A, (size_t)(in->B ? in->B : 1) * in->T * m->cfg.text.vocab * es);
-        text_forward(m, w, in, out->image_embeds, out->logits, tr);
+        if (!head_rows) nhead = (in->B ? in->B : 1) * in->T;
+        out->logits = arena_uninit(A, (size_t)nhead * m->cfg.text.vocab * es);
+        text_forward(m, w, in, out->image_embeds, head_rows, nhead, out->logits, tr);
     }
+}
+
+int model_run_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelOutput *out, VisionTrace *vt,
+                      TextTrace *tr, const int32_t *head_rows, int nhead, Err *e) {
+    if (forward_begin(m, w, in, out, vt, tr, e)) return -1;
+    forward_parts(m, w, in, out, vt, tr, head_rows, nhead);
     return 0;
 }
 
 int model_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelOutput *out, Err *e) {
     VisionTrace vt;
     TextTrace tr;
-    return model_run_forward(m, w, in, out, &vt, &tr, e);
+    return model_run_forward(m, w, in, out, &vt, &tr, NULL, 0, e);
 }
 
 // Hugging Face's shift inside each row: position t predicts labels[t+1] of its row (−100 past the row's
@@ -355,24 +368,39 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
     if (!in->ids) { err_set(e, "a loss needs input_ids"); return -1; }
     VisionTrace vt;
     TextTrace tr;
-    if (model_run_forward(m, w, in, out, &vt, &tr, e)) return -1;
+    if (forward_begin(m, w, in, out, &vt, &tr, e)) return -1;
     const Backend *be = m->be;
     Arena *A = &w->arena;
     int B = in->B ? in->B : 1, V = m->cfg.text.vocab;
     size_t n = (size_t)B * in->T;
     int32_t *shifted = arena_bytes(&w->host, n * sizeof(int32_t));  // the mean over counted positions
     int64_t count = shift_labels(labels, B, in->T, shifted);
-    int32_t *targets = model_upload(m, A, shifted, n * sizeof(int32_t));
-    float *rows = arena_floats(A, n), *host_rows = arena_floats(&w->host, n);
+    // Where only the loss is read, the head and the cross-entropy run over the counted positions alone (the
+    // prompts of a conversation, the image pads: their logits' gradient is zero): the head's product, the
+    // logits and their pass shrink by the share of ignored positions. Otherwise over every position.
+    int32_t *head_rows = NULL;
+    size_t nrows = n;
+    if (w->logits_scratch && count > 0 && (size_t)count < n) {
+        head_rows = arena_bytes(&w->host, (size_t)count * sizeof(int32_t));
+        nrows = 0;
+        for (size_t i = 0; i < n; i++)
+            if (shifted[i] >= 0) {
+                head_rows[nrows] = (int32_t)i;
+                shifted[nrows++] = shifted[i];  // the targets in the same order (nrows <= i: read before written)
+            }
+    }
+    forward_parts(m, w, in, out, &vt, &tr, head_rows, (int)nrows);
+    int32_t *targets = model_upload(m, A, shifted, nrows * sizeof(int32_t));
+    float *rows = arena_floats(A, nrows), *host_rows = arena_floats(&w->host, nrows);
     Act *dlogits = count && w->logits_scratch ? out->logits  // in place: each row is read before it is written
-                   : count ? arena_uninit(A, n * V * be->esize)  // written whole when any position counts
-                           : arena_bytes(A, n * V * be->esize);
+                   : count ? arena_uninit(A, nrows * V * be->esize)  // written whole when any position counts
+                           : arena_bytes(A, nrows * V * be->esize);
     // the rows' losses and their gradient in one pass over the logits (when any position counts)
-    if (count) be->cross_entropy_fused(rows, dlogits, out->logits, targets, (int)n, V, grad_scale / (float)count);
-    else be->cross_entropy_rows(rows, out->logits, targets, (int)n, V);
-    be->download(host_rows, rows, n * sizeof(float));
+    if (count) be->cross_entropy_fused(rows, dlogits, out->logits, targets, (int)nrows, V, grad_scale / (float)count);
+    else be->cross_entropy_rows(rows, out->logits, targets, (int)nrows, V);
+    be->download(host_rows, rows, nrows * sizeof(float));
     double total = 0.0;
-    for (size_t i = 0; i < n; i++) total += host_rows[i];
+    for (size_t i = 0; i < nrows; i++) total += host_rows[i];
     *loss = count ? (float)(total / (double)count) : 0.0f;
     // what the frozen set leaves to compute: the tower only when one of its tensors trains, the
     // image embeddings' gradient only when the tower or the merger trains

@@ -49,7 +49,7 @@ typedef struct {
 } ModelInput;
 
 typedef struct {                 // in the backend's storage and memory (host fp32 on cpu)
-    Act *logits;                 // [B·T, vocab]
+    Act *logits;                 // [B·T, vocab] (model_loss_grads with logits_scratch: scratch)
     Act *vision_hidden;          // [rows, Dv]: last block output without the CLS rows
     Act *image_embeds;           // [rows/4, H]: merger output
 } ModelOutput;
@@ -61,8 +61,9 @@ typedef struct {
     Arena host;                  // host-side index and angle tables of the step
     int recompute;               // decoder layers (from the first) whose activations the backward recomputes
     int fp32_residual;           // the residual stream in fp32 on a bf16 backend (--fp32-residual-connection)
-    int logits_scratch;          // model_loss_grads may overwrite the logits with their gradient (the caller
-                                 // reads only the loss after it: one [T, vocab] buffer less)
+    int logits_scratch;          // the caller of model_loss_grads reads only the loss: the head runs over the
+                                 // counted positions alone, and their logits are overwritten by their gradient
+                                 // (out->logits is then [counted, vocab] scratch)
     int text_layers_backward;    // decoder layers the last backward went through
     int vision_blocks_backward;  // vision blocks likewise (0 when the whole tower is frozen)
     // When set, the backward calls it as gradients become final: every tensor of table index >= first

@@ -50,7 +50,8 @@ int model_prefill(const Model *m, ModelWork *w, const ModelInput *in, KvCache *k
     TextTrace tr;
     int recompute = w->recompute;  // the cache is filled from every layer's keys and values: keep them all
     w->recompute = 0;
-    int rc = model_run_forward(m, w, in, &out, &vt, &tr, e);
+    int32_t last = in->T - 1;  // the head over the last position only: the next token's logits
+    int rc = model_run_forward(m, w, in, &out, &vt, &tr, &last, 1, e);
     w->recompute = recompute;
     if (rc) return -1;
     size_t KV = (size_t)c->kv_heads * c->head_dim, half = (size_t)c->head_dim / 2;
@@ -74,7 +75,7 @@ int model_prefill(const Model *m, ModelWork *w, const ModelInput *in, KvCache *k
         be->copy2d(AT(be, kv->k, l * kv_layer_stride(m, kv)), KV, tr.L[l].kr, KV, (size_t)in->T, KV);
         be->copy2d(AT(be, kv->v, l * kv_layer_stride(m, kv)), KV, tr.L[l].v, KV, (size_t)in->T, KV);
     }
-    be->to_f32(logits_last, AT(be, out.logits, (size_t)(in->T - 1) * c->vocab), (size_t)c->vocab);
+    be->to_f32(logits_last, out.logits, (size_t)c->vocab);
     return 0;
 }
 

@@ -73,15 +73,20 @@ typedef struct {
     Act *g, *u, *o;           // a layer's temporaries [T, I], [T, I], [T, H]
     Resid res;                // how the residual stream is kept
     Res *x_final;
-    Act *hf;
+    Act *hf;                  // [T, H] the final norm's output
     float *rstdf;
+    int nhead;                // positions the head ran over: T, or the nhead of head_rows
+    int32_t *head_rows;       // [nhead] those positions (backend memory; NULL: all, in order)
+    Act *hhead;               // [nhead, H] their rows of hf (hf itself when all)
 } TextTrace;
 
 // A host table copied into backend memory from the arena.
 void *model_upload(const Model *m, Arena *A, const void *host, size_t bytes);
 // The attention blocks of the text input (host array): cu_seqlens, or one per row.
 int32_t *text_blocks(const ModelInput *in, Arena *H, int *nseq);
-void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act *image_embeds, Act *logits, TextTrace *tr);
+// logits[nhead, V]: the head's outputs at positions head_rows (host, ascending; NULL: all T, nhead ignored)
+void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act *image_embeds, const int32_t *head_rows,
+                  int nhead, Act *logits, TextTrace *tr);
 // grads[i] accumulates d loss / d weight i (NULL entries are skipped: frozen); dembeds[rows/4, H]
 // receives the gradient of the image embeddings (NULL: not needed). Returns the layers it went through.
 int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *dlogits, float **grads, Act *dembeds);
@@ -114,6 +119,7 @@ void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hid
 // With tower = 0 only the merger's gradients are computed. Returns the blocks it went through.
 int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const Act *dembeds, float **grads, int tower);
 
-// The forward of both parts into w's arena, keeping their activations in vt and tr.
+// The forward of both parts into w's arena, keeping their activations in vt and tr; out->logits holds the
+// head's outputs at the nhead positions head_rows (host, ascending), or at every position (head_rows NULL).
 int model_run_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelOutput *out, VisionTrace *vt,
-                      TextTrace *tr, Err *e);
+                      TextTrace *tr, const int32_t *head_rows, int nhead, Err *e);

@@ -89,7 +89,8 @@ static void layer_forward(const Model *m, const TextTrace *tr, int l, LayerActs 
     res_add(r, x_out, a->x_mid, o, (size_t)T * H);
 }
 
-void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act *image_embeds, Act *logits, TextTrace *tr) {
+void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act *image_embeds, const int32_t *head_rows,
+                  int nhead, Act *logits, TextTrace *tr) {
     const Backend *be = m->be;
     Arena *A = &w->arena, *Hs = &w->host;
     const TextConfig *c = &m->cfg.text;
@@ -143,8 +144,17 @@ void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act 
     tr->rstdf = UF(T);
     tr->hf = U((size_t)T * H);
     res_rmsnorm(&tr->res, tr->hf, tr->rstdf, x, W(m, "model.norm.weight", 0), T, H, eps);
+    tr->nhead = T;
+    tr->hhead = tr->hf;
+    if (head_rows) {  // the head over some positions: their rows of hf gathered first
+        tr->nhead = nhead;
+        tr->head_rows = model_upload(m, A, head_rows, (size_t)(nhead ? nhead : 1) * sizeof(int32_t));
+        tr->hhead = U((size_t)nhead * H);
+        be->gather_rows(tr->hhead, tr->hf, tr->head_rows, nhead, H);
+    }
     int head = model_param_id(m, "lm_head.weight");
-    be->matmul_forward(logits, tr->hf, head >= 0 ? m->wb[head] : W(m, "model.embed_tokens.weight", 0), NULL, T, H, c->vocab);
+    be->matmul_forward(logits, tr->hhead, head >= 0 ? m->wb[head] : W(m, "model.embed_tokens.weight", 0), NULL, tr->nhead, H,
+                       c->vocab);
 }
 
 // The lowest decoder layer the backward has to reach: 0 when the embeddings or the image embeddings
@@ -172,8 +182,14 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     Act *dh = U((size_t)T * H), *dxs = r->f32 ? U((size_t)T * H) : NULL;  // dxs: dx rounded, for the products (fp32 stream)
     const Act *dxo;  // dx's rows as the products read them (dx itself, or dxs)
     Res *dx = res_zeros(r, A, (size_t)T * H);
-    model_matmul_backward(m, w, grads, below ? dh : NULL, 1, head, NULL, 0, dlogits, tr->hf, T, H, c->vocab);
+    // the head: dlogits [nhead, V] -> dW and the gradient of its rows of hf (zero at the positions it skipped)
+    Act *dhead = tr->head_rows && below ? U((size_t)tr->nhead * H) : dh;
+    model_matmul_backward(m, w, grads, below ? dhead : NULL, 1, head, NULL, 0, dlogits, tr->hhead, tr->nhead, H, c->vocab);
     if (!below) return 0;
+    if (tr->head_rows) {
+        be->zero(dh, (size_t)T * H * be->esize);
+        be->scatter_rows(dh, dhead, tr->head_rows, tr->nhead, H);
+    }
     dnorm = model_grad_acc(m, w, grads, "model.norm.weight", 0);
     dxo = res_rmsnorm_backward(r, stop < c->layers ? dx : NULL, dxs, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
     model_grads_final(m, w, "model.norm.weight", 0);  // and the head above it

@@ -124,6 +124,44 @@ mlcd_parity() {  # vision tower of the merged checkpoint vs the MLCD model on th
     ref grads "$T/hf" "$T/in.safetensors" "$T/g.safetensors" model.layers.1.mlp.gate_proj.
 }
 
+# the head and the cross-entropy over the counted positions only (labels != -100: ~70% of these inputs), as the
+# trainer runs them: the same loss and gradients as PyTorch's full head, and as our own full head up to rounding
+head_rows_only() {  # KIND TRAINABLE
+    $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 "$1"
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/full.safetensors" --grads --trainable "$2"
+    "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/rows.safetensors" --grads --trainable "$2" --no-logits
+    if [ "$2" = all ]; then ref grads "$T/hf" "$T/in.safetensors" "$T/rows.safetensors"
+    else ref grads "$T/hf" "$T/in.safetensors" "$T/rows.safetensors" "$2"; fi
+    run $PY - "$REF" "$T/full.safetensors" "$T/rows.safetensors" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from stlib import read_file
+full, rows = read_file(sys.argv[2]), read_file(sys.argv[3])
+assert "logits" in full and "logits" not in rows, "--no-logits leaves the logits out"
+grads = [k for k in full if k.startswith("grad.")]
+assert grads and sorted(grads) == sorted(k for k in rows if k.startswith("grad.")), "the same gradients"
+worst = max(float(np.linalg.norm(rows[k][1] - full[k][1]) / (np.linalg.norm(full[k][1]) + 1e-30)) for k in grads)
+loss = abs(float(rows["loss"][1][0]) - float(full["loss"][1][0])) / abs(float(full["loss"][1][0]))
+print(f"head over counted rows vs all: {len(grads)} gradients, worst relative L2 {worst:.2e} (tolerance 1e-5); loss {loss:.1e} (1e-6)")
+sys.exit(0 if worst <= 1e-5 and loss <= 1e-6 else 1)
+PY
+    echo "$output"
+    [ "$status" -eq 0 ]
+}
+
+@test "--no-logits (the head over the counted positions, as the trainer): loss and gradients match PyTorch and the full head's; packed, batched, frozen sets" {
+    make_model tiny
+    head_rows_only packed all
+    head_rows_only batch all
+    head_rows_only batch lm_head.
+    head_rows_only packed model.layers.2.,model.norm.
+    run "$BIN/forward" --model "$T/hf" --in "$T/in.safetensors" --out "$T/x.safetensors" --no-logits
+    [ "$status" -eq 2 ]
+    [[ "$output" == *"--no-logits: only with --grads"* ]]
+    [ ! -e "$T/x.safetensors" ]
+}
+
 @test "forward: a trainable set naming no tensor is an input error" {
     make_model tiny
     $PY "$REF/model_ref.py" inputs "$T/hf" "$T/in.safetensors" 7 batch
