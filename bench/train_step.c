@@ -108,7 +108,7 @@ int main(int argc, char **argv) {
         if (vision) {
             VisionTrace vt;
             TextTrace tr;
-            if (model_run_forward(&m, &w, &in, &out, &vt, &tr, &e)) die_input("%s", e.msg);
+            if (model_run_forward(&m, &w, &in, &out, &vt, &tr, NULL, 0, &e)) die_input("%s", e.msg);
             vision_backward(&m, &w, &vt, out.image_embeds, opt.grad, 1);  // d(½·Σ E²)/dE = E
         } else {
             if (model_loss_grads(&m, &w, &in, labels, 1.0f, opt.grad, &loss, &out, &e)) die_input("%s", e.msg);
