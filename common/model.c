@@ -378,16 +378,25 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
     // Where only the loss is read, the head and the cross-entropy run over the counted positions alone (the
     // prompts of a conversation, the image pads: their logits' gradient is zero): the head's product, the
     // logits and their pass shrink by the share of ignored positions. Otherwise over every position.
+    // The row count is rounded up to a multiple of q (8 or more, n/64 at most: up to 64 sizes per
+    // batch length, so that the GPU's per-shape product plans are reused) with ignored positions (target
+    // -100: no loss, a zero gradient row).
     int32_t *head_rows = NULL;
-    size_t nrows = n;
-    if (w->logits_scratch && count > 0 && (size_t)count < n) {
-        head_rows = arena_bytes(&w->host, (size_t)count * sizeof(int32_t));
+    size_t nrows = n, q = 8;
+    while (q < n / 64) q *= 2;
+    size_t padded = ((size_t)count + q - 1) / q * q;
+    if (w->logits_scratch && count > 0 && padded < n) {
+        head_rows = arena_bytes(&w->host, padded * sizeof(int32_t));
+        int32_t ignored = -1;
         nrows = 0;
         for (size_t i = 0; i < n; i++)
             if (shifted[i] >= 0) {
                 head_rows[nrows] = (int32_t)i;
                 shifted[nrows++] = shifted[i];  // the targets in the same order (nrows <= i: read before written)
+            } else if (ignored < 0) {
+                ignored = (int32_t)i;
             }
+        for (; nrows < padded; nrows++) head_rows[nrows] = ignored, shifted[nrows] = -100;  // (count < n: one exists)
     }
     forward_parts(m, w, in, out, &vt, &tr, head_rows, (int)nrows);
     int32_t *targets = model_upload(m, A, shifted, nrows * sizeof(int32_t));

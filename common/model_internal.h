@@ -84,7 +84,7 @@ typedef struct {
 void *model_upload(const Model *m, Arena *A, const void *host, size_t bytes);
 // The attention blocks of the text input (host array): cu_seqlens, or one per row.
 int32_t *text_blocks(const ModelInput *in, Arena *H, int *nseq);
-// logits[nhead, V]: the head's outputs at positions head_rows (host, ascending; NULL: all T, nhead ignored)
+// logits[nhead, V]: the head's outputs at positions head_rows (host; NULL: all T, nhead ignored)
 void text_forward(const Model *m, ModelWork *w, const ModelInput *in, const Act *image_embeds, const int32_t *head_rows,
                   int nhead, Act *logits, TextTrace *tr);
 // grads[i] accumulates d loss / d weight i (NULL entries are skipped: frozen); dembeds[rows/4, H]
@@ -120,6 +120,6 @@ void vision_forward(const Model *m, ModelWork *w, const ModelInput *in, Act *hid
 int vision_backward(const Model *m, ModelWork *w, const VisionTrace *tr, const Act *dembeds, float **grads, int tower);
 
 // The forward of both parts into w's arena, keeping their activations in vt and tr; out->logits holds the
-// head's outputs at the nhead positions head_rows (host, ascending), or at every position (head_rows NULL).
+// head's outputs at the nhead positions head_rows (host), or at every position (head_rows NULL).
 int model_run_forward(const Model *m, ModelWork *w, const ModelInput *in, ModelOutput *out, VisionTrace *vt,
                       TextTrace *tr, const int32_t *head_rows, int nhead, Err *e);

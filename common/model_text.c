@@ -182,7 +182,8 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     Act *dh = U((size_t)T * H), *dxs = r->f32 ? U((size_t)T * H) : NULL;  // dxs: dx rounded, for the products (fp32 stream)
     const Act *dxo;  // dx's rows as the products read them (dx itself, or dxs)
     Res *dx = res_zeros(r, A, (size_t)T * H);
-    // the head: dlogits [nhead, V] -> dW and the gradient of its rows of hf (zero at the positions it skipped)
+    // the head: dlogits [nhead, V] -> dW and the gradient of its rows of hf (zero at the positions it skipped;
+    // rows that pad head_rows repeat a skipped position with a zero gradient row, identical bits)
     Act *dhead = tr->head_rows && below ? U((size_t)tr->nhead * H) : dh;
     model_matmul_backward(m, w, grads, below ? dhead : NULL, 1, head, NULL, 0, dlogits, tr->hhead, tr->nhead, H, c->vocab);
     if (!below) return 0;
