@@ -1,7 +1,7 @@
 // bench/train_step.c: training steps per second of a backend on one batch: forward, loss, full
 // backward and an AdamW step, every tensor trainable (what `midtrain` does per micro-batch).
 //   usage: train_step [--device cpu|cpu-bf16|cuda] [--recompute N] [--peak-tflops X] [--vision]
-//                     [--zero-shards D] HF_DIR IN.safetensors STEPS
+//                     [--zero-shards D] [--head-all] HF_DIR IN.safetensors STEPS
 // After WARMUP untimed steps (2; they also size the activation arena) it times STEPS steps and prints
 //   train_step: T tokens, I images, S steps, X ms/step, Y tokens/s, Z model TFLOP/s, MFU M%, peak P GiB, last loss L
 // Model FLOPs are spec/performance.md's (flops.c); MFU is against --peak-tflops (the card's measured
@@ -37,7 +37,7 @@ static const void *need(const StFile *f, const char *name) {
 int main(int argc, char **argv) {
     util_set_prog(argv[0]);
     char *device = "cpu";
-    int vision = 0, fp32_residual = 0;
+    int vision = 0, fp32_residual = 0, head_all = 0;
     int64_t recompute = 0, shards = 1;  // OPT_INT stores int64_t
     double peak_tflops = 0.0;
     const Opt opts[] = {
@@ -47,11 +47,14 @@ int main(int argc, char **argv) {
         {"vision", OPT_FLAG, &vision, NULL, "The vision tower and merger alone, forward and backward, no optimizer."},
         {"fp32-residual-connection", OPT_FLAG, &fp32_residual, NULL, "The residual stream in fp32 (as the trainers' flag)."},
         {"zero-shards", OPT_INT, &shards, "D", "Hold the optimizer state of rank 0 of D ZeRO-1 ranks only (the memory of one of D GPUs)."},
+        {"head-all", OPT_FLAG, &head_all, NULL, "The head and the cross-entropy over every position, as before the trainer skipped "
+                                                "the positions whose label is -100 (to time the difference)."},
     };
     const Cli cli = {
         .name = "train_step",
         .summary = "time training steps of a backend on one batch (a benchmark)",
-        .synopsis = "train_step [--device D] [--recompute N] [--peak-tflops X] [--vision] [--zero-shards D] [--fp32-residual-connection] HF_DIR IN.safetensors STEPS",
+        .synopsis = "train_step [--device D] [--recompute N] [--peak-tflops X] [--vision] [--zero-shards D] [--fp32-residual-connection] "
+                    "[--head-all] HF_DIR IN.safetensors STEPS",
         .description = "Two untimed warm-up steps, then STEPS timed ones; prints one line with tokens/s, model TFLOP/s, MFU "
                        "and peak backend memory (see the head of bench/train_step.c). With LLAVA_PROFILE=FILE on cuda, FILE gets "
                        "the device time of every op over the timed steps.",
@@ -93,7 +96,7 @@ int main(int argc, char **argv) {
     model_work_init(&w, m.be);
     w.recompute = (int)recompute;
     w.fp32_residual = fp32_residual;
-    w.logits_scratch = 1;
+    w.logits_scratch = !head_all;  // (the trainer's setting: only the loss is read)
     AdamHyper h = {1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f};
     ModelOutput out;
     float loss = 0.0f, sync;
