@@ -146,12 +146,16 @@ static unsigned warps_grid(size_t warps) { return (unsigned)((warps * 32 + 255) 
 // 16, 8 was 6 with the second warpgroup half a step behind, slower: 2.47/7.94 ms); 9 a backward only (its forward is 6's): one pass, 5
 // tile products instead of 7, dQ summed with atomics, so not bit-reproducible (slower: the reductions).
 // LLAVA_FLASH=tune (or cuda_attention_set_flash(FLASH_TUNE)) picks per shape by timing (flash_tune.cu).
+// LLAVA_FLASH=cudnn (FLASH_CUDNN) runs the forward through cuDNN's fused attention where it can (cudnn_attn.cu).
 static int flash_fwd_version = -1, flash_bwd_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset (the default)
 static void flash_pick(void) {
     if (flash_fwd_version != -1) return;
     const char *env = getenv("LLAVA_FLASH");
     int ok = env && env[0] >= '0' && env[0] <= '9' && (!env[1] || (env[1] >= '0' && env[1] <= '9' && !env[2]));
-    flash_fwd_version = ok ? env[0] - '0' : env && !strcmp(env, "tune") ? FLASH_TUNE : -2;
+    flash_fwd_version = ok                                 ? env[0] - '0'
+                        : env && !strcmp(env, "tune")      ? FLASH_TUNE
+                        : env && !strcmp(env, "cudnn")     ? FLASH_CUDNN
+                                                           : -2;
     flash_bwd_version = ok ? env[env[1] ? 1 : 0] - '0' : flash_fwd_version;
 }
 int flash_default_version(int forward, int D) { return forward ? (D == 128 ? 7 : 6) : (D == 64 ? 5 : 7); }
@@ -159,7 +163,8 @@ int flash_default_version(int forward, int D) { return forward ? (D == 128 ? 7 :
 static int flash_for(int forward, int D) {
     flash_pick();
     int v = forward ? flash_fwd_version : flash_bwd_version;
-    return v >= 0 || v == FLASH_TUNE ? v : flash_default_version(forward, D);
+    if (v == FLASH_CUDNN && !forward) v = -2;  // (cuDNN's forward, our backward)
+    return v >= 0 || v == FLASH_TUNE || v == FLASH_CUDNN ? v : flash_default_version(forward, D);
 }
 extern "C" void cuda_attention_set_flash(int version) { flash_fwd_version = flash_bwd_version = version; }
 
@@ -169,6 +174,10 @@ extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, con
     if (version == FLASH_TUNE) {
         if (flash_tuned_forward(out, lse, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal)) return;
         version = flash_default_version(1, D);
+    }
+    if (version == FLASH_CUDNN) {
+        if (cuda_cudnn_attention_forward(out, lse, q, k, v, nseq, T, Hq, Hkv, D, causal) == 0) return;
+        version = flash_default_version(1, D);  // (packed sequences, or no cuDNN here)
     }
     if (version >= 4 && cuda_flash_wgmma_forward(version, out, lse, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal) == 0)
         return;

@@ -23,8 +23,9 @@ struct Pick {
     int version, exp2, tma;  // LLAVA_FLASH's version, LLAVA_FLASH_EXP2, LLAVA_WS_TMA for this call
 };
 // where exp2 or TMA change nothing (version 4's and 5's forward, 6's backward; TMA outside 8) they are left out
-const Pick fwd_candidates[] = {{4, 0, 0}, {5, 0, 0}, {6, 0, 0}, {6, 1, 0}, {7, 0, 0},
-                               {7, 1, 0}, {8, 0, 0}, {8, 1, 0}, {8, 0, 1}, {8, 1, 1}};
+// (FLASH_CUDNN: cuDNN's fused attention, cudnn_attn.cu, where it runs: one sequence, the library there)
+const Pick fwd_candidates[] = {{4, 0, 0}, {5, 0, 0}, {6, 0, 0}, {6, 1, 0}, {7, 0, 0},       {7, 1, 0},
+                               {8, 0, 0}, {8, 1, 0}, {8, 0, 1}, {8, 1, 1}, {FLASH_CUDNN, 0, 0}};
 const Pick bwd_candidates[] = {{4, 0, 0}, {4, 1, 0}, {5, 0, 0}, {5, 1, 0}, {6, 0, 0}, {7, 0, 0},
                                {7, 1, 0}, {8, 0, 0}, {8, 1, 0}, {8, 0, 1}, {8, 1, 1}};
 
@@ -58,6 +59,8 @@ struct Call {
 
 // one run of pick p, its settings for this call only; false where the wgmma kernels do not run here
 bool run(const Pick &p, const Call &c) {
+    if (p.version == FLASH_CUDNN)
+        return c.s.forward && cuda_cudnn_attention_forward(c.out, c.lse, c.q, c.k, c.v, c.nseq, c.s.T, c.s.Hq, c.s.Hkv, c.s.D, c.s.causal) == 0;
     cuda_flash_set_exp2(p.exp2);
     cuda_flash_set_ws_tma(p.tma);
     int rc = c.s.forward ? cuda_flash_wgmma_forward(p.version, c.out, c.lse, c.q, c.k, c.v, c.cu, c.nseq, c.s.T, c.max_len, c.s.Hq,
@@ -70,7 +73,8 @@ bool run(const Pick &p, const Call &c) {
 }
 
 // acc[0] += Σ (a − ref)², acc[1] += Σ ref² (atomics: the order does not matter for a threshold)
-__global__ void sq_diff_k(double *acc, const bf16_t *a, const bf16_t *ref, size_t n) {
+template <typename T>
+__global__ void sq_diff_k(double *acc, const T *a, const T *ref, size_t n) {
     double d = 0.0, r = 0.0;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         double x = ld(a, i), y = ld(ref, i);
@@ -80,18 +84,22 @@ __global__ void sq_diff_k(double *acc, const bf16_t *a, const bf16_t *ref, size_
     for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o), r += __shfl_xor_sync(0xffffffffu, r, o);
     if (threadIdx.x % 32 == 0) atomicAdd(acc, d), atomicAdd(acc + 1, r);
 }
-// relative L2 distance of a from ref (n bf16 each), NaN where a is not finite
-double rel_l2(double *acc, const bf16 *a, const bf16 *ref, size_t n) {
+// relative L2 distance of a from ref (n elements each), NaN where a is not finite
+template <typename T>
+double rel_l2_of(double *acc, const T *a, const T *ref, size_t n) {
     double h[2];
     CUDA_CHECK(cudaMemsetAsync(acc, 0, 2 * sizeof(double), g_stream));
-    sq_diff_k<<<264, 256, 0, g_stream>>>(acc, (const bf16_t *)a, (const bf16_t *)ref, n);
+    sq_diff_k<<<264, 256, 0, g_stream>>>(acc, a, ref, n);
     LAUNCH_CHECK();
     CUDA_CHECK(cudaMemcpyAsync(h, acc, sizeof h, cudaMemcpyDeviceToHost, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
     return sqrt(h[0] / (h[1] > 0.0 ? h[1] : 1e-300));
 }
+double rel_l2(double *acc, const bf16 *a, const bf16 *ref, size_t n) { return rel_l2_of(acc, (const bf16_t *)a, (const bf16_t *)ref, n); }
+double rel_l2(double *acc, const float *a, const float *ref, size_t n) { return rel_l2_of(acc, a, ref, n); }
 
 int name(char *buf, size_t len, const Pick &p) {
+    if (p.version == FLASH_CUDNN) return snprintf(buf, len, "cudnn");
     return snprintf(buf, len, "v%d%s%s", p.version, p.exp2 ? "+exp2" : "", p.tma ? "+tma" : "");
 }
 
@@ -106,6 +114,9 @@ bool tune(const Call &c, Pick *best) {
     bf16 *saved[3] = {};
     for (int i = 0; i < c.nout(); i++)
         if (c.output(i)) saved[i] = (bf16 *)cuda_alloc(c.count(i) * sizeof(bf16));
+    // the forward's log-sum-exp too: the backward reads it, whichever version wrote it (cuDNN's included)
+    size_t nlse = c.s.forward && c.lse ? (size_t)c.s.T * c.s.Hq : 0;
+    float *saved_lse = nlse ? (float *)cuda_alloc(nlse * sizeof(float)) : NULL;
     double *acc = (double *)cuda_alloc(2 * sizeof(double));
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0));
@@ -118,7 +129,12 @@ bool tune(const Call &c, Pick *best) {
     for (int j = -1; j < n; j++) {  // the reference first, then the candidates (the reference among them skipped)
         const Pick &p = j < 0 ? ref : cand[j];
         if (j >= 0 && p.version == ref.version && p.exp2 == ref.exp2 && p.tma == ref.tma) continue;
-        if (j >= 0) run(p, c);  // warm-up (the launch settings of a kernel's first call)
+        if (j >= 0 && !run(p, c)) {  // warm-up (the launch settings of a kernel's first call); false: it cannot run here
+            char what[32];
+            name(what, sizeof what, p);
+            if (at < (int)sizeof line) at += snprintf(line + at, sizeof line - at, " %s dropped (does not run here)", what);
+            continue;
+        }
         CUDA_CHECK(cudaEventRecord(e0, g_stream));
         run(p, c);
         run(p, c);
@@ -140,6 +156,10 @@ bool tune(const Call &c, Pick *best) {
             double e = rel_l2(acc, c.output(i), saved[i], c.count(i));
             if (isnan(e) || e > worst) worst = e;  // (a NaN stays)
         }
+        if (nlse && !dropped) {
+            if (j < 0) CUDA_CHECK(cudaMemcpyAsync(saved_lse, c.lse, nlse * sizeof(float), cudaMemcpyDeviceToDevice, g_stream));
+            else if (double e = rel_l2(acc, c.lse, saved_lse, nlse); !(e <= 1e-3)) dropped = "its lse differs from the default's", worst = e;
+        }
         if (!dropped && !(worst <= 2e-2)) dropped = "outputs differ from the default's";
         if (at < (int)sizeof line)
             at += dropped ? snprintf(line + at, sizeof line - at, " %s dropped (%s; %.2e)", what, dropped, worst)
@@ -154,6 +174,7 @@ bool tune(const Call &c, Pick *best) {
     CUDA_CHECK(cudaEventDestroy(e1));
     cuda_free(acc);
     for (int i = 0; i < 3; i++) cuda_free(saved[i]);
+    cuda_free(saved_lse);
     return true;
 }
 
@@ -169,7 +190,8 @@ bool tuned_run(const Call &c) {
     const char *kept = tune_file_get(key);
     Pick p;
     char end;
-    if (kept && sscanf(kept, "%d %d %d %c", &p.version, &p.exp2, &p.tma, &end) == 3 && p.version >= 4 && p.version <= 8 &&
+    if (kept && sscanf(kept, "%d %d %d %c", &p.version, &p.exp2, &p.tma, &end) == 3 &&
+        ((p.version >= 4 && p.version <= 8) || (p.version == FLASH_CUDNN && c.s.forward)) &&
         (p.exp2 == 0 || p.exp2 == 1) && (p.tma == 0 || p.tma == 1)) {
         if (!run(p, c)) return false;
         name(what, sizeof what, p);

@@ -450,6 +450,40 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     cuda_free(glse); cuda_free(gcu);
 }
 
+// cuDNN's fused attention forward (LLAVA_FLASH=cudnn; cudnn_attn.cu) on one sequence of T against the CPU op: its
+// output and lse, then our default backward on that lse. Not a failure where cuDNN does not run here (no
+// library, or its engines decline the shape): the line says why, and the flash kernels serve.
+static void cudnn_case(int Hq, int Hkv, int D, int causal, int T) {
+    int32_t cu[2] = {0, T};
+    size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
+    float *q = host_rand(nq, 1), *k = host_rand(nk, 1), *v = host_rand(nk, 1), *dy = host_rand(nq, 1);
+    float *o = xcalloc(nq, 4), *lse = xcalloc((size_t)T * Hq, 4), *dq = xcalloc(nq, 4), *dk = xcalloc(nk, 4), *dv = xcalloc(nk, 4);
+    attention_forward(o, lse, q, k, v, cu, 1, Hq, Hkv, D, causal);
+    for (size_t i = 0; i < nq; i++) o[i] = bf16_to_f32(f32_to_bf16(o[i]));
+    attention_backward(dq, dk, dv, dy, o, lse, q, k, v, cu, 1, Hq, Hkv, D, causal);
+    bf16 *gq = dev_bf16(q, nq), *gk = dev_bf16(k, nk), *gv = dev_bf16(v, nk), *gdy = dev_bf16(dy, nq), *go = cuda_alloc(nq * 2),
+         *gdq = cuda_alloc(nq * 2), *gdk = cuda_alloc(nk * 2), *gdv = cuda_alloc(nk * 2);
+    float *glse = dev_f32(NULL, (size_t)T * Hq);
+    int32_t *gcu = cuda_alloc(sizeof cu);
+    cuda_upload(gcu, cu, sizeof cu);
+    cuda_memset_ff(go, nq * 2);  // (NaN: an output cuDNN leaves unwritten shows)
+    if (cuda_cudnn_attention_forward(go, glse, gq, gk, gv, 1, T, Hq, Hkv, D, causal) == 0) {
+        cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, 1, T, T, Hq, Hkv, D, causal);
+        sync_or_die();
+        check_bf16(go, o, nq, 2e-2, "attention %s %dq/%dkv d%d T%d forward (cudnn)", causal ? "causal" : "bidir", Hq, Hkv, D, T);
+        check_f32(glse, lse, (size_t)T * Hq, 1e-3, "  lse, fp32 (cudnn)");
+        check_bf16(gdq, dq, nq, 2e-2, "  dq (cudnn forward, default backward)");
+        check_bf16(gdk, dk, nk, 2e-2, "  dk (cudnn forward, default backward)");
+        check_bf16(gdv, dv, nk, 2e-2, "  dv (cudnn forward, default backward)");
+    } else {
+        printf("attention %s %dq/%dkv d%d T%d forward (cudnn): not run here: %s\n", causal ? "causal" : "bidir", Hq, Hkv, D, T,
+               cuda_cudnn_status());
+    }
+    free(q); free(k); free(v); free(dy); free(o); free(lse); free(dq); free(dk); free(dv);
+    cuda_free(gq); cuda_free(gk); cuda_free(gv); cuda_free(gdy); cuda_free(go); cuda_free(gdq); cuda_free(gdk); cuda_free(gdv);
+    cuda_free(glse); cuda_free(gcu);
+}
+
 static void attention_cases(int version) {
     attention_case(4, 4, 64, 0, 0, version);
     attention_case(8, 2, 128, 1, 0, version);
@@ -659,6 +693,20 @@ static void at_attention_shapes(void (*fn)(Bench *b, double flops, const int *ar
         attention_buffers_free(&shapes[i]);
     }
     free(x);
+}
+
+// cuDNN's forward (where it runs) against the default version's at the two shapes
+static void run_cudnn(void *p) { Bench *b = p; cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->Hq, b->Hkv, b->D, b->causal); }
+static void cudnn_timing(Bench *b, double flops, const int *unused) {
+    (void)unused;
+    if (cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
+        printf("timing: attention T %d %s d%d: cudnn forward not run here (%s)\n", b->T, b->causal ? "causal" : "bidir", b->D,
+               cuda_cudnn_status());
+        return;
+    }
+    double c = time_ms(run_cudnn, b, 5), d = time_ms(run_attn, b, 5);
+    printf("timing: attention T %d %s d%d: cudnn forward %7.3f ms %6.1f TFLOP/s, default flash forward %7.3f ms %6.1f TFLOP/s [%s]\n",
+           b->T, b->causal ? "causal" : "bidir", b->D, c, flops / c / 1e9, d, flops / d / 1e9, cuda_cudnn_status());
 }
 
 // --attention: the attention forward and backward once each at the slice's and the tower's shapes, with the
@@ -936,6 +984,12 @@ int main(int argc, char **argv) {
     attention_cases_with(cuda_flash_set_exp2, " exp2", 8, 8);
     attention_cases_with(cuda_flash_set_ws_tma, " tma", 8, 8);
     if (timed) at_attention_shapes(ws_timing, NULL);
+    // cuDNN's fused attention forward (session 20: not yet run on a GPU when written), checked, then timed
+    cudnn_case(4, 4, 64, 0, 333);
+    cudnn_case(8, 2, 128, 1, 700);
+    cudnn_case(16, 16, 64, 0, 5185);  // the tower's shape and the slice's heads at a shorter length
+    cudnn_case(32, 8, 128, 1, 2048);
+    if (timed) at_attention_shapes(cudnn_timing, NULL);
     // LLAVA_FLASH=tune: each shape's pick (its timings on stderr), checked as the versions are
     attention_cases(FLASH_TUNE);
     printf("ops_check: %d failure%s\n", failures, failures == 1 ? "" : "s");

@@ -30,6 +30,22 @@ for f in "${GPU_BIN:-gpu-bin}"/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)" 
 PY=${PYTHON:-python3}
 export LLAVA_DATA_SPECS=$PWD/data-specs  # the programs run from a temporary directory
 summary=()
+# cuDNN (LLAVA_FLASH=cudnn and a flash-tuner candidate: kernels/cuda/cudnn_attn.cu opens libcudnn.so.9 at run time)
+# comes with PyTorch's wheels there, and its runtime-compiled engines load NVRTC: their directories onto the
+# library path
+cudnn_libs=$($PY -c '
+import importlib, os
+dirs = []
+for name in ("nvidia.cudnn", "nvidia.cuda_nvrtc", "nvidia.cu13"):
+    try:
+        for root in importlib.import_module(name).__path__:
+            dirs += [os.path.join(root, sub) for sub in ("lib", "lib64") if os.path.isdir(os.path.join(root, sub))]
+    except Exception:
+        pass
+print(":".join(dirs))' 2>/dev/null)
+[ -n "$cudnn_libs" ] && export LD_LIBRARY_PATH=$cudnn_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+cudnn_where=${cudnn_libs:-none found among the Python packages}
+summary+=("cuDNN libraries: $cudnn_where ($(ls ${cudnn_libs//:/ } 2>/dev/null | grep -m1 -o 'libcudnn.so.9[.0-9]*' || echo 'no libcudnn.so.9 there'))")
 # every program on the GPU runs under a time limit (G), so that one hang cannot spend the whole device call
 G() { timeout "${STEP_TIMEOUT:-90}" "$@"; }
 section() { tar czf "$OUTROOT/results.tgz" -C "$OUTDIR" . 2>/dev/null; echo "==== [$SECONDS s] $*"; }
@@ -185,6 +201,14 @@ if [ -x "$B/ops_check" ]; then
         esac
     fi
     grep -q '^flash tune:' "$OUTDIR/ops_check.txt" && summary+=("flash tune in ops_check: $(grep -c '^flash tune:' "$OUTDIR/ops_check.txt") shapes tuned, $(ok_count "flash tuned") checks ok")
+    # cuDNN's fused attention forward (session 20): 20 checks where it ran; where they pass, a bench run with it
+    # (unless the tuner runs: cuDNN is one of its forward candidates)
+    cudnn_ok=$(grep -c '(cudnn.*ok$' "$OUTDIR/ops_check.txt") cudnn_bad=$(grep -c '(cudnn.*FAIL$' "$OUTDIR/ops_check.txt")
+    summary+=("cuDNN attention forward: $cudnn_ok checks ok, $cudnn_bad failed; $(grep -m1 -E '\(cudnn\): not run here|cuDNN [0-9]+: forward' "$OUTDIR/ops_check.txt" | cut -c1-200)")
+    while IFS= read -r line; do summary+=("${line#timing: }"); done < <(grep '^timing: attention.*cudnn' "$OUTDIR/ops_check.txt")
+    if [ "$cudnn_ok" -ge 20 ] && [ "$cudnn_bad" -eq 0 ]; then
+        case "$env_variants" in *LLAVA_FLASH=tune*) ;; *) env_variants="$env_variants LLAVA_FLASH=cudnn" ;; esac
+    fi
     export ENV_VARIANTS=${ENV_VARIANTS-$env_variants} FLASH_VARIANTS=${FLASH_VARIANTS-$variants}
 fi
 # OPS_AB=DIR: the attention timings of another build's ops_check (DIR/ops_check.xz, e.g. an earlier commit's

@@ -1,0 +1,343 @@
+// cudnn_attn.cu: the attention forward through cuDNN's fused flash attention (its graph API), beside our own
+// kernels: LLAVA_FLASH=cudnn (the backward stays ours: it reads the same log-sum-exp), and a candidate of
+// LLAVA_FLASH=tune. "Real libraries for solved problems": cuDNN 9 ships FlashAttention-class kernels for Hopper,
+// and PyTorch's SDPA can run them; whether they beat ours at our shapes is for the GPU runs to say.
+//
+// libcudnn.so.9 is opened at run time (as NCCL is): the build needs only the header, a machine without the
+// library runs our kernels, and every cuDNN failure -- no library, a graph its engines do not take, an
+// execution error -- leaves nothing launched and the caller runs its own version (cuda_cudnn_status says why).
+// One sequence only (cu_seqlens = {0, T}: the benches' slice and tower); packed sequences take our kernels.
+//
+// The graph is the one cudnn-frontend builds for its SDPA node (training, stats out), per head
+// b = 1, h = Hq, s = T, d = D, with Q [1, Hq, T, D] and V [1, Hkv, T, D] over our [T, H, D] rows (strides
+// H·D between positions) and K read as Kᵀ [1, Hkv, D, T]:
+//   S = Q·Kᵀ (fp32) · scale;  causal: S = row ≥ col ? S : lowest   (GEN_INDEX, CMP_GE, BINARY_SELECT)
+//   M = max_row S;  E = exp(S − M);  Z = Σ_row E;  stats = M + log Z;  P = E / Z (bf16);  O = P·V
+// stats [1, Hq, T, 1] is the natural-log log-sum-exp of the scaled scores, our kernels' lse, written
+// head-major into scratch and transposed into lse [T, Hq]. A built plan is kept per shape.
+#include <dlfcn.h>
+#include <float.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common_cuda.cuh"
+#include "ops_cuda.h"
+
+static char g_cudnn_status[256] = "not tried";
+extern "C" const char *cuda_cudnn_status(void) { return g_cudnn_status; }
+
+#if __has_include(<cudnn_graph.h>)
+#include <cudnn_graph.h>
+
+namespace {
+
+struct Api {
+    void *lib;
+    cudnnHandle_t handle;
+    int failed;  // the library or the handle could not be had: never tried again
+    size_t (*version)(void);
+    const char *(*error)(cudnnStatus_t);
+    cudnnStatus_t (*create)(cudnnHandle_t *);
+    cudnnStatus_t (*set_stream)(cudnnHandle_t, cudaStream_t);
+    cudnnStatus_t (*create_desc)(cudnnBackendDescriptorType_t, cudnnBackendDescriptor_t *);
+    cudnnStatus_t (*finalize)(cudnnBackendDescriptor_t);
+    cudnnStatus_t (*set_attr)(cudnnBackendDescriptor_t, cudnnBackendAttributeName_t, cudnnBackendAttributeType_t, int64_t, const void *);
+    cudnnStatus_t (*get_attr)(cudnnBackendDescriptor_t, cudnnBackendAttributeName_t, cudnnBackendAttributeType_t, int64_t, int64_t *,
+                              void *);
+    cudnnStatus_t (*execute)(cudnnHandle_t, cudnnBackendDescriptor_t, cudnnBackendDescriptor_t);
+} api;
+
+// (attributes deprecated in cuDNN 9.19's header, which earlier 9.x libraries still need)
+const cudnnBackendAttributeName_t OPERATIONGRAPH_HANDLE = (cudnnBackendAttributeName_t)800,
+                                  EXECUTION_PLAN_HANDLE = (cudnnBackendAttributeName_t)400;
+
+bool api_open(void) {
+    if (api.handle) return true;
+    if (api.failed) return false;
+    api.failed = 1;
+    const char *names[] = {"libcudnn.so.9", "libcudnn.so"};
+    for (const char *n : names)
+        if ((api.lib = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
+    if (!api.lib) {
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "no libcudnn.so.9 (%s)", dlerror());
+        return false;
+    }
+#define SYM(field, name) api.field = (decltype(api.field))dlsym(api.lib, name)
+    SYM(version, "cudnnGetVersion");
+    SYM(error, "cudnnGetErrorString");
+    SYM(create, "cudnnCreate");
+    SYM(set_stream, "cudnnSetStream");
+    SYM(create_desc, "cudnnBackendCreateDescriptor");
+    SYM(finalize, "cudnnBackendFinalize");
+    SYM(set_attr, "cudnnBackendSetAttribute");
+    SYM(get_attr, "cudnnBackendGetAttribute");
+    SYM(execute, "cudnnBackendExecute");
+#undef SYM
+    if (!api.version || !api.error || !api.create || !api.set_stream || !api.create_desc || !api.finalize || !api.set_attr ||
+        !api.get_attr || !api.execute) {
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "libcudnn.so.9 lacks the backend API");
+        return false;
+    }
+    cudnnStatus_t s = api.create(&api.handle);
+    if (s != CUDNN_STATUS_SUCCESS) {
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cudnnCreate: %s", api.error(s));
+        api.handle = NULL;
+        return false;
+    }
+    api.failed = 0;
+    snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu loaded", api.version());
+    return true;
+}
+
+// A graph under construction: the first failing call is remembered (and every later call skipped), so that the
+// builder reads as the graph it builds. Descriptors are kept for the plan's lifetime (never destroyed: a few per
+// shape).
+struct Builder {
+    cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
+    const char *where = "";
+    cudnnBackendDescriptor_t ops[16];
+    int nops = 0;
+
+    bool ok() const { return status == CUDNN_STATUS_SUCCESS; }
+    void note(cudnnStatus_t s, const char *what) {
+        if (ok() && s != CUDNN_STATUS_SUCCESS) status = s, where = what;
+    }
+    cudnnBackendDescriptor_t make(cudnnBackendDescriptorType_t type, const char *what) {
+        cudnnBackendDescriptor_t d = NULL;
+        if (ok()) note(api.create_desc(type, &d), what);
+        return d;
+    }
+    void set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type, int64_t n, const void *v,
+             const char *what) {
+        if (ok()) note(api.set_attr(d, name, type, n, v), what);
+    }
+    void set_desc(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name, cudnnBackendDescriptor_t v, const char *what) {
+        set(d, name, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &v, what);
+    }
+    void done(cudnnBackendDescriptor_t d, const char *what) {
+        if (ok()) note(api.finalize(d), what);
+    }
+
+    // a 4-d tensor: uid, type, dims, strides; virtual (inside the graph), or by value (a host scalar)
+    cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t type, const int64_t *dims, const int64_t *strides, bool is_virtual,
+                                    bool by_value = false) {
+        cudnnBackendDescriptor_t t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor");
+        int64_t align = 16;
+        bool v = is_virtual, bv = by_value;
+        set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, "tensor uid");
+        set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type, "tensor type");
+        set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align, "tensor alignment");
+        set(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims, "tensor dims");
+        set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides, "tensor strides");
+        if (v) set(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &v, "tensor virtual");
+        if (bv) set(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &bv, "tensor by value");
+        done(t, "tensor finalize");
+        return t;
+    }
+    cudnnBackendDescriptor_t scalar(int64_t uid, cudnnDataType_t type) {
+        const int64_t one[4] = {1, 1, 1, 1};
+        return tensor(uid, type, one, one, false, true);
+    }
+    void add_op(cudnnBackendDescriptor_t op) {
+        if (ok() && nops < 16) ops[nops++] = op;
+    }
+    // y = mode(x[, b[, t]]) elementwise, computed in prec (axis: GEN_INDEX's dimension)
+    void pointwise(cudnnPointwiseMode_t mode, cudnnDataType_t prec, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
+                   cudnnBackendDescriptor_t t, cudnnBackendDescriptor_t y, int64_t axis = -1) {
+        cudnnBackendDescriptor_t pw = make(CUDNN_BACKEND_POINTWISE_DESCRIPTOR, "pointwise");
+        set(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode, "pointwise mode");
+        set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec, "pointwise precision");
+        if (axis >= 0) set(pw, CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &axis, "pointwise axis");
+        done(pw, "pointwise finalize");
+        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, "pointwise op");
+        set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw, "pointwise op desc");
+        set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x, "pointwise x");
+        if (b) set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, b, "pointwise b");
+        if (t) set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, t, "pointwise t");
+        set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y, "pointwise y");
+        done(op, "pointwise op finalize");
+        add_op(op);
+    }
+    // y = reduce(x) over the dimensions where y has extent 1
+    void reduction(cudnnReduceTensorOp_t how, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
+        cudnnBackendDescriptor_t r = make(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, "reduction");
+        cudnnDataType_t f = CUDNN_DATA_FLOAT;
+        set(r, CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &how, "reduction operator");
+        set(r, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f, "reduction precision");
+        done(r, "reduction finalize");
+        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR, "reduction op");
+        set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC, r, "reduction op desc");
+        set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC, x, "reduction x");
+        set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC, y, "reduction y");
+        done(op, "reduction op finalize");
+        add_op(op);
+    }
+    // c = a·b over the last two dimensions, batched over the first two (b's heads broadcast over a's groups), fp32
+    void matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t c) {
+        cudnnBackendDescriptor_t mm = make(CUDNN_BACKEND_MATMUL_DESCRIPTOR, "matmul");
+        cudnnDataType_t f = CUDNN_DATA_FLOAT;
+        set(mm, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f, "matmul precision");
+        done(mm, "matmul finalize");
+        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR, "matmul op");
+        set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, mm, "matmul op desc");
+        set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, a, "matmul a");
+        set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, b, "matmul b");
+        set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, c, "matmul c");
+        done(op, "matmul op finalize");
+        add_op(op);
+    }
+};
+
+enum : int64_t { UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST, UID_VIRTUAL = 100 };
+
+struct Plan {
+    int T, Hq, Hkv, D, causal;
+    int ok;  // 1: built; 0: cuDNN declined the shape (not asked again)
+    cudnnBackendDescriptor_t plan;
+    void *workspace;
+};
+Plan plans[16];
+int nplans;
+
+// the forward graph of the head comment, its plan from the first engine config (heuristic mode A) that builds
+void build_forward(Plan *p) {
+    Builder g;
+    const int64_t T = p->T, Hq = p->Hq, Hkv = p->Hkv, D = p->D;
+    const int64_t qd[4] = {1, Hq, T, D}, qs[4] = {T * Hq * D, D, Hq * D, 1};
+    const int64_t ktd[4] = {1, Hkv, D, T}, kts[4] = {T * Hkv * D, D, 1, Hkv * D};
+    const int64_t vd[4] = {1, Hkv, T, D}, vs[4] = {T * Hkv * D, D, Hkv * D, 1};
+    const int64_t sd[4] = {1, Hq, T, T}, ss[4] = {Hq * T * T, T * T, T, 1};
+    const int64_t rd[4] = {1, Hq, T, 1}, rs[4] = {Hq * T, T, 1, 1};
+    int64_t uid = UID_VIRTUAL;
+    const cudnnDataType_t F = CUDNN_DATA_FLOAT, BF = CUDNN_DATA_BFLOAT16;
+    cudnnBackendDescriptor_t q = g.tensor(UID_Q, BF, qd, qs, false), kt = g.tensor(UID_K, BF, ktd, kts, false),
+                             v = g.tensor(UID_V, BF, vd, vs, false), o = g.tensor(UID_O, BF, qd, qs, false),
+                             stats = g.tensor(UID_STATS, F, rd, rs, false), scale = g.scalar(UID_SCALE, F);
+    cudnnBackendDescriptor_t s1 = g.tensor(uid++, F, sd, ss, true), s2 = g.tensor(uid++, F, sd, ss, true);
+    g.matmul(q, kt, s1);                                               // S = Q·Kᵀ
+    g.pointwise(CUDNN_POINTWISE_MUL, F, s1, scale, NULL, s2);          //   · scale
+    cudnnBackendDescriptor_t s = s2;
+    if (p->causal) {  // S = row >= col ? S : lowest
+        cudnnBackendDescriptor_t row = g.tensor(uid++, CUDNN_DATA_INT32, sd, ss, true), col = g.tensor(uid++, CUDNN_DATA_INT32, sd, ss, true),
+                                 keep = g.tensor(uid++, CUDNN_DATA_BOOLEAN, sd, ss, true), s3 = g.tensor(uid++, F, sd, ss, true),
+                                 lowest = g.scalar(UID_LOWEST, F);
+        g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s2, NULL, NULL, row, 2);
+        g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s2, NULL, NULL, col, 3);
+        g.pointwise(CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, col, NULL, keep);
+        g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, F, s2, lowest, keep, s3);
+        s = s3;
+    }
+    cudnnBackendDescriptor_t m = g.tensor(uid++, F, rd, rs, true), sub = g.tensor(uid++, F, sd, ss, true),
+                             e = g.tensor(uid++, F, sd, ss, true), z = g.tensor(uid++, F, rd, rs, true),
+                             logz = g.tensor(uid++, F, rd, rs, true), pr = g.tensor(uid++, BF, sd, ss, true);
+    g.reduction(CUDNN_REDUCE_TENSOR_MAX, s, m);                        // M = max_row S
+    g.pointwise(CUDNN_POINTWISE_SUB, F, s, m, NULL, sub);              // E = exp(S − M)
+    g.pointwise(CUDNN_POINTWISE_EXP, F, sub, NULL, NULL, e);
+    g.reduction(CUDNN_REDUCE_TENSOR_ADD, e, z);                        // Z = Σ_row E
+    g.pointwise(CUDNN_POINTWISE_LOG, F, z, NULL, NULL, logz);          // stats = M + log Z
+    g.pointwise(CUDNN_POINTWISE_ADD, F, m, logz, NULL, stats);
+    g.pointwise(CUDNN_POINTWISE_DIV, F, e, z, NULL, pr);               // P = E / Z, bf16 (the i/o type)
+    g.matmul(pr, v, o);                                                // O = P·V
+
+    cudnnBackendDescriptor_t graph = g.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "operation graph");
+    g.set(graph, OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &api.handle, "graph handle");
+    g.set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, g.nops, g.ops, "graph ops");
+    g.done(graph, "graph finalize");
+    cudnnBackendDescriptor_t heur = g.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics");
+    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    g.set_desc(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph, "heuristics graph");
+    g.set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heuristics mode");
+    g.done(heur, "heuristics finalize");
+    int64_t n = 0;
+    if (g.ok()) g.note(api.get_attr(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &n, NULL), "heuristics count");
+    cudnnBackendDescriptor_t cfg[8];
+    if (n > 8) n = 8;
+    for (int64_t i = 0; i < n; i++) cfg[i] = g.make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config");
+    int64_t got = 0;
+    if (g.ok() && n > 0) g.note(api.get_attr(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n, &got, cfg), "heuristics results");
+    cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
+    for (int64_t i = 0; g.ok() && i < got && !p->plan; i++) {  // the first config whose plan builds
+        cudnnBackendDescriptor_t plan = g.make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "plan");
+        g.set(plan, EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &api.handle, "plan handle");
+        g.set_desc(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg[i], "plan config");
+        if (!g.ok()) break;
+        last = api.finalize(plan);
+        if (last == CUDNN_STATUS_SUCCESS) p->plan = plan;
+    }
+    int64_t ws = 0, one = 0;
+    if (p->plan) g.note(api.get_attr(p->plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one, &ws), "workspace size");
+    if (g.ok() && p->plan) {
+        p->workspace = ws > 0 ? cuda_alloc((size_t)ws) : NULL;
+        p->ok = 1;
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: forward T %d %dq/%dkv d%d %s built (%d engine configs, workspace %lld bytes)",
+                 api.version(), p->T, p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir", (int)got, (long long)ws);
+    } else {
+        p->plan = NULL;
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: forward T %d %dq/%dkv d%d %s declined: %s (%s)", api.version(), p->T,
+                 p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir", g.ok() ? "no engine config built a plan" : g.where,
+                 api.error(g.ok() ? last : g.status));
+    }
+    fprintf(stderr, "%s\n", g_cudnn_status);
+}
+
+Plan *plan_for(int T, int Hq, int Hkv, int D, int causal) {
+    for (int i = 0; i < nplans; i++)
+        if (plans[i].T == T && plans[i].Hq == Hq && plans[i].Hkv == Hkv && plans[i].D == D && plans[i].causal == causal) return &plans[i];
+    if (nplans == (int)(sizeof plans / sizeof *plans)) return NULL;  // (a bench's few shapes: more are not kept)
+    Plan *p = &plans[nplans++];
+    *p = Plan{T, Hq, Hkv, D, causal, 0, NULL, NULL};
+    build_forward(p);
+    return p;
+}
+
+// lse[t, h] = stats[h, t]
+__global__ void stats_to_lse(float *lse, const float *stats, int T, int H) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)T * H) return;
+    int t = (int)(i / H), h = (int)(i % H);
+    lse[i] = stats[(size_t)h * T + t];
+}
+
+}  // namespace
+
+extern "C" int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int Hq,
+                                            int Hkv, int D, int causal) {
+    if (nseq != 1 || Hq % Hkv || D % 8 || D > 128 || !api_open()) return -1;
+    Plan *p = plan_for(T, Hq, Hkv, D, causal);
+    if (!p || !p->ok) return -1;
+    float *stats = (float *)cuda_scratch((size_t)T * Hq * sizeof(float));
+    float scale = 1.0f / sqrtf((float)D), lowest = -FLT_MAX;
+    int64_t uids[7] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST};
+    void *ptrs[7] = {(void *)q, (void *)k, (void *)v, out, stats, &scale, &lowest};
+    int n = causal ? 7 : 6;
+    cudnnBackendDescriptor_t pack = NULL;
+    cudnnStatus_t s = api.create_desc(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
+    if (s == CUDNN_STATUS_SUCCESS) s = api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids);
+    if (s == CUDNN_STATUS_SUCCESS) s = api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, ptrs);
+    if (s == CUDNN_STATUS_SUCCESS) s = api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &p->workspace);
+    if (s == CUDNN_STATUS_SUCCESS) s = api.finalize(pack);
+    if (s == CUDNN_STATUS_SUCCESS) s = api.set_stream(api.handle, g_stream);  // (the main or the side stream)
+    if (s == CUDNN_STATUS_SUCCESS) s = api.execute(api.handle, p->plan, pack);
+    static cudnnStatus_t (*destroy)(cudnnBackendDescriptor_t) =
+        (cudnnStatus_t(*)(cudnnBackendDescriptor_t))dlsym(api.lib, "cudnnBackendDestroyDescriptor");
+    if (pack && destroy) destroy(pack);
+    if (s != CUDNN_STATUS_SUCCESS) {  // (not asked again for this shape; the caller runs its own kernels)
+        p->ok = 0;
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: forward T %d %dq/%dkv d%d failed to run: %s", api.version(), T, Hq,
+                 Hkv, D, api.error(s));
+        fprintf(stderr, "%s\n", g_cudnn_status);
+        return -1;
+    }
+    stats_to_lse<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(lse, stats, T, Hq);
+    LAUNCH_CHECK();
+    return 0;
+}
+
+#else  // built without cuDNN's header: our kernels only
+
+extern "C" int cuda_cudnn_attention_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, int, int, int, int, int, int) {
+    snprintf(g_cudnn_status, sizeof g_cudnn_status, "built without cuDNN's header (cudnn_graph.h)");
+    return -1;
+}
+
+#endif
