@@ -146,7 +146,7 @@ static unsigned warps_grid(size_t warps) { return (unsigned)((warps * 32 + 255) 
 // 16, 8 was 6 with the second warpgroup half a step behind, slower: 2.47/7.94 ms); 9 a backward only (its forward is 6's): one pass, 5
 // tile products instead of 7, dQ summed with atomics, so not bit-reproducible (slower: the reductions).
 // LLAVA_FLASH=tune (or cuda_attention_set_flash(FLASH_TUNE)) picks per shape by timing (flash_tune.cu).
-// LLAVA_FLASH=cudnn (FLASH_CUDNN) runs the forward through cuDNN's fused attention where it can (cudnn_attn.cu).
+// LLAVA_FLASH=cudnn (FLASH_CUDNN) runs both through cuDNN's fused attention where it can (cudnn_attn.cu).
 static int flash_fwd_version = -1, flash_bwd_version = -1;  // -1: LLAVA_FLASH not read yet; -2: unset (the default)
 static void flash_pick(void) {
     if (flash_fwd_version != -1) return;
@@ -163,7 +163,6 @@ int flash_default_version(int forward, int D) { return forward ? (D == 128 ? 7 :
 static int flash_for(int forward, int D) {
     flash_pick();
     int v = forward ? flash_fwd_version : flash_bwd_version;
-    if (v == FLASH_CUDNN && !forward) v = -2;  // (cuDNN's forward, our backward)
     return v >= 0 || v == FLASH_TUNE || v == FLASH_CUDNN ? v : flash_default_version(forward, D);
 }
 extern "C" void cuda_attention_set_flash(int version) { flash_fwd_version = flash_bwd_version = version; }
@@ -195,6 +194,10 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
                                         int max_len, int Hq, int Hkv, int D, int causal) {
     if (D > MAXD) { cuda_note_error("cuda_attention_backward", "head_dim above 128"); return; }
     int asked = flash_for(0, D), tune = asked == FLASH_TUNE;  // (tune: the tuner's pick once Drow is there, where it tunes)
+    if (asked == FLASH_CUDNN) {
+        if (cuda_cudnn_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, nseq, T, Hq, Hkv, D, causal) == 0) return;
+        asked = flash_default_version(0, D);  // (packed sequences, or no cuDNN here)
+    }
     int version = tune ? flash_default_version(0, D) : asked, fused = version == 9 && dq;  // (version 9 without dq: version 4)
     // one scratch buffer (a second call could move the first): Drow [T, Hq], then version 9's dq_acc [T, Hq, D]
     size_t drow_bytes = ((size_t)T * Hq * sizeof(float) + 255) / 256 * 256;
@@ -204,7 +207,7 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     attn_bwd_d<<<warps_grid((size_t)T * Hq), 256, 0, g_stream>>>(Drow, DO, (const bf16_t *)out, T, Hq, D);
     LAUNCH_CHECK();
     if (tune &&
-        flash_tuned_backward(dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal))
+        flash_tuned_backward(dq, dk, dv, dout, out, lse, Drow, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal))
         return;
     if (fused &&
         cuda_flash_fused_backward(dq_acc, dq, dk, dv, dout, lse, Drow, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal) == 0)

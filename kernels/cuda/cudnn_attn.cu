@@ -5,7 +5,8 @@
 //
 // libcudnn.so.9 is opened at run time (as NCCL is): the build needs only the header, a machine without the
 // library runs our kernels, and every cuDNN failure -- no library, a graph its engines do not take, an
-// execution error -- leaves nothing launched and the caller runs its own version (cuda_cudnn_status says why).
+// execution error -- leaves nothing launched and the caller runs its own version (cuda_cudnn_status says why);
+// LLAVA_CUDNN=0 keeps it unloaded.
 // One sequence only (cu_seqlens = {0, T}: the benches' slice and tower); packed sequences take our kernels.
 //
 // The graph is the one cudnn-frontend builds for its SDPA node (training, stats out), per head
@@ -55,6 +56,11 @@ bool api_open(void) {
     if (api.handle) return true;
     if (api.failed) return false;
     api.failed = 1;
+    static int off = ENV_UNREAD;
+    if (cuda_env_setting(&off, "LLAVA_CUDNN", 1) == 0) {  // LLAVA_CUDNN=0: never loaded (our kernels serve)
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "LLAVA_CUDNN=0");
+        return false;
+    }
     const char *names[] = {"libcudnn.so.9", "libcudnn.so"};
     for (const char *n : names)
         if ((api.lib = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
@@ -95,7 +101,7 @@ bool api_open(void) {
 struct Builder {
     cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
     const char *where = "";
-    cudnnBackendDescriptor_t ops[16];
+    cudnnBackendDescriptor_t ops[32];
     int nops = 0;
 
     bool ok() const { return status == CUDNN_STATUS_SUCCESS; }
@@ -120,10 +126,12 @@ struct Builder {
 
     // a 4-d tensor: uid, type, dims, strides; virtual (inside the graph), or by value (a host scalar)
     cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t type, const int64_t *dims, const int64_t *strides, bool is_virtual,
-                                    bool by_value = false) {
+                                    bool by_value = false, bool f16x16 = false) {
         cudnnBackendDescriptor_t t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "tensor");
         int64_t align = 16;
         bool v = is_virtual, bv = by_value;
+        cudnnBackendTensorReordering_t reorder = CUDNN_TENSOR_REORDERING_F16x16;
+        if (f16x16) set(t, CUDNN_ATTR_TENSOR_REORDERING_MODE, CUDNN_TYPE_TENSOR_REORDERING_MODE, 1, &reorder, "tensor reordering");
         set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, "tensor uid");
         set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type, "tensor type");
         set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align, "tensor alignment");
@@ -139,7 +147,7 @@ struct Builder {
         return tensor(uid, type, one, one, false, true);
     }
     void add_op(cudnnBackendDescriptor_t op) {
-        if (ok() && nops < 16) ops[nops++] = op;
+        if (ok() && nops < 32) ops[nops++] = op;
     }
     // y = mode(x[, b[, t]]) elementwise, computed in prec (axis: GEN_INDEX's dimension)
     void pointwise(cudnnPointwiseMode_t mode, cudnnDataType_t prec, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
@@ -172,6 +180,14 @@ struct Builder {
         done(op, "reduction op finalize");
         add_op(op);
     }
+    // y = x seen with y's dims and strides (a transposed view)
+    void reshape(cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
+        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR, "reshape op");
+        set_desc(op, CUDNN_ATTR_OPERATION_RESHAPE_XDESC, x, "reshape x");
+        set_desc(op, CUDNN_ATTR_OPERATION_RESHAPE_YDESC, y, "reshape y");
+        done(op, "reshape op finalize");
+        add_op(op);
+    }
     // c = a·b over the last two dimensions, batched over the first two (b's heads broadcast over a's groups), fp32
     void matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t c) {
         cudnnBackendDescriptor_t mm = make(CUDNN_BACKEND_MATMUL_DESCRIPTOR, "matmul");
@@ -188,48 +204,65 @@ struct Builder {
     }
 };
 
-enum : int64_t { UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST, UID_VIRTUAL = 100 };
+enum : int64_t {
+    UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST, UID_DO, UID_DQ, UID_DK, UID_DV, UID_ONE, UID_DQ_ACC,
+    UID_VIRTUAL = 100
+};
 
 struct Plan {
-    int T, Hq, Hkv, D, causal;
-    int ok;  // 1: built; 0: cuDNN declined the shape (not asked again)
+    int backward, T, Hq, Hkv, D, causal;
+    int ok;         // 1: built; 0: cuDNN declined the shape (not asked again)
+    int dq_accum;   // (backward) dQ summed in an fp32 buffer (zeroed before each call), else written directly
     cudnnBackendDescriptor_t plan;
     void *workspace;
+    float *acc;     // [T, Hq, D] head-major: the backward's dQ sums where dq_accum
 };
 Plan plans[16];
 int nplans;
 
-// the forward graph of the head comment, its plan from the first engine config (heuristic mode A) that builds
-void build_forward(Plan *p) {
-    Builder g;
-    const int64_t T = p->T, Hq = p->Hq, Hkv = p->Hkv, D = p->D;
-    const int64_t qd[4] = {1, Hq, T, D}, qs[4] = {T * Hq * D, D, Hq * D, 1};
-    const int64_t ktd[4] = {1, Hkv, D, T}, kts[4] = {T * Hkv * D, D, 1, Hkv * D};
-    const int64_t vd[4] = {1, Hkv, T, D}, vs[4] = {T * Hkv * D, D, Hkv * D, 1};
-    const int64_t sd[4] = {1, Hq, T, T}, ss[4] = {Hq * T * T, T * T, T, 1};
-    const int64_t rd[4] = {1, Hq, T, 1}, rs[4] = {Hq * T, T, 1, 1};
+// Tensor shapes of one sequence over our [T, H, D] rows: b = 1, h heads, s = T positions
+struct Shapes {
+    int64_t qd[4], qs[4], kd[4], ks[4], ktd[4], kts[4], sd[4], ss[4], std_[4], sts[4], rd[4], rs[4];
+    Shapes(int64_t T, int64_t Hq, int64_t Hkv, int64_t D)
+        : qd{1, Hq, T, D}, qs{T * Hq * D, D, Hq * D, 1},                  // Q, O, dO, dQ: [1, Hq, T, D] on [T, Hq, D]
+          kd{1, Hkv, T, D}, ks{T * Hkv * D, D, Hkv * D, 1},               // K, V, dK, dV
+          ktd{1, Hkv, D, T}, kts{T * Hkv * D, D, 1, Hkv * D},             // Kᵀ, Vᵀ: the same memory
+          sd{1, Hq, T, T}, ss{Hq * T * T, T * T, T, 1},                   // scores (virtual)
+          std_{1, Hq, T, T}, sts{Hq * T * T, T * T, 1, T},                // their transpose, as the backward's dV, dK read them
+          rd{1, Hq, T, 1}, rs{Hq * T, T, 1, 1} {}                         // per row: stats, max, sums
+};
+
+// the scaled, masked scores S (fp32 virtual) = Q·Kᵀ · scale, and where causal row >= col ? S : lowest
+cudnnBackendDescriptor_t scores(Builder &g, const Shapes &sh, cudnnBackendDescriptor_t q, cudnnBackendDescriptor_t kt,
+                                cudnnBackendDescriptor_t scale, int causal, int64_t *uid) {
+    const cudnnDataType_t F = CUDNN_DATA_FLOAT;
+    cudnnBackendDescriptor_t s1 = g.tensor((*uid)++, F, sh.sd, sh.ss, true), s2 = g.tensor((*uid)++, F, sh.sd, sh.ss, true);
+    g.matmul(q, kt, s1);
+    g.pointwise(CUDNN_POINTWISE_MUL, F, s1, scale, NULL, s2);
+    if (!causal) return s2;
+    cudnnBackendDescriptor_t row = g.tensor((*uid)++, CUDNN_DATA_INT32, sh.sd, sh.ss, true),
+                             col = g.tensor((*uid)++, CUDNN_DATA_INT32, sh.sd, sh.ss, true),
+                             keep = g.tensor((*uid)++, CUDNN_DATA_BOOLEAN, sh.sd, sh.ss, true), s3 = g.tensor((*uid)++, F, sh.sd, sh.ss, true),
+                             lowest = g.scalar(UID_LOWEST, F);
+    g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s2, NULL, NULL, row, 2);
+    g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s2, NULL, NULL, col, 3);
+    g.pointwise(CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, col, NULL, keep);
+    g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, F, s2, lowest, keep, s3);
+    return s3;
+}
+
+// the forward graph of the head comment
+void forward_graph(Builder &g, const Plan *p) {
+    Shapes sh(p->T, p->Hq, p->Hkv, p->D);
     int64_t uid = UID_VIRTUAL;
     const cudnnDataType_t F = CUDNN_DATA_FLOAT, BF = CUDNN_DATA_BFLOAT16;
-    cudnnBackendDescriptor_t q = g.tensor(UID_Q, BF, qd, qs, false), kt = g.tensor(UID_K, BF, ktd, kts, false),
-                             v = g.tensor(UID_V, BF, vd, vs, false), o = g.tensor(UID_O, BF, qd, qs, false),
-                             stats = g.tensor(UID_STATS, F, rd, rs, false), scale = g.scalar(UID_SCALE, F);
-    cudnnBackendDescriptor_t s1 = g.tensor(uid++, F, sd, ss, true), s2 = g.tensor(uid++, F, sd, ss, true);
-    g.matmul(q, kt, s1);                                               // S = Q·Kᵀ
-    g.pointwise(CUDNN_POINTWISE_MUL, F, s1, scale, NULL, s2);          //   · scale
-    cudnnBackendDescriptor_t s = s2;
-    if (p->causal) {  // S = row >= col ? S : lowest
-        cudnnBackendDescriptor_t row = g.tensor(uid++, CUDNN_DATA_INT32, sd, ss, true), col = g.tensor(uid++, CUDNN_DATA_INT32, sd, ss, true),
-                                 keep = g.tensor(uid++, CUDNN_DATA_BOOLEAN, sd, ss, true), s3 = g.tensor(uid++, F, sd, ss, true),
-                                 lowest = g.scalar(UID_LOWEST, F);
-        g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s2, NULL, NULL, row, 2);
-        g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s2, NULL, NULL, col, 3);
-        g.pointwise(CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, col, NULL, keep);
-        g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, F, s2, lowest, keep, s3);
-        s = s3;
-    }
-    cudnnBackendDescriptor_t m = g.tensor(uid++, F, rd, rs, true), sub = g.tensor(uid++, F, sd, ss, true),
-                             e = g.tensor(uid++, F, sd, ss, true), z = g.tensor(uid++, F, rd, rs, true),
-                             logz = g.tensor(uid++, F, rd, rs, true), pr = g.tensor(uid++, BF, sd, ss, true);
+    cudnnBackendDescriptor_t q = g.tensor(UID_Q, BF, sh.qd, sh.qs, false), kt = g.tensor(UID_K, BF, sh.ktd, sh.kts, false),
+                             v = g.tensor(UID_V, BF, sh.kd, sh.ks, false), o = g.tensor(UID_O, BF, sh.qd, sh.qs, false),
+                             stats = g.tensor(UID_STATS, F, sh.rd, sh.rs, false), scale = g.scalar(UID_SCALE, F);
+    cudnnBackendDescriptor_t s = scores(g, sh, q, kt, scale, p->causal, &uid);
+    cudnnBackendDescriptor_t m = g.tensor(uid++, F, sh.rd, sh.rs, true), sub = g.tensor(uid++, F, sh.sd, sh.ss, true),
+                             e = g.tensor(uid++, F, sh.sd, sh.ss, true), z = g.tensor(uid++, F, sh.rd, sh.rs, true),
+                             logz = g.tensor(uid++, F, sh.rd, sh.rs, true), pr = g.tensor(uid++, BF, sh.sd, sh.ss, true);
     g.reduction(CUDNN_REDUCE_TENSOR_MAX, s, m);                        // M = max_row S
     g.pointwise(CUDNN_POINTWISE_SUB, F, s, m, NULL, sub);              // E = exp(S − M)
     g.pointwise(CUDNN_POINTWISE_EXP, F, sub, NULL, NULL, e);
@@ -238,7 +271,84 @@ void build_forward(Plan *p) {
     g.pointwise(CUDNN_POINTWISE_ADD, F, m, logz, NULL, stats);
     g.pointwise(CUDNN_POINTWISE_DIV, F, e, z, NULL, pr);               // P = E / Z, bf16 (the i/o type)
     g.matmul(pr, v, o);                                                // O = P·V
+}
 
+// The backward graph cudnn-frontend builds for its SDPA backward node (no dropout, bias or padding):
+//   D = Σ_d dO∘O;  P = exp(S − stats);  dV = Pᵀ·dO;  dP = dO·Vᵀ;  dS = P∘(dP − D)·scale;  dK = dSᵀ·Q;  dQ = dS·K
+// with GQA's dK and dV summed over each KV head's query heads (a reduction after the products). dQ either
+// straight from its product (cuDNN's dP-workspace form, deterministic) or summed into the fp32 buffer acc (in
+// cuDNN's F16x16 order) and copied out by an identity op.
+void backward_graph(Builder &g, const Plan *p) {
+    Shapes sh(p->T, p->Hq, p->Hkv, p->D);
+    const int64_t T = p->T, Hq = p->Hq, D = p->D;
+    int64_t uid = UID_VIRTUAL;
+    const cudnnDataType_t F = CUDNN_DATA_FLOAT, BF = CUDNN_DATA_BFLOAT16;
+    cudnnBackendDescriptor_t q = g.tensor(UID_Q, BF, sh.qd, sh.qs, false), kt = g.tensor(UID_K, BF, sh.ktd, sh.kts, false),
+                             vt = g.tensor(UID_V, BF, sh.ktd, sh.kts, false), o = g.tensor(UID_O, BF, sh.qd, sh.qs, false),
+                             dout = g.tensor(UID_DO, BF, sh.qd, sh.qs, false), stats = g.tensor(UID_STATS, F, sh.rd, sh.rs, false),
+                             dq = g.tensor(UID_DQ, BF, sh.qd, sh.qs, false), dk = g.tensor(UID_DK, BF, sh.kd, sh.ks, false),
+                             dv = g.tensor(UID_DV, BF, sh.kd, sh.ks, false), scale = g.scalar(UID_SCALE, F), one = g.scalar(UID_ONE, F);
+    // D = Σ_d dO∘O (·1: the dropout scale's place)
+    const int64_t td[4] = {1, Hq, T, D}, tsd[4] = {Hq * T * D, T * D, Hq * D, 1};
+    cudnnBackendDescriptor_t dod = g.tensor(uid++, F, td, tsd, true), dsum = g.tensor(uid++, F, sh.rd, sh.rs, true),
+                             drow = g.tensor(uid++, F, sh.rd, sh.rs, true);
+    g.pointwise(CUDNN_POINTWISE_MUL, F, dout, o, NULL, dod);
+    g.reduction(CUDNN_REDUCE_TENSOR_ADD, dod, dsum);
+    g.pointwise(CUDNN_POINTWISE_MUL, F, dsum, one, NULL, drow);
+    // P = exp(S − stats)
+    cudnnBackendDescriptor_t s = scores(g, sh, q, kt, scale, p->causal, &uid);
+    cudnnBackendDescriptor_t sm = g.tensor(uid++, F, sh.sd, sh.ss, true), pe = g.tensor(uid++, F, sh.sd, sh.ss, true);
+    g.pointwise(CUDNN_POINTWISE_SUB, F, s, stats, NULL, sm);
+    g.pointwise(CUDNN_POINTWISE_EXP, F, sm, NULL, NULL, pe);
+    // dV = Pᵀ·dO (summed over the group's query heads)
+    const bool gqa = p->Hq != p->Hkv;
+    const int64_t gd[4] = {1, Hq, T, D}, gs[4] = {Hq * T * D, T * D, D, 1};  // a product per query head before the group sum
+    cudnnBackendDescriptor_t pt = g.tensor(uid++, BF, sh.std_, sh.sts, true);
+    g.reshape(pe, pt);
+    if (gqa) {
+        cudnnBackendDescriptor_t dvh = g.tensor(uid++, BF, gd, gs, true);
+        g.matmul(pt, dout, dvh);
+        g.reduction(CUDNN_REDUCE_TENSOR_ADD, dvh, dv);
+    } else {
+        g.matmul(pt, dout, dv);
+    }
+    // dS = P∘(dP·1 − D)·scale, dP = dO·Vᵀ
+    cudnnBackendDescriptor_t dp = g.tensor(uid++, F, sh.sd, sh.ss, true), dp1 = g.tensor(uid++, F, sh.sd, sh.ss, true),
+                             dp2 = g.tensor(uid++, F, sh.sd, sh.ss, true), ds0 = g.tensor(uid++, F, sh.sd, sh.ss, true),
+                             ds = g.tensor(uid++, F, sh.sd, sh.ss, true);
+    g.matmul(dout, vt, dp);
+    g.pointwise(CUDNN_POINTWISE_MUL, F, dp, one, NULL, dp1);
+    g.pointwise(CUDNN_POINTWISE_SUB, F, dp1, drow, NULL, dp2);
+    g.pointwise(CUDNN_POINTWISE_MUL, F, dp2, pe, NULL, ds0);
+    g.pointwise(CUDNN_POINTWISE_MUL, F, ds0, scale, NULL, ds);
+    // dK = dSᵀ·Q (summed over the group)
+    cudnnBackendDescriptor_t dst = g.tensor(uid++, BF, sh.std_, sh.sts, true);
+    g.reshape(ds, dst);
+    if (gqa) {
+        cudnnBackendDescriptor_t dkh = g.tensor(uid++, BF, gd, gs, true);
+        g.matmul(dst, q, dkh);
+        g.reduction(CUDNN_REDUCE_TENSOR_ADD, dkh, dk);
+    } else {
+        g.matmul(dst, q, dk);
+    }
+    // dQ = dS·K (K: Kᵀ viewed back)
+    cudnnBackendDescriptor_t k = g.tensor(uid++, BF, sh.kd, sh.ks, true);
+    g.reshape(kt, k);
+    if (p->dq_accum) {
+        const int64_t ad[4] = {1, Hq, T, D}, as[4] = {Hq * T * D, T * D, D, 1};
+        cudnnBackendDescriptor_t acc = g.tensor(UID_DQ_ACC, F, ad, as, false, false, true);
+        g.matmul(ds, k, acc);
+        g.pointwise(CUDNN_POINTWISE_IDENTITY, F, acc, NULL, NULL, dq);
+    } else {
+        g.matmul(ds, k, dq);
+    }
+}
+
+// p's graph, then its plan from the first engine config (heuristic mode A) that builds
+void build(Plan *p) {
+    Builder g;
+    if (p->backward) backward_graph(g, p);
+    else forward_graph(g, p);
     cudnnBackendDescriptor_t graph = g.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "operation graph");
     g.set(graph, OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &api.handle, "graph handle");
     g.set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, g.nops, g.ops, "graph ops");
@@ -266,50 +376,54 @@ void build_forward(Plan *p) {
     }
     int64_t ws = 0, one = 0;
     if (p->plan) g.note(api.get_attr(p->plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one, &ws), "workspace size");
+    const char *what = p->backward ? (p->dq_accum ? "backward (dQ summed)" : "backward") : "forward";
     if (g.ok() && p->plan) {
         p->workspace = ws > 0 ? cuda_alloc((size_t)ws) : NULL;
+        if (p->dq_accum) p->acc = (float *)cuda_alloc((size_t)p->T * p->Hq * p->D * sizeof(float));
         p->ok = 1;
-        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: forward T %d %dq/%dkv d%d %s built (%d engine configs, workspace %lld bytes)",
-                 api.version(), p->T, p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir", (int)got, (long long)ws);
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s T %d %dq/%dkv d%d %s built (%d engine configs, workspace %lld bytes)",
+                 api.version(), what, p->T, p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir", (int)got, (long long)ws);
     } else {
         p->plan = NULL;
-        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: forward T %d %dq/%dkv d%d %s declined: %s (%s)", api.version(), p->T,
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s T %d %dq/%dkv d%d %s declined: %s (%s)", api.version(), what, p->T,
                  p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir", g.ok() ? "no engine config built a plan" : g.where,
                  api.error(g.ok() ? last : g.status));
     }
     fprintf(stderr, "%s\n", g_cudnn_status);
 }
 
-Plan *plan_for(int T, int Hq, int Hkv, int D, int causal) {
-    for (int i = 0; i < nplans; i++)
-        if (plans[i].T == T && plans[i].Hq == Hq && plans[i].Hkv == Hkv && plans[i].D == D && plans[i].causal == causal) return &plans[i];
+// the plan of a shape and direction: built on its first call (the backward: in cuDNN's deterministic form if an
+// engine takes it, else with dQ summed), then kept
+Plan *plan_for(int backward, int T, int Hq, int Hkv, int D, int causal) {
+    for (int i = 0; i < nplans; i++) {
+        Plan *p = &plans[i];
+        if (p->backward == backward && p->T == T && p->Hq == Hq && p->Hkv == Hkv && p->D == D && p->causal == causal) return p;
+    }
     if (nplans == (int)(sizeof plans / sizeof *plans)) return NULL;  // (a bench's few shapes: more are not kept)
     Plan *p = &plans[nplans++];
-    *p = Plan{T, Hq, Hkv, D, causal, 0, NULL, NULL};
-    build_forward(p);
+    *p = Plan{backward, T, Hq, Hkv, D, causal, 0, 0, NULL, NULL, NULL};
+    build(p);
+    if (backward && !p->ok) {  // the other form
+        p->dq_accum = 1;
+        build(p);
+    }
     return p;
 }
 
-// lse[t, h] = stats[h, t]
-__global__ void stats_to_lse(float *lse, const float *stats, int T, int H) {
+// lse[t, h] = stats[h, t] (to_lse), or the other way round
+__global__ void transpose_stats(float *dst, const float *src, int T, int H, int to_lse) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)T * H) return;
     int t = (int)(i / H), h = (int)(i % H);
-    lse[i] = stats[(size_t)h * T + t];
+    if (to_lse) dst[i] = src[(size_t)h * T + t];
+    else dst[(size_t)h * T + t] = src[i];
 }
 
-}  // namespace
-
-extern "C" int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int Hq,
-                                            int Hkv, int D, int causal) {
-    if (nseq != 1 || Hq % Hkv || D % 8 || D > 128 || !api_open()) return -1;
-    Plan *p = plan_for(T, Hq, Hkv, D, causal);
-    if (!p || !p->ok) return -1;
-    float *stats = (float *)cuda_scratch((size_t)T * Hq * sizeof(float));
-    float scale = 1.0f / sqrtf((float)D), lowest = -FLT_MAX;
-    int64_t uids[7] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST};
-    void *ptrs[7] = {(void *)q, (void *)k, (void *)v, out, stats, &scale, &lowest};
-    int n = causal ? 7 : 6;
+// p's plan on the tensors of the variant pack (uids, pointers), on the backend's stream; false (nothing run, the
+// shape not tried again) when cuDNN refuses
+bool execute(Plan *p, int n, const int64_t *uids, void *const *ptrs) {
+    static cudnnStatus_t (*destroy)(cudnnBackendDescriptor_t) =
+        (cudnnStatus_t(*)(cudnnBackendDescriptor_t))dlsym(api.lib, "cudnnBackendDestroyDescriptor");
     cudnnBackendDescriptor_t pack = NULL;
     cudnnStatus_t s = api.create_desc(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
     if (s == CUDNN_STATUS_SUCCESS) s = api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids);
@@ -318,24 +432,61 @@ extern "C" int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q
     if (s == CUDNN_STATUS_SUCCESS) s = api.finalize(pack);
     if (s == CUDNN_STATUS_SUCCESS) s = api.set_stream(api.handle, g_stream);  // (the main or the side stream)
     if (s == CUDNN_STATUS_SUCCESS) s = api.execute(api.handle, p->plan, pack);
-    static cudnnStatus_t (*destroy)(cudnnBackendDescriptor_t) =
-        (cudnnStatus_t(*)(cudnnBackendDescriptor_t))dlsym(api.lib, "cudnnBackendDestroyDescriptor");
     if (pack && destroy) destroy(pack);
-    if (s != CUDNN_STATUS_SUCCESS) {  // (not asked again for this shape; the caller runs its own kernels)
-        p->ok = 0;
-        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: forward T %d %dq/%dkv d%d failed to run: %s", api.version(), T, Hq,
-                 Hkv, D, api.error(s));
-        fprintf(stderr, "%s\n", g_cudnn_status);
-        return -1;
-    }
-    stats_to_lse<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(lse, stats, T, Hq);
+    if (s == CUDNN_STATUS_SUCCESS) return true;
+    p->ok = 0;
+    snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s T %d %dq/%dkv d%d failed to run: %s", api.version(),
+             p->backward ? "backward" : "forward", p->T, p->Hq, p->Hkv, p->D, api.error(s));
+    fprintf(stderr, "%s\n", g_cudnn_status);
+    return false;
+}
+
+bool usable(int nseq, int Hq, int Hkv, int D) { return nseq == 1 && Hq % Hkv == 0 && D % 8 == 0 && D <= 128 && api_open(); }
+
+}  // namespace
+
+extern "C" int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int Hq,
+                                            int Hkv, int D, int causal) {
+    if (!usable(nseq, Hq, Hkv, D)) return -1;
+    Plan *p = plan_for(0, T, Hq, Hkv, D, causal);
+    if (!p || !p->ok) return -1;
+    float *stats = (float *)cuda_scratch((size_t)T * Hq * sizeof(float));
+    float scale = 1.0f / sqrtf((float)D), lowest = -FLT_MAX;
+    const int64_t uids[7] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST};
+    void *const ptrs[7] = {(void *)q, (void *)k, (void *)v, out, stats, &scale, &lowest};
+    if (!execute(p, causal ? 7 : 6, uids, ptrs)) return -1;
+    transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(lse, stats, T, Hq, 1);
     LAUNCH_CHECK();
     return 0;
+}
+
+extern "C" int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
+                                             const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int Hq, int Hkv, int D,
+                                             int causal) {
+    if (!dq || !dk || !dv || !usable(nseq, Hq, Hkv, D)) return -1;
+    Plan *p = plan_for(1, T, Hq, Hkv, D, causal);
+    if (!p || !p->ok) return -1;
+    float *stats = (float *)cuda_scratch((size_t)T * Hq * sizeof(float));
+    transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(stats, lse, T, Hq, 0);
+    LAUNCH_CHECK();
+    if (p->dq_accum) CUDA_CHECK(cudaMemsetAsync(p->acc, 0, (size_t)T * Hq * D * sizeof(float), g_stream));
+    float scale = 1.0f / sqrtf((float)D), one = 1.0f, lowest = -FLT_MAX;
+    int64_t uids[14] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV, UID_SCALE, UID_ONE};
+    void *ptrs[14] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, stats, dq, dk, dv, &scale, &one};
+    int n = 11;
+    if (causal) uids[n] = UID_LOWEST, ptrs[n++] = &lowest;
+    if (p->dq_accum) uids[n] = UID_DQ_ACC, ptrs[n++] = p->acc;
+    return execute(p, n, uids, ptrs) ? 0 : -1;
 }
 
 #else  // built without cuDNN's header: our kernels only
 
 extern "C" int cuda_cudnn_attention_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, int, int, int, int, int, int) {
+    snprintf(g_cudnn_status, sizeof g_cudnn_status, "built without cuDNN's header (cudnn_graph.h)");
+    return -1;
+}
+extern "C" int cuda_cudnn_attention_backward(bf16 *, bf16 *, bf16 *, const bf16 *, const bf16 *, const float *, const bf16 *, const bf16 *,
+                                             const bf16 *, int, int, int, int, int, int) {
     snprintf(g_cudnn_status, sizeof g_cudnn_status, "built without cuDNN's header (cudnn_graph.h)");
     return -1;
 }

@@ -26,8 +26,8 @@ struct Pick {
 // (FLASH_CUDNN: cuDNN's fused attention, cudnn_attn.cu, where it runs: one sequence, the library there)
 const Pick fwd_candidates[] = {{4, 0, 0}, {5, 0, 0}, {6, 0, 0}, {6, 1, 0}, {7, 0, 0},       {7, 1, 0},
                                {8, 0, 0}, {8, 1, 0}, {8, 0, 1}, {8, 1, 1}, {FLASH_CUDNN, 0, 0}};
-const Pick bwd_candidates[] = {{4, 0, 0}, {4, 1, 0}, {5, 0, 0}, {5, 1, 0}, {6, 0, 0}, {7, 0, 0},
-                               {7, 1, 0}, {8, 0, 0}, {8, 1, 0}, {8, 0, 1}, {8, 1, 1}};
+const Pick bwd_candidates[] = {{4, 0, 0}, {4, 1, 0}, {5, 0, 0}, {5, 1, 0}, {6, 0, 0},       {7, 0, 0},
+                               {7, 1, 0}, {8, 0, 0}, {8, 1, 0}, {8, 0, 1}, {8, 1, 1}, {FLASH_CUDNN, 0, 0}};
 
 struct Shape {
     int forward, T, Hq, Hkv, D, causal;
@@ -47,7 +47,7 @@ struct Call {
     Shape s;
     bf16 *out, *dq, *dk, *dv;
     float *lse;
-    const bf16 *dout, *q, *k, *v;
+    const bf16 *dout, *o_in, *q, *k, *v;  // (o_in: the backward's forward output, for cuDNN's)
     const float *lse_in, *drow;
     const int32_t *cu;
     int nseq, max_len;
@@ -60,7 +60,9 @@ struct Call {
 // one run of pick p, its settings for this call only; false where the wgmma kernels do not run here
 bool run(const Pick &p, const Call &c) {
     if (p.version == FLASH_CUDNN)
-        return c.s.forward && cuda_cudnn_attention_forward(c.out, c.lse, c.q, c.k, c.v, c.nseq, c.s.T, c.s.Hq, c.s.Hkv, c.s.D, c.s.causal) == 0;
+        return c.s.forward ? cuda_cudnn_attention_forward(c.out, c.lse, c.q, c.k, c.v, c.nseq, c.s.T, c.s.Hq, c.s.Hkv, c.s.D, c.s.causal) == 0
+                           : cuda_cudnn_attention_backward(c.dq, c.dk, c.dv, c.dout, c.o_in, c.lse_in, c.q, c.k, c.v, c.nseq, c.s.T, c.s.Hq,
+                                                           c.s.Hkv, c.s.D, c.s.causal) == 0;
     cuda_flash_set_exp2(p.exp2);
     cuda_flash_set_ws_tma(p.tma);
     int rc = c.s.forward ? cuda_flash_wgmma_forward(p.version, c.out, c.lse, c.q, c.k, c.v, c.cu, c.nseq, c.s.T, c.max_len, c.s.Hq,
@@ -191,7 +193,7 @@ bool tuned_run(const Call &c) {
     Pick p;
     char end;
     if (kept && sscanf(kept, "%d %d %d %c", &p.version, &p.exp2, &p.tma, &end) == 3 &&
-        ((p.version >= 4 && p.version <= 8) || (p.version == FLASH_CUDNN && c.s.forward)) &&
+        ((p.version >= 4 && p.version <= 8) || p.version == FLASH_CUDNN) &&
         (p.exp2 == 0 || p.exp2 == 1) && (p.tma == 0 || p.tma == 1)) {
         if (!run(p, c)) return false;
         name(what, sizeof what, p);
@@ -216,12 +218,12 @@ bool flash_tuned_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, co
     return tuned_run(c);
 }
 
-bool flash_tuned_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
+bool flash_tuned_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const float *drow, const bf16 *q,
                           const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int D,
                           int causal) {
     Call c = {};
     c.s = {0, T, Hq, Hkv, D, causal};
-    c.dq = dq, c.dk = dk, c.dv = dv, c.dout = dout, c.lse_in = lse, c.drow = drow, c.q = q, c.k = k, c.v = v, c.cu = cu, c.nseq = nseq,
+    c.dq = dq, c.dk = dk, c.dv = dv, c.dout = dout, c.o_in = out, c.lse_in = lse, c.drow = drow, c.q = q, c.k = k, c.v = v, c.cu = cu, c.nseq = nseq,
     c.max_len = max_len;
     return tuned_run(c);
 }

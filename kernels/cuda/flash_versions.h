@@ -25,7 +25,7 @@ int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const
 // capability 9.0, or a head dim other than 64 and 128): the caller runs its usual version.
 bool flash_tuned_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T,
                          int max_len, int Hq, int Hkv, int D, int causal);
-bool flash_tuned_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *drow, const bf16 *q,
+bool flash_tuned_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const float *drow, const bf16 *q,
                           const bf16 *k, const bf16 *v, const int32_t *cu, int nseq, int T, int max_len, int Hq, int Hkv, int D,
                           int causal);
 // the version a call takes by default (attention.cu's flash_for without LLAVA_FLASH): the tuner's reference

@@ -149,8 +149,8 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 // a run, LLAVA_FLASH=FB the forward's F and backward's B. FLASH_TUNE (LLAVA_FLASH=tune): each shape's first
 // call times the candidate versions on its own inputs and keeps the fastest whose outputs agree with the
 // default's (flash_tune.cu; for benchmarks: timings decide, so runs may differ in the last bits).
-// FLASH_CUDNN (LLAVA_FLASH=cudnn): the forward through cuDNN's fused attention where it runs (one sequence;
-// cudnn_attn.cu), else the default; the backward is the default's.
+// FLASH_CUDNN (LLAVA_FLASH=cudnn): forward and backward through cuDNN's fused attention where it runs (one
+// sequence; cudnn_attn.cu), else the default versions.
 enum { FLASH_TUNE = -3, FLASH_CUDNN = -4 };
 void cuda_attention_set_flash(int version);
 // cudnn_attn.cu: the attention forward by cuDNN (libcudnn.so.9 opened at run time) for one sequence
@@ -158,6 +158,9 @@ void cuda_attention_set_flash(int version);
 // than one sequence); cuda_cudnn_status says what happened last (loaded, a plan built or declined, and why)
 int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int Hq, int Hkv,
                                  int D, int causal);
+// the backward likewise (dq, dk, dv written whole; out is the forward's output, lse its log-sum-exp [T, Hq])
+int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *q,
+                                  const bf16 *k, const bf16 *v, int nseq, int T, int Hq, int Hkv, int D, int causal);
 const char *cuda_cudnn_status(void);
 // versions 6-8's forward and 4, 5, 7 and 8's backward with the softmax in one FFMA and ex2 per score (LLAVA_FLASH_EXP2=1);
 // -1: the environment's

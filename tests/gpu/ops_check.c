@@ -450,9 +450,10 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     cuda_free(glse); cuda_free(gcu);
 }
 
-// cuDNN's fused attention forward (LLAVA_FLASH=cudnn; cudnn_attn.cu) on one sequence of T against the CPU op: its
-// output and lse, then our default backward on that lse. Not a failure where cuDNN does not run here (no
-// library, or its engines decline the shape): the line says why, and the flash kernels serve.
+// cuDNN's fused attention (LLAVA_FLASH=cudnn; cudnn_attn.cu) on one sequence of T against the CPU op: the
+// forward's output and lse, then the backward's gradients (cuDNN's, or our default's on cuDNN's lse where its
+// backward does not run). Not a failure where cuDNN does not run here (no library, or its engines decline the
+// shape): the line says why, and the flash kernels serve.
 static void cudnn_case(int Hq, int Hkv, int D, int causal, int T) {
     int32_t cu[2] = {0, T};
     size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
@@ -468,13 +469,20 @@ static void cudnn_case(int Hq, int Hkv, int D, int causal, int T) {
     cuda_upload(gcu, cu, sizeof cu);
     cuda_memset_ff(go, nq * 2);  // (NaN: an output cuDNN leaves unwritten shows)
     if (cuda_cudnn_attention_forward(go, glse, gq, gk, gv, 1, T, Hq, Hkv, D, causal) == 0) {
-        cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, 1, T, T, Hq, Hkv, D, causal);
+        cuda_memset_ff(gdq, nq * 2); cuda_memset_ff(gdk, nk * 2); cuda_memset_ff(gdv, nk * 2);
+        const char *bwd = "cudnn";
+        if (cuda_cudnn_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, 1, T, Hq, Hkv, D, causal)) {
+            printf("attention %s %dq/%dkv d%d T%d backward (cudnn): not run here: %s\n", causal ? "causal" : "bidir", Hq, Hkv, D, T,
+                   cuda_cudnn_status());
+            cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, 1, T, T, Hq, Hkv, D, causal);
+            bwd = "cudnn forward, default backward";
+        }
         sync_or_die();
         check_bf16(go, o, nq, 2e-2, "attention %s %dq/%dkv d%d T%d forward (cudnn)", causal ? "causal" : "bidir", Hq, Hkv, D, T);
         check_f32(glse, lse, (size_t)T * Hq, 1e-3, "  lse, fp32 (cudnn)");
-        check_bf16(gdq, dq, nq, 2e-2, "  dq (cudnn forward, default backward)");
-        check_bf16(gdk, dk, nk, 2e-2, "  dk (cudnn forward, default backward)");
-        check_bf16(gdv, dv, nk, 2e-2, "  dv (cudnn forward, default backward)");
+        check_bf16(gdq, dq, nq, 2e-2, "  dq (%s)", bwd);
+        check_bf16(gdk, dk, nk, 2e-2, "  dk (%s)", bwd);
+        check_bf16(gdv, dv, nk, 2e-2, "  dv (%s)", bwd);
     } else {
         printf("attention %s %dq/%dkv d%d T%d forward (cudnn): not run here: %s\n", causal ? "causal" : "bidir", Hq, Hkv, D, T,
                cuda_cudnn_status());
@@ -695,8 +703,12 @@ static void at_attention_shapes(void (*fn)(Bench *b, double flops, const int *ar
     free(x);
 }
 
-// cuDNN's forward (where it runs) against the default version's at the two shapes
+// cuDNN's forward and backward (where they run) against the default versions' at the two shapes
 static void run_cudnn(void *p) { Bench *b = p; cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->Hq, b->Hkv, b->D, b->causal); }
+static void run_cudnn_bwd(void *p) {
+    Bench *b = p;
+    cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->Hq, b->Hkv, b->D, b->causal);
+}
 static void cudnn_timing(Bench *b, double flops, const int *unused) {
     (void)unused;
     if (cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
@@ -707,6 +719,14 @@ static void cudnn_timing(Bench *b, double flops, const int *unused) {
     double c = time_ms(run_cudnn, b, 5), d = time_ms(run_attn, b, 5);
     printf("timing: attention T %d %s d%d: cudnn forward %7.3f ms %6.1f TFLOP/s, default flash forward %7.3f ms %6.1f TFLOP/s [%s]\n",
            b->T, b->causal ? "causal" : "bidir", b->D, c, flops / c / 1e9, d, flops / d / 1e9, cuda_cudnn_status());
+    if (cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
+        printf("timing: attention T %d %s d%d: cudnn backward not run here (%s)\n", b->T, b->causal ? "causal" : "bidir", b->D,
+               cuda_cudnn_status());
+        return;
+    }
+    double cb = time_ms(run_cudnn_bwd, b, 3), db = time_ms(run_attn_bwd, b, 3);
+    printf("timing: attention T %d %s d%d: cudnn backward %7.3f ms %6.1f TFLOP/s, default flash backward %7.3f ms %6.1f TFLOP/s [%s]\n",
+           b->T, b->causal ? "causal" : "bidir", b->D, cb, 2.5 * flops / cb / 1e9, db, 2.5 * flops / db / 1e9, cuda_cudnn_status());
 }
 
 // --attention: the attention forward and backward once each at the slice's and the tower's shapes, with the
@@ -984,7 +1004,7 @@ int main(int argc, char **argv) {
     attention_cases_with(cuda_flash_set_exp2, " exp2", 8, 8);
     attention_cases_with(cuda_flash_set_ws_tma, " tma", 8, 8);
     if (timed) at_attention_shapes(ws_timing, NULL);
-    // cuDNN's fused attention forward (session 20: not yet run on a GPU when written), checked, then timed
+    // cuDNN's fused attention, forward and backward (session 20: not yet run on a GPU when written), checked, then timed
     cudnn_case(4, 4, 64, 0, 333);
     cudnn_case(8, 2, 128, 1, 700);
     cudnn_case(16, 16, 64, 0, 5185);  // the tower's shape and the slice's heads at a shorter length
