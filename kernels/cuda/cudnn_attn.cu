@@ -350,7 +350,7 @@ void build(Plan *p) {
     if (p->backward) backward_graph(g, p);
     else forward_graph(g, p);
     cudnnBackendDescriptor_t graph = g.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "operation graph");
-    g.set(graph, OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &api.handle, "graph handle");
+    if (g.ok()) api.set_attr(graph, OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &api.handle);  // (a library past 9.19 may ignore it)
     g.set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, g.nops, g.ops, "graph ops");
     g.done(graph, "graph finalize");
     cudnnBackendDescriptor_t heur = g.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics");
@@ -368,7 +368,7 @@ void build(Plan *p) {
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
     for (int64_t i = 0; g.ok() && i < got && !p->plan; i++) {  // the first config whose plan builds
         cudnnBackendDescriptor_t plan = g.make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "plan");
-        g.set(plan, EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &api.handle, "plan handle");
+        api.set_attr(plan, EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &api.handle);
         g.set_desc(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg[i], "plan config");
         if (!g.ok()) break;
         last = api.finalize(plan);
