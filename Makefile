@@ -108,15 +108,15 @@ bench-tools: $(BUILD)/bench/loader_bench $(BUILD)/bench/train_step
 
 # ---- GPU checks (tests/gpu/): built only with the CUDA backend; cuBLASLt linked dynamically ----
 ifeq ($(CUDA),1)
-GPU_TOOLS := $(BUILD)/gpu/ops_check
+GPU_TOOLS := $(BUILD)/gpu/ops_check $(BUILD)/gpu/cudnn_graphs
 $(BUILD)/gpu/%: tests/gpu/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(LIB) $(LDLIBS) $(LDFLAGS) -o $@
 endif
 gpu-tools: $(GPU_TOOLS)
 
-test: all unit-tests
-	@BIN=$(abspath $(BIN)) UNIT_DIR=$(abspath $(BUILD)/tests) tests/run.sh
+test: all unit-tests gpu-tools
+	@BIN=$(abspath $(BIN)) UNIT_DIR=$(abspath $(BUILD)/tests) GPU_TOOLS_DIR=$(abspath $(BUILD)/gpu) tests/run.sh
 
 asan:
 	LLAVA_POISON=1 $(MAKE) BUILD=build-asan BIN=bin-asan CUDA=0 OPT="-O1 -g -fno-omit-frame-pointer" \

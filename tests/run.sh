@@ -4,6 +4,7 @@
 # that crashed without reporting.
 #   BIN       programs under test (default bin/)
 #   UNIT_DIR  compiled unit tests (default build/tests)
+#   GPU_TOOLS_DIR  tests/gpu's programs of a CUDA build (default build/gpu; tests/cudnn.bats)
 set -u
 cd "$(dirname "$0")/.."
 export BIN=${BIN:-$PWD/bin}

@@ -52,15 +52,9 @@ struct Api {
 const cudnnBackendAttributeName_t OPERATIONGRAPH_HANDLE = (cudnnBackendAttributeName_t)800,
                                   EXECUTION_PLAN_HANDLE = (cudnnBackendAttributeName_t)400;
 
-bool api_open(void) {
-    if (api.handle) return true;
-    if (api.failed) return false;
-    api.failed = 1;
-    static int off = ENV_UNREAD;
-    if (cuda_env_setting(&off, "LLAVA_CUDNN", 1) == 0) {  // LLAVA_CUDNN=0: never loaded (our kernels serve)
-        snprintf(g_cudnn_status, sizeof g_cudnn_status, "LLAVA_CUDNN=0");
-        return false;
-    }
+// the library and its functions (no device needed)
+bool api_load(void) {
+    if (api.lib) return true;
     const char *names[] = {"libcudnn.so.9", "libcudnn.so"};
     for (const char *n : names)
         if ((api.lib = dlopen(n, RTLD_NOW | RTLD_LOCAL))) break;
@@ -82,8 +76,24 @@ bool api_open(void) {
     if (!api.version || !api.error || !api.create || !api.set_stream || !api.create_desc || !api.finalize || !api.set_attr ||
         !api.get_attr || !api.execute) {
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "libcudnn.so.9 lacks the backend API");
+        dlclose(api.lib);
+        api.lib = NULL;
         return false;
     }
+    return true;
+}
+
+// the library and a handle on the current device, once (a failure is not retried)
+bool api_open(void) {
+    if (api.handle) return true;
+    if (api.failed) return false;
+    api.failed = 1;
+    static int off = ENV_UNREAD;
+    if (cuda_env_setting(&off, "LLAVA_CUDNN", 1) == 0) {  // LLAVA_CUDNN=0: never loaded (our kernels serve)
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "LLAVA_CUDNN=0");
+        return false;
+    }
+    if (!api_load()) return false;
     cudnnStatus_t s = api.create(&api.handle);
     if (s != CUDNN_STATUS_SUCCESS) {
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "cudnnCreate: %s", api.error(s));
@@ -344,6 +354,10 @@ void backward_graph(Builder &g, const Plan *p) {
     }
 }
 
+// Check mode (cuda_cudnn_check_graphs): the properties of a target device instead of a handle, and a plan counts as
+// built once its kernels compiled (loading them needs the device)
+cudnnBackendDescriptor_t g_devprop;
+
 // p's graph, then its plan from the first engine config (heuristic mode A) that builds
 void build(Plan *p) {
     Builder g;
@@ -357,6 +371,7 @@ void build(Plan *p) {
     cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
     g.set_desc(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph, "heuristics graph");
     g.set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heuristics mode");
+    if (g_devprop) g.set_desc(heur, CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, g_devprop, "heuristics device");
     g.done(heur, "heuristics finalize");
     int64_t n = 0;
     if (g.ok()) g.note(api.get_attr(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &n, NULL), "heuristics count");
@@ -368,18 +383,26 @@ void build(Plan *p) {
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
     for (int64_t i = 0; g.ok() && i < got && !p->plan; i++) {  // the first config whose plan builds
         cudnnBackendDescriptor_t plan = g.make(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "plan");
-        api.set_attr(plan, EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &api.handle);
+        if (g_devprop) g.set_desc(plan, CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, g_devprop, "plan device");
+        else api.set_attr(plan, EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &api.handle);
         g.set_desc(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg[i], "plan config");
         if (!g.ok()) break;
         last = api.finalize(plan);
         if (last == CUDNN_STATUS_SUCCESS) p->plan = plan;
+        if (g_devprop && last == CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER) {  // (check mode: compiled, not loadable here)
+            p->ok = 1;
+            snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s T %d %dq/%dkv d%d %s compiled by engine config %d of %d",
+                     api.version(), p->backward ? "backward" : "forward", p->T, p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir",
+                     (int)i, (int)got);
+            return;
+        }
     }
     int64_t ws = 0, one = 0;
     if (p->plan) g.note(api.get_attr(p->plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one, &ws), "workspace size");
     const char *what = p->backward ? (p->dq_accum ? "backward (dQ summed)" : "backward") : "forward";
     if (g.ok() && p->plan) {
-        p->workspace = ws > 0 ? cuda_alloc((size_t)ws) : NULL;
-        if (p->dq_accum) p->acc = (float *)cuda_alloc((size_t)p->T * p->Hq * p->D * sizeof(float));
+        p->workspace = ws > 0 && !g_devprop ? cuda_alloc((size_t)ws) : NULL;
+        if (p->dq_accum && !g_devprop) p->acc = (float *)cuda_alloc((size_t)p->T * p->Hq * p->D * sizeof(float));
         p->ok = 1;
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s T %d %dq/%dkv d%d %s built (%d engine configs, workspace %lld bytes)",
                  api.version(), what, p->T, p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir", (int)got, (long long)ws);
@@ -389,7 +412,7 @@ void build(Plan *p) {
                  p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir", g.ok() ? "no engine config built a plan" : g.where,
                  api.error(g.ok() ? last : g.status));
     }
-    fprintf(stderr, "%s\n", g_cudnn_status);
+    if (!g_devprop) fprintf(stderr, "%s\n", g_cudnn_status);
 }
 
 // the plan of a shape and direction: built on its first call (the backward: in cuDNN's deterministic form if an
@@ -479,6 +502,39 @@ extern "C" int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const
     return execute(p, n, uids, ptrs) ? 0 : -1;
 }
 
+// Without a GPU: the graphs of the benches' shapes (and two small ones) built for the device described by the
+// JSON file (cuDNN's CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION) up to compiling their kernels; one line each in
+// report. Returns how many compiled, or -1 where cuDNN (9.8 or later) cannot be had.
+extern "C" int cuda_cudnn_check_graphs(const char *device_json, char *report, size_t len) {
+    report[0] = 0;
+    FILE *f = fopen(device_json, "rb");
+    static char json[16384];
+    size_t n = f ? fread(json, 1, sizeof json - 1, f) : 0;
+    if (f) fclose(f);
+    if (!n) { snprintf(report, len, "%s: no device properties there", device_json); return -1; }
+    if (!api_load()) { snprintf(report, len, "%s", g_cudnn_status); return -1; }
+    cudnnStatus_t st = api.create_desc(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, &g_devprop);
+    if (st == CUDNN_STATUS_SUCCESS) st = api.set_attr(g_devprop, CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, (int64_t)n, json);
+    if (st == CUDNN_STATUS_SUCCESS) st = api.finalize(g_devprop);
+    if (st != CUDNN_STATUS_SUCCESS) {
+        snprintf(report, len, "cuDNN %zu: device properties from %s: %s", api.version(), device_json, api.error(st));
+        g_devprop = NULL;
+        return -1;
+    }
+    const int shapes[4][5] = {{8192, 32, 8, 128, 1}, {5185, 16, 16, 64, 0}, {700, 8, 2, 128, 1}, {333, 4, 4, 64, 0}};
+    int built = 0;
+    size_t at = 0;
+    for (int i = 0; i < 4; i++)
+        for (int backward = 0; backward < 2; backward++) {
+            Plan p = {backward, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], shapes[i][4], 0, 0, NULL, NULL, NULL};
+            build(&p);
+            built += p.ok;
+            if (at < len) at += snprintf(report + at, len - at, "%s\n", g_cudnn_status);
+        }
+    g_devprop = NULL;
+    return built;
+}
+
 #else  // built without cuDNN's header: our kernels only
 
 extern "C" int cuda_cudnn_attention_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, int, int, int, int, int, int) {
@@ -488,6 +544,10 @@ extern "C" int cuda_cudnn_attention_forward(bf16 *, float *, const bf16 *, const
 extern "C" int cuda_cudnn_attention_backward(bf16 *, bf16 *, bf16 *, const bf16 *, const bf16 *, const float *, const bf16 *, const bf16 *,
                                              const bf16 *, int, int, int, int, int, int) {
     snprintf(g_cudnn_status, sizeof g_cudnn_status, "built without cuDNN's header (cudnn_graph.h)");
+    return -1;
+}
+extern "C" int cuda_cudnn_check_graphs(const char *, char *report, size_t len) {
+    snprintf(report, len, "built without cuDNN's header (cudnn_graph.h)");
     return -1;
 }
 
