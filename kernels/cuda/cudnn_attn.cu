@@ -226,6 +226,8 @@ struct Plan {
     cudnnBackendDescriptor_t plan;
     void *workspace;
     float *acc;     // [T, Hq, D] head-major: the backward's dQ sums where dq_accum
+    float *stats;   // [Hq, T]: the log-sum-exp in cuDNN's order (not the shared scratch: the backward's caller holds
+                    // its row sums D there while the tuner runs candidates)
 };
 Plan plans[16];
 int nplans;
@@ -403,6 +405,7 @@ void build(Plan *p) {
     if (g.ok() && p->plan) {
         p->workspace = ws > 0 && !g_devprop ? cuda_alloc((size_t)ws) : NULL;
         if (p->dq_accum && !g_devprop) p->acc = (float *)cuda_alloc((size_t)p->T * p->Hq * p->D * sizeof(float));
+        if (!g_devprop) p->stats = (float *)cuda_alloc((size_t)p->T * p->Hq * sizeof(float));
         p->ok = 1;
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s T %d %dq/%dkv d%d %s built (%d engine configs, workspace %lld bytes)",
                  api.version(), what, p->T, p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir", (int)got, (long long)ws);
@@ -424,7 +427,7 @@ Plan *plan_for(int backward, int T, int Hq, int Hkv, int D, int causal) {
     }
     if (nplans == (int)(sizeof plans / sizeof *plans)) return NULL;  // (a bench's few shapes: more are not kept)
     Plan *p = &plans[nplans++];
-    *p = Plan{backward, T, Hq, Hkv, D, causal, 0, 0, NULL, NULL, NULL};
+    *p = Plan{backward, T, Hq, Hkv, D, causal, 0, 0, NULL, NULL, NULL, NULL};
     build(p);
     if (backward && !p->ok) {  // the other form
         p->dq_accum = 1;
@@ -473,7 +476,7 @@ extern "C" int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q
     if (!usable(nseq, Hq, Hkv, D)) return -1;
     Plan *p = plan_for(0, T, Hq, Hkv, D, causal);
     if (!p || !p->ok) return -1;
-    float *stats = (float *)cuda_scratch((size_t)T * Hq * sizeof(float));
+    float *stats = p->stats;
     float scale = 1.0f / sqrtf((float)D), lowest = -FLT_MAX;
     const int64_t uids[7] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST};
     void *const ptrs[7] = {(void *)q, (void *)k, (void *)v, out, stats, &scale, &lowest};
@@ -489,7 +492,7 @@ extern "C" int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const
     if (!dq || !dk || !dv || !usable(nseq, Hq, Hkv, D)) return -1;
     Plan *p = plan_for(1, T, Hq, Hkv, D, causal);
     if (!p || !p->ok) return -1;
-    float *stats = (float *)cuda_scratch((size_t)T * Hq * sizeof(float));
+    float *stats = p->stats;
     transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(stats, lse, T, Hq, 0);
     LAUNCH_CHECK();
     if (p->dq_accum) CUDA_CHECK(cudaMemsetAsync(p->acc, 0, (size_t)T * Hq * D * sizeof(float), g_stream));
@@ -526,7 +529,7 @@ extern "C" int cuda_cudnn_check_graphs(const char *device_json, char *report, si
     size_t at = 0;
     for (int i = 0; i < 4; i++)
         for (int backward = 0; backward < 2; backward++) {
-            Plan p = {backward, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], shapes[i][4], 0, 0, NULL, NULL, NULL};
+            Plan p = {backward, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], shapes[i][4], 0, 0, NULL, NULL, NULL, NULL};
             build(&p);
             built += p.ok;
             if (at < len) at += snprintf(report + at, len - at, "%s\n", g_cudnn_status);
