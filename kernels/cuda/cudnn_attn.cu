@@ -7,15 +7,16 @@
 // library runs our kernels, and every cuDNN failure -- no library, a graph its engines do not take, an
 // execution error -- leaves nothing launched and the caller runs its own version (cuda_cudnn_status says why);
 // LLAVA_CUDNN=0 keeps it unloaded.
-// One sequence only (cu_seqlens = {0, T}: the benches' slice and tower); packed sequences take our kernels.
+// One sequence (cu_seqlens = {0, T}: the benches' slice and tower), or several of one length (a batch: the whole
+// model's images of one size); packed sequences of different lengths take our kernels.
 //
 // The graph is the one cudnn-frontend builds for its SDPA node (training, stats out), per head
-// b = 1, h = Hq, s = T, d = D, with Q [1, Hq, T, D] and V [1, Hkv, T, D] over our [T, H, D] rows (strides
-// H·D between positions) and K read as Kᵀ [1, Hkv, D, T]:
+// b = B sequences, h = Hq, s = S = T / B, d = D, with Q [B, Hq, S, D] and V [B, Hkv, S, D] over our [T, H, D] rows
+// (strides H·D between positions) and K read as Kᵀ [B, Hkv, D, S]:
 //   S = Q·Kᵀ (fp32) · scale;  causal: S = row ≥ col ? S : lowest   (GEN_INDEX, CMP_GE, BINARY_SELECT)
 //   M = max_row S;  E = exp(S − M);  Z = Σ_row E;  stats = M + log Z;  P = E / Z (bf16);  O = P·V
-// stats [1, Hq, T, 1] is the natural-log log-sum-exp of the scaled scores, our kernels' lse, written
-// head-major into scratch and transposed into lse [T, Hq]. A built plan is kept per shape.
+// stats [B, Hq, S, 1] is the natural-log log-sum-exp of the scaled scores, our kernels' lse, written head-major
+// and transposed into lse [T, Hq]. A built plan is kept per shape.
 #include <dlfcn.h>
 #include <float.h>
 #include <stdio.h>
@@ -220,7 +221,7 @@ enum : int64_t {
 };
 
 struct Plan {
-    int backward, T, Hq, Hkv, D, causal;
+    int backward, B, S, Hq, Hkv, D, causal;  // B sequences of S positions each (T = B·S)
     int ok;         // 1: built; 0: cuDNN declined the shape (not asked again)
     int dq_accum;   // (backward) dQ summed in an fp32 buffer (zeroed before each call), else written directly
     cudnnBackendDescriptor_t plan;
@@ -232,16 +233,16 @@ struct Plan {
 Plan plans[16];
 int nplans;
 
-// Tensor shapes of one sequence over our [T, H, D] rows: b = 1, h heads, s = T positions
+// Tensor shapes of B sequences of S positions over our [T = B·S, H, D] rows: b = B, h heads, s = S
 struct Shapes {
     int64_t qd[4], qs[4], kd[4], ks[4], ktd[4], kts[4], sd[4], ss[4], std_[4], sts[4], rd[4], rs[4];
-    Shapes(int64_t T, int64_t Hq, int64_t Hkv, int64_t D)
-        : qd{1, Hq, T, D}, qs{T * Hq * D, D, Hq * D, 1},                  // Q, O, dO, dQ: [1, Hq, T, D] on [T, Hq, D]
-          kd{1, Hkv, T, D}, ks{T * Hkv * D, D, Hkv * D, 1},               // K, V, dK, dV
-          ktd{1, Hkv, D, T}, kts{T * Hkv * D, D, 1, Hkv * D},             // Kᵀ, Vᵀ: the same memory
-          sd{1, Hq, T, T}, ss{Hq * T * T, T * T, T, 1},                   // scores (virtual)
-          std_{1, Hq, T, T}, sts{Hq * T * T, T * T, 1, T},                // their transpose, as the backward's dV, dK read them
-          rd{1, Hq, T, 1}, rs{Hq * T, T, 1, 1} {}                         // per row: stats, max, sums
+    Shapes(int64_t B, int64_t S, int64_t Hq, int64_t Hkv, int64_t D)
+        : qd{B, Hq, S, D}, qs{S * Hq * D, D, Hq * D, 1},                  // Q, O, dO, dQ: [B, Hq, S, D] on [T, Hq, D]
+          kd{B, Hkv, S, D}, ks{S * Hkv * D, D, Hkv * D, 1},               // K, V, dK, dV
+          ktd{B, Hkv, D, S}, kts{S * Hkv * D, D, 1, Hkv * D},             // Kᵀ, Vᵀ: the same memory
+          sd{B, Hq, S, S}, ss{Hq * S * S, S * S, S, 1},                   // scores (virtual)
+          std_{B, Hq, S, S}, sts{Hq * S * S, S * S, 1, S},                // their transpose, as the backward's dV, dK read them
+          rd{B, Hq, S, 1}, rs{Hq * S, S, 1, 1} {}                         // per row: stats, max, sums
 };
 
 // the scaled, masked scores S (fp32 virtual) = Q·Kᵀ · scale, and where causal row >= col ? S : lowest
@@ -265,7 +266,7 @@ cudnnBackendDescriptor_t scores(Builder &g, const Shapes &sh, cudnnBackendDescri
 
 // the forward graph of the head comment
 void forward_graph(Builder &g, const Plan *p) {
-    Shapes sh(p->T, p->Hq, p->Hkv, p->D);
+    Shapes sh(p->B, p->S, p->Hq, p->Hkv, p->D);
     int64_t uid = UID_VIRTUAL;
     const cudnnDataType_t F = CUDNN_DATA_FLOAT, BF = CUDNN_DATA_BFLOAT16;
     cudnnBackendDescriptor_t q = g.tensor(UID_Q, BF, sh.qd, sh.qs, false), kt = g.tensor(UID_K, BF, sh.ktd, sh.kts, false),
@@ -291,8 +292,8 @@ void forward_graph(Builder &g, const Plan *p) {
 // straight from its product (cuDNN's dP-workspace form, deterministic) or summed into the fp32 buffer acc (in
 // cuDNN's F16x16 order) and copied out by an identity op.
 void backward_graph(Builder &g, const Plan *p) {
-    Shapes sh(p->T, p->Hq, p->Hkv, p->D);
-    const int64_t T = p->T, Hq = p->Hq, D = p->D;
+    Shapes sh(p->B, p->S, p->Hq, p->Hkv, p->D);
+    const int64_t B = p->B, S = p->S, Hq = p->Hq, D = p->D;
     int64_t uid = UID_VIRTUAL;
     const cudnnDataType_t F = CUDNN_DATA_FLOAT, BF = CUDNN_DATA_BFLOAT16;
     cudnnBackendDescriptor_t q = g.tensor(UID_Q, BF, sh.qd, sh.qs, false), kt = g.tensor(UID_K, BF, sh.ktd, sh.kts, false),
@@ -301,7 +302,7 @@ void backward_graph(Builder &g, const Plan *p) {
                              dq = g.tensor(UID_DQ, BF, sh.qd, sh.qs, false), dk = g.tensor(UID_DK, BF, sh.kd, sh.ks, false),
                              dv = g.tensor(UID_DV, BF, sh.kd, sh.ks, false), scale = g.scalar(UID_SCALE, F), one = g.scalar(UID_ONE, F);
     // D = Σ_d dO∘O (·1: the dropout scale's place)
-    const int64_t td[4] = {1, Hq, T, D}, tsd[4] = {Hq * T * D, T * D, Hq * D, 1};
+    const int64_t td[4] = {B, Hq, S, D}, tsd[4] = {Hq * S * D, S * D, Hq * D, 1};
     cudnnBackendDescriptor_t dod = g.tensor(uid++, F, td, tsd, true), dsum = g.tensor(uid++, F, sh.rd, sh.rs, true),
                              drow = g.tensor(uid++, F, sh.rd, sh.rs, true);
     g.pointwise(CUDNN_POINTWISE_MUL, F, dout, o, NULL, dod);
@@ -314,7 +315,7 @@ void backward_graph(Builder &g, const Plan *p) {
     g.pointwise(CUDNN_POINTWISE_EXP, F, sm, NULL, NULL, pe);
     // dV = Pᵀ·dO (summed over the group's query heads)
     const bool gqa = p->Hq != p->Hkv;
-    const int64_t gd[4] = {1, Hq, T, D}, gs[4] = {Hq * T * D, T * D, D, 1};  // a product per query head before the group sum
+    const int64_t gd[4] = {B, Hq, S, D}, gs[4] = {Hq * S * D, S * D, D, 1};  // a product per query head before the group sum
     cudnnBackendDescriptor_t pt = g.tensor(uid++, BF, sh.std_, sh.sts, true);
     g.reshape(pe, pt);
     if (gqa) {
@@ -347,13 +348,22 @@ void backward_graph(Builder &g, const Plan *p) {
     cudnnBackendDescriptor_t k = g.tensor(uid++, BF, sh.kd, sh.ks, true);
     g.reshape(kt, k);
     if (p->dq_accum) {
-        const int64_t ad[4] = {1, Hq, T, D}, as[4] = {Hq * T * D, T * D, D, 1};
+        const int64_t ad[4] = {B, Hq, S, D}, as[4] = {Hq * S * D, S * D, D, 1};
         cudnnBackendDescriptor_t acc = g.tensor(UID_DQ_ACC, F, ad, as, false, false, true);
         g.matmul(ds, k, acc);
         g.pointwise(CUDNN_POINTWISE_IDENTITY, F, acc, NULL, NULL, dq);
     } else {
         g.matmul(ds, k, dq);
     }
+}
+
+// "T 8192 32q/8kv d128 causal", or "2x4097 16q/16kv d64 bidir" for several sequences
+const char *shape_text(const Plan *p) {
+    static char buf[96];
+    if (p->B == 1) snprintf(buf, sizeof buf, "T %d", p->S);
+    else snprintf(buf, sizeof buf, "%dx%d", p->B, p->S);
+    snprintf(buf + strlen(buf), sizeof buf - strlen(buf), " %dq/%dkv d%d %s", p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir");
+    return buf;
 }
 
 // Check mode (cuda_cudnn_check_graphs): the properties of a target device instead of a handle, and a plan counts as
@@ -393,9 +403,8 @@ void build(Plan *p) {
         if (last == CUDNN_STATUS_SUCCESS) p->plan = plan;
         if (g_devprop && last == CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER) {  // (check mode: compiled, not loadable here)
             p->ok = 1;
-            snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s T %d %dq/%dkv d%d %s compiled by engine config %d of %d",
-                     api.version(), p->backward ? "backward" : "forward", p->T, p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir",
-                     (int)i, (int)got);
+            snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s compiled by engine config %d of %d", api.version(),
+                     p->backward ? "backward" : "forward", shape_text(p), (int)i, (int)got);
             return;
         }
     }
@@ -404,30 +413,30 @@ void build(Plan *p) {
     const char *what = p->backward ? (p->dq_accum ? "backward (dQ summed)" : "backward") : "forward";
     if (g.ok() && p->plan) {
         p->workspace = ws > 0 && !g_devprop ? cuda_alloc((size_t)ws) : NULL;
-        if (p->dq_accum && !g_devprop) p->acc = (float *)cuda_alloc((size_t)p->T * p->Hq * p->D * sizeof(float));
-        if (!g_devprop) p->stats = (float *)cuda_alloc((size_t)p->T * p->Hq * sizeof(float));
+        size_t T = (size_t)p->B * p->S;
+        if (p->dq_accum && !g_devprop) p->acc = (float *)cuda_alloc(T * p->Hq * p->D * sizeof(float));
+        if (!g_devprop) p->stats = (float *)cuda_alloc(T * p->Hq * sizeof(float));
         p->ok = 1;
-        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s T %d %dq/%dkv d%d %s built (%d engine configs, workspace %lld bytes)",
-                 api.version(), what, p->T, p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir", (int)got, (long long)ws);
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s built (%d engine configs, workspace %lld bytes)", api.version(),
+                 what, shape_text(p), (int)got, (long long)ws);
     } else {
         p->plan = NULL;
-        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s T %d %dq/%dkv d%d %s declined: %s (%s)", api.version(), what, p->T,
-                 p->Hq, p->Hkv, p->D, p->causal ? "causal" : "bidir", g.ok() ? "no engine config built a plan" : g.where,
-                 api.error(g.ok() ? last : g.status));
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s declined: %s (%s)", api.version(), what, shape_text(p),
+                 g.ok() ? "no engine config built a plan" : g.where, api.error(g.ok() ? last : g.status));
     }
     if (!g_devprop) fprintf(stderr, "%s\n", g_cudnn_status);
 }
 
 // the plan of a shape and direction: built on its first call (the backward: in cuDNN's deterministic form if an
 // engine takes it, else with dQ summed), then kept
-Plan *plan_for(int backward, int T, int Hq, int Hkv, int D, int causal) {
+Plan *plan_for(int backward, int B, int S, int Hq, int Hkv, int D, int causal) {
     for (int i = 0; i < nplans; i++) {
         Plan *p = &plans[i];
-        if (p->backward == backward && p->T == T && p->Hq == Hq && p->Hkv == Hkv && p->D == D && p->causal == causal) return p;
+        if (p->backward == backward && p->B == B && p->S == S && p->Hq == Hq && p->Hkv == Hkv && p->D == D && p->causal == causal) return p;
     }
     if (nplans == (int)(sizeof plans / sizeof *plans)) return NULL;  // (a bench's few shapes: more are not kept)
     Plan *p = &plans[nplans++];
-    *p = Plan{backward, T, Hq, Hkv, D, causal, 0, 0, NULL, NULL, NULL, NULL};
+    *p = Plan{backward, B, S, Hq, Hkv, D, causal, 0, 0, NULL, NULL, NULL, NULL};
     build(p);
     if (backward && !p->ok) {  // the other form
         p->dq_accum = 1;
@@ -436,13 +445,14 @@ Plan *plan_for(int backward, int T, int Hq, int Hkv, int D, int causal) {
     return p;
 }
 
-// lse[t, h] = stats[h, t] (to_lse), or the other way round
-__global__ void transpose_stats(float *dst, const float *src, int T, int H, int to_lse) {
+// lse[b·S + t, h] = stats[b, h, t] (to_lse), or the other way round
+__global__ void transpose_stats(float *dst, const float *src, int T, int S, int H, int to_lse) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)T * H) return;
-    int t = (int)(i / H), h = (int)(i % H);
-    if (to_lse) dst[i] = src[(size_t)h * T + t];
-    else dst[(size_t)h * T + t] = src[i];
+    int row = (int)(i / H), h = (int)(i % H), b = row / S, t = row % S;
+    size_t j = ((size_t)b * H + h) * S + t;
+    if (to_lse) dst[i] = src[j];
+    else dst[j] = src[i];
 }
 
 // p's plan on the tensors of the variant pack (uids, pointers), on the backend's stream; false (nothing run, the
@@ -461,39 +471,44 @@ bool execute(Plan *p, int n, const int64_t *uids, void *const *ptrs) {
     if (pack && destroy) destroy(pack);
     if (s == CUDNN_STATUS_SUCCESS) return true;
     p->ok = 0;
-    snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s T %d %dq/%dkv d%d failed to run: %s", api.version(),
-             p->backward ? "backward" : "forward", p->T, p->Hq, p->Hkv, p->D, api.error(s));
+    snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s failed to run: %s", api.version(), p->backward ? "backward" : "forward",
+             shape_text(p), api.error(s));
     fprintf(stderr, "%s\n", g_cudnn_status);
     return false;
 }
 
-bool usable(int nseq, int Hq, int Hkv, int D) { return nseq == 1 && Hq % Hkv == 0 && D % 8 == 0 && D <= 128 && api_open(); }
+// One sequence, or nseq of the same length (nseq·max_len = T says so without reading cu_seqlens): a batch of B = nseq
+bool usable(int nseq, int T, int max_len, int Hq, int Hkv, int D) {
+    return nseq >= 1 && (nseq == 1 || (long long)nseq * max_len == T) && Hq % Hkv == 0 && D % 8 == 0 && D <= 128 && api_open();
+}
 
 }  // namespace
 
-extern "C" int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int Hq,
-                                            int Hkv, int D, int causal) {
-    if (!usable(nseq, Hq, Hkv, D)) return -1;
-    Plan *p = plan_for(0, T, Hq, Hkv, D, causal);
+extern "C" int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T,
+                                            int max_len, int Hq, int Hkv, int D, int causal) {
+    if (!usable(nseq, T, max_len, Hq, Hkv, D)) return -1;
+    int S = T / nseq;
+    Plan *p = plan_for(0, nseq, S, Hq, Hkv, D, causal);
     if (!p || !p->ok) return -1;
     float *stats = p->stats;
     float scale = 1.0f / sqrtf((float)D), lowest = -FLT_MAX;
     const int64_t uids[7] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST};
     void *const ptrs[7] = {(void *)q, (void *)k, (void *)v, out, stats, &scale, &lowest};
     if (!execute(p, causal ? 7 : 6, uids, ptrs)) return -1;
-    transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(lse, stats, T, Hq, 1);
+    transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(lse, stats, T, S, Hq, 1);
     LAUNCH_CHECK();
     return 0;
 }
 
 extern "C" int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
-                                             const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int Hq, int Hkv, int D,
-                                             int causal) {
-    if (!dq || !dk || !dv || !usable(nseq, Hq, Hkv, D)) return -1;
-    Plan *p = plan_for(1, T, Hq, Hkv, D, causal);
+                                             const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int max_len, int Hq, int Hkv,
+                                             int D, int causal) {
+    if (!dq || !dk || !dv || !usable(nseq, T, max_len, Hq, Hkv, D)) return -1;
+    int S = T / nseq;
+    Plan *p = plan_for(1, nseq, S, Hq, Hkv, D, causal);
     if (!p || !p->ok) return -1;
     float *stats = p->stats;
-    transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(stats, lse, T, Hq, 0);
+    transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(stats, lse, T, S, Hq, 0);
     LAUNCH_CHECK();
     if (p->dq_accum) CUDA_CHECK(cudaMemsetAsync(p->acc, 0, (size_t)T * Hq * D * sizeof(float), g_stream));
     float scale = 1.0f / sqrtf((float)D), one = 1.0f, lowest = -FLT_MAX;
@@ -524,12 +539,15 @@ extern "C" int cuda_cudnn_check_graphs(const char *device_json, char *report, si
         g_devprop = NULL;
         return -1;
     }
-    const int shapes[4][5] = {{8192, 32, 8, 128, 1}, {5185, 16, 16, 64, 0}, {700, 8, 2, 128, 1}, {333, 4, 4, 64, 0}};
+    // (B, S, Hq, Hkv, D, causal): the slice, the tower, the whole model's tower (two 896x896 images), two small ones
+    const int shapes[5][6] = {{1, 8192, 32, 8, 128, 1}, {1, 5185, 16, 16, 64, 0}, {2, 4097, 16, 16, 64, 0}, {1, 700, 8, 2, 128, 1},
+                              {1, 333, 4, 4, 64, 0}};
     int built = 0;
     size_t at = 0;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         for (int backward = 0; backward < 2; backward++) {
-            Plan p = {backward, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], shapes[i][4], 0, 0, NULL, NULL, NULL, NULL};
+            const int *x = shapes[i];
+            Plan p = {backward, x[0], x[1], x[2], x[3], x[4], x[5], 0, 0, NULL, NULL, NULL, NULL};
             build(&p);
             built += p.ok;
             if (at < len) at += snprintf(report + at, len - at, "%s\n", g_cudnn_status);
@@ -540,12 +558,12 @@ extern "C" int cuda_cudnn_check_graphs(const char *device_json, char *report, si
 
 #else  // built without cuDNN's header: our kernels only
 
-extern "C" int cuda_cudnn_attention_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, int, int, int, int, int, int) {
+extern "C" int cuda_cudnn_attention_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, int, int, int, int, int, int, int) {
     snprintf(g_cudnn_status, sizeof g_cudnn_status, "built without cuDNN's header (cudnn_graph.h)");
     return -1;
 }
 extern "C" int cuda_cudnn_attention_backward(bf16 *, bf16 *, bf16 *, const bf16 *, const bf16 *, const float *, const bf16 *, const bf16 *,
-                                             const bf16 *, int, int, int, int, int, int) {
+                                             const bf16 *, int, int, int, int, int, int, int) {
     snprintf(g_cudnn_status, sizeof g_cudnn_status, "built without cuDNN's header (cudnn_graph.h)");
     return -1;
 }

@@ -60,8 +60,8 @@ struct Call {
 // one run of pick p, its settings for this call only; false where the wgmma kernels do not run here
 bool run(const Pick &p, const Call &c) {
     if (p.version == FLASH_CUDNN)
-        return c.s.forward ? cuda_cudnn_attention_forward(c.out, c.lse, c.q, c.k, c.v, c.nseq, c.s.T, c.s.Hq, c.s.Hkv, c.s.D, c.s.causal) == 0
-                           : cuda_cudnn_attention_backward(c.dq, c.dk, c.dv, c.dout, c.o_in, c.lse_in, c.q, c.k, c.v, c.nseq, c.s.T, c.s.Hq,
+        return c.s.forward ? cuda_cudnn_attention_forward(c.out, c.lse, c.q, c.k, c.v, c.nseq, c.s.T, c.max_len, c.s.Hq, c.s.Hkv, c.s.D, c.s.causal) == 0
+                           : cuda_cudnn_attention_backward(c.dq, c.dk, c.dv, c.dout, c.o_in, c.lse_in, c.q, c.k, c.v, c.nseq, c.s.T, c.max_len, c.s.Hq,
                                                            c.s.Hkv, c.s.D, c.s.causal) == 0;
     cuda_flash_set_exp2(p.exp2);
     cuda_flash_set_ws_tma(p.tma);

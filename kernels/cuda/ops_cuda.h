@@ -154,13 +154,13 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 enum { FLASH_TUNE = -3, FLASH_CUDNN = -4 };
 void cuda_attention_set_flash(int version);
 // cudnn_attn.cu: the attention forward by cuDNN (libcudnn.so.9 opened at run time) for one sequence
-// (cu_seqlens {0, T}); 0 when it ran, -1 with nothing launched (no library, a shape its engines decline, more
-// than one sequence); cuda_cudnn_status says what happened last (loaded, a plan built or declined, and why)
-int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int Hq, int Hkv,
-                                 int D, int causal);
+// (cu_seqlens {0, T}) or nseq of one length (nseq·max_len = T); 0 when it ran, -1 with nothing launched (no
+// library, a shape its engines decline, sequences of different lengths); cuda_cudnn_status says what happened last (loaded, a plan built or declined, and why)
+int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int max_len, int Hq,
+                                 int Hkv, int D, int causal);
 // the backward likewise (dq, dk, dv written whole; out is the forward's output, lse its log-sum-exp [T, Hq])
 int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *q,
-                                  const bf16 *k, const bf16 *v, int nseq, int T, int Hq, int Hkv, int D, int causal);
+                                  const bf16 *k, const bf16 *v, int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal);
 const char *cuda_cudnn_status(void);
 // without a GPU: the graphs of the benches' shapes built by cuDNN for the device of a properties file up to
 // compiling their kernels (a line each in report); how many compiled, or -1 where cuDNN cannot be had

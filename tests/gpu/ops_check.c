@@ -454,31 +454,31 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
 // forward's output and lse, then the backward's gradients (cuDNN's, or our default's on cuDNN's lse where its
 // backward does not run). Not a failure where cuDNN does not run here (no library, or its engines decline the
 // shape): the line says why, and the flash kernels serve.
-static void cudnn_case(int Hq, int Hkv, int D, int causal, int T) {
-    int32_t cu[2] = {0, T};
+static void cudnn_case(int Hq, int Hkv, int D, int causal, int T, int nseq) {  // nseq sequences of T / nseq
+    int32_t cu[3] = {0, T / nseq, T};
     size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
     float *q = host_rand(nq, 1), *k = host_rand(nk, 1), *v = host_rand(nk, 1), *dy = host_rand(nq, 1);
     float *o = xcalloc(nq, 4), *lse = xcalloc((size_t)T * Hq, 4), *dq = xcalloc(nq, 4), *dk = xcalloc(nk, 4), *dv = xcalloc(nk, 4);
-    attention_forward(o, lse, q, k, v, cu, 1, Hq, Hkv, D, causal);
+    attention_forward(o, lse, q, k, v, cu, nseq, Hq, Hkv, D, causal);
     for (size_t i = 0; i < nq; i++) o[i] = bf16_to_f32(f32_to_bf16(o[i]));
-    attention_backward(dq, dk, dv, dy, o, lse, q, k, v, cu, 1, Hq, Hkv, D, causal);
+    attention_backward(dq, dk, dv, dy, o, lse, q, k, v, cu, nseq, Hq, Hkv, D, causal);
     bf16 *gq = dev_bf16(q, nq), *gk = dev_bf16(k, nk), *gv = dev_bf16(v, nk), *gdy = dev_bf16(dy, nq), *go = cuda_alloc(nq * 2),
          *gdq = cuda_alloc(nq * 2), *gdk = cuda_alloc(nk * 2), *gdv = cuda_alloc(nk * 2);
     float *glse = dev_f32(NULL, (size_t)T * Hq);
     int32_t *gcu = cuda_alloc(sizeof cu);
     cuda_upload(gcu, cu, sizeof cu);
     cuda_memset_ff(go, nq * 2);  // (NaN: an output cuDNN leaves unwritten shows)
-    if (cuda_cudnn_attention_forward(go, glse, gq, gk, gv, 1, T, Hq, Hkv, D, causal) == 0) {
+    if (cuda_cudnn_attention_forward(go, glse, gq, gk, gv, nseq, T, T / nseq, Hq, Hkv, D, causal) == 0) {
         cuda_memset_ff(gdq, nq * 2); cuda_memset_ff(gdk, nk * 2); cuda_memset_ff(gdv, nk * 2);
         const char *bwd = "cudnn";
-        if (cuda_cudnn_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, 1, T, Hq, Hkv, D, causal)) {
+        if (cuda_cudnn_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, nseq, T, T / nseq, Hq, Hkv, D, causal)) {
             printf("attention %s %dq/%dkv d%d T%d backward (cudnn): not run here: %s\n", causal ? "causal" : "bidir", Hq, Hkv, D, T,
                    cuda_cudnn_status());
-            cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, 1, T, T, Hq, Hkv, D, causal);
+            cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, T / nseq, Hq, Hkv, D, causal);
             bwd = "cudnn forward, default backward";
         }
         sync_or_die();
-        check_bf16(go, o, nq, 2e-2, "attention %s %dq/%dkv d%d T%d forward (cudnn)", causal ? "causal" : "bidir", Hq, Hkv, D, T);
+        check_bf16(go, o, nq, 2e-2, "attention %s %dq/%dkv d%d T%d in %d forward (cudnn)", causal ? "causal" : "bidir", Hq, Hkv, D, T, nseq);
         check_f32(glse, lse, (size_t)T * Hq, 1e-3, "  lse, fp32 (cudnn)");
         check_bf16(gdq, dq, nq, 2e-2, "  dq (%s)", bwd);
         check_bf16(gdk, dk, nk, 2e-2, "  dk (%s)", bwd);
@@ -704,14 +704,14 @@ static void at_attention_shapes(void (*fn)(Bench *b, double flops, const int *ar
 }
 
 // cuDNN's forward and backward (where they run) against the default versions' at the two shapes
-static void run_cudnn(void *p) { Bench *b = p; cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->Hq, b->Hkv, b->D, b->causal); }
+static void run_cudnn(void *p) { Bench *b = p; cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
 static void run_cudnn_bwd(void *p) {
     Bench *b = p;
-    cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->Hq, b->Hkv, b->D, b->causal);
+    cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal);
 }
 static void cudnn_timing(Bench *b, double flops, const int *unused) {
     (void)unused;
-    if (cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
+    if (cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
         printf("timing: attention T %d %s d%d: cudnn forward not run here (%s)\n", b->T, b->causal ? "causal" : "bidir", b->D,
                cuda_cudnn_status());
         return;
@@ -719,7 +719,7 @@ static void cudnn_timing(Bench *b, double flops, const int *unused) {
     double c = time_ms(run_cudnn, b, 5), d = time_ms(run_attn, b, 5);
     printf("timing: attention T %d %s d%d: cudnn forward %7.3f ms %6.1f TFLOP/s, default flash forward %7.3f ms %6.1f TFLOP/s [%s]\n",
            b->T, b->causal ? "causal" : "bidir", b->D, c, flops / c / 1e9, d, flops / d / 1e9, cuda_cudnn_status());
-    if (cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
+    if (cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
         printf("timing: attention T %d %s d%d: cudnn backward not run here (%s)\n", b->T, b->causal ? "causal" : "bidir", b->D,
                cuda_cudnn_status());
         return;
@@ -1005,10 +1005,12 @@ int main(int argc, char **argv) {
     attention_cases_with(cuda_flash_set_ws_tma, " tma", 8, 8);
     if (timed) at_attention_shapes(ws_timing, NULL);
     // cuDNN's fused attention, forward and backward (session 20: not yet run on a GPU when written), checked, then timed
-    cudnn_case(4, 4, 64, 0, 333);
-    cudnn_case(8, 2, 128, 1, 700);
-    cudnn_case(16, 16, 64, 0, 5185);  // the tower's shape and the slice's heads at a shorter length
-    cudnn_case(32, 8, 128, 1, 2048);
+    cudnn_case(4, 4, 64, 0, 333, 1);
+    cudnn_case(8, 2, 128, 1, 700, 1);
+    cudnn_case(16, 16, 64, 0, 5185, 1);  // the tower's shape, the slice's heads at a shorter length
+    cudnn_case(32, 8, 128, 1, 2048, 1);
+    cudnn_case(4, 4, 64, 0, 2 * 301, 2);  // two images of one size (a batch of 2)
+    cudnn_case(8, 2, 128, 1, 2 * 256, 2);
     if (timed) at_attention_shapes(cudnn_timing, NULL);
     // LLAVA_FLASH=tune: each shape's pick (its timings on stderr), checked as the versions are
     attention_cases(FLASH_TUNE);
