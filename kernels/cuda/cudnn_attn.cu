@@ -19,6 +19,9 @@
 // and transposed into lse [T, Hq]. A built plan is kept per shape.
 #include <dlfcn.h>
 #include <float.h>
+
+#include <initializer_list>
+#include <utility>
 #include <stdio.h>
 #include <string.h>
 
@@ -160,6 +163,26 @@ struct Builder {
     void add_op(cudnnBackendDescriptor_t op) {
         if (ok() && nops < 32) ops[nops++] = op;
     }
+    // an operation of `type` whose attributes link the descriptors given (a NULL one left unset), added to the graph
+    void op(cudnnBackendDescriptorType_t type, std::initializer_list<std::pair<cudnnBackendAttributeName_t, cudnnBackendDescriptor_t>> links,
+            const char *what) {
+        cudnnBackendDescriptor_t o = make(type, what);
+        for (const auto &l : links)
+            if (l.second) set_desc(o, l.first, l.second, what);
+        done(o, what);
+        add_op(o);
+    }
+    // a finalized descriptor of `type` computing in fp32 (attribute prec), with one more setting (name, type, value)
+    template <class V>
+    cudnnBackendDescriptor_t fp32_desc(cudnnBackendDescriptorType_t type, cudnnBackendAttributeName_t prec, cudnnBackendAttributeName_t name,
+                                       cudnnBackendAttributeType_t vtype, V value, const char *what) {
+        cudnnBackendDescriptor_t d = make(type, what);
+        cudnnDataType_t f = CUDNN_DATA_FLOAT;
+        set(d, prec, CUDNN_TYPE_DATA_TYPE, 1, &f, what);
+        set(d, name, vtype, 1, &value, what);
+        done(d, what);
+        return d;
+    }
     // y = mode(x[, b[, t]]) elementwise, computed in prec (axis: GEN_INDEX's dimension)
     void pointwise(cudnnPointwiseMode_t mode, cudnnDataType_t prec, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
                    cudnnBackendDescriptor_t t, cudnnBackendDescriptor_t y, int64_t axis = -1) {
@@ -168,36 +191,23 @@ struct Builder {
         set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec, "pointwise precision");
         if (axis >= 0) set(pw, CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &axis, "pointwise axis");
         done(pw, "pointwise finalize");
-        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, "pointwise op");
-        set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw, "pointwise op desc");
-        set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x, "pointwise x");
-        if (b) set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, b, "pointwise b");
-        if (t) set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, t, "pointwise t");
-        set_desc(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y, "pointwise y");
-        done(op, "pointwise op finalize");
-        add_op(op);
+        op(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR,
+           {{CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw}, {CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x},
+            {CUDNN_ATTR_OPERATION_POINTWISE_BDESC, b}, {CUDNN_ATTR_OPERATION_POINTWISE_TDESC, t}, {CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y}},
+           "pointwise op");
     }
-    // y = reduce(x) over the dimensions where y has extent 1
+    // y = reduce(x) over the dimensions where y has extent 1, in fp32
     void reduction(cudnnReduceTensorOp_t how, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
-        cudnnBackendDescriptor_t r = make(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, "reduction");
-        cudnnDataType_t f = CUDNN_DATA_FLOAT;
-        set(r, CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &how, "reduction operator");
-        set(r, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f, "reduction precision");
-        done(r, "reduction finalize");
-        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR, "reduction op");
-        set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC, r, "reduction op desc");
-        set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC, x, "reduction x");
-        set_desc(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC, y, "reduction y");
-        done(op, "reduction op finalize");
-        add_op(op);
+        cudnnBackendDescriptor_t r = fp32_desc(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_ATTR_REDUCTION_OPERATOR,
+                                               CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, how, "reduction");
+        op(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR,
+           {{CUDNN_ATTR_OPERATION_REDUCTION_DESC, r}, {CUDNN_ATTR_OPERATION_REDUCTION_XDESC, x}, {CUDNN_ATTR_OPERATION_REDUCTION_YDESC, y}},
+           "reduction op");
     }
     // y = x seen with y's dims and strides (a transposed view)
     void reshape(cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
-        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR, "reshape op");
-        set_desc(op, CUDNN_ATTR_OPERATION_RESHAPE_XDESC, x, "reshape x");
-        set_desc(op, CUDNN_ATTR_OPERATION_RESHAPE_YDESC, y, "reshape y");
-        done(op, "reshape op finalize");
-        add_op(op);
+        op(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR, {{CUDNN_ATTR_OPERATION_RESHAPE_XDESC, x}, {CUDNN_ATTR_OPERATION_RESHAPE_YDESC, y}},
+           "reshape op");
     }
     // c = a·b over the last two dimensions, batched over the first two (b's heads broadcast over a's groups), fp32
     void matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t c) {
@@ -205,13 +215,10 @@ struct Builder {
         cudnnDataType_t f = CUDNN_DATA_FLOAT;
         set(mm, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f, "matmul precision");
         done(mm, "matmul finalize");
-        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR, "matmul op");
-        set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, mm, "matmul op desc");
-        set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, a, "matmul a");
-        set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, b, "matmul b");
-        set_desc(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, c, "matmul c");
-        done(op, "matmul op finalize");
-        add_op(op);
+        op(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR,
+           {{CUDNN_ATTR_OPERATION_MATMUL_DESC, mm}, {CUDNN_ATTR_OPERATION_MATMUL_ADESC, a}, {CUDNN_ATTR_OPERATION_MATMUL_BDESC, b},
+            {CUDNN_ATTR_OPERATION_MATMUL_CDESC, c}},
+           "matmul op");
     }
 };
 
@@ -313,18 +320,18 @@ void backward_graph(Builder &g, const Plan *p) {
     cudnnBackendDescriptor_t sm = g.tensor(uid++, F, sh.sd, sh.ss, true), pe = g.tensor(uid++, F, sh.sd, sh.ss, true);
     g.pointwise(CUDNN_POINTWISE_SUB, F, s, stats, NULL, sm);
     g.pointwise(CUDNN_POINTWISE_EXP, F, sm, NULL, NULL, pe);
-    // dV = Pᵀ·dO (summed over the group's query heads)
-    const bool gqa = p->Hq != p->Hkv;
-    const int64_t gd[4] = {B, Hq, S, D}, gs[4] = {Hq * S * D, S * D, D, 1};  // a product per query head before the group sum
-    cudnnBackendDescriptor_t pt = g.tensor(uid++, BF, sh.std_, sh.sts, true);
-    g.reshape(pe, pt);
-    if (gqa) {
-        cudnnBackendDescriptor_t dvh = g.tensor(uid++, BF, gd, gs, true);
-        g.matmul(pt, dout, dvh);
-        g.reduction(CUDNN_REDUCE_TENSOR_ADD, dvh, dv);
-    } else {
-        g.matmul(pt, dout, dv);
-    }
+    // out = xᵀ·y for the product's x [B, Hq, S, S] (fp32, viewed transposed in bf16), summed over each KV head's
+    // query heads where there are several (GQA: a product per query head first)
+    const int64_t gd[4] = {B, Hq, S, D}, gs[4] = {Hq * S * D, S * D, D, 1};
+    auto transposed_product = [&](cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y, cudnnBackendDescriptor_t out) {
+        cudnnBackendDescriptor_t xt = g.tensor(uid++, BF, sh.std_, sh.sts, true);
+        g.reshape(x, xt);
+        if (p->Hq == p->Hkv) return g.matmul(xt, y, out);
+        cudnnBackendDescriptor_t per_head = g.tensor(uid++, BF, gd, gs, true);
+        g.matmul(xt, y, per_head);
+        g.reduction(CUDNN_REDUCE_TENSOR_ADD, per_head, out);
+    };
+    transposed_product(pe, dout, dv);  // dV = Pᵀ·dO
     // dS = P∘(dP·1 − D)·scale, dP = dO·Vᵀ
     cudnnBackendDescriptor_t dp = g.tensor(uid++, F, sh.sd, sh.ss, true), dp1 = g.tensor(uid++, F, sh.sd, sh.ss, true),
                              dp2 = g.tensor(uid++, F, sh.sd, sh.ss, true), ds0 = g.tensor(uid++, F, sh.sd, sh.ss, true),
@@ -334,16 +341,7 @@ void backward_graph(Builder &g, const Plan *p) {
     g.pointwise(CUDNN_POINTWISE_SUB, F, dp1, drow, NULL, dp2);
     g.pointwise(CUDNN_POINTWISE_MUL, F, dp2, pe, NULL, ds0);
     g.pointwise(CUDNN_POINTWISE_MUL, F, ds0, scale, NULL, ds);
-    // dK = dSᵀ·Q (summed over the group)
-    cudnnBackendDescriptor_t dst = g.tensor(uid++, BF, sh.std_, sh.sts, true);
-    g.reshape(ds, dst);
-    if (gqa) {
-        cudnnBackendDescriptor_t dkh = g.tensor(uid++, BF, gd, gs, true);
-        g.matmul(dst, q, dkh);
-        g.reduction(CUDNN_REDUCE_TENSOR_ADD, dkh, dk);
-    } else {
-        g.matmul(dst, q, dk);
-    }
+    transposed_product(ds, q, dk);  // dK = dSᵀ·Q
     // dQ = dS·K (K: Kᵀ viewed back)
     cudnnBackendDescriptor_t k = g.tensor(uid++, BF, sh.kd, sh.ks, true);
     g.reshape(kt, k);
