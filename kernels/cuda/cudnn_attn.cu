@@ -1,7 +1,8 @@
-// cudnn_attn.cu: the attention forward through cuDNN's fused flash attention (its graph API), beside our own
-// kernels: LLAVA_FLASH=cudnn (the backward stays ours: it reads the same log-sum-exp), and a candidate of
-// LLAVA_FLASH=tune. "Real libraries for solved problems": cuDNN 9 ships FlashAttention-class kernels for Hopper,
-// and PyTorch's SDPA can run them; whether they beat ours at our shapes is for the GPU runs to say.
+// cudnn_attn.cu: attention forward and backward through cuDNN's fused flash attention (its graph API), beside our
+// own kernels: LLAVA_FLASH=cudnn, and a candidate of LLAVA_FLASH=tune in each direction (the two read and write
+// the same log-sum-exp, so either direction may be cuDNN's and the other ours). "Real libraries for solved
+// problems": cuDNN 9 ships FlashAttention-class kernels for Hopper, and PyTorch's SDPA can run them; whether they
+// beat ours at our shapes is for the GPU runs to say.
 //
 // libcudnn.so.9 is opened at run time (as NCCL is): the build needs only the header, a machine without the
 // library runs our kernels, and every cuDNN failure -- no library, a graph its engines do not take, an
@@ -16,14 +17,15 @@
 //   S = Q·Kᵀ (fp32) · scale;  causal: S = row ≥ col ? S : lowest   (GEN_INDEX, CMP_GE, BINARY_SELECT)
 //   M = max_row S;  E = exp(S − M);  Z = Σ_row E;  stats = M + log Z;  P = E / Z (bf16);  O = P·V
 // stats [B, Hq, S, 1] is the natural-log log-sum-exp of the scaled scores, our kernels' lse, written head-major
-// and transposed into lse [T, Hq]. A built plan is kept per shape.
+// and transposed into lse [T, Hq]. The backward's graph is under backward_graph. A built plan is kept per shape.
+// Without a GPU, cuda_cudnn_check_graphs has cuDNN build the graphs for a described device (tests/cudnn.bats).
 #include <dlfcn.h>
 #include <float.h>
+#include <stdio.h>
+#include <string.h>
 
 #include <initializer_list>
 #include <utility>
-#include <stdio.h>
-#include <string.h>
 
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
