@@ -43,6 +43,8 @@ for name in ("nvidia.cudnn", "nvidia.cuda_nvrtc", "nvidia.cu13"):
     except Exception:
         pass
 print(":".join(dirs))' 2>/dev/null)
+# (else wherever a libcudnn.so.9 is: the CUDA root, another Python)
+[ -z "$cudnn_libs" ] && cudnn_libs=$(dirname "$(find /usr/local /opt /usr/lib -name 'libcudnn.so.9' 2>/dev/null | head -1)" 2>/dev/null | grep -v '^\.$')
 [ -n "$cudnn_libs" ] && export LD_LIBRARY_PATH=$cudnn_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cudnn_where=${cudnn_libs:-none found among the Python packages}
 summary+=("cuDNN libraries: $cudnn_where ($(ls ${cudnn_libs//:/ } 2>/dev/null | grep -m1 -o 'libcudnn.so.9[.0-9]*' || echo 'no libcudnn.so.9 there'))")
