@@ -21,5 +21,5 @@ load helpers
     echo "$output"
     [ "$status" -ne 77 ] || skip "cuDNN there cannot take device properties: $output"
     [ "$status" -eq 0 ]
-    [ "$(grep -c ' compiled by engine config ' <<<"$output")" -eq 10 ]
+    [ "$(grep -c ' compiled by engine config ' <<<"$output")" -eq 12 ]
 }

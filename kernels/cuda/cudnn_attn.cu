@@ -232,6 +232,7 @@ enum : int64_t {
 struct Plan {
     int backward, B, S, Hq, Hkv, D, causal;  // B sequences of S positions each (T = B·S)
     int ok;         // 1: built; 0: cuDNN declined the shape (not asked again)
+    int want_accum; // (backward) the form asked for first (LLAVA_CUDNN_DQ_ACCUM): part of the plan's key
     int dq_accum;   // (backward) dQ summed in an fp32 buffer (zeroed before each call), else written directly
     cudnnBackendDescriptor_t plan;
     void *workspace;
@@ -427,19 +428,27 @@ void build(Plan *p) {
     if (!g_devprop) fprintf(stderr, "%s\n", g_cudnn_status);
 }
 
-// the plan of a shape and direction: built on its first call (the backward: in cuDNN's deterministic form if an
-// engine takes it, else with dQ summed), then kept
+// LLAVA_CUDNN_DQ_ACCUM=1 (or cuda_cudnn_set_dq_accum): the backward asks first for cuDNN's form that sums dQ in
+// fp32 across key blocks (its default; the order of the sums may vary) instead of its deterministic one (ours: runs
+// repeat bit for bit); either falls back to the other where no engine takes it
+int accum_setting = ENV_UNREAD;
+
+// the plan of a shape and direction: built on its first call (the backward in the form asked for, else the other),
+// then kept
 Plan *plan_for(int backward, int B, int S, int Hq, int Hkv, int D, int causal) {
+    int want = backward && cuda_env_setting(&accum_setting, "LLAVA_CUDNN_DQ_ACCUM", 0) == 1;
     for (int i = 0; i < nplans; i++) {
         Plan *p = &plans[i];
-        if (p->backward == backward && p->B == B && p->S == S && p->Hq == Hq && p->Hkv == Hkv && p->D == D && p->causal == causal) return p;
+        if (p->backward == backward && p->B == B && p->S == S && p->Hq == Hq && p->Hkv == Hkv && p->D == D && p->causal == causal &&
+            p->want_accum == want)
+            return p;
     }
     if (nplans == (int)(sizeof plans / sizeof *plans)) return NULL;  // (a bench's few shapes: more are not kept)
     Plan *p = &plans[nplans++];
-    *p = Plan{backward, B, S, Hq, Hkv, D, causal, 0, 0, NULL, NULL, NULL, NULL};
+    *p = Plan{backward, B, S, Hq, Hkv, D, causal, 0, want, want, NULL, NULL, NULL, NULL};
     build(p);
     if (backward && !p->ok) {  // the other form
-        p->dq_accum = 1;
+        p->dq_accum = !want;
         build(p);
     }
     return p;
@@ -484,6 +493,8 @@ bool usable(int nseq, int T, int max_len, int Hq, int Hkv, int D) {
 
 }  // namespace
 
+extern "C" void cuda_cudnn_set_dq_accum(int on) { accum_setting = on < 0 ? (int)ENV_UNREAD : on != 0; }
+
 extern "C" int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T,
                                             int max_len, int Hq, int Hkv, int D, int causal) {
     if (!usable(nseq, T, max_len, Hq, Hkv, D)) return -1;
@@ -520,9 +531,9 @@ extern "C" int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const
     return execute(p, n, uids, ptrs) ? 0 : -1;
 }
 
-// Without a GPU: the graphs of the benches' shapes (and two small ones) built for the device described by the
-// JSON file (cuDNN's CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION) up to compiling their kernels; one line each in
-// report. Returns how many compiled, or -1 where cuDNN (9.8 or later) cannot be had.
+// Without a GPU: the graphs of the benches' shapes (their backward in both forms; and three more shapes) built for
+// the device described by the JSON file (cuDNN's CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION) up to compiling their
+// kernels; one line each in report. Returns how many compiled, or -1 where cuDNN (9.8 or later) cannot be had.
 extern "C" int cuda_cudnn_check_graphs(const char *device_json, char *report, size_t len) {
     report[0] = 0;
     FILE *f = fopen(device_json, "rb");
@@ -547,10 +558,12 @@ extern "C" int cuda_cudnn_check_graphs(const char *device_json, char *report, si
     for (int i = 0; i < 5; i++)
         for (int backward = 0; backward < 2; backward++) {
             const int *x = shapes[i];
-            Plan p = {backward, x[0], x[1], x[2], x[3], x[4], x[5], 0, 0, NULL, NULL, NULL, NULL};
-            build(&p);
-            built += p.ok;
-            if (at < len) at += snprintf(report + at, len - at, "%s\n", g_cudnn_status);
+            for (int accum = 0; accum <= (backward && i < 2); accum++) {  // (the benches' backward in both forms)
+                Plan p = {backward, x[0], x[1], x[2], x[3], x[4], x[5], 0, accum, accum, NULL, NULL, NULL, NULL};
+                build(&p);
+                built += p.ok;
+                if (at < len) at += snprintf(report + at, len - at, "%s%s\n", g_cudnn_status, accum ? " (dQ summed)" : "");
+            }
         }
     g_devprop = NULL;
     return built;
@@ -567,6 +580,7 @@ extern "C" int cuda_cudnn_attention_backward(bf16 *, bf16 *, bf16 *, const bf16 
     snprintf(g_cudnn_status, sizeof g_cudnn_status, "built without cuDNN's header (cudnn_graph.h)");
     return -1;
 }
+extern "C" void cuda_cudnn_set_dq_accum(int) {}
 extern "C" int cuda_cudnn_check_graphs(const char *, char *report, size_t len) {
     snprintf(report, len, "built without cuDNN's header (cudnn_graph.h)");
     return -1;

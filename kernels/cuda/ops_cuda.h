@@ -162,6 +162,9 @@ int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf1
 int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *q,
                                   const bf16 *k, const bf16 *v, int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal);
 const char *cuda_cudnn_status(void);
+// the backward's form asked for first: 1 cuDNN's dQ summed in fp32 (order may vary), 0 its deterministic one (the
+// default), -1 the environment's (LLAVA_CUDNN_DQ_ACCUM)
+void cuda_cudnn_set_dq_accum(int on);
 // without a GPU: the graphs of the benches' shapes built by cuDNN for the device of a properties file up to
 // compiling their kernels (a line each in report); how many compiled, or -1 where cuDNN cannot be had
 int cuda_cudnn_check_graphs(const char *device_json, char *report, size_t len);

@@ -727,6 +727,15 @@ static void cudnn_timing(Bench *b, double flops, const int *unused) {
     double cb = time_ms(run_cudnn_bwd, b, 3), db = time_ms(run_attn_bwd, b, 3);
     printf("timing: attention T %d %s d%d: cudnn backward %7.3f ms %6.1f TFLOP/s, default flash backward %7.3f ms %6.1f TFLOP/s [%s]\n",
            b->T, b->causal ? "causal" : "bidir", b->D, cb, 2.5 * flops / cb / 1e9, db, 2.5 * flops / db / 1e9, cuda_cudnn_status());
+    // and cuDNN's other form of the backward, dQ summed in fp32 (LLAVA_CUDNN_DQ_ACCUM=1; not bit-reproducible)
+    cuda_cudnn_set_dq_accum(1);
+    if (!cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->T, b->Hq, b->Hkv, b->D,
+                                       b->causal)) {
+        double ca = time_ms(run_cudnn_bwd, b, 3);
+        printf("timing: attention T %d %s d%d: cudnn backward, dQ summed (LLAVA_CUDNN_DQ_ACCUM=1) %7.3f ms %6.1f TFLOP/s [%s]\n", b->T,
+               b->causal ? "causal" : "bidir", b->D, ca, 2.5 * flops / ca / 1e9, cuda_cudnn_status());
+    }
+    cuda_cudnn_set_dq_accum(-1);
 }
 
 // --attention: the attention forward and backward once each at the slice's and the tower's shapes, with the
@@ -1011,6 +1020,10 @@ int main(int argc, char **argv) {
     cudnn_case(32, 8, 128, 1, 2048, 1);
     cudnn_case(4, 4, 64, 0, 2 * 301, 2);  // two images of one size (a batch of 2)
     cudnn_case(8, 2, 128, 1, 2 * 256, 2);
+    cuda_cudnn_set_dq_accum(1);  // the backward's other form, dQ summed in fp32
+    cudnn_case(8, 2, 128, 1, 700, 1);
+    cudnn_case(4, 4, 64, 0, 333, 1);
+    cuda_cudnn_set_dq_accum(-1);
     if (timed) at_attention_shapes(cudnn_timing, NULL);
     // LLAVA_FLASH=tune: each shape's pick (its timings on stderr), checked as the versions are
     attention_cases(FLASH_TUNE);

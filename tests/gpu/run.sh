@@ -203,13 +203,13 @@ if [ -x "$B/ops_check" ]; then
         esac
     fi
     grep -q '^flash tune:' "$OUTDIR/ops_check.txt" && summary+=("flash tune in ops_check: $(grep -c '^flash tune:' "$OUTDIR/ops_check.txt") shapes tuned, $(ok_count "flash tuned") checks ok")
-    # cuDNN's fused attention, forward and backward (session 20): 30 checks where it ran; where they pass, a bench
+    # cuDNN's fused attention, forward and backward (session 20): 40 checks where it ran; where they pass, a bench
     # run with it (unless the tuner runs: cuDNN is one of its candidates in both directions)
     cudnn_ok=$(grep -c '(cudnn.*ok$' "$OUTDIR/ops_check.txt") cudnn_bad=$(grep -c '(cudnn.*FAIL$' "$OUTDIR/ops_check.txt")
     summary+=("cuDNN attention: $cudnn_ok checks ok, $cudnn_bad failed")
     while IFS= read -r line; do summary+=("  ${line:0:220}"); done < <(grep -E '\(cudnn\): not run here|^cuDNN [0-9]+: ' "$OUTDIR/ops_check.txt" | sort -u | head -8)
     while IFS= read -r line; do summary+=("${line#timing: }"); done < <(grep '^timing: attention.*cudnn' "$OUTDIR/ops_check.txt")
-    if [ "$cudnn_ok" -ge 30 ] && [ "$cudnn_bad" -eq 0 ]; then
+    if [ "$cudnn_ok" -ge 40 ] && [ "$cudnn_bad" -eq 0 ]; then
         case "$env_variants" in *LLAVA_FLASH=tune*) ;; *) env_variants="$env_variants LLAVA_FLASH=cudnn" ;; esac
     elif [ "$cudnn_bad" -gt 0 ] || ! grep -q '(cudnn' "$OUTDIR/ops_check.txt"; then
         export LLAVA_CUDNN=0  # (failed, or ops_check did not get there: not a tuner candidate either)
