@@ -363,6 +363,30 @@ double model_shifted_loss(const float *logits, const int32_t *labels, int B, int
     return loss;
 }
 
+// Where only the loss is read, the head and the cross-entropy run over the counted positions alone (the prompts
+// of a conversation, the image pads: their logits' gradient is zero): the head's product, the logits and their
+// pass shrink by the share of ignored positions. Their row count is rounded up to a multiple of q (8 or more,
+// n/64 at most: up to 64 sizes per batch length, so that the GPU's per-shape product plans are reused) with
+// ignored positions (target -100: no loss, a zero gradient row). The rows go to *rows (from H) and their
+// targets to the front of shifted; returns their count, or n (and *rows NULL) where that would save nothing.
+static size_t counted_rows(Arena *H, int32_t *shifted, size_t n, int64_t count, int32_t **rows) {
+    size_t q = 8;
+    while (q < n / 64) q *= 2;
+    size_t padded = ((size_t)count + q - 1) / q * q;
+    if (count <= 0 || padded >= n) return n;
+    int32_t *r = *rows = arena_bytes(H, padded * sizeof(int32_t)), ignored = -1;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (shifted[i] >= 0) {
+            r[k] = (int32_t)i;
+            shifted[k++] = shifted[i];  // the targets in the same order (k <= i: read before written)
+        } else if (ignored < 0) {
+            ignored = (int32_t)i;
+        }
+    for (; k < padded; k++) r[k] = ignored, shifted[k] = -100;  // (count < n: one exists)
+    return padded;
+}
+
 int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const int32_t *labels, float grad_scale,
                      float **grads, float *loss, ModelOutput *out, Err *e) {
     if (!in->ids) { err_set(e, "a loss needs input_ids"); return -1; }
@@ -375,29 +399,8 @@ int model_loss_grads(const Model *m, ModelWork *w, const ModelInput *in, const i
     size_t n = (size_t)B * in->T;
     int32_t *shifted = arena_bytes(&w->host, n * sizeof(int32_t));  // the mean over counted positions
     int64_t count = shift_labels(labels, B, in->T, shifted);
-    // Where only the loss is read, the head and the cross-entropy run over the counted positions alone (the
-    // prompts of a conversation, the image pads: their logits' gradient is zero): the head's product, the
-    // logits and their pass shrink by the share of ignored positions. Otherwise over every position.
-    // The row count is rounded up to a multiple of q (8 or more, n/64 at most: up to 64 sizes per
-    // batch length, so that the GPU's per-shape product plans are reused) with ignored positions (target
-    // -100: no loss, a zero gradient row).
-    int32_t *head_rows = NULL;
-    size_t nrows = n, q = 8;
-    while (q < n / 64) q *= 2;
-    size_t padded = ((size_t)count + q - 1) / q * q;
-    if (w->logits_scratch && count > 0 && padded < n) {
-        head_rows = arena_bytes(&w->host, padded * sizeof(int32_t));
-        int32_t ignored = -1;
-        nrows = 0;
-        for (size_t i = 0; i < n; i++)
-            if (shifted[i] >= 0) {
-                head_rows[nrows] = (int32_t)i;
-                shifted[nrows++] = shifted[i];  // the targets in the same order (nrows <= i: read before written)
-            } else if (ignored < 0) {
-                ignored = (int32_t)i;
-            }
-        for (; nrows < padded; nrows++) head_rows[nrows] = ignored, shifted[nrows] = -100;  // (count < n: one exists)
-    }
+    int32_t *head_rows = NULL;  // (where only the loss is read: the counted positions)
+    size_t nrows = w->logits_scratch ? counted_rows(&w->host, shifted, n, count, &head_rows) : n;
     forward_parts(m, w, in, out, &vt, &tr, head_rows, (int)nrows);
     int32_t *targets = model_upload(m, A, shifted, nrows * sizeof(int32_t));
     float *rows = arena_floats(A, nrows), *host_rows = arena_floats(&w->host, nrows);

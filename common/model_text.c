@@ -179,7 +179,9 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     float *dnorm = G(m, grads, "model.norm.weight", 0);
     int below = stop < c->layers || dnorm;  // does anything under the head need its input gradient?
     const Resid *r = &tr->res;
-    Act *dh = U((size_t)T * H), *dxs = r->f32 ? U((size_t)T * H) : NULL;  // dxs: dx rounded, for the products (fp32 stream)
+    // dh: the head's input gradient, zero at the rows the head skipped (then scratch); dxs: dx rounded, for the
+    // products (fp32 stream)
+    Act *dh = tr->head_rows ? Z((size_t)T * H) : U((size_t)T * H), *dxs = r->f32 ? U((size_t)T * H) : NULL;
     const Act *dxo;  // dx's rows as the products read them (dx itself, or dxs)
     Res *dx = res_zeros(r, A, (size_t)T * H);
     // the head: dlogits [nhead, V] -> dW and the gradient of its rows of hf (zero at the positions it skipped;
@@ -187,10 +189,7 @@ int text_backward(const Model *m, ModelWork *w, const TextTrace *tr, const Act *
     Act *dhead = tr->head_rows && below ? U((size_t)tr->nhead * H) : dh;
     model_matmul_backward(m, w, grads, below ? dhead : NULL, 1, head, NULL, 0, dlogits, tr->hhead, tr->nhead, H, c->vocab);
     if (!below) return 0;
-    if (tr->head_rows) {
-        be->zero(dh, (size_t)T * H * be->esize);
-        be->scatter_rows(dh, dhead, tr->head_rows, tr->nhead, H);
-    }
+    if (tr->head_rows) be->scatter_rows(dh, dhead, tr->head_rows, tr->nhead, H);
     dnorm = model_grad_acc(m, w, grads, "model.norm.weight", 0);
     dxo = res_rmsnorm_backward(r, stop < c->layers ? dx : NULL, dxs, dnorm, dh, tr->x_final, W(m, "model.norm.weight", 0), tr->rstdf, T, H);
     model_grads_final(m, w, "model.norm.weight", 0);  // and the head above it

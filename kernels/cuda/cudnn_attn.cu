@@ -47,6 +47,7 @@ struct Api {
     cudnnStatus_t (*create)(cudnnHandle_t *);
     cudnnStatus_t (*set_stream)(cudnnHandle_t, cudaStream_t);
     cudnnStatus_t (*create_desc)(cudnnBackendDescriptorType_t, cudnnBackendDescriptor_t *);
+    cudnnStatus_t (*destroy_desc)(cudnnBackendDescriptor_t);
     cudnnStatus_t (*finalize)(cudnnBackendDescriptor_t);
     cudnnStatus_t (*set_attr)(cudnnBackendDescriptor_t, cudnnBackendAttributeName_t, cudnnBackendAttributeType_t, int64_t, const void *);
     cudnnStatus_t (*get_attr)(cudnnBackendDescriptor_t, cudnnBackendAttributeName_t, cudnnBackendAttributeType_t, int64_t, int64_t *,
@@ -74,13 +75,14 @@ bool api_load(void) {
     SYM(create, "cudnnCreate");
     SYM(set_stream, "cudnnSetStream");
     SYM(create_desc, "cudnnBackendCreateDescriptor");
+    SYM(destroy_desc, "cudnnBackendDestroyDescriptor");
     SYM(finalize, "cudnnBackendFinalize");
     SYM(set_attr, "cudnnBackendSetAttribute");
     SYM(get_attr, "cudnnBackendGetAttribute");
     SYM(execute, "cudnnBackendExecute");
 #undef SYM
-    if (!api.version || !api.error || !api.create || !api.set_stream || !api.create_desc || !api.finalize || !api.set_attr ||
-        !api.get_attr || !api.execute) {
+    if (!api.version || !api.error || !api.create || !api.set_stream || !api.create_desc || !api.destroy_desc || !api.finalize ||
+        !api.set_attr || !api.get_attr || !api.execute) {
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "libcudnn.so.9 lacks the backend API");
         dlclose(api.lib);
         api.lib = NULL;
@@ -174,17 +176,6 @@ struct Builder {
         done(o, what);
         add_op(o);
     }
-    // a finalized descriptor of `type` computing in fp32 (attribute prec), with one more setting (name, type, value)
-    template <class V>
-    cudnnBackendDescriptor_t fp32_desc(cudnnBackendDescriptorType_t type, cudnnBackendAttributeName_t prec, cudnnBackendAttributeName_t name,
-                                       cudnnBackendAttributeType_t vtype, V value, const char *what) {
-        cudnnBackendDescriptor_t d = make(type, what);
-        cudnnDataType_t f = CUDNN_DATA_FLOAT;
-        set(d, prec, CUDNN_TYPE_DATA_TYPE, 1, &f, what);
-        set(d, name, vtype, 1, &value, what);
-        done(d, what);
-        return d;
-    }
     // y = mode(x[, b[, t]]) elementwise, computed in prec (axis: GEN_INDEX's dimension)
     void pointwise(cudnnPointwiseMode_t mode, cudnnDataType_t prec, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
                    cudnnBackendDescriptor_t t, cudnnBackendDescriptor_t y, int64_t axis = -1) {
@@ -200,8 +191,11 @@ struct Builder {
     }
     // y = reduce(x) over the dimensions where y has extent 1, in fp32
     void reduction(cudnnReduceTensorOp_t how, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y) {
-        cudnnBackendDescriptor_t r = fp32_desc(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_ATTR_REDUCTION_OPERATOR,
-                                               CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, how, "reduction");
+        cudnnBackendDescriptor_t r = make(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, "reduction");
+        cudnnDataType_t f = CUDNN_DATA_FLOAT;
+        set(r, CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &how, "reduction operator");
+        set(r, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &f, "reduction precision");
+        done(r, "reduction finalize");
         op(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR,
            {{CUDNN_ATTR_OPERATION_REDUCTION_DESC, r}, {CUDNN_ATTR_OPERATION_REDUCTION_XDESC, x}, {CUDNN_ATTR_OPERATION_REDUCTION_YDESC, y}},
            "reduction op");
@@ -467,8 +461,6 @@ __global__ void transpose_stats(float *dst, const float *src, int T, int S, int 
 // p's plan on the tensors of the variant pack (uids, pointers), on the backend's stream; false (nothing run, the
 // shape not tried again) when cuDNN refuses
 bool execute(Plan *p, int n, const int64_t *uids, void *const *ptrs) {
-    static cudnnStatus_t (*destroy)(cudnnBackendDescriptor_t) =
-        (cudnnStatus_t(*)(cudnnBackendDescriptor_t))dlsym(api.lib, "cudnnBackendDestroyDescriptor");
     cudnnBackendDescriptor_t pack = NULL;
     cudnnStatus_t s = api.create_desc(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
     if (s == CUDNN_STATUS_SUCCESS) s = api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids);
@@ -477,7 +469,7 @@ bool execute(Plan *p, int n, const int64_t *uids, void *const *ptrs) {
     if (s == CUDNN_STATUS_SUCCESS) s = api.finalize(pack);
     if (s == CUDNN_STATUS_SUCCESS) s = api.set_stream(api.handle, g_stream);  // (the main or the side stream)
     if (s == CUDNN_STATUS_SUCCESS) s = api.execute(api.handle, p->plan, pack);
-    if (pack && destroy) destroy(pack);
+    if (pack) api.destroy_desc(pack);
     if (s == CUDNN_STATUS_SUCCESS) return true;
     p->ok = 0;
     snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s failed to run: %s", api.version(), p->backward ? "backward" : "forward",
@@ -501,12 +493,11 @@ extern "C" int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q
     int S = T / nseq;
     Plan *p = plan_for(0, nseq, S, Hq, Hkv, D, causal);
     if (!p || !p->ok) return -1;
-    float *stats = p->stats;
     float scale = 1.0f / sqrtf((float)D), lowest = -FLT_MAX;
     const int64_t uids[7] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST};
-    void *const ptrs[7] = {(void *)q, (void *)k, (void *)v, out, stats, &scale, &lowest};
+    void *const ptrs[7] = {(void *)q, (void *)k, (void *)v, out, p->stats, &scale, &lowest};
     if (!execute(p, causal ? 7 : 6, uids, ptrs)) return -1;
-    transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(lse, stats, T, S, Hq, 1);
+    transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(lse, p->stats, T, S, Hq, 1);
     LAUNCH_CHECK();
     return 0;
 }
@@ -518,13 +509,12 @@ extern "C" int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const
     int S = T / nseq;
     Plan *p = plan_for(1, nseq, S, Hq, Hkv, D, causal);
     if (!p || !p->ok) return -1;
-    float *stats = p->stats;
-    transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(stats, lse, T, S, Hq, 0);
+    transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(p->stats, lse, T, S, Hq, 0);
     LAUNCH_CHECK();
     if (p->dq_accum) CUDA_CHECK(cudaMemsetAsync(p->acc, 0, (size_t)T * Hq * D * sizeof(float), g_stream));
     float scale = 1.0f / sqrtf((float)D), one = 1.0f, lowest = -FLT_MAX;
     int64_t uids[14] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV, UID_SCALE, UID_ONE};
-    void *ptrs[14] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, stats, dq, dk, dv, &scale, &one};
+    void *ptrs[14] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, p->stats, dq, dk, dv, &scale, &one};
     int n = 11;
     if (causal) uids[n] = UID_LOWEST, ptrs[n++] = &lowest;
     if (p->dq_accum) uids[n] = UID_DQ_ACC, ptrs[n++] = p->acc;
@@ -571,19 +561,18 @@ extern "C" int cuda_cudnn_check_graphs(const char *device_json, char *report, si
 
 #else  // built without cuDNN's header: our kernels only
 
-extern "C" int cuda_cudnn_attention_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, int, int, int, int, int, int, int) {
-    snprintf(g_cudnn_status, sizeof g_cudnn_status, "built without cuDNN's header (cudnn_graph.h)");
+static int no_header(char *msg, size_t len) {
+    snprintf(msg, len, "built without cuDNN's header (cudnn_graph.h)");
     return -1;
+}
+extern "C" int cuda_cudnn_attention_forward(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, int, int, int, int, int, int, int) {
+    return no_header(g_cudnn_status, sizeof g_cudnn_status);
 }
 extern "C" int cuda_cudnn_attention_backward(bf16 *, bf16 *, bf16 *, const bf16 *, const bf16 *, const float *, const bf16 *, const bf16 *,
                                              const bf16 *, int, int, int, int, int, int, int) {
-    snprintf(g_cudnn_status, sizeof g_cudnn_status, "built without cuDNN's header (cudnn_graph.h)");
-    return -1;
+    return no_header(g_cudnn_status, sizeof g_cudnn_status);
 }
 extern "C" void cuda_cudnn_set_dq_accum(int) {}
-extern "C" int cuda_cudnn_check_graphs(const char *, char *report, size_t len) {
-    snprintf(report, len, "built without cuDNN's header (cudnn_graph.h)");
-    return -1;
-}
+extern "C" int cuda_cudnn_check_graphs(const char *, char *report, size_t len) { return no_header(report, len); }
 
 #endif

@@ -410,44 +410,74 @@ static void qkv_rope_case(int T, int H, int D) {  // D a multiple of 16: the 8-w
     cuda_free(gang);
 }
 
+// One attention check: random inputs, the CPU op's outputs and gradients, and the device buffers for a GPU version
+// to fill (its outputs NaN-filled first: an output left unwritten shows)
+typedef struct {
+    int Hq, Hkv, D, causal, T, nseq, max_len;
+    size_t nq, nk;
+    float *q, *k, *v, *dy, *o, *lse, *dq, *dk, *dv;   // host: inputs, then the CPU op's results
+    bf16 *gq, *gk, *gv, *gdy, *go, *gdq, *gdk, *gdv;  // device
+    float *glse;
+    int32_t *gcu;
+} AttnCase;
+
+static void attn_case_init(AttnCase *c, int Hq, int Hkv, int D, int causal, const int32_t *cu, int nseq, int max_len) {
+    int T = cu[nseq];
+    *c = (AttnCase){.Hq = Hq, .Hkv = Hkv, .D = D, .causal = causal, .T = T, .nseq = nseq, .max_len = max_len,
+                    .nq = (size_t)T * Hq * D, .nk = (size_t)T * Hkv * D};
+    size_t nq = c->nq, nk = c->nk;
+    c->q = host_rand(nq, 1), c->k = host_rand(nk, 1), c->v = host_rand(nk, 1), c->dy = host_rand(nq, 1);
+    c->o = xcalloc(nq, 4), c->lse = xcalloc((size_t)T * Hq, 4), c->dq = xcalloc(nq, 4), c->dk = xcalloc(nk, 4), c->dv = xcalloc(nk, 4);
+    attention_forward(c->o, c->lse, c->q, c->k, c->v, cu, nseq, Hq, Hkv, D, causal);
+    for (size_t i = 0; i < nq; i++) c->o[i] = bf16_to_f32(f32_to_bf16(c->o[i]));  // the GPU backward sees a bf16 output
+    attention_backward(c->dq, c->dk, c->dv, c->dy, c->o, c->lse, c->q, c->k, c->v, cu, nseq, Hq, Hkv, D, causal);
+    c->gq = dev_bf16(c->q, nq), c->gk = dev_bf16(c->k, nk), c->gv = dev_bf16(c->v, nk), c->gdy = dev_bf16(c->dy, nq);
+    c->go = cuda_alloc(nq * 2), c->gdq = cuda_alloc(nq * 2), c->gdk = cuda_alloc(nk * 2), c->gdv = cuda_alloc(nk * 2);
+    c->glse = dev_f32(NULL, (size_t)T * Hq);
+    c->gcu = cuda_alloc((size_t)(nseq + 1) * sizeof(int32_t));
+    cuda_upload(c->gcu, cu, (size_t)(nseq + 1) * sizeof(int32_t));
+    // NaN (0xFFFF) where the kernels must write: their outputs are written whole, no row left as it was
+    cuda_memset_ff(c->go, nq * 2); cuda_memset_ff(c->gdq, nq * 2); cuda_memset_ff(c->gdk, nk * 2); cuda_memset_ff(c->gdv, nk * 2);
+}
+
+// the GPU's results against the CPU op's; `shape` names the inputs ("T180"), fwd and bwd the kernels that ran
+static void attn_case_check(const AttnCase *c, const char *shape, const char *fwd, const char *bwd) {
+    sync_or_die();
+    check_bf16(c->go, c->o, c->nq, 2e-2, "attention %s %dq/%dkv d%d %s forward (%s)", c->causal ? "causal" : "bidir", c->Hq, c->Hkv, c->D,
+               shape, fwd);
+    check_f32(c->glse, c->lse, (size_t)c->T * c->Hq, 1e-3, "  lse, fp32 (%s)", fwd);
+    check_bf16(c->gdq, c->dq, c->nq, 2e-2, "  dq (%s)", bwd);
+    check_bf16(c->gdk, c->dk, c->nk, 2e-2, "  dk (%s)", bwd);
+    check_bf16(c->gdv, c->dv, c->nk, 2e-2, "  dv (%s)", bwd);
+}
+
+static void attn_case_free(AttnCase *c) {
+    free(c->q); free(c->k); free(c->v); free(c->dy); free(c->o); free(c->lse); free(c->dq); free(c->dk); free(c->dv);
+    cuda_free(c->gq); cuda_free(c->gk); cuda_free(c->gv); cuda_free(c->gdy); cuda_free(c->go); cuda_free(c->gdq); cuda_free(c->gdk);
+    cuda_free(c->gdv); cuda_free(c->glse); cuda_free(c->gcu);
+}
+
 static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int version) {
     int32_t cu[4] = {0, 37, 101, 180};
-    int nseq = 3, T = 180, max_len = 79;
-    if (long_seq) { cu[1] = 5; cu[2] = 700; cu[3] = 777; T = 777; max_len = 695; }  // 11 query tiles in one sequence
-    size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
-    float *q = host_rand(nq, 1), *k = host_rand(nk, 1), *v = host_rand(nk, 1), *dy = host_rand(nq, 1);
-    float *o = xcalloc(nq, 4), *lse = xcalloc((size_t)T * Hq, 4), *dq = xcalloc(nq, 4), *dk = xcalloc(nk, 4), *dv = xcalloc(nk, 4);
-    attention_forward(o, lse, q, k, v, cu, nseq, Hq, Hkv, D, causal);
-    for (size_t i = 0; i < nq; i++) o[i] = bf16_to_f32(f32_to_bf16(o[i]));  // the GPU backward sees a bf16 output
-    attention_backward(dq, dk, dv, dy, o, lse, q, k, v, cu, nseq, Hq, Hkv, D, causal);
-    bf16 *gq = dev_bf16(q, nq), *gk = dev_bf16(k, nk), *gv = dev_bf16(v, nk), *gdy = dev_bf16(dy, nq), *go = cuda_alloc(nq * 2),
-         *gdq = cuda_alloc(nq * 2), *gdk = cuda_alloc(nk * 2), *gdv = cuda_alloc(nk * 2);
-    float *glse = dev_f32(NULL, (size_t)T * Hq);
-    int32_t *gcu = cuda_alloc(sizeof cu);
-    cuda_upload(gcu, cu, sizeof cu);
-    // NaN (0xFFFF) where the backward must write: its outputs are written whole, no row left as it was
-    cuda_memset_ff(gdq, nq * 2); cuda_memset_ff(gdk, nk * 2); cuda_memset_ff(gdv, nk * 2);
+    int max_len = 79;
+    if (long_seq) { cu[1] = 5; cu[2] = 700; cu[3] = 777; max_len = 695; }  // 11 query tiles in one sequence
+    AttnCase c;
+    attn_case_init(&c, Hq, Hkv, D, causal, cu, 3, max_len);
     cuda_attention_set_flash(version);
-    cuda_attention_forward(go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
-    cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, max_len, Hq, Hkv, D, causal);
+    cuda_attention_forward(c.go, c.glse, c.gq, c.gk, c.gv, c.gcu, c.nseq, c.T, max_len, Hq, Hkv, D, causal);
+    cuda_attention_backward(c.gdq, c.gdk, c.gdv, c.gdy, c.go, c.glse, c.gq, c.gk, c.gv, c.gcu, c.nseq, c.T, max_len, Hq, Hkv, D, causal);
     cuda_attention_set_flash(-2);
-    sync_or_die();
     const char *names[10] = {"warp-per-row", "flash v1", "flash v2", "flash v3", "flash v4", "flash v5", "flash v6", "flash v7", "flash v8",
                              "flash v9"};
-    char kind[48];
+    char kind[48], shape[16];
     snprintf(kind, sizeof kind, "%s%s", D != 64 && D != 128 ? "warp-per-row" : version == FLASH_TUNE ? "flash tuned" : names[version], variant);
-    check_bf16(go, o, nq, 2e-2, "attention %s %dq/%dkv d%d T%d forward (%s)", causal ? "causal" : "bidir", Hq, Hkv, D, T, kind);
-    check_f32(glse, lse, (size_t)T * Hq, 1e-3, "  lse, fp32 (%s)", kind);
-    check_bf16(gdq, dq, nq, 2e-2, "  dq (%s)", kind);
-    check_bf16(gdk, dk, nk, 2e-2, "  dk (%s)", kind);
-    check_bf16(gdv, dv, nk, 2e-2, "  dv (%s)", kind);
+    snprintf(shape, sizeof shape, "T%d", c.T);
+    attn_case_check(&c, shape, kind, kind);
     if (cuda_flash_ws_timed_out()) {  // (version 8: its outputs are wrong too, but say why)
         printf("  mbarrier waits (%s): one gave up  FAIL\n", kind);
         failures++;
     }
-    free(q); free(k); free(v); free(dy); free(o); free(lse); free(dq); free(dk); free(dv);
-    cuda_free(gq); cuda_free(gk); cuda_free(gv); cuda_free(gdy); cuda_free(go); cuda_free(gdq); cuda_free(gdk); cuda_free(gdv);
-    cuda_free(glse); cuda_free(gcu);
+    attn_case_free(&c);
 }
 
 // cuDNN's fused attention (LLAVA_FLASH=cudnn; cudnn_attn.cu) on one sequence of T against the CPU op: the
@@ -456,40 +486,24 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
 // shape): the line says why, and the flash kernels serve.
 static void cudnn_case(int Hq, int Hkv, int D, int causal, int T, int nseq) {  // nseq sequences of T / nseq
     int32_t cu[3] = {0, T / nseq, T};
-    size_t nq = (size_t)T * Hq * D, nk = (size_t)T * Hkv * D;
-    float *q = host_rand(nq, 1), *k = host_rand(nk, 1), *v = host_rand(nk, 1), *dy = host_rand(nq, 1);
-    float *o = xcalloc(nq, 4), *lse = xcalloc((size_t)T * Hq, 4), *dq = xcalloc(nq, 4), *dk = xcalloc(nk, 4), *dv = xcalloc(nk, 4);
-    attention_forward(o, lse, q, k, v, cu, nseq, Hq, Hkv, D, causal);
-    for (size_t i = 0; i < nq; i++) o[i] = bf16_to_f32(f32_to_bf16(o[i]));
-    attention_backward(dq, dk, dv, dy, o, lse, q, k, v, cu, nseq, Hq, Hkv, D, causal);
-    bf16 *gq = dev_bf16(q, nq), *gk = dev_bf16(k, nk), *gv = dev_bf16(v, nk), *gdy = dev_bf16(dy, nq), *go = cuda_alloc(nq * 2),
-         *gdq = cuda_alloc(nq * 2), *gdk = cuda_alloc(nk * 2), *gdv = cuda_alloc(nk * 2);
-    float *glse = dev_f32(NULL, (size_t)T * Hq);
-    int32_t *gcu = cuda_alloc(sizeof cu);
-    cuda_upload(gcu, cu, sizeof cu);
-    cuda_memset_ff(go, nq * 2);  // (NaN: an output cuDNN leaves unwritten shows)
-    if (cuda_cudnn_attention_forward(go, glse, gq, gk, gv, nseq, T, T / nseq, Hq, Hkv, D, causal) == 0) {
-        cuda_memset_ff(gdq, nq * 2); cuda_memset_ff(gdk, nk * 2); cuda_memset_ff(gdv, nk * 2);
+    AttnCase c;
+    attn_case_init(&c, Hq, Hkv, D, causal, cu, nseq, T / nseq);
+    if (cuda_cudnn_attention_forward(c.go, c.glse, c.gq, c.gk, c.gv, nseq, T, c.max_len, Hq, Hkv, D, causal) == 0) {
         const char *bwd = "cudnn";
-        if (cuda_cudnn_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, nseq, T, T / nseq, Hq, Hkv, D, causal)) {
+        if (cuda_cudnn_attention_backward(c.gdq, c.gdk, c.gdv, c.gdy, c.go, c.glse, c.gq, c.gk, c.gv, nseq, T, c.max_len, Hq, Hkv, D, causal)) {
             printf("attention %s %dq/%dkv d%d T%d backward (cudnn): not run here: %s\n", causal ? "causal" : "bidir", Hq, Hkv, D, T,
                    cuda_cudnn_status());
-            cuda_attention_backward(gdq, gdk, gdv, gdy, go, glse, gq, gk, gv, gcu, nseq, T, T / nseq, Hq, Hkv, D, causal);
+            cuda_attention_backward(c.gdq, c.gdk, c.gdv, c.gdy, c.go, c.glse, c.gq, c.gk, c.gv, c.gcu, nseq, T, c.max_len, Hq, Hkv, D, causal);
             bwd = "cudnn forward, default backward";
         }
-        sync_or_die();
-        check_bf16(go, o, nq, 2e-2, "attention %s %dq/%dkv d%d T%d in %d forward (cudnn)", causal ? "causal" : "bidir", Hq, Hkv, D, T, nseq);
-        check_f32(glse, lse, (size_t)T * Hq, 1e-3, "  lse, fp32 (cudnn)");
-        check_bf16(gdq, dq, nq, 2e-2, "  dq (%s)", bwd);
-        check_bf16(gdk, dk, nk, 2e-2, "  dk (%s)", bwd);
-        check_bf16(gdv, dv, nk, 2e-2, "  dv (%s)", bwd);
+        char shape[32];
+        snprintf(shape, sizeof shape, "T%d in %d", T, nseq);
+        attn_case_check(&c, shape, "cudnn", bwd);
     } else {
         printf("attention %s %dq/%dkv d%d T%d forward (cudnn): not run here: %s\n", causal ? "causal" : "bidir", Hq, Hkv, D, T,
                cuda_cudnn_status());
     }
-    free(q); free(k); free(v); free(dy); free(o); free(lse); free(dq); free(dk); free(dv);
-    cuda_free(gq); cuda_free(gk); cuda_free(gv); cuda_free(gdy); cuda_free(go); cuda_free(gdq); cuda_free(gdk); cuda_free(gdv);
-    cuda_free(glse); cuda_free(gcu);
+    attn_case_free(&c);
 }
 
 static void attention_cases(int version) {
