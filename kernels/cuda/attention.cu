@@ -175,8 +175,8 @@ extern "C" void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, con
         version = flash_default_version(1, D);
     }
     if (version == FLASH_CUDNN) {
-        if (cuda_cudnn_attention_forward(out, lse, q, k, v, nseq, T, max_len, Hq, Hkv, D, causal) == 0) return;
-        version = flash_default_version(1, D);  // (packed sequences, or no cuDNN here)
+        if (cuda_cudnn_attention_forward(out, lse, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal) == 0) return;
+        version = flash_default_version(1, D);  // (no cuDNN here, or a shape it declines)
     }
     if (version >= 4 && cuda_flash_wgmma_forward(version, out, lse, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal) == 0)
         return;
@@ -195,8 +195,8 @@ extern "C" void cuda_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16
     if (D > MAXD) { cuda_note_error("cuda_attention_backward", "head_dim above 128"); return; }
     int asked = flash_for(0, D), tune = asked == FLASH_TUNE;  // (tune: the tuner's pick once Drow is there, where it tunes)
     if (asked == FLASH_CUDNN) {
-        if (cuda_cudnn_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, nseq, T, max_len, Hq, Hkv, D, causal) == 0) return;
-        asked = flash_default_version(0, D);  // (packed sequences, or no cuDNN here)
+        if (cuda_cudnn_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, cu_seqlens, nseq, T, max_len, Hq, Hkv, D, causal) == 0) return;
+        asked = flash_default_version(0, D);  // (no cuDNN here, or a shape it declines)
     }
     int version = tune ? flash_default_version(0, D) : asked, fused = version == 9 && dq;  // (version 9 without dq: version 4)
     // one scratch buffer (a second call could move the first): Drow [T, Hq], then version 9's dq_acc [T, Hq, D]

@@ -23,7 +23,7 @@ struct Pick {
     int version, exp2, tma;  // LLAVA_FLASH's version, LLAVA_FLASH_EXP2, LLAVA_WS_TMA for this call
 };
 // where exp2 or TMA change nothing (version 4's and 5's forward, 6's backward; TMA outside 8) they are left out
-// (FLASH_CUDNN: cuDNN's fused attention, cudnn_attn.cu, where it runs: one sequence, the library there)
+// (FLASH_CUDNN: cuDNN's fused attention, cudnn_attn.cu, where it runs: the library there, a shape it takes)
 const Pick fwd_candidates[] = {{4, 0, 0}, {5, 0, 0}, {6, 0, 0}, {6, 1, 0}, {7, 0, 0},       {7, 1, 0},
                                {8, 0, 0}, {8, 1, 0}, {8, 0, 1}, {8, 1, 1}, {FLASH_CUDNN, 0, 0}};
 const Pick bwd_candidates[] = {{4, 0, 0}, {4, 1, 0}, {5, 0, 0}, {5, 1, 0}, {6, 0, 0},       {7, 0, 0},
@@ -60,9 +60,10 @@ struct Call {
 // one run of pick p, its settings for this call only; false where the wgmma kernels do not run here
 bool run(const Pick &p, const Call &c) {
     if (p.version == FLASH_CUDNN)
-        return c.s.forward ? cuda_cudnn_attention_forward(c.out, c.lse, c.q, c.k, c.v, c.nseq, c.s.T, c.max_len, c.s.Hq, c.s.Hkv, c.s.D, c.s.causal) == 0
-                           : cuda_cudnn_attention_backward(c.dq, c.dk, c.dv, c.dout, c.o_in, c.lse_in, c.q, c.k, c.v, c.nseq, c.s.T, c.max_len, c.s.Hq,
-                                                           c.s.Hkv, c.s.D, c.s.causal) == 0;
+        return c.s.forward ? cuda_cudnn_attention_forward(c.out, c.lse, c.q, c.k, c.v, c.cu, c.nseq, c.s.T, c.max_len, c.s.Hq, c.s.Hkv, c.s.D,
+                                                          c.s.causal) == 0
+                           : cuda_cudnn_attention_backward(c.dq, c.dk, c.dv, c.dout, c.o_in, c.lse_in, c.q, c.k, c.v, c.cu, c.nseq, c.s.T,
+                                                           c.max_len, c.s.Hq, c.s.Hkv, c.s.D, c.s.causal) == 0;
     cuda_flash_set_exp2(p.exp2);
     cuda_flash_set_ws_tma(p.tma);
     int rc = c.s.forward ? cuda_flash_wgmma_forward(p.version, c.out, c.lse, c.q, c.k, c.v, c.cu, c.nseq, c.s.T, c.max_len, c.s.Hq,

@@ -149,25 +149,28 @@ void cuda_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
 // a run, LLAVA_FLASH=FB the forward's F and backward's B. FLASH_TUNE (LLAVA_FLASH=tune): each shape's first
 // call times the candidate versions on its own inputs and keeps the fastest whose outputs agree with the
 // default's (flash_tune.cu; for benchmarks: timings decide, so runs may differ in the last bits).
-// FLASH_CUDNN (LLAVA_FLASH=cudnn): forward and backward through cuDNN's fused attention where it runs (one
-// sequence; cudnn_attn.cu), else the default versions.
+// FLASH_CUDNN (LLAVA_FLASH=cudnn): forward and backward through cuDNN's fused attention where it runs
+// (cudnn_attn.cu), else the default versions.
 enum { FLASH_TUNE = -3, FLASH_CUDNN = -4 };
 void cuda_attention_set_flash(int version);
 // cudnn_attn.cu: the attention forward by cuDNN (libcudnn.so.9 opened at run time) for one sequence
-// (cu_seqlens {0, T}) or nseq of one length (nseq·max_len = T); 0 when it ran, -1 with nothing launched (no
-// library, a shape its engines decline, sequences of different lengths); cuda_cudnn_status says what happened last (loaded, a plan built or declined, and why)
-int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int nseq, int T, int max_len, int Hq,
-                                 int Hkv, int D, int causal);
+// (cu_seqlens {0, T}), nseq of one length (nseq·max_len = T: a batch), or packed sequences of different lengths
+// (cuDNN's ragged layout, 9.6 or later; cu_seqlens on the device); 0 when it ran, -1 with nothing launched (no
+// library, a shape its engines decline); cuda_cudnn_status says what happened last (loaded, a plan built or declined, and why)
+int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq,
+                                 int T, int max_len, int Hq, int Hkv, int D, int causal);
 // the backward likewise (dq, dk, dv written whole; out is the forward's output, lse its log-sum-exp [T, Hq])
 int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *q,
-                                  const bf16 *k, const bf16 *v, int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal);
+                                  const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq, int T, int max_len, int Hq, int Hkv,
+                                  int D, int causal);
 const char *cuda_cudnn_status(void);
 // the backward's form asked for first: 1 cuDNN's dQ summed in fp32 (order may vary), 0 its deterministic one (the
 // default), -1 the environment's (LLAVA_CUDNN_DQ_ACCUM)
 void cuda_cudnn_set_dq_accum(int on);
-// without a GPU: the graphs of the benches' shapes built by cuDNN for the device of a properties file up to
-// compiling their kernels (a line each in report); how many compiled, or -1 where cuDNN cannot be had
-int cuda_cudnn_check_graphs(const char *device_json, char *report, size_t len);
+// without a GPU: the graphs of the benches' shapes and the ragged layout's built by cuDNN for the device of a
+// properties file up to compiling their kernels (a line each in report; *total tried); how many compiled, or -1
+// where cuDNN cannot be had
+int cuda_cudnn_check_graphs(const char *device_json, char *report, size_t len, int *total);
 // versions 6-8's forward and 4, 5, 7 and 8's backward with the softmax in one FFMA and ex2 per score (LLAVA_FLASH_EXP2=1);
 // -1: the environment's
 void cuda_flash_set_exp2(int on);

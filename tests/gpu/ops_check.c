@@ -480,30 +480,46 @@ static void attention_case(int Hq, int Hkv, int D, int causal, int long_seq, int
     attn_case_free(&c);
 }
 
-// cuDNN's fused attention (LLAVA_FLASH=cudnn; cudnn_attn.cu) on one sequence of T against the CPU op: the
+// cuDNN's fused attention (LLAVA_FLASH=cudnn; cudnn_attn.cu) on the sequences of cu against the CPU op: the
 // forward's output and lse, then the backward's gradients (cuDNN's, or our default's on cuDNN's lse where its
 // backward does not run). Not a failure where cuDNN does not run here (no library, or its engines decline the
 // shape): the line says why, and the flash kernels serve.
-static void cudnn_case(int Hq, int Hkv, int D, int causal, int T, int nseq) {  // nseq sequences of T / nseq
-    int32_t cu[3] = {0, T / nseq, T};
+static void cudnn_case_cu(int Hq, int Hkv, int D, int causal, const int32_t *cu, int nseq, int max_len) {
     AttnCase c;
-    attn_case_init(&c, Hq, Hkv, D, causal, cu, nseq, T / nseq);
-    if (cuda_cudnn_attention_forward(c.go, c.glse, c.gq, c.gk, c.gv, nseq, T, c.max_len, Hq, Hkv, D, causal) == 0) {
+    attn_case_init(&c, Hq, Hkv, D, causal, cu, nseq, max_len);
+    int T = c.T;
+    if (cuda_cudnn_attention_forward(c.go, c.glse, c.gq, c.gk, c.gv, c.gcu, nseq, T, max_len, Hq, Hkv, D, causal) == 0) {
         const char *bwd = "cudnn";
-        if (cuda_cudnn_attention_backward(c.gdq, c.gdk, c.gdv, c.gdy, c.go, c.glse, c.gq, c.gk, c.gv, nseq, T, c.max_len, Hq, Hkv, D, causal)) {
-            printf("attention %s %dq/%dkv d%d T%d backward (cudnn): not run here: %s\n", causal ? "causal" : "bidir", Hq, Hkv, D, T,
-                   cuda_cudnn_status());
-            cuda_attention_backward(c.gdq, c.gdk, c.gdv, c.gdy, c.go, c.glse, c.gq, c.gk, c.gv, c.gcu, nseq, T, c.max_len, Hq, Hkv, D, causal);
+        if (cuda_cudnn_attention_backward(c.gdq, c.gdk, c.gdv, c.gdy, c.go, c.glse, c.gq, c.gk, c.gv, c.gcu, nseq, T, max_len, Hq, Hkv, D,
+                                          causal)) {
+            printf("attention %s %dq/%dkv d%d T%d in %d backward (cudnn): not run here: %s\n", causal ? "causal" : "bidir", Hq, Hkv, D, T,
+                   nseq, cuda_cudnn_status());
+            cuda_attention_backward(c.gdq, c.gdk, c.gdv, c.gdy, c.go, c.glse, c.gq, c.gk, c.gv, c.gcu, nseq, T, max_len, Hq, Hkv, D, causal);
             bwd = "cudnn forward, default backward";
         }
         char shape[32];
         snprintf(shape, sizeof shape, "T%d in %d", T, nseq);
         attn_case_check(&c, shape, "cudnn", bwd);
     } else {
-        printf("attention %s %dq/%dkv d%d T%d forward (cudnn): not run here: %s\n", causal ? "causal" : "bidir", Hq, Hkv, D, T,
+        printf("attention %s %dq/%dkv d%d T%d in %d forward (cudnn): not run here: %s\n", causal ? "causal" : "bidir", Hq, Hkv, D, T, nseq,
                cuda_cudnn_status());
     }
     attn_case_free(&c);
+}
+
+// nseq sequences of T / nseq each (one, or a batch)
+static void cudnn_case(int Hq, int Hkv, int D, int causal, int T, int nseq) {
+    int32_t cu[3] = {0, T / nseq, T};
+    cudnn_case_cu(Hq, Hkv, D, causal, cu, nseq, T / nseq);
+}
+
+// packed sequences of different lengths (cuDNN's ragged layout): attention_case's two packings
+static void cudnn_packed_cases(void) {
+    const int32_t short_cu[4] = {0, 37, 101, 180}, long_cu[4] = {0, 5, 700, 777};
+    cudnn_case_cu(4, 4, 64, 0, short_cu, 3, 79);
+    cudnn_case_cu(8, 2, 128, 1, short_cu, 3, 79);
+    cudnn_case_cu(4, 2, 128, 1, long_cu, 3, 695);
+    cudnn_case_cu(16, 16, 64, 0, long_cu, 3, 695);
 }
 
 static void attention_cases(int version) {
@@ -718,14 +734,14 @@ static void at_attention_shapes(void (*fn)(Bench *b, double flops, const int *ar
 }
 
 // cuDNN's forward and backward (where they run) against the default versions' at the two shapes
-static void run_cudnn(void *p) { Bench *b = p; cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
+static void run_cudnn(void *p) { Bench *b = p; cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
 static void run_cudnn_bwd(void *p) {
     Bench *b = p;
-    cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal);
+    cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal);
 }
 static void cudnn_timing(Bench *b, double flops, const int *unused) {
     (void)unused;
-    if (cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
+    if (cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
         printf("timing: attention T %d %s d%d: cudnn forward not run here (%s)\n", b->T, b->causal ? "causal" : "bidir", b->D,
                cuda_cudnn_status());
         return;
@@ -733,7 +749,7 @@ static void cudnn_timing(Bench *b, double flops, const int *unused) {
     double c = time_ms(run_cudnn, b, 5), d = time_ms(run_attn, b, 5);
     printf("timing: attention T %d %s d%d: cudnn forward %7.3f ms %6.1f TFLOP/s, default flash forward %7.3f ms %6.1f TFLOP/s [%s]\n",
            b->T, b->causal ? "causal" : "bidir", b->D, c, flops / c / 1e9, d, flops / d / 1e9, cuda_cudnn_status());
-    if (cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
+    if (cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
         printf("timing: attention T %d %s d%d: cudnn backward not run here (%s)\n", b->T, b->causal ? "causal" : "bidir", b->D,
                cuda_cudnn_status());
         return;
@@ -743,7 +759,7 @@ static void cudnn_timing(Bench *b, double flops, const int *unused) {
            b->T, b->causal ? "causal" : "bidir", b->D, cb, 2.5 * flops / cb / 1e9, db, 2.5 * flops / db / 1e9, cuda_cudnn_status());
     // and cuDNN's other form of the backward, dQ summed in fp32 (LLAVA_CUDNN_DQ_ACCUM=1; not bit-reproducible)
     cuda_cudnn_set_dq_accum(1);
-    if (!cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, 1, b->T, b->T, b->Hq, b->Hkv, b->D,
+    if (!cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D,
                                        b->causal)) {
         double ca = time_ms(run_cudnn_bwd, b, 3);
         printf("timing: attention T %d %s d%d: cudnn backward, dQ summed (LLAVA_CUDNN_DQ_ACCUM=1) %7.3f ms %6.1f TFLOP/s [%s]\n", b->T,
@@ -1034,6 +1050,7 @@ int main(int argc, char **argv) {
     cudnn_case(32, 8, 128, 1, 2048, 1);
     cudnn_case(4, 4, 64, 0, 2 * 301, 2);  // two images of one size (a batch of 2)
     cudnn_case(8, 2, 128, 1, 2 * 256, 2);
+    cudnn_packed_cases();  // (session 21: the ragged layout, not yet run on a GPU when written)
     cuda_cudnn_set_dq_accum(1);  // the backward's other form, dQ summed in fp32
     cudnn_case(8, 2, 128, 1, 700, 1);
     cudnn_case(4, 4, 64, 0, 333, 1);
