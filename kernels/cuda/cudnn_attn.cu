@@ -231,7 +231,7 @@ struct Builder {
 
 enum : int64_t {
     UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST, UID_DO, UID_DQ, UID_DK, UID_DV, UID_ONE, UID_DQ_ACC,
-    UID_SEQ_Q, UID_SEQ_KV, UID_OFF_QO, UID_OFF_KV, UID_OFF_STATS,
+    UID_SEQ_Q, UID_SEQ_KV, UID_OFF_QO, UID_OFF_KV, UID_OFF_STATS, UID_DK_HEADS, UID_DV_HEADS,
     UID_VIRTUAL = 100
 };
 
@@ -244,11 +244,12 @@ struct Plan {
     int dq_accum;   // (backward) dQ summed in an fp32 buffer (zeroed before each call), else written directly
     cudnnBackendDescriptor_t plan;
     void *workspace;
-    float *acc;     // [T, Hq, D] head-major: the backward's dQ sums where dq_accum
+    float *acc;     // the backward's dQ sums where dq_accum: [T, Hq, D] head-major; where ragged in dQ's layout, [S, Hq, D]
     float *stats;   // [Hq, T]: the log-sum-exp in cuDNN's order (not the shared scratch: the backward's caller holds
                     // its row sums D there while the tuner runs candidates); where ragged, none: cuDNN reads and
                     // writes our lse [T, Hq] in place
     void *meta;     // (ragged) the lengths int32 [B], then the starts int64 [B + 1] in Q's, K's and the lse's elements
+    void *heads;    // (ragged backward with GQA) dK and dV per query head before their group sums, [S, Hq, D] each
 };
 Plan plans[32];
 int nplans;
@@ -400,17 +401,21 @@ void backward_graph(Builder &g, const Plan *p) {
     if (p->causal && p->ragged) sm = causal_mask(g, sh, sm, lowest, &uid);
     g.pointwise(CUDNN_POINTWISE_EXP, F, sm, NULL, NULL, pe);
     // out = xᵀ·y for the product's x [B, Hq, S, S] (fp32, viewed transposed in bf16), summed over each KV head's
-    // query heads where there are several (GQA: a product per query head first); extents: keys by queries
+    // query heads where there are several (GQA: a product per query head first); extents: keys by queries. The
+    // per-head products are virtual [B, Hq, S, D] (cuDNN's workspace), or where ragged, as the current frontend
+    // has them, tensors of their own in dK's layout with Hq heads from dK's starts (cuDNN scales the starts by the
+    // group size): B·Hq·S·D in the workspace would be 4.3 GB for 32 sequences in 8192 positions of 32 heads of 128.
     const int64_t gd[4] = {B, Hq, S, D}, gs[4] = {Hq * S * D, S * D, D, 1};
-    auto transposed_product = [&](cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y, cudnnBackendDescriptor_t out) {
+    auto transposed_product = [&](cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y, cudnnBackendDescriptor_t out, int64_t heads_uid) {
         cudnnBackendDescriptor_t xt = g.tensor(uid++, BF, sh.std_, sh.sts, true);
         g.reshape(x, xt);
         if (p->Hq == p->Hkv) return g.matmul(xt, y, out, r.seq_kv, NULL, r.seq_q);
-        cudnnBackendDescriptor_t per_head = g.tensor(uid++, BF, gd, gs, true);
+        cudnnBackendDescriptor_t per_head =
+            r.kv ? g.tensor(heads_uid, BF, gd, sh.qs, false, false, false, r.kv) : g.tensor(uid++, BF, gd, gs, true);
         g.matmul(xt, y, per_head, r.seq_kv, NULL, r.seq_q);
         g.reduction(CUDNN_REDUCE_TENSOR_ADD, per_head, out);
     };
-    transposed_product(pe, dout, dv);  // dV = Pᵀ·dO
+    transposed_product(pe, dout, dv, UID_DV_HEADS);  // dV = Pᵀ·dO
     // dS = P∘(dP·1 − D)·scale, dP = dO·Vᵀ
     cudnnBackendDescriptor_t dp = g.tensor(uid++, F, sh.sd, sh.ss, true), dp1 = g.tensor(uid++, F, sh.sd, sh.ss, true),
                              dp2 = g.tensor(uid++, F, sh.sd, sh.ss, true), ds0 = g.tensor(uid++, F, sh.sd, sh.ss, true),
@@ -420,13 +425,14 @@ void backward_graph(Builder &g, const Plan *p) {
     g.pointwise(CUDNN_POINTWISE_SUB, F, dp1, drow, NULL, dp2);
     g.pointwise(CUDNN_POINTWISE_MUL, F, dp2, pe, NULL, ds0);
     g.pointwise(CUDNN_POINTWISE_MUL, F, ds0, scale, NULL, ds);
-    transposed_product(ds, q, dk);  // dK = dSᵀ·Q
+    transposed_product(ds, q, dk, UID_DK_HEADS);  // dK = dSᵀ·Q
     // dQ = dS·K (K: Kᵀ viewed back, with Kᵀ's starts)
     cudnnBackendDescriptor_t k = g.tensor(uid++, BF, sh.kd, sh.ks, true, false, false, r.kv);
     g.reshape(kt, k);
-    if (p->dq_accum) {
+    if (p->dq_accum) {  // (ragged: in dQ's layout from each sequence's start, as the current frontend has it)
         const int64_t ad[4] = {B, Hq, S, D}, as[4] = {Hq * S * D, S * D, D, 1};
-        cudnnBackendDescriptor_t acc = g.tensor(UID_DQ_ACC, F, ad, as, false, false, true);
+        cudnnBackendDescriptor_t acc = r.qo ? g.tensor(UID_DQ_ACC, F, ad, sh.qs, false, false, false, r.qo)
+                                            : g.tensor(UID_DQ_ACC, F, ad, as, false, false, true);
         g.matmul(ds, k, acc, r.seq_q, NULL, r.seq_kv);
         g.pointwise(CUDNN_POINTWISE_IDENTITY, F, acc, NULL, NULL, dq);
     } else {
@@ -461,6 +467,8 @@ size_t workspace_room(void) {
 size_t meta_lens_bytes(int B) { return ((size_t)B * 4 + 15) / 16 * 16; }
 size_t meta_starts_bytes(int B) { return ((size_t)(B + 1) * 8 + 15) / 16 * 16; }
 size_t meta_bytes(int B) { return meta_lens_bytes(B) + 3 * meta_starts_bytes(B); }
+// (ragged backward with GQA) each of dK's and dV's per-head products: [S, Hq, D] (sized in fp32, as the frontend does)
+size_t heads_bytes(const Plan *p) { return (size_t)p->S * p->Hq * p->D * sizeof(float); }
 
 // p's graph, then its plan from the first engine config (heuristic mode A) that builds
 void build(Plan *p) {
@@ -494,9 +502,11 @@ void build(Plan *p) {
         last = api.finalize(plan);
         if (last == CUDNN_STATUS_SUCCESS) p->plan = plan;
         if (g_devprop && last == CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER) {  // (check mode: compiled, not loadable here)
+            int64_t ws = -1, one = 0;  // (the config's workspace: the plan's, which cannot be finalized here)
+            api.get_attr(cfg[i], CUDNN_ATTR_ENGINECFG_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one, &ws);
             p->ok = 1;
-            snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s compiled by engine config %d of %d", api.version(),
-                     p->backward ? "backward" : "forward", shape_text(p), (int)i, (int)got);
+            snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s compiled by engine config %d of %d (workspace %lld bytes)",
+                     api.version(), p->backward ? "backward" : "forward", shape_text(p), (int)i, (int)got, (long long)ws);
             return;
         }
     }
@@ -512,9 +522,10 @@ void build(Plan *p) {
         size_t T = (size_t)p->B * p->S;
         if (!g_devprop) {
             p->workspace = ws > 0 ? cuda_alloc((size_t)ws) : NULL;
-            if (p->dq_accum) p->acc = (float *)cuda_alloc(T * p->Hq * p->D * sizeof(float));
+            if (p->dq_accum) p->acc = (float *)cuda_alloc((p->ragged ? (size_t)p->S : T) * p->Hq * p->D * sizeof(float));
             if (!p->ragged) p->stats = (float *)cuda_alloc(T * p->Hq * sizeof(float));
             else p->meta = cuda_alloc(meta_bytes(p->B));
+            if (p->ragged && p->backward && p->Hq != p->Hkv) p->heads = cuda_alloc(2 * heads_bytes(p));
         }
         p->ok = 1;
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s built (%d engine configs, workspace %lld bytes)", api.version(),
@@ -532,10 +543,11 @@ void build(Plan *p) {
 // repeat bit for bit); either falls back to the other where no engine takes it
 int accum_setting = ENV_UNREAD;
 
-// the plan of a shape and direction: built on its first call (the backward in the form asked for, else the other;
-// where ragged, cuDNN's deterministic form only: the fp32 dQ buffer would need the layout's starts too), then kept
+// the plan of a shape and direction: built on its first call (the backward in the form asked for, else the other),
+// then kept. Where ragged, the dQ-summing form first whatever is asked: the other's workspace holds dP for every
+// sequence of the bucket, B·Hq·S² bf16 (141 GB for 32 sequences in 8192 positions of 32 heads; 4.4 GB for one).
 Plan *plan_for(int backward, int B, int S, int Hq, int Hkv, int D, int causal, int ragged) {
-    int want = backward && !ragged && cuda_env_setting(&accum_setting, "LLAVA_CUDNN_DQ_ACCUM", 0) == 1;
+    int want = backward && (ragged || cuda_env_setting(&accum_setting, "LLAVA_CUDNN_DQ_ACCUM", 0) == 1);
     Plan key = plan_key(backward, B, S, Hq, Hkv, D, causal, ragged, want);
     for (int i = 0; i < nplans; i++) {
         Plan *p = &plans[i];
@@ -547,7 +559,7 @@ Plan *plan_for(int backward, int B, int S, int Hq, int Hkv, int D, int causal, i
     Plan *p = &plans[nplans++];
     *p = key;
     build(p);
-    if (backward && !p->ok && !ragged) {  // the other form
+    if (backward && !p->ok) {  // the other form
         p->dq_accum = !want;
         build(p);
     }
@@ -612,6 +624,11 @@ bool execute(Plan *p, int n, const int64_t *uids, void *const *ptrs) {
 Plan *plan_for_call(int backward, int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
     if (nseq < 1 || Hq % Hkv || D % 8 || D > 128 || !api_open()) return NULL;
     int ragged = nseq > 1 && (long long)nseq * max_len != T;
+    static int ragged_on = ENV_UNREAD;
+    if (ragged && !cuda_env_setting(&ragged_on, "LLAVA_CUDNN_RAGGED", 1)) {  // (LLAVA_CUDNN_RAGGED=0: our kernels for those)
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "LLAVA_CUDNN_RAGGED=0");
+        return NULL;
+    }
     if (ragged && api.version() < 90600) {
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: packed sequences of different lengths need 9.6 or later",
                  api.version());
@@ -676,12 +693,16 @@ extern "C" int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const
         transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(p->stats, lse, T, p->S, Hq, 0);
         LAUNCH_CHECK();
     }
-    if (p->dq_accum) CUDA_CHECK(cudaMemsetAsync(p->acc, 0, (size_t)T * Hq * D * sizeof(float), g_stream));
+    if (p->dq_accum) CUDA_CHECK(cudaMemsetAsync(p->acc, 0, (size_t)T * Hq * D * sizeof(float), g_stream));  // (ragged: T rows from 0)
     int64_t uids[20] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV};
     void *ptrs[20] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, p->ragged ? (void *)lse : p->stats, dq, dk, dv};
     float scale, one, lowest;
     int n = common_tensors(p, 9, uids, ptrs, &scale, &one, &lowest, cu_seqlens, nseq);
     if (p->dq_accum) uids[n] = UID_DQ_ACC, ptrs[n++] = p->acc;
+    if (p->heads) {
+        uids[n] = UID_DK_HEADS, ptrs[n++] = p->heads;
+        uids[n] = UID_DV_HEADS, ptrs[n++] = (char *)p->heads + heads_bytes(p);
+    }
     return execute(p, n, uids, ptrs) ? 0 : -1;
 }
 
@@ -717,7 +738,8 @@ extern "C" int cuda_cudnn_check_graphs(const char *device_json, char *report, si
     for (int i = 0; i < 8; i++)
         for (int backward = 0; backward < 2; backward++) {
             const int *x = shapes[i];
-            for (int accum = 0; accum <= (backward && i < 2); accum++) {  // (the benches' backward in both forms)
+            // (the benches' backward in both forms; the ragged layout's in the dQ-summing form it takes first)
+            for (int accum = backward && x[6]; accum <= (backward && (i < 2 || x[6])); accum++) {
                 Plan p = plan_key(backward, x[0], x[1], x[2], x[3], x[4], x[5], x[6], accum);
                 build(&p);
                 built += p.ok;

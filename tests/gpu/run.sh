@@ -203,11 +203,20 @@ if [ -x "$B/ops_check" ]; then
         esac
     fi
     grep -q '^flash tune:' "$OUTDIR/ops_check.txt" && summary+=("flash tune in ops_check: $(grep -c '^flash tune:' "$OUTDIR/ops_check.txt") shapes tuned, $(ok_count "flash tuned") checks ok")
-    # cuDNN's fused attention, forward and backward (session 20): 40 checks where it ran; where they pass, a bench
-    # run with it (unless the tuner runs: cuDNN is one of its candidates in both directions)
+    # cuDNN's fused attention, forward and backward (session 20): 40 checks where it ran, and 20 of its ragged
+    # layout (packed sequences of different lengths, session 21); where they pass, a bench run with it (unless the
+    # tuner runs: cuDNN is one of its candidates in both directions). Where only the ragged layout's fail, the
+    # rest of the run keeps cuDNN for one sequence and batches (LLAVA_CUDNN_RAGGED=0)
     cudnn_ok=$(grep -c '(cudnn.*ok$' "$OUTDIR/ops_check.txt") cudnn_bad=$(grep -c '(cudnn.*FAIL$' "$OUTDIR/ops_check.txt")
-    summary+=("cuDNN attention: $cudnn_ok checks ok, $cudnn_bad failed")
-    while IFS= read -r line; do summary+=("  ${line:0:220}"); done < <(grep -E '\(cudnn\): not run here|^cuDNN [0-9]+: ' "$OUTDIR/ops_check.txt" | sort -u | head -8)
+    ragged_ok=$(grep -c '(cudnn ragged.*ok$' "$OUTDIR/ops_check.txt") ragged_bad=$(grep -c '(cudnn ragged.*FAIL$' "$OUTDIR/ops_check.txt")
+    summary+=("cuDNN attention: $cudnn_ok checks ok, $cudnn_bad failed (of them the ragged layout's: $ragged_ok ok, $ragged_bad failed)")
+    summary+=("  cuDNN plans built: $(grep -cE '^cuDNN [0-9]+: .* built \(' "$OUTDIR/ops_check.txt"), and (all of) those declined or not run:")
+    while IFS= read -r line; do summary+=("  ${line:0:220}"); done < <(grep -E '\(cudnn( ragged)?\): not run here|^cuDNN [0-9]+: .*(declined|failed to run)' "$OUTDIR/ops_check.txt" | sort -u | head -16)
+    if [ "$ragged_bad" -gt 0 ] && [ "$cudnn_bad" -eq "$ragged_bad" ]; then
+        export LLAVA_CUDNN_RAGGED=0
+        summary+=("  the rest of this run leaves cuDNN's ragged layout out (LLAVA_CUDNN_RAGGED=0)")
+        cudnn_ok=$((cudnn_ok - ragged_ok)) cudnn_bad=0
+    fi
     while IFS= read -r line; do summary+=("${line#timing: }"); done < <(grep '^timing: attention.*cudnn' "$OUTDIR/ops_check.txt")
     if [ "$cudnn_ok" -ge 40 ] && [ "$cudnn_bad" -eq 0 ]; then
         case "$env_variants" in *LLAVA_FLASH=tune*) ;; *) env_variants="$env_variants LLAVA_FLASH=cudnn" ;; esac
