@@ -734,39 +734,81 @@ static void at_attention_shapes(void (*fn)(Bench *b, double flops, const int *ar
     free(x);
 }
 
-// cuDNN's forward and backward (where they run) against the default versions' at the two shapes
-static void run_cudnn(void *p) { Bench *b = p; cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal); }
-static void run_cudnn_bwd(void *p) {
-    Bench *b = p;
-    cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal);
+// cuDNN's forward and backward (where they run) against the default versions' at the two shapes, and (packed:
+// nseq sequences of cu, cuDNN's ragged layout) at their heads with packed sequences of different lengths
+typedef struct { Bench *b; int nseq, max_len; } Packed;
+static void run_cudnn_p(void *p) {
+    Packed *x = p; Bench *b = x->b;
+    cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, x->nseq, b->T, x->max_len, b->Hq, b->Hkv, b->D, b->causal);
 }
-static void cudnn_timing(Bench *b, double flops, const int *unused) {
-    (void)unused;
-    if (cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
-        printf("timing: attention T %d %s d%d: cudnn forward not run here (%s)\n", b->T, b->causal ? "causal" : "bidir", b->D,
-               cuda_cudnn_status());
+static void run_cudnn_bwd_p(void *p) {
+    Packed *x = p; Bench *b = x->b;
+    cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, x->nseq, b->T, x->max_len, b->Hq, b->Hkv,
+                                  b->D, b->causal);
+}
+static void run_attn_p(void *p) {
+    Packed *x = p; Bench *b = x->b;
+    cuda_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, x->nseq, b->T, x->max_len, b->Hq, b->Hkv, b->D, b->causal);
+}
+static void run_attn_bwd_p(void *p) {
+    Packed *x = p; Bench *b = x->b;
+    cuda_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, x->nseq, b->T, x->max_len, b->Hq, b->Hkv, b->D,
+                            b->causal);
+}
+static void cudnn_timing_of(Packed *x, double flops) {
+    Bench *b = x->b;
+    char name[64], packed[16] = "";
+    if (x->nseq > 1) snprintf(packed, sizeof packed, " in %d", x->nseq);
+    snprintf(name, sizeof name, "T %d%s %s d%d", b->T, packed, b->causal ? "causal" : "bidir", b->D);
+    if (cuda_cudnn_attention_forward(b->o, b->lse, b->q, b->k, b->v, b->cu, x->nseq, b->T, x->max_len, b->Hq, b->Hkv, b->D, b->causal)) {
+        printf("timing: attention %s: cudnn forward not run here (%s)\n", name, cuda_cudnn_status());
         return;
     }
-    double c = time_ms(run_cudnn, b, 5), d = time_ms(run_attn, b, 5);
-    printf("timing: attention T %d %s d%d: cudnn forward %7.3f ms %6.1f TFLOP/s, default flash forward %7.3f ms %6.1f TFLOP/s [%s]\n",
-           b->T, b->causal ? "causal" : "bidir", b->D, c, flops / c / 1e9, d, flops / d / 1e9, cuda_cudnn_status());
-    if (cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D, b->causal)) {
-        printf("timing: attention T %d %s d%d: cudnn backward not run here (%s)\n", b->T, b->causal ? "causal" : "bidir", b->D,
-               cuda_cudnn_status());
+    double c = time_ms(run_cudnn_p, x, 5), d = time_ms(run_attn_p, x, 5);
+    printf("timing: attention %s: cudnn forward %7.3f ms %6.1f TFLOP/s, default flash forward %7.3f ms %6.1f TFLOP/s [%s]\n", name, c,
+           flops / c / 1e9, d, flops / d / 1e9, cuda_cudnn_status());
+    if (cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, x->nseq, b->T, x->max_len, b->Hq,
+                                      b->Hkv, b->D, b->causal)) {
+        printf("timing: attention %s: cudnn backward not run here (%s)\n", name, cuda_cudnn_status());
         return;
     }
-    double cb = time_ms(run_cudnn_bwd, b, 3), db = time_ms(run_attn_bwd, b, 3);
-    printf("timing: attention T %d %s d%d: cudnn backward %7.3f ms %6.1f TFLOP/s, default flash backward %7.3f ms %6.1f TFLOP/s [%s]\n",
-           b->T, b->causal ? "causal" : "bidir", b->D, cb, 2.5 * flops / cb / 1e9, db, 2.5 * flops / db / 1e9, cuda_cudnn_status());
-    // and cuDNN's other form of the backward, dQ summed in fp32 (LLAVA_CUDNN_DQ_ACCUM=1; not bit-reproducible)
+    double cb = time_ms(run_cudnn_bwd_p, x, 3), db = time_ms(run_attn_bwd_p, x, 3);
+    printf("timing: attention %s: cudnn backward %7.3f ms %6.1f TFLOP/s, default flash backward %7.3f ms %6.1f TFLOP/s [%s]\n", name, cb,
+           2.5 * flops / cb / 1e9, db, 2.5 * flops / db / 1e9, cuda_cudnn_status());
+    // and cuDNN's other form of the backward (one sequence: the ragged layout takes only the dQ-summing one), dQ
+    // summed in fp32 (LLAVA_CUDNN_DQ_ACCUM=1; not bit-reproducible)
+    if (x->nseq > 1) return;
     cuda_cudnn_set_dq_accum(1);
     if (!cuda_cudnn_attention_backward(b->dq, b->dk, b->dv, b->o, b->o, b->lse, b->q, b->k, b->v, b->cu, 1, b->T, b->T, b->Hq, b->Hkv, b->D,
                                        b->causal)) {
-        double ca = time_ms(run_cudnn_bwd, b, 3);
-        printf("timing: attention T %d %s d%d: cudnn backward, dQ summed (LLAVA_CUDNN_DQ_ACCUM=1) %7.3f ms %6.1f TFLOP/s [%s]\n", b->T,
-               b->causal ? "causal" : "bidir", b->D, ca, 2.5 * flops / ca / 1e9, cuda_cudnn_status());
+        double ca = time_ms(run_cudnn_bwd_p, x, 3);
+        printf("timing: attention %s: cudnn backward, dQ summed (LLAVA_CUDNN_DQ_ACCUM=1) %7.3f ms %6.1f TFLOP/s [%s]\n", name, ca,
+               2.5 * flops / ca / 1e9, cuda_cudnn_status());
     }
     cuda_cudnn_set_dq_accum(-1);
+}
+static void cudnn_timing(Bench *b, double flops, const int *unused) {
+    (void)unused;
+    Packed one = {b, 1, b->T};
+    cudnn_timing_of(&one, flops);
+    // the same heads packed: text samples of different lengths at the slice's 8192 positions; an image of 32x32
+    // patches and one of 64x64 (and their CLS rows) at the tower's
+    static const int32_t text_cu[6] = {0, 3000, 4200, 6000, 6500, 8192}, image_cu[3] = {0, 1025, 5122};
+    const int32_t *cu = b->causal ? text_cu : image_cu;
+    Packed packed = {b, b->causal ? 5 : 2, 0};
+    double pflops = 0;
+    for (int i = 0; i < packed.nseq; i++) {
+        int len = cu[i + 1] - cu[i];
+        if (len > packed.max_len) packed.max_len = len;
+        pflops += 4.0 * len * (double)len * b->Hq * b->D / (b->causal ? 2 : 1);
+    }
+    int T = b->T;
+    int32_t *gcu = cuda_alloc((size_t)(packed.nseq + 1) * sizeof(int32_t)), *whole = b->cu;
+    cuda_upload(gcu, cu, (size_t)(packed.nseq + 1) * sizeof(int32_t));
+    b->cu = gcu, b->T = cu[packed.nseq];  // (at most the buffers' T)
+    cudnn_timing_of(&packed, pflops);
+    b->cu = whole, b->T = T;
+    cuda_free(gcu);
 }
 
 // --attention: the attention forward and backward once each at the slice's and the tower's shapes, with the
