@@ -369,8 +369,9 @@ void forward_graph(Builder &g, const Plan *p) {
 //   D = Σ_d dO∘O;  P = exp(S − stats);  dV = Pᵀ·dO;  dP = dO·Vᵀ;  dS = P∘(dP − D)·scale;  dK = dSᵀ·Q;  dQ = dS·K
 // with GQA's dK and dV summed over each KV head's query heads (a reduction after the products). dQ either
 // straight from its product (cuDNN's dP-workspace form, deterministic) or summed into the fp32 buffer acc (in
-// cuDNN's F16x16 order) and copied out by an identity op. Where ragged, the products' extents are each
-// sequence's length, and S − stats is masked again (as the frontend does: a cuDNN 9 workaround).
+// cuDNN's F16x16 order) and copied out by an identity op. Where ragged, as the current cudnn-frontend builds it:
+// the products' extents are each sequence's length, the causal mask comes after S − stats (cuDNN 9.19 declines
+// the graph with it before), and S − stats is masked for padding again on cuDNN 9.6-9.9 (the frontend's workaround).
 void backward_graph(Builder &g, const Plan *p) {
     Shapes sh(p->B, p->S, p->Hq, p->Hkv, p->D);
     const int64_t B = p->B, S = p->S, Hq = p->Hq, D = p->D;
