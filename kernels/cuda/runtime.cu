@@ -161,8 +161,9 @@ extern "C" void *cuda_stage(size_t bytes) {
     size_t lo = (g_stage_head + 255) / 256 * 256;
     if (lo + bytes > STAGE_BYTES) lo = 0;  // wrap
     size_t hi = lo + bytes;
-    // the copies finish in the order they were queued: wait for the oldest until none in flight reads the
-    // region (and one slot is free)
+    // wait for the oldest copy, then the next, until none still listed reads the region (and one slot is free);
+    // a copy listed later may have finished first (g_stream may be either stream), so waiting in order can only
+    // wait longer than needed, never too little
     while (g_ncopies > 0 && (g_ncopies == STAGE_COPIES || stage_busy(lo, hi))) {
         CUDA_CHECK(cudaEventSynchronize(g_copy_done[g_copy_first]));
         g_copy_first = (g_copy_first + 1) % STAGE_COPIES;
