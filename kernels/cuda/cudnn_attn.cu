@@ -243,14 +243,28 @@ struct Plan {
     int want_accum; // (backward) the form asked for first (LLAVA_CUDNN_DQ_ACCUM): part of the plan's key
     int dq_accum;   // (backward) dQ summed in an fp32 buffer (zeroed before each call), else written directly
     cudnnBackendDescriptor_t plan;
-    void *workspace;
-    float *acc;     // the backward's dQ sums where dq_accum: [T, Hq, D] head-major; where ragged in dQ's layout, [S, Hq, D]
-    float *stats;   // [Hq, T]: the log-sum-exp in cuDNN's order (not the shared scratch: the backward's caller holds
-                    // its row sums D there while the tuner runs candidates); where ragged, none: cuDNN reads and
-                    // writes our lse [T, Hq] in place
-    void *meta;     // (ragged) the lengths int32 [B], then the starts int64 [B + 1] in Q's, K's and the lse's elements
-    void *heads;    // (ragged backward with GQA) dK and dV per query head before their group sums, [S, Hq, D] each
+    size_t workspace;  // bytes of cuDNN's workspace (the buffers a call uses are the shared ones below)
 };
+
+// Device buffers all plans draw on, grown (when a plan is built) to the largest one asks for and never shrunk:
+// every cuDNN call runs in the main stream's order (the side stream takes only the optimizer), so one call's use
+// of them is over before the next call's begins
+//   BUF_WORKSPACE  cuDNN's workspace
+//   BUF_ACC        the backward's dQ sums where dq_accum: [T, Hq, D] head-major; where ragged, in dQ's layout
+//   BUF_STATS      [Hq, T]: the log-sum-exp in cuDNN's order (not cuda_scratch: the backward's caller holds its row
+//                  sums D there while the tuner runs candidates); where ragged, none: cuDNN reads and writes our
+//                  lse [T, Hq] in place
+//   BUF_META       (ragged) the lengths int32 [B], then the starts int64 [B + 1] in Q's, K's and the lse's elements
+//   BUF_HEADS      (ragged backward with GQA) dK and dV per query head before their group sums, [S, Hq, D] each
+enum { BUF_WORKSPACE, BUF_ACC, BUF_STATS, BUF_META, BUF_HEADS, NBUF };
+void *bufs[NBUF];
+size_t buf_bytes[NBUF];
+void grow_buffer(int which, size_t bytes) {
+    if (bytes <= buf_bytes[which]) return;
+    cuda_free(bufs[which]);  // (cudaFree waits for the device: the smaller buffer's last use is over)
+    bufs[which] = cuda_alloc(bytes);
+    buf_bytes[which] = bytes;
+}
 Plan plans[32];
 int nplans;
 
@@ -520,13 +534,14 @@ void build(Plan *p) {
                  api.version(), what, shape_text(p), (long long)ws, room);
         p->plan = NULL;
     } else if (g.ok() && p->plan) {
-        size_t T = (size_t)p->B * p->S;
+        size_t T = p->ragged ? (size_t)p->S : (size_t)p->B * p->S;  // (the most rows a call has)
+        p->workspace = (size_t)ws;
         if (!g_devprop) {
-            p->workspace = ws > 0 ? cuda_alloc((size_t)ws) : NULL;
-            if (p->dq_accum) p->acc = (float *)cuda_alloc((p->ragged ? (size_t)p->S : T) * p->Hq * p->D * sizeof(float));
-            if (!p->ragged) p->stats = (float *)cuda_alloc(T * p->Hq * sizeof(float));
-            else p->meta = cuda_alloc(meta_bytes(p->B));
-            if (p->ragged && p->backward && p->Hq != p->Hkv) p->heads = cuda_alloc(2 * heads_bytes(p));
+            grow_buffer(BUF_WORKSPACE, (size_t)ws);
+            if (p->dq_accum) grow_buffer(BUF_ACC, T * p->Hq * p->D * sizeof(float));
+            if (!p->ragged) grow_buffer(BUF_STATS, T * p->Hq * sizeof(float));
+            else grow_buffer(BUF_META, meta_bytes(p->B));
+            if (p->ragged && p->backward && p->Hq != p->Hkv) grow_buffer(BUF_HEADS, 2 * heads_bytes(p));
         }
         p->ok = 1;
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s built (%d engine configs, workspace %lld bytes)", api.version(),
@@ -606,7 +621,8 @@ bool execute(Plan *p, int n, const int64_t *uids, void *const *ptrs) {
     cudnnStatus_t s = api.create_desc(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
     if (s == CUDNN_STATUS_SUCCESS) s = api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids);
     if (s == CUDNN_STATUS_SUCCESS) s = api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, ptrs);
-    if (s == CUDNN_STATUS_SUCCESS) s = api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &p->workspace);
+    void *workspace = p->workspace ? bufs[BUF_WORKSPACE] : NULL;
+    if (s == CUDNN_STATUS_SUCCESS) s = api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
     if (s == CUDNN_STATUS_SUCCESS) s = api.finalize(pack);
     if (s == CUDNN_STATUS_SUCCESS) s = api.set_stream(api.handle, g_stream);  // (the main or the side stream)
     if (s == CUDNN_STATUS_SUCCESS) s = api.execute(api.handle, p->plan, pack);
@@ -649,7 +665,7 @@ int common_tensors(const Plan *p, int n, int64_t *uids, void **ptrs, float *scal
     if (p->backward) uids[n] = UID_ONE, ptrs[n++] = one;
     if (p->causal || p->ragged) uids[n] = UID_LOWEST, ptrs[n++] = lowest;
     if (p->ragged) {
-        char *m = (char *)p->meta;
+        char *m = (char *)bufs[BUF_META];
         int32_t *len = (int32_t *)m;
         int64_t *qo = (int64_t *)(m + meta_lens_bytes(p->B)), *kv = (int64_t *)((char *)qo + meta_starts_bytes(p->B)),
                 *lse = (int64_t *)((char *)kv + meta_starts_bytes(p->B));
@@ -673,12 +689,13 @@ extern "C" int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q
     Plan *p = plan_for_call(0, nseq, T, max_len, Hq, Hkv, D, causal);
     if (!p) return -1;
     int64_t uids[16] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS};
-    void *ptrs[16] = {(void *)q, (void *)k, (void *)v, out, p->ragged ? lse : p->stats};
+    float *stats = p->ragged ? lse : (float *)bufs[BUF_STATS];
+    void *ptrs[16] = {(void *)q, (void *)k, (void *)v, out, stats};
     float scale, one, lowest;
     int n = common_tensors(p, 5, uids, ptrs, &scale, &one, &lowest, cu_seqlens, nseq);
     if (!execute(p, n, uids, ptrs)) return -1;
     if (!p->ragged) {
-        transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(lse, p->stats, T, p->S, Hq, 1);
+        transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(lse, stats, T, p->S, Hq, 1);
         LAUNCH_CHECK();
     }
     return 0;
@@ -691,18 +708,18 @@ extern "C" int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const
     Plan *p = plan_for_call(1, nseq, T, max_len, Hq, Hkv, D, causal);
     if (!p) return -1;
     if (!p->ragged) {
-        transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>(p->stats, lse, T, p->S, Hq, 0);
+        transpose_stats<<<(unsigned)(((size_t)T * Hq + 255) / 256), 256, 0, g_stream>>>((float *)bufs[BUF_STATS], lse, T, p->S, Hq, 0);
         LAUNCH_CHECK();
     }
-    if (p->dq_accum) CUDA_CHECK(cudaMemsetAsync(p->acc, 0, (size_t)T * Hq * D * sizeof(float), g_stream));  // (ragged: T rows from 0)
+    if (p->dq_accum) CUDA_CHECK(cudaMemsetAsync(bufs[BUF_ACC], 0, (size_t)T * Hq * D * sizeof(float), g_stream));  // (ragged: T rows from 0)
     int64_t uids[20] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV};
-    void *ptrs[20] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, p->ragged ? (void *)lse : p->stats, dq, dk, dv};
+    void *ptrs[20] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, p->ragged ? (void *)lse : bufs[BUF_STATS], dq, dk, dv};
     float scale, one, lowest;
     int n = common_tensors(p, 9, uids, ptrs, &scale, &one, &lowest, cu_seqlens, nseq);
-    if (p->dq_accum) uids[n] = UID_DQ_ACC, ptrs[n++] = p->acc;
-    if (p->heads) {
-        uids[n] = UID_DK_HEADS, ptrs[n++] = p->heads;
-        uids[n] = UID_DV_HEADS, ptrs[n++] = (char *)p->heads + heads_bytes(p);
+    if (p->dq_accum) uids[n] = UID_DQ_ACC, ptrs[n++] = bufs[BUF_ACC];
+    if (p->ragged && p->Hq != p->Hkv) {
+        uids[n] = UID_DK_HEADS, ptrs[n++] = bufs[BUF_HEADS];
+        uids[n] = UID_DV_HEADS, ptrs[n++] = (char *)bufs[BUF_HEADS] + heads_bytes(p);
     }
     return execute(p, n, uids, ptrs) ? 0 : -1;
 }
