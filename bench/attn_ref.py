@@ -4,9 +4,14 @@ F.scaled_dot_product_attention on bf16 CUDA tensors, forward and forward+backwar
 has here (flash, cuDNN, memory-efficient), timed with CUDA events (the median of 10 after 3 untimed).
   slice: causal, T 8192, 32 query heads / 8 KV heads of 128 (enable_gqa)
   tower: bidirectional, T 5185, 16 heads of 64
-FLOPs as ops_check counts them: forward 4·T²·H·D (half of it causal), backward 2.5x the forward.
+and, beside ops_check's timings of cuDNN's ragged layout, the same heads packed (torch.nn.attention.varlen, PyTorch's
+varlen flash attention, where this PyTorch has it): 5 text samples in 8192 positions (3000, 1200, 1800, 500, 1692)
+causal, and two images of 1025 and 4097 rows bidirectional.
+FLOPs as ops_check counts them: forward 4·T²·H·D (half of it causal; packed: the sum over the sequences), backward
+2.5x the forward.
 Prints one line per shape and backend: "attn_ref: SHAPE BACKEND forward X ms Y TFLOP/s, backward X ms Y TFLOP/s".
 Exits 1 without a CUDA device."""
+import inspect
 import sys
 
 import torch
@@ -60,6 +65,53 @@ def shape(name, T, Hq, Hkv, D, causal):
               f"backward {bwd:.3f} ms {2.5 * flops / bwd / 1e9:.1f} TFLOP/s")
 
 
+def packed(name, cu, Hq, Hkv, D, causal):
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError as e:
+        print(f"attn_ref: {name} varlen: not available ({e})")
+        return
+    lens = [b - a for a, b in zip(cu, cu[1:])]
+    T, note = cu[-1], ""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(T, Hq, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    k = torch.randn(T, Hkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(T, Hkv, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    dout = torch.randn(T, Hq, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    cu_t = torch.tensor(cu, dtype=torch.int32, device="cuda")
+    # the signature moved between releases: is_causal (2.10) or window_size (2.11: (-1, 0) is causal); GQA by
+    # enable_gqa (2.12), else K and V repeated to the query heads first (outside the timing)
+    params, kw = inspect.signature(varlen_attn).parameters, {}
+    if "is_causal" in params:
+        kw["is_causal"] = causal
+    elif causal:
+        kw["window_size"] = (-1, 0)
+    if Hq != Hkv:
+        if "enable_gqa" in params:
+            kw["enable_gqa"] = True
+        else:
+            k, v, note = k.repeat_interleave(Hq // Hkv, 1), v.repeat_interleave(Hq // Hkv, 1), " (K/V repeated to the query heads)"
+    k, v = k.detach().requires_grad_(), v.detach().requires_grad_()
+    flops = sum(4.0 * n * n * Hq * D / (2 if causal else 1) for n in lens)
+    try:
+        def forward():
+            return varlen_attn(q, k, v, cu_t, cu_t, max(lens), max(lens), **kw)
+        out = forward()
+        fwd = timed(forward)
+
+        def backward():
+            q.grad = k.grad = v.grad = None
+            out.backward(dout, retain_graph=True)
+        bwd = timed(backward)
+    except Exception as e:
+        print(f"attn_ref: {name} varlen: not available ({str(e).splitlines()[0][:80]})")
+        return
+    print(f"attn_ref: {name} varlen{note} forward {fwd:.3f} ms {flops / fwd / 1e9:.1f} TFLOP/s, "
+          f"backward {bwd:.3f} ms {2.5 * flops / bwd / 1e9:.1f} TFLOP/s")
+
+
 print(f"attn_ref: torch {torch.__version__}, {torch.cuda.get_device_name()}")
 shape("slice T 8192 32q/8kv d128 causal", 8192, 32, 8, 128, True)
 shape("tower T 5185 16 heads d64 bidirectional", 5185, 16, 16, 64, False)
+packed("slice heads, T 8192 in 5 causal", [0, 3000, 4200, 6000, 6500, 8192], 32, 8, 128, True)
+packed("tower heads, T 5122 in 2 bidirectional", [0, 1025, 5122], 16, 16, 64, False)
