@@ -265,7 +265,7 @@ void grow_buffer(int which, size_t bytes) {
     bufs[which] = cuda_alloc(bytes);
     buf_bytes[which] = bytes;
 }
-Plan plans[32];
+Plan plans[64];
 int nplans;
 
 Plan plan_key(int backward, int B, int S, int Hq, int Hkv, int D, int causal, int ragged, int want_accum) {
