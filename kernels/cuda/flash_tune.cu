@@ -20,14 +20,15 @@
 namespace {
 
 struct Pick {
-    int version, exp2, tma;  // LLAVA_FLASH's version, LLAVA_FLASH_EXP2, LLAVA_WS_TMA for this call
+    int version, exp2, tma;  // LLAVA_FLASH's version, LLAVA_FLASH_EXP2, LLAVA_WS_TMA for this call; with FLASH_CUDNN,
+                             // exp2 names the backward's form: 1 cuDNN's dQ summed in fp32, 0 its deterministic one
 };
 // where exp2 or TMA change nothing (version 4's and 5's forward, 6's backward; TMA outside 8) they are left out
 // (FLASH_CUDNN: cuDNN's fused attention, cudnn_attn.cu, where it runs: the library there, a shape it takes)
 const Pick fwd_candidates[] = {{4, 0, 0}, {5, 0, 0}, {6, 0, 0}, {6, 1, 0}, {7, 0, 0},       {7, 1, 0},
                                {8, 0, 0}, {8, 1, 0}, {8, 0, 1}, {8, 1, 1}, {FLASH_CUDNN, 0, 0}};
-const Pick bwd_candidates[] = {{4, 0, 0}, {4, 1, 0}, {5, 0, 0}, {5, 1, 0}, {6, 0, 0},       {7, 0, 0},
-                               {7, 1, 0}, {8, 0, 0}, {8, 1, 0}, {8, 0, 1}, {8, 1, 1}, {FLASH_CUDNN, 0, 0}};
+const Pick bwd_candidates[] = {{4, 0, 0}, {4, 1, 0}, {5, 0, 0}, {5, 1, 0}, {6, 0, 0}, {7, 0, 0}, {7, 1, 0},
+                               {8, 0, 0}, {8, 1, 0}, {8, 0, 1}, {8, 1, 1}, {FLASH_CUDNN, 0, 0}, {FLASH_CUDNN, 1, 0}};
 
 struct Shape {
     int forward, T, Hq, Hkv, D, causal;
@@ -59,11 +60,16 @@ struct Call {
 
 // one run of pick p, its settings for this call only; false where the wgmma kernels do not run here
 bool run(const Pick &p, const Call &c) {
-    if (p.version == FLASH_CUDNN)
-        return c.s.forward ? cuda_cudnn_attention_forward(c.out, c.lse, c.q, c.k, c.v, c.cu, c.nseq, c.s.T, c.max_len, c.s.Hq, c.s.Hkv, c.s.D,
-                                                          c.s.causal) == 0
-                           : cuda_cudnn_attention_backward(c.dq, c.dk, c.dv, c.dout, c.o_in, c.lse_in, c.q, c.k, c.v, c.cu, c.nseq, c.s.T,
-                                                           c.max_len, c.s.Hq, c.s.Hkv, c.s.D, c.s.causal) == 0;
+    if (p.version == FLASH_CUDNN && c.s.forward)
+        return cuda_cudnn_attention_forward(c.out, c.lse, c.q, c.k, c.v, c.cu, c.nseq, c.s.T, c.max_len, c.s.Hq, c.s.Hkv, c.s.D,
+                                            c.s.causal) == 0;
+    if (p.version == FLASH_CUDNN) {  // (in the form the pick names; a form cuDNN declines falls back to the other)
+        cuda_cudnn_set_dq_accum(p.exp2);
+        int rc = cuda_cudnn_attention_backward(c.dq, c.dk, c.dv, c.dout, c.o_in, c.lse_in, c.q, c.k, c.v, c.cu, c.nseq, c.s.T, c.max_len,
+                                               c.s.Hq, c.s.Hkv, c.s.D, c.s.causal);
+        cuda_cudnn_set_dq_accum(-1);
+        return rc == 0;
+    }
     cuda_flash_set_exp2(p.exp2);
     cuda_flash_set_ws_tma(p.tma);
     int rc = c.s.forward ? cuda_flash_wgmma_forward(p.version, c.out, c.lse, c.q, c.k, c.v, c.cu, c.nseq, c.s.T, c.max_len, c.s.Hq,
@@ -102,7 +108,7 @@ double rel_l2(double *acc, const bf16 *a, const bf16 *ref, size_t n) { return re
 double rel_l2(double *acc, const float *a, const float *ref, size_t n) { return rel_l2_of(acc, a, ref, n); }
 
 int name(char *buf, size_t len, const Pick &p) {
-    if (p.version == FLASH_CUDNN) return snprintf(buf, len, "cudnn");
+    if (p.version == FLASH_CUDNN) return snprintf(buf, len, "cudnn%s", p.exp2 ? "+dqsum" : "");
     return snprintf(buf, len, "v%d%s%s", p.version, p.exp2 ? "+exp2" : "", p.tma ? "+tma" : "");
 }
 
