@@ -45,9 +45,17 @@ for name in ("nvidia.cudnn", "nvidia.cuda_nvrtc", "nvidia.cu13"):
 print(":".join(dirs))' 2>/dev/null)
 # (else wherever a libcudnn.so.9 is: the CUDA root, another Python)
 [ -z "$cudnn_libs" ] && cudnn_libs=$(dirname "$(find /usr/local /opt /usr/lib -name 'libcudnn.so.9' 2>/dev/null | head -1)" 2>/dev/null | grep -v '^\.$')
-[ -n "$cudnn_libs" ] && export LD_LIBRARY_PATH=$cudnn_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# Only cuDNN's and NVRTC's libraries go onto the path, as links in one directory: those directories (nvidia/cu13)
+# also hold PyTorch's own cuBLASLt, which would otherwise replace the CUDA root's under every program of ours
+# (LD_LIBRARY_PATH comes before their RUNPATH) and move the products' timings away from earlier runs'
+cudnn_dir=$W/cudnn-lib
+mkdir -p "$cudnn_dir"
+for d in ${cudnn_libs//:/ }; do
+    for f in "$d"/libcudnn*.so* "$d"/libnvrtc*.so*; do [ -e "$f" ] && ln -sf "$f" "$cudnn_dir/"; done
+done
+ls "$cudnn_dir"/libcudnn.so.9* > /dev/null 2>&1 && export LD_LIBRARY_PATH=$cudnn_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 cudnn_where=${cudnn_libs:-none found among the Python packages}
-summary+=("cuDNN libraries: $cudnn_where ($(ls ${cudnn_libs//:/ } 2>/dev/null | grep -m1 -o 'libcudnn.so.9[.0-9]*' || echo 'no libcudnn.so.9 there'))")
+summary+=("cuDNN libraries: $cudnn_where ($(ls "$cudnn_dir" 2>/dev/null | grep -m1 -o 'libcudnn.so.9[.0-9]*' || echo 'no libcudnn.so.9 there'), NVRTC: $(ls "$cudnn_dir" 2>/dev/null | grep -m1 -o 'libnvrtc.so[.0-9]*' || echo 'none there'))")
 # every program on the GPU runs under a time limit (G), so that one hang cannot spend the whole device call
 G() { timeout "${STEP_TIMEOUT:-90}" "$@"; }
 section() { tar czf "$OUTROOT/results.tgz" -C "$OUTDIR" . 2>/dev/null; echo "==== [$SECONDS s] $*"; }
