@@ -23,6 +23,18 @@ if not torch.cuda.is_available():
 from torch.nn.attention import SDPBackend, sdpa_kernel  # (PyTorch 2.3 and later; the GPU machines have 2.11)
 
 
+def fwd_bwd(forward, params, dout):
+    """forward's time, then its backward's (into params' gradients), each as timed() takes it"""
+    out = forward()
+    fwd = timed(forward)
+
+    def backward():
+        for t in params:
+            t.grad = None
+        out.backward(dout, retain_graph=True)
+    return fwd, timed(backward)
+
+
 def timed(fn):
     for _ in range(3):
         fn()
@@ -49,15 +61,8 @@ def shape(name, T, Hq, Hkv, D, causal):
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
         try:
             with sdpa_kernel(backend):
-                def forward():
-                    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=Hq != Hkv)
-                out = forward()
-                fwd = timed(forward)
-
-                def backward():
-                    q.grad = k.grad = v.grad = None
-                    out.backward(dout, retain_graph=True)
-                bwd = timed(backward)
+                fwd, bwd = fwd_bwd(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=Hq != Hkv),
+                                   (q, k, v), dout)
         except Exception as e:  # a backend that does not take this shape here (RuntimeError, NotImplementedError)
             print(f"attn_ref: {name} {backend.name.lower()}: not available ({str(e).splitlines()[0][:80]})")
             continue
@@ -94,15 +99,7 @@ def packed(name, cu, Hq, Hkv, D, causal):
     k, v = k.detach().requires_grad_(), v.detach().requires_grad_()
     flops = sum(4.0 * n * n * Hq * D / (2 if causal else 1) for n in lens)
     try:
-        def forward():
-            return varlen_attn(q, k, v, cu_t, cu_t, max(lens), max(lens), **kw)
-        out = forward()
-        fwd = timed(forward)
-
-        def backward():
-            q.grad = k.grad = v.grad = None
-            out.backward(dout, retain_graph=True)
-        bwd = timed(backward)
+        fwd, bwd = fwd_bwd(lambda: varlen_attn(q, k, v, cu_t, cu_t, max(lens), max(lens), **kw), (q, k, v), dout)
     except Exception as e:
         print(f"attn_ref: {name} varlen: not available ({str(e).splitlines()[0][:80]})")
         return

@@ -116,6 +116,10 @@ struct Builder {
         done(t, "tensor finalize");
         return t;
     }
+    // a bf16 tensor of the graph's inputs or outputs (where ragged, from its sequences' starts)
+    cudnnBackendDescriptor_t io(int64_t uid, const int64_t *dims, const int64_t *strides, cudnnBackendDescriptor_t ragged) {
+        return tensor(uid, CUDNN_DATA_BFLOAT16, dims, strides, false, false, false, ragged);
+    }
     cudnnBackendDescriptor_t scalar(int64_t uid, cudnnDataType_t type) {
         const int64_t one[4] = {1, 1, 1, 1};
         return tensor(uid, type, one, one, false, true);
@@ -279,10 +283,8 @@ void forward_graph(Builder &g, const Plan *p) {
     int64_t uid = UID_VIRTUAL;
     const cudnnDataType_t F = CUDNN_DATA_FLOAT, BF = CUDNN_DATA_BFLOAT16;
     Ragged r = ragged_tensors(g, p);
-    cudnnBackendDescriptor_t q = g.tensor(UID_Q, BF, sh.qd, sh.qs, false, false, false, r.qo),
-                             kt = g.tensor(UID_K, BF, sh.ktd, sh.kts, false, false, false, r.kv),
-                             v = g.tensor(UID_V, BF, sh.kd, sh.ks, false, false, false, r.kv),
-                             o = g.tensor(UID_O, BF, sh.qd, sh.qs, false, false, false, r.qo), stats = stats_tensor(g, sh, r),
+    cudnnBackendDescriptor_t q = g.io(UID_Q, sh.qd, sh.qs, r.qo), kt = g.io(UID_K, sh.ktd, sh.kts, r.kv),
+                             v = g.io(UID_V, sh.kd, sh.ks, r.kv), o = g.io(UID_O, sh.qd, sh.qs, r.qo), stats = stats_tensor(g, sh, r),
                              scale = g.scalar(UID_SCALE, F), lowest = p->causal || p->ragged ? g.scalar(UID_LOWEST, F) : NULL;
     cudnnBackendDescriptor_t s = scores(g, sh, r, q, kt, scale, lowest, p->causal, &uid);
     cudnnBackendDescriptor_t m = g.tensor(uid++, F, sh.rd, sh.rs, true), sub = g.tensor(uid++, F, sh.sd, sh.ss, true),
@@ -311,15 +313,12 @@ void backward_graph(Builder &g, const Plan *p) {
     int64_t uid = UID_VIRTUAL;
     const cudnnDataType_t F = CUDNN_DATA_FLOAT, BF = CUDNN_DATA_BFLOAT16;
     Ragged r = ragged_tensors(g, p);
-    cudnnBackendDescriptor_t q = g.tensor(UID_Q, BF, sh.qd, sh.qs, false, false, false, r.qo),
-                             kt = g.tensor(UID_K, BF, sh.ktd, sh.kts, false, false, false, r.kv),
-                             vt = g.tensor(UID_V, BF, sh.ktd, sh.kts, false, false, false, r.kv),
-                             o = g.tensor(UID_O, BF, sh.qd, sh.qs, false, false, false, r.qo),
-                             dout = g.tensor(UID_DO, BF, sh.qd, sh.qs, false, false, false, r.qo), stats = stats_tensor(g, sh, r),
-                             dq = g.tensor(UID_DQ, BF, sh.qd, sh.qs, false, false, false, r.qo),
-                             dk = g.tensor(UID_DK, BF, sh.kd, sh.ks, false, false, false, r.kv),
-                             dv = g.tensor(UID_DV, BF, sh.kd, sh.ks, false, false, false, r.kv), scale = g.scalar(UID_SCALE, F),
-                             one = g.scalar(UID_ONE, F), lowest = p->causal || p->ragged ? g.scalar(UID_LOWEST, F) : NULL;
+    cudnnBackendDescriptor_t q = g.io(UID_Q, sh.qd, sh.qs, r.qo), kt = g.io(UID_K, sh.ktd, sh.kts, r.kv),
+                             vt = g.io(UID_V, sh.ktd, sh.kts, r.kv), o = g.io(UID_O, sh.qd, sh.qs, r.qo),
+                             dout = g.io(UID_DO, sh.qd, sh.qs, r.qo), stats = stats_tensor(g, sh, r),
+                             dq = g.io(UID_DQ, sh.qd, sh.qs, r.qo), dk = g.io(UID_DK, sh.kd, sh.ks, r.kv),
+                             dv = g.io(UID_DV, sh.kd, sh.ks, r.kv), scale = g.scalar(UID_SCALE, F), one = g.scalar(UID_ONE, F),
+                             lowest = p->causal || p->ragged ? g.scalar(UID_LOWEST, F) : NULL;
     // D = Σ_d dO∘O (·1: the dropout scale's place)
     const int64_t td[4] = {B, Hq, S, D}, tsd[4] = {Hq * S * D, S * D, Hq * D, 1};
     cudnnBackendDescriptor_t dod = g.tensor(uid++, F, td, tsd, true), dsum = g.tensor(uid++, F, sh.rd, sh.rs, true),
