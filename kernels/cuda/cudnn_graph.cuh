@@ -73,7 +73,7 @@ bool api_load(void) {
 struct Builder {
     cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
     const char *where = "";
-    cudnnBackendDescriptor_t ops[32];
+    cudnnBackendDescriptor_t ops[64];  // (the ragged backward has 31 operations, 37 on cuDNN 9.6-9.9)
     int nops = 0;
 
     bool ok() const { return status == CUDNN_STATUS_SUCCESS; }
@@ -125,7 +125,8 @@ struct Builder {
         return tensor(uid, type, one, one, false, true);
     }
     void add_op(cudnnBackendDescriptor_t op) {
-        if (ok() && nops < 32) ops[nops++] = op;
+        if (ok() && nops == (int)(sizeof ops / sizeof *ops)) status = CUDNN_STATUS_NOT_SUPPORTED, where = "more operations than the builder holds";
+        if (ok()) ops[nops++] = op;
     }
     // an operation of `type` whose attributes link the descriptors given (a NULL one left unset), added to the graph
     void op(cudnnBackendDescriptorType_t type, std::initializer_list<std::pair<cudnnBackendAttributeName_t, cudnnBackendDescriptor_t>> links,
