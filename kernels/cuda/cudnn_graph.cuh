@@ -73,6 +73,7 @@ bool api_load(void) {
 struct Builder {
     cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
     const char *where = "";
+    int64_t next_uid = 100;  // the graph's virtual tensors' ids (those of its inputs and outputs are below)
     cudnnBackendDescriptor_t ops[64];  // (the ragged backward has 31 operations, 37 on cuDNN 9.6-9.9)
     int nops = 0;
 
@@ -119,6 +120,10 @@ struct Builder {
     // a bf16 tensor of the graph's inputs or outputs (where ragged, from its sequences' starts)
     cudnnBackendDescriptor_t io(int64_t uid, const int64_t *dims, const int64_t *strides, cudnnBackendDescriptor_t ragged) {
         return tensor(uid, CUDNN_DATA_BFLOAT16, dims, strides, false, false, false, ragged);
+    }
+    // a tensor inside the graph (where ragged, from its sequences' starts)
+    cudnnBackendDescriptor_t virt(cudnnDataType_t type, const int64_t *dims, const int64_t *strides, cudnnBackendDescriptor_t ragged = NULL) {
+        return tensor(next_uid++, type, dims, strides, true, false, false, ragged);
     }
     cudnnBackendDescriptor_t scalar(int64_t uid, cudnnDataType_t type) {
         const int64_t one[4] = {1, 1, 1, 1};
@@ -184,8 +189,7 @@ struct Builder {
 
 enum : int64_t {
     UID_Q = 1, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_LOWEST, UID_DO, UID_DQ, UID_DK, UID_DV, UID_ONE, UID_DQ_ACC,
-    UID_SEQ_Q, UID_SEQ_KV, UID_OFF_QO, UID_OFF_KV, UID_OFF_STATS, UID_DK_HEADS, UID_DV_HEADS,
-    UID_VIRTUAL = 100
+    UID_SEQ_Q, UID_SEQ_KV, UID_OFF_QO, UID_OFF_KV, UID_OFF_STATS, UID_DK_HEADS, UID_DV_HEADS  // (below Builder::next_uid's first)
 };
 
 struct Plan {
@@ -230,13 +234,10 @@ Ragged ragged_tensors(Builder &g, const Plan *p) {
 }
 
 // s where row < seq_q and col < seq_kv of its sequence, else lowest (the ragged layout's padding mask)
-cudnnBackendDescriptor_t padding_mask(Builder &g, const Shapes &sh, const Ragged &r, cudnnBackendDescriptor_t s,
-                                      cudnnBackendDescriptor_t lowest, int64_t *uid) {
+cudnnBackendDescriptor_t padding_mask(Builder &g, const Shapes &sh, const Ragged &r, cudnnBackendDescriptor_t s, cudnnBackendDescriptor_t lowest) {
     const cudnnDataType_t I = CUDNN_DATA_INT32, BOOL = CUDNN_DATA_BOOLEAN;
-    cudnnBackendDescriptor_t row = g.tensor((*uid)++, I, sh.sd, sh.ss, true), col = g.tensor((*uid)++, I, sh.sd, sh.ss, true),
-                             row_in = g.tensor((*uid)++, BOOL, sh.sd, sh.ss, true), col_in = g.tensor((*uid)++, BOOL, sh.sd, sh.ss, true),
-                             keep = g.tensor((*uid)++, BOOL, sh.sd, sh.ss, true),
-                             out = g.tensor((*uid)++, CUDNN_DATA_FLOAT, sh.sd, sh.ss, true);
+    cudnnBackendDescriptor_t row = g.virt(I, sh.sd, sh.ss), col = g.virt(I, sh.sd, sh.ss), row_in = g.virt(BOOL, sh.sd, sh.ss),
+                             col_in = g.virt(BOOL, sh.sd, sh.ss), keep = g.virt(BOOL, sh.sd, sh.ss), out = g.virt(CUDNN_DATA_FLOAT, sh.sd, sh.ss);
     g.pointwise(CUDNN_POINTWISE_GEN_INDEX, I, s, NULL, NULL, row, 2);
     g.pointwise(CUDNN_POINTWISE_GEN_INDEX, I, s, NULL, NULL, col, 3);
     g.pointwise(CUDNN_POINTWISE_CMP_LT, BOOL, row, r.seq_q, NULL, row_in);
@@ -247,12 +248,10 @@ cudnnBackendDescriptor_t padding_mask(Builder &g, const Shapes &sh, const Ragged
 }
 
 // row >= col ? s : lowest (the causal mask)
-cudnnBackendDescriptor_t causal_mask(Builder &g, const Shapes &sh, cudnnBackendDescriptor_t s, cudnnBackendDescriptor_t lowest,
-                                     int64_t *uid) {
+cudnnBackendDescriptor_t causal_mask(Builder &g, const Shapes &sh, cudnnBackendDescriptor_t s, cudnnBackendDescriptor_t lowest) {
     const cudnnDataType_t F = CUDNN_DATA_FLOAT;
-    cudnnBackendDescriptor_t row = g.tensor((*uid)++, CUDNN_DATA_INT32, sh.sd, sh.ss, true),
-                             col = g.tensor((*uid)++, CUDNN_DATA_INT32, sh.sd, sh.ss, true),
-                             keep = g.tensor((*uid)++, CUDNN_DATA_BOOLEAN, sh.sd, sh.ss, true), s3 = g.tensor((*uid)++, F, sh.sd, sh.ss, true);
+    cudnnBackendDescriptor_t row = g.virt(CUDNN_DATA_INT32, sh.sd, sh.ss), col = g.virt(CUDNN_DATA_INT32, sh.sd, sh.ss),
+                             keep = g.virt(CUDNN_DATA_BOOLEAN, sh.sd, sh.ss), s3 = g.virt(F, sh.sd, sh.ss);
     g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s, NULL, NULL, row, 2);
     g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, s, NULL, NULL, col, 3);
     g.pointwise(CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, col, NULL, keep);
@@ -264,13 +263,13 @@ cudnnBackendDescriptor_t causal_mask(Builder &g, const Shapes &sh, cudnnBackendD
 // causal_here: the backward of the ragged layout masks after subtracting the stats instead, as the frontend does)
 // the causal mask
 cudnnBackendDescriptor_t scores(Builder &g, const Shapes &sh, const Ragged &r, cudnnBackendDescriptor_t q, cudnnBackendDescriptor_t kt,
-                                cudnnBackendDescriptor_t scale, cudnnBackendDescriptor_t lowest, int causal_here, int64_t *uid) {
+                                cudnnBackendDescriptor_t scale, cudnnBackendDescriptor_t lowest, int causal_here) {
     const cudnnDataType_t F = CUDNN_DATA_FLOAT;
-    cudnnBackendDescriptor_t s1 = g.tensor((*uid)++, F, sh.sd, sh.ss, true), s = g.tensor((*uid)++, F, sh.sd, sh.ss, true);
+    cudnnBackendDescriptor_t s1 = g.virt(F, sh.sd, sh.ss), s = g.virt(F, sh.sd, sh.ss);
     g.matmul(q, kt, s1, r.seq_q, r.seq_kv);
     g.pointwise(CUDNN_POINTWISE_MUL, F, s1, scale, NULL, s);
-    if (r.seq_q) s = padding_mask(g, sh, r, s, lowest, uid);
-    return causal_here ? causal_mask(g, sh, s, lowest, uid) : s;
+    if (r.seq_q) s = padding_mask(g, sh, r, s, lowest);
+    return causal_here ? causal_mask(g, sh, s, lowest) : s;
 }
 
 // the stats tensor: [B, Hq, S, 1] head-major in the plan's buffer, or where ragged our lse [T, Hq] itself
@@ -281,16 +280,14 @@ cudnnBackendDescriptor_t stats_tensor(Builder &g, const Shapes &sh, const Ragged
 // the forward graph of the head comment
 void forward_graph(Builder &g, const Plan *p) {
     Shapes sh(p->B, p->S, p->Hq, p->Hkv, p->D);
-    int64_t uid = UID_VIRTUAL;
     const cudnnDataType_t F = CUDNN_DATA_FLOAT, BF = CUDNN_DATA_BFLOAT16;
     Ragged r = ragged_tensors(g, p);
     cudnnBackendDescriptor_t q = g.io(UID_Q, sh.qd, sh.qs, r.qo), kt = g.io(UID_K, sh.ktd, sh.kts, r.kv),
                              v = g.io(UID_V, sh.kd, sh.ks, r.kv), o = g.io(UID_O, sh.qd, sh.qs, r.qo), stats = stats_tensor(g, sh, r),
                              scale = g.scalar(UID_SCALE, F), lowest = p->causal || p->ragged ? g.scalar(UID_LOWEST, F) : NULL;
-    cudnnBackendDescriptor_t s = scores(g, sh, r, q, kt, scale, lowest, p->causal, &uid);
-    cudnnBackendDescriptor_t m = g.tensor(uid++, F, sh.rd, sh.rs, true), sub = g.tensor(uid++, F, sh.sd, sh.ss, true),
-                             e = g.tensor(uid++, F, sh.sd, sh.ss, true), z = g.tensor(uid++, F, sh.rd, sh.rs, true),
-                             logz = g.tensor(uid++, F, sh.rd, sh.rs, true), pr = g.tensor(uid++, BF, sh.sd, sh.ss, true);
+    cudnnBackendDescriptor_t s = scores(g, sh, r, q, kt, scale, lowest, p->causal);
+    cudnnBackendDescriptor_t m = g.virt(F, sh.rd, sh.rs), sub = g.virt(F, sh.sd, sh.ss), e = g.virt(F, sh.sd, sh.ss),
+                             z = g.virt(F, sh.rd, sh.rs), logz = g.virt(F, sh.rd, sh.rs), pr = g.virt(BF, sh.sd, sh.ss);
     g.reduction(CUDNN_REDUCE_TENSOR_MAX, s, m);                        // M = max_row S
     g.pointwise(CUDNN_POINTWISE_SUB, F, s, m, NULL, sub);              // E = exp(S − M)
     g.pointwise(CUDNN_POINTWISE_EXP, F, sub, NULL, NULL, e);
@@ -311,7 +308,6 @@ void forward_graph(Builder &g, const Plan *p) {
 void backward_graph(Builder &g, const Plan *p) {
     Shapes sh(p->B, p->S, p->Hq, p->Hkv, p->D);
     const int64_t B = p->B, S = p->S, Hq = p->Hq, D = p->D;
-    int64_t uid = UID_VIRTUAL;
     const cudnnDataType_t F = CUDNN_DATA_FLOAT, BF = CUDNN_DATA_BFLOAT16;
     Ragged r = ragged_tensors(g, p);
     cudnnBackendDescriptor_t q = g.io(UID_Q, sh.qd, sh.qs, r.qo), kt = g.io(UID_K, sh.ktd, sh.kts, r.kv),
@@ -322,17 +318,17 @@ void backward_graph(Builder &g, const Plan *p) {
                              lowest = p->causal || p->ragged ? g.scalar(UID_LOWEST, F) : NULL;
     // D = Σ_d dO∘O (·1: the dropout scale's place)
     const int64_t td[4] = {B, Hq, S, D}, tsd[4] = {Hq * S * D, S * D, Hq * D, 1};
-    cudnnBackendDescriptor_t dod = g.tensor(uid++, F, td, tsd, true), dsum = g.tensor(uid++, F, sh.rd, sh.rs, true),
-                             drow = g.tensor(uid++, F, sh.rd, sh.rs, true);
+    cudnnBackendDescriptor_t dod = g.virt(F, td, tsd), dsum = g.virt(F, sh.rd, sh.rs),
+                             drow = g.virt(F, sh.rd, sh.rs);
     g.pointwise(CUDNN_POINTWISE_MUL, F, dout, o, NULL, dod);
     g.reduction(CUDNN_REDUCE_TENSOR_ADD, dod, dsum);
     g.pointwise(CUDNN_POINTWISE_MUL, F, dsum, one, NULL, drow);
     // P = exp(S − stats)
-    cudnnBackendDescriptor_t s = scores(g, sh, r, q, kt, scale, lowest, p->causal && !p->ragged, &uid);
-    cudnnBackendDescriptor_t sm = g.tensor(uid++, F, sh.sd, sh.ss, true), pe = g.tensor(uid++, F, sh.sd, sh.ss, true);
+    cudnnBackendDescriptor_t s = scores(g, sh, r, q, kt, scale, lowest, p->causal && !p->ragged);
+    cudnnBackendDescriptor_t sm = g.virt(F, sh.sd, sh.ss), pe = g.virt(F, sh.sd, sh.ss);
     g.pointwise(CUDNN_POINTWISE_SUB, F, s, stats, NULL, sm);
-    if (r.seq_q && api.version() < 91000) sm = padding_mask(g, sh, r, sm, lowest, &uid);  // (the frontend's workaround for 9.0-9.9)
-    if (p->causal && p->ragged) sm = causal_mask(g, sh, sm, lowest, &uid);
+    if (r.seq_q && api.version() < 91000) sm = padding_mask(g, sh, r, sm, lowest);  // (the frontend's workaround for 9.0-9.9)
+    if (p->causal && p->ragged) sm = causal_mask(g, sh, sm, lowest);
     g.pointwise(CUDNN_POINTWISE_EXP, F, sm, NULL, NULL, pe);
     // out = xᵀ·y for the product's x [B, Hq, S, S] (fp32, viewed transposed in bf16), summed over each KV head's
     // query heads where there are several (GQA: a product per query head first); extents: keys by queries. The
@@ -341,19 +337,19 @@ void backward_graph(Builder &g, const Plan *p) {
     // group size): B·Hq·S·D in the workspace would be 4.3 GB for 32 sequences in 8192 positions of 32 heads of 128.
     const int64_t gd[4] = {B, Hq, S, D}, gs[4] = {Hq * S * D, S * D, D, 1};
     auto transposed_product = [&](cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y, cudnnBackendDescriptor_t out, int64_t heads_uid) {
-        cudnnBackendDescriptor_t xt = g.tensor(uid++, BF, sh.std_, sh.sts, true);
+        cudnnBackendDescriptor_t xt = g.virt(BF, sh.std_, sh.sts);
         g.reshape(x, xt);
         if (p->Hq == p->Hkv) return g.matmul(xt, y, out, r.seq_kv, NULL, r.seq_q);
         cudnnBackendDescriptor_t per_head =
-            r.kv ? g.tensor(heads_uid, BF, gd, sh.qs, false, false, false, r.kv) : g.tensor(uid++, BF, gd, gs, true);
+            r.kv ? g.tensor(heads_uid, BF, gd, sh.qs, false, false, false, r.kv) : g.virt(BF, gd, gs);
         g.matmul(xt, y, per_head, r.seq_kv, NULL, r.seq_q);
         g.reduction(CUDNN_REDUCE_TENSOR_ADD, per_head, out);
     };
     transposed_product(pe, dout, dv, UID_DV_HEADS);  // dV = Pᵀ·dO
     // dS = P∘(dP·1 − D)·scale, dP = dO·Vᵀ
-    cudnnBackendDescriptor_t dp = g.tensor(uid++, F, sh.sd, sh.ss, true), dp1 = g.tensor(uid++, F, sh.sd, sh.ss, true),
-                             dp2 = g.tensor(uid++, F, sh.sd, sh.ss, true), ds0 = g.tensor(uid++, F, sh.sd, sh.ss, true),
-                             ds = g.tensor(uid++, F, sh.sd, sh.ss, true);
+    cudnnBackendDescriptor_t dp = g.virt(F, sh.sd, sh.ss), dp1 = g.virt(F, sh.sd, sh.ss),
+                             dp2 = g.virt(F, sh.sd, sh.ss), ds0 = g.virt(F, sh.sd, sh.ss),
+                             ds = g.virt(F, sh.sd, sh.ss);
     g.matmul(dout, vt, dp, r.seq_q, r.seq_kv);
     g.pointwise(CUDNN_POINTWISE_MUL, F, dp, one, NULL, dp1);
     g.pointwise(CUDNN_POINTWISE_SUB, F, dp1, drow, NULL, dp2);
@@ -361,7 +357,7 @@ void backward_graph(Builder &g, const Plan *p) {
     g.pointwise(CUDNN_POINTWISE_MUL, F, ds0, scale, NULL, ds);
     transposed_product(ds, q, dk, UID_DK_HEADS);  // dK = dSᵀ·Q
     // dQ = dS·K (K: Kᵀ viewed back, with Kᵀ's starts)
-    cudnnBackendDescriptor_t k = g.tensor(uid++, BF, sh.kd, sh.ks, true, false, false, r.kv);
+    cudnnBackendDescriptor_t k = g.virt(BF, sh.kd, sh.ks, r.kv);
     g.reshape(kt, k);
     if (p->dq_accum) {  // (ragged: in dQ's layout from each sequence's start, as the current frontend has it)
         const int64_t ad[4] = {B, Hq, S, D}, as[4] = {Hq * S * D, S * D, D, 1};

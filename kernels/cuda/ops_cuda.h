@@ -155,8 +155,8 @@ enum { FLASH_TUNE = -3, FLASH_CUDNN = -4 };
 void cuda_attention_set_flash(int version);
 // cudnn_attn.cu: the attention forward by cuDNN (libcudnn.so.9 opened at run time) for one sequence
 // (cu_seqlens {0, T}), nseq of one length (nseq·max_len = T: a batch), or packed sequences of different lengths
-// (cuDNN's ragged layout, 9.6 or later; cu_seqlens on the device); 0 when it ran, -1 with nothing launched (no
-// library, a shape its engines decline); cuda_cudnn_status says what happened last (loaded, a plan built or declined, and why)
+// (cuDNN's ragged layout, 9.6 or later; cu_seqlens on the device); 0 when it ran, -1 with the caller's buffers untouched
+// (no library, a shape its engines decline); cuda_cudnn_status says what happened last (loaded, a plan built or declined, and why)
 int cuda_cudnn_attention_forward(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu_seqlens, int nseq,
                                  int T, int max_len, int Hq, int Hkv, int D, int causal);
 // the backward likewise (dq, dk, dv written whole; out is the forward's output, lse its log-sum-exp [T, Hq])
