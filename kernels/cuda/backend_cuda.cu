@@ -87,7 +87,13 @@ static void *g_alloc(size_t bytes) { void *p = cuda_alloc(bytes); cuda_memset0(p
 static void g_release(void *p) { cuda_free(p); }
 static void g_zero(void *p, size_t bytes) { PROF(cuda_memset0(p, bytes), "zero %zu bytes", bytes); }
 static void g_poison(void *p, size_t bytes) { cuda_memset_ff(p, bytes); }
-static void g_zero_floats(float *const *p, const size_t *n, int k) { PROF(cuda_zero_floats(p, n, k), "zero %d small arrays", k); }
+// (LLAVA_SAFE_KERNELS=1: one memset an array, as before session 19's one-launch kernel)
+static void zero_each(float *const *p, const size_t *n, int k) {
+    for (int i = 0; i < k; i++) cuda_memset0(p[i], n[i] * sizeof(float));
+}
+static void g_zero_floats(float *const *p, const size_t *n, int k) {
+    PROF(cuda_safe_kernels() ? zero_each(p, n, k) : cuda_zero_floats(p, n, k), "zero %d small arrays", k);
+}
 static void g_upload(void *dst, const void *host, size_t bytes) { PROF(cuda_upload(dst, host, bytes), "upload"); }
 static void g_download(void *host, const void *src, size_t bytes) { PROF(cuda_download(host, src, bytes), "download"); }
 // Host fp32 <-> device bf16 converts on the host (round to nearest even), so no device temporary is

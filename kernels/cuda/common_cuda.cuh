@@ -23,8 +23,10 @@ void reduce_parts(float *out, const float *part, int nparts, int C);
 enum { ENV_UNREAD = -1000000 };
 int cuda_env_setting(int *cache, const char *name, int unset);
 // LLAVA_SAFE_KERNELS=1: the kernels of session 15 not yet run on a GPU (the one-pass norm backwards, the QK-norm +
-// RoPE backward kernel, the 16-byte copy/gather/scatter) give way to the earlier ones, and uploads go directly
-// instead of through the pinned staging ring of session 19 (tests/gpu/run.sh sets it when ops_check finds them wrong)
+// RoPE backward kernel, the 16-byte copy/gather/scatter) give way to the earlier ones, and so do session 19's (not
+// yet run either): uploads go directly instead of through the pinned staging ring, the bias gradient is summed apart
+// from the weight gradient's product, and the norm gradients' fills are one memset each (tests/gpu/run.sh sets it
+// when ops_check finds any of them wrong)
 bool cuda_safe_kernels(void);
 
 #define CUDA_CHECK(x)                                                  \

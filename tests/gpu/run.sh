@@ -154,6 +154,17 @@ if [ -x "$B/ops_check" ]; then
         export LLAVA_SAFE_KERNELS=1
         summary+=("a norm/copy/gather kernel FAILED its checks: the rest of this run uses LLAVA_SAFE_KERNELS=1")
     fi
+    # the defaults of session 19, none run on a GPU before, each with its earlier form as the fallback: the bias
+    # gradient in the product's epilogue, the norm gradients' fills in one launch (both LLAVA_SAFE_KERNELS=1), the
+    # optimizer's small tensors in one launch (LLAVA_ADAM_SEGMENTS=0)
+    if grep -E "^(matmul dbias|zero_floats)" "$OUTDIR/ops_check.txt" | grep -q 'FAIL$'; then
+        export LLAVA_SAFE_KERNELS=1
+        summary+=("the fused bias gradient or zero_floats FAILED its checks: the rest of this run uses LLAVA_SAFE_KERNELS=1")
+    fi
+    if grep -E "^adamw" "$OUTDIR/ops_check.txt" | grep -q 'FAIL$'; then
+        export LLAVA_ADAM_SEGMENTS=0
+        summary+=("AdamW FAILED its checks: the rest of this run updates each tensor apart (LLAVA_ADAM_SEGMENTS=0)")
+    fi
     # an attention kernel's lines in ops_check's output: how many are ok, and whether all 30 are and none failed
     # (KERNEL as ops_check names it: "flash v4", "flash v6 exp2"; FILE defaults to ops_check.txt)
     ok_count() { grep -c "$1).* ok\$" "${2:-$OUTDIR/ops_check.txt}"; }
