@@ -53,12 +53,15 @@ ratio() {  # OURS_LINE PEER_LINE: the peer's time per step over ours (the same w
     [ -n "$a" ] && [ -n "$b" ] && awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2fx", b / a }' || echo "n/a"
 }
 
-for shape in $SHAPES; do
-    steps=$STEPS variants=${FLASH_VARIANTS-2 3 4 5 6 7 8} profile=1  # each shape sets args (train_step's) and peer_args
-    case $shape in
+# setup SHAPE: its checkpoint and inputs, made on its first call and kept until the end (both passes below use
+# them), and its settings: args (train_step's), peer_args (gpu_train_ref.py's), steps, variants, profile
+setup() {
+    steps=$STEPS variants=${FLASH_VARIANTS-2 3 4 5 6 7 8} profile=1
+    case $1 in
     slice)
-        "$BIN/mkckpt" --preset 4b --llm-layers 8 --vit-layers 1 --out "$W/slice" --seed 1 2>/dev/null || { echo "gpu_train: mkckpt failed"; exit 1; }
-        $PY - "$W/slice.safetensors" <<'PY'
+        if [ ! -f "$W/slice.safetensors" ]; then
+            "$BIN/mkckpt" --preset 4b --llm-layers 8 --vit-layers 1 --out "$W/slice" --seed 1 2>/dev/null || { echo "gpu_train: mkckpt failed"; return 1; }
+            $PY - "$W/slice.safetensors" <<'PY'
 import os, sys
 sys.path.insert(0, "tests/ref")
 import numpy as np
@@ -66,13 +69,15 @@ from stlib import write_file
 ids = np.random.default_rng(0).integers(0, 151936, 8192).astype(np.int32)
 write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", ids.copy())])
 PY
+        fi
         args=(--device cuda --peak-tflops "$peak" "$W/slice/llm" "$W/slice.safetensors")
         peer_args=(llm "$W/slice/llm" "$W/slice.safetensors")
         ;;
     vision)
-        "$BIN/mkckpt" --preset 4b --llm-layers 1 --out "$W/vis" --seed 1 2>/dev/null &&
-        "$BIN/merge" --vit "$W/vis/vit" --llm "$W/vis/llm" --out "$W/vis/hf" 2>/dev/null || { echo "gpu_train: mkckpt/merge failed"; exit 1; }
-        $PY - "$W/vis.safetensors" <<'PY'
+        if [ ! -f "$W/vis.safetensors" ]; then
+            "$BIN/mkckpt" --preset 4b --llm-layers 1 --out "$W/vis" --seed 1 2>/dev/null &&
+            "$BIN/merge" --vit "$W/vis/vit" --llm "$W/vis/llm" --out "$W/vis/hf" 2>/dev/null || { echo "gpu_train: mkckpt/merge failed"; return 1; }
+            $PY - "$W/vis.safetensors" <<'PY'
 import os, sys
 sys.path.insert(0, "tests/ref")
 import numpy as np
@@ -81,13 +86,15 @@ g = 72  # 1008 / 14
 px = np.random.default_rng(0).standard_normal((g * g, 588)).astype(np.float32)
 write_file(sys.argv[1], [("pixel_values", "F32", px), ("grid_thw", "I32", np.array([[1, g, g]], np.int32))])
 PY
+        fi
         args=(--device cuda --vision --peak-tflops "$peak" "$W/vis/hf" "$W/vis.safetensors")
         peer_args=(vision "$W/vis/vit" 1008)
         ;;
     full)
-        "$BIN/mkckpt" --preset 4b --out "$W/full" --seed 1 2>/dev/null &&
-        "$BIN/merge" --vit "$W/full/vit" --llm "$W/full/llm" --out "$W/full/hf" 2>/dev/null || { echo "gpu_train: mkckpt/merge failed"; exit 1; }
-        $PY - "$W/full.safetensors" <<'PY'
+        if [ ! -f "$W/full.safetensors" ]; then
+            "$BIN/mkckpt" --preset 4b --out "$W/full" --seed 1 2>/dev/null &&
+            "$BIN/merge" --vit "$W/full/vit" --llm "$W/full/llm" --out "$W/full/hf" 2>/dev/null || { echo "gpu_train: mkckpt/merge failed"; return 1; }
+            $PY - "$W/full.safetensors" <<'PY'
 import os, sys
 sys.path.insert(0, "tests/ref")
 import numpy as np
@@ -104,52 +111,33 @@ write_file(sys.argv[1], [("input_ids", "I32", ids), ("labels", "I32", labels), (
                          ("grid_thw", "I32", np.array([[1, g, g], [1, g, g]], np.int32)),
                          ("image_token_id", "I32", np.array([pad], np.int32))])
 PY
-        # the memory of one of two ZeRO-1 ranks (its half of the optimizer state): must fit an 80 GB card
-        half=$(T "$TRAIN_STEP" --device cuda --recompute 36 --zero-shards 2 "$W/full/hf" "$W/full.safetensors" 2 2>&1 | tee -a "$LOG" | tail -1)
-        gib=$(grep -o 'peak [0-9.]* GiB' <<<"$half" | cut -d' ' -f2)
-        echo "gpu_train full: ours as one of 2 ZeRO-1 ranks: $half"
-        echo "gpu_train full: one of 2 ranks holds at most ${gib:-?} GiB: $(awk -v g="${gib:-999}" 'BEGIN { print (g < 78.0 ? "fits" : "does NOT fit") }') an 80 GB card (below 78 GiB: room left for the CUDA context and NCCL buffers)"
+        fi
         args=(--device cuda --recompute 36 --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors")
         peer_args=(full "$W/full/vit" "$W/full/llm" "$W/full.safetensors")
         steps=$FULL_STEPS variants= profile=0
         ;;
-    *) echo "gpu_train: unknown shape '$shape' (slice, vision, full)"; exit 2 ;;
+    *) echo "gpu_train: unknown shape '$1' (slice, vision, full)"; exit 2 ;;
     esac
-    if [ "${ONLY_PROFILE:-0}" != 1 ]; then
+}
+for shape in $SHAPES; do case $shape in slice | vision | full) ;; *) echo "gpu_train: unknown shape '$shape' (slice, vision, full)"; exit 2 ;; esac; done
+
+# Pass 1, every shape: ours (the default) and the peer, and their ratio; pass 2, every shape: the variants that
+# could change the figure (ENV_VARIANTS: the tuners, cuDNN; the whole model with fewer layers recomputed); pass 3,
+# every shape: the profile and the rest. In that order so that a time limit on the whole (tests/gpu/run.sh's)
+# cuts the least telling runs, not a shape's figure.
+declare -A ours_of peer_of
+if [ "${ONLY_PROFILE:-0}" != 1 ]; then
+    for shape in $SHAPES; do
+        setup "$shape" || continue
         ours=$(T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
         peer=$(T $PY bench/gpu_train_ref.py "${peer_args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
+        ours_of[$shape]=$ours peer_of[$shape]=$peer
         echo "gpu_train $shape: ours  $ours"
         echo "gpu_train $shape: $peer"
         echo "gpu_train $shape: speed ours / PyTorch (time per step) = $(ratio "$ours" "$peer") (target 1.3x)"
-    fi
-    if [ -n "${PROFILE_DIR:-}" ] && [ "$profile" = 1 ]; then  # where the time goes: device time per op over the timed steps
-        LLAVA_PROFILE=$PROFILE_DIR/profile_$shape.txt T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1 | sed "s/^/gpu_train $shape: profiled run: /"
-    fi
-    if [ "${ONLY_PROFILE:-0}" != 1 ]; then
-        # the whole model keeping more activations: recomputing all 36 layers costs a second forward of each, and
-        # the H200 may hold the activations of some (ours took 91.5 GiB with all recomputed; a layer keeps ~0.85 GB
-        # at 8192 tokens): fewer recomputed layers where they fit (a run that does not fit fails on its own)
-        if [ "$shape" = full ]; then
-            for n in ${FULL_RECOMPUTE_VARIANTS-18 0}; do
-                echo "gpu_train full: ours with --recompute=$n  $(T "$TRAIN_STEP" --device cuda --recompute "$n" --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
-            done
-        fi
-        # the fp32 residual stream (--fp32-residual-connection): what its accuracy costs in time and memory
-        [ "${RESIDUAL_VARIANT:-1}" = 1 ] && [ "$shape" != full ] &&
-            echo "gpu_train $shape: ours with --fp32-residual-connection  $(T "$TRAIN_STEP" --fp32-residual-connection "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
-        # the peer again, after our variants (PyTorch's time per step varied by up to 30% between runs on the same
-        # card: 98.7 and 110.6 ms for the tower in session 16, 80 ms in spec/performance.md): ours against the
-        # faster of its two runs too
-        if [ "${PEER_AGAIN:-1}" = 1 ] && [ "$shape" != full ]; then
-            peer2=$(T $PY bench/gpu_train_ref.py "${peer_args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
-            echo "gpu_train $shape: again, $peer2"
-            best=$(printf '%s\n%s\n' "$peer" "$peer2" | grep -o '[0-9.]* ms/step' | sort -g | head -1)
-            echo "gpu_train $shape: speed ours / PyTorch's faster run (time per step) = $(ratio "$ours" "$best") (target 1.3x)"
-        fi
-        # then the optimizer overlapping the next forward (LLAVA_OVERLAP_OPT=1, optim.h), and the attention
-        # versions still in the running (LLAVA_FLASH) side by side (last, so that a time limit cuts these first)
-        [ "${OVERLAP_VARIANT:-1}" = 1 ] && [ "$shape" != vision ] &&  # (the tower's bench has no optimizer)
-            echo "gpu_train $shape: ours with LLAVA_OVERLAP_OPT=1  $(LLAVA_OVERLAP_OPT=1 T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+    done
+    for shape in $SHAPES; do
+        setup "$shape" || continue
         for e in ${ENV_VARIANTS:-}; do  # NAME=VALUE settings of the environment (several joined by commas), each a run
             IFS=, read -ra settings <<<"$e"
             run_out=$(T env "${settings[@]}" "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG")
@@ -159,9 +147,46 @@ PY
             grep '^flash tune:' <<<"$run_out" | sed "s/^flash tune:/gpu_train $shape:   tuned/"
             grep '^gemm tune:' <<<"$run_out" | grep -v ' candidate 1 of' | sed "s/^gemm tune:/gpu_train $shape:   tuned gemm/"
         done
-        for v in $variants; do
-            echo "gpu_train $shape: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
-        done
+        # the whole model keeping more activations: recomputing all 36 layers costs a second forward of each, and
+        # the H200 may hold the activations of some (ours took 91.5 GiB with all recomputed; a layer keeps ~0.85 GB
+        # at 8192 tokens): fewer recomputed layers where they fit (a run that does not fit fails on its own)
+        if [ "$shape" = full ]; then
+            for n in ${FULL_RECOMPUTE_VARIANTS-18 0}; do
+                echo "gpu_train full: ours with --recompute=$n  $(T "$TRAIN_STEP" --device cuda --recompute "$n" --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+            done
+        fi
+    done
+fi
+for shape in $SHAPES; do
+    setup "$shape" || continue
+    if [ -n "${PROFILE_DIR:-}" ] && [ "$profile" = 1 ]; then  # where the time goes: device time per op over the timed steps
+        LLAVA_PROFILE=$PROFILE_DIR/profile_$shape.txt T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1 | sed "s/^/gpu_train $shape: profiled run: /"
     fi
-    rm -rf "$W/slice" "$W/vis" "$W/full"
+    [ "${ONLY_PROFILE:-0}" = 1 ] && continue
+    if [ "$shape" = full ]; then
+        # the memory of one of two ZeRO-1 ranks (its half of the optimizer state): must fit an 80 GB card
+        half=$(T "$TRAIN_STEP" --device cuda --recompute 36 --zero-shards 2 "$W/full/hf" "$W/full.safetensors" 2 2>&1 | tee -a "$LOG" | tail -1)
+        gib=$(grep -o 'peak [0-9.]* GiB' <<<"$half" | cut -d' ' -f2)
+        echo "gpu_train full: ours as one of 2 ZeRO-1 ranks: $half"
+        echo "gpu_train full: one of 2 ranks holds at most ${gib:-?} GiB: $(awk -v g="${gib:-999}" 'BEGIN { print (g < 78.0 ? "fits" : "does NOT fit") }') an 80 GB card (below 78 GiB: room left for the CUDA context and NCCL buffers)"
+    fi
+    # the fp32 residual stream (--fp32-residual-connection): what its accuracy costs in time and memory
+    [ "${RESIDUAL_VARIANT:-1}" = 1 ] && [ "$shape" != full ] &&
+        echo "gpu_train $shape: ours with --fp32-residual-connection  $(T "$TRAIN_STEP" --fp32-residual-connection "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+    # the peer again, after our variants (PyTorch's time per step varied by up to 30% between runs on the same
+    # card: 98.7 and 110.6 ms for the tower in session 16, 80 ms in spec/performance.md): ours against the
+    # faster of its two runs too
+    if [ "${PEER_AGAIN:-1}" = 1 ] && [ "$shape" != full ]; then
+        peer2=$(T $PY bench/gpu_train_ref.py "${peer_args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
+        echo "gpu_train $shape: again, $peer2"
+        best=$(printf '%s\n%s\n' "${peer_of[$shape]-}" "$peer2" | grep -o '[0-9.]* ms/step' | sort -g | head -1)
+        echo "gpu_train $shape: speed ours / PyTorch's faster run (time per step) = $(ratio "${ours_of[$shape]-}" "$best") (target 1.3x)"
+    fi
+    # then the optimizer overlapping the next forward (LLAVA_OVERLAP_OPT=1, optim.h), and the attention
+    # versions still in the running (LLAVA_FLASH) side by side (last, so that a time limit cuts these first)
+    [ "${OVERLAP_VARIANT:-1}" = 1 ] && [ "$shape" != vision ] &&  # (the tower's bench has no optimizer)
+        echo "gpu_train $shape: ours with LLAVA_OVERLAP_OPT=1  $(LLAVA_OVERLAP_OPT=1 T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+    for v in $variants; do
+        echo "gpu_train $shape: ours with LLAVA_FLASH=$v  $(LLAVA_FLASH=$v T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
+    done
 done

@@ -10,11 +10,12 @@
 # --recompute bit-identical; (2b) greedy generation cuda vs cpu; (3) 10 training steps cuda vs cpu, a
 # save/resume, and one rank through NCCL; (5) the card's bf16 GEMM rate, the MFU denominator; (6)
 # bench/gpu_train.sh against PyTorch + transformers, with a profiled run per shape (SKIP_BENCH=1 leaves it
-# out; BENCH_SHAPES="slice vision full" adds the whole model, an H200). A short table is printed last; the
+# out; BENCH_SHAPES names the shapes: "slice vision", and "full", the whole model, where the card has 120 GB or
+# more, an H200; the bench has what is left of RUN_BUDGET, 570 s). A short table is printed last; the
 # detail files come back as results.tgz. ONLY_BENCH=1 runs just the bench (WITH_OPS=1: after ops_check).
 # NCU=1 adds Nsight Compute on the attention kernels after section 0 (tests/gpu/ncu.sh); ONLY_NCU=1 runs just that;
 # SKIP_MODEL=1 leaves sections 1-3 out. Limits: STEP_TIMEOUT (each
-# program, 90 s), OPS_TIMEOUT (150), BENCH_TIMEOUT (400). LLAVA_FLASH=N forces one attention version (FB: forward F,
+# program, 90 s), OPS_TIMEOUT (150), BENCH_TIMEOUT (the rest of RUN_BUDGET, 570 s). LLAVA_FLASH=N forces one attention version (FB: forward F,
 # backward B). OPS_AB=DIR also times DIR/ops_check.xz (another build's) in the same call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -82,6 +83,15 @@ clocks_stop() {
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 "$B/forward" --version
+# the bench's shapes: the whole 4B model too where the card holds it (141 GB: an H200; it took 91.5 GiB)
+card_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -dc 0-9)
+BENCH_SHAPES=${BENCH_SHAPES:-$([ "${card_mib:-0}" -ge 120000 ] && echo "slice vision full" || echo "slice vision")}
+# the bench gets what is left of RUN_BUDGET (570 s: a device call ends at 600) unless BENCH_TIMEOUT says otherwise;
+# it runs every shape's figure first and its variants after, so a cut takes the variants
+bench_time() {
+    local left=$((${RUN_BUDGET:-570} - SECONDS - 20))
+    echo "${BENCH_TIMEOUT:-$((left > 60 ? left : 60))}"
+}
 
 # ONLY_BENCH=1: just bench/gpu_train.sh over BENCH_SHAPES (e.g. "full" on an H200, with kind=nvidia-h200)
 if [ "${ONLY_BENCH:-0}" = 1 ]; then
@@ -91,7 +101,8 @@ if [ "${ONLY_BENCH:-0}" = 1 ]; then
         grep -E 'FAIL$|^timing:' "$OUTDIR/ops_check.txt"
         section bench
     fi
-    PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 | tee "$OUTDIR/gpu_train.txt"
+    PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "$(bench_time)" bench/gpu_train.sh $BENCH_SHAPES 2>&1 |
+        tee "$OUTDIR/gpu_train.txt"
     section done
     rm -rf "$W"
     exit 0
@@ -466,12 +477,12 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # the tuners' picks (LLAVA_FLASH=tune, LLAVA_GEMM=tune runs) come back in results.tgz: the card's tune file
     export LLAVA_TUNE_FILE=${LLAVA_TUNE_FILE:-$OUTDIR/tune.txt}
     clocks_start bench
-    PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "${BENCH_TIMEOUT:-400}" bench/gpu_train.sh ${BENCH_SHAPES:-slice vision} 2>&1 |
+    PROFILE_DIR=$OUTDIR BENCH_LOG=$OUTDIR/bench_runs.log BIN=$B TRAIN_STEP=$B/train_step PYTHON=$PY timeout "$(bench_time)" bench/gpu_train.sh $BENCH_SHAPES 2>&1 |
         tee "$OUTDIR/gpu_train.txt"
     clocks_stop bench
     while IFS= read -r line; do summary+=("$line"); done < <(grep '^gpu_train' "$OUTDIR/gpu_train.txt")
     # each shape's runs of ours, fastest first (what to make the default)
-    for shape in ${BENCH_SHAPES:-slice vision}; do
+    for shape in $BENCH_SHAPES; do
         ranked=$(grep "^gpu_train $shape: ours" "$OUTDIR/gpu_train.txt" | grep -v 'profiled' |
             sed -E 's/^gpu_train [a-z]+: ours( with ([-A-Za-z_0-9=,]+))? .* ([0-9.]+) ms\/step.*/\3 \2/' | grep -E '^[0-9.]+ ' |
             sort -g | awk '{printf "%s%s ms (%s)", (NR > 1 ? ", " : ""), $1, ($2 == "" ? "default" : $2)}')
