@@ -143,3 +143,22 @@ PY
         cmp "$T/two/iter_0000006/mp_rank_00/$f" "$T/cut/iter_0000006/mp_rank_00/$f"
     done
 }
+
+@test "tests/gpu/pmi2_launch.py (the GPU machines' stand-in for srun, serving Slurm's libpmi2 client): two ranks give srun's two-rank run bit for bit; a failing rank ends the others with its exit status" {
+    srun -n 2 --mpi=pmi2 "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/srun" $COMMON 2>/dev/null
+    run $PY "$BATS_TEST_DIRNAME/gpu/pmi2_launch.py" -n 2 -- "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/launch" $COMMON
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"2 ranks x 2 micro-batches"* ]]
+    cmp <(cut -d, -f1-3 "$T/srun/metrics.jsonl") <(cut -d, -f1-3 "$T/launch/metrics.jsonl")
+    for f in model.safetensors optim_dp_000_of_002.safetensors optim_dp_001_of_002.safetensors; do
+        cmp "$T/srun/iter_0000006/mp_rank_00/$f" "$T/launch/iter_0000006/mp_rank_00/$f"
+    done
+    # rank 1 fails at once: rank 0, waiting in the first fence, is ended, and the status is rank 1's
+    SECONDS=0
+    run $PY "$BATS_TEST_DIRNAME/gpu/pmi2_launch.py" -n 2 -- bash -c '[ "$PMI_RANK" = 1 ] && exit 3; exec "$0" "$@"' \
+        "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/fail" $COMMON
+    echo "$output"
+    [ "$status" -eq 3 ]
+    [ "$SECONDS" -lt 30 ]
+}
