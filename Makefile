@@ -124,6 +124,7 @@ asan:
 
 # Programs for the GPU machines (tests/gpu/run.sh carries gpu-bin/).
 GPU_PROGRAMS := forward mkckpt merge synth pack hf2mcore midtrain
+PMI2_LIB := /usr/lib/x86_64-linux-gnu/libpmi2.so.0
 portable:
 	$(MAKE) BUILD=build-portable BIN=bin-portable PORTABLE=1 all gpu-tools bench-tools
 	@for p in $(PROGRAMS); do ldd bin-portable/$$p | grep -q -E 'jansson|libtar|utf8proc|webp|openblas|pmi2' && \
@@ -133,8 +134,10 @@ portable:
 	@rm -rf gpu-bin && mkdir -p gpu-bin && for p in $(GPU_PROGRAMS); do strip -o gpu-bin/$$p bin-portable/$$p; done
 	@if [ -x build-portable/gpu/ops_check ]; then strip -o gpu-bin/ops_check build-portable/gpu/ops_check; fi
 	@strip -o gpu-bin/train_step build-portable/bench/train_step
+	@# Slurm's PMI2 client (libc only): tests/gpu/pmi2_launch.py runs several ranks through it there, where no Slurm is
+	@if [ -e $(PMI2_LIB) ]; then cp $(PMI2_LIB) gpu-bin/libpmi2.so.0; fi
 	@xz -T2 -6 gpu-bin/*
-	@echo "portable: gpu-bin/ ($(GPU_PROGRAMS), ops_check, train_step) for tests/gpu/run.sh: $$(du -sh gpu-bin | cut -f1)"
+	@echo "portable: gpu-bin/ ($(GPU_PROGRAMS), ops_check, train_step, libpmi2.so.0) for tests/gpu/run.sh: $$(du -sh gpu-bin | cut -f1)"
 
 # ---- dependencies (Debian 12) ----
 DEB_PACKAGES := build-essential pkg-config libjansson-dev libtar-dev zlib1g-dev libjpeg62-turbo-dev libpng-dev \
