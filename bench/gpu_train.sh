@@ -6,7 +6,8 @@
 #   usage: bench/gpu_train.sh [slice] [vision] [full]   (default: slice vision; STEPS=5 timed steps after 2 warm-up,
 #          FULL_STEPS=3 for the whole model; each run limited to RUN_TIMEOUT=150 seconds;
 #          FLASH_VARIANTS="2 3 4 5 6 7 8" (the default) also times those attention versions, "" for none;
-#          FULL_RECOMPUTE_VARIANTS="18 0" (the default) also the whole model with fewer layers recomputed;
+#          FULL_RECOMPUTE_VARIANTS="0 18" (the default) also the whole model with fewer layers recomputed (and
+#          ENV_VARIANTS there with the fastest of those that fitted);
 #          PEER_AGAIN=1 (the default) runs the peer again after ours' variants (slice, vision) and compares with its faster run;
 #          RESIDUAL_VARIANT=1 (the default) also the fp32 residual stream, --fp32-residual-connection (slice, vision);
 #          OVERLAP_VARIANT=1 (the default) also the optimizer overlapping the next forward, LLAVA_OVERLAP_OPT=1;
@@ -121,41 +122,56 @@ PY
 }
 for shape in $SHAPES; do case $shape in slice | vision | full) ;; *) echo "gpu_train: unknown shape '$shape' (slice, vision, full)"; exit 2 ;; esac; done
 
-# Pass 1, every shape: ours (the default) and the peer, and their ratio; pass 2, every shape: the variants that
-# could change the figure (ENV_VARIANTS: the tuners, cuDNN; the whole model with fewer layers recomputed); pass 3,
-# every shape: the profile and the rest. In that order so that a time limit on the whole (tests/gpu/run.sh's)
-# cuts the least telling runs, not a shape's figure.
+# Pass 1: a shape's figure, ours (the default) and the peer, and their ratio; pass 2: the variants that could change it
+# (ENV_VARIANTS: the tuners, cuDNN; the whole model with fewer layers recomputed); both for the slice and the tower,
+# then both for the whole model (its runs take minutes); pass 3, every shape: the profile and the rest. In that order
+# so that a time limit on the whole (tests/gpu/run.sh's) cuts the least telling runs.
 declare -A ours_of peer_of
-if [ "${ONLY_PROFILE:-0}" != 1 ]; then
-    for shape in $SHAPES; do
-        setup "$shape" || continue
-        ours=$(T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
-        peer=$(T $PY bench/gpu_train_ref.py "${peer_args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
-        ours_of[$shape]=$ours peer_of[$shape]=$peer
-        echo "gpu_train $shape: ours  $ours"
-        echo "gpu_train $shape: $peer"
-        echo "gpu_train $shape: speed ours / PyTorch (time per step) = $(ratio "$ours" "$peer") (target 1.3x)"
-    done
-    for shape in $SHAPES; do
-        setup "$shape" || continue
-        for e in ${ENV_VARIANTS:-}; do  # NAME=VALUE settings of the environment (several joined by commas), each a run
-            IFS=, read -ra settings <<<"$e"
-            run_out=$(T env "${settings[@]}" "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG")
-            echo "gpu_train $shape: ours with $e  $(tail -1 <<<"$run_out")"
-            # LLAVA_FLASH=tune: each attention shape's candidates timed inside the step, and the pick; LLAVA_GEMM=tune:
-            # the products whose pick is not cuBLASLt's first choice (the rest are in the log)
-            grep '^flash tune:' <<<"$run_out" | sed "s/^flash tune:/gpu_train $shape:   tuned/"
-            grep '^gemm tune:' <<<"$run_out" | grep -v ' candidate 1 of' | sed "s/^gemm tune:/gpu_train $shape:   tuned gemm/"
+figure() {
+    setup "$1" || return
+    local shape=$1
+    ours=$(T "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
+    peer=$(T $PY bench/gpu_train_ref.py "${peer_args[@]}" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
+    ours_of[$shape]=$ours peer_of[$shape]=$peer
+    echo "gpu_train $shape: ours  $ours"
+    echo "gpu_train $shape: $peer"
+    echo "gpu_train $shape: speed ours / PyTorch (time per step) = $(ratio "$ours" "$peer") (target 1.3x)"
+}
+levers() {
+    setup "$1" || return
+    local shape=$1
+    # the whole model keeping more activations: recomputing all 36 layers costs a second forward of each, and
+    # the H200 may hold the activations of some (ours took 91.5 GiB with all recomputed; a layer keeps ~0.85 GB
+    # at 8192 tokens): fewer recomputed layers where they fit (a run that does not fit fails on its own); first, the
+    # larger lever there
+    if [ "$shape" = full ]; then
+        local n line ms best_ms
+        best_ms=$(grep -o '[0-9.]* ms/step' <<<"${ours_of[full]-}" | cut -d' ' -f1)
+        for n in ${FULL_RECOMPUTE_VARIANTS-0 18}; do
+            line=$(T "$TRAIN_STEP" --device cuda --recompute "$n" --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$steps" 2>&1 | tee -a "$LOG" | tail -1)
+            echo "gpu_train full: ours with --recompute=$n  $line"
+            ms=$(grep -o '[0-9.]* ms/step' <<<"$line" | cut -d' ' -f1)
+            # the settings below then run with the fastest recompute that fitted
+            if [ -n "$ms" ] && { [ -z "$best_ms" ] || awk -v a="$ms" -v b="$best_ms" 'BEGIN { exit !(a < b) }'; }; then
+                best_ms=$ms
+                args=(--device cuda --recompute "$n" --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors")
+            fi
         done
-        # the whole model keeping more activations: recomputing all 36 layers costs a second forward of each, and
-        # the H200 may hold the activations of some (ours took 91.5 GiB with all recomputed; a layer keeps ~0.85 GB
-        # at 8192 tokens): fewer recomputed layers where they fit (a run that does not fit fails on its own)
-        if [ "$shape" = full ]; then
-            for n in ${FULL_RECOMPUTE_VARIANTS-18 0}; do
-                echo "gpu_train full: ours with --recompute=$n  $(T "$TRAIN_STEP" --device cuda --recompute "$n" --peak-tflops "$peak" "$W/full/hf" "$W/full.safetensors" "$steps" 2>&1 | tee -a "$LOG" | tail -1)"
-            done
-        fi
+    fi
+    for e in ${ENV_VARIANTS:-}; do  # NAME=VALUE settings of the environment (several joined by commas), each a run
+        IFS=, read -ra settings <<<"$e"
+        run_out=$(T env "${settings[@]}" "$TRAIN_STEP" "${args[@]}" "$steps" 2>&1 | tee -a "$LOG")
+        echo "gpu_train $shape: ours with $e$([ "$shape" = full ] && echo ",--recompute=${args[3]}")  $(tail -1 <<<"$run_out")"
+        # LLAVA_FLASH=tune: each attention shape's candidates timed inside the step, and the pick; LLAVA_GEMM=tune:
+        # the products whose pick is not cuBLASLt's first choice (the rest are in the log)
+        grep '^flash tune:' <<<"$run_out" | sed "s/^flash tune:/gpu_train $shape:   tuned/"
+        grep '^gemm tune:' <<<"$run_out" | grep -v ' candidate 1 of' | sed "s/^gemm tune:/gpu_train $shape:   tuned gemm/"
     done
+}
+if [ "${ONLY_PROFILE:-0}" != 1 ]; then
+    for shape in $SHAPES; do [ "$shape" != full ] && figure "$shape"; done
+    for shape in $SHAPES; do [ "$shape" != full ] && levers "$shape"; done
+    for shape in $SHAPES; do [ "$shape" = full ] && figure full && levers full; done
 fi
 for shape in $SHAPES; do
     setup "$shape" || continue

@@ -527,6 +527,12 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
             sed -E 's/^gpu_train [a-z]+: ours( with ([-A-Za-z_0-9=,]+))? .* ([0-9.]+) ms\/step.*/\3 \2/' | grep -E '^[0-9.]+ ' |
             sort -g | awk '{printf "%s%s ms (%s)", (NR > 1 ? ", " : ""), $1, ($2 == "" ? "default" : $2)}')
         summary+=("$shape, ours fastest first: ${ranked:-none}")
+        # the fastest of ours against the faster of the peer's runs (the variants' settings not yet defaults: what
+        # making the fastest one the default would give)
+        best_ours=$(sed -nE 's/^([0-9.]+) ms .*/\1/p' <<<"${ranked%%,*}")
+        best_peer=$(grep -E "^gpu_train $shape: (again, )?peer:" "$OUTDIR/gpu_train.txt" | grep -o '[0-9.]* ms/step' | sort -g | head -1 | cut -d' ' -f1)
+        [ -n "$best_ours" ] && [ -n "$best_peer" ] &&
+            summary+=("$shape, fastest of ours against the faster PyTorch run: $(awk -v a="$best_ours" -v b="$best_peer" 'BEGIN { printf "%.2fx (%s ms vs %s ms; target 1.3x)", b / a, a, b }')")
     done
 fi
 echo "---- summary ----"
