@@ -69,7 +69,7 @@ mlcd_parity() {  # vision tower of the merged checkpoint vs the MLCD model on th
     outputs_and_grads batch
 }
 
-@test "tiny preset: the losses of 10 AdamW steps match torch.optim.AdamW within 1e-4 relative" {
+@test "tiny preset: the losses of 10 AdamW steps match torch.optim.AdamW within 1e-4 relative (or 1e-6 absolute, for a loss trained near 0)" {
     make_model tiny
     adamw_steps
 }
