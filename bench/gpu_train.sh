@@ -124,8 +124,8 @@ for shape in $SHAPES; do case $shape in slice | vision | full) ;; *) echo "gpu_t
 
 # Pass 1: a shape's figure, ours (the default) and the peer, and their ratio; pass 2: the variants that could change it
 # (ENV_VARIANTS: the tuners, cuDNN; the whole model with fewer layers recomputed); both for the slice and the tower,
-# then both for the whole model (its runs take minutes); pass 3, every shape: the profile and the rest. In that order
-# so that a time limit on the whole (tests/gpu/run.sh's) cuts the least telling runs.
+# then both for the whole model (its runs take minutes; named first, it comes first); pass 3, every shape: the profile
+# and the rest. In that order so that a time limit on the whole (tests/gpu/run.sh's) cuts the least telling runs.
 declare -A ours_of peer_of
 figure() {
     setup "$1" || return
@@ -169,9 +169,16 @@ levers() {
     done
 }
 if [ "${ONLY_PROFILE:-0}" != 1 ]; then
-    for shape in $SHAPES; do [ "$shape" != full ] && figure "$shape"; done
-    for shape in $SHAPES; do [ "$shape" != full ] && levers "$shape"; done
-    for shape in $SHAPES; do [ "$shape" = full ] && figure full && levers full; done
+    group=""  # shapes named next to each other (the whole model apart): their figures, then their levers
+    flush() {
+        for shape in $group; do figure "$shape"; done
+        for shape in $group; do levers "$shape"; done
+        group=""
+    }
+    for shape in $SHAPES; do
+        if [ "$shape" = full ]; then flush; figure full; levers full; else group="$group $shape"; fi
+    done
+    flush
 fi
 for shape in $SHAPES; do
     setup "$shape" || continue
