@@ -100,7 +100,7 @@ static void g_download(void *host, const void *src, size_t bytes) { PROF(cuda_do
 // allocated per call (the pixels of every step come this way: converted straight into the staging ring).
 static void g_from_f32(Act *dst, const float *host, size_t n) {
     size_t bytes = n * sizeof(__nv_bfloat16);
-    __nv_bfloat16 *staged = (__nv_bfloat16 *)cuda_stage(bytes), *tmp = staged ? staged : (__nv_bfloat16 *)malloc(bytes + 1);
+    __nv_bfloat16 *staged = (__nv_bfloat16 *)cuda_stage(bytes), *tmp = staged ? staged : (__nv_bfloat16 *)xmalloc(bytes + 1);
     for (size_t i = 0; i < n; i++) tmp[i] = __float2bfloat16_rn(host[i]);
     if (staged) {
         PROF(cuda_stage_upload(dst, staged, bytes), "upload");
@@ -110,7 +110,7 @@ static void g_from_f32(Act *dst, const float *host, size_t n) {
     free(tmp);
 }
 static void g_to_f32(float *host, const Act *src, size_t n) {
-    __nv_bfloat16 *tmp = (__nv_bfloat16 *)malloc(n * sizeof(__nv_bfloat16) + 1);
+    __nv_bfloat16 *tmp = (__nv_bfloat16 *)xmalloc(n * sizeof(__nv_bfloat16) + 1);
     cuda_download(tmp, src, n * sizeof(__nv_bfloat16));
     for (size_t i = 0; i < n; i++) host[i] = __bfloat162float(tmp[i]);
     free(tmp);

@@ -283,8 +283,8 @@ extern "C" void cuda_embedding_backward(float *dtable, const bf16 *dout, const i
     if (T > cap) {
         free(pairs);
         free(host);
-        pairs = (int32_t *)malloc((size_t)T * 2 * sizeof(int32_t));
-        host = (int32_t *)malloc((size_t)(3 * T + 1) * sizeof(int32_t));
+        pairs = (int32_t *)xmalloc((size_t)T * 2 * sizeof(int32_t));
+        host = (int32_t *)xmalloc((size_t)(3 * T + 1) * sizeof(int32_t));
         cap = pairs && host ? T : 0;
         if (!cap) { cuda_note_error("cuda_embedding_backward", "out of host memory"); return; }
     }
@@ -443,7 +443,7 @@ static const T *chunk_table(T **dev, size_t *cap, int k, Len len, Make make, siz
     for (int i = 0; i < k; i++) n += (len(i) + ADAM_CHUNK - 1) / ADAM_CHUNK;
     *count = n;
     if (!n) return NULL;
-    T *host = (T *)malloc(n * sizeof(T));
+    T *host = (T *)xmalloc(n * sizeof(T));
     if (!host) { cuda_note_error("chunk_table", "out of host memory"); *count = 0; return NULL; }
     size_t c = 0;
     for (int i = 0; i < k; i++)
