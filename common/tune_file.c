@@ -33,7 +33,7 @@ static void load(void) {
     if (!f) return;
     char line[1024];
     for (int no = 1; fgets(line, sizeof line, f); no++) {
-        line[strcspn(line, "\n")] = 0;
+        line[strcspn(line, "\r\n")] = 0;
         char *eq = strstr(line, " = ");
         if (!eq || eq == line || !eq[3]) {
             fprintf(stderr, "%s: line %d: expected \"KEY = VALUE\", skipped (that shape is tuned again)\n", path, no);
@@ -47,7 +47,7 @@ static void load(void) {
 
 const char *tune_file_get(const char *key) {
     load();
-    for (int i = 0; i < tf.n; i++)
+    for (int i = tf.n - 1; i >= 0; i--)  // the last line of a key (a pick tuned again is appended after the one refused)
         if (!strcmp(tf.key[i], key)) return tf.value[i];
     return NULL;
 }

@@ -5,8 +5,10 @@
 // of the file: it repeats bit for bit (a resume included), and the tuning cost is paid once.
 //
 // The file is text, one pick a line, "KEY = VALUE"; the keys name the device (and for products the cuBLASLt
-// version), so one file can serve several kinds of card. The first line with a key wins. A line without " = "
-// is reported on stderr (file and line) and skipped: the shape is tuned again.
+// version), so one file can serve several kinds of card. The last line with a key wins: a kept pick the tuner
+// refuses (cuBLASLt no longer takes the algorithm, a value that is not a pick) is tuned again and the new pick,
+// appended, serves from then on. A line without " = " is reported on stderr (file and line) and skipped: the
+// shape is tuned again. Lines may end in CRLF.
 #pragma once
 
 #ifdef __cplusplus

@@ -9,7 +9,10 @@
 // 8), is dropped, so that a wrong kernel cannot win by being fast. The fastest of the rest serves every later
 // call of the shape (later calls with other sub-sequences of the same T keep the first call's pick), and one
 // line on stderr lists every candidate's time. For benchmarks: timings decide, so two runs may pick
-// differently and then differ in the last bits; without it the versions are fixed and runs repeat bit for bit.
+// differently and then differ in the last bits (and a pick of cuDNN's dQ-summing backward differs from run to
+// run by itself); without it the versions are fixed and runs repeat bit for bit. Shapes are exact, T included:
+// made for the benchmarks' fixed shapes, it would tune each new length of training's packed rows (32 kept, then
+// looked up in LLAVA_TUNE_FILE, or tuned again, at every call).
 #include <math.h>
 #include <stdio.h>
 
@@ -145,8 +148,8 @@ bool tune(const Call &c, Pick *best) {
             continue;
         }
         CUDA_CHECK(cudaEventRecord(e0, g_stream));
-        run(p, c);
-        run(p, c);
+        bool ran = run(p, c);  // (false: nothing launched -- cuDNN can refuse at execution -- so no time to believe)
+        ran = run(p, c) && ran;
         CUDA_CHECK(cudaEventRecord(e1, g_stream));
         CUDA_CHECK(cudaEventSynchronize(e1));
         float ms = 0.0f;
@@ -155,7 +158,7 @@ bool tune(const Call &c, Pick *best) {
         char what[32];
         name(what, sizeof what, p);
         double worst = 0.0;
-        const char *dropped = p.version == 8 && cuda_flash_ws_timed_out() ? "a wait gave up" : NULL;
+        const char *dropped = !ran ? "a timed run did not run" : p.version == 8 && cuda_flash_ws_timed_out() ? "a wait gave up" : NULL;
         for (int i = 0; i < c.nout() && !dropped; i++) {
             if (!saved[i]) continue;
             if (j < 0) {
@@ -178,7 +181,10 @@ bool tune(const Call &c, Pick *best) {
     char what[32];
     name(what, sizeof what, *best);
     fprintf(stderr, "%s -> %s\n", line, what);
-    run(*best, c);  // the call's outputs: the pick's
+    if (!run(*best, c)) {  // the call's outputs: the pick's (or, should it now refuse, the default's)
+        *best = ref;
+        run(ref, c);
+    }
     CUDA_CHECK(cudaEventDestroy(e0));
     CUDA_CHECK(cudaEventDestroy(e1));
     cuda_free(acc);

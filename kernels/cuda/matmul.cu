@@ -43,6 +43,7 @@ typedef struct {
     int found;
     cublasLtMatmulAlgo_t candidates[TUNE_ALGOS];  // (LLAVA_GEMM=tune: the heuristic's first ones, until timed)
     int ncandidates, tuned;
+    uint64_t used;  // when last asked for (the table's replacement order)
 } LtPlan;
 static int gemm_tune = ENV_UNREAD;
 extern "C" void cuda_matmul_set_tune(int on) { gemm_tune = on < 0 ? (int)ENV_UNREAD : on != 0; }
@@ -53,9 +54,13 @@ static bool gemm_tuning(void) {
     }
     return gemm_tune == 1;
 }
+// Plans by shape. Training's packed sequences vary in length from micro-batch to micro-batch, and with them the
+// products' shapes: past MAX_PLANS the plan asked for least recently makes room (the current lengths' dozen shapes
+// stay, so a step queries the heuristic once per new shape, not once per call).
 enum { MAX_PLANS = 256 };
 static LtPlan plans[MAX_PLANS];
 static int nplans;
+static uint64_t plan_clock;
 
 static uint32_t alignment(const void *p) {
     uintptr_t a = (uintptr_t)p & (~(uintptr_t)p + 1);  // lowest set bit
@@ -71,17 +76,23 @@ static LtPlan *lt_plan(cublasOperation_t ta, cublasOperation_t tb, int m, int n,
         LtPlan *p = &plans[i];
         if (p->ta == ta && p->tb == tb && p->m == m && p->n == n && p->k == k && p->lda == lda && p->ldb == ldb &&
             p->ldd == ldd && p->dtype == dtype && p->epi == epi && p->align_a == align_a && p->align_b == align_b &&
-            p->align_d == align_d)
+            p->align_d == align_d) {
+            p->used = ++plan_clock;
             return p;
+        }
     }
-    LtPlan *p = nplans < MAX_PLANS ? &plans[nplans++] : &plans[MAX_PLANS - 1];  // beyond the table: reuse the last slot
-    if (p == &plans[MAX_PLANS - 1] && p->op) {
+    LtPlan *p = &plans[0];
+    if (nplans < MAX_PLANS) p = &plans[nplans++];
+    else {  // the least recently used one goes (its descriptors with it: work already queued keeps its own copies)
+        for (int i = 1; i < MAX_PLANS; i++)
+            if (plans[i].used < p->used) p = &plans[i];
         cublasLtMatrixLayoutDestroy(p->la);
         cublasLtMatrixLayoutDestroy(p->lb);
         cublasLtMatrixLayoutDestroy(p->ld);
         cublasLtMatmulDescDestroy(p->op);
     }
     memset(p, 0, sizeof *p);
+    p->used = ++plan_clock;
     p->ta = ta; p->tb = tb; p->m = m; p->n = n; p->k = k; p->lda = lda; p->ldb = ldb; p->ldd = ldd; p->epi = epi;
     p->dtype = dtype;
     p->align_a = align_a;
@@ -177,6 +188,11 @@ static void tune_plan(LtPlan *p, const void *A, const void *B, void *D) {
         if (i == 0) first = ms;
         if (ms < best) best = ms, pick = i;
     }
+    if (isinf(best)) {  // (none ran: the heuristic's first stays, and nothing is kept)
+        CUDA_CHECK(cudaEventDestroy(e0));
+        CUDA_CHECK(cudaEventDestroy(e1));
+        return;
+    }
     p->algo = p->candidates[pick];
     char hex[2 * sizeof p->algo + 1];
     for (size_t i = 0; i < sizeof p->algo; i++) snprintf(hex + 2 * i, 3, "%02x", ((const unsigned char *)&p->algo)[i]);
@@ -201,7 +217,7 @@ static int lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, i
     }
     if (epi != EPI_NONE) LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float alpha = 1.0f;
-    if (!p->tuned && beta == 0.0f) tune_plan(p, A, B, D);
+    if (!p->tuned && beta == 0.0f && gemm_tuning()) tune_plan(p, A, B, D);
     cublasStatus_t st = cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->algo, g_lt_workspace,
                                        g_lt_workspace_bytes, g_stream);
     if (st != CUBLAS_STATUS_SUCCESS && epi == EPI_BGRADB) {  // (refused at launch: the caller sums dbias, now and from now on)

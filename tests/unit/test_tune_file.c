@@ -39,14 +39,21 @@ static void picks_survive_the_run(void) {
     CHECK(tune_file_get("flash H200 forward T8192 32q/8kv d128 causal") == NULL);  // another card's key
 }
 
-// the first line of a key wins; a line without " = " is skipped (reported on stderr), the rest still read
-static void first_line_wins_and_bad_lines_are_skipped(void) {
-    write_text("a = 1\nnot a pick\nb = 2\na = 3\n = 4\nc = \n");
+// the last line of a key wins (a pick tuned again after the kept one was refused is appended); a line without
+// " = " is skipped (reported on stderr), the rest still read; CRLF line ends are read as LF
+static void last_line_wins_and_bad_lines_are_skipped(void) {
+    write_text("a = 1\nnot a pick\nb = 2\r\na = 3\n = 4\nc = \n");
     tune_file_reset();
     const char *a = tune_file_get("a"), *b = tune_file_get("b");
-    CHECK(a && !strcmp(a, "1"));
+    CHECK(a && !strcmp(a, "3"));
     CHECK(b && !strcmp(b, "2"));
     CHECK(tune_file_get("not a pick") == NULL && tune_file_get("") == NULL && tune_file_get("c") == NULL);
+    tune_file_put("a", "5");  // tuned again: from now on, and in the next run
+    a = tune_file_get("a");
+    CHECK(a && !strcmp(a, "5"));
+    tune_file_reset();
+    a = tune_file_get("a");
+    CHECK(a && !strcmp(a, "5"));
 }
 
 // without LLAVA_TUNE_FILE the picks live in memory only
@@ -65,7 +72,7 @@ int main(void) {
     snprintf(path, sizeof path, "/tmp/test_tune_file.%d", (int)getpid());
     setenv("LLAVA_TUNE_FILE", path, 1);
     RUN(picks_survive_the_run);
-    RUN(first_line_wins_and_bad_lines_are_skipped);
+    RUN(last_line_wins_and_bad_lines_are_skipped);
     RUN(without_a_file_picks_stay_in_memory);
     unlink(path);
     return CHECK_DONE();
