@@ -276,11 +276,30 @@ bool execute(Plan *p, int n, const int64_t *uids, void *const *ptrs) {
 // One sequence, or nseq of the same length (nseq·max_len = T says so without reading cu_seqlens): a batch of
 // B = nseq; else packed sequences of different lengths in the ragged layout (cuDNN 9.6 or later: its stats in
 // our lse layout), B and S bucketed. The plan then, or NULL (nothing run) where cuDNN does not take the call.
+// Dense plans are built for exact lengths (a build compiles kernels: about a second each way), so past DENSE_SHAPES
+// of them a call of a length not yet planned takes the ragged layout's buckets instead: training's rows that hold one
+// sample vary in length from micro-batch to micro-batch; the benches' and ops_check's few shapes stay dense.
+enum { DENSE_SHAPES = 16 };
+bool dense_planned(int B, int S, int Hq, int Hkv, int D, int causal) {  // (in either direction)
+    for (int i = 0; i < nplans; i++) {
+        const Plan *p = &plans[i];
+        if (!p->ragged && p->B == B && p->S == S && p->Hq == Hq && p->Hkv == Hkv && p->D == D && p->causal == causal) return true;
+    }
+    return false;
+}
+int dense_shapes(void) {
+    int n = 0;
+    for (int i = 0; i < nplans; i++) n += !plans[i].ragged && !plans[i].backward;
+    return n;
+}
+
 Plan *plan_for_call(int backward, int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {
     if (nseq < 1 || Hq % Hkv || D % 8 || D > 128 || !api_open()) return NULL;
+    static int ragged_on = ENV_UNREAD;  // (LLAVA_CUDNN_RAGGED=0: our kernels for packed sequences of different lengths)
+    bool ragged_usable = api.version() >= 90600 && cuda_env_setting(&ragged_on, "LLAVA_CUDNN_RAGGED", 1);
     int ragged = nseq > 1 && (long long)nseq * max_len != T;
-    static int ragged_on = ENV_UNREAD;
-    if (ragged && !cuda_env_setting(&ragged_on, "LLAVA_CUDNN_RAGGED", 1)) {  // (LLAVA_CUDNN_RAGGED=0: our kernels for those)
+    if (!ragged && ragged_usable && dense_shapes() >= DENSE_SHAPES && !dense_planned(nseq, T / nseq, Hq, Hkv, D, causal)) ragged = 1;
+    if (ragged && !cuda_env_setting(&ragged_on, "LLAVA_CUDNN_RAGGED", 1)) {
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "LLAVA_CUDNN_RAGGED=0");
         return NULL;
     }
