@@ -239,11 +239,17 @@ static void launch_fwd2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, con
                                                     v, cu, Hq, Hkv, causal, D);
 }
 
-// version 8: flash_ws_kernels.cuh; whether one of its mbarrier waits gave up since the last call (then cleared)
+// version 8: flash_ws_kernels.cuh; whether one of its mbarrier waits gave up since the last call (then cleared).
+// In the kernels' stream order (the plain symbol copies use the legacy stream, which does not wait for ours):
+// what was queued before is finished when the flag is read
 extern "C" int cuda_flash_ws_timed_out(void) {
     int flag = 0, zero = 0;
-    CUDA_CHECK(cudaMemcpyFromSymbol(&flag, ws::timed_out, sizeof flag));
-    if (flag) CUDA_CHECK(cudaMemcpyToSymbol(ws::timed_out, &zero, sizeof zero));
+    CUDA_CHECK(cudaMemcpyFromSymbolAsync(&flag, ws::timed_out, sizeof flag, 0, cudaMemcpyDeviceToHost, g_stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+    if (flag) {
+        CUDA_CHECK(cudaMemcpyToSymbolAsync(ws::timed_out, &zero, sizeof zero, 0, cudaMemcpyHostToDevice, g_stream));
+        CUDA_CHECK(cudaStreamSynchronize(g_stream));  // (zero lives on this stack)
+    }
     return flag;
 }
 // LLAVA_WS_TMA=1 (or cuda_flash_set_ws_tma): v8's forward and dQ producers load K and V by TMA, a thread
