@@ -74,11 +74,17 @@ bool api_open(void) {
 enum { BUF_WORKSPACE, BUF_ACC, BUF_STATS, BUF_META, BUF_HEADS, NBUF };
 void *bufs[NBUF];
 size_t buf_bytes[NBUF];
-void grow_buffer(int which, size_t bytes) {
-    if (bytes <= buf_bytes[which]) return;
+// bytes more than it holds, or 0
+size_t growth(int which, size_t bytes) { return bytes > buf_bytes[which] ? bytes - buf_bytes[which] : 0; }
+// false (the buffer as it was: plans built before keep theirs) where the device has not the room
+bool grow_buffer(int which, size_t bytes) {
+    if (bytes <= buf_bytes[which]) return true;
+    void *p = cuda_try_alloc(bytes);  // (before the old one goes: a failure must leave it)
+    if (!p) return false;
     cuda_free(bufs[which]);  // (cudaFree waits for the device: the smaller buffer's last use is over)
-    bufs[which] = cuda_alloc(bytes);
+    bufs[which] = p;
     buf_bytes[which] = bytes;
+    return true;
 }
 Plan plans[64];
 int nplans;
@@ -163,21 +169,21 @@ void build(Plan *p) {
     int64_t ws = 0, one = 0;
     if (p->plan) g.note(api.get_attr(p->plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one, &ws), "workspace size");
     const char *what = p->backward ? (p->dq_accum ? "backward (dQ summed)" : "backward") : "forward";
-    size_t room = workspace_room();
-    if (g.ok() && p->plan && (size_t)ws > room) {  // (cuda_alloc would end the run: our kernels serve instead)
-        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s declined: its workspace of %lld bytes is above %zu",
-                 api.version(), what, shape_text(p), (long long)ws, room);
+    // the buffers it needs: where the device has not the room (at most half of what is free, cuda_alloc would end
+    // the run), our kernels serve instead
+    size_t T = p->ragged ? (size_t)p->S : (size_t)p->B * p->S;  // (the most rows a call has)
+    size_t need[NBUF] = {(size_t)ws, p->dq_accum ? T * p->Hq * p->D * sizeof(float) : 0, p->ragged ? 0 : T * p->Hq * sizeof(float),
+                         p->ragged ? meta_bytes(p->B) : 0, p->ragged && p->backward && p->Hq != p->Hkv ? 2 * heads_bytes(p) : 0};
+    size_t room = workspace_room(), more = 0;
+    for (int b = 0; b < NBUF; b++) more += growth(b, need[b]);
+    bool fits = (size_t)ws <= room && more <= room;
+    for (int b = 0; g.ok() && p->plan && fits && b < NBUF; b++) fits = grow_buffer(b, need[b]);
+    if (g.ok() && p->plan && !fits) {
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s declined: its workspace of %lld bytes and buffers (%zu bytes more) "
+                 "are above %zu or were not to be had", api.version(), what, shape_text(p), (long long)ws, more, room);
         p->plan = NULL;
     } else if (g.ok() && p->plan) {
-        size_t T = p->ragged ? (size_t)p->S : (size_t)p->B * p->S;  // (the most rows a call has)
         p->workspace = (size_t)ws;
-        if (!g_devprop) {
-            grow_buffer(BUF_WORKSPACE, (size_t)ws);
-            if (p->dq_accum) grow_buffer(BUF_ACC, T * p->Hq * p->D * sizeof(float));
-            if (!p->ragged) grow_buffer(BUF_STATS, T * p->Hq * sizeof(float));
-            else grow_buffer(BUF_META, meta_bytes(p->B));
-            if (p->ragged && p->backward && p->Hq != p->Hkv) grow_buffer(BUF_HEADS, 2 * heads_bytes(p));
-        }
         p->ok = 1;
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s built (%d engine configs, workspace %lld bytes)", api.version(),
                  what, shape_text(p), (int)got, (long long)ws);
@@ -280,6 +286,13 @@ bool execute(Plan *p, int n, const int64_t *uids, void *const *ptrs) {
 // of them a call of a length not yet planned takes the ragged layout's buckets instead: training's rows that hold one
 // sample vary in length from micro-batch to micro-batch; the benches' and ops_check's few shapes stay dense.
 enum { DENSE_SHAPES = 16 };
+int cc_major(void) {  // (the current device's compute capability, major)
+    static int major = -1;
+    int dev = 0;
+    if (major < 0 && (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess))
+        major = 0;
+    return major;
+}
 bool dense_planned(int B, int S, int Hq, int Hkv, int D, int causal) {  // (in either direction)
     for (int i = 0; i < nplans; i++) {
         const Plan *p = &plans[i];
@@ -299,6 +312,24 @@ Plan *plan_for_call(int backward, int nseq, int T, int max_len, int Hq, int Hkv,
     bool ragged_usable = api.version() >= 90600 && cuda_env_setting(&ragged_on, "LLAVA_CUDNN_RAGGED", 1);
     int ragged = nseq > 1 && (long long)nseq * max_len != T;
     if (!ragged && ragged_usable && dense_shapes() >= DENSE_SHAPES && !dense_planned(nseq, T / nseq, Hq, Hkv, D, causal)) ragged = 1;
+    // cuDNN up to 9.15.0 gives NaN in the dense backward where the length is not a multiple of 128 and no padding
+    // mask is set (cudnn-frontend adds one there, issue #160 / PR #178): the ragged form has that mask
+    if (backward && !ragged && api.version() <= 91500 && (T / nseq) % 128) {
+        if (!ragged_usable) {
+            snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: the dense backward at length %d (not a multiple of 128) needs 9.15.1",
+                     api.version(), T / nseq);
+            return NULL;
+        }
+        ragged = 1;
+    }
+    // the frontend's own limits on the ragged backward (its packed dQ sums and per-head dK/dV): head dims that are
+    // multiples of 16, and from 9.18.1 not on Ampere-style kernels (compute capability 8.x, 12.x): "known functional
+    // issue"s there
+    if (backward && ragged && (D % 16 || (api.version() >= 91801 && !g_devprop && (cc_major() == 8 || cc_major() == 12)))) {
+        snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: the ragged backward at head dim %d on compute capability %d.x is "
+                 "not taken (cudnn-frontend's limits)", api.version(), D, cc_major());
+        return NULL;
+    }
     if (ragged && !cuda_env_setting(&ragged_on, "LLAVA_CUDNN_RAGGED", 1)) {
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "LLAVA_CUDNN_RAGGED=0");
         return NULL;
@@ -370,8 +401,8 @@ extern "C" int cuda_cudnn_attention_backward(bf16 *dq, bf16 *dk, bf16 *dv, const
         LAUNCH_CHECK();
     }
     if (p->dq_accum) CUDA_CHECK(cudaMemsetAsync(bufs[BUF_ACC], 0, (size_t)T * Hq * D * sizeof(float), g_stream));  // (ragged: T rows from 0)
-    int64_t uids[20] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV};
-    void *ptrs[20] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, stats, dq, dk, dv};
+    int64_t uids[24] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV};
+    void *ptrs[24] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dout, stats, dq, dk, dv};
     float scale, one, lowest;
     int n = common_tensors(p, 9, uids, ptrs, &scale, &one, &lowest, cu_seqlens, nseq);
     if (p->dq_accum) uids[n] = UID_DQ_ACC, ptrs[n++] = bufs[BUF_ACC];

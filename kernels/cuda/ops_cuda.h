@@ -21,6 +21,7 @@ typedef uint16_t bf16;
 int cuda_init(int device, char *err, size_t errlen);   // 0 on success
 int cuda_sync(char *err, size_t errlen);                // 0, or the first CUDA/cuBLAS error
 void *cuda_alloc(size_t bytes);                         // dies on failure
+void *cuda_try_alloc(size_t bytes);  // NULL where it does not fit (cuda_alloc ends the run)
 void cuda_free(void *p);
 size_t cuda_memory_peak(void);                          // the most device memory allocated at once, in bytes
 // the device's name with '_' for blanks ("NVIDIA_H100_80GB_HBM3"): the tuners' keys in LLAVA_TUNE_FILE

@@ -81,13 +81,15 @@ extern "C" int cuda_sync(char *err, size_t errlen) {
 static struct { void *p; size_t bytes; } *g_allocs;
 static size_t g_nallocs, g_allocs_cap, g_in_use, g_peak;
 
-extern "C" void *cuda_alloc(size_t bytes) {
+static cudaError_t g_alloc_error;  // (why the last cuda_try_alloc failed)
+
+// device memory, or NULL where the device has not that much free (the error cleared, so that the next
+// cudaGetLastError does not report it): for callers with another way, as cuDNN's buffers (our kernels then serve)
+extern "C" void *cuda_try_alloc(size_t bytes) {
     void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
-    if (e != cudaSuccess) {
-        fprintf(stderr, "cuda: cannot allocate %zu bytes of device memory (%zu in use): %s\n", bytes, g_in_use,
-                cudaGetErrorString(e));
-        exit(1);
+    if ((g_alloc_error = cudaMalloc(&p, bytes ? bytes : 1)) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
     }
     if (g_nallocs == g_allocs_cap) {
         g_allocs_cap = g_allocs_cap ? 2 * g_allocs_cap : 64;
@@ -98,6 +100,16 @@ extern "C" void *cuda_alloc(size_t bytes) {
     g_allocs[g_nallocs++].bytes = bytes;
     g_in_use += bytes;
     if (g_in_use > g_peak) g_peak = g_in_use;
+    return p;
+}
+
+extern "C" void *cuda_alloc(size_t bytes) {
+    void *p = cuda_try_alloc(bytes);
+    if (!p) {
+        fprintf(stderr, "cuda: cannot allocate %zu bytes of device memory (%zu in use): %s\n", bytes, g_in_use,
+                cudaGetErrorString(g_alloc_error));
+        exit(1);
+    }
     return p;
 }
 
