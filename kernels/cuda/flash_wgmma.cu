@@ -242,7 +242,10 @@ static void launch_fwd2(bf16 *out, float *lse, const bf16 *q, const bf16 *k, con
 // version 8: flash_ws_kernels.cuh; whether one of its mbarrier waits gave up since the last call (then cleared).
 // In the kernels' stream order (the plain symbol copies use the legacy stream, which does not wait for ours):
 // what was queued before is finished when the flag is read
+static bool ws_unread;  // a v8 kernel was launched since the flag was last read
+extern "C" int cuda_flash_ws_unread(void) { return ws_unread; }
 extern "C" int cuda_flash_ws_timed_out(void) {
+    ws_unread = false;
     int flag = 0, zero = 0;
     CUDA_CHECK(cudaMemcpyFromSymbolAsync(&flag, ws::timed_out, sizeof flag, 0, cudaMemcpyDeviceToHost, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
@@ -304,6 +307,7 @@ static void launch_fwd_ws(bf16 *out, float *lse, const bf16 *q, const bf16 *k, c
     static int configured[2];
     auto kernel = ws_pick(flash_fwd_ws<D, PAIR, EXP2, true>, flash_fwd_ws<D, PAIR, EXP2, false>, bytes, configured,
                           kv_maps(&kmap, &vmap, k, v, T, Hkv, D));
+    ws_unread = true;
     kernel<<<row_blocks<PAIR>(Hq, max_len, nseq), 384, bytes, g_stream>>>((bf16_t *)out, lse, (const bf16_t *)q, (const bf16_t *)k,
                                                                        (const bf16_t *)v, cu, Hq, Hkv, causal, 1.0f / sqrtf((float)D), kmap,
                                                                        vmap);
@@ -316,6 +320,7 @@ static void launch_dkdv_ws(bf16 *dk, bf16 *dv, const bf16 *dout, const float *ls
     size_t bytes = sizeof(ws::DkdvSmem<D>) + WgmmaTiles::smem_pad;
     static int configured;
     smem_limit(kernel, bytes, &configured);
+    ws_unread = true;
     kernel<<<dim3(Hkv, (max_len + 2 * FT - 1) / (2 * FT), nseq), 384, bytes, g_stream>>>(
         (bf16_t *)dk, (bf16_t *)dv, (const bf16_t *)q, (const bf16_t *)k, (const bf16_t *)v, (const bf16_t *)dout, lse, drow, cu, Hq, Hkv,
         causal, 1.0f / sqrtf((float)D));
@@ -329,6 +334,7 @@ static void launch_dq_ws(bf16 *dq, const bf16 *dout, const float *lse, const flo
     static int configured[2];
     auto kernel = ws_pick(flash_dq_ws<D, PAIR, EXP2, true>, flash_dq_ws<D, PAIR, EXP2, false>, bytes, configured,
                           kv_maps(&kmap, &vmap, k, v, T, Hkv, D));
+    ws_unread = true;
     kernel<<<row_blocks<PAIR>(Hq, max_len, nseq), 384, bytes, g_stream>>>((bf16_t *)dq, (const bf16_t *)q, (const bf16_t *)k,
                                                                        (const bf16_t *)v, (const bf16_t *)dout, lse, drow, cu, Hq, Hkv,
                                                                        causal, 1.0f / sqrtf((float)D), kmap, vmap);
@@ -437,6 +443,7 @@ int cuda_flash_fused_backward(float *dq_acc, bf16 *dq, bf16 *dk, bf16 *dv, const
 #else  // built for another architecture: no version 4
 extern "C" void cuda_flash_set_exp2(int) {}
 extern "C" int cuda_flash_ws_timed_out(void) { return 0; }
+extern "C" int cuda_flash_ws_unread(void) { return 0; }
 extern "C" void cuda_flash_set_ws_tma(int) {}
 
 int cuda_flash_wgmma_forward(int, bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const int32_t *, int, int, int, int, int,

@@ -72,6 +72,13 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity) {
         }
     }
 }
+// whether the phase with this parity has completed (now; no waiting)
+__device__ __forceinline__ bool mbar_ready(uint64_t *bar, int parity) {
+    uint32_t done;
+    asm volatile("{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(smem_addr(bar)), "r"(parity) : "memory");
+    return done;
+}
 // named barriers 1 and 2 (0 is __syncthreads'), each between the two consumers: 128 threads wait, 128
 // arrive; 3 and 4, each consumer's own 128 threads
 template <int ID, int THREADS = 256>
@@ -89,7 +96,7 @@ __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.
 // aligned: 8 or 16 KB a tile), and their barriers
 template <int D, int ST, int TILES>
 struct Pipe {
-    static_assert(ST >= 3, "the producer signals step w - 1 after issuing step w, which may wait for stage w - ST");
+    static_assert(ST >= 2, "two steps in flight: step w - 1's and step w's copies");
     static constexpr uint32_t STEP_BYTES = 2 * TILES * FT * D * sizeof(bf16_t);  // a step's a and b tiles
     bf16_t a[ST][TILES][FT * D], b[ST][TILES][FT * D];
     uint64_t full[ST], empty[ST];
@@ -102,17 +109,24 @@ struct Pipe {
     // ordinary stores if any) once that stage's last use is over. A step is published as the other kernels
     // publish their tiles: each producer thread waits for its copies, fences them for wgmma's async proxy and
     // arrives (with release: the ordinary stores too) — for step w - 1 once step w's copies are issued, so
-    // that two steps are in flight.
+    // that two steps are in flight; but where stage w % ST is still being read, step w - 1 is published before
+    // the wait for it. Publishing w - 1 after that wait would tie it to both consumers' release of step w - ST,
+    // which a consumer makes at the end of its turn w - ST + 1: with 3 stages, one consumer's turn w - 1 would
+    // wait for the other's softmax of turn w - 2, the very work the ping-pong hides under its products.
     template <class Load>
     __device__ void produce(int nw, Load load) {
+        int published = -1;  // (this thread's last published step)
         for (int w = 0; w < nw; w++) {
             int st = w % ST;
-            if (w >= ST) mbar_wait(&empty[st], (w / ST - 1) & 1);
+            if (w >= ST && !mbar_ready(&empty[st], (w / ST - 1) & 1)) {
+                if (published < w - 1) landed<0>(w - 1), published = w - 1;
+                mbar_wait(&empty[st], (w / ST - 1) & 1);
+            }
             load(st, w);
             cp_async_commit();
-            if (w >= 1) landed<1>(w - 1);
+            if (published < w - 1) landed<1>(w - 1), published = w - 1;
         }
-        if (nw >= 1) landed<0>(nw - 1);
+        if (published < nw - 1) landed<0>(nw - 1);
     }
     template <int PENDING>
     __device__ void landed(int w) {  // all but this thread's last PENDING groups of copies have landed: step w

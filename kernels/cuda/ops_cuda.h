@@ -19,6 +19,7 @@ typedef uint16_t bf16;
 
 // ---- runtime ----
 int cuda_init(int device, char *err, size_t errlen);   // 0 on success
+void cuda_set_errors_fatal(int on);  // 1 (the default): the first error ends the run, named; 0: kept for cuda_sync
 int cuda_sync(char *err, size_t errlen);                // 0, or the first CUDA/cuBLAS error
 void *cuda_alloc(size_t bytes);                         // dies on failure
 void *cuda_try_alloc(size_t bytes);  // NULL where it does not fit (cuda_alloc ends the run)
@@ -177,6 +178,7 @@ int cuda_cudnn_check_graphs(const char *device_json, char *report, size_t len, i
 void cuda_flash_set_exp2(int on);
 // whether one of version 8's mbarrier waits gave up (its outputs wrong) since the last call; clears it
 int cuda_flash_ws_timed_out(void);
+int cuda_flash_ws_unread(void);  // whether a v8 kernel ran since the flag was last read
 // version 8's forward and dQ loading K and V by TMA (LLAVA_WS_TMA=1); -1: the environment's
 void cuda_flash_set_ws_tma(int on);
 // LLAVA_PROFILE (profile.cu): forget the op times recorded so far, e.g. at the end of a warm-up.

@@ -15,8 +15,19 @@ void *g_lt_workspace;
 const size_t g_lt_workspace_bytes = 32u << 20;
 static char g_first_error[512];
 
+// A program's run ends at its first CUDA, cuBLAS or kernel error, naming it (exit status 1): until the next
+// cuda_sync, which only ops_check and the collectives call, the error would otherwise go unreported and the run
+// carry on with wrong tensors (a training step's loss read back from a dead context). ops_check turns this off
+// (cuda_set_errors_fatal(0)) to report each case's error and go on to the next.
+static int g_errors_fatal = 1;
+extern "C" void cuda_set_errors_fatal(int on) { g_errors_fatal = on; }
 void cuda_note_error(const char *what, const char *detail) {
     if (!g_first_error[0]) snprintf(g_first_error, sizeof g_first_error, "%s: %s", what, detail);
+    if (g_errors_fatal) {
+        g_errors_fatal = 0;  // (exit's handlers -- the profile's -- may note more)
+        fprintf(stderr, "cuda: %s\n", g_first_error);
+        exit(1);
+    }
 }
 
 extern "C" int cuda_init(int device, char *err, size_t errlen) {
@@ -206,6 +217,10 @@ extern "C" void cuda_download(void *dst, const void *src, size_t bytes) {
     cuda_join();  // (what the host reads may come from the side stream)
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
+    // flash v8's outputs are wrong where one of its waits gave up (its kernels end rather than hang): an error
+    // like any other, but the kernels can only raise a flag; read where the host reads results anyway
+    if (g_errors_fatal && cuda_flash_ws_unread() && cuda_flash_ws_timed_out())
+        cuda_note_error("flash attention v8", "an mbarrier wait gave up (a schedule fault): its outputs are wrong");
 }
 extern "C" void cuda_memset0(void *p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_stream)); }
 extern "C" void cuda_memset_ff(void *p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0xFF, bytes, g_stream)); }

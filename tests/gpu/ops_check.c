@@ -1002,6 +1002,7 @@ static void ws_timing(Bench *b, double flops, const int *unused) {
 
 int main(int argc, char **argv) {
     char err[256];
+    cuda_set_errors_fatal(0);  // (each case's CUDA errors reported through cuda_sync, and on to the next)
     if (cuda_init(0, err, sizeof err)) { printf("ops_check: %s\n", err); return 1; }
     // cuDNN's deterministic backward at the slice's shape keeps dP in a 4.4 GB workspace, above the default
     // limit (the training step then takes its dQ-summing form): let it build here, so that both forms are timed

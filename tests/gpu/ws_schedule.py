@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """A model of flash version 8's schedule (kernels/cuda/flash_ws.cuh: Pipe::produce and consume), run under
 random interleavings of the producer and the two consumers: no deadlock, no stage refilled while a consumer
-may still read it, no second arrival on a turn barrier before its waiter has passed, and every barrier
-balanced at the end. It restates the kernel's waits and arrivals (a model, not the kernel: keep the two
-in step when changing either). It finds the deadlock of two stages (run with `2`), which Pipe rules out.
-usage: ws_schedule.py [STAGES ...]   (default: 3 4)"""
+may still read it, no second arrival on a turn barrier before its waiter has passed, every barrier
+balanced at the end, and no step whose copies were issued held unpublished while the producer waits for a
+stage (that would make one consumer's turn wait for the other's elementwise work: the ping-pong lost). It
+restates the kernel's waits and arrivals (a model, not the kernel: keep the two in step when changing either).
+usage: ws_schedule.py [--publish-after-wait] [STAGES ...]   (default: 2 3 4)
+--publish-after-wait: the producer of sessions 17-22, which published step w - 1 only after issuing step w, so
+after the wait for its stage (tests/flash_ws.bats: this check must find it)"""
 import random
 import sys
 
 
-def run(nw, mw, ST, seed):
+def run(nw, mw, ST, seed, publish_after_wait):
     rnd = random.Random(seed)
     full = [0] * ST                 # completed phases of each stage's full barrier
     empty = [0] * ST                # completed phases of each stage's empty barrier
@@ -19,18 +22,25 @@ def run(nw, mw, ST, seed):
     reading = [set(), set()]        # the steps each consumer may still read
 
     def producer():
+        published = -1
         for w in range(nw):
             st = w % ST
-            if w >= ST:
+            if w >= ST and empty[st] < w // ST:     # the stage is still read (mbar_ready false)
+                if published < w - 1 and not publish_after_wait:
+                    full[(w - 1) % ST] += 1         # step w - 1 published before the wait (landed<0>)
+                    published = w - 1
                 while empty[st] < w // ST:
+                    # the ping-pong: a step whose copies were issued is never held back behind a stage's release
+                    assert published == w - 1, ('step held behind the wait for a stage', w - 1)
                     yield 'empty'
             for c in range(2):
                 assert w - ST not in reading[c], ('refilled while read', w, c)
             stage_step[st] = w
             yield None              # copies in flight
-            if w >= 1:
-                full[(w - 1) % ST] += 1   # step w - 1 published once step w is issued
-        if nw >= 1:
+            if published < w - 1:
+                full[(w - 1) % ST] += 1   # step w - 1 published once step w is issued (landed<1>)
+                published = w - 1
+        if published < nw - 1:
             full[(nw - 1) % ST] += 1
 
     def consumer(cw, mwc):
@@ -95,7 +105,9 @@ def run(nw, mw, ST, seed):
     assert not any(empty_arrivals) and bar[1][0] == bar[1][1] and bar[2][0] == bar[2][1], (empty_arrivals, bar)
 
 
-stages = [int(a) for a in sys.argv[1:]] or [3, 4]
+args = sys.argv[1:]
+publish_after_wait = '--publish-after-wait' in args
+stages = [int(a) for a in args if a != '--publish-after-wait'] or [2, 3, 4]
 n = 0
 for ST in stages:
     for nw in range(1, 10):
@@ -104,6 +116,7 @@ for ST in stages:
                 if max(m0, m1) != nw:
                     continue  # the block's steps are its busier consumer's
                 for seed in range(20):
-                    run(nw, (m0, m1), ST, seed)
+                    run(nw, (m0, m1), ST, seed, publish_after_wait)
                     n += 1
-print(f'ws_schedule: {n} interleavings at {stages} stages: no deadlock, no stage refilled while read, barriers balanced')
+print(f'ws_schedule: {n} interleavings at {stages} stages: no deadlock, no stage refilled while read, barriers balanced, '
+      'no step held behind a stage')
