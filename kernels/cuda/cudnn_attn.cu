@@ -272,6 +272,7 @@ bool execute(Plan *p, int n, const int64_t *uids, void *const *ptrs) {
     if (s == CUDNN_STATUS_SUCCESS) s = api.execute(api.handle, p->plan, pack);
     if (pack) api.destroy_desc(pack);
     if (s == CUDNN_STATUS_SUCCESS) return true;
+    cudaGetLastError();  // (a launch error cuDNN met, not sticky, is its refusal: not the next kernel's error)
     p->ok = 0;
     snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: %s %s failed to run: %s", api.version(), p->backward ? "backward" : "forward",
              shape_text(p), api.error(s));

@@ -175,7 +175,10 @@ static void tune_plan(LtPlan *p, const void *A, const void *B, void *D) {
     for (int i = 0; i < p->ncandidates; i++) {
         cublasStatus_t st = cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->candidates[i],
                                            g_lt_workspace, g_lt_workspace_bytes, g_stream);
-        if (st != CUBLAS_STATUS_SUCCESS) continue;  // (a candidate that will not run here is no candidate)
+        if (st != CUBLAS_STATUS_SUCCESS) {  // (a candidate that will not run here is no candidate)
+            cudaGetLastError();              // (nor is a launch error it met the next kernel's)
+            continue;
+        }
         CUDA_CHECK(cudaEventRecord(e0, g_stream));
         for (int r = 0; r < 3; r++)
             LT_CHECK(cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->candidates[i],
@@ -221,6 +224,7 @@ static int lt_matmul(cublasOperation_t ta, cublasOperation_t tb, int m, int n, i
     cublasStatus_t st = cublasLtMatmul(g_lt, p->op, &alpha, A, p->la, B, p->lb, &beta, D, p->ld, D, p->ld, &p->algo, g_lt_workspace,
                                        g_lt_workspace_bytes, g_stream);
     if (st != CUBLAS_STATUS_SUCCESS && epi == EPI_BGRADB) {  // (refused at launch: the caller sums dbias, now and from now on)
+        cudaGetLastError();
         p->found = 0;
         return -1;
     }
