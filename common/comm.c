@@ -66,6 +66,36 @@ typedef int (*pmi_jobid_t)(char *, int);
 typedef int (*pmi_put_t)(const char *, const char *);
 typedef int (*pmi_get_t)(const char *, int, const char *, char *, int, int *);
 
+// Calls that wait for every rank and cannot be polled (PMI2's fence, NCCL's communicator set-up): a rank that never
+// reaches one (it failed before, or died) would hold the others there until the job's time limit, srun's default
+// being to let a job's other tasks run on when one fails. An alarm ends this rank after --comm-timeout instead,
+// naming the wait (exit status 1).
+static char g_wait_msg[256];
+static size_t g_wait_len;
+static void wait_expired(int sig) {
+    (void)sig;
+    ssize_t w = write(STDERR_FILENO, g_wait_msg, g_wait_len);
+    (void)w;
+    _exit(1);
+}
+static void wait_begin(const Comm *c, const char *what) {
+    int n = snprintf(g_wait_msg, sizeof g_wait_msg, "rank %d: waited %.0f s for the other ranks at %s (--comm-timeout); stopping\n", c->rank,
+                     c->timeout, what);
+    g_wait_len = n < 0 ? 0 : (size_t)n < sizeof g_wait_msg ? (size_t)n : sizeof g_wait_msg - 1;
+    struct sigaction sa = {0};
+    sa.sa_handler = wait_expired;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    alarm(c->timeout < 1 ? 1u : c->timeout > 1e6 ? 1000000u : (unsigned)(c->timeout + 0.999));
+}
+static void wait_end(void) { alarm(0); }
+static int fence_all(Comm *c, const char *what) {
+    wait_begin(c, what);
+    int rc = c->pmi_fence();
+    wait_end();
+    return rc;
+}
+
 // Which ranks share this node: every rank publishes its host name, then reads everyone's. Sets
 // c->local (this rank's index among its node's ranks), c->nlocal, c->leader (the node's lowest rank)
 // and c->nodes.
@@ -74,7 +104,7 @@ static int find_node(Comm *c, Err *e) {
     if (gethostname(host, sizeof host - 1)) { err_set(e, "gethostname: %s", strerror(errno)); return -1; }
     snprintf(key, sizeof key, "llava_host_%d", c->rank);
     if (c->pmi_put(key, host)) { err_set(e, "PMI2_KVS_Put of the host name failed"); return -1; }
-    if (c->pmi_fence()) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
+    if (fence_all(c, "PMI2's fence (the host names)")) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
     char (*hosts)[256] = xcalloc((size_t)c->world, sizeof *hosts);
     int rc = 0;
     for (int r = 0; r < c->world && !rc; r++) {
@@ -147,7 +177,7 @@ static int pmi_setup(Comm *c, size_t bytes_per_rank, Err *e) {
         }
         if (put(key, name)) { close(fd); err_set(e, "PMI2_KVS_Put failed"); return -1; }
     }
-    if (fence()) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
+    if (fence_all(c, "PMI2's fence (the shared memory's name)")) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
     if (c->rank != c->leader) {
         int len = 0;
         if (get(job, -1 /* PMI2_ID_NULL */, key, name, sizeof name, &len) || len <= 0) {
@@ -164,7 +194,7 @@ static int pmi_setup(Comm *c, size_t bytes_per_rank, Err *e) {
     c->slots = (float *)((char *)p + header_bytes());
     c->hdr->pid[c->local] = getpid();
     c->hdr->rank_of[c->local] = c->rank;
-    if (fence()) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
+    if (fence_all(c, "PMI2's fence (the shared memory mapped)")) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
     if (c->rank == c->leader) shm_unlink(name);  // every local rank has it mapped: the name can go, the memory stays
     return 0;
 }
@@ -221,17 +251,23 @@ static int nccl_watch(void *ctx, char *err, size_t errlen) {
 
 int comm_use_nccl(Comm *c, Err *e) {
     char hex[PMI_VALLEN];
-    if (c->rank == 0 && cuda_nccl_unique_id(hex, sizeof hex, e->msg, sizeof e->msg)) return -1;
-    if (c->world > 1) {  // the id travels through the PMI2 key-value store, as hex
+    int failed = c->rank == 0 && cuda_nccl_unique_id(hex, sizeof hex, e->msg, sizeof e->msg);
+    if (c->world > 1) {  // the id travels through the PMI2 key-value store, as hex; or rank 0's error, after a '!'
+        if (failed) snprintf(hex, sizeof hex, "!%s", e->msg);
         if (c->rank == 0 && c->pmi_put("llava_nccl", hex)) { err_set(e, "PMI2_KVS_Put of the NCCL id failed"); return -1; }
-        if (c->pmi_fence()) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
+        if (fence_all(c, "PMI2's fence (the NCCL id)")) { err_set(e, "PMI2_KVS_Fence failed"); return -1; }
         int len = 0;
         if (c->rank != 0 && (c->pmi_get(c->job, -1, "llava_nccl", hex, sizeof hex, &len) || len <= 0)) {
             err_set(e, "PMI2_KVS_Get of the NCCL id failed");
             return -1;
         }
+        if (c->rank != 0 && hex[0] == '!') { err_set(e, "rank 0 has no NCCL id: %s", hex + 1); return -1; }
     }
-    if (cuda_nccl_init(c->rank, c->world, hex, e->msg, sizeof e->msg)) return -1;
+    if (failed) return -1;
+    wait_begin(c, "NCCL's communicator set-up");  // (ncclCommInitRank waits for every rank, unwatched)
+    int rc = cuda_nccl_init(c->rank, c->world, hex, e->msg, sizeof e->msg);
+    wait_end();
+    if (rc) return -1;
     c->nccl = 1;
     return 0;
 }

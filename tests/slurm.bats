@@ -162,3 +162,14 @@ PY
     [ "$status" -eq 3 ]
     [ "$SECONDS" -lt 30 ]
 }
+
+@test "a rank that never joins (it failed before PMI2's fence) makes the others stop after --comm-timeout, naming the wait, instead of waiting in the fence until the job's time limit" {
+    start=$SECONDS
+    run timeout 60 srun -n 2 --mpi=pmi2 --kill-on-bad-exit=0 sh -c 'if [ "$SLURM_PROCID" = 1 ]; then exit 3; fi; exec "$0" "$@"' \
+        "$BIN/midtrain" --load "$F/release" --data "$F/packed" --save "$T/alone" $COMMON --comm-timeout 5
+    echo "$output"
+    [ "$status" -ne 0 ] && [ "$status" -ne 124 ]
+    [ $((SECONDS - start)) -lt 30 ]
+    [[ "$output" == *"rank 0: waited 5 s for the other ranks at PMI2's fence"*"(--comm-timeout); stopping"* ]]
+    [ ! -e "$T/alone" ]
+}

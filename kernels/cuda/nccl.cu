@@ -93,7 +93,11 @@ extern "C" int cuda_nccl_init(int rank, int world, const char *hex, char *err, s
     }
     nc.rank = rank;
     nc.world = world;
-    cudaError_t ce = cudaStreamCreateWithFlags(&nc.stream, cudaStreamNonBlocking);
+    // the collectives' stream at the main stream's (the greatest) priority, as Megatron's and PyTorch's are: at the
+    // default (the least) the bucket reductions' blocks would wait behind the backward's and overlap little
+    int least = 0, greatest = 0;
+    cudaError_t ce = cudaDeviceGetStreamPriorityRange(&least, &greatest);
+    if (ce == cudaSuccess) ce = cudaStreamCreateWithPriority(&nc.stream, cudaStreamNonBlocking, greatest);
     if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&nc.ready, cudaEventDisableTiming);
     if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&nc.done, cudaEventDisableTiming);
     if (ce == cudaSuccess) ce = cudaMalloc(&nc.f64, 16 * sizeof(double));

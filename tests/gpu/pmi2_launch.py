@@ -148,7 +148,13 @@ def main():
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
             break
-    codes = [p.wait() for p in procs]
+    codes = []
+    for p in procs:  # (a rank the SIGTERM does not end within 10 s -- one blocked outside its watched waits -- is killed)
+        try:
+            codes.append(p.wait(timeout=10 if first_failure is not None else None))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait())
     bad = [c for c in codes if c != 0]
     if bad:
         print(f"pmi2_launch: ranks exited with {codes}", file=sys.stderr)
