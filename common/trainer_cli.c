@@ -47,7 +47,7 @@ int trainer_main(const char *program, int argc, char **argv) {
         {"seed", OPT_INT, &o.seed, "S", "Seed of the data order."},
         {"workers", OPT_INT, &o.workers, "N", "Image decoding threads of the loader."},
         {"max-skips", OPT_INT, &o.max_skips, "N", "Stop after more than N non-finite steps in a row."},
-        {"comm-timeout", OPT_DOUBLE, &o.comm_timeout, "SECONDS", "Give up waiting for the other ranks after this long."},
+        {"comm-timeout", OPT_DOUBLE, &o.comm_timeout, "SECONDS", "Give up waiting for the other ranks after this long (at start-up, in PMI2's fences and NCCL's set-up, too)."},
         {"overlap-grad-reduce", OPT_FLAG, &overlap_on, NULL, "Reduce-scatter the gradients in buckets while the backward "
                                                               "goes on, each bucket as soon as the backward has finished its tensors "
                                                               "(the default on --device cuda with NCCL; on the cpu's shared memory "
