@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common_cuda.cuh"
+#include "ops_cuda.h"
 
 enum { PROF_LABELS = 512, PROF_PAIRS = 8192, PROF_LABEL_LEN = 96 };
 
