@@ -28,6 +28,8 @@ int cuda_env_setting(int *cache, const char *name, int unset);
 // from the weight gradient's product, and the norm gradients' fills are one memset each (tests/gpu/run.sh sets it
 // when ops_check finds any of them wrong)
 bool cuda_safe_kernels(void);
+// the current device's compute capability as major·10 + minor (90: Hopper), read once; 0 where it cannot be read
+int cuda_compute_capability(void);
 // host memory, or the run ends naming the size (common/util.c)
 extern "C" void *xmalloc(size_t n);
 

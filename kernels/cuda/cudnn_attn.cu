@@ -287,13 +287,6 @@ bool execute(Plan *p, int n, const int64_t *uids, void *const *ptrs) {
 // of them a call of a length not yet planned takes the ragged layout's buckets instead: training's rows that hold one
 // sample vary in length from micro-batch to micro-batch; the benches' and ops_check's few shapes stay dense.
 enum { DENSE_SHAPES = 16 };
-int cc_major(void) {  // (the current device's compute capability, major)
-    static int major = -1;
-    int dev = 0;
-    if (major < 0 && (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess))
-        major = 0;
-    return major;
-}
 bool dense_planned(int B, int S, int Hq, int Hkv, int D, int causal) {  // (in either direction)
     for (int i = 0; i < nplans; i++) {
         const Plan *p = &plans[i];
@@ -326,9 +319,9 @@ Plan *plan_for_call(int backward, int nseq, int T, int max_len, int Hq, int Hkv,
     // the frontend's own limits on the ragged backward (its packed dQ sums and per-head dK/dV): head dims that are
     // multiples of 16, and from 9.18.1 not on Ampere-style kernels (compute capability 8.x, 12.x): "known functional
     // issue"s there
-    if (backward && ragged && (D % 16 || (api.version() >= 91801 && !g_devprop && (cc_major() == 8 || cc_major() == 12)))) {
+    if (backward && ragged && (D % 16 || (api.version() >= 91801 && !g_devprop && (cuda_compute_capability() / 10 == 8 || cuda_compute_capability() / 10 == 12)))) {
         snprintf(g_cudnn_status, sizeof g_cudnn_status, "cuDNN %zu: the ragged backward at head dim %d on compute capability %d.x is "
-                 "not taken (cudnn-frontend's limits)", api.version(), D, cc_major());
+                 "not taken (cudnn-frontend's limits)", api.version(), D, cuda_compute_capability() / 10);
         return NULL;
     }
     if (ragged && !cuda_env_setting(&ragged_on, "LLAVA_CUDNN_RAGGED", 1)) {

@@ -403,17 +403,7 @@ static void wgmma_backward(int version, bf16 *dq, bf16 *dk, bf16 *dv, const bf16
 }
 
 // wgmma runs on compute capability 9.0 only (sm_90a code does not run on later GPUs)
-static int hopper(void) {
-    static int answer = -1;
-    if (answer < 0) {
-        int dev = 0, major = 0, minor = 0;
-        CUDA_CHECK(cudaGetDevice(&dev));
-        CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-        CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-        answer = major == 9 && minor == 0;
-    }
-    return answer;
-}
+static int hopper(void) { return cuda_compute_capability() == 90; }
 
 int cuda_flash_wgmma_forward(int version, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *cu,
                              int nseq, int T, int max_len, int Hq, int Hkv, int D, int causal) {

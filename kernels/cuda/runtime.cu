@@ -233,6 +233,20 @@ int cuda_env_setting(int *cache, const char *name, int unset) {
     return *cache;
 }
 
+int cuda_compute_capability(void) {
+    static int cc = -1;
+    if (cc < 0) {
+        int dev = 0, major = 0, minor = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+            cudaGetLastError();
+            major = minor = 0;
+        }
+        cc = 10 * major + minor;
+    }
+    return cc;
+}
+
 bool cuda_safe_kernels(void) {
     static int v = ENV_UNREAD;
     return cuda_env_setting(&v, "LLAVA_SAFE_KERNELS", 0) == 1;
