@@ -12,6 +12,13 @@ extern const size_t g_lt_workspace_bytes;
 
 void cuda_note_error(const char *what, const char *detail);
 void *cuda_scratch(size_t bytes);
+// A buffer given up while the step runs (a scratch or table outgrown): freed at once on one rank, but with NCCL
+// collectives (cuda_defer_frees(1), nccl.cu) kept until cuda_free_deferred, which the collectives' polled wait calls
+// once the stream has drained. cudaFree waits for the whole device, the bucket reductions queued on NCCL's stream
+// included, and outside that poll: a rank that died would hold this one there for ever, past --comm-timeout.
+void cuda_release(void *p);
+void cuda_defer_frees(int on);
+void cuda_free_deferred(void);
 
 // Sums over rows without atomics: blocks write partial sums of ROWS_PER_PART rows each, part[p, c], and
 // reduce_parts adds them to out[c] in part order (elementwise.cu), so a run repeats bit for bit.

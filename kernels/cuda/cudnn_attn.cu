@@ -81,7 +81,7 @@ bool grow_buffer(int which, size_t bytes) {
     if (bytes <= buf_bytes[which]) return true;
     void *p = cuda_try_alloc(bytes);  // (before the old one goes: a failure must leave it)
     if (!p) return false;
-    cuda_free(bufs[which]);  // (cudaFree waits for the device: the smaller buffer's last use is over)
+    cuda_release(bufs[which]);  // (after the smaller buffer's last use)
     bufs[which] = p;
     buf_bytes[which] = bytes;
     return true;

@@ -102,6 +102,7 @@ extern "C" int cuda_nccl_init(int rank, int world, const char *hex, char *err, s
     if (ce == cudaSuccess) ce = cudaEventCreateWithFlags(&nc.done, cudaEventDisableTiming);
     if (ce == cudaSuccess) ce = cudaMalloc(&nc.f64, 16 * sizeof(double));
     if (ce != cudaSuccess) { snprintf(err, errlen, "NCCL stream: %s", cudaGetErrorString(ce)); return -1; }
+    cuda_defer_frees(1);
     return nccl_failed(nc.init_rank(&nc.comm, world, id, rank), "ncclCommInitRank", err, errlen);
 }
 
@@ -109,7 +110,13 @@ extern "C" int cuda_nccl_init(int rank, int world, const char *hex, char *err, s
 static int wait_collective(CudaNcclWatch watch, void *ctx, char *err, size_t errlen) {
     for (;;) {
         cudaError_t q = cudaStreamQuery(g_stream);
-        if (q != cudaErrorNotReady) return cuda_sync(err, errlen);  // done, or a CUDA error to report
+        if (q != cudaErrorNotReady) {  // done, or a CUDA error to report
+            int rc = cuda_sync(err, errlen);
+            // the device is idle (the NCCL stream's parts were waited for through nc.done), so the buffers given
+            // up in the step free without waiting
+            if (rc == 0) cuda_free_deferred();
+            return rc;
+        }
         ncclResult_t async = ncclSuccess;
         nc.async_error(nc.comm, &async);
         int give_up = async != ncclSuccess && async != ncclInProgress;
@@ -209,6 +216,7 @@ extern "C" int cuda_nccl_broadcast(void *const *ptr, const size_t *count, const 
 
 extern "C" void cuda_nccl_free(void) {
     if (nc.comm) nc.destroy(nc.comm);
+    cuda_defer_frees(0);
     if (nc.stream) cudaStreamDestroy(nc.stream);
     if (nc.ready) cudaEventDestroy(nc.ready);
     if (nc.done) cudaEventDestroy(nc.done);

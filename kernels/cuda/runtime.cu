@@ -252,15 +252,44 @@ bool cuda_safe_kernels(void) {
     return cuda_env_setting(&v, "LLAVA_SAFE_KERNELS", 0) == 1;
 }
 
+static bool g_defer_frees;
+static void **g_deferred;  // [g_ndeferred] given up, not yet freed
+static size_t g_ndeferred, g_deferred_cap;
+
+void cuda_defer_frees(int on) {
+    g_defer_frees = on;
+    if (!on) cuda_free_deferred();
+}
+
+void cuda_release(void *p) {
+    if (!p) return;
+    if (!g_defer_frees) {
+        CUDA_CHECK(cudaStreamSynchronize(g_stream));  // (the last use of p is over)
+        cuda_free(p);
+        return;
+    }
+    if (g_ndeferred == g_deferred_cap) {
+        g_deferred_cap = g_deferred_cap ? 2 * g_deferred_cap : 16;
+        g_deferred = (void **)realloc(g_deferred, g_deferred_cap * sizeof *g_deferred);
+        if (!g_deferred) { fprintf(stderr, "cuda: out of host memory\n"); exit(1); }
+    }
+    g_deferred[g_ndeferred++] = p;
+}
+
+void cuda_free_deferred(void) {
+    for (size_t i = 0; i < g_ndeferred; i++) cuda_free(g_deferred[i]);
+    g_ndeferred = 0;
+}
+
 // Scratch for deterministic reductions: grown, never shrunk (the step loop stops allocating once
 // the largest shape has run).
 void *cuda_scratch(size_t bytes) {
     static void *p;
     static size_t cap;
     if (bytes > cap) {
-        CUDA_CHECK(cudaStreamSynchronize(g_stream));
-        cuda_free(p);
-        p = cuda_alloc(bytes);
+        void *bigger = cuda_alloc(bytes);
+        cuda_release(p);
+        p = bigger;
         cap = bytes;
     }
     return p;
