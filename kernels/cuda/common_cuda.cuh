@@ -39,6 +39,7 @@ bool cuda_safe_kernels(void);
 int cuda_compute_capability(void);
 // host memory, or the run ends naming the size (common/util.c)
 extern "C" void *xmalloc(size_t n);
+extern "C" void *xrealloc(void *p, size_t n);
 
 #define CUDA_CHECK(x)                                                  \
     do {                                                               \

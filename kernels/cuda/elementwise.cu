@@ -449,10 +449,9 @@ static const T *chunk_table(T **dev, size_t *cap, int k, Len len, Make make, siz
     for (int i = 0; i < k; i++)
         for (size_t e = 0; e < len(i); e += ADAM_CHUNK) host[c++] = make(i, e, (int)(len(i) - e < (size_t)ADAM_CHUNK ? len(i) - e : (size_t)ADAM_CHUNK));
     if (n > *cap) {
-        T *bigger = (T *)cuda_alloc(n * sizeof(T));
         cuda_release(*dev);  // (after the old table's last read)
-        *dev = bigger;
         *cap = n;
+        *dev = (T *)cuda_alloc(n * sizeof(T));
     }
     cuda_upload(*dev, host, n * sizeof(T));  // (copied into the staging ring: host may go)
     free(host);

@@ -270,8 +270,7 @@ void cuda_release(void *p) {
     }
     if (g_ndeferred == g_deferred_cap) {
         g_deferred_cap = g_deferred_cap ? 2 * g_deferred_cap : 16;
-        g_deferred = (void **)realloc(g_deferred, g_deferred_cap * sizeof *g_deferred);
-        if (!g_deferred) { fprintf(stderr, "cuda: out of host memory\n"); exit(1); }
+        g_deferred = (void **)xrealloc(g_deferred, g_deferred_cap * sizeof *g_deferred);
     }
     g_deferred[g_ndeferred++] = p;
 }
@@ -287,9 +286,8 @@ void *cuda_scratch(size_t bytes) {
     static void *p;
     static size_t cap;
     if (bytes > cap) {
-        void *bigger = cuda_alloc(bytes);
         cuda_release(p);
-        p = bigger;
+        p = cuda_alloc(bytes);
         cap = bytes;
     }
     return p;
